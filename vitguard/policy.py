@@ -1,0 +1,41 @@
+"""The moderation policy: which classes are unsafe and where the threshold lies. Pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from vitguard.errors import ConfigError
+from vitguard.settings import PolicySettings
+
+__all__ = ["Decision", "decide", "resolve_unsafe_labels"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    label: Literal["safe", "unsafe"]
+    unsafe_score: float
+
+
+def resolve_unsafe_labels(model_labels: Sequence[str], policy: PolicySettings) -> tuple[str, ...]:
+    """The model's own label names that the policy counts as unsafe (matched case-insensitively).
+
+    Raises:
+        ConfigError: when none of the policy's labels is a class of the model; checked at start-up so a
+            policy/model mismatch never silently marks everything safe.
+    """
+    wanted = {label.casefold() for label in policy.unsafe_labels}
+    found = tuple(label for label in model_labels if label.casefold() in wanted)
+    if not found:
+        raise ConfigError(
+            f"VITGUARD_POLICY_UNSAFE_LABELS={list(policy.unsafe_labels)} matches none of the model's classes "
+            f"{list(model_labels)}; set it to the classes that count as unsafe"
+        )
+    return found
+
+
+def decide(scores: Mapping[str, float], unsafe_labels: Sequence[str], threshold: float) -> Decision:
+    """Sum the unsafe classes' probabilities and compare with the threshold."""
+    unsafe_score = min(1.0, max(0.0, float(sum(scores.get(label, 0.0) for label in unsafe_labels))))
+    return Decision("unsafe" if unsafe_score >= threshold else "safe", unsafe_score)

@@ -1,0 +1,32 @@
+"""Event contracts (pydantic v2) and their JSON Schema export."""
+
+from __future__ import annotations
+
+from vitguard.schemas.events import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    ImageEvent,
+    Match,
+    NearDuplicateAlert,
+    Timings,
+    Verdict,
+    decode_key,
+    parse_image_event,
+    utc_now,
+)
+from vitguard.schemas.export import EVENT_MODELS, export_json_schemas
+
+__all__ = [
+    "EVENT_MODELS",
+    "SCHEMA_VERSION",
+    "DeadLetter",
+    "ImageEvent",
+    "Match",
+    "NearDuplicateAlert",
+    "Timings",
+    "Verdict",
+    "decode_key",
+    "export_json_schemas",
+    "parse_image_event",
+    "utc_now",
+]

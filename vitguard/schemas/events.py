@@ -1,0 +1,256 @@
+"""Event contracts: the four messages vitguard reads and writes on Kafka.
+
+Each model is a contract with downstream services: fields are documented, enumerations are ``Literal``,
+unknown fields are refused on input, and every event carries ``schema_version``. A breaking change bumps the
+major version of ``SCHEMA_VERSION``; adding an optional field bumps the minor one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from vitguard.errors import InputError, ReasonCode
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DeadLetter",
+    "ImageEvent",
+    "Match",
+    "NearDuplicateAlert",
+    "Timings",
+    "Verdict",
+    "decode_key",
+    "parse_image_event",
+    "utc_now",
+]
+
+SCHEMA_VERSION = "1.0"
+
+MAX_ID_LEN = 128
+MAX_URL_LEN = 4096
+MAX_INLINE_REF_LEN = 2 * 1024 * 1024  # base64 text of a data: URL; the decoded-size limit is a fetch setting
+MAX_METADATA_KEYS = 32
+MAX_METADATA_VALUE_LEN = 1024
+
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/\-]*$"),
+]
+"""Ids are printable, URL- and key-safe: letters, digits and ``._:@/-``, at most 128 characters."""
+
+
+def utc_now() -> datetime:
+    """Timezone-aware now, the only clock the schemas use."""
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+    schema_version: str = Field(
+        SCHEMA_VERSION, pattern=r"^1\.\d+$", description="Contract version (major.minor); this reader accepts 1.x."
+    )
+
+
+class ImageEvent(_Event):
+    """Input: an image was uploaded somewhere, and this is where to get it."""
+
+    event_id: Identifier = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        description="Unique per event; a redelivered event keeps its id and gets no second verdict.",
+    )
+    content_id: Identifier = Field(
+        description="The platform's id of the image; Kafka key, Milvus primary key, the id downstream joins on."
+    )
+    image_ref: str = Field(
+        min_length=1,
+        max_length=MAX_INLINE_REF_LEN,
+        description=(
+            "Where the image is: an http(s):// URL, a file:// URL under the worker's allowed root, or an inline "
+            "data:image/...;base64,... URL for small images."
+        ),
+    )
+    tenant: Identifier = Field("default", description="Tenant or source platform the upload belongs to.")
+    created_at: datetime = Field(
+        default_factory=utc_now, description="When the upload happened (timezone-aware, ISO 8601)."
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Free-form string tags passed through to the verdict (at most {MAX_METADATA_KEYS} keys).",
+    )
+    replay_id: str | None = Field(
+        None, max_length=MAX_ID_LEN, description="Set by `vitguard replay` on events it re-publishes."
+    )
+
+    @field_validator("image_ref")
+    @classmethod
+    def _ref_scheme(cls, v: str) -> str:
+        if v.startswith(("http://", "https://", "file://")):
+            if len(v) > MAX_URL_LEN:
+                raise ValueError(f"URL longer than {MAX_URL_LEN} characters")
+            if any(c.isspace() for c in v):
+                raise ValueError("URL contains whitespace")
+            return v
+        if v.startswith("data:"):
+            header, sep, payload = v.partition(",")
+            if not sep or not header.endswith(";base64") or not header[5:].startswith("image/"):
+                raise ValueError("inline images must be data:image/<type>;base64,<data>")
+            if not payload:
+                raise ValueError("inline image is empty")
+            return v
+        raise ValueError("image_ref must be an http(s)://, file:// or data:image/...;base64, URL")
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("created_at must carry a timezone (e.g. 2026-01-01T00:00:00Z)")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} metadata keys")
+        for key, value in v.items():
+            if not key or len(key) > MAX_ID_LEN:
+                raise ValueError(f"metadata key must be 1..{MAX_ID_LEN} characters")
+            if len(value) > MAX_METADATA_VALUE_LEN:
+                raise ValueError(f"metadata value of {key!r} longer than {MAX_METADATA_VALUE_LEN} characters")
+        return v
+
+
+class Timings(BaseModel):
+    """Where the time went for one image, in milliseconds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fetch_ms: float = Field(0.0, ge=0, description="Getting the bytes (network, disk or base64).")
+    decode_ms: float = Field(0.0, ge=0, description="Decoding and preprocessing to the model's input tensor.")
+    infer_ms: float = Field(0.0, ge=0, description="This image's share of the batch forward pass.")
+
+
+class Verdict(_Event):
+    """Output: the moderation decision for one image."""
+
+    event_id: Identifier = Field(description="The input event this answers.")
+    content_id: Identifier = Field(description="The image; also the Kafka key of this message.")
+    tenant: Identifier = Field("default", description="Copied from the input event.")
+    label: Literal["safe", "unsafe"] = Field(description="The policy's decision: unsafe_score >= threshold.")
+    unsafe_score: float = Field(ge=0, le=1, description="Sum of the probabilities of the policy's unsafe classes.")
+    top_class: str = Field(description="The model class with the highest probability.")
+    scores: dict[str, float] = Field(description="Probability per model class; they sum to 1.")
+    model_name: str = Field(description="The model that decided, e.g. hf-hub:Marqo/nsfw-image-detection-384.")
+    model_version: str = Field(description="Revision or content hash of the weights.")
+    model_untrained: bool = Field(False, description="True for random-weight models (benchmarks, plumbing only).")
+    embedding_id: str | None = Field(
+        None, description="Primary key of the embedding in the vector store (content id), None if not stored."
+    )
+    collection: str | None = Field(None, description="Vector collection holding the embedding (one per model).")
+    cluster_id: str | None = Field(None, description="Near-duplicate cluster of an unsafe image.")
+    from_cache: bool = Field(False, description="True when an identical image (same SHA-256) was already judged.")
+    image_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the image bytes.")
+    timings: Timings = Field(default_factory=Timings, description="Per-stage time for this image.")
+    created_at: datetime | None = Field(None, description="The input event's created_at.")
+    processed_at: datetime = Field(default_factory=utc_now, description="When the verdict was made.")
+    replay_id: str | None = Field(None, description="Set when the verdict comes from a replay, not live traffic.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Copied from the input event.")
+
+
+class Match(BaseModel):
+    """One known unsafe item a new one is close to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    content_id: str = Field(description="The known item.")
+    similarity: float = Field(ge=-1, le=1, description="Cosine similarity of the embeddings.")
+    cluster_id: str | None = Field(None, description="The cluster the known item belongs to.")
+
+
+class NearDuplicateAlert(_Event):
+    """An unsafe image landed close to known unsafe images; ``severity`` rises in an abuse wave."""
+
+    alert_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="Unique per alert.")
+    content_id: Identifier = Field(description="The new unsafe image.")
+    event_id: Identifier = Field(description="The event that brought it.")
+    tenant: Identifier = Field("default", description="Tenant of the new image.")
+    cluster_id: str = Field(description="The cluster it joined.")
+    matches: list[Match] = Field(description="Closest known unsafe items, most similar first.")
+    wave_count: int = Field(ge=1, description="Items that landed on this cluster within the wave window.")
+    wave_window_s: int = Field(ge=1, description="The window wave_count counts over.")
+    severity: Literal["info", "warning", "critical"] = Field(
+        description="info: a near-duplicate; critical: a wave (wave_count >= the policy's threshold)."
+    )
+    model_name: str = Field(description="Embeddings of different models are never compared.")
+    created_at: datetime = Field(default_factory=utc_now, description="When the alert was raised.")
+
+
+class DeadLetter(_Event):
+    """An event vitguard could not process, with why, and the original bytes to re-drive it."""
+
+    reason: ReasonCode = Field(description="Stable machine-readable reason code.")
+    message: str = Field(max_length=2000, description="What went wrong, for people.")
+    payload: str = Field(description="The original message value: UTF-8 text, or base64 (see payload_encoding).")
+    payload_encoding: Literal["utf-8", "base64"] = Field(description="How payload encodes the original bytes.")
+    key: str | None = Field(None, description="The original message key (UTF-8, or base64 if not UTF-8).")
+    event_id: str | None = Field(None, description="The event id, when the payload parsed far enough to have one.")
+    content_id: str | None = Field(None, description="The content id, when known.")
+    source_topic: str = Field(description="Where the original message was read from.")
+    source_partition: int = Field(ge=0, description="Its partition.")
+    source_offset: int = Field(ge=0, description="Its offset.")
+    failed_at: datetime = Field(default_factory=utc_now, description="When processing gave up.")
+
+    @classmethod
+    def for_payload(cls, raw: bytes, **fields: Any) -> DeadLetter:
+        """Build a dead letter that preserves ``raw`` exactly (UTF-8 text when it is, base64 otherwise)."""
+        payload, encoding = _encode_bytes(raw)
+        return cls(payload=payload, payload_encoding=encoding, **fields)
+
+    def original_bytes(self) -> bytes:
+        """The original message value, byte for byte."""
+        if self.payload_encoding == "base64":
+            return base64.b64decode(self.payload)
+        return self.payload.encode("utf-8")
+
+
+def _encode_bytes(raw: bytes) -> tuple[str, Literal["utf-8", "base64"]]:
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+def decode_key(raw: bytes | None) -> str | None:
+    """A Kafka key as text for a dead letter (base64 when not UTF-8)."""
+    if raw is None:
+        return None
+    return _encode_bytes(raw)[0]
+
+
+
+def parse_image_event(raw: bytes | str) -> ImageEvent:
+    """Parse and validate one input message.
+
+    Raises:
+        InputError: ``invalid_json`` when the bytes are not a JSON object, ``schema_violation`` when the
+            object breaks the contract (the message names the first offending field).
+    """
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError("invalid_json", f"payload is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError("invalid_json", f"payload must be a JSON object, got {type(data).__name__}")
+    try:
+        return ImageEvent.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "event"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise InputError("schema_violation", f"{where}: {err['msg']}{more}") from exc

@@ -1,0 +1,349 @@
+"""All vitguard settings, one frozen class per concern.
+
+Every field is read from an environment variable ``VITGUARD_<CONCERN>_<FIELD>`` (upper case), e.g.
+``VITGUARD_KAFKA_BOOTSTRAP_SERVERS``. Lists are given as JSON (``'["NSFW"]'``). Settings are built once at
+start-up by :func:`load_settings` and passed down through constructors: no other module reads the
+environment. A bad value fails there with :class:`~vitguard.errors.ConfigError` and one line naming the
+variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vitguard.errors import ConfigError
+
+__all__ = [
+    "BatchSettings",
+    "FetchSettings",
+    "KafkaSettings",
+    "LogSettings",
+    "MilvusSettings",
+    "ModelSettings",
+    "PolicySettings",
+    "RedisSettings",
+    "Settings",
+    "TopicSettings",
+    "WebSettings",
+    "load_settings",
+]
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, frozen=True, extra="ignore", case_sensitive=False)
+
+
+class KafkaSettings(BaseSettings):
+    """Where the Kafka cluster is and how vitguard joins it."""
+
+    model_config = _config("VITGUARD_KAFKA_")
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        min_length=1,
+        description="Comma-separated broker list. Env: VITGUARD_KAFKA_BOOTSTRAP_SERVERS. Default 127.0.0.1:9092.",
+    )
+    consumer_group: str = Field(
+        "vitguard",
+        min_length=1,
+        description="Consumer group (and Faust app id) shared by all workers. Env: VITGUARD_KAFKA_CONSUMER_GROUP.",
+    )
+    client_id: str = Field("vitguard", description="Client id sent to brokers. Env: VITGUARD_KAFKA_CLIENT_ID.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Env: VITGUARD_KAFKA_SECURITY_PROTOCOL. Default PLAINTEXT."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when a SASL protocol is used. Env: VITGUARD_KAFKA_SASL_MECHANISM."
+    )
+    sasl_username: str | None = Field(None, description="Env: VITGUARD_KAFKA_SASL_USERNAME.")
+    sasl_password: SecretStr | None = Field(None, description="Env: VITGUARD_KAFKA_SASL_PASSWORD (secret).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL. Env: VITGUARD_KAFKA_SSL_CAFILE.")
+    rebalance_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="How long a group join may take. Env: VITGUARD_KAFKA_REBALANCE_TIMEOUT_S. Default 30.",
+    )
+    session_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Consumer session timeout. Env: VITGUARD_KAFKA_SESSION_TIMEOUT_S."
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Admin/metadata request timeout. Env: VITGUARD_KAFKA_REQUEST_TIMEOUT_S."
+    )
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username):
+            raise ValueError("SASL protocols need VITGUARD_KAFKA_SASL_MECHANISM and VITGUARD_KAFKA_SASL_USERNAME")
+        return self
+
+    def confluent_config(self) -> dict[str, Any]:
+        """The librdkafka properties shared by every confluent-kafka client vitguard creates."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = str(self.ssl_cafile)
+        return conf
+
+
+class TopicSettings(BaseSettings):
+    """Topic names. Every topic vitguard reads or writes is named here and nowhere else."""
+
+    model_config = _config("VITGUARD_TOPIC_")
+
+    images: str = Field("image-events", min_length=1, description="Input. Env: VITGUARD_TOPIC_IMAGES.")
+    verdicts: str = Field("image-verdicts", min_length=1, description="Env: VITGUARD_TOPIC_VERDICTS.")
+    alerts: str = Field("near-duplicate-alerts", min_length=1, description="Env: VITGUARD_TOPIC_ALERTS.")
+    dead_letters: str = Field("image-events-dlq", min_length=1, description="Env: VITGUARD_TOPIC_DEAD_LETTERS.")
+    partitions: int = Field(
+        6, ge=1, le=10_000, description="Partitions when vitguard creates a topic. Env: VITGUARD_TOPIC_PARTITIONS."
+    )
+    replication_factor: int = Field(
+        1, ge=1, le=10, description="Replication when vitguard creates a topic. Env: VITGUARD_TOPIC_REPLICATION_FACTOR."
+    )
+
+    def all(self) -> tuple[str, str, str, str]:
+        """The four topics, input first."""
+        return (self.images, self.verdicts, self.alerts, self.dead_letters)
+
+
+class RedisSettings(BaseSettings):
+    """Redis holds the redelivery guard, the verdict cache by image hash and the wave counters."""
+
+    model_config = _config("VITGUARD_REDIS_")
+
+    url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL. Env: VITGUARD_REDIS_URL. Default redis://127.0.0.1:6379/0."
+    )
+    password: SecretStr | None = Field(None, description="Overrides the URL's password. Env: VITGUARD_REDIS_PASSWORD.")
+    key_prefix: str = Field("vitguard:", description="Prefix of every key. Env: VITGUARD_REDIS_KEY_PREFIX.")
+    event_ttl_s: int = Field(
+        7 * 24 * 3600, ge=60, description="How long a processed event id is remembered. Env: VITGUARD_REDIS_EVENT_TTL_S."
+    )
+    verdict_cache_ttl_s: int = Field(
+        30 * 24 * 3600, ge=60, description="Verdict cache lifetime by image hash. Env: VITGUARD_REDIS_VERDICT_CACHE_TTL_S."
+    )
+    socket_timeout_s: float = Field(
+        1.0, gt=0, le=60, description="Per-command timeout; Redis is optional on the hot path. Env: VITGUARD_REDIS_SOCKET_TIMEOUT_S."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+class MilvusSettings(BaseSettings):
+    """Where embeddings live: a Milvus Lite file path (embedded default) or a server URI."""
+
+    model_config = _config("VITGUARD_MILVUS_")
+
+    uri: str = Field(
+        "./vitguard_milvus.db",
+        min_length=1,
+        description="Milvus Lite file (*.db) or server URI (http://host:19530). Env: VITGUARD_MILVUS_URI.",
+    )
+    token: SecretStr | None = Field(None, description="Server token (user:password). Env: VITGUARD_MILVUS_TOKEN.")
+    db_name: str | None = Field(None, description="Database on a server. Env: VITGUARD_MILVUS_DB_NAME.")
+    collection_prefix: str = Field(
+        "vitguard_", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Env: VITGUARD_MILVUS_COLLECTION_PREFIX."
+    )
+    retry_attempts: int = Field(
+        8, ge=1, le=100, description="Attempts per upsert/search before the batch waits. Env: VITGUARD_MILVUS_RETRY_ATTEMPTS."
+    )
+    retry_backoff_s: float = Field(
+        0.5, gt=0, le=60, description="First retry delay, doubled each time. Env: VITGUARD_MILVUS_RETRY_BACKOFF_S."
+    )
+    retry_backoff_max_s: float = Field(
+        30.0, gt=0, le=600, description="Longest retry delay. Env: VITGUARD_MILVUS_RETRY_BACKOFF_MAX_S."
+    )
+
+
+class ModelSettings(BaseSettings):
+    """Which model classifies images, and where it runs."""
+
+    model_config = _config("VITGUARD_MODEL_")
+
+    spec: str = Field(
+        "auto",
+        min_length=1,
+        description=(
+            "Model spec: auto | hf-hub:ORG/NAME | DIR | timm:ARCH | onnx:PATH | opennsfw. 'auto' tries the Marqo "
+            "checkpoint and falls back to the bundled open_nsfw model offline. Env: VITGUARD_MODEL_SPEC."
+        ),
+    )
+    default_hub_id: str = Field(
+        "hf-hub:Marqo/nsfw-image-detection-384", description="What 'auto' tries first. Env: VITGUARD_MODEL_DEFAULT_HUB_ID."
+    )
+    revision: str | None = Field(None, description="Pinned hub revision. Env: VITGUARD_MODEL_REVISION.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Env: VITGUARD_MODEL_DEVICE. Default auto.")
+    threads: int | None = Field(
+        None, ge=1, le=512, description="Intra-op threads (None: library default). Env: VITGUARD_MODEL_THREADS."
+    )
+    max_pixels: int = Field(
+        40_000_000,
+        ge=1024,
+        description="Larger images are refused as decompression bombs. Env: VITGUARD_MODEL_MAX_PIXELS.",
+    )
+
+
+class PolicySettings(BaseSettings):
+    """What counts as unsafe, and when near-duplicates become alerts and waves."""
+
+    model_config = _config("VITGUARD_POLICY_")
+
+    unsafe_labels: tuple[str, ...] = Field(
+        ("NSFW",), min_length=1, description='Labels whose probabilities add up to the unsafe score. Env: VITGUARD_POLICY_UNSAFE_LABELS (JSON list). Default ["NSFW"].'
+    )
+    unsafe_threshold: float = Field(
+        0.5, ge=0, le=1, description="unsafe_score >= this gives label 'unsafe'. Env: VITGUARD_POLICY_UNSAFE_THRESHOLD."
+    )
+    near_duplicate_threshold: float = Field(
+        0.92, gt=0, le=1, description="Cosine similarity that makes a near-duplicate. Env: VITGUARD_POLICY_NEAR_DUPLICATE_THRESHOLD."
+    )
+    max_matches: int = Field(5, ge=1, le=100, description="Matches listed per alert. Env: VITGUARD_POLICY_MAX_MATCHES.")
+    wave_window_s: int = Field(
+        600, ge=1, description="Sliding window for abuse waves. Env: VITGUARD_POLICY_WAVE_WINDOW_S. Default 600."
+    )
+    wave_threshold: int = Field(
+        5, ge=2, description="Items on one cluster within the window that make a wave. Env: VITGUARD_POLICY_WAVE_THRESHOLD."
+    )
+    wave_alert_cooldown_s: int = Field(
+        300, ge=0, description="After a wave alert, further wave alerts for that cluster are suppressed this long. Env: VITGUARD_POLICY_WAVE_ALERT_COOLDOWN_S.",
+    )
+
+
+class FetchSettings(BaseSettings):
+    """Limits on getting image bytes: every input reference is untrusted."""
+
+    model_config = _config("VITGUARD_FETCH_")
+
+    connect_timeout_s: float = Field(3.0, gt=0, le=60, description="Env: VITGUARD_FETCH_CONNECT_TIMEOUT_S.")
+    read_timeout_s: float = Field(10.0, gt=0, le=300, description="Whole-body timeout. Env: VITGUARD_FETCH_READ_TIMEOUT_S.")
+    max_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="Largest image body, enforced while streaming. Env: VITGUARD_FETCH_MAX_BYTES."
+    )
+    max_redirects: int = Field(3, ge=0, le=20, description="Env: VITGUARD_FETCH_MAX_REDIRECTS.")
+    max_inline_bytes: int = Field(
+        1024 * 1024, ge=64, description="Largest decoded inline (data:) image. Env: VITGUARD_FETCH_MAX_INLINE_BYTES."
+    )
+    file_root: Path | None = Field(
+        None, description="file:// references are only read under this directory; None refuses them. Env: VITGUARD_FETCH_FILE_ROOT."
+    )
+    allowed_networks: tuple[str, ...] = Field(
+        (),
+        description="CIDRs exempt from the SSRF guard (e.g. an internal CDN). Env: VITGUARD_FETCH_ALLOWED_NETWORKS (JSON list).",
+    )
+    concurrency: int = Field(32, ge=1, le=1024, description="Parallel fetches per worker. Env: VITGUARD_FETCH_CONCURRENCY.")
+    user_agent: str = Field("vitguard/0.1", description="Env: VITGUARD_FETCH_USER_AGENT.")
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR network") from exc
+        return v
+
+
+class BatchSettings(BaseSettings):
+    """Micro-batching of the stream into forward passes."""
+
+    model_config = _config("VITGUARD_BATCH_")
+
+    max_size: int = Field(16, ge=1, le=4096, description="Events per batch. Env: VITGUARD_BATCH_MAX_SIZE. Default 16.")
+    max_wait_s: float = Field(
+        0.25, gt=0, le=60, description="Longest wait for stragglers. Env: VITGUARD_BATCH_MAX_WAIT_S. Default 0.25."
+    )
+    decode_workers: int = Field(2, ge=1, le=256, description="Decode thread pool size. Env: VITGUARD_BATCH_DECODE_WORKERS.")
+
+
+class WebSettings(BaseSettings):
+    """The worker's HTTP server: health, readiness, metrics and POST /classify."""
+
+    model_config = _config("VITGUARD_WEB_")
+
+    host: str = Field("0.0.0.0", description="Env: VITGUARD_WEB_HOST.")  # noqa: S104 - a server's bind address
+    port: int = Field(6066, ge=0, le=65535, description="Env: VITGUARD_WEB_PORT. Default 6066.")
+    enabled: bool = Field(True, description="Env: VITGUARD_WEB_ENABLED.")
+
+
+class LogSettings(BaseSettings):
+    """Logging format and level."""
+
+    model_config = _config("VITGUARD_LOG_")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Env: VITGUARD_LOG_LEVEL.")
+    json_format: bool = Field(False, description="One JSON object per line. Env: VITGUARD_LOG_JSON_FORMAT.")
+
+
+class Settings(BaseModel):
+    """Everything, grouped by concern. Build it with :func:`load_settings`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kafka: KafkaSettings
+    topics: TopicSettings
+    redis: RedisSettings
+    milvus: MilvusSettings
+    model: ModelSettings
+    policy: PolicySettings
+    fetch: FetchSettings
+    batch: BatchSettings
+    web: WebSettings
+    log: LogSettings
+
+
+_SECTIONS: dict[str, type[BaseSettings]] = {
+    "kafka": KafkaSettings,
+    "topics": TopicSettings,
+    "redis": RedisSettings,
+    "milvus": MilvusSettings,
+    "model": ModelSettings,
+    "policy": PolicySettings,
+    "fetch": FetchSettings,
+    "batch": BatchSettings,
+    "web": WebSettings,
+    "log": LogSettings,
+}
+
+
+def _env_var(cls: type[BaseSettings], field: str) -> str:
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return f"{prefix}{field}".upper()
+
+
+def load_settings(**overrides: dict[str, Any]) -> Settings:
+    """Read all settings from the environment, with per-section overrides (``kafka={...}``).
+
+    Raises:
+        ConfigError: one line naming the first bad variable and what is wrong with it.
+    """
+    unknown = set(overrides) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown settings section(s): {', '.join(sorted(unknown))}")
+    built: dict[str, BaseSettings] = {}
+    for name, cls in _SECTIONS.items():
+        try:
+            built[name] = cls(**overrides.get(name, {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            raise ConfigError(f"invalid setting {_env_var(cls, field)}: {err['msg']}") from exc
+    return Settings(**built)  # type: ignore[arg-type]

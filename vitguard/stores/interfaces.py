@@ -1,0 +1,105 @@
+"""Narrow interfaces of the stores the pipeline needs; the adapters live beside this module.
+
+The pipeline only ever talks to these protocols, so a unit test can pass the small in-memory
+implementations while integration tests use Milvus and Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vitguard.model.types import ModelInfo
+
+__all__ = [
+    "DedupStore",
+    "EmbeddingIndex",
+    "EmbeddingRecord",
+    "SearchHit",
+    "WaveCounter",
+    "WaveState",
+]
+
+
+@dataclass(frozen=True)
+class EmbeddingRecord:
+    """One row of a per-model vector collection; ``content_id`` is the primary key (upserts are idempotent)."""
+
+    content_id: str
+    embedding: NDArray[np.float32] = field(repr=False)
+    label: str
+    unsafe_score: float
+    cluster_id: str  # "" for safe items
+    tenant: str
+    model_version: str
+    created_at_ms: int
+    processed_at_ms: int
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    content_id: str
+    similarity: float
+    cluster_id: str
+
+
+class EmbeddingIndex(Protocol):
+    """Vector store of embeddings, one collection per model (never mixing models)."""
+
+    def ensure_collection(self, model: ModelInfo) -> str:
+        """Create the model's collection (COSINE, dim = model.embedding_dim) if missing; return its name."""
+        ...
+
+    def upsert(self, collection: str, records: Sequence[EmbeddingRecord]) -> None:
+        """Insert or replace rows by content id, in one call. Raises ServiceUnavailableError."""
+        ...
+
+    def search_unsafe(
+        self, collection: str, vectors: NDArray[np.float32], limit: int, min_similarity: float
+    ) -> list[list[SearchHit]]:
+        """One batched search among unsafe rows; per query, hits >= min_similarity, most similar first."""
+        ...
+
+    def ping(self) -> bool:
+        """True when the store answers."""
+        ...
+
+
+class DedupStore(Protocol):
+    """Redelivery guard by event id and verdict cache by image SHA-256 (Redis)."""
+
+    async def seen_events(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids were already fully processed (verdict or dead letter published)."""
+        ...
+
+    async def mark_events(self, event_ids: Sequence[str]) -> None:
+        """Remember event ids as processed (SET NX with TTL); called after their outputs are acknowledged."""
+        ...
+
+    async def cached_verdicts(self, sha256s: Sequence[str], model_key: str) -> Mapping[str, str]:
+        """Cached verdict JSON by image hash for this model (only the hashes found)."""
+        ...
+
+    async def cache_verdicts(self, verdicts: Mapping[str, str], model_key: str) -> None:
+        """Store verdict JSON by image hash for this model, with TTL."""
+        ...
+
+
+@dataclass(frozen=True)
+class WaveState:
+    count: int
+    """Items on the cluster within the window, this one included."""
+    is_wave: bool
+    """count >= the policy's wave threshold."""
+    alert: bool
+    """Whether an alert should go out for this item (suppression applied to waves)."""
+
+
+class WaveCounter(Protocol):
+    """Sliding-window counter per cluster with alert suppression (Redis sorted sets)."""
+
+    async def record(self, cluster_id: str, content_id: str, now_s: float) -> WaveState: ...
