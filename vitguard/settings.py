@@ -130,13 +130,20 @@ class RedisSettings(BaseSettings):
     password: SecretStr | None = Field(None, description="Overrides the URL's password. Env: VITGUARD_REDIS_PASSWORD.")
     key_prefix: str = Field("vitguard:", description="Prefix of every key. Env: VITGUARD_REDIS_KEY_PREFIX.")
     event_ttl_s: int = Field(
-        7 * 24 * 3600, ge=60, description="How long a processed event id is remembered. Env: VITGUARD_REDIS_EVENT_TTL_S."
+        7 * 24 * 3600,
+        ge=60,
+        description="How long a processed event id is remembered. Env: VITGUARD_REDIS_EVENT_TTL_S.",
     )
     verdict_cache_ttl_s: int = Field(
-        30 * 24 * 3600, ge=60, description="Verdict cache lifetime by image hash. Env: VITGUARD_REDIS_VERDICT_CACHE_TTL_S."
+        30 * 24 * 3600,
+        ge=60,
+        description="Verdict cache lifetime by image hash. Env: VITGUARD_REDIS_VERDICT_CACHE_TTL_S.",
     )
     socket_timeout_s: float = Field(
-        1.0, gt=0, le=60, description="Per-command timeout; Redis is optional on the hot path. Env: VITGUARD_REDIS_SOCKET_TIMEOUT_S."
+        1.0,
+        gt=0,
+        le=60,
+        description="Per-command timeout; Redis is optional on the hot path. Env: VITGUARD_REDIS_SOCKET_TIMEOUT_S.",
     )
 
     @field_validator("url")
@@ -163,7 +170,10 @@ class MilvusSettings(BaseSettings):
         "vitguard_", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Env: VITGUARD_MILVUS_COLLECTION_PREFIX."
     )
     retry_attempts: int = Field(
-        8, ge=1, le=100, description="Attempts per upsert/search before the batch waits. Env: VITGUARD_MILVUS_RETRY_ATTEMPTS."
+        8,
+        ge=1,
+        le=100,
+        description="Attempts per upsert/search before the batch waits. Env: VITGUARD_MILVUS_RETRY_ATTEMPTS.",
     )
     retry_backoff_s: float = Field(
         0.5, gt=0, le=60, description="First retry delay, doubled each time. Env: VITGUARD_MILVUS_RETRY_BACKOFF_S."
@@ -187,7 +197,8 @@ class ModelSettings(BaseSettings):
         ),
     )
     default_hub_id: str = Field(
-        "hf-hub:Marqo/nsfw-image-detection-384", description="What 'auto' tries first. Env: VITGUARD_MODEL_DEFAULT_HUB_ID."
+        "hf-hub:Marqo/nsfw-image-detection-384",
+        description="What 'auto' tries first. Env: VITGUARD_MODEL_DEFAULT_HUB_ID.",
     )
     revision: str | None = Field(None, description="Pinned hub revision. Env: VITGUARD_MODEL_REVISION.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Env: VITGUARD_MODEL_DEVICE. Default auto.")
@@ -207,23 +218,38 @@ class PolicySettings(BaseSettings):
     model_config = _config("VITGUARD_POLICY_")
 
     unsafe_labels: tuple[str, ...] = Field(
-        ("NSFW",), min_length=1, description='Labels whose probabilities add up to the unsafe score. Env: VITGUARD_POLICY_UNSAFE_LABELS (JSON list). Default ["NSFW"].'
+        ("NSFW",),
+        min_length=1,
+        description=(
+            "Labels whose probabilities add up to the unsafe score. "
+            'Env: VITGUARD_POLICY_UNSAFE_LABELS (JSON list). Default ["NSFW"].'
+        ),
     )
     unsafe_threshold: float = Field(
         0.5, ge=0, le=1, description="unsafe_score >= this gives label 'unsafe'. Env: VITGUARD_POLICY_UNSAFE_THRESHOLD."
     )
     near_duplicate_threshold: float = Field(
-        0.92, gt=0, le=1, description="Cosine similarity that makes a near-duplicate. Env: VITGUARD_POLICY_NEAR_DUPLICATE_THRESHOLD."
+        0.92,
+        gt=0,
+        le=1,
+        description="Cosine similarity that makes a near-duplicate. Env: VITGUARD_POLICY_NEAR_DUPLICATE_THRESHOLD.",
     )
     max_matches: int = Field(5, ge=1, le=100, description="Matches listed per alert. Env: VITGUARD_POLICY_MAX_MATCHES.")
     wave_window_s: int = Field(
         600, ge=1, description="Sliding window for abuse waves. Env: VITGUARD_POLICY_WAVE_WINDOW_S. Default 600."
     )
     wave_threshold: int = Field(
-        5, ge=2, description="Items on one cluster within the window that make a wave. Env: VITGUARD_POLICY_WAVE_THRESHOLD."
+        5,
+        ge=2,
+        description="Items on one cluster within the window that make a wave. Env: VITGUARD_POLICY_WAVE_THRESHOLD.",
     )
     wave_alert_cooldown_s: int = Field(
-        300, ge=0, description="After a wave alert, further wave alerts for that cluster are suppressed this long. Env: VITGUARD_POLICY_WAVE_ALERT_COOLDOWN_S.",
+        300,
+        ge=0,
+        description=(
+            "After a wave alert, further wave alerts for that cluster are suppressed this long. "
+            "Env: VITGUARD_POLICY_WAVE_ALERT_COOLDOWN_S."
+        ),
     )
 
 
@@ -233,22 +259,33 @@ class FetchSettings(BaseSettings):
     model_config = _config("VITGUARD_FETCH_")
 
     connect_timeout_s: float = Field(3.0, gt=0, le=60, description="Env: VITGUARD_FETCH_CONNECT_TIMEOUT_S.")
-    read_timeout_s: float = Field(10.0, gt=0, le=300, description="Whole-body timeout. Env: VITGUARD_FETCH_READ_TIMEOUT_S.")
+    read_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Whole-body timeout. Env: VITGUARD_FETCH_READ_TIMEOUT_S."
+    )
     max_bytes: int = Field(
-        25 * 1024 * 1024, ge=1024, description="Largest image body, enforced while streaming. Env: VITGUARD_FETCH_MAX_BYTES."
+        25 * 1024 * 1024,
+        ge=1024,
+        description="Largest image body, enforced while streaming. Env: VITGUARD_FETCH_MAX_BYTES.",
     )
     max_redirects: int = Field(3, ge=0, le=20, description="Env: VITGUARD_FETCH_MAX_REDIRECTS.")
     max_inline_bytes: int = Field(
         1024 * 1024, ge=64, description="Largest decoded inline (data:) image. Env: VITGUARD_FETCH_MAX_INLINE_BYTES."
     )
     file_root: Path | None = Field(
-        None, description="file:// references are only read under this directory; None refuses them. Env: VITGUARD_FETCH_FILE_ROOT."
+        None,
+        description=(
+            "file:// references are only read under this directory; None refuses them. Env: VITGUARD_FETCH_FILE_ROOT."
+        ),
     )
     allowed_networks: tuple[str, ...] = Field(
         (),
-        description="CIDRs exempt from the SSRF guard (e.g. an internal CDN). Env: VITGUARD_FETCH_ALLOWED_NETWORKS (JSON list).",
+        description=(
+            "CIDRs exempt from the SSRF guard (e.g. an internal CDN). Env: VITGUARD_FETCH_ALLOWED_NETWORKS (JSON list)."
+        ),
     )
-    concurrency: int = Field(32, ge=1, le=1024, description="Parallel fetches per worker. Env: VITGUARD_FETCH_CONCURRENCY.")
+    concurrency: int = Field(
+        32, ge=1, le=1024, description="Parallel fetches per worker. Env: VITGUARD_FETCH_CONCURRENCY."
+    )
     user_agent: str = Field("vitguard/0.1", description="Env: VITGUARD_FETCH_USER_AGENT.")
 
     @field_validator("allowed_networks")
@@ -271,7 +308,9 @@ class BatchSettings(BaseSettings):
     max_wait_s: float = Field(
         0.25, gt=0, le=60, description="Longest wait for stragglers. Env: VITGUARD_BATCH_MAX_WAIT_S. Default 0.25."
     )
-    decode_workers: int = Field(2, ge=1, le=256, description="Decode thread pool size. Env: VITGUARD_BATCH_DECODE_WORKERS.")
+    decode_workers: int = Field(
+        2, ge=1, le=256, description="Decode thread pool size. Env: VITGUARD_BATCH_DECODE_WORKERS."
+    )
 
 
 class WebSettings(BaseSettings):

@@ -34,9 +34,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from vitguard.cli import schemas_cmd
+    from vitguard.cli import config_cmd, schemas_cmd
 
-    for module in (schemas_cmd,):
+    for module in (config_cmd, schemas_cmd):
         module.register(main)
 
 

@@ -1,0 +1,27 @@
+"""``vitguard config``: the effective settings, as the worker would see them."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+__all__ = ["register"]
+
+
+@click.group("config")
+def config() -> None:
+    """Inspect settings (environment variables VITGUARD_*)."""
+
+
+@config.command("show")
+def show() -> None:
+    """Validate the environment and print the effective settings as JSON (secrets masked)."""
+    from vitguard.settings import load_settings
+
+    settings = load_settings()
+    click.echo(json.dumps(settings.model_dump(mode="json"), indent=2, default=str))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(config)
