@@ -1,0 +1,42 @@
+"""Stores behind narrow interfaces: Milvus for embeddings, Redis for dedup, verdict cache and waves.
+
+The pipeline depends only on the protocols in :mod:`vitguard.stores.interfaces`; the in-memory
+implementations exist for unit tests of pipeline logic.
+"""
+
+from __future__ import annotations
+
+from vitguard.stores.backoff import backoff_delay, backoff_schedule, retry_with_backoff
+from vitguard.stores.interfaces import (
+    DedupStore,
+    EmbeddingIndex,
+    EmbeddingRecord,
+    SearchHit,
+    WaveCounter,
+    WaveState,
+)
+from vitguard.stores.memory import InMemoryDedupStore, InMemoryEmbeddingIndex, InMemoryWaveCounter
+from vitguard.stores.milvus import MilvusEmbeddingIndex
+from vitguard.stores.naming import collection_name
+from vitguard.stores.redis_store import RedisDedupStore
+from vitguard.stores.wave import RedisWaveCounter, wave_decision
+
+__all__ = [
+    "DedupStore",
+    "EmbeddingIndex",
+    "EmbeddingRecord",
+    "InMemoryDedupStore",
+    "InMemoryEmbeddingIndex",
+    "InMemoryWaveCounter",
+    "MilvusEmbeddingIndex",
+    "RedisDedupStore",
+    "RedisWaveCounter",
+    "SearchHit",
+    "WaveCounter",
+    "WaveState",
+    "backoff_delay",
+    "backoff_schedule",
+    "collection_name",
+    "retry_with_backoff",
+    "wave_decision",
+]

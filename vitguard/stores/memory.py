@@ -1,0 +1,167 @@
+"""Small in-memory stores for unit tests of pipeline logic; integration tests use Milvus and Redis.
+
+They follow the same contracts as the real adapters (idempotent upserts, per-model collections, TTLs,
+sliding windows and suppression) so a pure-logic test exercises the same behaviour.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vitguard.model.types import ModelInfo
+from vitguard.settings import PolicySettings
+from vitguard.stores.interfaces import EmbeddingRecord, SearchHit, WaveState
+from vitguard.stores.naming import collection_name
+from vitguard.stores.wave import wave_decision
+
+__all__ = ["InMemoryDedupStore", "InMemoryEmbeddingIndex", "InMemoryWaveCounter"]
+
+
+class InMemoryEmbeddingIndex:
+    """Brute-force cosine search with numpy; one dict of rows per collection."""
+
+    def __init__(self, collection_prefix: str = "vitguard_") -> None:
+        self._prefix = collection_prefix
+        self._dims: dict[str, int] = {}
+        self._rows: dict[str, dict[str, EmbeddingRecord]] = {}
+        self.upsert_calls = 0
+        """How many upsert calls were made (tests check one call per batch)."""
+        self.search_calls = 0
+
+    def ensure_collection(self, model: ModelInfo) -> str:
+        name = collection_name(self._prefix, model)
+        existing = self._dims.setdefault(name, model.embedding_dim)
+        if existing != model.embedding_dim:
+            raise ValueError(f"collection {name} holds {existing}-d embeddings, model makes {model.embedding_dim}-d")
+        self._rows.setdefault(name, {})
+        return name
+
+    def upsert(self, collection: str, records: Sequence[EmbeddingRecord]) -> None:
+        rows = self._collection(collection)
+        dim = self._dims[collection]
+        for r in records:
+            if np.asarray(r.embedding).reshape(-1).shape[0] != dim:
+                raise ValueError(f"record {r.content_id} does not have a {dim}-d embedding")
+        self.upsert_calls += 1
+        for r in records:
+            rows[r.content_id] = r
+
+    def search_unsafe(
+        self, collection: str, vectors: NDArray[np.float32], limit: int, min_similarity: float
+    ) -> list[list[SearchHit]]:
+        rows = [r for r in self._collection(collection).values() if r.label == "unsafe"]
+        queries = np.asarray(vectors, dtype=np.float32)
+        if queries.shape[0] == 0:
+            return []
+        self.search_calls += 1
+        if not rows:
+            return [[] for _ in range(queries.shape[0])]
+        matrix = _normalised(np.stack([np.asarray(r.embedding, dtype=np.float32).reshape(-1) for r in rows]))
+        sims = _normalised(queries) @ matrix.T
+        out: list[list[SearchHit]] = []
+        for q in range(queries.shape[0]):
+            order = np.argsort(-sims[q], kind="stable")[:limit]
+            out.append(
+                [
+                    SearchHit(rows[i].content_id, float(sims[q, i]), rows[i].cluster_id)
+                    for i in order
+                    if sims[q, i] >= min_similarity
+                ]
+            )
+        return out
+
+    def ping(self) -> bool:
+        return True
+
+    def records(self, collection: str) -> dict[str, EmbeddingRecord]:
+        """The rows of a collection by content id (a copy)."""
+        return dict(self._collection(collection))
+
+    def _collection(self, name: str) -> dict[str, EmbeddingRecord]:
+        if name not in self._rows:
+            raise KeyError(f"no collection {name}: call ensure_collection first")
+        return self._rows[name]
+
+
+def _normalised(m: NDArray[np.float32]) -> NDArray[np.float32]:
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return (m / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+
+class InMemoryDedupStore:
+    """Event ids and cached verdicts in dicts, with the same TTLs as the Redis store.
+
+    Args:
+        event_ttl_s: how long a processed event id is remembered.
+        verdict_cache_ttl_s: how long a cached verdict lives.
+        clock: seconds, monotonic (tests pass a fake one to expire entries).
+    """
+
+    def __init__(
+        self,
+        event_ttl_s: float = 7 * 24 * 3600,
+        verdict_cache_ttl_s: float = 30 * 24 * 3600,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._event_ttl = event_ttl_s
+        self._verdict_ttl = verdict_cache_ttl_s
+        self._clock = clock
+        self._events: dict[str, float] = {}
+        self._verdicts: dict[tuple[str, str], tuple[str, float]] = {}
+
+    async def seen_events(self, event_ids: Sequence[str]) -> set[str]:
+        now = self._clock()
+        return {e for e in event_ids if self._events.get(e, -1.0) > now}
+
+    async def mark_events(self, event_ids: Sequence[str]) -> None:
+        now = self._clock()
+        for e in event_ids:
+            if self._events.get(e, -1.0) <= now:  # SET NX: an unexpired mark is kept as it is
+                self._events[e] = now + self._event_ttl
+
+    async def cached_verdicts(self, sha256s: Sequence[str], model_key: str) -> Mapping[str, str]:
+        now = self._clock()
+        found: dict[str, str] = {}
+        for h in sha256s:
+            entry = self._verdicts.get((model_key, h))
+            if entry is not None and entry[1] > now:
+                found[h] = entry[0]
+        return found
+
+    async def cache_verdicts(self, verdicts: Mapping[str, str], model_key: str) -> None:
+        expires = self._clock() + self._verdict_ttl
+        for h, v in verdicts.items():
+            self._verdicts[(model_key, h)] = (v, expires)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+class InMemoryWaveCounter:
+    """Sliding windows per cluster and wave-alert cooldowns, driven only by the ``now_s`` passed in."""
+
+    def __init__(self, policy: PolicySettings) -> None:
+        self._policy = policy
+        self._members: dict[str, dict[str, float]] = {}
+        self._cooldown_until: dict[str, float] = {}
+
+    async def record(self, cluster_id: str, content_id: str, now_s: float) -> WaveState:
+        p = self._policy
+        members = self._members.setdefault(cluster_id, {})
+        members[content_id] = now_s
+        cutoff = now_s - p.wave_window_s
+        for cid in [c for c, ts in members.items() if ts < cutoff]:
+            del members[cid]
+        count = len(members)
+        cooldown_free = self._cooldown_until.get(cluster_id, float("-inf")) <= now_s
+        state = wave_decision(count, p.wave_threshold, p.wave_alert_cooldown_s, cooldown_free)
+        if state.is_wave and state.alert and p.wave_alert_cooldown_s > 0:
+            self._cooldown_until[cluster_id] = now_s + p.wave_alert_cooldown_s
+        return state

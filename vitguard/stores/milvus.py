@@ -1,0 +1,303 @@
+"""Milvus adapter of :class:`~vitguard.stores.interfaces.EmbeddingIndex`.
+
+One collection per model (name and dimension from :class:`~vitguard.model.types.ModelInfo`), COSINE
+metric, ``content_id`` as primary key so an upsert is idempotent. The same code talks to Milvus Lite (a
+``*.db`` file path) and to a Milvus server (``http://host:19530``): only ``MilvusSettings.uri`` differs.
+
+Calls are blocking (pymilvus is synchronous); the pipeline runs them in a worker thread. A lock makes the
+adapter safe when several threads share it, one call at a time. Every pymilvus, gRPC or socket error
+becomes :class:`~vitguard.errors.ServiceUnavailableError` so callers can retry it with
+:func:`~vitguard.stores.backoff.retry_with_backoff`; configuration mistakes (dimension mismatch) are
+:class:`~vitguard.errors.ConfigError` and are not retried.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vitguard.errors import ConfigError, ServiceUnavailableError
+from vitguard.model.types import ModelInfo
+from vitguard.settings import MilvusSettings
+from vitguard.stores.interfaces import EmbeddingRecord, SearchHit
+from vitguard.stores.naming import collection_name
+
+__all__ = ["FIELDS", "UNSAFE_FILTER", "MilvusEmbeddingIndex"]
+
+T = TypeVar("T")
+
+UNSAFE_FILTER = 'label == "unsafe"'
+"""Only items judged unsafe are candidates for near-duplicate clustering."""
+
+_VARCHAR = {"content_id": 256, "label": 32, "cluster_id": 128, "tenant": 256, "model_version": 256}
+FIELDS = (
+    "content_id",
+    "embedding",
+    "label",
+    "unsafe_score",
+    "cluster_id",
+    "tenant",
+    "model_version",
+    "created_at_ms",
+    "processed_at_ms",
+)
+"""Columns of every collection, primary key first."""
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    from pymilvus.exceptions import MilvusException
+
+    errors: list[type[BaseException]] = [MilvusException, OSError, TimeoutError]
+    try:
+        import grpc
+
+        errors.append(grpc.RpcError)
+    except ImportError:  # pragma: no cover - grpc is a pymilvus dependency
+        pass
+    return tuple(errors)
+
+
+class MilvusEmbeddingIndex:
+    """Embeddings in Milvus, one collection per model.
+
+    The client connects lazily, on the first call, so building the adapter never fails because Milvus is
+    down; the first call then raises :class:`ServiceUnavailableError` and a later one reconnects.
+
+    Args:
+        settings: URI (Lite path or server URI), token, database, collection prefix.
+    """
+
+    def __init__(self, settings: MilvusSettings) -> None:
+        self._settings = settings
+        self._lock = threading.RLock()
+        self._client: Any = None
+        self._dims: dict[str, int] = {}
+        self._errors = _unavailable_errors()
+
+    @property
+    def settings(self) -> MilvusSettings:
+        return self._settings
+
+    def collection_for(self, model: ModelInfo) -> str:
+        """The model's collection name (pure; does not create it)."""
+        return collection_name(self._settings.collection_prefix, model)
+
+    # -- EmbeddingIndex ---------------------------------------------------------------------------
+
+    def ensure_collection(self, model: ModelInfo) -> str:
+        """Create the model's collection if missing and load it; return its name.
+
+        Raises:
+            ConfigError: a collection of that name exists with another embedding dimension or without
+                the expected fields (it was made by something else).
+            ServiceUnavailableError: Milvus did not answer.
+        """
+        name = self.collection_for(model)
+        dim = model.embedding_dim
+        if dim < 1:
+            raise ConfigError(f"model {model.name} has embedding_dim {dim}; it must be positive")
+        with self._lock:
+            if self._dims.get(name) == dim:
+                return name
+            client = self._connected()
+            if not self._call(lambda: client.has_collection(name)):
+                try:
+                    self._call(lambda: self._create(client, name, dim))
+                except ServiceUnavailableError:
+                    # another worker may have created it at the same moment: that is fine
+                    if not self._call(lambda: client.has_collection(name)):
+                        raise
+            existing = self._described_dim(client, name)
+            if existing != dim:
+                raise ConfigError(
+                    f"Milvus collection {name} holds {existing}-d embeddings but model {model.name} makes "
+                    f"{dim}-d ones: drop the collection or use another VITGUARD_MILVUS_COLLECTION_PREFIX"
+                )
+            self._call(lambda: client.load_collection(name))
+            self._dims[name] = dim
+            return name
+
+    def upsert(self, collection: str, records: Sequence[EmbeddingRecord]) -> None:
+        """Insert or replace rows by content id, in one call.
+
+        Raises:
+            ValueError: a record's embedding does not have the collection's dimension.
+            ServiceUnavailableError: Milvus did not answer; nothing is known to be written.
+        """
+        if not records:
+            return
+        with self._lock:
+            dim = self._dim_of(collection)
+            rows = [_row(r, dim) for r in records]
+            client = self._connected()
+            self._call(lambda: client.upsert(collection_name=collection, data=rows))
+
+    def search_unsafe(
+        self, collection: str, vectors: NDArray[np.float32], limit: int, min_similarity: float
+    ) -> list[list[SearchHit]]:
+        """One batched search among unsafe rows.
+
+        Returns:
+            One list per query vector: hits with cosine similarity >= ``min_similarity``, most similar
+            first, at most ``limit``.
+
+        Raises:
+            ValueError: ``vectors`` is not ``(N, dim)``.
+            ServiceUnavailableError: Milvus did not answer.
+        """
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if matrix.ndim != 2:
+            raise ValueError(f"vectors must be a 2-d (N, dim) array, got shape {matrix.shape}")
+        if matrix.shape[0] == 0:
+            return []
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        with self._lock:
+            dim = self._dim_of(collection)
+            if matrix.shape[1] != dim:
+                raise ValueError(f"collection {collection} holds {dim}-d vectors, got {matrix.shape[1]}-d")
+            client = self._connected()
+            raw = self._call(
+                lambda: client.search(
+                    collection_name=collection,
+                    data=matrix.tolist(),
+                    filter=UNSAFE_FILTER,
+                    limit=limit,
+                    output_fields=["cluster_id"],
+                    anns_field="embedding",
+                    search_params={"metric_type": "COSINE"},
+                )
+            )
+        return [_hits(per_query, min_similarity) for per_query in raw]
+
+    def ping(self) -> bool:
+        """True when Milvus answers a cheap call."""
+        try:
+            with self._lock:
+                client = self._connected()
+                self._call(client.list_collections)
+        except ServiceUnavailableError:
+            return False
+        return True
+
+    # -- extras (not in the protocol) -------------------------------------------------------------
+
+    def count(self, collection: str) -> int:
+        """Rows in a collection (operations and tests)."""
+        with self._lock:
+            client = self._connected()
+            res = self._call(lambda: client.query(collection, filter="", output_fields=["count(*)"]))
+        return int(res[0]["count(*)"])
+
+    def drop_collection(self, collection: str) -> None:
+        """Drop a collection if it exists (operations and tests)."""
+        with self._lock:
+            client = self._connected()
+            self._call(lambda: client.drop_collection(collection))
+            self._dims.pop(collection, None)
+
+    def close(self) -> None:
+        """Close the client connection; a later call reconnects."""
+        with self._lock:
+            client, self._client = self._client, None
+            if client is not None:
+                try:
+                    client.close()
+                except self._errors:
+                    pass
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except self._errors as exc:
+            raise ServiceUnavailableError(f"Milvus at {self._settings.uri}: {exc}") from exc
+
+    def _connected(self) -> Any:
+        if self._client is None:
+            from pymilvus import MilvusClient
+
+            s = self._settings
+            kwargs: dict[str, Any] = {"uri": s.uri}
+            if s.token is not None:
+                kwargs["token"] = s.token.get_secret_value()
+            if s.db_name:
+                kwargs["db_name"] = s.db_name
+            self._client = self._call(lambda: MilvusClient(**kwargs))
+        return self._client
+
+    def _dim_of(self, collection: str) -> int:
+        dim = self._dims.get(collection)
+        if dim is None:
+            dim = self._described_dim(self._connected(), collection)
+            self._dims[collection] = dim
+        return dim
+
+    def _described_dim(self, client: Any, name: str) -> int:
+        desc = self._call(lambda: client.describe_collection(name))
+        fields = {f["name"]: f for f in desc.get("fields", [])}
+        missing = [f for f in FIELDS if f not in fields]
+        if missing:
+            raise ConfigError(
+                f"Milvus collection {name} lacks field(s) {', '.join(missing)}: it was not created by vitguard"
+            )
+        return int(fields["embedding"]["params"]["dim"])
+
+    @staticmethod
+    def _create(client: Any, name: str, dim: int) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("content_id", DataType.VARCHAR, is_primary=True, max_length=_VARCHAR["content_id"])
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("label", DataType.VARCHAR, max_length=_VARCHAR["label"])
+        schema.add_field("unsafe_score", DataType.FLOAT)
+        schema.add_field("cluster_id", DataType.VARCHAR, max_length=_VARCHAR["cluster_id"])
+        schema.add_field("tenant", DataType.VARCHAR, max_length=_VARCHAR["tenant"])
+        schema.add_field("model_version", DataType.VARCHAR, max_length=_VARCHAR["model_version"])
+        schema.add_field("created_at_ms", DataType.INT64)
+        schema.add_field("processed_at_ms", DataType.INT64)
+        index = client.prepare_index_params()
+        index.add_index(field_name="embedding", index_type="AUTOINDEX", metric_type="COSINE")
+        # Strong consistency: a search right after an upsert must see it, or near-duplicates arriving in
+        # consecutive batches would each start their own cluster.
+        client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+
+
+def _row(r: EmbeddingRecord, dim: int) -> dict[str, Any]:
+    vec = np.asarray(r.embedding, dtype=np.float32).reshape(-1)
+    if vec.shape[0] != dim:
+        raise ValueError(f"record {r.content_id} has a {vec.shape[0]}-d embedding, the collection {dim}-d")
+    for name, limit in _VARCHAR.items():
+        value = getattr(r, name)
+        if len(value) > limit:
+            raise ValueError(f"record {r.content_id}: {name} longer than {limit} characters")
+    return {
+        "content_id": r.content_id,
+        "embedding": vec.tolist(),
+        "label": r.label,
+        "unsafe_score": float(r.unsafe_score),
+        "cluster_id": r.cluster_id,
+        "tenant": r.tenant,
+        "model_version": r.model_version,
+        "created_at_ms": int(r.created_at_ms),
+        "processed_at_ms": int(r.processed_at_ms),
+    }
+
+
+def _hits(raw: Sequence[Any], min_similarity: float) -> list[SearchHit]:
+    hits = []
+    for h in raw:
+        similarity = float(h["distance"])
+        if similarity < min_similarity:
+            continue
+        entity = h.get("entity") or {}
+        content_id = h.get("content_id", h.get("id", entity.get("content_id")))
+        hits.append(SearchHit(str(content_id), similarity, str(entity.get("cluster_id", ""))))
+    hits.sort(key=lambda hit: hit.similarity, reverse=True)
+    return hits

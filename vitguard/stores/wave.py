@@ -1,0 +1,119 @@
+"""Abuse-wave detection: a sliding-window counter per near-duplicate cluster, with alert suppression.
+
+Each unsafe near-duplicate is recorded on its cluster at time ``now_s``. When ``wave_threshold`` items
+land on one cluster within ``wave_window_s`` the cluster is in a wave: the first item then raises a
+critical alert and further wave alerts for that cluster are suppressed for ``wave_alert_cooldown_s``, so
+a wave of thousands of copies produces a handful of alerts, not thousands. Below the threshold every
+near-duplicate still gets its (informational) alert.
+
+All times are the caller's ``now_s`` (window and cooldown alike), so replaying a stream or a test with
+explicit timestamps behaves exactly like live traffic; Redis TTLs only collect garbage.
+"""
+
+from __future__ import annotations
+
+from vitguard.errors import ServiceUnavailableError
+from vitguard.settings import PolicySettings, RedisSettings
+from vitguard.stores.interfaces import WaveState
+from vitguard.stores.redis_store import make_redis_client, redis_errors_mapped
+
+__all__ = ["WAVE_SCRIPT", "RedisWaveCounter", "wave_decision"]
+
+
+def wave_decision(count: int, threshold: int, cooldown_s: float, cooldown_free: bool) -> WaveState:
+    """The pure rule: wave when ``count >= threshold``; inside a wave alert only when no cooldown runs.
+
+    ``cooldown_s == 0`` turns suppression off (every wave item alerts).
+    """
+    is_wave = count >= threshold
+    alert = (not is_wave) or cooldown_s <= 0 or cooldown_free
+    return WaveState(count=count, is_wave=is_wave, alert=alert)
+
+
+WAVE_SCRIPT = """
+local zkey, ckey = KEYS[1], KEYS[2]
+local now = tonumber(ARGV[1])
+local member = ARGV[3]
+local threshold = tonumber(ARGV[4])
+local cooldown = tonumber(ARGV[5])
+local gc_ttl = tonumber(ARGV[6])
+redis.call('ZADD', zkey, ARGV[1], member)
+redis.call('ZREMRANGEBYSCORE', zkey, '-inf', '(' .. ARGV[7])
+local count = redis.call('ZCARD', zkey)
+redis.call('EXPIRE', zkey, gc_ttl)
+local is_wave = 0
+local alert = 1
+if count >= threshold then
+  is_wave = 1
+  if cooldown > 0 then
+    local until_s = redis.call('GET', ckey)
+    if until_s and tonumber(until_s) > now then
+      alert = 0
+    else
+      redis.call('SET', ckey, ARGV[8], 'EX', gc_ttl)
+    end
+  end
+end
+return {count, is_wave, alert}
+"""
+"""Atomic record-trim-count-suppress in one round trip.
+
+KEYS: window sorted set, cooldown key. ARGV: now, window (informational), member, threshold, cooldown,
+garbage-collection TTL, cutoff (now - window), cooldown end (now + cooldown).
+"""
+
+
+class RedisWaveCounter:
+    """Sliding windows in Redis sorted sets (score = time, member = content id), updated atomically.
+
+    A content id recorded twice (a redelivery) counts once. Both keys of a cluster share a hash tag, so the
+    script also runs on Redis Cluster.
+
+    Args:
+        settings: Redis connection and key prefix.
+        policy: ``wave_window_s``, ``wave_threshold``, ``wave_alert_cooldown_s``.
+    """
+
+    def __init__(self, settings: RedisSettings, policy: PolicySettings) -> None:
+        self._settings = settings
+        self._policy = policy
+        self._redis = make_redis_client(settings)
+        self._script = self._redis.register_script(WAVE_SCRIPT)
+
+    def keys(self, cluster_id: str) -> tuple[str, str]:
+        """(window sorted set, cooldown key) of a cluster."""
+        p = self._settings.key_prefix
+        return f"{p}wave:{{{cluster_id}}}", f"{p}wave-cooldown:{{{cluster_id}}}"
+
+    async def record(self, cluster_id: str, content_id: str, now_s: float) -> WaveState:
+        """Record one item on a cluster and say whether it is a wave and whether to alert.
+
+        Raises:
+            ServiceUnavailableError: Redis did not answer.
+        """
+        p = self._policy
+        gc_ttl = int(max(p.wave_window_s, p.wave_alert_cooldown_s)) + 60
+        args = [
+            repr(float(now_s)),
+            str(p.wave_window_s),
+            content_id,
+            str(p.wave_threshold),
+            str(p.wave_alert_cooldown_s),
+            str(gc_ttl),
+            repr(float(now_s) - p.wave_window_s),
+            repr(float(now_s) + p.wave_alert_cooldown_s),
+        ]
+        async with redis_errors_mapped(self._settings, "wave record"):
+            count, is_wave, alert = await self._script(keys=list(self.keys(cluster_id)), args=args)
+        return WaveState(count=int(count), is_wave=bool(is_wave), alert=bool(alert))
+
+    async def ping(self) -> bool:
+        """True when Redis answers PING; never raises."""
+        try:
+            async with redis_errors_mapped(self._settings, "ping"):
+                return bool(await self._redis.ping())
+        except ServiceUnavailableError:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
