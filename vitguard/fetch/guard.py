@@ -101,6 +101,8 @@ def blocked_reason(ip: IPAddress) -> str | None:
             inner = _own_reason(embedded)
             if inner is not None:
                 return f"{inner} (embedded in {ip})"
+            if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d *is* a.b.c.d on a dual-stack socket
+                return None
     return _own_reason(ip)
 
 

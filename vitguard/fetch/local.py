@@ -59,16 +59,20 @@ def read_file_url(ref: str, root: Path | None, max_bytes: int) -> bytes:
         raise FetchError("fetch_not_found", f"no such file {path}") from exc
     except OSError as exc:
         raise FetchError("fetch_failed", f"cannot open {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise FetchError("fetch_not_found", f"{path} is not a regular file")
         if st.st_size > max_bytes:
             raise FetchError("fetch_too_large", f"{path} is {st.st_size} bytes, limit {max_bytes}")
-        try:
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1  # owned by fh now
             data = fh.read(max_bytes + 1)  # a file growing under us is still capped
-        except OSError as exc:
-            raise FetchError("fetch_failed", f"cannot read {path}: {exc.strerror}") from exc
+    except OSError as exc:
+        raise FetchError("fetch_failed", f"cannot read {path}: {exc.strerror}") from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
     if len(data) > max_bytes:
         raise FetchError("fetch_too_large", f"{path} is larger than {max_bytes} bytes")
     return data
