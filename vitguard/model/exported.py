@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -168,7 +169,8 @@ def _export_onnx(wrapper: torch.nn.Module, example: torch.Tensor, path: Path, op
         "dynamic_axes": {"pixel_values": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
         "opset_version": opset,
     }
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow in timm's asserts
         torch.onnx.export(wrapper, (example,), str(path), dynamo=False, **kwargs)
 
 

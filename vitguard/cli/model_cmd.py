@@ -1,0 +1,185 @@
+"""``vitguard classify``, ``vitguard embed`` and ``vitguard model ...``: the model from the command line.
+
+Heavy imports (torch, timm, onnxruntime) happen inside the commands so ``vitguard --help`` stays fast.
+A bad image is one line on stderr and exit code 1; the other images are still classified.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from vitguard.model.types import Classifier
+    from vitguard.settings import Settings
+
+__all__ = ["register"]
+
+_MODEL_HELP = "Model spec: auto | opennsfw | hf-hub:ORG/NAME | DIR | timm:ARCH | onnx:PATH | torchscript:PATH."
+_EXIT_BAD_INPUT = 1
+
+
+def _load(spec: str | None) -> tuple[Classifier, Settings]:
+    from vitguard.model import load_classifier
+    from vitguard.settings import load_settings
+
+    settings = load_settings(model={"spec": spec} if spec else {})
+    return load_classifier(settings.model), settings
+
+
+def _prepare_all(
+    classifier: Classifier, paths: tuple[Path, ...]
+) -> tuple[list[tuple[Path, NDArray[np.float32], float]], list[tuple[Path, str]]]:
+    """Decode every file; bad ones become (path, one-line reason) instead of stopping the run."""
+    from vitguard.errors import ImageDecodeError
+
+    good: list[tuple[Path, NDArray[np.float32], float]] = []
+    bad: list[tuple[Path, str]] = []
+    for path in paths:
+        started = time.perf_counter()
+        try:
+            array = classifier.prepare(path.read_bytes())
+        except OSError as exc:
+            bad.append((path, f"cannot read: {exc.strerror or exc}"))
+            continue
+        except ImageDecodeError as exc:
+            bad.append((path, str(exc)))
+            continue
+        good.append((path, array, (time.perf_counter() - started) * 1000))
+    return good, bad
+
+
+def _report_bad(bad: list[tuple[Path, str]]) -> None:
+    for path, reason in bad:
+        click.echo(f"vitguard: {path}: {reason}", err=True)
+
+
+@click.command("classify")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "spec", default=None, help=f"{_MODEL_HELP} Default: VITGUARD_MODEL_SPEC (auto).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image instead of a table.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 1024), help="Images per pass.")
+def classify(paths: tuple[Path, ...], spec: str | None, as_json: bool, batch_size: int) -> None:
+    """Classify image files: label (by the policy settings), unsafe score and timing per image."""
+    import numpy as np
+
+    from vitguard.policy import decide, resolve_unsafe_labels
+
+    classifier, settings = _load(spec)
+    info = classifier.info
+    unsafe_labels = resolve_unsafe_labels(info.labels, settings.policy)
+    good, bad = _prepare_all(classifier, paths)
+    if not as_json and good:
+        click.echo(f"# model {info.name}@{info.version} ({info.backend}){' UNTRAINED' if info.untrained else ''}")
+        click.echo(f"{'label':<7} {'unsafe':>7} {'top class':<14} {'decode ms':>9} {'model ms':>9}  path")
+    for start in range(0, len(good), batch_size):
+        chunk = good[start : start + batch_size]
+        started = time.perf_counter()
+        predictions = classifier.predict(np.stack([array for _, array, _ in chunk]))
+        model_ms = (time.perf_counter() - started) * 1000 / len(chunk)
+        for (path, _, decode_ms), prediction in zip(chunk, predictions, strict=True):
+            decision = decide(prediction.scores, unsafe_labels, settings.policy.unsafe_threshold)
+            if as_json:
+                record: dict[str, Any] = {
+                    "path": str(path),
+                    "label": decision.label,
+                    "unsafe_score": round(decision.unsafe_score, 6),
+                    "scores": {k: round(v, 6) for k, v in prediction.scores.items()},
+                    "model": info.name,
+                    "model_version": info.version,
+                    "untrained": info.untrained,
+                    "decode_ms": round(decode_ms, 2),
+                    "model_ms": round(model_ms, 2),
+                }
+                click.echo(json.dumps(record))
+            else:
+                click.echo(
+                    f"{decision.label:<7} {decision.unsafe_score:>7.4f} {prediction.top_class:<14} "
+                    f"{decode_ms:>9.1f} {model_ms:>9.1f}  {path}"
+                )
+    _report_bad(bad)
+    if bad:
+        sys.exit(_EXIT_BAD_INPUT)
+
+
+@click.command("embed")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npy file.")
+@click.option("--model", "spec", default=None, help=f"{_MODEL_HELP} Default: VITGUARD_MODEL_SPEC (auto).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024), help="Images per pass.")
+def embed(paths: tuple[Path, ...], out: Path, spec: str | None, batch_size: int) -> None:
+    """Write the L2-normalised embeddings of image files as an (N, dim) float32 .npy file.
+
+    Row i belongs to the i-th path. OUT.json next to it records the model and the paths. Any undecodable
+    image is reported and nothing is written, so rows never shift.
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    classifier, _ = _load(spec)
+    info = classifier.info
+    good, bad = _prepare_all(classifier, paths)
+    if bad:
+        _report_bad(bad)
+        click.echo(f"vitguard: {len(bad)} of {len(paths)} images could not be decoded; nothing written", err=True)
+        sys.exit(_EXIT_BAD_INPUT)
+    rows: list[NDArray[np.float32]] = []
+    with tqdm(total=len(good), unit="img", disable=len(good) < 64, file=sys.stderr) as bar:
+        for start in range(0, len(good), batch_size):
+            chunk = good[start : start + batch_size]
+            rows.extend(p.embedding for p in classifier.predict(np.stack([a for _, a, _ in chunk])))
+            bar.update(len(chunk))
+    matrix = np.stack(rows).astype(np.float32) if rows else np.zeros((0, info.embedding_dim), np.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as fh:
+        np.save(fh, matrix)
+    meta = {"model": asdict(info), "paths": [str(p) for p, _, _ in good]}
+    out.with_name(out.name + ".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"wrote {matrix.shape[0]}x{matrix.shape[1]} embeddings from {info.name}@{info.version} to {out}")
+
+
+@click.group("model")
+def model() -> None:
+    """Inspect and export the classification model."""
+
+
+@model.command("info")
+@click.option("--model", "spec", default=None, help=f"{_MODEL_HELP} Default: VITGUARD_MODEL_SPEC (auto).")
+def info_cmd(spec: str | None) -> None:
+    """Print the loaded model's identity (name, version, labels, embedding size, backend) as JSON."""
+    classifier, _ = _load(spec)
+    click.echo(json.dumps(asdict(classifier.info), indent=2))
+
+
+@model.command("export")
+@click.option("--model", "spec", required=True, help="Torch model to export: hf-hub:ORG/NAME | DIR | timm:ARCH.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
+@click.option("--int8", is_flag=True, help="ONNX only: dynamic int8 weights (smaller, approximate).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Model file.")
+def export_cmd(spec: str, fmt: str, int8: bool, out: Path) -> None:
+    """Export a model to ONNX or TorchScript; load it back with --model onnx:OUT or torchscript:OUT."""
+    from vitguard.model.exported import export_model, sidecar_path
+    from vitguard.model.factory import load_torch_classifier
+    from vitguard.settings import load_settings
+
+    if int8 and fmt != "onnx":
+        raise click.UsageError("--int8 needs --format onnx")
+    settings = load_settings(model={"spec": spec, "device": "cpu"})
+    classifier = load_torch_classifier(settings.model)
+    path = export_model(classifier, out, fmt="onnx" if fmt == "onnx" else "torchscript", int8=int8)
+    click.echo(f"wrote {path} and {sidecar_path(path).name}; load it with --model {fmt}:{path}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(classify)
+    group.add_command(embed)
+    group.add_command(model)
