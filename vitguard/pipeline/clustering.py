@@ -93,7 +93,9 @@ def assign_clusters(
         ValueError: the three inputs do not have the same length.
     """
     n = len(content_ids)
-    vectors = np.asarray(embeddings, dtype=np.float64).reshape(n, -1) if n else np.zeros((0, 0))
+    vectors = np.asarray(embeddings, dtype=np.float64)
+    if vectors.ndim != 2:
+        raise ValueError(f"embeddings must be an (N, D) array, got shape {vectors.shape}")
     if len(hits) != n or vectors.shape[0] != n:
         raise ValueError(f"{n} content ids, {vectors.shape[0]} embeddings and {len(hits)} hit lists")
     if n == 0:
