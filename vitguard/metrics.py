@@ -1,0 +1,164 @@
+"""Prometheus metrics of the worker, all in one registry and all named ``vitguard_*``.
+
+Dashboards and alert rules (``deploy/``) refer to these names: treat them as a contract, add new metrics
+rather than renaming old ones. Every metric lives in :data:`REGISTRY`, so ``/metrics`` exposes exactly
+vitguard's series (plus process metrics) and a test can read values with ``REGISTRY.get_sample_value``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = [
+    "ALERTS",
+    "ALERTS_SUPPRESSED",
+    "BATCH_DURATION",
+    "BATCH_SIZE",
+    "CACHE_HITS",
+    "CLASSIFY_REQUESTS",
+    "CONTENT_TYPE",
+    "DEAD_LETTERS",
+    "EVENTS_CONSUMED",
+    "EVENTS_REDELIVERED",
+    "EVENT_LATENCY",
+    "IMAGE_STAGE_DURATION",
+    "LAST_BATCH_TIMESTAMP",
+    "METRIC_NAMES",
+    "MODEL_INFO",
+    "PUBLISH_RETRIES",
+    "REGISTRY",
+    "STAGE_DURATION",
+    "STORE_ERRORS",
+    "VERDICTS",
+    "render",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+"""The one registry ``/metrics`` serves."""
+
+ProcessCollector(registry=REGISTRY)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""Content-Type of :func:`render`'s output (Prometheus text format)."""
+
+_BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+EVENTS_CONSUMED = Counter(
+    "vitguard_events_consumed", "Input messages taken from the image-events topic.", registry=REGISTRY
+)
+EVENTS_REDELIVERED = Counter(
+    "vitguard_events_redelivered",
+    "Events skipped because their id was already processed (redelivery guard).",
+    registry=REGISTRY,
+)
+VERDICTS = Counter(
+    "vitguard_verdicts",
+    "Verdicts published, by label and by where they came from (model or cache).",
+    ["label", "source"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "vitguard_dead_letters", "Dead letters published, by reason code.", ["reason"], registry=REGISTRY
+)
+ALERTS = Counter(
+    "vitguard_alerts", "Near-duplicate alerts published, by severity.", ["severity"], registry=REGISTRY
+)
+ALERTS_SUPPRESSED = Counter(
+    "vitguard_alerts_suppressed",
+    "Near-duplicates inside a wave whose alert was suppressed by the cooldown.",
+    registry=REGISTRY,
+)
+CACHE_HITS = Counter(
+    "vitguard_cache_hits", "Images answered from the verdict cache (same SHA-256), no inference.", registry=REGISTRY
+)
+STORE_ERRORS = Counter(
+    "vitguard_store_errors",
+    "Failed calls to a backing store (store: redis|milvus, op: the call). Redis errors are tolerated, "
+    "Milvus errors are retried.",
+    ["store", "op"],
+    registry=REGISTRY,
+)
+PUBLISH_RETRIES = Counter(
+    "vitguard_publish_retries", "Batches whose outputs had to be published again.", registry=REGISTRY
+)
+BATCH_SIZE = Histogram(
+    "vitguard_batch_size", "Messages per batch taken from the stream.", buckets=_BATCH_SIZE_BUCKETS, registry=REGISTRY
+)
+BATCH_DURATION = Histogram(
+    "vitguard_batch_duration_seconds",
+    "Wall time of one batch, from take to outputs acknowledged.",
+    buckets=_SECONDS_BUCKETS,
+    registry=REGISTRY,
+)
+STAGE_DURATION = Histogram(
+    "vitguard_stage_duration_seconds",
+    "Wall time of one batch stage: fetch_decode, inference, milvus_search, milvus_upsert, waves, publish, redis.",
+    ["stage"],
+    buckets=_SECONDS_BUCKETS,
+    registry=REGISTRY,
+)
+IMAGE_STAGE_DURATION = Histogram(
+    "vitguard_image_stage_duration_seconds",
+    "Per-image time of fetch (by source: http|file|data) and decode.",
+    ["stage", "source"],
+    buckets=_SECONDS_BUCKETS,
+    registry=REGISTRY,
+)
+EVENT_LATENCY = Histogram(
+    "vitguard_event_latency_seconds",
+    "From the event's created_at to its verdict being acknowledged by the broker.",
+    buckets=_SECONDS_BUCKETS,
+    registry=REGISTRY,
+)
+LAST_BATCH_TIMESTAMP = Gauge(
+    "vitguard_last_batch_timestamp_seconds",
+    "Unix time when the last batch's outputs were acknowledged (stalls show as a growing age).",
+    registry=REGISTRY,
+)
+MODEL_INFO = Gauge(
+    "vitguard_model_info",
+    "Always 1; the labels say which model the worker serves.",
+    ["name", "version", "backend", "embedding_dim"],
+    registry=REGISTRY,
+)
+CLASSIFY_REQUESTS = Counter(
+    "vitguard_classify_requests",
+    "POST /classify requests by outcome (safe, unsafe, or the reason code of a 400).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+METRIC_NAMES: tuple[str, ...] = (
+    "vitguard_events_consumed_total",
+    "vitguard_events_redelivered_total",
+    "vitguard_verdicts_total",
+    "vitguard_dead_letters_total",
+    "vitguard_alerts_total",
+    "vitguard_alerts_suppressed_total",
+    "vitguard_cache_hits_total",
+    "vitguard_store_errors_total",
+    "vitguard_publish_retries_total",
+    "vitguard_batch_size",
+    "vitguard_batch_duration_seconds",
+    "vitguard_stage_duration_seconds",
+    "vitguard_image_stage_duration_seconds",
+    "vitguard_event_latency_seconds",
+    "vitguard_last_batch_timestamp_seconds",
+    "vitguard_model_info",
+    "vitguard_classify_requests_total",
+)
+"""Exported series names (counters with their ``_total`` suffix; histograms add ``_bucket/_sum/_count``)."""
+
+
+def render() -> bytes:
+    """The registry in Prometheus text format, for ``GET /metrics``."""
+    return generate_latest(REGISTRY)

@@ -1,0 +1,250 @@
+"""The pure part of moderation: messages in, verdicts, alerts and dead letters out. No I/O here.
+
+:class:`~vitguard.pipeline.processor.BatchProcessor` does the I/O (fetch, stores, model, publishing) and
+calls these functions in between, so every decision the pipeline makes can be unit-tested with plain
+values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+from pydantic import ValidationError
+
+from vitguard.errors import InputError, ReasonCode
+from vitguard.model.types import ModelInfo, Prediction
+from vitguard.pipeline.types import RawMessage
+from vitguard.policy import Decision, decide
+from vitguard.schemas.events import (
+    MAX_ID_LEN,
+    DeadLetter,
+    ImageEvent,
+    Match,
+    NearDuplicateAlert,
+    Timings,
+    Verdict,
+    decode_key,
+    parse_image_event,
+    utc_now,
+)
+from vitguard.settings import PolicySettings
+from vitguard.stores.interfaces import WaveState
+
+__all__ = [
+    "ParsedBatch",
+    "alert_severity",
+    "build_alert",
+    "build_verdict",
+    "cache_key",
+    "dead_letter",
+    "moderate_batch",
+    "parse_batch",
+    "parse_cached_verdict",
+    "verdict_from_cache",
+]
+
+_MAX_MESSAGE_CHARS = 2000
+
+
+@dataclass
+class ParsedBatch:
+    """A batch split into valid events, dead letters for invalid messages, and in-batch repeats."""
+
+    events: list[tuple[RawMessage, ImageEvent]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    repeats: list[RawMessage] = field(default_factory=list)
+    """Messages whose event id already appeared earlier in the same batch (answered once)."""
+
+
+def _id_hint(value: object) -> str | None:
+    """An id from a payload that failed validation, if it is a short string (for the dead letter)."""
+    return value[:MAX_ID_LEN] if isinstance(value, str) and value else None
+
+
+def dead_letter(
+    raw: RawMessage, reason: ReasonCode, message: str, event: ImageEvent | None = None
+) -> DeadLetter:
+    """A dead letter that keeps ``raw``'s value byte for byte and says where it came from and why."""
+    event_id = content_id = None
+    if event is not None:
+        event_id, content_id = event.event_id, event.content_id
+    elif raw.value:
+        try:
+            data = json.loads(raw.value)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            event_id, content_id = _id_hint(data.get("event_id")), _id_hint(data.get("content_id"))
+    return DeadLetter.for_payload(
+        raw.value or b"",
+        reason=reason,
+        message=message[:_MAX_MESSAGE_CHARS],
+        key=decode_key(raw.key),
+        event_id=event_id,
+        content_id=content_id,
+        source_topic=raw.topic,
+        source_partition=raw.partition,
+        source_offset=raw.offset,
+    )
+
+
+def parse_batch(raws: Iterable[RawMessage]) -> ParsedBatch:
+    """Validate every message: valid events, dead letters (invalid_json, schema_violation), repeats."""
+    out = ParsedBatch()
+    seen: set[str] = set()
+    for raw in raws:
+        if raw.value is None:
+            out.dead_letters.append(dead_letter(raw, "invalid_json", "message has no value (tombstone)"))
+            continue
+        try:
+            event = parse_image_event(raw.value)
+        except InputError as exc:
+            out.dead_letters.append(dead_letter(raw, exc.reason, exc.message))
+            continue
+        if event.event_id in seen:
+            out.repeats.append(raw)
+            continue
+        seen.add(event.event_id)
+        out.events.append((raw, event))
+    return out
+
+
+def cache_key(info: ModelInfo, unsafe_labels: Sequence[str], threshold: float) -> str:
+    """Verdict-cache namespace: a cached verdict is only valid for the same model AND the same policy."""
+    policy = json.dumps([sorted(unsafe_labels), threshold])
+    digest = hashlib.sha256(f"{info.name}|{info.version}|{policy}".encode()).hexdigest()[:16]
+    return f"{info.collection_suffix[:80]}:{digest}"
+
+
+def moderate_batch(
+    predictions: Sequence[Prediction], unsafe_labels: Sequence[str], threshold: float
+) -> list[Decision]:
+    """The policy decision for each prediction of a forward pass, in order."""
+    return [decide(p.scores, unsafe_labels, threshold) for p in predictions]
+
+
+def build_verdict(
+    event: ImageEvent,
+    *,
+    info: ModelInfo,
+    prediction: Prediction,
+    decision: Decision,
+    sha256: str | None,
+    timings: Timings,
+    collection: str | None,
+    cluster_id: str | None = None,
+    processed_at: datetime | None = None,
+) -> Verdict:
+    """The verdict for one freshly classified image; its embedding is stored under its content id."""
+    return Verdict(
+        event_id=event.event_id,
+        content_id=event.content_id,
+        tenant=event.tenant,
+        label=decision.label,
+        unsafe_score=decision.unsafe_score,
+        top_class=prediction.top_class,
+        scores={k: float(v) for k, v in prediction.scores.items()},
+        model_name=info.name,
+        model_version=info.version,
+        model_untrained=info.untrained,
+        embedding_id=event.content_id if collection else None,
+        collection=collection,
+        cluster_id=cluster_id if decision.label == "unsafe" else None,
+        from_cache=False,
+        image_sha256=sha256,
+        timings=timings,
+        created_at=event.created_at,
+        processed_at=processed_at or utc_now(),
+        replay_id=event.replay_id,
+        metadata=dict(event.metadata),
+    )
+
+
+def parse_cached_verdict(cached_json: str) -> Verdict | None:
+    """A verdict from the cache, or None when the entry is unusable (written by an older contract)."""
+    try:
+        return Verdict.model_validate_json(cached_json)
+    except ValidationError:
+        return None
+
+
+def verdict_from_cache(cached: Verdict, event: ImageEvent, sha256: str, timings: Timings) -> Verdict:
+    """This event's verdict copied from a cached one (same image bytes).
+
+    The decision, scores, model and cluster come from the cache; identity, metadata and times from the
+    event. No embedding is stored for this content id: the cached one already represents these bytes.
+    """
+    return cached.model_copy(
+        update={
+            "event_id": event.event_id,
+            "content_id": event.content_id,
+            "tenant": event.tenant,
+            "embedding_id": None,
+            "collection": None,
+            "from_cache": True,
+            "image_sha256": sha256,
+            "timings": timings,
+            "created_at": event.created_at,
+            "processed_at": utc_now(),
+            "replay_id": event.replay_id,
+            "metadata": dict(event.metadata),
+        }
+    )
+
+
+class _MatchLike(Protocol):
+    @property
+    def content_id(self) -> str: ...
+    @property
+    def similarity(self) -> float: ...
+    @property
+    def cluster_id(self) -> str | None: ...
+
+
+Severity = Literal["info", "warning", "critical"]
+
+
+def alert_severity(state: WaveState, policy: PolicySettings) -> Severity:
+    """critical in a wave; warning once a cluster is half-way to a wave; info for a lone near-duplicate."""
+    if state.is_wave:
+        return "critical"
+    if 2 * state.count >= policy.wave_threshold:
+        return "warning"
+    return "info"
+
+
+def build_alert(
+    event: ImageEvent,
+    *,
+    cluster_id: str,
+    matches: Sequence[_MatchLike],
+    state: WaveState,
+    policy: PolicySettings,
+    model_name: str,
+) -> NearDuplicateAlert:
+    """The alert for an unsafe image that landed on a known cluster (most similar matches first)."""
+    ordered = sorted(matches, key=lambda m: -m.similarity)[: policy.max_matches]
+    severity = alert_severity(state, policy)
+    return NearDuplicateAlert(
+        content_id=event.content_id,
+        event_id=event.event_id,
+        tenant=event.tenant,
+        cluster_id=cluster_id,
+        matches=[
+            Match(
+                content_id=m.content_id,
+                similarity=max(-1.0, min(1.0, float(m.similarity))),
+                cluster_id=m.cluster_id or None,
+            )
+            for m in ordered
+        ],
+        wave_count=max(1, state.count),
+        wave_window_s=policy.wave_window_s,
+        severity=severity,
+        model_name=model_name,
+    )
