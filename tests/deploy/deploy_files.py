@@ -24,6 +24,7 @@ from vitguard.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
+K8S_BASE = K8S / "base"
 ENV_VAR_RE = re.compile(r"\bVITGUARD_[A-Z0-9_]*[A-Z0-9]\b")
 # Names that look like settings but are not: the test harness' own overrides (tests/conftest.py).
 NON_SETTING_PREFIXES = ("VITGUARD_TEST_",)

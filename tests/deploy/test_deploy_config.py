@@ -4,7 +4,6 @@ valid value, topics, ports and credentials line up between compose, Kubernetes a
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from deploy_files import (
     DEPLOY,
     ENV_VAR_RE,
     K8S,
+    K8S_BASE,
     NON_SETTING_PREFIXES,
     REPO,
     compose,
@@ -34,8 +34,8 @@ from deploy_files import (
 from vitguard.errors import ConfigError
 from vitguard.settings import Settings, load_settings
 
-CONFIGMAP = K8S / "configmap.yaml"
-DEPLOYMENT = K8S / "deployment.yaml"
+CONFIGMAP = K8S_BASE / "configmap.yaml"
+DEPLOYMENT = K8S_BASE / "deployment.yaml"
 
 
 def _load_with_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
@@ -77,6 +77,7 @@ def test_deploy_has_the_files_users_need() -> None:
         "prometheus/alerts.yml",
         "grafana/dashboards/vitguard.json",
         "k8s/kustomization.yaml",
+        "k8s/base/kustomization.yaml",
         "k8s/gpu/kustomization.yaml",
     ]:
         assert (DEPLOY / rel).is_file(), rel
@@ -141,7 +142,7 @@ def test_dockerfile_env_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_k8s_configmap_and_secret_values_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    secret = k8s_object("Secret", K8S / "secret.example.yaml")["stringData"]
+    secret = k8s_object("Secret", K8S_BASE / "secret.example.yaml")["stringData"]
     env = {**_configmap_env(), **{k: str(v) for k, v in secret.items()}}
     _load_with_env(monkeypatch, env)
     assert not (secret_env_vars() & set(_configmap_env())), "credentials belong in the Secret"
@@ -159,7 +160,7 @@ def test_k8s_gpu_patch_env_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_every_secret_setting_comes_from_a_secret_ref() -> None:
     container = _worker_container(k8s_object("Deployment", DEPLOYMENT))
-    secret = k8s_object("Secret", K8S / "secret.example.yaml")
+    secret = k8s_object("Secret", K8S_BASE / "secret.example.yaml")
     refs = {
         e["name"]: e["valueFrom"]["secretKeyRef"]
         for e in container["env"]
@@ -214,7 +215,7 @@ def test_compose_creates_every_topic_the_workers_use(monkeypatch: pytest.MonkeyP
 
 
 def test_k8s_topics_job_creates_the_configmap_topics() -> None:
-    job = k8s_object("Job", K8S / "topics-job.yaml")
+    job = k8s_object("Job", K8S_BASE / "topics-job.yaml")
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert [e["configMapRef"]["name"] for e in container["envFrom"]] == ["vitguard-config"]
     script = "\n".join(container["args"])
@@ -229,8 +230,8 @@ def _keda_triggers(path: Path) -> list[dict[str, Any]]:
     return k8s_object("ScaledObject", path)["spec"]["triggers"]
 
 
-@pytest.mark.parametrize("path", [K8S / "keda-scaledobject.yaml", K8S / "gpu" / "scaledobject-gpu.yaml"],
-                         ids=["cpu", "gpu"])
+@pytest.mark.parametrize("path", [K8S_BASE / "keda-scaledobject.yaml", K8S / "gpu" / "scaledobject-gpu.yaml"],
+                         ids=["base", "gpu-overlay"])
 def test_keda_scales_on_the_workers_group_and_input_topic(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
     settings = _load_with_env(monkeypatch, _configmap_env())
     (trigger,) = _keda_triggers(path)
@@ -245,7 +246,7 @@ def test_keda_scales_on_the_workers_group_and_input_topic(monkeypatch: pytest.Mo
 
 def test_keda_replicas_are_capped_at_the_partition_count(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = _load_with_env(monkeypatch, _configmap_env())
-    spec = k8s_object("ScaledObject", K8S / "keda-scaledobject.yaml")["spec"]
+    spec = k8s_object("ScaledObject", K8S_BASE / "keda-scaledobject.yaml")["spec"]
     assert spec["maxReplicaCount"] == settings.topics.partitions
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
     assert spec["scaleTargetRef"]["name"] == k8s_object("Deployment", DEPLOYMENT)["metadata"]["name"]
@@ -324,31 +325,32 @@ def test_k8s_ports_probes_and_selectors_agree(monkeypatch: pytest.MonkeyPatch) -
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     for kind, file in [("Service", "service.yaml"), ("PodDisruptionBudget", "pdb.yaml"),
                        ("ServiceMonitor", "servicemonitor.yaml")]:
-        obj = k8s_object(kind, K8S / file)
+        obj = k8s_object(kind, K8S_BASE / file)
         selector = obj["spec"]["selector"]
         selector = selector.get("matchLabels", selector)
         assert selector.items() <= labels.items(), f"{kind} selects no worker pod"
-    service = k8s_object("Service", K8S / "service.yaml")
+    service = k8s_object("Service", K8S_BASE / "service.yaml")
     assert service["spec"]["ports"][0]["targetPort"] == "http"
-    monitor = k8s_object("ServiceMonitor", K8S / "servicemonitor.yaml")
+    monitor = k8s_object("ServiceMonitor", K8S_BASE / "servicemonitor.yaml")
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     security = pod["spec"]["securityContext"]
     assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
 
 
 def test_k8s_objects_are_complete_and_in_the_kustomization() -> None:
-    kustomization = load_yaml(K8S / "kustomization.yaml")
-    listed = set(kustomization["resources"])
+    base = load_yaml(K8S_BASE / "kustomization.yaml")
+    listed = set(base["resources"])
     for path, obj in k8s_objects():
         assert {"apiVersion", "kind", "metadata"} <= set(obj), path
         assert obj["metadata"].get("name"), path
         if obj["kind"] != "Namespace":
-            assert obj["metadata"].get("namespace") == kustomization["namespace"], path
-        rel = str(path.relative_to(K8S))
-        if "/" not in rel and not re.search(r"\.example\.yaml$", rel):
-            assert rel in listed, f"{rel} is not applied by kustomization.yaml"
+            assert obj["metadata"].get("namespace") == base["namespace"], path
+        if path.parent == K8S_BASE and not path.name.endswith(".example.yaml"):
+            assert path.name in listed, f"{path.name} is not applied by base/kustomization.yaml"
     for rel in listed:
-        assert (K8S / rel).is_file(), rel
+        assert (K8S_BASE / rel).is_file(), rel
+    assert load_yaml(K8S / "kustomization.yaml")["resources"] == ["base"]
     gpu = load_yaml(K8S / "gpu" / "kustomization.yaml")
+    assert gpu["resources"] == ["../base"]
     for patch in gpu["patches"]:
         assert (K8S / "gpu" / patch["path"]).is_file()
