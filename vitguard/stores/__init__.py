@@ -18,10 +18,11 @@ from vitguard.stores.interfaces import (
 from vitguard.stores.memory import InMemoryDedupStore, InMemoryEmbeddingIndex, InMemoryWaveCounter
 from vitguard.stores.milvus import MilvusEmbeddingIndex
 from vitguard.stores.naming import collection_name
-from vitguard.stores.redis_store import RedisDedupStore
+from vitguard.stores.redis_store import CircuitBreaker, RedisDedupStore
 from vitguard.stores.wave import RedisWaveCounter, wave_decision
 
 __all__ = [
+    "CircuitBreaker",
     "DedupStore",
     "EmbeddingIndex",
     "EmbeddingRecord",

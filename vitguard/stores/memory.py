@@ -165,3 +165,7 @@ class InMemoryWaveCounter:
         if state.is_wave and state.alert and p.wave_alert_cooldown_s > 0:
             self._cooldown_until[cluster_id] = now_s + p.wave_alert_cooldown_s
         return state
+
+    async def record_many(self, items: Sequence[tuple[str, str, float]]) -> list[WaveState]:
+        """:meth:`record` for each ``(cluster_id, content_id, now_s)``, in order."""
+        return [await self.record(c, m, t) for c, m, t in items]

@@ -16,7 +16,8 @@ Reads and writes of a batch go in one pipelined round trip (no MULTI, so it also
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,7 +29,14 @@ from redis.exceptions import RedisError
 from vitguard.errors import ServiceUnavailableError
 from vitguard.settings import RedisSettings
 
-__all__ = ["RedisDedupStore", "make_redis_client", "redis_errors_mapped"]
+__all__ = [
+    "DEFAULT_BREAKER_OPEN_S",
+    "CircuitBreaker",
+    "RedisDedupStore",
+    "guarded",
+    "make_redis_client",
+    "redis_errors_mapped",
+]
 
 
 def make_redis_client(settings: RedisSettings) -> aioredis.Redis:
@@ -47,6 +55,10 @@ def make_redis_client(settings: RedisSettings) -> aioredis.Redis:
     return client
 
 
+DEFAULT_BREAKER_OPEN_S = 5.0
+"""After a Redis failure, calls fail fast for this long before one is let through to probe again."""
+
+
 @asynccontextmanager
 async def redis_errors_mapped(settings: RedisSettings, what: str) -> AsyncIterator[None]:
     """Turn every Redis, socket or timeout error inside into :class:`ServiceUnavailableError`.
@@ -62,17 +74,70 @@ async def redis_errors_mapped(settings: RedisSettings, what: str) -> AsyncIterat
         raise ServiceUnavailableError(f"Redis {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
+class CircuitBreaker:
+    """Fail fast while Redis is known to be down, instead of paying socket timeouts on every call.
+
+    A hung Redis costs up to a few socket timeouts per call, and a batch makes several calls: without
+    the breaker a Redis outage would slow the pipeline to a crawl instead of letting it classify on.
+    After a failure the breaker stays open for ``open_for_s``; then the next call probes Redis again.
+
+    Args:
+        open_for_s: how long to fail fast after a failure (0 disables the breaker).
+        clock: monotonic seconds (tests pass a fake one).
+    """
+
+    def __init__(self, open_for_s: float = DEFAULT_BREAKER_OPEN_S, clock: Callable[[], float] = time.monotonic):
+        self.open_for_s = open_for_s
+        self._clock = clock
+        self._open_until = float("-inf")
+        self._last_error = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self._clock() < self._open_until
+
+    def check(self, what: str) -> None:
+        """Raise :class:`ServiceUnavailableError` at once while the breaker is open."""
+        if self.is_open:
+            left = self._open_until - self._clock()
+            raise ServiceUnavailableError(
+                f"Redis {what} skipped: unavailable ({self._last_error}); next try in {left:.1f} s"
+            )
+
+    def failed(self, error: BaseException) -> None:
+        self._last_error = str(error)
+        self._open_until = self._clock() + self.open_for_s
+
+    def succeeded(self) -> None:
+        self._open_until = float("-inf")
+
+
+@asynccontextmanager
+async def guarded(settings: RedisSettings, breaker: CircuitBreaker, what: str) -> AsyncIterator[None]:
+    """:func:`redis_errors_mapped` behind a :class:`CircuitBreaker`."""
+    breaker.check(what)
+    try:
+        async with redis_errors_mapped(settings, what):
+            yield
+    except ServiceUnavailableError as exc:
+        breaker.failed(exc)
+        raise
+    breaker.succeeded()
+
+
 class RedisDedupStore:
     """Processed event ids and the verdict cache in Redis.
 
     Args:
         settings: URL, password, key prefix, TTLs, socket timeout.
+        breaker: fail-fast policy while Redis is down (default: 5 s open after a failure).
     """
 
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, settings: RedisSettings, *, breaker: CircuitBreaker | None = None) -> None:
         self._settings = settings
         self._prefix = settings.key_prefix
         self._redis = make_redis_client(settings)
+        self._breaker = breaker if breaker is not None else CircuitBreaker()
 
     def event_key(self, event_id: str) -> str:
         return f"{self._prefix}event:{event_id}"
@@ -85,7 +150,7 @@ class RedisDedupStore:
         ids = list(dict.fromkeys(event_ids))
         if not ids:
             return set()
-        async with redis_errors_mapped(self._settings, "seen_events"):
+        async with guarded(self._settings, self._breaker, "seen_events"):
             pipe = self._redis.pipeline(transaction=False)
             for e in ids:
                 pipe.exists(self.event_key(e))
@@ -97,7 +162,7 @@ class RedisDedupStore:
         ids = list(dict.fromkeys(event_ids))
         if not ids:
             return
-        async with redis_errors_mapped(self._settings, "mark_events"):
+        async with guarded(self._settings, self._breaker, "mark_events"):
             pipe = self._redis.pipeline(transaction=False)
             for e in ids:
                 pipe.set(self.event_key(e), "1", nx=True, ex=self._settings.event_ttl_s)
@@ -108,7 +173,7 @@ class RedisDedupStore:
         hashes = list(dict.fromkeys(sha256s))
         if not hashes:
             return {}
-        async with redis_errors_mapped(self._settings, "cached_verdicts"):
+        async with guarded(self._settings, self._breaker, "cached_verdicts"):
             pipe = self._redis.pipeline(transaction=False)
             for h in hashes:
                 pipe.get(self.verdict_key(h, model_key))
@@ -119,19 +184,23 @@ class RedisDedupStore:
         """Store verdict JSON by image hash with ``verdict_cache_ttl_s``. Raises ServiceUnavailableError."""
         if not verdicts:
             return
-        async with redis_errors_mapped(self._settings, "cache_verdicts"):
+        async with guarded(self._settings, self._breaker, "cache_verdicts"):
             pipe = self._redis.pipeline(transaction=False)
             for h, v in verdicts.items():
                 pipe.set(self.verdict_key(h, model_key), v, ex=self._settings.verdict_cache_ttl_s)
             await pipe.execute()
 
     async def ping(self) -> bool:
-        """True when Redis answers PING; never raises."""
+        """True when Redis answers PING (always asks, even with the breaker open); never raises."""
         try:
             async with redis_errors_mapped(self._settings, "ping"):
-                return bool(await self._redis.ping())
-        except ServiceUnavailableError:
+                ok = bool(await self._redis.ping())
+        except ServiceUnavailableError as exc:
+            self._breaker.failed(exc)
             return False
+        if ok:
+            self._breaker.succeeded()
+        return ok
 
     async def close(self) -> None:
         """Close the connection pool."""

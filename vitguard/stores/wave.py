@@ -12,10 +12,12 @@ explicit timestamps behaves exactly like live traffic; Redis TTLs only collect g
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from vitguard.errors import ServiceUnavailableError
 from vitguard.settings import PolicySettings, RedisSettings
 from vitguard.stores.interfaces import WaveState
-from vitguard.stores.redis_store import make_redis_client, redis_errors_mapped
+from vitguard.stores.redis_store import CircuitBreaker, guarded, make_redis_client, redis_errors_mapped
 
 __all__ = ["WAVE_SCRIPT", "RedisWaveCounter", "wave_decision"]
 
@@ -72,13 +74,17 @@ class RedisWaveCounter:
     Args:
         settings: Redis connection and key prefix.
         policy: ``wave_window_s``, ``wave_threshold``, ``wave_alert_cooldown_s``.
+        breaker: fail-fast policy while Redis is down (default: 5 s open after a failure).
     """
 
-    def __init__(self, settings: RedisSettings, policy: PolicySettings) -> None:
+    def __init__(
+        self, settings: RedisSettings, policy: PolicySettings, *, breaker: CircuitBreaker | None = None
+    ) -> None:
         self._settings = settings
         self._policy = policy
         self._redis = make_redis_client(settings)
         self._script = self._redis.register_script(WAVE_SCRIPT)
+        self._breaker = breaker if breaker is not None else CircuitBreaker()
 
     def keys(self, cluster_id: str) -> tuple[str, str]:
         """(window sorted set, cooldown key) of a cluster."""
@@ -91,9 +97,31 @@ class RedisWaveCounter:
         Raises:
             ServiceUnavailableError: Redis did not answer.
         """
+        [state] = await self.record_many([(cluster_id, content_id, now_s)])
+        return state
+
+    async def record_many(self, items: Sequence[tuple[str, str, float]]) -> list[WaveState]:
+        """Record ``(cluster_id, content_id, now_s)`` items in order, in one pipelined round trip.
+
+        Each item is still applied atomically and in order, so the result equals calling :meth:`record`
+        for each item; a batch of near-duplicates just costs one round trip instead of one per item.
+
+        Raises:
+            ServiceUnavailableError: Redis did not answer (none, some or all items may be recorded).
+        """
+        if not items:
+            return []
+        async with guarded(self._settings, self._breaker, "wave record"):
+            pipe = self._redis.pipeline(transaction=False)
+            for cluster_id, content_id, now_s in items:
+                await self._script(keys=list(self.keys(cluster_id)), args=self._args(content_id, now_s), client=pipe)
+            replies = await pipe.execute()
+        return [WaveState(count=int(c), is_wave=bool(w), alert=bool(a)) for c, w, a in replies]
+
+    def _args(self, content_id: str, now_s: float) -> list[str]:
         p = self._policy
         gc_ttl = int(max(p.wave_window_s, p.wave_alert_cooldown_s)) + 60
-        args = [
+        return [
             repr(float(now_s)),
             str(p.wave_window_s),
             content_id,
@@ -103,9 +131,6 @@ class RedisWaveCounter:
             repr(float(now_s) - p.wave_window_s),
             repr(float(now_s) + p.wave_alert_cooldown_s),
         ]
-        async with redis_errors_mapped(self._settings, "wave record"):
-            count, is_wave, alert = await self._script(keys=list(self.keys(cluster_id)), args=args)
-        return WaveState(count=int(count), is_wave=bool(is_wave), alert=bool(alert))
 
     async def ping(self) -> bool:
         """True when Redis answers PING; never raises."""

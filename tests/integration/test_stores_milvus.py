@@ -1,0 +1,135 @@
+"""MilvusEmbeddingIndex against real Milvus (Milvus Lite here; a server via VITGUARD_TEST_MILVUS_URI)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from vitguard import devservices
+from vitguard.errors import ConfigError, ServiceUnavailableError
+from vitguard.model.types import ModelInfo
+from vitguard.settings import MilvusSettings
+from vitguard.stores import EmbeddingRecord, MilvusEmbeddingIndex, retry_with_backoff
+
+pytestmark = pytest.mark.integration
+
+SMALL = ModelInfo("timm:vit_tiny_test", "r1", ("NSFW", "SFW"), 8, (3, 32, 32))
+LARGE = ModelInfo("opennsfw", "r1", ("NSFW", "SFW"), 16, (3, 224, 224))
+
+
+@pytest.fixture
+def index(milvus_uri: str) -> Iterator[MilvusEmbeddingIndex]:
+    idx = MilvusEmbeddingIndex(MilvusSettings(uri=milvus_uri, collection_prefix=f"t{uuid.uuid4().hex[:8]}_"))
+    try:
+        yield idx
+    finally:
+        idx.close()
+
+
+def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
+    m = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def rec(cid: str, vec: np.ndarray, label: str = "unsafe", cluster: str = "", score: float = 0.9) -> EmbeddingRecord:
+    return EmbeddingRecord(cid, vec, label, score, cluster, "tenant-a", "r1", 1_700_000_000_000, 1_700_000_000_500)
+
+
+def test_upsert_is_idempotent_by_content_id(index: MilvusEmbeddingIndex) -> None:
+    name = index.ensure_collection(SMALL)
+    assert index.ensure_collection(SMALL) == name  # idempotent too
+    vecs = unit_rows(3, 8, seed=1)
+    index.upsert(name, [rec(f"img-{i}", vecs[i], cluster=f"c-{i}") for i in range(3)])
+    index.upsert(name, [rec("img-0", vecs[0], cluster="c-moved")])  # a redelivered batch rewrites, never adds
+    index.upsert(name, [rec(f"img-{i}", vecs[i], cluster=f"c-{i}") for i in range(1, 3)])
+    assert index.count(name) == 3
+    [hits] = index.search_unsafe(name, vecs[:1], limit=3, min_similarity=0.99)
+    assert [(h.content_id, h.cluster_id) for h in hits] == [("img-0", "c-moved")]
+    assert hits[0].similarity == pytest.approx(1.0, abs=1e-4)
+
+
+def test_collections_per_model_never_mix(index: MilvusEmbeddingIndex) -> None:
+    small, large = index.ensure_collection(SMALL), index.ensure_collection(LARGE)
+    assert small != large
+    index.upsert(small, [rec("shared-id", unit_rows(1, 8, seed=2)[0])])
+    index.upsert(large, [rec("shared-id", unit_rows(1, 16, seed=3)[0]), rec("only-large", unit_rows(1, 16, seed=4)[0])])
+    assert index.count(small) == 1 and index.count(large) == 2
+    with pytest.raises(ValueError, match="8-d"):
+        index.upsert(small, [rec("wrong", unit_rows(1, 16, seed=5)[0])])
+    with pytest.raises(ValueError):
+        index.search_unsafe(small, unit_rows(1, 16, seed=5), limit=3, min_similarity=0.0)
+    [hits] = index.search_unsafe(large, unit_rows(1, 16, seed=4), limit=5, min_similarity=-1.0)
+    assert {h.content_id for h in hits} == {"shared-id", "only-large"}
+
+
+def test_existing_collection_with_another_dimension_is_a_config_error(milvus_uri: str) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    first = MilvusEmbeddingIndex(MilvusSettings(uri=milvus_uri, collection_prefix=prefix))
+    wrong = ModelInfo(SMALL.name, SMALL.version, SMALL.labels, 12, SMALL.input_size)
+    made = first.ensure_collection(SMALL)
+    # simulate a collection left by another deployment under the name this model wants
+    first._connected().rename_collection(made, first.collection_for(wrong))
+    second = MilvusEmbeddingIndex(MilvusSettings(uri=milvus_uri, collection_prefix=prefix))
+    with pytest.raises(ConfigError, match="8-d embeddings but model"):
+        second.ensure_collection(wrong)
+    first.close()
+    second.close()
+
+
+def test_foreign_collection_is_a_config_error(index: MilvusEmbeddingIndex) -> None:
+    name = index.collection_for(SMALL)
+    index._connected().create_collection(name, dimension=8)  # pymilvus quick setup: id + vector only
+    with pytest.raises(ConfigError, match="not created by vitguard"):
+        index.ensure_collection(SMALL)
+
+
+def test_batched_search_finds_near_vectors_among_unsafe_only(index: MilvusEmbeddingIndex) -> None:
+    name = index.ensure_collection(SMALL)
+    base = unit_rows(24, 8, seed=7)
+    labels = ["safe" if i % 4 == 3 else "unsafe" for i in range(24)]
+    index.upsert(name, [rec(f"k{i}", base[i], labels[i], cluster=f"c-{i}") for i in range(24)])
+    noise = np.random.default_rng(8).standard_normal((24, 8)).astype(np.float32) * 0.02
+    queries = base + noise
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    results = index.search_unsafe(name, queries, limit=4, min_similarity=0.95)
+    assert len(results) == 24
+    for i, hits in enumerate(results):
+        assert all(h.similarity >= 0.95 for h in hits)
+        assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
+        assert all(labels[int(h.content_id[1:])] == "unsafe" for h in hits)
+        if labels[i] == "unsafe":
+            assert hits[0].content_id == f"k{i}" and hits[0].cluster_id == f"c-{i}"
+        else:
+            assert f"k{i}" not in {h.content_id for h in hits}
+    assert index.search_unsafe(name, np.zeros((0, 8), dtype=np.float32), 4, 0.9) == []
+
+
+def test_search_right_after_upsert_sees_the_new_rows(index: MilvusEmbeddingIndex) -> None:
+    name = index.ensure_collection(SMALL)
+    vecs = unit_rows(2, 8, seed=11)
+    index.upsert(name, [rec("first", vecs[0])])
+    assert [h.content_id for h in index.search_unsafe(name, vecs[:1], 2, 0.99)[0]] == ["first"]
+    index.upsert(name, [rec("second", vecs[1])])
+    assert [h.content_id for h in index.search_unsafe(name, vecs[1:], 2, 0.99)[0]] == ["second"]
+
+
+def test_unreachable_server_is_service_unavailable_and_retried() -> None:
+    settings = MilvusSettings(
+        uri=f"http://127.0.0.1:{devservices.free_port()}", retry_attempts=3, retry_backoff_s=0.01
+    )
+    down = MilvusEmbeddingIndex(settings)
+    assert down.ping() is False
+    with pytest.raises(ServiceUnavailableError):
+        down.ensure_collection(SMALL)
+    retries: list[int] = []
+    with pytest.raises(ServiceUnavailableError):
+        retry_with_backoff(lambda: down.ensure_collection(SMALL), settings,
+                           on_retry=lambda a, e, d: retries.append(a), sleep=lambda s: None)
+    assert retries == [1, 2]
+
+
+def test_ping(index: MilvusEmbeddingIndex) -> None:
+    assert index.ping() is True
