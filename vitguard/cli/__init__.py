@@ -35,10 +35,10 @@ def main() -> None:
 
 def _register() -> None:
     from vitguard.cli import config_cmd, schemas_cmd
-    from vitguard.cli import publish_cmd  # issue 5
+    from vitguard.cli import publish_cmd, tail_cmd  # issue 5
     from vitguard.cli import model_cmd  # issue 3
 
-    for module in (config_cmd, schemas_cmd, publish_cmd, model_cmd):
+    for module in (config_cmd, schemas_cmd, publish_cmd, tail_cmd, model_cmd):
         module.register(main)
 
 
