@@ -134,7 +134,8 @@ def export_model(
     if fmt == "torchscript":
         if int8:
             raise ValueError("--int8 is only supported for ONNX exports")
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation and tracer warnings; parity is tested instead
             traced = torch.jit.trace(wrapper, example, check_trace=False)  # type: ignore[no-untyped-call]
         traced.save(str(path))  # type: ignore[no-untyped-call]
         _write_sidecar(path, _replace(info, backend="torchscript"), classifier.data_config, source=info.name)

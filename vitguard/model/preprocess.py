@@ -34,6 +34,7 @@ __all__ = [
     "DataConfig",
     "Preprocessor",
     "decode_image",
+    "sniff_format",
     "to_rgb",
 ]
 
@@ -112,7 +113,7 @@ def decode_image(
 
     Raises:
         ImageDecodeError: ``not_an_image`` (empty, unknown format, truncated or corrupt data),
-            ``unsupported_image`` (a format or pixel mode Pillow cannot turn into RGB),
+            ``unsupported_image`` (an image format, variant or pixel mode Pillow cannot decode, e.g. HEIC),
             ``decompression_bomb`` (too many pixels) or ``image_too_small``.
     """
     if not data:
@@ -122,7 +123,14 @@ def decode_image(
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError("decompression_bomb", f"image refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not_an_image", "data is not in any image format Pillow recognises") from exc
+        known = sniff_format(data)
+        if known is None:
+            raise ImageDecodeError("not_an_image", "data is not in any image format Pillow recognises") from exc
+        if known == "PNG" and len(data) >= 24 and (data[16:20] == b"\0\0\0\0" or data[20:24] == b"\0\0\0\0"):
+            raise ImageDecodeError("image_too_small", "PNG header declares a zero-size image") from exc
+        raise ImageDecodeError(
+            "unsupported_image", f"{known} data that Pillow cannot open (unsupported variant or corrupt header)"
+        ) from exc
     except Exception as exc:  # Pillow raises many types (SyntaxError, struct.error, ...) on garbage headers
         raise ImageDecodeError("not_an_image", f"corrupt image header: {exc}") from exc
 
@@ -155,6 +163,35 @@ def decode_image(
     except Exception:  # a broken EXIF block must not lose an otherwise fine image
         upright = image
     return to_rgb(upright if upright is not None else image)
+
+
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (0, b"BM", "BMP"),
+    (0, b"8BPS", "PSD"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (0, b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (0, b"\xff\x0a", "JPEG XL"),
+    (0, b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (8, b"WEBP", "WebP"),
+)
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format a file's magic bytes announce, whether or not Pillow can decode it."""
+    for offset, magic, name in _SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "HEIF/AVIF"
+    return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
