@@ -60,7 +60,11 @@ def logging_config(settings: LogSettings) -> dict[str, Any]:
         "loggers": {
             # chatty third-party loggers stay at WARNING unless vitguard itself is debugging
             name: {"level": "WARNING" if settings.level != "DEBUG" else "DEBUG"}
-            for name in ("aiokafka", "kafka", "faust", "mode", "aiohttp.access", "pymilvus")
+            for name in ("aiokafka", "kafka", "faust", "mode", "aiohttp.access", "pymilvus", "faiss", "milvus_lite")
+        }
+        | {
+            # Milvus Lite's embedded gRPC server logs every unimplemented RPC pymilvus probes as an ERROR
+            "grpc._server": {"level": "CRITICAL"},
         },
     }
 
