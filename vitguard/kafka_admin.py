@@ -163,7 +163,7 @@ def _confirm_by_timestamp(
     if not open_parts:
         return candidates
     exact = dict(candidates)
-    consumer.assign([TopicPartition(topic, p, o) for p, o in open_parts.items()])
+    _assign(consumer, [TopicPartition(topic, p, o) for p, o in open_parts.items()])
     deadline = time.monotonic() + timeout_s
     try:
         while open_parts:
@@ -203,6 +203,12 @@ def _confirm_by_timestamp(
     return exact
 
 
+def _assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    # A partition paused under an earlier assignment stays paused in librdkafka: resume explicitly.
+    consumer.assign(partitions)
+    consumer.resume(partitions)
+
+
 def _close(consumer: Consumer, topic: str, open_parts: dict[int, int], partition: int) -> None:
     del open_parts[partition]
     consumer.pause([TopicPartition(topic, partition)])
@@ -213,7 +219,7 @@ def _fetch_once(consumer: Consumer, topic: str, offsets: Mapping[int, int], time
     pending = set(offsets)
     if not pending:
         return
-    consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
+    _assign(consumer, [TopicPartition(topic, p, o) for p, o in offsets.items()])
     deadline = time.monotonic() + timeout_s
     try:
         while pending:
