@@ -35,11 +35,11 @@ def main() -> None:
 
 def _register() -> None:
     from vitguard.cli import config_cmd, schemas_cmd
-    from vitguard.cli import publish_cmd, tail_cmd  # issue 5
+    from vitguard.cli import publish_cmd, replay_cmd, tail_cmd  # issue 5
     from vitguard.cli import model_cmd  # issue 3
     from vitguard.cli import worker_cmd  # issue 4
 
-    for module in (config_cmd, schemas_cmd, publish_cmd, tail_cmd, model_cmd, worker_cmd):
+    for module in (config_cmd, schemas_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, worker_cmd):
         module.register(main)
 
 
