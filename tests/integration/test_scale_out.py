@@ -253,6 +253,7 @@ def test_two_workers_share_partitions_and_one_takes_over(
         assert not missing, f"{len(missing)} events without a verdict; A:\n{a.log_tail()}\nB:\n{b.log_tail()}"
         if (a.events_consumed() > 0 and b.events_consumed() > 0) or time.monotonic() > deadline:
             break
+    print(f"phase 1: {len(phase1)} events; consumed by A {a.events_consumed():.0f}, by B {b.events_consumed():.0f}")
     assert a.events_consumed() > 0, f"worker A never got a partition:\n{a.log_tail()}"
     assert b.events_consumed() > 0, f"worker B never got a partition:\n{b.log_tail()}"
     duplicates = {e: n for e, n in seen[verdict_topic].items() if n != 1}
@@ -270,5 +271,6 @@ def test_two_workers_share_partitions_and_one_takes_over(
     assert not duplicates, f"events with more than one verdict: {duplicates}"
     assert not seen[dlq_topic], f"unexpected dead letters: {dict(seen[dlq_topic])}"
     assert set(seen[verdict_topic]) == set(phase1) | set(phase2), "verdicts for events nobody sent"
+    print(f"phase 2: {len(phase2)} events after A left; B consumed {b.events_consumed() - consumed_before:.0f} more")
     assert b.events_consumed() - consumed_before >= len(phase2), "B did not consume A's former partitions"
     assert b.process.poll() is None, f"worker B died:\n{b.log_tail()}"
