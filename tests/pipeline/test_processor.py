@@ -1,0 +1,288 @@
+"""BatchProcessor with the real open_nsfw model, real image files, in-memory stores and a list sink."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from vitguard import metrics
+from vitguard.errors import ServiceUnavailableError
+from vitguard.fetch import ImageFetcher
+from vitguard.pipeline import BatchProcessor, ListSink, RawMessage
+from vitguard.schemas.events import ImageEvent
+from vitguard.settings import load_settings
+from vitguard.stores import InMemoryDedupStore, InMemoryEmbeddingIndex, InMemoryWaveCounter
+
+ALL_UNSAFE = {"unsafe_labels": ("SFW", "NSFW"), "unsafe_threshold": 0.0}
+"""A test policy that calls every image unsafe, so near-duplicate clustering runs on safe photos."""
+
+
+class CountingClassifier:
+    """The real classifier, counting forward passes; ``poison`` makes batches containing it fail."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.predict_calls: list[int] = []
+        self.poison: float | None = None
+
+    def prepare(self, data: bytes) -> Any:
+        return self.inner.prepare(data)
+
+    def predict(self, batch: Any) -> Any:
+        self.predict_calls.append(len(batch))
+        if self.poison is not None and any(np.isclose(t.flat[0], self.poison) for t in batch):
+            raise RuntimeError("poisoned tensor")
+        return self.inner.predict(batch)
+
+
+class FlakyIndex(InMemoryEmbeddingIndex):
+    """Milvus that is down for the first ``failures`` upserts."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def upsert(self, collection: str, records: Sequence[Any]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ServiceUnavailableError("milvus down (test)")
+        super().upsert(collection, records)
+
+
+class DeadRedis:
+    """A dedup store and wave counter whose every call fails like an unreachable Redis."""
+
+    calls = 0
+
+    async def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        DeadRedis.calls += 1
+        raise ServiceUnavailableError("redis down (test)")
+
+    seen_events = mark_events = cached_verdicts = cache_verdicts = record = _fail
+
+
+def make_processor(
+    classifier: Any, image_root: Path, *, index: Any = None, dedup: Any = None, waves: Any = None,
+    policy: dict[str, Any] | None = None,
+) -> tuple[BatchProcessor, ListSink, Any]:
+    settings = load_settings(
+        fetch={"file_root": str(image_root)}, policy=policy or {},
+        milvus={"retry_attempts": 2, "retry_backoff_s": 0.01, "retry_backoff_max_s": 0.02},
+    )
+    sink = ListSink()
+    index = index or InMemoryEmbeddingIndex()
+    processor = BatchProcessor(
+        classifier=classifier, fetcher=ImageFetcher(settings.fetch), index=index,
+        dedup=dedup or InMemoryDedupStore(), waves=waves or InMemoryWaveCounter(settings.policy),
+        sink=sink, policy=settings.policy, batch=settings.batch, milvus=settings.milvus,
+    )
+    return processor, sink, index
+
+
+def messages(refs: Sequence[str | bytes], start: int = 0) -> list[RawMessage]:
+    out = []
+    for i, ref in enumerate(refs, start):
+        value = ref if isinstance(ref, bytes) else ImageEvent(
+            event_id=f"e{i}", content_id=f"c{i}", image_ref=ref).model_dump_json().encode()
+        out.append(RawMessage(value=value, key=f"c{i}".encode(), topic="in", partition=0, offset=i))
+    return out
+
+
+def file_ref(root: Path, name: str) -> str:
+    return (root / name).as_uri()
+
+
+async def test_every_message_gets_one_verdict_or_one_dead_letter(opennsfw: Any, image_root: Path,
+                                                                 sample_photos: list[Path]) -> None:
+    processor, sink, index = make_processor(opennsfw, image_root)
+    small_png = base64.b64encode((image_root / "dup-resized.jpg").read_bytes()).decode()
+    refs: list[str | bytes] = [file_ref(image_root, p.name) for p in sample_photos[:3]] + [
+        f"data:image/jpeg;base64,{small_png}",
+        b"{broken json",
+        b'{"content_id": "x1", "image_ref": "gopher://old"}',
+        (image_root.parent / "outside.jpg").as_uri(),
+        file_ref(image_root, "missing.jpg"),
+        file_ref(image_root, "not-an-image.jpg"),
+    ]
+    outcome = await processor.process(messages(refs))
+    await processor.close()
+
+    assert outcome.answered == len(refs) and not outcome.skipped
+    assert sink.verdicts == outcome.verdicts and sink.dead_letters == outcome.dead_letters
+    assert sorted(v.content_id for v in outcome.verdicts) == ["c0", "c1", "c2", "c3"]
+    for v in outcome.verdicts:
+        assert v.label == "safe" and v.unsafe_score < 0.2  # scikit-image photos are safe for open_nsfw
+        assert v.model_name == "opennsfw" and v.collection == processor.collection and v.embedding_id == v.content_id
+        assert v.image_sha256 and v.timings.infer_ms > 0 and not v.from_cache
+    reasons = {d.source_offset: d.reason for d in outcome.dead_letters}
+    assert reasons[4] == "invalid_json" and reasons[5] == "schema_violation"
+    assert reasons[6] == "file_outside_root" and reasons[7] == "fetch_not_found"
+    assert reasons[8] in {"not_an_image", "unsupported_image"}
+    assert outcome.dead_letters[0].original_bytes() == b"{broken json"
+    stored = index.records(processor.collection)
+    assert set(stored) == {"c0", "c1", "c2", "c3"} and index.upsert_calls == 1
+    assert all(r.label == "safe" and r.cluster_id == "" for r in stored.values())
+
+
+async def test_one_forward_pass_per_batch_and_cache_hits_skip_it(opennsfw: Any, image_root: Path,
+                                                                 sample_photos: list[Path]) -> None:
+    counting = CountingClassifier(opennsfw)
+    processor, sink, _ = make_processor(counting, image_root)
+    refs = [file_ref(image_root, p.name) for p in sample_photos[:4]]
+    await processor.process(messages(refs))
+    assert counting.predict_calls == [4]
+
+    hits_before = metrics.REGISTRY.get_sample_value("vitguard_cache_hits_total") or 0.0
+    again = await processor.process(messages(refs, start=10))  # same bytes, new events and content ids
+    await processor.close()
+    assert counting.predict_calls == [4]  # no second forward pass
+    assert len(again.verdicts) == 4 and all(v.from_cache for v in again.verdicts)
+    first = {v.image_sha256: v for v in sink.verdicts[:4]}
+    for v in again.verdicts:
+        assert v.content_id.startswith("c1") and v.scores == first[v.image_sha256].scores
+    assert metrics.REGISTRY.get_sample_value("vitguard_cache_hits_total") == hits_before + 4
+
+
+async def test_redelivered_events_get_no_second_verdict(opennsfw: Any, image_root: Path,
+                                                        sample_photos: list[Path]) -> None:
+    processor, sink, _ = make_processor(opennsfw, image_root)
+    batch = messages([file_ref(image_root, p.name) for p in sample_photos[:3]] + [b"nope"])
+    first = await processor.process(batch)
+    second = await processor.process(batch + batch[:1])
+    await processor.close()
+    assert first.answered == 4
+    # valid events are remembered; the invalid message has no id, so it is dead-lettered again
+    assert len(second.verdicts) == 0 and len(second.skipped) == 4
+    assert [d.reason for d in second.dead_letters] == ["invalid_json"]
+    assert len(sink.verdicts) == 3
+
+
+async def test_near_duplicates_join_one_cluster_and_alert(opennsfw: Any, image_root: Path,
+                                                          sample_photos: list[Path]) -> None:
+    processor, sink, index = make_processor(opennsfw, image_root, policy={**ALL_UNSAFE, "wave_threshold": 50})
+    originals = await processor.process(messages([file_ref(image_root, p.name) for p in sample_photos[:4]]))
+    assert not originals.alerts and len({v.cluster_id for v in originals.verdicts}) == 4  # distinct photos
+
+    copies = ["dup-resized.jpg", "dup-cropped.jpg", "dup-reencoded.jpg", "dup-crop-resize.jpg"]
+    outcome = await processor.process(messages([file_ref(image_root, n) for n in copies], start=100))
+    await processor.close()
+    seed = next(v for v in originals.verdicts if v.content_id == "c0")
+    assert {v.cluster_id for v in outcome.verdicts} == {seed.cluster_id}
+    assert sorted(a.content_id for a in outcome.alerts) == ["c100", "c101", "c102", "c103"]
+    for alert in outcome.alerts:
+        assert alert.cluster_id == seed.cluster_id and alert.severity == "info"
+        assert alert.matches and all(m.similarity >= 0.92 for m in alert.matches)
+    assert any(m.content_id == "c0" for m in outcome.alerts[0].matches)
+    assert {r.cluster_id for r in index.records(processor.collection).values() if r.content_id in
+            {"c0", "c100", "c101", "c102", "c103"}} == {seed.cluster_id}
+
+
+async def test_near_duplicates_within_one_batch_cluster_together(opennsfw: Any, image_root: Path) -> None:
+    processor, _, _ = make_processor(opennsfw, image_root, policy=ALL_UNSAFE)
+    names = ["dup-original.jpg", "dup-resized.jpg", "dup-cropped.jpg", "coffee.png"]
+    outcome = await processor.process(messages([file_ref(image_root, n) for n in names]))
+    await processor.close()
+    clusters = {v.content_id: v.cluster_id for v in outcome.verdicts}
+    assert clusters["c0"] == clusters["c1"] == clusters["c2"] != clusters["c3"]
+    assert sorted(a.content_id for a in outcome.alerts) == ["c1", "c2"]
+
+
+async def test_a_burst_escalates_to_one_critical_wave_alert(opennsfw: Any, image_root: Path) -> None:
+    policy = {**ALL_UNSAFE, "wave_threshold": 3, "wave_alert_cooldown_s": 300}
+    processor, _, _ = make_processor(opennsfw, image_root, policy=policy)
+    copies = ["dup-original.jpg", "dup-resized.jpg", "dup-cropped.jpg", "dup-reencoded.jpg", "dup-crop-resize.jpg"]
+    refs = [file_ref(image_root, n) for n in copies] * 2  # ten uploads of one image family
+    outcome = await processor.process(messages(refs))
+    await processor.close()
+    severities = [a.severity for a in outcome.alerts]
+    assert len({v.cluster_id for v in outcome.verdicts}) == 1
+    # seed (no alert), 1 info/warning alert below the threshold, then ONE critical alert, the rest suppressed
+    assert severities.count("critical") == 1
+    assert len(outcome.alerts) == 2 and outcome.suppressed_alerts == 7
+    critical = next(a for a in outcome.alerts if a.severity == "critical")
+    assert critical.wave_count == 3
+
+
+async def test_redis_down_does_not_stop_verdicts(opennsfw: Any, image_root: Path,
+                                                 sample_photos: list[Path]) -> None:
+    processor, sink, _ = make_processor(opennsfw, image_root, dedup=DeadRedis(), waves=DeadRedis(),
+                                        policy=ALL_UNSAFE)
+    errors_before = metrics.REGISTRY.get_sample_value(
+        "vitguard_store_errors_total", {"store": "redis", "op": "seen_events"}) or 0.0
+    outcome = await processor.process(messages([file_ref(image_root, p.name) for p in sample_photos[:3]]
+                                               + [file_ref(image_root, "dup-resized.jpg")]))
+    await processor.close()
+    assert len(outcome.verdicts) == 4 and not outcome.dead_letters
+    assert len(outcome.alerts) == 1 and outcome.alerts[0].wave_count == 1  # alert without the counter
+    assert metrics.REGISTRY.get_sample_value(
+        "vitguard_store_errors_total", {"store": "redis", "op": "seen_events"}) == errors_before + 1
+
+
+async def test_milvus_outage_holds_the_batch_until_the_upsert_succeeds(opennsfw: Any, image_root: Path,
+                                                                        sample_photos: list[Path]) -> None:
+    index = FlakyIndex(failures=3)  # more than one round of retry_attempts=2
+    processor, sink, _ = make_processor(opennsfw, image_root, index=index)
+    outcome = await processor.process(messages([file_ref(image_root, p.name) for p in sample_photos[:2]]))
+    await processor.close()
+    assert index.failures == 0 and index.upsert_calls == 1
+    assert len(outcome.verdicts) == 2 and sink.publish_calls == 1
+
+
+async def test_failed_publish_is_retried(opennsfw: Any, image_root: Path, sample_photos: list[Path]) -> None:
+    processor, sink, _ = make_processor(opennsfw, image_root)
+    sink.fail_next = 1
+    outcome = await processor.process(messages([file_ref(image_root, sample_photos[0].name)]))
+    await processor.close()
+    assert sink.publish_calls == 2 and sink.verdicts == outcome.verdicts
+
+
+async def test_a_model_failure_dead_letters_only_the_failing_image(opennsfw: Any, image_root: Path,
+                                                                    sample_photos: list[Path]) -> None:
+    counting = CountingClassifier(opennsfw)
+    poisoned = counting.prepare((image_root / sample_photos[1].name).read_bytes())
+    counting.poison = float(poisoned.flat[0])
+    processor, _, _ = make_processor(counting, image_root)
+    outcome = await processor.process(messages([file_ref(image_root, p.name) for p in sample_photos[:3]]))
+    await processor.close()
+    assert sorted(v.content_id for v in outcome.verdicts) == ["c0", "c2"]
+    assert [(d.content_id, d.reason) for d in outcome.dead_letters] == [("c1", "inference_failed")]
+
+
+async def test_multi_class_checkpoint_sums_the_policy_labels(tmp_path: Path, image_root: Path,
+                                                              sample_photos: list[Path]) -> None:
+    from vitguard.model import load_classifier
+    from vitguard.model.testing import make_tiny_checkpoint
+
+    labels = ("drawings", "hentai", "neutral", "porn", "sexy")
+    classifier = load_classifier(str(make_tiny_checkpoint(tmp_path / "tiny", labels=labels)))
+    policy = {"unsafe_labels": ("hentai", "porn", "sexy"), "unsafe_threshold": 0.5}
+    processor, _, index = make_processor(classifier, image_root, policy=policy)
+    outcome = await processor.process(messages([file_ref(image_root, p.name) for p in sample_photos[:4]]))
+    await processor.close()
+    assert len(outcome.verdicts) == 4
+    for v in outcome.verdicts:
+        assert set(v.scores) == set(labels) and v.model_untrained is False
+        assert v.unsafe_score == pytest.approx(v.scores["hentai"] + v.scores["porn"] + v.scores["sexy"], abs=1e-6)
+        assert v.label == ("unsafe" if v.unsafe_score >= 0.5 else "safe")
+    assert processor.collection and str(classifier.info.embedding_dim) in processor.collection
+
+
+async def test_classify_one_image_without_side_effects(opennsfw: Any, image_root: Path,
+                                                       sample_photos: list[Path]) -> None:
+    from vitguard.errors import InputError
+
+    processor, sink, index = make_processor(opennsfw, image_root)
+    verdict = await processor.classify(data=sample_photos[0].read_bytes())
+    by_ref = await processor.classify(image_ref=file_ref(image_root, sample_photos[0].name), content_id="mine")
+    with pytest.raises(InputError) as bad:
+        await processor.classify(data=b"garbage bytes")
+    await processor.close()
+    assert verdict.label == "safe" and verdict.scores == by_ref.scores and by_ref.content_id == "mine"
+    assert bad.value.reason in {"not_an_image", "unsupported_image"}
+    assert sink.publish_calls == 0 and index.upsert_calls == 0
