@@ -18,13 +18,14 @@ SHAPES = {
 
 
 def _draw(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
-    background = tuple(int(v) for v in rng.integers(90, 170, size=3))
+    grey = int(rng.integers(100, 160))
+    background = tuple(grey + int(v) for v in rng.integers(-12, 12, size=3))
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
     jitter = lambda: int(rng.integers(-30, 30))  # noqa: E731
     if kind == "red squares":
-        for _ in range(int(rng.integers(1, 4))):
-            s = int(rng.integers(size // 5, size // 2))
+        for _ in range(int(rng.integers(2, 5))):
+            s = int(rng.integers(size // 4, size // 2))
             x, y = (int(v) for v in rng.integers(0, size - s, size=2))
             draw.rectangle([x, y, x + s, y + s], fill=(220 + jitter() // 3, 40 + jitter(), 40 + jitter()))
     elif kind == "blue stripes":
@@ -33,8 +34,8 @@ def _draw(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
         for x in range(-offset, size, 2 * width):
             draw.rectangle([x, 0, x + width - 1, size], fill=(40 + jitter(), 60 + jitter(), 220 + jitter() // 3))
     else:
-        for _ in range(int(rng.integers(1, 4))):
-            r = int(rng.integers(size // 8, size // 3))
+        for _ in range(int(rng.integers(2, 4))):
+            r = int(rng.integers(size // 6, size // 3))
             cx, cy = (int(v) for v in rng.integers(r, size - r, size=2))
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(40 + jitter(), 200 + jitter() // 3, 60 + jitter()))
     pixels = np.asarray(image, dtype=np.int16) + rng.normal(0, 12, size=(size, size, 3)).astype(np.int16)

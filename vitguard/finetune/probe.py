@@ -30,7 +30,7 @@ class ProbeConfig:
     lr: float = 1e-2
     weight_decay: float = 1e-4
     batch_size: int = 256
-    warmup_epochs: int = 2
+    warmup_epochs: float = 2.0
     patience: int = 20
     """Epochs without a better validation loss before stopping; 0 disables early stopping."""
     label_smoothing: float = 0.0
@@ -100,7 +100,7 @@ def train_linear_head(
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, -(-len(tx) // config.batch_size))
     total = steps_per_epoch * config.epochs
-    warmup = steps_per_epoch * config.warmup_epochs
+    warmup = int(steps_per_epoch * config.warmup_epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_with_warmup(step, total_steps=total, warmup_steps=warmup)
     )

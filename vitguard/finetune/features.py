@@ -1,0 +1,148 @@
+"""Backbone features for the linear probe, extracted once in batches and cached.
+
+The features are the pre-logits (``forward_head(x, pre_logits=True)``) before L2 normalisation: the input
+of the classification head. The classifier's embedding is the same vector normalised; a head trained on
+normalised vectors would see differently scaled inputs at inference and classify differently.
+Images go through the classifier's own ``prepare``, the preprocessing used at inference, so the head is
+trained on exactly the features it will be applied to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm.auto import tqdm
+
+from vitguard.errors import ImageDecodeError
+from vitguard.finetune.cache import FeatureCache, model_cache_key
+from vitguard.finetune.data import SkippedImage
+
+if TYPE_CHECKING:
+    from vitguard.model.torch_backend import TorchClassifier
+
+__all__ = ["ExtractedFeatures", "extract_features", "feature_identity", "forward_batch"]
+
+
+def feature_identity(classifier: TorchClassifier) -> dict[str, Any]:
+    """Everything that changes the features: model name and weights version, preprocessing, precision."""
+    info = classifier.info
+    return {
+        "name": info.name,
+        "version": info.version,
+        "input_size": list(info.input_size),
+        "embedding_dim": info.embedding_dim,
+        "data_config": asdict(classifier.data_config),
+        "features": "pre_logits",
+        "precision": "fp16-autocast" if classifier.device.type == "cuda" else "fp32",
+    }
+
+
+def forward_batch(
+    classifier: TorchClassifier, batch: NDArray[np.float32]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Logits and un-normalised pre-logits features of a prepared batch, computed as the classifier's own
+    pass computes them (float32 on CPU, fp16 autocast on CUDA), with whatever head the module has now."""
+    import torch
+
+    from vitguard.model.torch_backend import forward_two_outputs
+
+    module = classifier.module.eval()
+    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(classifier.device)
+    with torch.inference_mode():
+        if classifier.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type="cuda", dtype=torch.float16):
+                logits, features = forward_two_outputs(module, x)
+        else:
+            logits, features = forward_two_outputs(module, x)
+    return logits.float().cpu().numpy(), features.float().cpu().numpy()
+
+
+class ExtractedFeatures:
+    """Features of the readable images, which input positions they belong to, and what was skipped."""
+
+    def __init__(self, features: NDArray[np.float32], kept: list[int], skipped: list[SkippedImage], hits: int) -> None:
+        self.features = features
+        self.kept = kept
+        """Positions in the input ``paths`` of the rows of ``features``."""
+        self.skipped = skipped
+        self.cache_hits = hits
+
+
+def _read(path: Path) -> tuple[bytes | None, str]:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None, ""
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def extract_features(
+    classifier: TorchClassifier,
+    paths: Sequence[Path],
+    *,
+    cache_dir: Path | None = None,
+    batch_size: int = 32,
+    workers: int = 2,
+    progress: bool = True,
+    desc: str = "extracting features",
+) -> ExtractedFeatures:
+    """Pre-logits features of every readable image, from the cache where possible.
+
+    Images that cannot be read or decoded are skipped with the reason code of the
+    :class:`~vitguard.errors.ImageDecodeError` that ``prepare`` raised. New features are written to the
+    cache (one file per model identity under ``cache_dir``) at the end; ``cache_dir=None`` disables it.
+    """
+    cache = FeatureCache(cache_dir, model_cache_key(feature_identity(classifier))) if cache_dir else None
+    dim = classifier.info.embedding_dim
+    rows: dict[int, NDArray[np.float32]] = {}
+    skipped: list[SkippedImage] = []
+    hits = 0
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
+
+    def prepare(data: bytes) -> NDArray[np.float32] | ImageDecodeError:
+        try:
+            return classifier.prepare(data)
+        except ImageDecodeError as exc:
+            return exc
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for start in range(0, len(paths), batch_size):
+                chunk = list(range(start, min(start + batch_size, len(paths))))
+                todo: list[tuple[int, str, bytes]] = []
+                for i in chunk:
+                    data, digest = _read(paths[i])
+                    if data is None:
+                        skipped.append(SkippedImage(paths[i], "not_an_image"))
+                    elif cache is not None and (vector := cache.get(digest)) is not None and vector.shape == (dim,):
+                        rows[i] = vector
+                        hits += 1
+                    else:
+                        todo.append((i, digest, data))
+                prepared = list(pool.map(prepare, [data for _, _, data in todo]))
+                good = [(i, d, x) for (i, d, _), x in zip(todo, prepared, strict=True) if not isinstance(x, Exception)]
+                for (i, _, _), x in zip(todo, prepared, strict=True):
+                    if isinstance(x, ImageDecodeError):
+                        skipped.append(SkippedImage(paths[i], x.reason))
+                if good:
+                    _, batch_features = forward_batch(classifier, np.stack([x for _, _, x in good]))
+                    for (i, _, _), vector in zip(good, batch_features, strict=True):
+                        rows[i] = vector
+                    if cache is not None:
+                        cache.put_many((d, v) for (_, d, _), v in zip(good, batch_features, strict=True))
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+        if cache is not None:
+            cache.save()
+    kept = sorted(rows)
+    features = np.stack([rows[i] for i in kept]) if kept else np.zeros((0, dim), dtype=np.float32)
+    return ExtractedFeatures(features.astype(np.float32, copy=False), kept, skipped, hits)

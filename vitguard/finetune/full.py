@@ -1,0 +1,363 @@
+"""Full and partial fine-tuning: train the head and the last N blocks (or everything) on images.
+
+The recipe is the usual one for adapting a pretrained ViT: AdamW (no weight decay on biases, norms and
+position/class tokens), a higher learning rate for the new head than for the pretrained blocks, linear
+warm-up then cosine decay per step, cross-entropy with optional label smoothing and class weights, timm's
+training-time augmentation, gradient clipping, mixed precision on CUDA (bf16 where supported, else fp16
+with loss scaling), early stopping on the validation loss with the best weights restored, and seeded
+randomness. Validation images go through the classifier's own ``prepare``, the inference preprocessing,
+so the validation numbers are the ones the written checkpoint will reproduce.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm.auto import tqdm
+
+from vitguard.errors import ConfigError, ImageDecodeError
+from vitguard.finetune.data import SkippedImage, class_weights
+from vitguard.finetune.features import forward_batch
+from vitguard.finetune.training import Balance, EarlyStopping, TrainingHistory, cosine_with_warmup, seed_everything
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitguard.model.torch_backend import TorchClassifier
+
+__all__ = ["FullConfig", "FullResult", "check_images", "finetune_network", "select_trainable"]
+
+
+@dataclass(frozen=True)
+class FullConfig:
+    """Hyper-parameters of full or partial fine-tuning."""
+
+    unfreeze: int | None = 1
+    """Blocks trained besides the head, counted from the output end; 0: head only; None: everything."""
+    epochs: int = 10
+    lr: float = 5e-5
+    """Learning rate of the pretrained blocks."""
+    head_lr: float = 1e-3
+    """Learning rate of the new head, which starts from random weights."""
+    weight_decay: float = 0.05
+    batch_size: int = 32
+    warmup_epochs: float = 1.0
+    patience: int = 3
+    """Epochs without a better validation loss before stopping; 0 disables early stopping."""
+    label_smoothing: float = 0.1
+    balance: Balance = "loss"
+    grad_clip: float = 1.0
+    """Largest global gradient norm; 0 disables clipping."""
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    """Area range of timm's random-resized crop; small crops can cut away what decides the label."""
+    amp: bool = True
+    """Mixed precision, on CUDA only; CPU always trains in float32."""
+    seed: int = 0
+    workers: int = 0
+    """DataLoader worker processes; 0 decodes in the training process (deterministic, simplest)."""
+    max_steps_per_epoch: int | None = None
+    """Cap on optimiser steps per epoch (smoke tests, quick looks at a huge folder)."""
+
+
+@dataclass
+class FullResult:
+    """The trained network's validation probabilities, from the weights that were kept."""
+
+    history: TrainingHistory
+    val_probs: NDArray[np.float32]
+    val_kept: list[int]
+    """Positions in the validation paths of the rows of ``val_probs``."""
+    skipped: list[SkippedImage]
+    trainable_parameters: int
+    total_parameters: int
+
+
+def select_trainable(module: torch.nn.Module, unfreeze: int | None) -> set[str]:
+    """Names of the parameters to train: the classifier head plus the last ``unfreeze`` block groups.
+
+    Blocks are timm's own coarse parameter groups (``model.group_matcher(coarse=True)``): for a ViT the
+    stem (patch embedding, tokens), each transformer block, and the final norm together with the last
+    block. ``unfreeze=None`` trains everything.
+
+    Raises:
+        ConfigError: partial unfreezing of a network that does not describe its blocks to timm.
+    """
+    from timm.models import group_parameters
+
+    net: Any = module
+    names = [name for name, _ in module.named_parameters()]
+    if unfreeze is None:
+        return set(names)
+    head_ids = {id(p) for p in net.get_classifier().parameters()}
+    head = {name for name, p in module.named_parameters() if id(p) in head_ids}
+    if unfreeze <= 0:
+        return head
+    if not hasattr(net, "group_matcher"):
+        raise ConfigError(f"{type(module).__name__} does not name its blocks; use --unfreeze all")
+    groups = group_parameters(module, net.group_matcher(coarse=True))
+    blocks = [set(group) - head for _, group in sorted(groups.items())]
+    blocks = [group for group in blocks if group]
+    chosen = set().union(*blocks[-unfreeze:]) if blocks else set()
+    return head | chosen
+
+
+def check_images(
+    classifier: TorchClassifier, paths: Sequence[Path], *, workers: int = 2, progress: bool = True, desc: str = ""
+) -> tuple[list[int], list[SkippedImage]]:
+    """Decode every image once with the classifier's ``prepare``: the readable positions and the skipped files.
+
+    Done before training so an unreadable file is counted up front instead of failing an epoch.
+    """
+
+    def check(path: Path) -> str:
+        try:
+            classifier.prepare(path.read_bytes())
+        except ImageDecodeError as exc:
+            return exc.reason
+        except OSError:
+            return "not_an_image"
+        return ""
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        reasons = list(
+            tqdm(pool.map(check, paths), total=len(paths), desc=desc or "checking images", disable=not progress)
+        )
+    kept = [i for i, reason in enumerate(reasons) if not reason]
+    skipped = [SkippedImage(paths[i], reason) for i, reason in enumerate(reasons) if reason]
+    return kept, skipped
+
+
+class _Images:
+    """A map-style dataset: path -> (tensor, class) through a loading function."""
+
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int], load: Callable[[bytes], Any]) -> None:
+        self.paths, self.targets, self.load = list(paths), list(targets), load
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        import torch
+
+        x = self.load(self.paths[index].read_bytes())
+        return (x if isinstance(x, torch.Tensor) else torch.from_numpy(x)), self.targets[index]
+
+
+def _train_transform(classifier: TorchClassifier, config: FullConfig) -> Callable[[bytes], Any]:
+    from timm.data import create_transform  # type: ignore[attr-defined]
+
+    from vitguard.model import decode_image
+
+    transform = create_transform(**classifier.timm_data_config(), is_training=True, scale=config.crop_scale)
+    preprocessor: Any = classifier.preprocessor
+    max_pixels = int(getattr(preprocessor, "max_pixels", 40_000_000))
+    min_side = int(getattr(preprocessor, "min_side", 8))
+    _, height, width = classifier.info.input_size
+
+    def load(data: bytes) -> Any:
+        image = decode_image(data, max_pixels=max_pixels, min_side=min_side, draft_size=(width, height))
+        return transform(image)
+
+    return load
+
+
+def _param_groups(module: torch.nn.Module, trainable: set[str], config: FullConfig) -> list[dict[str, Any]]:
+    net: Any = module
+    no_decay = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
+    head_ids = {id(p) for p in net.get_classifier().parameters()}
+    groups: dict[tuple[bool, bool], list[Any]] = {}
+    for name, param in module.named_parameters():
+        param.requires_grad_(name in trainable)
+        if name not in trainable:
+            continue
+        decay = param.ndim > 1 and name not in no_decay
+        groups.setdefault((id(param) in head_ids, decay), []).append(param)
+    return [
+        {"params": params, "lr": config.head_lr if is_head else config.lr, "weight_decay": config.weight_decay * decay}
+        for (is_head, decay), params in groups.items()
+    ]
+
+
+def _freeze_frozen_norms(module: torch.nn.Module) -> None:
+    """Keep batch-norm statistics of frozen layers fixed (train() would update them)."""
+    import torch
+
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in sub.parameters()
+        ):
+            sub.eval()
+
+
+def finetune_network(
+    classifier: TorchClassifier,
+    train_paths: Sequence[Path],
+    train_targets: Sequence[int],
+    val_paths: Sequence[Path],
+    val_targets: Sequence[int],
+    num_classes: int,
+    config: FullConfig | None = None,
+    *,
+    progress: bool = True,
+) -> FullResult:
+    """Fine-tune ``classifier.module`` in place on the images; it ends holding the best weights, in eval mode.
+
+    The module must already have a head with ``num_classes`` outputs. Unreadable images are skipped and
+    returned. Returns the validation probabilities of the kept weights, computed as the classifier computes
+    them at inference.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    config = config or FullConfig()
+    seed_everything(config.seed)
+    device = classifier.device
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    module = classifier.module
+
+    train_kept, skipped = check_images(classifier, train_paths, progress=progress, desc="checking training images")
+    val_kept, val_skipped = check_images(classifier, val_paths, progress=progress, desc="checking validation images")
+    skipped += val_skipped
+    train_y = np.array([train_targets[i] for i in train_kept], dtype=np.int64)
+    val_y = np.array([val_targets[i] for i in val_kept], dtype=np.int64)
+    weights = torch.from_numpy(class_weights(train_y, num_classes)).to(device)
+
+    train_set = _Images([train_paths[i] for i in train_kept], train_y.tolist(), _train_transform(classifier, config))
+    val_set = _Images([val_paths[i] for i in val_kept], val_y.tolist(), classifier.prepare)
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = None
+    if config.balance == "sampler":
+        sampler = torch.utils.data.WeightedRandomSampler(
+            weights.cpu()[torch.from_numpy(train_y)].double(),  # type: ignore[arg-type]
+            len(train_y),
+            replacement=True,
+            generator=generator,
+        )
+    loader_args: dict[str, Any] = {"num_workers": config.workers, "pin_memory": device.type == "cuda"}
+    train_loader: Any = torch.utils.data.DataLoader(
+        train_set,  # type: ignore[arg-type]
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator,
+        drop_last=len(train_set) > config.batch_size,
+        **loader_args,
+    )
+    val_loader: Any = torch.utils.data.DataLoader(val_set, batch_size=config.batch_size, **loader_args)  # type: ignore[arg-type]
+
+    trainable = select_trainable(module, config.unfreeze)
+    optimizer = torch.optim.AdamW(_param_groups(module, trainable, config))
+    steps_per_epoch = len(train_loader)
+    if config.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    total = max(1, steps_per_epoch * config.epochs)
+    warmup = int(steps_per_epoch * config.warmup_epochs)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_with_warmup(step, total_steps=total, warmup_steps=warmup)
+    )
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    loss_weights = weights if config.balance == "loss" else None
+    val_weights = weights if config.balance != "none" else None
+
+    history = TrainingHistory()
+    stopper = EarlyStopping(config.patience)
+    best_state = copy.deepcopy(module.state_dict())
+    epochs = tqdm(range(config.epochs), desc="fine-tuning", unit="epoch", disable=not progress)
+    for epoch in epochs:
+        module.train()
+        _freeze_frozen_norms(module)
+        running, seen = 0.0, 0
+        steps = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+        for step, (x, y) in enumerate(steps):
+            if step >= steps_per_epoch:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+                loss = F.cross_entropy(module(x), y, weight=loss_weights, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            if config.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            running += float(loss.detach()) * len(y)
+            seen += len(y)
+            steps.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        val_loss, val_acc = _validate(module, val_loader, device, val_weights, use_amp, amp_dtype)
+        history.train_loss.append(running / max(1, seen))
+        history.val_loss.append(val_loss)
+        history.val_accuracy.append(val_acc)
+        if stopper.update(val_loss):
+            history.best_epoch = epoch + 1
+            best_state = copy.deepcopy(module.state_dict())
+        epochs.set_postfix(train=f"{history.train_loss[-1]:.4f}", val=f"{val_loss:.4f}", acc=f"{val_acc:.3f}")
+        if stopper.should_stop:
+            history.stopped_early = True
+            break
+    epochs.close()
+
+    module.load_state_dict(best_state)
+    module.eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+    probs = _probabilities(classifier, val_set, config.batch_size)
+    return FullResult(
+        history=history,
+        val_probs=probs,
+        val_kept=val_kept,
+        skipped=skipped,
+        trainable_parameters=sum(p.numel() for n, p in module.named_parameters() if n in trainable),
+        total_parameters=sum(p.numel() for p in module.parameters()),
+    )
+
+
+def _validate(
+    module: torch.nn.Module,
+    loader: Any,
+    device: torch.device,
+    weights: torch.Tensor | None,
+    use_amp: bool,
+    amp_dtype: torch.dtype,
+) -> tuple[float, float]:
+    """Class-weighted mean cross-entropy (no smoothing) and accuracy over the validation images."""
+    import torch
+    from torch.nn import functional as F
+
+    module.eval()
+    loss_sum, weight_sum, correct, count = 0.0, 0.0, 0, 0
+    with torch.inference_mode():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = module(x).float()
+            loss_sum += float(F.cross_entropy(logits, y, weight=weights, reduction="sum"))
+            weight_sum += float(weights[y].sum()) if weights is not None else float(len(y))
+            correct += int((logits.argmax(dim=1) == y).sum())
+            count += len(y)
+    return loss_sum / max(weight_sum, 1e-12), correct / max(count, 1)
+
+
+def _probabilities(classifier: TorchClassifier, images: _Images, batch_size: int) -> NDArray[np.float32]:
+    from vitguard.model import softmax
+
+    rows: list[NDArray[np.float32]] = []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack([classifier.prepare(p.read_bytes()) for p in images.paths[start : start + batch_size]])
+        logits, _ = forward_batch(classifier, batch)
+        rows.append(softmax(logits))
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(rows)
