@@ -13,6 +13,7 @@ from vitguard.errors import ConfigError, ServiceUnavailableError
 from vitguard.model.types import ModelInfo
 from vitguard.settings import MilvusSettings
 from vitguard.stores import EmbeddingRecord, MilvusEmbeddingIndex, retry_with_backoff
+from vitguard.stores.milvus import DEFAULT_LITE_FLUSH_ROWS, is_lite_uri
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +134,29 @@ def test_unreachable_server_is_service_unavailable_and_retried() -> None:
 
 def test_ping(index: MilvusEmbeddingIndex) -> None:
     assert index.ping() is True
+
+
+def test_lite_flushes_every_n_rows_and_rows_stay_searchable(milvus_uri: str) -> None:
+    settings = MilvusSettings(uri=milvus_uri, collection_prefix=f"t{uuid.uuid4().hex[:8]}_")
+    if not is_lite_uri(milvus_uri):
+        pytest.skip("automatic flushing is for Milvus Lite")
+    assert MilvusEmbeddingIndex(settings).flush_every_rows == DEFAULT_LITE_FLUSH_ROWS
+    index = MilvusEmbeddingIndex(settings, flush_every_rows=4)
+    name = index.ensure_collection(SMALL)
+    vecs = unit_rows(6, 8, seed=21)
+    index.upsert(name, [rec(f"f{i}", vecs[i]) for i in range(3)])
+    assert index.unflushed_rows(name) == 3
+    index.upsert(name, [rec(f"f{i}", vecs[i]) for i in range(3, 5)])
+    assert index.unflushed_rows(name) == 0
+    index.upsert(name, [rec("f5", vecs[5])])
+    assert index.unflushed_rows(name) == 1
+    assert index.count(name) == 6
+    results = index.search_unsafe(name, vecs, limit=1, min_similarity=0.99)
+    assert [hits[0].content_id for hits in results] == [f"f{i}" for i in range(6)]
+    index.close()
+
+
+def test_lite_and_server_uris_are_told_apart() -> None:
+    assert is_lite_uri("./vitguard_milvus.db") and is_lite_uri("/var/lib/vitguard/m.db")
+    assert not is_lite_uri("http://milvus:19530") and not is_lite_uri("https://x.zillizcloud.com")
+    assert MilvusEmbeddingIndex(MilvusSettings(uri="http://milvus:19530")).flush_every_rows == 0

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from vitguard.errors import ConfigError
 from vitguard.model.types import ModelInfo
 from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import EmbeddingRecord, SearchHit, WaveState
@@ -36,7 +37,9 @@ class InMemoryEmbeddingIndex:
         name = collection_name(self._prefix, model)
         existing = self._dims.setdefault(name, model.embedding_dim)
         if existing != model.embedding_dim:
-            raise ValueError(f"collection {name} holds {existing}-d embeddings, model makes {model.embedding_dim}-d")
+            raise ConfigError(
+                f"collection {name} holds {existing}-d embeddings, model makes {model.embedding_dim}-d"
+            )
         self._rows.setdefault(name, {})
         return name
 
