@@ -74,6 +74,12 @@ def test_missing_directory_remote_and_large_files(root: Path) -> None:
     assert len(read_file_url(f"file://{root}/sub/a.png", root, size)) == size
 
 
+def test_symlink_loop_is_a_clean_error(root: Path) -> None:
+    (root / "loop1").symlink_to(root / "loop2")
+    (root / "loop2").symlink_to(root / "loop1")
+    assert _reason(read_file_url, f"file://{root}/loop1", root, 1 << 20) in {"fetch_failed", "fetch_not_found"}
+
+
 def test_fifo_is_not_read(root: Path) -> None:
     os.mkfifo(root / "pipe")
     assert _reason(read_file_url, f"file://{root}/pipe", root, 1 << 20) == "fetch_not_found"

@@ -37,8 +37,11 @@ def resolve_file_url(ref: str, root: Path | None) -> Path:
     raw = unquote(parts.path)
     if not raw.startswith("/") or "\x00" in raw:
         raise FetchError("unsupported_reference", "file:// URL must carry an absolute path")
-    real_root = root.resolve()
-    target = Path(raw).resolve()
+    try:
+        real_root = root.resolve()
+        target = Path(raw).resolve()
+    except (OSError, RuntimeError) as exc:  # symlink loops, over-long names
+        raise FetchError("fetch_failed", f"cannot resolve {raw}: {exc}") from exc
     if not target.is_relative_to(real_root):
         raise FetchError("file_outside_root", f"{raw} is outside the allowed root")
     return target
