@@ -180,13 +180,13 @@ class ImageFetcher:
                     raise exc.os_error.error from exc
                 if isinstance(exc.__cause__, BlockedAddressError):
                     raise exc.__cause__.error from exc
-                raise FetchError("fetch_failed", f"cannot connect to {url.host}: {exc.os_error}") from exc
+                raise FetchError("fetch_failed", f"cannot connect to {url.host}: {_brief(exc.os_error)}") from exc
             except aiohttp.ServerTimeoutError as exc:
-                raise FetchError("fetch_timeout", f"{url.host}: {exc or 'timed out'}") from exc
+                raise FetchError("fetch_timeout", f"{url.host}: {_brief(exc) or 'timed out'}") from exc
             except aiohttp.InvalidURL as exc:
-                raise FetchError("unsupported_reference", f"invalid URL: {exc}") from exc
+                raise FetchError("unsupported_reference", f"invalid URL: {_brief(exc)}") from exc
             except aiohttp.ClientError as exc:
-                raise FetchError("fetch_failed", f"{url.host}: {type(exc).__name__}: {exc}") from exc
+                raise FetchError("fetch_failed", f"{url.host}: {type(exc).__name__}: {_brief(exc)}") from exc
 
     async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         limit = self._settings.max_bytes
@@ -201,6 +201,13 @@ class ImageFetcher:
                 raise FetchError("fetch_too_large", f"body exceeds {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _brief(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text cut short: aiohttp may quote the peer's bytes, and this text ends up in a
+    dead-letter event."""
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _ms_since(start: float) -> float:
