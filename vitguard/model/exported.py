@@ -192,17 +192,11 @@ class OnnxClassifier(BaseClassifier):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
     ) -> None:
-        import onnxruntime as ort
+        from vitguard.model.ort import create_session
 
         info, data_config = read_sidecar(path)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self._session = create_session(path, threads=threads)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelLoadError(f"{path}: expected a valid ONNX model ({exc})") from exc
         names = [o.name for o in self._session.get_outputs()]

@@ -120,7 +120,8 @@ class OpenNSFWClassifier(BaseClassifier):
 
 def _session_with_embedding(path: Path, threads: int | None) -> tuple[Any, str, list[str], int]:
     import onnx
-    import onnxruntime as ort
+
+    from vitguard.model.ort import create_session
 
     try:
         model = onnx.load(str(path))
@@ -133,18 +134,9 @@ def _session_with_embedding(path: Path, threads: int | None) -> tuple[Any, str, 
     model.graph.output.append(
         onnx.helper.make_tensor_value_info(_EMBEDDING_OUTPUT, onnx.TensorProto.FLOAT, [None, None])
     )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=_providers(ort))
+    session = create_session(model.SerializeToString(), threads=threads)
     probe = np.zeros((1, _CROP, _CROP, 3), dtype=np.float32)
     input_name = session.get_inputs()[0].name
     names = [outputs[0], _EMBEDDING_OUTPUT]
     _, features = session.run(names, {input_name: probe})
     return session, input_name, names, int(features.shape[1])
-
-
-def _providers(ort: Any) -> list[str]:
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or ["CPUExecutionProvider"]
