@@ -37,10 +37,12 @@ def _register() -> None:
     from vitguard.cli import config_cmd, schemas_cmd
     from vitguard.cli import publish_cmd, replay_cmd, tail_cmd  # issue 5
     from vitguard.cli import model_cmd  # issue 3
-    from vitguard.cli import worker_cmd  # issue 4
+    from vitguard.cli import demo_cmd, worker_cmd  # issue 4
     from vitguard.cli import finetune_cmd  # issue 6
 
-    for module in (config_cmd, schemas_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, worker_cmd, finetune_cmd):
+    for module in (
+        config_cmd, schemas_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, worker_cmd, demo_cmd, finetune_cmd
+    ):
         module.register(main)
 
 

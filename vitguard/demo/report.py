@@ -1,0 +1,89 @@
+"""The demo's printed report: verdicts, alerts and dead letters as plain-text tables."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from vitguard.demo.runner import Outputs
+from vitguard.demo.samples import SampleSet
+from vitguard.schemas.events import Timings
+from vitguard.settings import Settings
+
+__all__ = ["render_report", "table"]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], max_width: int = 60) -> str:
+    """A left-aligned text table; cells longer than ``max_width`` are cut with an ellipsis."""
+    cells = [[_cut(str(c), max_width) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), line]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(out)
+
+
+def _ms(t: Timings) -> str:
+    return f"{t.fetch_ms:.0f}/{t.decode_ms:.0f}/{t.infer_ms:.0f}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_report(samples: SampleSet, outputs: Outputs, settings: Settings, *, threshold_simulated: bool,
+                  elapsed_s: float) -> str:
+    kinds: dict[str, str] = {}
+    for e in samples.events:
+        if e.content_id:
+            kinds.setdefault(e.content_id, e.kind)  # a redelivery keeps its original's kind
+    parts: list[str] = []
+    verdicts = sorted(outputs.verdicts, key=lambda v: (kinds.get(v.content_id, ""), v.content_id))
+    parts.append(f"\nVERDICTS ({len(verdicts)}) -> topic {settings.topics.verdicts}")
+    parts.append(table(
+        ["content_id", "kind", "label", "unsafe_score", "cluster", "cached", "fetch/decode/infer ms"],
+        [
+            [v.content_id, kinds.get(v.content_id, "?"), v.label, f"{v.unsafe_score:.4f}", v.cluster_id or "-",
+             "yes" if v.from_cache else "", _ms(v.timings)]
+            for v in verdicts
+        ],
+    ))
+    parts.append(f"\nNEAR-DUPLICATE ALERTS ({len(outputs.alerts)}) -> topic {settings.topics.alerts}")
+    parts.append(table(
+        ["content_id", "severity", "cluster", "wave_count", "closest match (similarity)"],
+        [
+            [a.content_id, a.severity, a.cluster_id, f"{a.wave_count} in {a.wave_window_s}s",
+             f"{a.matches[0].content_id} ({a.matches[0].similarity:.3f})" if a.matches else "-"]
+            for a in outputs.alerts
+        ],
+    ))
+    parts.append(f"\nDEAD LETTERS ({len(outputs.dead_letters)}) -> topic {settings.topics.dead_letters}")
+    parts.append(table(
+        ["key / content_id", "reason", "message"],
+        [[d.content_id or d.key or "-", d.reason, d.message] for d in outputs.dead_letters],
+        max_width=70,
+    ))
+    labels = Counter(v.label for v in outputs.verdicts)
+    severities = Counter(a.severity for a in outputs.alerts)
+    model = outputs.verdicts[0].model_name if outputs.verdicts else settings.model.spec
+    parts.append(
+        f"\nSUMMARY: {len(samples.events)} events published ({samples.distinct_events} distinct + 1 redelivery) "
+        f"-> {len(outputs.verdicts)} verdicts ({dict(labels)}), {len(outputs.dead_letters)} dead letters, "
+        f"{len(outputs.alerts)} alerts ({dict(severities)}) in {elapsed_s:.1f}s; model {model}."
+    )
+    clustered = Counter(v.cluster_id for v in outputs.verdicts if v.cluster_id and not v.from_cache)
+    joined = sum(n - 1 for n in clustered.values())
+    if joined > len(outputs.alerts):
+        parts.append(
+            f"{joined} unsafe items joined an existing cluster; {joined - len(outputs.alerts)} of their alerts were "
+            f"suppressed inside a wave (>= {settings.policy.wave_threshold} items within "
+            f"{settings.policy.wave_window_s}s; cooldown {settings.policy.wave_alert_cooldown_s}s)."
+        )
+    redelivered = len(outputs.verdicts) - len({v.event_id for v in outputs.verdicts})
+    parts.append(f"Redelivered event answered twice: {'NO' if redelivered == 0 else f'YES ({redelivered})'}.")
+    if threshold_simulated:
+        parts.append(
+            f"SIMULATED: unsafe threshold {settings.policy.unsafe_threshold:.4f} (instead of the configured one) so "
+            "that the flagged photo family counts as unsafe; all sample photos are in fact safe."
+        )
+    return "\n".join(parts)
