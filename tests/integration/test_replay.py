@@ -215,3 +215,43 @@ def test_replay_cli_errors_are_one_line(kafka_bootstrap: str, new_topic: Callabl
     code, _, err = cli("replay", "--topic", source, "--bootstrap-servers", "127.0.0.1:1", "--connect-timeout", "1",
                        "--state-dir", str(tmp_path))
     assert code == 2 and "did not answer within 1s" in err and len(err.strip().splitlines()) == 1
+
+
+class InterruptAfter:
+    """Wraps a handler; the n-th record raises KeyboardInterrupt before it is handed on (a Ctrl-C)."""
+
+    def __init__(self, inner: RepublishHandler, n: int) -> None:
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def handle(self, record):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.inner.handle(record)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+
+def test_ctrl_c_mid_replay_checkpoints_exactly_what_was_delivered(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    source, target = new_topic(partitions=2, prefix="src"), new_topic(partitions=1, prefix="dst")
+    events = produce_events(kafka_bootstrap, source, 2, 25)
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    store = ReplayStateStore(tmp_path)
+    request = ReplayRequest(topic=source, mode="republish", target_topic=target)
+    state, _ = open_replay(kafka, request, "ctrlc", store)
+    with UploadEventPublisher(kafka, target) as publisher, pytest.raises(KeyboardInterrupt):
+        run_replay(kafka, state, store, InterruptAfter(RepublishHandler(publisher, "ctrlc"), 10),
+                   checkpoint_every=4)
+    saved = store.load("ctrlc")
+    assert saved is not None and sum(p.next - p.start for p in saved.partitions.values()) == 9
+    assert len(read_all(kafka_bootstrap, target, 1)) == 9
+
+    state, resumed = open_replay(kafka, request, "ctrlc", store)
+    assert resumed
+    with UploadEventPublisher(kafka, target) as publisher:
+        assert run_replay(kafka, state, store, RepublishHandler(publisher, "ctrlc")).complete
+    delivered = [ImageEvent.model_validate_json(m.value()).event_id for m in read_all(kafka_bootstrap, target, 1)]
+    assert sorted(delivered) == sorted(replay_event_id("ctrlc", e.event_id) for e in events)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -104,3 +105,36 @@ def test_tail_cli_filters_and_formats(kafka_bootstrap: str, verdict_topic: tuple
     unknown = runner.invoke(main, ["tail", "alerts", "--topic", "nope-nope", "--bootstrap-servers", kafka_bootstrap])
     assert unknown.exit_code == 2
     assert unknown.stderr.strip().count("\n") == 0 and "does not exist" in unknown.stderr
+
+
+def test_without_from_beginning_only_new_messages_arrive(
+    kafka_bootstrap: str, verdict_topic: tuple[str, list[Verdict]]
+) -> None:
+    topic, _ = verdict_topic
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    with VerdictSubscriber(kafka, topic) as sub:
+        fresh = make_verdict(7, "unsafe", 0.8)
+        produce(kafka_bootstrap, topic, [(fresh.content_id, fresh.model_dump_json().encode())])
+        got = [r.value for r in sub.messages(idle_timeout_s=3.0)]
+    assert got == [fresh]
+
+
+def test_group_mode_commits_what_was_handed_out(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    topic = new_topic(prefix="verdicts")
+    verdicts = [make_verdict(i, "safe", 0.1) for i in range(5)]
+    produce(kafka_bootstrap, topic, [(v.content_id, v.model_dump_json().encode()) for v in verdicts])
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    # librdkafka sends max.poll.interval.ms as the rebalance timeout; the local broker waits it out on join
+    fast_join = {"max.poll.interval.ms": 6000, "session.timeout.ms": 6000}
+    group = f"downstream-{uuid.uuid4().hex[:6]}"
+    first = VerdictSubscriber(kafka, topic, group_id=group, from_beginning=True, consumer_overrides=fast_join)
+    taken = []
+    for verdict in first:
+        taken.append(verdict)
+        if len(taken) == 3:
+            break
+    first.close()  # the 3rd was handed out and the caller moved on: all 3 are committed
+    second = VerdictSubscriber(kafka, topic, group_id=group, from_beginning=True, consumer_overrides=fast_join)
+    rest = [r.value for r in second.messages(idle_timeout_s=8.0)]
+    second.close()
+    assert taken + rest == verdicts

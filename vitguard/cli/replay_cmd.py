@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,7 @@ def replay(
         closer = publisher.close
 
     bars = _Bars(state, enabled=progress)
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM checkpoints like Ctrl-C
     try:
         report = run_replay(settings.kafka, state, store, handler, max_messages=max_messages, on_progress=bars.update)
     except KeyboardInterrupt:
@@ -155,6 +157,7 @@ def replay(
         click.echo(f"replay {rid}: interrupted; progress saved, resume with --replay-id {rid}", err=True)
         sys.exit(130)
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         bars.close()
         if closer is not None:
             closer()
@@ -164,6 +167,10 @@ def replay(
         click.echo(line)
     if not report.complete:
         click.echo(f"replay {rid}: stopped early; run again with --replay-id {rid} to continue", err=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 class _Bars:

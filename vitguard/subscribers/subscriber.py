@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from pydantic import BaseModel, ValidationError
 
 from vitguard.errors import ReasonCode, ServiceUnavailableError, VitguardError
-from vitguard.kafka_admin import client_config, consumer_config, topic_partitions
+from vitguard.kafka_admin import client_config, consumer_config, end_offsets, topic_partitions
 from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict
 from vitguard.settings import KafkaSettings, Settings
 
@@ -83,6 +83,8 @@ class TopicSubscriber(Generic[M]):
             message instead of the newest.
         connect_timeout_s: how long to wait for the broker's metadata.
         poll_interval_s: longest single wait inside iteration (shutdown latency).
+        consumer_overrides: extra librdkafka properties (e.g. ``max.poll.interval.ms``, which librdkafka
+            also sends as the group's rebalance timeout).
 
     Raises:
         ServiceUnavailableError, TopicNotFoundError: when the broker or the topic is not there.
@@ -99,6 +101,7 @@ class TopicSubscriber(Generic[M]):
         from_beginning: bool = False,
         connect_timeout_s: float = 10.0,
         poll_interval_s: float = 0.5,
+        consumer_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.topic = topic
         self.group_id = group_id
@@ -106,11 +109,17 @@ class TopicSubscriber(Generic[M]):
         partitions = topic_partitions(kafka, topic, connect_timeout_s)
         reset = "earliest" if from_beginning else "latest"
         if group_id is None:
-            conf = consumer_config(kafka, f"vitguard-subscriber-{uuid.uuid4().hex[:8]}", **{"auto.offset.reset": reset})
-            conf["enable.partition.eof"] = False
+            conf = consumer_config(
+                kafka, f"vitguard-subscriber-{uuid.uuid4().hex[:8]}",
+                **{"auto.offset.reset": reset, **(consumer_overrides or {})},
+            )
             self._consumer = Consumer(conf)
-            start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-            self._consumer.assign([TopicPartition(topic, p, start) for p in partitions])
+            if from_beginning:
+                starts = dict.fromkeys(partitions, OFFSET_BEGINNING)
+            else:
+                # The confirmed end rather than the logical OFFSET_END: see kafka_admin.end_offsets.
+                starts = end_offsets(self._consumer, topic, partitions, connect_timeout_s)
+            self._consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
         else:
             self._consumer = Consumer(
                 client_config(
@@ -122,6 +131,7 @@ class TopicSubscriber(Generic[M]):
                         "enable.auto.offset.store": False,
                         "allow.auto.create.topics": False,
                         "session.timeout.ms": int(kafka.session_timeout_s * 1000),
+                        **(consumer_overrides or {}),
                     },
                 )
             )
