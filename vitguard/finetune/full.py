@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from vitguard.errors import ConfigError, ImageDecodeError
 from vitguard.finetune.data import SkippedImage, class_weights
+from vitguard.finetune.errors import DatasetError
 from vitguard.finetune.features import forward_batch
 from vitguard.finetune.training import Balance, EarlyStopping, TrainingHistory, cosine_with_warmup, seed_everything
 
@@ -202,16 +203,19 @@ def finetune_network(
     train_targets: Sequence[int],
     val_paths: Sequence[Path],
     val_targets: Sequence[int],
-    num_classes: int,
+    labels: Sequence[str],
     config: FullConfig | None = None,
     *,
     progress: bool = True,
 ) -> FullResult:
     """Fine-tune ``classifier.module`` in place on the images; it ends holding the best weights, in eval mode.
 
-    The module must already have a head with ``num_classes`` outputs. Unreadable images are skipped and
+    The module must already have a head with one output per label. Unreadable images are skipped and
     returned. Returns the validation probabilities of the kept weights, computed as the classifier computes
     them at inference.
+
+    Raises:
+        DatasetError: a class has no decodable image left for training or validation.
     """
     import torch
     from torch.nn import functional as F
@@ -229,6 +233,12 @@ def finetune_network(
     skipped += val_skipped
     train_y = np.array([train_targets[i] for i in train_kept], dtype=np.int64)
     val_y = np.array([val_targets[i] for i in val_kept], dtype=np.int64)
+    num_classes = len(labels)
+    for side, targets in (("training", train_y), ("validation", val_y)):
+        present = set(targets.tolist())
+        missing = [label for i, label in enumerate(labels) if i not in present]
+        if missing:
+            raise DatasetError(f"no decodable {side} image is left for class(es) {missing}; add readable images")
     weights = torch.from_numpy(class_weights(train_y, num_classes)).to(device)
 
     train_set = _Images([train_paths[i] for i in train_kept], train_y.tolist(), _train_transform(classifier, config))

@@ -110,10 +110,7 @@ def evaluate_scores(
             f"data classes {list(scored.data_labels)} are not all model classes {list(scored.model_labels)}; "
             "only the unsafe-versus-safe view applies"
         )
-    data_unsafe = {label.casefold() for label in unsafe.data}
-    is_unsafe = np.array([scored.data_labels[y].casefold() in data_unsafe for y in scored.y_true], dtype=bool)
-    columns = [scored.model_labels.index(label) for label in unsafe.model]
-    unsafe_score = scored.probs[:, columns].sum(axis=1)
+    is_unsafe, unsafe_score = _unsafe_view(scored, unsafe.data, unsafe.model)
     moderation = moderation_metrics(
         is_unsafe,
         unsafe_score,
@@ -132,12 +129,19 @@ def evaluate_scores(
     }
 
 
-def _unsafe_view(scored: ScoredImages, metrics: Mapping[str, Any]) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
-    moderation = metrics["moderation"]
-    data_unsafe = {label.casefold() for label in moderation["unsafe_data_labels"]}
-    is_unsafe = np.array([scored.data_labels[y].casefold() in data_unsafe for y in scored.y_true], dtype=bool)
-    columns = [scored.model_labels.index(label) for label in moderation["unsafe_model_labels"]]
+def _unsafe_view(
+    scored: ScoredImages, data_unsafe: Sequence[str], model_unsafe: Sequence[str]
+) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+    """Truth (the image's class is unsafe) and the model's unsafe score, as the pipeline sums it."""
+    unsafe_keys = {label.casefold() for label in data_unsafe}
+    is_unsafe = np.array([scored.data_labels[y].casefold() in unsafe_keys for y in scored.y_true], dtype=bool)
+    columns = [scored.model_labels.index(label) for label in model_unsafe]
     return is_unsafe, scored.probs[:, columns].sum(axis=1).astype(np.float64)
+
+
+def _unsafe_view_of(scored: ScoredImages, metrics: Mapping[str, Any]) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+    moderation = metrics["moderation"]
+    return _unsafe_view(scored, moderation["unsafe_data_labels"], moderation["unsafe_model_labels"])
 
 
 def _slug(text: str) -> str:
@@ -153,7 +157,7 @@ def write_plots(
     the unsafe score per data class.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [plot_roc_pr({str(s.model["name"]): _unsafe_view(s, m) for s, m in runs}, out_dir / "roc_pr.png")]
+    written = [plot_roc_pr({str(s.model["name"]): _unsafe_view_of(s, m) for s, m in runs}, out_dir / "roc_pr.png")]
     for index, (scored, metrics) in enumerate(runs):
         prefix = f"{index + 1}_{_slug(str(scored.model['name']))}_" if per_model_prefix else ""
         classes = metrics.get("classes")
@@ -172,7 +176,7 @@ def write_plots(
                     y_model, scored.probs, scored.model_labels, out_dir / f"{prefix}score_histograms.png"
                 )
             )
-        is_unsafe, score = _unsafe_view(scored, metrics)
+        is_unsafe, score = _unsafe_view_of(scored, metrics)
         written.append(
             plot_score_histograms(
                 np.where(is_unsafe, 0, 1).astype(np.int64),

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from vitguard.finetune.base import BaseModel, load_base_model
 from vitguard.finetune.data import (
     ImageFolder,
+    SkippedImage,
     check_modes,
     imbalance_ratio,
     scan_image_folder,
@@ -101,6 +102,20 @@ class FinetuneResult:
     """The trainer's probabilities for ``val_paths`` (columns in label order): what the checkpoint must reproduce."""
 
 
+@dataclass
+class _Trained:
+    """What either training method hands to the writer."""
+
+    val_probs: NDArray[np.float32]
+    val_kept: list[int]
+    """Positions in the validation images of the rows of ``val_probs``."""
+    train_counts: dict[str, int]
+    skipped: list[SkippedImage]
+    history: TrainingHistory
+    training: dict[str, Any]
+    """The ``training`` section of metrics.json, without the history."""
+
+
 def run_finetune(
     data: DataSplit,
     out_dir: Path,
@@ -124,77 +139,25 @@ def run_finetune(
     Raises:
         NoTrainableHeadError: ``model`` is an ONNX/TorchScript export or open_nsfw.
         ConfigError: no data class is unsafe by ``unsafe_labels`` (default: the policy's).
+        DatasetError: a class has no decodable image left on one side of the split.
         ModelLoadError: the base model cannot be loaded.
     """
     policy = policy if policy is not None else PolicySettings.model_construct()
-    probe = probe or ProbeConfig()
-    full = full or FullConfig()
     labels = data.train.labels
     wanted = tuple(unsafe_labels) if unsafe_labels else tuple(policy.unsafe_labels)
-    unsafe = resolve_unsafe(labels, labels, wanted, policy)
+    unsafe = resolve_unsafe(labels, labels, wanted, policy)  # before the slow part: fail in seconds
     base = load_base_model(model, model_settings)
-    classifier = base.classifier
-    train_paths = [item.path for item in data.train.items]
-    val_paths = [item.path for item in data.val.items]
-    train_targets, val_targets = data.train.targets, data.val.targets
-    seed = probe.seed if method == "probe" else full.seed
-    training: dict[str, Any]
-
     if method == "probe":
-        features_train = extract_features(
-            classifier, train_paths, cache_dir=cache_dir, batch_size=batch_size, workers=workers,
-            progress=progress, desc="features (train)",
-        )  # fmt: skip
-        features_val = extract_features(
-            classifier, val_paths, cache_dir=cache_dir, batch_size=batch_size, workers=workers,
-            progress=progress, desc="features (validation)",
-        )  # fmt: skip
-        train_y = train_targets[features_train.kept]
-        val_y = val_targets[features_val.kept]
-        _require_every_class(labels, train_y, "training")
-        _require_every_class(labels, val_y, "validation")
-        head = train_linear_head(
-            features_train.features, train_y, features_val.features, val_y, len(labels), probe, progress=progress
-        )
-        _install_linear_head(base, head.weight, head.bias)
-        val_probs = head.probabilities(features_val.features)
-        val_kept = features_val.kept
-        skipped = features_train.skipped + features_val.skipped
-        history: TrainingHistory = head.history
-        training = {
-            "method": "linear_probe",
-            "config": asdict(probe),
-            "feature_cache": {
-                "dir": str(cache_dir) if cache_dir else None,
-                "hits": features_train.cache_hits + features_val.cache_hits,
-            },
-        }
-        counts_train = Counter(labels[y] for y in train_y)
+        trained = _train_probe(base, data, probe or ProbeConfig(), cache_dir, batch_size, workers, progress)
     else:
-        seed_everything(seed)
-        _reset_head(base, len(labels))
-        result = finetune_network(
-            classifier, train_paths, train_targets.tolist(), val_paths, val_targets.tolist(), len(labels), full,
-            progress=progress,
-        )  # fmt: skip
-        val_probs, val_kept, skipped, history = result.val_probs, result.val_kept, result.skipped, result.history
-        val_y = val_targets[val_kept]
-        skipped_train = {s.path for s in skipped}
-        counts_train = Counter(labels[i.label] for i in data.train.items if i.path not in skipped_train)
-        training = {
-            "method": "full" if full.unfreeze is None else f"partial (head + last {full.unfreeze} blocks)",
-            "config": asdict(full),
-            "trainable_parameters": result.trainable_parameters,
-            "total_parameters": result.total_parameters,
-        }
-    training |= {"history": history.to_dict(), "device": str(classifier.device)}
+        trained = _train_full(base, data, full or FullConfig(), progress)
 
     from vitguard.model import save_checkpoint
     from vitguard.model.checkpoint import WEIGHTS_NAME, weights_digest
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
-        classifier.module,
+        base.classifier.module,
         out_dir,
         architecture=base.architecture,
         label_names=list(labels),
@@ -202,7 +165,7 @@ def run_finetune(
         model_args=base.model_args or None,
     )
     info = base.classifier.info
-    identity = {
+    identity = {  # what load_classifier(out_dir) will report
         "name": f"dir:{out_dir.resolve().name}",
         "version": weights_digest(out_dir / WEIGHTS_NAME),
         "backend": "torch",
@@ -211,8 +174,9 @@ def run_finetune(
         "untrained": False,
         "base_model": {"spec": model, "name": info.name, "version": info.version, "untrained": info.untrained},
     }
-    kept_val_paths = [val_paths[i] for i in val_kept]
-    scored = ScoredImages(identity, labels, labels, tuple(kept_val_paths), val_y.astype(np.int64), val_probs)
+    val_items = [data.val.items[i] for i in trained.val_kept]
+    val_y = np.array([item.label for item in val_items], dtype=np.int64)
+    scored = ScoredImages(identity, labels, labels, tuple(i.path for i in val_items), val_y, trained.val_probs)
     evaluation = evaluate_scores(
         scored,
         unsafe,
@@ -220,28 +184,110 @@ def run_finetune(
         target_precision=target_precision,
         target_recall=target_recall,
     )
-    counts_val = Counter(labels[y] for y in val_y)
-    counts = {label: counts_train.get(label, 0) for label in labels}
+    val_counts = Counter(labels[y] for y in val_y)
+    skipped = {s.path: s.reason for s in (*data.train.skipped, *data.val.skipped, *trained.skipped)}
     payload: dict[str, Any] = {
         **evaluation,
         "data": {
             **data.source,
             "labels": list(labels),
-            "train_counts": counts,
-            "val_counts": {label: counts_val.get(label, 0) for label in labels},
-            "imbalance_ratio": imbalance_ratio(counts),
-            "skipped": skipped_summary({s.path: s.reason for s in (*data.train.skipped, *data.val.skipped, *skipped)}),
+            "train_counts": trained.train_counts,
+            "val_counts": {label: val_counts.get(label, 0) for label in labels},
+            "imbalance_ratio": imbalance_ratio(trained.train_counts),
+            "skipped": skipped_summary(skipped),
         },
-        "training": training,
+        "training": {
+            **trained.training,
+            "history": trained.history.to_dict(),
+            "device": str(base.classifier.device),
+        },
     }
     write_json(out_dir / "metrics.json", payload)
     write_predictions(out_dir / "val_predictions.jsonl", scored)
     plots = out_dir / "plots"
     write_plots(plots, [(scored, evaluation)])
-    plot_loss_curves(history.to_dict(), plots / "loss_curves.png", title=training["method"])
+    plot_loss_curves(trained.history.to_dict(), plots / "loss_curves.png", title=trained.training["method"])
     report = render_report([evaluation], title=f"Fine-tuned {identity['name']} from {model}")
     (out_dir / "report.md").write_text(report, encoding="utf-8")
-    return FinetuneResult(out_dir, payload, report, kept_val_paths, val_probs)
+    return FinetuneResult(out_dir, payload, report, list(scored.paths), trained.val_probs)
+
+
+def _train_probe(
+    base: BaseModel,
+    data: DataSplit,
+    config: ProbeConfig,
+    cache_dir: Path | None,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> _Trained:
+    """Features once (cached), a linear head on them, the head written into the network."""
+    labels = data.train.labels
+    extracted = [
+        extract_features(
+            base.classifier,
+            [item.path for item in folder.items],
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            desc=f"features ({side})",
+        )
+        for folder, side in ((data.train, "training"), (data.val, "validation"))
+    ]
+    train, val = extracted
+    train_y, val_y = data.train.targets[train.kept], data.val.targets[val.kept]
+    _require_every_class(labels, train_y, "training")
+    _require_every_class(labels, val_y, "validation")
+    head = train_linear_head(train.features, train_y, val.features, val_y, len(labels), config, progress=progress)
+    _install_linear_head(base, head.weight, head.bias)
+    counts = Counter(labels[y] for y in train_y)
+    return _Trained(
+        # the trainer's own evaluation: the folded head on the raw pre-logits, as the checkpoint computes it
+        val_probs=head.probabilities(val.features),
+        val_kept=val.kept,
+        train_counts={label: counts.get(label, 0) for label in labels},
+        skipped=train.skipped + val.skipped,
+        history=head.history,
+        training={
+            "method": "linear_probe",
+            "config": asdict(config),
+            "feature_cache": {"dir": str(cache_dir) if cache_dir else None, "hits": train.cache_hits + val.cache_hits},
+        },
+    )
+
+
+def _train_full(base: BaseModel, data: DataSplit, config: FullConfig, progress: bool) -> _Trained:
+    """A fresh head (seeded), then the head and the chosen blocks trained on augmented images."""
+    labels = data.train.labels
+    seed_everything(config.seed)
+    _reset_head(base, len(labels))
+    train_items, val_items = data.train.items, data.val.items
+    result = finetune_network(
+        base.classifier,
+        [item.path for item in train_items],
+        [item.label for item in train_items],
+        [item.path for item in val_items],
+        [item.label for item in val_items],
+        labels,
+        config,
+        progress=progress,
+    )
+    dropped = {s.path for s in result.skipped}
+    counts = Counter(labels[item.label] for item in train_items if item.path not in dropped)
+    return _Trained(
+        val_probs=result.val_probs,
+        val_kept=result.val_kept,
+        train_counts={label: counts.get(label, 0) for label in labels},
+        skipped=result.skipped,
+        history=result.history,
+        training={
+            "method": "full" if config.unfreeze is None else f"partial (head + last {config.unfreeze} blocks)",
+            "config": asdict(config),
+            "trainable_parameters": result.trainable_parameters,
+            "total_parameters": result.total_parameters,
+        },
+    )
 
 
 def _require_every_class(labels: Sequence[str], targets: NDArray[np.int64], side: str) -> None:
