@@ -249,7 +249,9 @@ def test_keda_replicas_are_capped_at_the_partition_count(monkeypatch: pytest.Mon
     spec = k8s_object("ScaledObject", K8S_BASE / "keda-scaledobject.yaml")["spec"]
     assert spec["maxReplicaCount"] == settings.topics.partitions
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-    assert spec["scaleTargetRef"]["name"] == k8s_object("Deployment", DEPLOYMENT)["metadata"]["name"]
+    deployment = k8s_object("Deployment", DEPLOYMENT)
+    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert "replicas" not in deployment["spec"], "KEDA owns the replica count; a re-apply must not reset it"
 
 
 # --- ports and probes ----------------------------------------------------------------------------
