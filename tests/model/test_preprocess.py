@@ -184,3 +184,20 @@ def test_image_too_small() -> None:
     assert Preprocessor(DataConfig.from_timm(SMALL), min_side=1)(_encode(Image.new("RGB", (1, 1)), "PNG")).shape == (
         3, 32, 32,
     )
+
+
+def test_prepare_image_matches_prepare_bytes(sample_photos: list[Path]) -> None:
+    preprocess = Preprocessor(DataConfig.from_timm(SMALL))
+    image = Image.new("RGB", (60, 30), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 CCW on display
+    data = _encode(image, "PNG", exif=exif.tobytes())
+    from_bytes = preprocess(data)
+    from_pil = preprocess.from_image(Image.open(io.BytesIO(data)))
+    np.testing.assert_allclose(from_pil, from_bytes, atol=1e-6)
+    photo = sample_photos[0].read_bytes()
+    np.testing.assert_allclose(preprocess.from_image(Image.open(io.BytesIO(photo))), preprocess(photo), atol=1e-6)
+    with pytest.raises(ImageDecodeError) as info:
+        preprocess.from_image(Image.new("RGB", (3, 3)))
+    assert info.value.reason == "image_too_small"

@@ -22,10 +22,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from vitguard.errors import ModelLoadError
+from vitguard.errors import ImageDecodeError, ModelLoadError
 from vitguard.model.base import BaseClassifier
 from vitguard.model.checkpoint import weights_digest
-from vitguard.model.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_image, to_rgb
+from vitguard.model.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_image, to_rgb, upright
 from vitguard.model.types import ModelInfo
 
 __all__ = ["OPENNSFW_LABELS", "OpenNSFWClassifier", "OpenNSFWPreprocessor", "bundled_model_path"]
@@ -70,7 +70,11 @@ class OpenNSFWPreprocessor:
         return self._tensor(image)
 
     def from_image(self, image: Image.Image) -> NDArray[np.float32]:
-        return self._tensor(to_rgb(image))
+        if min(image.size) < self.min_side:
+            raise ImageDecodeError(
+                "image_too_small", f"{image.size[0]}x{image.size[1]} image is smaller than {self.min_side} px"
+            )
+        return self._tensor(to_rgb(upright(image)))
 
     def _tensor(self, rgb: Image.Image) -> NDArray[np.float32]:
         img = rgb.resize((_RESIZE, _RESIZE), resample=Image.Resampling.BILINEAR)

@@ -36,6 +36,7 @@ __all__ = [
     "decode_image",
     "sniff_format",
     "to_rgb",
+    "upright",
 ]
 
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -158,11 +159,16 @@ def decode_image(
     except Exception as exc:
         raise ImageDecodeError("not_an_image", f"corrupt {image.format} data: {exc}") from exc
 
+    return to_rgb(upright(image))
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (a no-op without one, or on an image already transposed)."""
     try:
-        upright = ImageOps.exif_transpose(image)
+        transposed = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not lose an otherwise fine image
-        upright = image
-    return to_rgb(upright if upright is not None else image)
+        return image
+    return transposed if transposed is not None else image
 
 
 _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
@@ -262,10 +268,18 @@ class Preprocessor:
         return self.from_image(image, converted=True)
 
     def from_image(self, image: Image.Image, *, converted: bool = False) -> NDArray[np.float32]:
-        """Preprocess an already decoded image to a ``(C, H, W)`` float32 array."""
-        rgb = image if converted else to_rgb(image)
-        if min(rgb.size) < 1:
-            raise ImageDecodeError("image_too_small", f"{rgb.size[0]}x{rgb.size[1]} image is empty")
+        """Preprocess an already decoded image to a ``(C, H, W)`` float32 array (EXIF orientation applied).
+
+        Raises:
+            ImageDecodeError: ``image_too_small`` or ``unsupported_image``, as for encoded bytes.
+        """
+        if not converted:
+            if min(image.size) < self.min_side:
+                raise ImageDecodeError(
+                    "image_too_small", f"{image.size[0]}x{image.size[1]} image is smaller than {self.min_side} px"
+                )
+            image = to_rgb(upright(image))
+        rgb = image
         resized = self._resize_crop(rgb)
         pixels = np.asarray(resized, dtype=np.float32)
         out = pixels * self._mul + self._add
