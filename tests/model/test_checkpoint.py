@@ -185,5 +185,6 @@ def test_mismatched_checkpoints(tmp_path: Path, tiny_checkpoint: Path) -> None:
 
 
 def test_unknown_spec() -> None:
-    assert "is not one of" in _error("s3://bucket/model")
+    assert "is not one of" in _error("marqo")
+    assert "use hf-hub:ORG/NAME" in _error("Marqo/nsfw-image-detection-384")
     assert "names nothing" in _error("onnx:")

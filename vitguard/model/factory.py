@@ -79,8 +79,8 @@ def parse_spec(spec: str) -> Spec:
             if not target:
                 raise ModelLoadError(f"model spec {spec!r} names nothing after {prefix!r}")
             return Spec(kind, target)
-    if Path(text).expanduser().is_dir():
-        return Spec("dir", text)
+    if Path(text).expanduser().is_dir() or "/" in text or text.startswith((".", "~")):
+        return Spec("dir", text)  # a path: if it is not a checkpoint directory, loading says so
     raise ModelLoadError(
         f"model spec {spec!r} is not one of: auto, opennsfw, hf-hub:ORG/NAME, timm:ARCH, onnx:PATH, "
         "torchscript:PATH, or an existing checkpoint directory"
@@ -215,7 +215,10 @@ def _torch_parts(parsed: Spec, cfg: ModelSettings) -> tuple[torch.nn.Module, Mod
     if parsed.kind == "dir":
         directory = Path(parsed.target).expanduser().resolve()
         if not directory.is_dir():
-            raise ModelLoadError(f"{directory}: expected a checkpoint directory with {CONFIG_NAME} and {WEIGHTS_NAME}")
+            hint = " (for a hub model use hf-hub:ORG/NAME)" if not parsed.target.startswith(("/", ".", "~")) else ""
+            raise ModelLoadError(
+                f"{directory}: expected a checkpoint directory with {CONFIG_NAME} and {WEIGHTS_NAME}{hint}"
+            )
         module, config, digest = load_checkpoint_module(directory)
         return module, _info(f"dir:{directory.name}", digest, config, module), _data_config(module, config)
     if parsed.kind == "hf-hub":
