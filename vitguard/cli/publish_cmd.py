@@ -120,7 +120,7 @@ def publish(
             detail = item.error.message if item.error else reason
             tqdm.write(f"failed {item.origin}: {reason}: {detail}", file=sys.stderr)
 
-    limiter = RateLimiter(rate, burst=max(1, int(rate))) if rate else None
+    limiter = RateLimiter(rate, burst=max(1, int(rate / 10))) if rate else None  # bursts of 100 ms worth
     with bar, UploadEventPublisher(settings.kafka, target) as publisher:
         summary = publish_items(publisher, items(), limiter=limiter, on_item=on_item)
     click.echo(f"{target}: {summary.line()}")

@@ -140,7 +140,14 @@ def replay(
             alert_topic=alert_topic, dead_letter_topic=dead_letter_topic,
         )
         process_handler = ProcessHandler(processor, rid, batch_size or settings.batch.max_size)
-        handler, closer = process_handler, process_handler.close
+
+        def close_backtest() -> None:
+            try:
+                process_handler.close()
+            finally:
+                sink.inner.close()  # the processor leaves its sink to the caller
+
+        handler, closer = process_handler, close_backtest
         extra["counts"], extra["dropped"] = process_handler.counts, sink.dropped
     else:
         assert target is not None  # noqa: S101 - set for these modes
