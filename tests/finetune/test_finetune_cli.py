@@ -115,3 +115,21 @@ def test_both_targets_is_a_usage_error(binary_data: Path, tmp_path: Path) -> Non
     )
     assert result.exit_code == 2  # type: ignore[attr-defined]
     assert "not both" in result.stderr  # type: ignore[attr-defined]
+
+
+def test_full_finetuning_from_the_command_line(binary_data: Path, base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "full"
+    result = _invoke(
+        "finetune", binary_data, "--out", out, "--model", base, "--method", "full", "--unfreeze", "all",
+        "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8", "--label-smoothing", "0.05",
+        "--balance", "sampler", "--target-recall", "0.9", *CPU,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    metrics = json.loads((out / "metrics.json").read_text())
+    training = metrics["training"]
+    assert training["method"] == "full"
+    assert training["trainable_parameters"] == training["total_parameters"]
+    assert training["config"]["label_smoothing"] == 0.05 and training["config"]["balance"] == "sampler"
+    assert metrics["moderation"]["chosen_threshold"]["target"] == "recall"
+    bad = CliRunner().invoke(main, ["finetune", str(binary_data), "--out", str(out), "--unfreeze", "last"])
+    assert bad.exit_code == 2 and "'all'" in bad.stderr

@@ -27,7 +27,8 @@ def _settings(device: str | None) -> Any:
     return load_settings(model={"device": device} if device else {})
 
 
-def _unfreeze(value: str) -> int | None:
+def _unfreeze(_ctx: click.Context, _param: click.Parameter, value: str) -> int | None:
+    """``--unfreeze``: a block count or ``all`` (None), checked before any work starts."""
     if value == "all":
         return None
     try:
@@ -97,7 +98,10 @@ def _with(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     help="probe: frozen backbone, new linear head (fast). full: train the head and the last --unfreeze blocks.",
 )
 @click.option(
-    "--unfreeze", default="1", help="--method full: blocks trained besides the head (0 = head only) or 'all'."
+    "--unfreeze",
+    default="1",
+    callback=_unfreeze,
+    help="--method full: blocks trained besides the head (0 = head only) or 'all'.",
 )
 @click.option(
     "--val-dir",
@@ -171,7 +175,7 @@ def finetune(
     out_dir: Path,
     spec: str,
     method: str,
-    unfreeze: str,
+    unfreeze: int | None,
     val_dir: Path | None,
     val_fraction: float,
     epochs: int | None,
@@ -226,7 +230,7 @@ def finetune(
         FullConfig(),
         **common,
         **overrides,
-        unfreeze=_unfreeze(unfreeze),
+        unfreeze=unfreeze,
         head_lr=head_lr,
         grad_clip=grad_clip,
         amp=not no_amp,
