@@ -121,11 +121,13 @@ def load_classifier(spec: str | ModelSettings | None = None, *, settings: ModelS
 
 
 def _load(parsed: Spec, cfg: ModelSettings) -> Classifier:
-    limits: dict[str, Any] = {"max_pixels": cfg.max_pixels, "min_side": _min_side(cfg)}
+    limits: dict[str, Any] = {"max_pixels": cfg.max_pixels, "min_side": cfg.min_side}
     if parsed.kind == "auto":
         try:
-            hub = parse_spec(cfg.default_hub_id)
-            return _load(hub, cfg)
+            preferred = parse_spec(cfg.default_hub_id)
+            if preferred.kind == "auto":
+                raise ModelLoadError("VITGUARD_MODEL_DEFAULT_HUB_ID must name a model, not 'auto'")
+            return _load(preferred, cfg)
         except ModelLoadError as exc:
             _log.warning(
                 "model %s is not available (%s); falling back to the bundled offline model opennsfw "
@@ -149,10 +151,6 @@ def _load(parsed: Spec, cfg: ModelSettings) -> Classifier:
         _set_threads(cfg)
         return TorchScriptClassifier(Path(parsed.target).expanduser(), device=pick_device(cfg.device), **limits)
     return load_torch_classifier(parsed, settings=cfg)
-
-
-def _min_side(cfg: ModelSettings) -> int:
-    return int(getattr(cfg, "min_side", 8))
 
 
 def _set_threads(cfg: ModelSettings) -> None:
@@ -187,7 +185,7 @@ def load_torch_classifier(
         data_config,
         device=pick_device(cfg.device),
         max_pixels=cfg.max_pixels,
-        min_side=_min_side(cfg),
+        min_side=cfg.min_side,
     )
 
 
