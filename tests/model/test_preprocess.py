@@ -25,6 +25,12 @@ IMAGENET = {
     "std": (0.229, 0.224, 0.225), "crop_pct": 0.875, "crop_mode": "center",
 }
 SMALL = {**MARQO, "input_size": (3, 32, 32)}
+OTHER_CROPS = [
+    {**MARQO, "input_size": (3, 224, 224), "crop_pct": 0.9, "crop_mode": "squash"},
+    {**MARQO, "input_size": (3, 224, 224), "crop_mode": "border"},
+    {**IMAGENET, "input_size": (3, 192, 256), "crop_pct": 0.95},
+    {**MARQO, "input_size": (3, 224, 224), "crop_pct": 1.1},  # crop larger than the resize: zero padding
+]
 
 
 def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -46,6 +52,14 @@ def test_parity_with_timm_create_transform(config: dict, sample_photos: list[Pat
         ours = preprocess(data)
         assert ours.shape == config["input_size"] and ours.dtype == np.float32
         np.testing.assert_allclose(ours, _timm(config, data), atol=1e-5, err_msg=photo.name)
+
+
+@pytest.mark.parametrize("config", OTHER_CROPS, ids=["squash", "border", "non-square", "pad"])
+def test_parity_other_crop_modes(config: dict, sample_photos: list[Path]) -> None:
+    preprocess = Preprocessor(DataConfig.from_timm(config))
+    for photo in sample_photos[:4]:
+        data = photo.read_bytes()
+        np.testing.assert_allclose(preprocess(data), _timm(config, data), atol=1e-5, err_msg=photo.name)
 
 
 def test_large_jpeg_draft_mode_stays_within_interpolation_tolerance(sample_photos: list[Path]) -> None:
