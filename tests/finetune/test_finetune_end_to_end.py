@@ -206,3 +206,19 @@ def test_full_finetuning_is_deterministic_with_a_seed(binary_data, base_checkpoi
     ]
     assert runs[0].metrics["training"]["history"] == runs[1].metrics["training"]["history"]
     assert (runs[0].out_dir / "model.safetensors").read_bytes() == (runs[1].out_dir / "model.safetensors").read_bytes()
+
+
+@pytest.mark.gpu
+def test_full_finetuning_with_mixed_precision_on_cuda(binary_data, base_checkpoint, tmp_path: Path) -> None:
+    cuda = ModelSettings(device="cuda")
+    split = load_split(binary_data, val_fraction=0.25)
+    config = FullConfig(unfreeze=None, epochs=2, batch_size=8, max_steps_per_epoch=3, seed=1)
+    result = run_finetune(
+        split, tmp_path / "amp", model=str(base_checkpoint), method="full", full=config, model_settings=cuda,
+        progress=False,
+    )  # fmt: skip
+    assert result.metrics["training"]["device"].startswith("cuda")
+    assert all(np.isfinite(result.metrics["training"]["history"]["train_loss"]))
+    # the checkpoint reproduces the trainer's probabilities under the classifier's own fp16 autocast
+    classifier = load_classifier(str(result.out_dir), settings=cuda)
+    np.testing.assert_allclose(_probs(classifier, result.val_paths), result.val_probs, atol=1e-3)

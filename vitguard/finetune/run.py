@@ -1,7 +1,7 @@
 """``vitguard finetune``: labelled folder in, checkpoint directory + metrics + plots out.
 
 Order of work, chosen so that every mistake in the input fails in seconds, before any slow step: scan and
-split the data, load the base model, resolve the unsafe classes, then extract features or train, then
+split the data, resolve the unsafe classes, load the base model, then extract features or train, then
 write. The output directory is the loader's layout (``config.json`` + ``model.safetensors``) with
 ``metrics.json``, ``report.md``, ``val_predictions.jsonl`` and ``plots/`` beside it; the loader ignores the
 extra files, so ``--model OUT`` works everywhere in vitguard.
@@ -209,6 +209,13 @@ def run_finetune(
     plot_loss_curves(trained.history.to_dict(), plots / "loss_curves.png", title=trained.training["method"])
     report = render_report([evaluation], title=f"Fine-tuned {identity['name']} from {model}")
     (out_dir / "report.md").write_text(report, encoding="utf-8")
+    _log.info(
+        "wrote %s (%s, %d classes, validation accuracy %.4f)",
+        out_dir,
+        trained.training["method"],
+        len(labels),
+        (evaluation["classes"] or {}).get("accuracy", float("nan")),
+    )
     return FinetuneResult(out_dir, payload, report, list(scored.paths), trained.val_probs)
 
 
@@ -297,8 +304,11 @@ def _require_every_class(labels: Sequence[str], targets: NDArray[np.int64], side
         raise DatasetError(f"no decodable {side} image is left for class(es) {missing}; add readable images")
 
 
-def _reset_head(base: BaseModel, num_classes: int) -> Any:
-    """Give the network a fresh linear head with ``num_classes`` outputs (timm's own initialisation)."""
+def _reset_head(base: BaseModel, num_classes: int, *, linear: bool = False) -> Any:
+    """Give the network a fresh head with ``num_classes`` outputs (timm's own initialisation).
+
+    With ``linear``, the head must be one linear layer (the probe writes its weights into it).
+    """
     import torch
 
     net: Any = base.classifier.module
@@ -306,7 +316,7 @@ def _reset_head(base: BaseModel, num_classes: int) -> Any:
         raise NoTrainableHeadError(f"{base.architecture} has no replaceable classifier head")
     net.reset_classifier(num_classes)
     head = net.get_classifier()
-    if not isinstance(head, torch.nn.Linear):
+    if linear and not isinstance(head, torch.nn.Linear):
         raise NoTrainableHeadError(
             f"{base.architecture}'s classifier head is a {type(head).__name__}, not one linear layer; the linear "
             "probe cannot write it (use --method full)"
@@ -318,7 +328,7 @@ def _install_linear_head(base: BaseModel, weight: NDArray[np.float32], bias: NDA
     """Write the probe's weights into the network's own head, which sees the same pre-logits features."""
     import torch
 
-    head = _reset_head(base, weight.shape[0])
+    head = _reset_head(base, weight.shape[0], linear=True)
     if tuple(head.weight.shape) != weight.shape:
         raise NoTrainableHeadError(
             f"{base.architecture}'s head takes {head.weight.shape[1]} features, the probe {weight.shape[1]}"
