@@ -9,6 +9,7 @@ int8 export changes the numbers, so its version gets an ``-int8`` suffix and a c
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -84,24 +85,24 @@ def _write_sidecar(path: Path, info: ModelInfo, data_config: DataConfig, **extra
     sidecar_path(path).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
-class _TwoOutputs:
-    """Builds the ``nn.Module`` wrapper lazily so importing this module does not import torch."""
+def _two_outputs(module: torch.nn.Module) -> torch.nn.Module:
+    """Wrap a timm network so its ``forward`` returns ``(logits, features)``: what an export must trace.
 
-    @staticmethod
-    def wrap(module: torch.nn.Module) -> torch.nn.Module:
-        import torch
+    The class is built here so that importing this module does not import torch.
+    """
+    import torch
 
-        from vitguard.model.torch_backend import forward_two_outputs
+    from vitguard.model.torch_backend import forward_two_outputs
 
-        class TwoOutputs(torch.nn.Module):
-            def __init__(self, inner: torch.nn.Module) -> None:
-                super().__init__()
-                self.inner = inner
+    class TwoOutputs(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
 
-            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                return forward_two_outputs(self.inner, x)
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return forward_two_outputs(self.inner, x)
 
-        return TwoOutputs(module).eval()
+    return TwoOutputs(module).eval()
 
 
 def export_model(
@@ -128,7 +129,10 @@ def export_model(
 
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _TwoOutputs.wrap(classifier.module.to("cpu").float())
+    module = classifier.module
+    if classifier.device.type != "cpu":  # export on CPU without moving the caller's model off its device
+        module = copy.deepcopy(module).to("cpu")
+    wrapper = _two_outputs(module.float())
     example = torch.zeros((2, *classifier.info.input_size), dtype=torch.float32)
     info = classifier.info
     if fmt == "torchscript":
