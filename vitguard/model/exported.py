@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -41,7 +40,6 @@ __all__ = [
 
 ExportFormat = Literal["onnx", "torchscript"]
 _SIDECAR_FORMAT = "vitguard-export/1"
-_log = logging.getLogger(__name__)
 
 
 def sidecar_path(path: Path) -> Path:
