@@ -70,6 +70,9 @@ def plot_roc_pr(curves: Mapping[str, tuple[NDArray[np.bool_], NDArray[np.floatin
         auc = roc_auc(y, score)
         ax_roc.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
         precision, recall, _ = pr_curve(y, score)
+        if len(recall):  # lower thresholds after full recall only add false positives: stop there, as usual
+            end = int(np.argmax(recall >= recall[-1])) + 1
+            precision, recall = precision[:end], recall[:end]
         ax_pr.step(np.r_[0.0, recall], np.r_[precision[:1], precision], where="post", label=name)
     ax_roc.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (unsafe vs safe)")
