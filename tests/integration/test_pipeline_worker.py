@@ -1,0 +1,294 @@
+"""The worker end to end: a real `vitguard worker` process against the real broker, Redis and Milvus Lite.
+
+Each test publishes events, runs the worker as a child process configured only by VITGUARD_* variables
+(exactly like an operator), reads the output topics and checks the accounting invariant: every consumed
+event gets exactly one verdict or one dead letter, redeliveries aside.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vitguard import devservices
+from vitguard.demo.runner import OutputReader, Outputs, WorkerProcess, publish_raw
+from vitguard.demo.samples import SampleEvent, SampleSet, make_sample_set, near_duplicate_variants, photo_bytes
+from vitguard.schemas.events import ImageEvent
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+ALL_UNSAFE = {"unsafe_labels": ["SFW", "NSFW"], "unsafe_threshold": 0.0}
+"""A test policy that calls every image unsafe, so near-duplicate clustering runs on safe photos."""
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """Worker processes started by a test; all are stopped when it ends, whatever happened."""
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.kill()
+
+
+@pytest.fixture
+def pipeline_settings(service_settings: Callable[..., Any], new_topic: Callable[..., str],
+                      tmp_path: Path) -> Callable[..., Any]:
+    """Settings for one worker run: fresh topics, a private Milvus Lite file, a file root, open_nsfw."""
+
+    def make(partitions: int = 2, **overrides: dict[str, Any]) -> Any:
+        sections: dict[str, dict[str, Any]] = {
+            "topics": {"images": new_topic(partitions, "img"), "verdicts": new_topic(1, "verdicts"),
+                       "alerts": new_topic(1, "alerts"), "dead_letters": new_topic(1, "dlq")},
+            # a worker process owns its Milvus Lite file (it is locked), so each test has its own
+            "milvus": {"uri": str(tmp_path / "milvus.db"), "retry_backoff_s": 0.2, "retry_backoff_max_s": 2.0},
+            "model": {"spec": "opennsfw"},
+            "fetch": {"file_root": str(tmp_path / "images")},
+            "batch": {"max_size": 4, "max_wait_s": 0.2},
+            "kafka": {"session_timeout_s": 6.0},
+            "web": {"host": "127.0.0.1", "port": devservices.free_port()},
+        }
+        for section, values in overrides.items():
+            sections[section] = {**sections.get(section, {}), **values}
+        return service_settings(**sections)
+
+    return make
+
+
+def reader(settings: Any) -> OutputReader:
+    t = settings.topics
+    return OutputReader(settings.kafka, verdicts=t.verdicts, alerts=t.alerts, dead_letters=t.dead_letters)
+
+
+def publish(settings: Any, events: list[SampleEvent]) -> None:
+    publish_raw(settings.kafka, settings.topics.images, [(e.key, e.value) for e in events])
+
+
+def wait_answered(out: OutputReader, expected: int, worker: WorkerProcess, timeout_s: float = 150.0,
+                  settle_s: float = 3.0) -> Outputs:
+    outputs = out.poll_until(lambda o: o.answered() >= expected or not worker.running, timeout_s, settle_s)
+    assert outputs.answered() >= expected, f"{outputs.answered()}/{expected} answered; log:\n{worker.log_tail()}"
+    return outputs
+
+
+def metric(settings: Any, name: str, **labels: str) -> float:
+    """The sum of a series' samples in the worker's /metrics that carry ``labels`` (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{settings.web.port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()  # noqa: S310 - our own worker
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def post(settings: Any, path: str, body: bytes, content_type: str) -> tuple[int, Any]:
+    """POST to the worker's web server: (status, JSON body)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{settings.web.port}{path}", data=body,
+                                     headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own worker
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def distinct_events(samples: SampleSet) -> list[SampleEvent]:
+    return [e for e in samples.events if e.kind != "redelivery"]
+
+
+def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..., Any], tmp_path: Path,
+                                                  workers: list[WorkerProcess]) -> None:
+    settings = pipeline_settings()
+    samples = make_sample_set(tmp_path / "images", photos=4, copies=2, burst=0)
+    publish(settings, samples.events)  # includes one redelivered event and bad events of 8 reason codes
+    expected = distinct_events(samples)
+
+    worker = WorkerProcess(settings).start()
+    workers.append(worker)
+    with reader(settings) as out:
+        outputs = wait_answered(out, len(expected), worker)
+        ready = urllib.request.urlopen(f"http://127.0.0.1:{settings.web.port}/readyz", timeout=5)  # noqa: S310
+        assert ready.status == 200
+        classified = post(settings, "/classify", samples.other_files[0].read_bytes(), "image/png")
+        refused = post(settings, "/classify", b'{"image_ref": "http://10.0.0.1/x.jpg"}', "application/json")
+        not_image = post(settings, "/classify", b"plain text, not an image", "application/octet-stream")
+        consumed = metric(settings, "vitguard_events_consumed_total")
+        verdict_count = metric(settings, "vitguard_verdicts_total", label="safe")
+    assert worker.terminate() == 0  # graceful SIGTERM
+
+    assert outputs.answered() == len(expected)  # nothing twice, the redelivery included
+    good = [e for e in expected if not e.kind.startswith("bad:")]
+    bad = [e for e in expected if e.kind.startswith("bad:")]
+    assert sorted(v.content_id for v in outputs.verdicts) == sorted(e.content_id for e in good)
+    assert {v.event_id for v in outputs.verdicts} == {e.event_id for e in good}
+    assert all(v.label == "safe" and v.model_name == "opennsfw" for v in outputs.verdicts)
+    assert outputs.keys["verdicts"] == [v.content_id.encode() for v in outputs.verdicts]  # keyed by content id
+
+    by_payload = {e.value: e for e in bad}
+    assert len(outputs.dead_letters) == len(bad)
+    for letter in outputs.dead_letters:
+        original = by_payload[letter.original_bytes()]  # the payload comes back byte for byte
+        assert letter.reason == original.kind.removeprefix("bad:")
+        assert letter.source_topic == settings.topics.images
+    assert {d.reason for d in outputs.dead_letters} >= {
+        "invalid_json", "schema_violation", "file_outside_root", "fetch_not_found", "not_an_image",
+        "image_too_small", "fetch_blocked", "invalid_base64"}
+    assert consumed == len(samples.events) and verdict_count == len(good)
+    assert classified[0] == 200 and classified[1]["label"] == "safe" and classified[1]["model_name"] == "opennsfw"
+    assert refused == (400, {"reason": "fetch_blocked", "message": refused[1]["message"]})
+    assert not_image[0] == 400 and not_image[1]["reason"] == "not_an_image"
+
+    from vitguard.stores import MilvusEmbeddingIndex
+
+    index = MilvusEmbeddingIndex(settings.milvus)  # the worker has exited, so the Lite file is free
+    collection = outputs.verdicts[0].collection
+    assert collection is not None and index.count(collection) == len({v.content_id for v in outputs.verdicts
+                                                                       if not v.from_cache})
+    index.close()
+
+
+def test_near_duplicates_form_one_cluster_and_a_burst_escalates(pipeline_settings: Callable[..., Any],
+                                                                tmp_path: Path,
+                                                                workers: list[WorkerProcess]) -> None:
+    wave_threshold = 4
+    settings = pipeline_settings(partitions=1, policy={**ALL_UNSAFE, "wave_threshold": wave_threshold,
+                                                       "wave_alert_cooldown_s": 300})
+    samples = make_sample_set(tmp_path / "images", photos=3, copies=4, burst=6, bad=False)
+    family = {e.content_id for e in samples.events if e.kind in {"near-duplicate", "burst-copy"}} | {"photo-0"}
+    publish(settings, samples.events)
+    expected = distinct_events(samples)
+
+    worker = WorkerProcess(settings).start()
+    workers.append(worker)
+    with reader(settings) as out:
+        outputs = wait_answered(out, len(expected), worker)
+    worker.terminate()
+
+    clusters = {v.content_id: v.cluster_id for v in outputs.verdicts}
+    assert all(v.label == "unsafe" for v in outputs.verdicts)
+    assert len({clusters[c] for c in family}) == 1  # resized, cropped, re-encoded copies: one cluster
+    family_cluster = clusters["photo-0"]
+    assert family_cluster not in {clusters["photo-1"], clusters["photo-2"]}
+    assert clusters["photo-1"] != clusters["photo-2"]
+
+    # the exact re-upload of photo-1 is a near-duplicate of it (similarity 1)
+    (reupload,) = [a for a in outputs.alerts if a.content_id == "reupload-1"]
+    assert reupload.cluster_id == clusters["photo-1"] == clusters["reupload-1"]
+    assert reupload.matches[0].content_id == "photo-1" and reupload.matches[0].similarity > 0.99
+
+    alerts = [a for a in outputs.alerts if a.content_id != "reupload-1"]
+    assert {a.content_id for a in alerts} <= family and {a.cluster_id for a in alerts} == {family_cluster}
+    severities = Counter(a.severity for a in alerts)
+    # the founder has no alert; counts 2..threshold-1 alert; the threshold item raises ONE critical alert;
+    # the rest of the wave is suppressed by the cooldown: a bounded number of alerts for 11 copies
+    assert severities["critical"] == 1
+    assert len(alerts) == wave_threshold - 1
+    critical = next(a for a in alerts if a.severity == "critical")
+    assert critical.wave_count == wave_threshold and critical.matches
+    assert all(m.similarity >= settings.policy.near_duplicate_threshold for a in alerts for m in a.matches)
+
+
+def test_redelivered_events_get_no_second_verdict(pipeline_settings: Callable[..., Any], tmp_path: Path,
+                                                  workers: list[WorkerProcess]) -> None:
+    settings = pipeline_settings()
+    samples = make_sample_set(tmp_path / "images", photos=3, copies=1, burst=0, bad=False)
+    publish(settings, samples.events)
+    expected = distinct_events(samples)
+    first = WorkerProcess(settings).start()
+    workers.append(first)
+    with reader(settings) as out:
+        wait_answered(out, len(expected), first)
+        first.terminate()
+
+        # a second consumer group re-reads the whole topic: every event is a redelivery to the guard
+        again = settings.model_copy(update={
+            "kafka": settings.kafka.model_copy(update={"consumer_group": settings.kafka.consumer_group + "-again"})})
+        second = WorkerProcess(again).start()
+        workers.append(second)
+        deadline = time.monotonic() + 120
+        skipped = 0.0
+        while time.monotonic() < deadline and skipped < len(samples.events) and second.running:
+            time.sleep(1)
+            try:
+                skipped = metric(again, "vitguard_events_redelivered_total")
+            except OSError:
+                continue  # web server not up yet
+        outputs = out.poll(3.0)
+    second.terminate()
+    assert skipped == len(samples.events), second.log_tail()
+    assert len(outputs.verdicts) == len(expected)  # still one verdict per event
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_stream_and_restarted_loses_nothing(pipeline_settings: Callable[..., Any],
+                                                              tmp_path: Path,
+                                                              workers: list[WorkerProcess]) -> None:
+    settings = pipeline_settings(batch={"max_size": 4, "max_wait_s": 0.2})
+    root = tmp_path / "images"
+    root.mkdir()
+    ((_, photo),) = photo_bytes(1)
+    events = []
+    for j, (variant, data) in enumerate(near_duplicate_variants(photo, 48, seed=3)):  # distinct bytes: no cache
+        path = root / f"{j}-{variant}.jpg"
+        path.write_bytes(data)
+        event = ImageEvent(content_id=f"k{j}", image_ref=path.as_uri())
+        events.append(SampleEvent(event.content_id.encode(), event.model_dump_json().encode(), "photo",
+                                  event.event_id, event.content_id))
+    publish(settings, events)
+    wanted = {e.event_id for e in events}
+
+    first = WorkerProcess(settings).start()
+    workers.append(first)
+    with reader(settings) as out:
+        partial = out.poll_until(lambda o: len(o.verdicts) >= 8 or not first.running, 120)
+        assert first.running, first.log_tail()
+        first.kill()  # SIGKILL mid-stream: whatever was in flight is lost with the process
+        answered_before = len(partial.answered_event_ids())
+        assert answered_before < len(wanted)
+
+        second = WorkerProcess(settings).start()
+        workers.append(second)
+        outputs = out.poll_until(lambda o: o.answered_event_ids() >= wanted or not second.running, 150, 3.0)
+    second.terminate()
+
+    assert outputs.answered_event_ids() == wanted, second.log_tail()
+    assert not outputs.dead_letters
+    # at-least-once: events of the killed worker's uncommitted batches may be answered twice, never zero times
+    duplicates = len(outputs.verdicts) - len(wanted)
+    assert 0 <= duplicates <= len(wanted) - answered_before + 8
+
+
+@pytest.mark.slow
+def test_redis_stopped_mid_run_does_not_stop_verdicts(pipeline_settings: Callable[..., Any], tmp_path: Path,
+                                                      workers: list[WorkerProcess]) -> None:
+    redis = devservices.start_redis()  # private: this test stops it
+    try:
+        settings = pipeline_settings(redis={"url": redis.address, "socket_timeout_s": 0.5})
+        samples = make_sample_set(tmp_path / "images", photos=4, copies=2, burst=0, bad=False)
+        first_half = distinct_events(samples)[:4]
+        second_half = distinct_events(samples)[4:]
+        publish(settings, first_half)
+        worker = WorkerProcess(settings).start()
+        workers.append(worker)
+        with reader(settings) as out:
+            wait_answered(out, len(first_half), worker, settle_s=0)
+            redis.stop()
+            publish(settings, second_half)
+            outputs = wait_answered(out, len(first_half) + len(second_half), worker)
+            errors = metric(settings, "vitguard_store_errors_total", store="redis")
+        worker.terminate()
+    finally:
+        redis.stop()
+    assert {v.event_id for v in outputs.verdicts} == {e.event_id for e in first_half + second_half}
+    assert errors >= 1
