@@ -104,6 +104,14 @@ def _worker_env(base: dict[str, str], port: int, milvus_path: Path) -> dict[str,
     return env
 
 
+@dataclass
+class WorkerGroup:
+    """Starts worker subprocesses that share one consumer group and one set of topics."""
+
+    topics: dict[str, str]
+    start: Callable[[str], WorkerProcess]
+
+
 @pytest.fixture
 def workers(
     kafka_bootstrap: str,
@@ -112,8 +120,8 @@ def workers(
     new_topic: Callable[..., str],
     sample_photos: list[Path],
     tmp_path: Path,
-) -> Iterator[Callable[[str], WorkerProcess]]:
-    """Factory of worker subprocesses sharing one consumer group and one set of topics."""
+) -> Iterator[WorkerGroup]:
+    """Worker subprocesses sharing one consumer group and one set of topics; all stopped at the end."""
     topics = {
         "VITGUARD_TOPIC_IMAGES": new_topic(partitions=PARTITIONS, prefix="scale-in"),
         "VITGUARD_TOPIC_VERDICTS": new_topic(partitions=2, prefix="scale-verdicts"),
@@ -156,9 +164,8 @@ def workers(
         started.append(worker)
         return worker
 
-    start.topics = topics  # type: ignore[attr-defined]
     try:
-        yield start
+        yield WorkerGroup(topics, start)
     finally:
         for worker in started:
             worker.stop(30)
@@ -233,11 +240,11 @@ def _collect(bootstrap: str, topics: list[str], want: set[str], timeout_s: float
 
 @pytest.mark.timeout(900)
 def test_two_workers_share_partitions_and_one_takes_over(
-    workers: Callable[[str], WorkerProcess], kafka_bootstrap: str, sample_photos: list[Path]
+    workers: WorkerGroup, kafka_bootstrap: str, sample_photos: list[Path]
 ) -> None:
-    topics: dict[str, str] = workers.topics  # type: ignore[attr-defined]
+    topics = workers.topics
     verdict_topic, dlq_topic = topics["VITGUARD_TOPIC_VERDICTS"], topics["VITGUARD_TOPIC_DEAD_LETTERS"]
-    a, b = workers("worker-a"), workers("worker-b")
+    a, b = workers.start("worker-a"), workers.start("worker-b")
     a.wait_ready(START_TIMEOUT_S)
     b.wait_ready(START_TIMEOUT_S)
 
