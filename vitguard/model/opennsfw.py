@@ -34,6 +34,7 @@ OPENNSFW_LABELS = ("SFW", "NSFW")
 """Output order of the open_nsfw softmax (index 1 is NSFW)."""
 
 _EMBEDDING_OUTPUT = "Reshape:0"
+_NCHW_INPUT = "pixel_values"
 _RESIZE = 256
 _CROP = 224
 _OFFSET = (_RESIZE - _CROP) // 2
@@ -83,12 +84,13 @@ class OpenNSFWPreprocessor:
             with io.BytesIO() as buf:
                 img.save(buf, format="JPEG")
                 buf.seek(0)
-                arr = np.asarray(Image.open(buf), dtype=np.float32)
+                arr = np.asarray(Image.open(buf))
         else:
-            arr = np.asarray(img, dtype=np.float32)
-        # HWC RGB -> CHW BGR minus mean, in one copy
-        chw = arr.transpose(2, 0, 1)[::-1] - _MEAN_BGR[:, None, None]
-        return np.ascontiguousarray(chw, dtype=np.float32)
+            arr = np.asarray(img)
+        # uint8 HWC RGB -> float32 CHW BGR minus mean, in one pass into contiguous memory
+        chw = np.empty((3, _CROP, _CROP), dtype=np.float32)
+        np.subtract(arr.transpose(2, 0, 1)[::-1], _MEAN_BGR[:, None, None], out=chw)
+        return chw
 
 
 class OpenNSFWClassifier(BaseClassifier):
@@ -117,8 +119,7 @@ class OpenNSFWClassifier(BaseClassifier):
         super().__init__(info, OpenNSFWPreprocessor(max_pixels=max_pixels, min_side=min_side))
 
     def _forward(self, batch: NDArray[np.float32]) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
-        nhwc = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
-        probs, features = self._session.run(self._outputs, {self._input: nhwc})
+        probs, features = self._session.run(self._outputs, {self._input: batch})
         return probs, features
 
 
@@ -138,9 +139,29 @@ def _session_with_embedding(path: Path, threads: int | None) -> tuple[Any, str, 
     model.graph.output.append(
         onnx.helper.make_tensor_value_info(_EMBEDDING_OUTPUT, onnx.TensorProto.FLOAT, [None, None])
     )
+    _accept_nchw(model)
     session = create_session(model.SerializeToString(), threads=threads)
-    probe = np.zeros((1, _CROP, _CROP, 3), dtype=np.float32)
+    probe = np.zeros((1, 3, _CROP, _CROP), dtype=np.float32)
     input_name = session.get_inputs()[0].name
     names = [outputs[0], _EMBEDDING_OUTPUT]
     _, features = session.run(names, {input_name: probe})
     return session, input_name, names, int(features.shape[1])
+
+
+def _accept_nchw(model: Any) -> None:
+    """Give the TensorFlow-exported graph an NCHW input, as the Classifier protocol promises.
+
+    The graph takes NHWC and its first node transposes to NCHW; a Transpose NCHW -> NHWC in front of it is
+    cancelled by onnxruntime's transpose optimiser, so neither side pays for a layout copy.
+    """
+    import onnx
+
+    graph = model.graph
+    nhwc = graph.input[0]
+    graph.node.insert(
+        0, onnx.helper.make_node("Transpose", [_NCHW_INPUT], [nhwc.name], perm=[0, 2, 3, 1], name="vitguard_to_nhwc")
+    )
+    graph.input.remove(nhwc)
+    graph.input.insert(
+        0, onnx.helper.make_tensor_value_info(_NCHW_INPUT, onnx.TensorProto.FLOAT, ["batch", 3, _CROP, _CROP])
+    )

@@ -55,6 +55,7 @@ _INTERPOLATION: dict[str, Image.Resampling] = {
     "hamming": Image.Resampling.HAMMING,
 }
 _WHITE = (255, 255, 255)
+_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
@@ -165,6 +166,9 @@ def decode_image(
 def upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag (a no-op without one, or on an image already transposed)."""
     try:
+        # exif_transpose copies the image even when there is nothing to do (~1.5 ms for 512x512): ask first
+        if image.getexif().get(_ORIENTATION, 1) not in range(2, 9):
+            return image
         transposed = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not lose an otherwise fine image
         return image
