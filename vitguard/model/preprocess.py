@@ -261,8 +261,8 @@ class Preprocessor:
         if std.shape != (3,) or mean.shape != (3,):
             raise ValueError("mean and std need three values (RGB input)")
         # (x / 255 - mean) / std as one multiply-add
-        self._mul = (1.0 / (255.0 * std)).astype(np.float32)
-        self._add = (-mean / std).astype(np.float32)
+        self._mul_chw = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+        self._add_chw = (-mean / std).astype(np.float32)[:, None, None]
 
     def __call__(self, data: bytes) -> NDArray[np.float32]:
         """Decode and preprocess encoded bytes; see :func:`decode_image` for the errors."""
@@ -284,10 +284,11 @@ class Preprocessor:
                 )
             image = to_rgb(upright(image))
         rgb = image
-        resized = self._resize_crop(rgb)
-        pixels = np.asarray(resized, dtype=np.float32)
-        out = pixels * self._mul + self._add
-        return np.ascontiguousarray(out.transpose(2, 0, 1))
+        pixels = np.asarray(self._resize_crop(rgb))  # uint8 HWC
+        out = np.empty((3, *self._target), dtype=np.float32)
+        np.multiply(pixels.transpose(2, 0, 1), self._mul_chw, out=out)  # straight into contiguous CHW
+        out += self._add_chw
+        return out
 
     def _resize_crop(self, image: Image.Image) -> Image.Image:
         target_h, target_w = self._target
