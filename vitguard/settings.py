@@ -219,6 +219,15 @@ class ModelSettings(BaseSettings):
             "Env: VITGUARD_MODEL_MIN_SIDE. Default 8."
         ),
     )
+    ort_spinning: bool = Field(
+        False,
+        description=(
+            "Let onnxruntime's worker threads busy-wait between operators (ONNX and opennsfw backends): a few "
+            "ms less latency per single image on an idle machine, but the spinning steals CPU from decode "
+            "threads and other processes (measured ~1.5x slower batches on a busy 2-core box). "
+            "Env: VITGUARD_MODEL_ORT_SPINNING. Default false."
+        ),
+    )
 
 
 class PolicySettings(BaseSettings):

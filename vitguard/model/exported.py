@@ -191,6 +191,7 @@ class OnnxClassifier(BaseClassifier):
         path: Path,
         *,
         threads: int | None = None,
+        spinning: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
     ) -> None:
@@ -198,7 +199,7 @@ class OnnxClassifier(BaseClassifier):
 
         info, data_config = read_sidecar(path)
         try:
-            self._session = create_session(path, threads=threads)
+            self._session = create_session(path, threads=threads, spinning=spinning)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelLoadError(f"{path}: expected a valid ONNX model ({exc})") from exc
         names = [o.name for o in self._session.get_outputs()]

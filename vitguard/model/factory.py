@@ -139,11 +139,13 @@ def _load(parsed: Spec, cfg: ModelSettings) -> Classifier:
     if parsed.kind == "opennsfw":
         from vitguard.model.opennsfw import OpenNSFWClassifier
 
-        return OpenNSFWClassifier(threads=cfg.threads, **limits)
+        return OpenNSFWClassifier(threads=cfg.threads, spinning=cfg.ort_spinning, **limits)
     if parsed.kind == "onnx":
         from vitguard.model.exported import OnnxClassifier
 
-        return OnnxClassifier(Path(parsed.target).expanduser(), threads=cfg.threads, **limits)
+        return OnnxClassifier(
+            Path(parsed.target).expanduser(), threads=cfg.threads, spinning=cfg.ort_spinning, **limits
+        )
     if parsed.kind == "torchscript":
         from vitguard.model.exported import TorchScriptClassifier
         from vitguard.model.torch_backend import pick_device

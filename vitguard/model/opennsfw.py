@@ -103,11 +103,12 @@ class OpenNSFWClassifier(BaseClassifier):
         model_path: Path | None = None,
         *,
         threads: int | None = None,
+        spinning: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
     ) -> None:
         path = model_path or bundled_model_path()
-        self._session, self._input, self._outputs, dim = _session_with_embedding(path, threads)
+        self._session, self._input, self._outputs, dim = _session_with_embedding(path, threads, spinning)
         info = ModelInfo(
             name="opennsfw",
             version=weights_digest(path),
@@ -123,7 +124,7 @@ class OpenNSFWClassifier(BaseClassifier):
         return probs, features
 
 
-def _session_with_embedding(path: Path, threads: int | None) -> tuple[Any, str, list[str], int]:
+def _session_with_embedding(path: Path, threads: int | None, spinning: bool) -> tuple[Any, str, list[str], int]:
     import onnx
 
     from vitguard.model.ort import create_session
@@ -140,7 +141,7 @@ def _session_with_embedding(path: Path, threads: int | None) -> tuple[Any, str, 
         onnx.helper.make_tensor_value_info(_EMBEDDING_OUTPUT, onnx.TensorProto.FLOAT, [None, None])
     )
     _accept_nchw(model)
-    session = create_session(model.SerializeToString(), threads=threads)
+    session = create_session(model.SerializeToString(), threads=threads, spinning=spinning)
     probe = np.zeros((1, 3, _CROP, _CROP), dtype=np.float32)
     input_name = session.get_inputs()[0].name
     names = [outputs[0], _EMBEDDING_OUTPUT]

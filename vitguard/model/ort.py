@@ -8,19 +8,20 @@ from typing import Any
 __all__ = ["create_session"]
 
 
-def create_session(model: Path | bytes, *, threads: int | None = None) -> Any:
-    """An ``InferenceSession`` with full graph optimisation, CUDA when present, and no busy-waiting.
+def create_session(model: Path | bytes, *, threads: int | None = None, spinning: bool = False) -> Any:
+    """An ``InferenceSession`` with full graph optimisation, CUDA when present, and by default no busy-waiting.
 
     Intra-op threads normally spin between parallel sections; on a CPU shared with decode threads and other
     workers the spinning steals the very cores the next section needs. Measured on the 2-core dev machine
-    under load: ~1.5x the batch throughput with spinning off. ``threads`` None keeps onnxruntime's default
+    under load: ~1.5x the batch throughput with spinning off. On an idle machine spinning saves a few ms per
+    single-image call, hence ``ModelSettings.ort_spinning``. ``threads`` None keeps onnxruntime's default
     (one per physical core).
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if threads is not None:
         options.intra_op_num_threads = threads
     available = ort.get_available_providers()
