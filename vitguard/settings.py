@@ -329,6 +329,13 @@ class BatchSettings(BaseSettings):
     decode_workers: int = Field(
         2, ge=1, le=256, description="Decode thread pool size. Env: VITGUARD_BATCH_DECODE_WORKERS."
     )
+    overlap: bool = Field(
+        True,
+        description=(
+            "Fetch and decode the next batch while the current one is in inference (its offsets still wait for "
+            "its outputs). Env: VITGUARD_BATCH_OVERLAP. Default true."
+        ),
+    )
 
 
 class WebSettings(BaseSettings):

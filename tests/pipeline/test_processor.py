@@ -286,3 +286,18 @@ async def test_classify_one_image_without_side_effects(opennsfw: Any, image_root
     assert verdict.label == "safe" and verdict.scores == by_ref.scores and by_ref.content_id == "mine"
     assert bad.value.reason in {"not_an_image", "unsupported_image"}
     assert sink.publish_calls == 0 and index.upsert_calls == 0
+
+
+async def test_overlapping_batches_still_answer_a_redelivered_event_once(opennsfw: Any, image_root: Path,
+                                                                         sample_photos: list[Path]) -> None:
+    processor, sink, _ = make_processor(opennsfw, image_root)
+    first = messages([file_ref(image_root, p.name) for p in sample_photos[:2]])
+    second = messages([file_ref(image_root, sample_photos[2].name)], start=2) + first[:1]
+    # the worker prepares batch k+1 while batch k is still completing: the guard has not seen k yet
+    prepared_first = await processor.prepare(first)
+    prepared_second = await processor.prepare(second)
+    await processor.complete(prepared_first)
+    outcome = await processor.complete(prepared_second)
+    await processor.close()
+    assert [v.content_id for v in outcome.verdicts] == ["c2"] and [r.offset for r in outcome.skipped] == [0]
+    assert sorted(v.event_id for v in sink.verdicts) == ["e0", "e1", "e2"]

@@ -1,28 +1,31 @@
 """The Faust app: one agent that moderates the image-events topic in micro-batches, plus web views.
 
 The agent is thin on purpose. It takes batches with ``stream.take_events(max_size, within=max_wait_s)``
-(events, not values, because dead letters need each message's partition and offset), hands them to
-:meth:`BatchProcessor.process`, and only then asks for the next batch. Faust acks a batch's events when
-the agent asks for the next one, and commits acked offsets after a producer flush; since ``process``
-returns only after the outputs are acknowledged by the broker and the Milvus upsert succeeded, offsets
-are never committed past an event whose results are not durable (at-least-once).
+(events, not values, because dead letters need each message's partition and offset) and hands them to
+:meth:`BatchProcessor.prepare` / :meth:`BatchProcessor.complete`. A message's offset becomes committable
+only after ``complete`` returned, i.e. after the batch's outputs were acknowledged by the broker and the
+Milvus upsert succeeded; Faust commits committable offsets after a producer flush. So offsets are never
+committed past an event whose results are not durable (at-least-once).
 
-Faust also acks a batch when the agent body raises or is cancelled (the ``take`` generator's ``finally``).
-That would commit an abandoned batch, so on cancellation (shutdown) the batch's messages are marked
-"abandoned" first: :func:`abandon` flags them as acked without telling the consumer, which keeps their
-offsets out of every commit; a restarted worker receives them again.
+Faust acks a batch's events when the agent asks for the next batch, and also when the agent body raises
+or is cancelled (the ``take`` generator's ``finally``). The agent therefore holds one extra reference on
+every message it takes (``Message.incref``) and releases it only after the batch's outputs are
+acknowledged: Faust's own ack then no longer makes an unfinished message committable, and the next batch
+can be fetched and decoded while this one is in inference. On cancellation (shutdown) unfinished messages
+are marked abandoned (:func:`abandon`): never committed, redelivered to the next worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vitguard.pipeline.processor import BatchProcessor, build_processor
+from vitguard.pipeline.processor import BatchProcessor, PreparedBatch, build_processor
 from vitguard.pipeline.sinks import OutputTopics
 from vitguard.pipeline.types import RawMessage
 from vitguard.settings import Settings
@@ -62,11 +65,11 @@ def _broker_credentials(settings: Settings) -> Any:
 
 
 def abandon(events: Sequence[Any]) -> None:
-    """Keep these events' offsets out of every commit: the batch was not finished.
+    """Keep these events' offsets out of every commit: their batch was not finished.
 
-    Faust's take buffer acks its events in a ``finally`` even when the agent is cancelled; a message
-    already flagged ``acked`` is ignored by that ack, so its offset is never marked committable. This
-    relies on ``faust.types.tuples.Message.acked``, which faust-streaming has had since its first release.
+    A message flagged ``acked`` is ignored by any later ack (so its offset is never marked committable)
+    and is dropped from the consumer's unacked set (so shutdown does not wait for it). This relies on
+    ``faust.types.tuples.Message.acked``, which faust-streaming has had since its first release.
     """
     for event in events:
         event.message.acked = True
@@ -90,6 +93,60 @@ class WorkerRuntime:
             self._broker_ok = await asyncio.to_thread(_metadata_ok, self.settings)
             self._broker_checked_at = now
         return self._broker_ok
+
+
+def _raw(event: Any) -> RawMessage:
+    m = event.message
+    return RawMessage(value=m.value, key=m.key, topic=m.topic, partition=m.partition, offset=m.offset)
+
+
+async def _consume(stream: Any, runtime: WorkerRuntime, max_size: int, max_wait_s: float, overlap: bool) -> None:
+    """The agent loop: take a batch, hold its offsets, prepare it, complete it, then release its offsets.
+
+    Each message is ``incref``-ed when taken, so the ack that ``take_events`` gives it when the loop asks
+    for the next batch does not make it committable; the explicit ack after :meth:`complete` (outputs
+    acknowledged) does. That lets batch k+1 be fetched and decoded while batch k is still in inference
+    (``overlap``) without committing batch k early. Completions stay in batch order.
+    """
+    processor = runtime.processor
+    pending: asyncio.Task[None] | None = None
+    taken: list[Any] = []
+
+    async def finish(prepared: PreparedBatch, events: list[Any]) -> None:
+        try:
+            await processor.complete(prepared)
+        except BaseException:
+            abandon(events)
+            raise
+        for event in events:
+            await stream.ack(event)
+        runtime.in_flight -= len(events)
+
+    try:
+        async for events in stream.take_events(max_size, within=max_wait_s):
+            taken = list(events)
+            for event in taken:
+                event.message.incref()
+            runtime.in_flight += len(taken)
+            prepared = await processor.prepare([_raw(e) for e in taken])
+            if pending is not None:
+                await pending  # batch k is done and released before batch k+1 completes
+            pending = asyncio.ensure_future(finish(prepared, taken))
+            taken = []
+            if not overlap:
+                await pending
+    except BaseException:
+        # cancelled (shutdown) or a bug: unfinished batches must not be committed; they are redelivered
+        abandon(taken)
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        if taken or pending is not None:
+            _log.warning("in-flight batches abandoned uncommitted; they will be redelivered")
+        raise
+    if pending is not None:
+        await pending
 
 
 def _metadata_ok(settings: Settings) -> bool:
@@ -159,33 +216,10 @@ def create_app(
         await runtime.processor.start()
         runtime.agent_started = True
         try:
-            await _consume(stream)
+            await _consume(stream, runtime, batch.max_size, batch.max_wait_s, batch.overlap)
         finally:
             runtime.agent_started = False
             await runtime.processor.close()
-
-    async def _consume(stream: Any) -> None:
-        async for events in stream.take_events(batch.max_size, within=batch.max_wait_s):
-            raws = [
-                RawMessage(
-                    value=e.message.value,
-                    key=e.message.key,
-                    topic=e.message.topic,
-                    partition=e.message.partition,
-                    offset=e.message.offset,
-                )
-                for e in events
-            ]
-            runtime.in_flight = len(raws)
-            try:
-                await runtime.processor.process(raws)
-            except BaseException:
-                # cancelled (shutdown) or a bug: the batch is not finished, its offsets must not be committed
-                abandon(events)
-                _log.warning("batch of %d abandoned uncommitted; it will be redelivered", len(raws))
-                raise
-            finally:
-                runtime.in_flight = 0
 
     register_views(app, runtime)
     return app

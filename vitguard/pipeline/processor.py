@@ -33,6 +33,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     from vitguard.fetch import ImageFetcher
     from vitguard.settings import Settings
 
-__all__ = ["REDIS_RETRY_AFTER_S", "BatchProcessor", "build_processor"]
+__all__ = ["RECENT_EVENT_IDS", "REDIS_RETRY_AFTER_S", "BatchProcessor", "PreparedBatch", "build_processor"]
 
 _log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ T = TypeVar("T")
 
 REDIS_RETRY_AFTER_S = 5.0
 """After a Redis failure, Redis is skipped for this long, so an outage costs one timeout, not one per call."""
+
+RECENT_EVENT_IDS = 100_000
+"""Event ids this worker answered most recently, remembered in memory: a second redelivery guard that
+works while Redis is down and covers the batch prepared while the previous one was completing."""
 
 _HASH_IN_THREAD_BYTES = 1 << 20
 """Images larger than this are hashed in the decode pool instead of on the event loop."""
@@ -108,6 +113,17 @@ class _Item:
 
     def timings(self) -> Timings:
         return Timings(fetch_ms=self.fetch_ms, decode_ms=self.decode_ms, infer_ms=self.infer_ms)
+
+
+@dataclass
+class PreparedBatch:
+    """A batch after :meth:`BatchProcessor.prepare`: parsed, guarded, fetched and decoded, not yet inferred."""
+
+    raws: list[RawMessage]
+    outcome: BatchOutcome
+    items: list[_Item]
+    started: float
+    """perf_counter() when the batch was taken (batch duration metric)."""
 
 
 class BatchProcessor:
@@ -163,6 +179,7 @@ class BatchProcessor:
         self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="vitguard-milvus")
         self._collection: str | None = None
         self._redis_skip_until = 0.0
+        self._recent_ids: OrderedDict[str, None] = OrderedDict()
         self.batches = 0
         """Batches fully processed (outputs acknowledged) since start."""
         metrics.MODEL_INFO.labels(
@@ -207,24 +224,57 @@ class BatchProcessor:
         Every message ends as exactly one verdict or one dead letter, except ``skipped`` ones (already
         processed). Never raises for bad events, store outages or model errors; only cancellation (the
         worker shutting down) interrupts it, and then nothing of the batch may be committed.
+
+        Equivalent to ``await complete(await prepare(raws))``; a caller that wants the next batch's
+        fetching and decoding to overlap this batch's inference calls the two halves itself.
+        """
+        return await self.complete(await self.prepare(raws))
+
+    async def prepare(self, raws: Sequence[RawMessage]) -> PreparedBatch:
+        """First half, no side effects: parse, redelivery guard, fetch, hash, cache lookup, decode.
+
+        May run while the previous batch's :meth:`complete` is in progress (decoding in the decode pool
+        while the model runs in the inference thread); :meth:`complete` calls must stay in batch order.
         """
         started = time.perf_counter()
         metrics.EVENTS_CONSUMED.inc(len(raws))
         metrics.BATCH_SIZE.observe(len(raws))
+        outcome = BatchOutcome()
         try:
-            outcome, items = await self._moderate(raws)
+            items = await self._prepare_batch(raws, outcome)
         except Exception as exc:  # a bug, not an input problem: answer every event rather than lose it
-            _log.exception("batch of %d failed unexpectedly; dead-lettering it", len(raws))
+            _log.exception("preparing a batch of %d failed unexpectedly; dead-lettering it", len(raws))
             outcome, items = self._all_failed(raws, exc)
+        return PreparedBatch(raws=list(raws), outcome=outcome, items=items, started=started)
+
+    async def complete(self, batch: PreparedBatch) -> BatchOutcome:
+        """Second half: inference, clustering, Milvus upsert, waves, publish (acknowledged), Redis.
+
+        Returns once every output is acknowledged by the broker; only then may the batch be committed.
+        """
+        outcome, items = batch.outcome, batch.items
+        # events answered since this batch was prepared (an overlapping earlier batch) are redeliveries too
+        repeated = [i for i in items if i.event.event_id in self._recent_ids]
+        if repeated:
+            outcome.skipped.extend(i.raw for i in repeated)
+            items = [i for i in items if i.event.event_id not in self._recent_ids]
+        try:
+            await self._moderate(outcome, items)
+        except Exception as exc:
+            _log.exception("batch of %d failed unexpectedly; dead-lettering it", len(batch.raws))
+            outcome, items = self._all_failed(batch.raws, exc)
         with self._stage(outcome, "publish"):
             await self._publish(outcome)
         with self._stage(outcome, "redis"):
             await self._remember(outcome, items)
-        self._count(outcome, started)
+        for item in items:
+            self._recent_ids[item.event.event_id] = None
+        while len(self._recent_ids) > RECENT_EVENT_IDS:
+            self._recent_ids.popitem(last=False)
+        self._count(outcome, batch.started)
         return outcome
 
-    async def _moderate(self, raws: Sequence[RawMessage]) -> tuple[BatchOutcome, list[_Item]]:
-        outcome = BatchOutcome()
+    async def _prepare_batch(self, raws: Sequence[RawMessage], outcome: BatchOutcome) -> list[_Item]:
         parsed = parse_batch(raws)
         outcome.dead_letters.extend(parsed.dead_letters)
         outcome.skipped.extend(parsed.repeats)
@@ -243,7 +293,9 @@ class BatchProcessor:
         for item, result in zip(items, results, strict=True):
             if isinstance(result, BaseException) and item.failure is None:
                 item.fail("internal_error", f"preparing the image failed: {type(result).__name__}: {result}")
+        return items
 
+    async def _moderate(self, outcome: BatchOutcome, items: list[_Item]) -> None:
         to_infer = [i for i in items if i.failure is None and i.cached is None and i.tensor is not None]
         if to_infer:
             with self._stage(outcome, "inference"):
@@ -283,7 +335,6 @@ class BatchProcessor:
                 )
             else:  # unreachable by construction; never drop an event silently
                 outcome.dead_letters.append(dead_letter(item.raw, "internal_error", "event left unanswered"))
-        return outcome, items
 
     def _all_failed(self, raws: Sequence[RawMessage], exc: BaseException) -> tuple[BatchOutcome, list[_Item]]:
         outcome = BatchOutcome()
