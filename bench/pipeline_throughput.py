@@ -1,0 +1,245 @@
+"""End-to-end pipeline throughput and latency next to model-only throughput, one run, JSON on stdout.
+
+Measures, in this order and in one process tree:
+
+1. **model-only**: ``classifier.predict`` on already-prepared tensors at several batch sizes (images/s);
+   the best batch size is kept;
+2. **end-to-end throughput**: a backlog of distinct JPEG uploads (``file://`` refs, no cache hits) is
+   published, a real ``vitguard worker`` process (batch size = the best one) consumes it against the
+   broker, Redis and Milvus Lite; images/s is measured between the first and the last verdict's broker
+   timestamp, so start-up and the consumer-group join are not counted;
+3. **latency**: events published at a steady rate below that throughput; per event, created_at -> the
+   verdict's broker timestamp (p50/p95/p99);
+4. model-only again at the best batch size, since other processes share this machine's CPUs: the
+   ratio uses the mean of the two model-only measurements. ``cpu_efficiency_ratio`` (model-only CPU
+   per image / the worker process's CPU per image, Milvus Lite included) is the same comparison
+   without the noise of other processes.
+
+Run: ``.venv/bin/python bench/pipeline_throughput.py [--events 400] [--spec opennsfw]``. Services: the
+configured ones if they answer (VITGUARD_KAFKA_BOOTSTRAP_SERVERS, VITGUARD_REDIS_URL), else embedded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vitguard import devservices
+from vitguard.consumers.topics import ensure_topics
+from vitguard.demo.runner import OutputReader, WorkerProcess, publish_raw
+from vitguard.demo.samples import photo_bytes
+from vitguard.schemas.events import ImageEvent
+from vitguard.settings import load_settings
+
+
+def _uploads(root: Path, count: int, side: int, seed: int = 0) -> list[Path]:
+    """``count`` distinct JPEG uploads about ``side`` px wide, cut from real photos (no two share bytes)."""
+    rng = np.random.default_rng(seed)
+    photos = [Image.open(io.BytesIO(data)).convert("RGB") for _, data in photo_bytes(6)]
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        base = photos[i % len(photos)]
+        w, h = base.size
+        dx, dy = int(rng.integers(0, w // 8)), int(rng.integers(0, h // 8))
+        crop = base.crop((dx, dy, w - int(rng.integers(0, w // 8)), h - int(rng.integers(0, h // 8))))
+        crop = crop.resize((side, max(16, side * crop.height // crop.width)))
+        path = root / f"upload-{i:05d}.jpg"
+        crop.save(path, "JPEG", quality=int(rng.integers(75, 95)))
+        paths.append(path)
+    return paths
+
+
+def model_only(classifier: Any, tensors: list[np.ndarray], batch_size: int, images: int) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of ``predict`` alone at ``batch_size`` (after one warm-up batch)."""
+    stacked = np.stack([tensors[i % len(tensors)] for i in range(batch_size)])
+    classifier.predict(stacked)
+    batches = max(2, images // batch_size)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        classifier.predict(stacked)
+    n = batches * batch_size
+    return n / (time.perf_counter() - started), 1000 * (time.process_time() - cpu_started) / n
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _events(paths: list[Path], tag: str) -> list[tuple[bytes, bytes]]:
+    out = []
+    for i, path in enumerate(paths):
+        event = ImageEvent(content_id=f"{tag}-{i}", image_ref=path.as_uri())
+        out.append((event.content_id.encode(), event.model_dump_json().encode()))
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default="opennsfw", help="model spec (default opennsfw: offline, real weights)")
+    parser.add_argument("--events", type=int, default=400, help="backlog size for the throughput phase")
+    parser.add_argument("--latency-events", type=int, default=150, help="events in the steady-rate phase")
+    parser.add_argument("--rate-fraction", type=float, default=0.6, help="steady rate / measured throughput")
+    parser.add_argument("--batch-sizes", default="1,4,8,16,32")
+    parser.add_argument("--side", type=int, default=640, help="upload width in pixels")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--pipeline-batch-size", type=int, default=None,
+                        help="worker micro-batch size (default: the model's best batch size)")
+    parser.add_argument("--no-overlap", action="store_true", help="do not prepare batch k+1 during batch k")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+
+    from vitguard.model import load_classifier
+
+    base = load_settings(model={"spec": args.spec})
+    classifier = load_classifier(base.model)
+    workdir = Path(tempfile.mkdtemp(prefix="vitguard-bench-"))
+    uploads = _uploads(workdir / "images", args.events + args.latency_events, args.side)
+    tensors = [classifier.prepare(p.read_bytes()) for p in uploads[:32]]
+    started_at = time.time()
+    load_at_start = os.getloadavg()
+
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    measured = {bs: model_only(classifier, tensors, bs, images=max(64, 4 * bs)) for bs in sizes}
+    model_ips = {bs: ips for bs, (ips, _) in measured.items()}
+    # CPU timings are noisy on a shared machine: the largest batch size within 5% of the fastest wins
+    best = max(bs for bs in sizes if model_ips[bs] >= 0.95 * max(model_ips.values()))
+
+    services: list[devservices.LocalService] = []
+    bootstrap, redis_url = base.kafka.bootstrap_servers, base.redis.url
+    if not devservices.kafka_reachable(bootstrap, 3.0):
+        services.append(devservices.start_broker())
+        bootstrap = services[-1].address
+    if not devservices.redis_reachable(redis_url):
+        services.append(devservices.start_redis())
+        redis_url = services[-1].address
+    run = uuid.uuid4().hex[:6]
+    settings = load_settings(
+        kafka={"bootstrap_servers": bootstrap, "consumer_group": f"bench-{run}", "rebalance_timeout_s": 3.0},
+        topics={"images": f"bench-{run}-images", "verdicts": f"bench-{run}-verdicts",
+                "alerts": f"bench-{run}-alerts", "dead_letters": f"bench-{run}-dlq", "partitions": args.partitions},
+        redis={"url": redis_url, "key_prefix": f"bench:{run}:"},
+        milvus={"uri": str(workdir / "milvus.db")},
+        model={"spec": args.spec},
+        fetch={"file_root": str(workdir / "images")},
+        batch={"max_size": args.pipeline_batch_size or best, "max_wait_s": 0.1, "overlap": not args.no_overlap},
+        web={"enabled": False},
+        log={"level": "WARNING"},
+    )
+    result: dict[str, Any] = {}
+    try:
+        ensure_topics(settings.kafka, settings.topics)
+        backlog, steady = uploads[: args.events], uploads[args.events:]
+        publish_raw(settings.kafka, settings.topics.images, _events(backlog, "b"))
+        worker = WorkerProcess(settings, log_path=workdir / "worker.log").start()
+        t = settings.topics
+        assert worker.process is not None
+        pid = worker.process.pid
+        with OutputReader(settings.kafka, verdicts=t.verdicts, alerts=t.alerts, dead_letters=t.dead_letters) as out:
+            # worker CPU per image between the first answers and the last (start-up excluded)
+            cpu_marks: list[tuple[int, float]] = []
+            deadline = time.monotonic() + 900
+            outputs = out.outputs
+            while outputs.answered() < len(backlog) and worker.running and time.monotonic() < deadline:
+                outputs = out.poll(0.3)
+                if outputs.answered() and len(cpu_marks) < 2:
+                    cpu_marks.append((outputs.answered(), process_cpu_s(pid)))
+                elif outputs.answered():
+                    cpu_marks[-1] = (outputs.answered(), process_cpu_s(pid))
+            if outputs.answered() < len(backlog):
+                raise SystemExit(f"worker answered {outputs.answered()}/{len(backlog)}:\n{worker.log_tail()}")
+            (n0, cpu0), (n1, cpu1) = cpu_marks[0], cpu_marks[-1]
+            e2e_cpu_ms = 1000 * (cpu1 - cpu0) / max(1, n1 - n0)
+            stamps = sorted(outputs.verdict_timestamps_ms)
+            e2e_ips = (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000)
+            stage = {
+                k: statistics.mean(getattr(v.timings, k) for v in outputs.verdicts)
+                for k in ("fetch_ms", "decode_ms", "infer_ms")
+            }
+
+            # steady rate: each event is created right before it is sent, so created_at is its upload time
+            from confluent_kafka import Producer
+
+            producer = Producer({**settings.kafka.confluent_config(), "linger.ms": 0})
+            rate = max(1.0, args.rate_fraction * e2e_ips)
+            seen = outputs.answered()
+            next_at = time.monotonic()
+            for i, path in enumerate(steady):
+                event = ImageEvent(content_id=f"s-{i}", image_ref=path.as_uri())
+                producer.produce(settings.topics.images, key=event.content_id.encode(),
+                                 value=event.model_dump_json().encode())
+                producer.poll(0)
+                next_at += 1.0 / rate
+                out.poll(max(0.0, next_at - time.monotonic()))
+            producer.flush(30)
+            outputs = out.poll_until(lambda o: o.answered() >= seen + len(steady), 300)
+            latencies = [
+                ts / 1000 - v.created_at.timestamp()
+                for v, ts in zip(outputs.verdicts, outputs.verdict_timestamps_ms, strict=True)
+                if v.content_id.startswith("s-") and v.created_at is not None
+            ]
+        worker.terminate()
+        model_again, model_cpu_again = model_only(classifier, tensors, best, images=max(128, 8 * best))
+        model_ref = (model_ips[best] + model_again) / 2
+        model_cpu_ms = (measured[best][1] + model_cpu_again) / 2
+        result = {
+            "model": {"spec": args.spec, "name": classifier.info.name, "version": classifier.info.version,
+                      "backend": classifier.info.backend},
+            "machine": {"cpus": os.cpu_count(), "loadavg_start": load_at_start, "loadavg_end": os.getloadavg()},
+            "upload_width_px": args.side,
+            "model_only_images_per_s": {str(k): round(v, 2) for k, v in model_ips.items()},
+            "best_batch_size": best,
+            "pipeline_batch_size": settings.batch.max_size,
+            "overlap": settings.batch.overlap,
+            "model_only_images_per_s_at_best_after": round(model_again, 2),
+            "model_only_reference_images_per_s": round(model_ref, 2),
+            "end_to_end": {
+                "events": len(backlog),
+                "images_per_s": round(e2e_ips, 2),
+                "ratio_to_model_only": round(e2e_ips / model_ref, 3),
+                "target_ratio": 0.85,
+                "mean_stage_ms_per_image": {k: round(v, 2) for k, v in stage.items()},
+                "worker_cpu_ms_per_image": round(e2e_cpu_ms, 2),
+                "model_only_cpu_ms_per_image": round(model_cpu_ms, 2),
+                "cpu_efficiency_ratio": round(model_cpu_ms / e2e_cpu_ms, 3),
+            },
+            "latency": {
+                "events": len(latencies),
+                "rate_events_per_s": round(rate, 2),
+                "p50_ms": round(1000 * _percentile(latencies, 50), 1),
+                "p95_ms": round(1000 * _percentile(latencies, 95), 1),
+                "p99_ms": round(1000 * _percentile(latencies, 99), 1),
+                "batch_max_wait_s": settings.batch.max_wait_s,
+            },
+            "wall_s": round(time.time() - started_at, 1),
+        }
+    finally:
+        for service in services:
+            service.stop()
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
