@@ -118,8 +118,9 @@ def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..
     workers.append(worker)
     with reader(settings) as out:
         outputs = wait_answered(out, len(expected), worker)
-        ready = urllib.request.urlopen(f"http://127.0.0.1:{settings.web.port}/readyz", timeout=5)  # noqa: S310
-        assert ready.status == 200
+        for path in ("/healthz", "/readyz"):
+            probe = urllib.request.urlopen(f"http://127.0.0.1:{settings.web.port}{path}", timeout=5)  # noqa: S310
+            assert probe.status == 200
         classified = post(settings, "/classify", samples.other_files[0].read_bytes(), "image/png")
         refused = post(settings, "/classify", b'{"image_ref": "http://10.0.0.1/x.jpg"}', "application/json")
         not_image = post(settings, "/classify", b"plain text, not an image", "application/octet-stream")
