@@ -301,3 +301,21 @@ async def test_overlapping_batches_still_answer_a_redelivered_event_once(opennsf
     await processor.close()
     assert [v.content_id for v in outcome.verdicts] == ["c2"] and [r.offset for r in outcome.skipped] == [0]
     assert sorted(v.event_id for v in sink.verdicts) == ["e0", "e1", "e2"]
+
+
+class BrokenIndex(InMemoryEmbeddingIndex):
+    """An index with a bug (not an outage): upsert raises something that is not ServiceUnavailableError."""
+
+    def upsert(self, collection: str, records: Sequence[Any]) -> None:
+        raise RuntimeError("bug in the adapter")
+
+
+async def test_an_unexpected_error_dead_letters_the_batch_instead_of_escaping(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    processor, sink, _ = make_processor(opennsfw, image_root, index=BrokenIndex())
+    outcome = await processor.process(messages([file_ref(image_root, p.name) for p in sample_photos[:2]] + [b"{"]))
+    await processor.close()
+    assert not outcome.verdicts and sink.dead_letters == outcome.dead_letters
+    assert sorted(d.reason for d in outcome.dead_letters) == ["internal_error", "internal_error", "invalid_json"]
+    assert all("bug in the adapter" in d.message for d in outcome.dead_letters if d.reason == "internal_error")

@@ -80,6 +80,8 @@ RECENT_EVENT_IDS = 100_000
 works while Redis is down and covers the batch prepared while the previous one was completing."""
 
 _HASH_IN_THREAD_BYTES = 1 << 20
+
+_NO_WAVE = WaveState(count=1, is_wave=False, alert=True)
 """Images larger than this are hashed in the decode pool instead of on the event loop."""
 
 
@@ -89,7 +91,6 @@ class _Item:
 
     raw: RawMessage
     event: ImageEvent
-    data: bytes | None = None
     source: str = "unknown"
     sha256: str | None = None
     fetch_ms: float = 0.0
@@ -109,7 +110,6 @@ class _Item:
     def fail(self, reason: ReasonCode, message: str) -> None:
         self.failure = dead_letter(self.raw, reason, message, self.event)
         self.tensor = None
-        self.data = None
 
     def timings(self) -> Timings:
         return Timings(fetch_ms=self.fetch_ms, decode_ms=self.decode_ms, infer_ms=self.infer_ms)
@@ -262,7 +262,7 @@ class BatchProcessor:
             await self._moderate(outcome, items)
         except Exception as exc:
             _log.exception("batch of %d failed unexpectedly; dead-lettering it", len(batch.raws))
-            outcome, items = self._all_failed(batch.raws, exc)
+            outcome, items = self._all_failed(batch.raws, exc, items, outcome.skipped)
         with self._stage(outcome, "publish"):
             await self._publish(outcome)
         with self._stage(outcome, "redis"):
@@ -336,12 +336,22 @@ class BatchProcessor:
             else:  # unreachable by construction; never drop an event silently
                 outcome.dead_letters.append(dead_letter(item.raw, "internal_error", "event left unanswered"))
 
-    def _all_failed(self, raws: Sequence[RawMessage], exc: BaseException) -> tuple[BatchOutcome, list[_Item]]:
+    def _all_failed(
+        self,
+        raws: Sequence[RawMessage],
+        exc: BaseException,
+        items: list[_Item] | None = None,
+        skipped: list[RawMessage] | None = None,
+    ) -> tuple[BatchOutcome, list[_Item]]:
+        """The fallback answer after a bug: invalid messages as usual, every other event ``internal_error``."""
         outcome = BatchOutcome()
         parsed = parse_batch(raws)
         outcome.dead_letters.extend(parsed.dead_letters)
-        outcome.skipped.extend(parsed.repeats)
-        items = [_Item(raw, event) for raw, event in parsed.events]
+        if items is None:
+            outcome.skipped.extend(parsed.repeats)
+            items = [_Item(raw, event) for raw, event in parsed.events]
+        else:
+            outcome.skipped.extend(skipped or [])
         for item in items:
             item.fail("internal_error", f"batch failed: {type(exc).__name__}: {exc}")
             if item.failure is not None:
@@ -492,11 +502,7 @@ class BatchProcessor:
                     continue
                 cluster_id = item.cluster_id
                 assert cluster_id is not None  # noqa: S101 - set above
-                state = await self._redis(
-                    "wave_record",
-                    lambda c=cluster_id, i=item: self.waves.record(c, i.event.content_id, now),  # type: ignore[misc]
-                    WaveState(count=1, is_wave=False, alert=True),
-                )
+                state = await self._record_wave(cluster_id, item.event.content_id, now)
                 if is_new:
                     continue
                 if state.is_wave and not state.alert:
@@ -512,6 +518,12 @@ class BatchProcessor:
                         model_name=self.info.name,
                     )
                 )
+
+    async def _record_wave(self, cluster_id: str, content_id: str, now: float) -> WaveState:
+        """The wave counter's answer; without Redis, every near-duplicate alerts as a lone one."""
+        return await self._redis(
+            "wave_record", lambda: self.waves.record(cluster_id, content_id, now), _NO_WAVE
+        )
 
     async def _publish(self, outcome: BatchOutcome) -> None:
         """Publish until the broker acknowledges everything; the batch must not be committed before."""
