@@ -7,6 +7,7 @@ event gets exactly one verdict or one dead letter, redeliveries aside.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -303,3 +304,32 @@ def test_redis_stopped_mid_run_does_not_stop_verdicts(pipeline_settings: Callabl
         redis.stop()
     assert {v.event_id for v in outputs.verdicts} == {e.event_id for e in first_half + second_half}
     assert errors >= 1
+
+
+@pytest.mark.slow
+def test_milvus_down_holds_the_stream_without_committing(pipeline_settings: Callable[..., Any], tmp_path: Path,
+                                                         workers: list[WorkerProcess]) -> None:
+    good = pipeline_settings()
+    down = good.model_copy(update={"milvus": good.milvus.model_copy(update={"uri": "http://127.0.0.1:1"})})
+    samples = make_sample_set(tmp_path / "images", photos=3, copies=1, burst=0, bad=False)
+    publish(good, samples.events)
+    expected = distinct_events(samples)
+
+    with reader(good) as out:
+        blocked = WorkerProcess(down).start()
+        workers.append(blocked)
+        deadline = time.monotonic() + 60
+        errors = 0.0
+        while time.monotonic() < deadline and errors < 2 and blocked.running:
+            out.poll(1.0)
+            with contextlib.suppress(OSError):
+                errors = metric(down, "vitguard_store_errors_total", store="milvus")
+        assert errors >= 2, blocked.log_tail()  # retried with backoff, not given up
+        assert out.poll(1.0).answered() == 0  # nothing published while the store is down
+        assert blocked.terminate(timeout_s=45) == 0
+
+        healthy = WorkerProcess(good).start()  # the same group: nothing was committed, nothing is lost
+        workers.append(healthy)
+        outputs = wait_answered(out, len(expected), healthy)
+    healthy.terminate()
+    assert sorted(v.event_id for v in outputs.verdicts) == sorted(e.event_id for e in expected)
