@@ -6,7 +6,7 @@ Entry point for anything that moderates a stream (the Faust agent, ``vitguard re
 
 from __future__ import annotations
 
-from vitguard.pipeline.processor import BatchProcessor, build_processor
+from vitguard.pipeline.processor import BatchProcessor, PreparedBatch, build_processor
 from vitguard.pipeline.sinks import KafkaSink, ListSink, OutputTopics, encode_outputs
 from vitguard.pipeline.types import BatchOutcome, RawMessage, Sink
 
@@ -16,6 +16,7 @@ __all__ = [
     "KafkaSink",
     "ListSink",
     "OutputTopics",
+    "PreparedBatch",
     "RawMessage",
     "Sink",
     "build_processor",
