@@ -319,3 +319,16 @@ async def test_an_unexpected_error_dead_letters_the_batch_instead_of_escaping(
     assert not outcome.verdicts and sink.dead_letters == outcome.dead_letters
     assert sorted(d.reason for d in outcome.dead_letters) == ["internal_error", "internal_error", "invalid_json"]
     assert all("bug in the adapter" in d.message for d in outcome.dead_letters if d.reason == "internal_error")
+
+
+async def test_a_dead_lettered_event_is_processed_again_when_redriven(opennsfw: Any, image_root: Path,
+                                                                      sample_photos: list[Path]) -> None:
+    processor, sink, _ = make_processor(opennsfw, image_root)
+    late = image_root / "uploaded-later.png"
+    batch = messages([late.as_uri()])
+    first = await processor.process(batch)
+    late.write_bytes(sample_photos[0].read_bytes())  # the cause is fixed; the operator re-drives the payload
+    again = await processor.process([RawMessage(first.dead_letters[0].original_bytes(), b"c0", "dlq", 0, 0)])
+    await processor.close()
+    assert [d.reason for d in first.dead_letters] == ["fetch_not_found"]
+    assert [v.event_id for v in again.verdicts] == ["e0"] and not again.skipped

@@ -19,7 +19,7 @@ Order of work in one batch, and why:
    uncommitted until the upsert succeeds;
 8. wave counter per unsafe item, and the alerts it allows;
 9. publish verdicts, alerts and dead letters and wait for the broker's acknowledgements (retried);
-10. remember the event ids and cache the verdicts in Redis.
+10. remember the ids of events that got a verdict, and cache the verdicts, in Redis.
 
 Only when :meth:`process` returns may the caller acknowledge the batch's offsets: upsert, then publish,
 then commit. An exception never escapes for one bad event: it becomes that event's dead letter. Redis is
@@ -266,9 +266,9 @@ class BatchProcessor:
         with self._stage(outcome, "publish"):
             await self._publish(outcome)
         with self._stage(outcome, "redis"):
-            await self._remember(outcome, items)
-        for item in items:
-            self._recent_ids[item.event.event_id] = None
+            await self._remember(outcome)
+        for verdict in outcome.verdicts:
+            self._recent_ids[verdict.event_id] = None
         while len(self._recent_ids) > RECENT_EVENT_IDS:
             self._recent_ids.popitem(last=False)
         self._count(outcome, batch.started)
@@ -544,9 +544,13 @@ class BatchProcessor:
                 )
                 await asyncio.sleep(delay)
 
-    async def _remember(self, outcome: BatchOutcome, items: list[_Item]) -> None:
-        """After publishing: the redelivery guard learns the event ids, the cache learns the verdicts."""
-        event_ids = [i.event.event_id for i in items]
+    async def _remember(self, outcome: BatchOutcome) -> None:
+        """After publishing: the redelivery guard learns the event ids, the cache learns the verdicts.
+
+        Only events that got a verdict are remembered: a dead-lettered event re-driven with its original
+        payload (same event id) after its cause was fixed must be processed again, not skipped.
+        """
+        event_ids = [v.event_id for v in outcome.verdicts]
         await self._redis("mark_events", lambda: self.dedup.mark_events(event_ids), None)
         fresh = {v.image_sha256: v.model_dump_json() for v in outcome.verdicts if not v.from_cache and v.image_sha256}
         if fresh:
