@@ -286,7 +286,8 @@ def test_redis_stopped_mid_run_does_not_stop_verdicts(pipeline_settings: Callabl
                                                       workers: list[WorkerProcess]) -> None:
     redis = devservices.start_redis()  # private: this test stops it
     try:
-        settings = pipeline_settings(redis={"url": redis.address, "socket_timeout_s": 0.5})
+        settings = pipeline_settings(redis={"url": redis.address, "socket_timeout_s": 0.5},
+                                     log={"json_format": True})
         samples = make_sample_set(tmp_path / "images", photos=4, copies=2, burst=0, bad=False)
         first_half = distinct_events(samples)[:4]
         second_half = distinct_events(samples)[4:]
@@ -304,6 +305,9 @@ def test_redis_stopped_mid_run_does_not_stop_verdicts(pipeline_settings: Callabl
         redis.stop()
     assert {v.event_id for v in outputs.verdicts} == {e.event_id for e in first_half + second_half}
     assert errors >= 1
+    # structured logs: the outage is one JSON object per line, with the store as a field
+    records = [json.loads(line) for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
+    assert any(r.get("store") == "redis" and r["level"] == "WARNING" for r in records), worker.log_tail()
 
 
 @pytest.mark.slow
