@@ -21,7 +21,14 @@ import pytest
 
 from vitguard import devservices
 from vitguard.demo.runner import OutputReader, Outputs, WorkerProcess, publish_raw
-from vitguard.demo.samples import SampleEvent, SampleSet, make_sample_set, near_duplicate_variants, photo_bytes
+from vitguard.demo.samples import (
+    SAMPLE_MAX_INLINE_BYTES,
+    SampleEvent,
+    SampleSet,
+    make_sample_set,
+    near_duplicate_variants,
+    photo_bytes,
+)
 from vitguard.schemas.events import ImageEvent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -51,7 +58,7 @@ def pipeline_settings(service_settings: Callable[..., Any], new_topic: Callable[
             # a worker process owns its Milvus Lite file (it is locked), so each test has its own
             "milvus": {"uri": str(tmp_path / "milvus.db"), "retry_backoff_s": 0.2, "retry_backoff_max_s": 2.0},
             "model": {"spec": "opennsfw"},
-            "fetch": {"file_root": str(tmp_path / "images")},
+            "fetch": {"file_root": str(tmp_path / "images"), "max_inline_bytes": SAMPLE_MAX_INLINE_BYTES},
             "batch": {"max_size": 4, "max_wait_s": 0.2},
             "kafka": {"session_timeout_s": 6.0},
             "web": {"host": "127.0.0.1", "port": devservices.free_port()},
@@ -112,7 +119,7 @@ def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..
                                                   workers: list[WorkerProcess]) -> None:
     settings = pipeline_settings()
     samples = make_sample_set(tmp_path / "images", photos=4, copies=2, burst=0)
-    publish(settings, samples.events)  # includes one redelivered event and bad events of 8 reason codes
+    publish(settings, samples.events)  # includes one redelivered event and bad events of 10 reason codes
     expected = distinct_events(samples)
 
     worker = WorkerProcess(settings).start()
@@ -145,7 +152,7 @@ def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..
         assert letter.source_topic == settings.topics.images
     assert {d.reason for d in outputs.dead_letters} >= {
         "invalid_json", "schema_violation", "file_outside_root", "fetch_not_found", "not_an_image",
-        "image_too_small", "fetch_blocked", "invalid_base64"}
+        "image_too_small", "fetch_blocked", "invalid_base64", "decompression_bomb", "inline_too_large"}
     assert consumed == len(samples.events) and verdict_count == len(good)
     assert classified[0] == 200 and classified[1]["label"] == "safe" and classified[1]["model_name"] == "opennsfw"
     assert refused == (400, {"reason": "fetch_blocked", "message": refused[1]["message"]})

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vitguard import devservices
 from vitguard.demo.runner import OutputReader, Outputs, WorkerProcess, publish_raw
-from vitguard.demo.samples import SampleSet, make_sample_set
+from vitguard.demo.samples import SAMPLE_MAX_INLINE_BYTES, SampleSet, make_sample_set
 from vitguard.settings import Settings, load_settings
 
 __all__ = ["DemoOptions", "run_demo", "simulated_threshold"]
@@ -95,7 +95,8 @@ def _demo_settings(base: Settings, bootstrap: str, redis_url: str, embedded: boo
         milvus={**base.milvus.model_dump(exclude_none=True), "uri": str(workdir / "milvus_demo.db")},
         model=base.model.model_dump(exclude_none=True),
         policy=policy,
-        fetch={**base.fetch.model_dump(exclude_none=True), "file_root": str(samples_root)},
+        fetch={**base.fetch.model_dump(exclude_none=True), "file_root": str(samples_root),
+               "max_inline_bytes": SAMPLE_MAX_INLINE_BYTES},
         batch={"max_size": batch_size, "max_wait_s": 0.25, "decode_workers": 2},
         web={"host": "127.0.0.1", "port": devservices.free_port(), "enabled": True},
         log=base.log.model_dump(),

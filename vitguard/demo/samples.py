@@ -22,6 +22,7 @@ from vitguard.schemas.events import ImageEvent
 
 __all__ = [
     "PHOTO_NAMES",
+    "SAMPLE_MAX_INLINE_BYTES",
     "SampleEvent",
     "SampleSet",
     "bad_events",
@@ -34,6 +35,11 @@ __all__ = [
 PHOTO_NAMES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png",
                "hubble_deep_field.jpg", "immunohistochemistry.png")
 """scikit-image photos used, in order of preference; the first one is the flagged photo."""
+
+
+SAMPLE_MAX_INLINE_BYTES = 64 * 1024
+"""The inline-size limit (VITGUARD_FETCH_MAX_INLINE_BYTES) the demo and the tests run with, so that the
+``inline_too_large`` sample stays small enough for a default-sized Kafka message."""
 
 
 @dataclass(frozen=True)
@@ -124,11 +130,18 @@ def _event(content_id: str, ref: str, kind: str, **extra: str) -> SampleEvent:
 
 
 def bad_events(root: Path) -> list[SampleEvent]:
-    """One bad event per reason code that can be produced offline (the file root is ``root``)."""
+    """One bad event per reason code that can be produced offline (the file root is ``root``).
+
+    ``inline_too_large`` needs the fetch limit at :data:`SAMPLE_MAX_INLINE_BYTES`.
+    """
     (root / "notes.txt").write_text("not an image, just text\n" * 20)
     tiny = io.BytesIO()
     Image.new("RGB", (4, 4), (200, 10, 10)).save(tiny, "PNG")
     (root / "tiny.png").write_bytes(tiny.getvalue())
+    bomb = io.BytesIO()  # 49 megapixels of one colour: ~50 KB of PNG, refused before it is decoded
+    Image.new("L", (7000, 7000), 0).save(bomb, "PNG")
+    (root / "bomb.png").write_bytes(bomb.getvalue())
+    oversized = base64.b64encode(bytes(range(256)) * (SAMPLE_MAX_INLINE_BYTES // 256 + 64)).decode()
     events = [
         SampleEvent(b"bad-json", b'{"content_id": "bad-json", "image_ref": ', "bad:invalid_json"),
         SampleEvent(b"bad-schema", json.dumps({"content_id": "bad schema!", "image_ref": "ftp://x/y.jpg"}).encode(),
@@ -142,6 +155,8 @@ def bad_events(root: Path) -> list[SampleEvent]:
         ("bad-metadata-ip", "http://169.254.169.254/latest/meta-data/", "fetch_blocked"),
         ("bad-loopback", "http://127.0.0.1:1/x.jpg", "fetch_blocked"),
         ("bad-base64", "data:image/png;base64,***not-base64***", "invalid_base64"),
+        ("bad-bomb", (root / "bomb.png").as_uri(), "decompression_bomb"),
+        ("bad-inline-size", f"data:image/png;base64,{oversized}", "inline_too_large"),
     ]
     for content_id, ref, reason in specs:
         sample = _event(content_id, ref, f"bad:{reason}")
