@@ -34,15 +34,21 @@ def main() -> None:
 
 
 def _register() -> None:
-    from vitguard.cli import config_cmd, schemas_cmd
-    from vitguard.cli import publish_cmd, replay_cmd, tail_cmd  # issue 5
-    from vitguard.cli import model_cmd  # issue 3
-    from vitguard.cli import demo_cmd, worker_cmd  # issue 4
-    from vitguard.cli import finetune_cmd  # issue 6
+    from vitguard.cli import (
+        config_cmd,
+        demo_cmd,
+        finetune_cmd,
+        model_cmd,
+        publish_cmd,
+        replay_cmd,
+        schemas_cmd,
+        tail_cmd,
+        worker_cmd,
+    )
 
-    for module in (
-        config_cmd, schemas_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, worker_cmd, demo_cmd, finetune_cmd
-    ):
+    modules = (worker_cmd, demo_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, finetune_cmd, schemas_cmd,
+               config_cmd)
+    for module in modules:
         module.register(main)
 
 
