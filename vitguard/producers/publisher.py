@@ -23,11 +23,10 @@ from types import TracebackType
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from pydantic import ValidationError
 
 from vitguard.errors import InputError, VitguardError
 from vitguard.kafka_admin import client_config
-from vitguard.schemas.events import ImageEvent, parse_image_event
+from vitguard.schemas.events import ImageEvent, parse_image_event, validate_image_event
 from vitguard.settings import KafkaSettings
 
 __all__ = [
@@ -92,12 +91,9 @@ def validate_event(event: ImageEvent | Mapping[str, Any] | str | bytes) -> Image
             raise InvalidEventError(exc.reason, exc.message) from exc
     data = event.model_dump() if isinstance(event, ImageEvent) else dict(event)
     try:
-        return ImageEvent.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "event"
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise InvalidEventError("schema_violation", f"{where}: {err['msg']}{more}") from exc
+        return validate_image_event(data)
+    except InputError as exc:
+        raise InvalidEventError(exc.reason, exc.message) from exc
 
 
 class UploadEventPublisher:

@@ -13,6 +13,7 @@ from vitguard.schemas.events import (
     decode_key,
     parse_image_event,
     utc_now,
+    validate_image_event,
 )
 from vitguard.schemas.export import EVENT_MODELS, export_json_schemas
 
@@ -29,4 +30,5 @@ __all__ = [
     "export_json_schemas",
     "parse_image_event",
     "utc_now",
+    "validate_image_event",
 ]

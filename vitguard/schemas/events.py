@@ -28,6 +28,7 @@ __all__ = [
     "decode_key",
     "parse_image_event",
     "utc_now",
+    "validate_image_event",
 ]
 
 SCHEMA_VERSION = "1.0"
@@ -247,6 +248,15 @@ def parse_image_event(raw: bytes | str) -> ImageEvent:
         raise InputError("invalid_json", f"payload is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InputError("invalid_json", f"payload must be a JSON object, got {type(data).__name__}")
+    return validate_image_event(data)
+
+
+def validate_image_event(data: dict[str, Any]) -> ImageEvent:
+    """Validate a decoded JSON object against the input contract.
+
+    Raises:
+        InputError: ``schema_violation``, naming the first offending field.
+    """
     try:
         return ImageEvent.model_validate(data)
     except ValidationError as exc:
