@@ -81,13 +81,17 @@ def redis_url() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Milvus URI: a server from the environment, or a Milvus Lite database file in a temp dir."""
+@pytest.fixture
+def milvus_uri(tmp_path: Path) -> Iterator[str]:
+    """A Milvus URI: a server from the environment, or a fresh Milvus Lite database file for this test.
+
+    Milvus Lite runs one embedded server per database file; a file per test keeps one test's client
+    connections (and their gRPC keep-alive state) from affecting the next.
+    """
     if override := os.environ.get("VITGUARD_TEST_MILVUS_URI"):
         yield override
         return
-    yield str(tmp_path_factory.mktemp("milvus") / "vitguard_test.db")
+    yield str(tmp_path / "vitguard_test.db")
 
 
 @pytest.fixture

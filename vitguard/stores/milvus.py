@@ -252,6 +252,8 @@ class MilvusEmbeddingIndex:
         try:
             return fn()
         except self._errors as exc:
+            # a broken gRPC channel does not heal by itself: the next attempt reconnects
+            self._client = None
             raise ServiceUnavailableError(f"Milvus at {self._settings.uri}: {exc}") from exc
 
     def _connected(self) -> Any:
