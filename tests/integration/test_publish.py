@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from kafka_reading import read_to_end
 
 from vitguard.cli import main
 from vitguard.devservices import free_port
@@ -26,29 +26,7 @@ pytestmark = pytest.mark.integration
 
 def read_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float = 20.0) -> list[tuple[int, bytes, bytes]]:
     """Every record of ``topic`` as (partition, key, value), read to the end of each partition."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex[:6]}",
-                         "enable.partition.eof": True, "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    records: list[tuple[int, bytes, bytes]] = []
-    at_end: set[int] = set()
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(at_end) < partitions and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
-                continue
-            at_end.discard(msg.partition())
-            records.append((msg.partition(), msg.key(), msg.value()))
-    finally:
-        consumer.close()
-    assert len(at_end) == partitions, "did not reach the end of every partition"
-    return records
+    return [(m.partition(), m.key(), m.value()) for m in read_to_end(bootstrap, topic, partitions, timeout_s)]
 
 
 @pytest.fixture

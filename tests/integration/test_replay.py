@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
+from kafka_reading import read_to_end
 
 from vitguard.cli import main
 from vitguard.producers import UploadEventPublisher
@@ -31,28 +30,7 @@ BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
 def read_all(bootstrap: str, topic: str, partitions: int, timeout_s: float = 20.0) -> list:  # type: ignore[type-arg]
-    """Every record of ``topic`` (confluent Message objects), read to the end of each partition."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex[:6]}",
-                         "enable.partition.eof": True, "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    records = []
-    at_end: set[int] = set()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(at_end) < partitions and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
-                continue
-            at_end.discard(msg.partition())
-            records.append(msg)
-    finally:
-        consumer.close()
-    assert len(at_end) == partitions
-    return records
+    return read_to_end(bootstrap, topic, partitions, timeout_s)
 
 
 def produce_events(bootstrap: str, topic: str, partitions: int, count: int, start: int = 0) -> list[ImageEvent]:

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import shutil
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from kafka_reading import read_to_end
 
 from vitguard.cli import main
 from vitguard.producers import UploadEventPublisher
@@ -22,27 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def read_values(bootstrap: str, topic: str, partitions: int = 1, timeout_s: float = 20.0) -> list[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex[:6]}",
-                         "enable.partition.eof": True, "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    values: list[bytes] = []
-    at_end: set[int] = set()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(at_end) < partitions and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
-                continue
-            at_end.discard(msg.partition())
-            values.append(msg.value())
-    finally:
-        consumer.close()
-    assert len(at_end) == partitions
-    return values
+    return [m.value() for m in read_to_end(bootstrap, topic, partitions, timeout_s)]
 
 
 def test_backtest_replay_writes_verdicts_only_to_its_own_topic(
