@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vitguard import devservices
 from vitguard.consumers.topics import ensure_topics
-from vitguard.demo.runner import OutputReader, WorkerProcess, publish_raw
 from vitguard.demo.samples import photo_bytes
 from vitguard.schemas.events import ImageEvent
 from vitguard.settings import load_settings
+from vitguard.testing import services
+from vitguard.testing.worker import OutputReader, WorkerProcess, publish_raw
 
 
 def _uploads(root: Path, count: int, side: int, seed: int = 0) -> list[Path]:
@@ -123,14 +123,14 @@ def main() -> int:
     # CPU timings are noisy on a shared machine: the largest batch size within 5% of the fastest wins
     best = max(bs for bs in sizes if model_ips[bs] >= 0.95 * max(model_ips.values()))
 
-    services: list[devservices.LocalService] = []
+    started: list[services.LocalService] = []
     bootstrap, redis_url = base.kafka.bootstrap_servers, base.redis.url
-    if not devservices.kafka_reachable(bootstrap, 3.0):
-        services.append(devservices.start_broker())
-        bootstrap = services[-1].address
-    if not devservices.redis_reachable(redis_url):
-        services.append(devservices.start_redis())
-        redis_url = services[-1].address
+    if not services.kafka_reachable(bootstrap, 3.0):
+        started.append(services.start_broker())
+        bootstrap = started[-1].address
+    if not services.redis_reachable(redis_url):
+        started.append(services.start_redis())
+        redis_url = started[-1].address
     run = uuid.uuid4().hex[:6]
     settings = load_settings(
         kafka={"bootstrap_servers": bootstrap, "consumer_group": f"bench-{run}", "rebalance_timeout_s": 3.0},
@@ -232,7 +232,7 @@ def main() -> int:
             "wall_s": round(time.time() - started_at, 1),
         }
     finally:
-        for service in services:
+        for service in started:
             service.stop()
     text = json.dumps(result, indent=2)
     print(text)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from vitguard import devservices
+from vitguard.testing import services
 
 _DOCKER: bool | None = None
 
@@ -27,7 +27,7 @@ _DOCKER: bool | None = None
 def _docker() -> bool:
     global _DOCKER
     if _DOCKER is None:
-        _DOCKER = os.environ.get("VITGUARD_TEST_NO_DOCKER") != "1" and devservices.docker_available()
+        _DOCKER = os.environ.get("VITGUARD_TEST_NO_DOCKER") != "1" and services.docker_available()
     return _DOCKER
 
 
@@ -54,7 +54,7 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    broker = devservices.start_broker()
+    broker = services.start_broker()
     try:
         yield broker.address
     finally:
@@ -74,7 +74,7 @@ def redis_url() -> Iterator[str]:
             host = container.get_container_host_ip()
             yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
         return
-    server = devservices.start_redis()
+    server = services.start_redis()
     try:
         yield server.address
     finally:
@@ -106,7 +106,7 @@ def new_topic(kafka_bootstrap: str) -> Callable[..., str]:
 
     def make(partitions: int = 1, prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        devservices.create_topics(kafka_bootstrap, [name], partitions=partitions)
+        services.create_topics(kafka_bootstrap, [name], partitions=partitions)
         return name
 
     return make

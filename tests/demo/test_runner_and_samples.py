@@ -8,10 +8,10 @@ import pytest
 from pydantic import SecretStr
 
 from vitguard.demo.run import simulated_threshold
-from vitguard.demo.runner import settings_env
 from vitguard.demo.samples import make_sample_set
 from vitguard.schemas.events import ImageEvent
 from vitguard.settings import load_settings
+from vitguard.testing.worker import settings_env
 
 
 def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

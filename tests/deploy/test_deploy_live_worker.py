@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from deploy_files import K8S_BASE, compose, dockerfile, k8s_object, service_env, worker_services
 
-from vitguard import devservices
+from vitguard.testing import services
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def test_compose_worker_env_runs_a_worker_that_meets_the_probes(
     svc = next(iter(worker_services(compose()).values()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITGUARD_")}
     env.update(service_env(svc))
-    port = devservices.free_port()
+    port = services.free_port()
     env.update({
         "VITGUARD_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "VITGUARD_KAFKA_CONSUMER_GROUP": f"live-{uuid.uuid4().hex[:8]}",
@@ -96,5 +96,5 @@ def test_compose_worker_env_runs_a_worker_that_meets_the_probes(
         if process.poll() is None:
             process.kill()
             process.wait(10)
-    wrong_port = {**env, "VITGUARD_WEB_PORT": str(devservices.free_port())}
+    wrong_port = {**env, "VITGUARD_WEB_PORT": str(services.free_port())}
     assert subprocess.run(healthcheck, env=wrong_port, capture_output=True, check=False).returncode != 0

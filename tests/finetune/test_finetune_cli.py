@@ -12,7 +12,7 @@ from PIL import Image
 from vitguard.cli import main
 from vitguard.finetune.errors import NoTrainableHeadError
 from vitguard.finetune.run import load_split, run_finetune
-from vitguard.model.testing import make_tiny_checkpoint
+from vitguard.testing.models import make_tiny_checkpoint
 
 CPU = ["--device", "cpu", "--no-progress"]
 

@@ -13,11 +13,11 @@ from vitguard.finetune.full import FullConfig
 from vitguard.finetune.probe import ProbeConfig
 from vitguard.finetune.run import FinetuneResult, load_split, run_finetune
 from vitguard.model import load_classifier, load_torch_classifier
-from vitguard.model.testing import make_tiny_checkpoint
 from vitguard.pipeline.core import build_verdict, moderate_batch
 from vitguard.policy import resolve_unsafe_labels
 from vitguard.schemas.events import ImageEvent, Timings
 from vitguard.settings import ModelSettings, PolicySettings
+from vitguard.testing.models import make_tiny_checkpoint
 
 CPU = ModelSettings(device="cpu")
 

@@ -19,8 +19,6 @@ from typing import Any
 
 import pytest
 
-from vitguard import devservices
-from vitguard.demo.runner import OutputReader, Outputs, WorkerProcess, publish_raw
 from vitguard.demo.samples import (
     SAMPLE_MAX_INLINE_BYTES,
     SampleEvent,
@@ -30,6 +28,8 @@ from vitguard.demo.samples import (
     photo_bytes,
 )
 from vitguard.schemas.events import ImageEvent
+from vitguard.testing import services
+from vitguard.testing.worker import OutputReader, Outputs, WorkerProcess, publish_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -61,7 +61,7 @@ def pipeline_settings(service_settings: Callable[..., Any], new_topic: Callable[
             "fetch": {"file_root": str(tmp_path / "images"), "max_inline_bytes": SAMPLE_MAX_INLINE_BYTES},
             "batch": {"max_size": 4, "max_wait_s": 0.2},
             "kafka": {"session_timeout_s": 6.0},
-            "web": {"host": "127.0.0.1", "port": devservices.free_port()},
+            "web": {"host": "127.0.0.1", "port": services.free_port()},
         }
         for section, values in overrides.items():
             sections[section] = {**sections.get(section, {}), **values}
@@ -291,7 +291,7 @@ def test_workers_stopped_mid_stream_and_restarted_lose_nothing(pipeline_settings
 @pytest.mark.slow
 def test_redis_stopped_mid_run_does_not_stop_verdicts(pipeline_settings: Callable[..., Any], tmp_path: Path,
                                                       workers: list[WorkerProcess]) -> None:
-    redis = devservices.start_redis()  # private: this test stops it
+    redis = services.start_redis()  # private: this test stops it
     try:
         settings = pipeline_settings(redis={"url": redis.address, "socket_timeout_s": 0.5},
                                      log={"json_format": True})

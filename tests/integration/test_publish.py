@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from kafka_reading import read_to_end
 
 from vitguard.cli import main
-from vitguard.devservices import free_port
 from vitguard.producers import PublishError, UploadEventPublisher
 from vitguard.schemas.events import ImageEvent
 from vitguard.settings import KafkaSettings
+from vitguard.testing.services import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vitguard import devservices
 from vitguard.schemas.events import ImageEvent
+from vitguard.testing import services
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -150,7 +150,7 @@ def workers(
     def start(name: str) -> WorkerProcess:
         workdir = tmp_path / name
         workdir.mkdir()
-        port = devservices.free_port()
+        port = services.free_port()
         log_path = workdir / "worker.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from vitguard import devservices
 from vitguard.errors import ConfigError, ServiceUnavailableError
 from vitguard.model.types import ModelInfo
 from vitguard.settings import MilvusSettings
 from vitguard.stores import EmbeddingRecord, MilvusEmbeddingIndex, retry_with_backoff
 from vitguard.stores.milvus import DEFAULT_LITE_FLUSH_ROWS, is_lite_uri
+from vitguard.testing import services
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +119,7 @@ def test_search_right_after_upsert_sees_the_new_rows(index: MilvusEmbeddingIndex
 
 def test_unreachable_server_is_service_unavailable_and_retried() -> None:
     settings = MilvusSettings(
-        uri=f"http://127.0.0.1:{devservices.free_port()}", retry_attempts=3, retry_backoff_s=0.01
+        uri=f"http://127.0.0.1:{services.free_port()}", retry_attempts=3, retry_backoff_s=0.01
     )
     down = MilvusEmbeddingIndex(settings)
     assert down.ping() is False

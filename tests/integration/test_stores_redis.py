@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from vitguard import devservices
 from vitguard.errors import ServiceUnavailableError
 from vitguard.settings import PolicySettings, RedisSettings
 from vitguard.stores import InMemoryWaveCounter, RedisDedupStore, RedisWaveCounter, WaveCounter
 from vitguard.stores.redis_store import CircuitBreaker
+from vitguard.testing import services
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +141,7 @@ async def _every_call_unavailable(dedup: RedisDedupStore, waves: RedisWaveCounte
 
 @pytest.mark.timeout(30)
 async def test_nothing_listening_is_service_unavailable() -> None:
-    s = _down_settings(devservices.free_port())
+    s = _down_settings(services.free_port())
     dedup, waves = RedisDedupStore(s), RedisWaveCounter(s, PolicySettings())
     await _every_call_unavailable(dedup, waves)
     await dedup.close()
@@ -159,7 +159,7 @@ async def test_hung_server_is_service_unavailable_not_a_hang(silent_port: int) -
 
 @pytest.mark.timeout(60)
 async def test_breaker_fails_fast_then_recovers_when_redis_comes_back() -> None:
-    port = devservices.free_port()
+    port = services.free_port()
     now = [0.0]
     breaker = CircuitBreaker(open_for_s=5.0, clock=lambda: now[0])
     s = RedisSettings(url=f"redis://127.0.0.1:{port}/0", key_prefix="recover:", socket_timeout_s=0.5)
@@ -167,7 +167,7 @@ async def test_breaker_fails_fast_then_recovers_when_redis_comes_back() -> None:
     with pytest.raises(ServiceUnavailableError, match="failed"):
         await dedup.mark_events(["e1"])
     assert breaker.is_open
-    server = devservices.start_redis(port=port)
+    server = services.start_redis(port=port)
     try:
         # Redis is back, but the breaker has not let a probe through yet: no call reaches it
         with pytest.raises(ServiceUnavailableError, match="skipped"):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from vitguard.model import load_torch_classifier
-from vitguard.model.testing import make_tiny_checkpoint
 from vitguard.model.torch_backend import TorchClassifier
+from vitguard.testing.models import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

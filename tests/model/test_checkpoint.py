@@ -19,8 +19,8 @@ from vitguard.model import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from vitguard.model.testing import make_tiny_checkpoint
 from vitguard.model.torch_backend import TorchClassifier
+from vitguard.testing.models import make_tiny_checkpoint
 
 
 def _batch(classifier: Classifier, photos: list[Path]) -> np.ndarray:

@@ -257,7 +257,7 @@ async def test_a_model_failure_dead_letters_only_the_failing_image(opennsfw: Any
 async def test_multi_class_checkpoint_sums_the_policy_labels(tmp_path: Path, image_root: Path,
                                                               sample_photos: list[Path]) -> None:
     from vitguard.model import load_classifier
-    from vitguard.model.testing import make_tiny_checkpoint
+    from vitguard.testing.models import make_tiny_checkpoint
 
     labels = ("drawings", "hentai", "neutral", "porn", "sexy")
     classifier = load_classifier(str(make_tiny_checkpoint(tmp_path / "tiny", labels=labels)))

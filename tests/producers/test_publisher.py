@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from vitguard.devservices import free_port
 from vitguard.producers.publisher import (
     DeliveryResult,
     InvalidEventError,
@@ -14,6 +13,7 @@ from vitguard.producers.publisher import (
 )
 from vitguard.schemas.events import ImageEvent
 from vitguard.settings import KafkaSettings
+from vitguard.testing.services import free_port
 
 
 def _nowhere() -> KafkaSettings:

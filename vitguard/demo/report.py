@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from vitguard.demo.runner import Outputs
 from vitguard.demo.samples import SampleSet
 from vitguard.schemas.events import Timings
 from vitguard.settings import Settings
+from vitguard.testing.worker import Outputs
 
 __all__ = ["render_report", "table"]
 

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitguard import devservices
-from vitguard.demo.runner import OutputReader, Outputs, WorkerProcess, publish_raw
 from vitguard.demo.samples import SAMPLE_MAX_INLINE_BYTES, SampleSet, make_sample_set
 from vitguard.settings import Settings, load_settings
+from vitguard.testing import services
+from vitguard.testing.worker import OutputReader, Outputs, WorkerProcess, publish_raw
 
 __all__ = ["DemoOptions", "run_demo", "simulated_threshold"]
 
@@ -53,19 +53,19 @@ def simulated_threshold(family_scores: list[float], other_scores: list[float]) -
 @contextlib.contextmanager
 def _services(settings: Settings, echo: Echo) -> Iterator[tuple[str, str, bool]]:
     """(bootstrap, redis url, embedded broker?) — the configured services, or embedded ones."""
-    started: list[devservices.LocalService] = []
+    started: list[services.LocalService] = []
     try:
         bootstrap = settings.kafka.bootstrap_servers
-        embedded = not devservices.kafka_reachable(bootstrap, 3.0)
+        embedded = not services.kafka_reachable(bootstrap, 3.0)
         if embedded:
             echo(f"no Kafka answers at {bootstrap}: starting the embedded broker (Tansu, in memory)")
-            broker = devservices.start_broker()
+            broker = services.start_broker()
             started.append(broker)
             bootstrap = broker.address
         redis_url = settings.redis.url
-        if not devservices.redis_reachable(redis_url):
+        if not services.redis_reachable(redis_url):
             echo(f"no Redis answers at {redis_url}: starting a private redis-server")
-            redis = devservices.start_redis()
+            redis = services.start_redis()
             started.append(redis)
             redis_url = redis.address
         yield bootstrap, redis_url, embedded
@@ -98,7 +98,7 @@ def _demo_settings(base: Settings, bootstrap: str, redis_url: str, embedded: boo
         fetch={**base.fetch.model_dump(exclude_none=True), "file_root": str(samples_root),
                "max_inline_bytes": SAMPLE_MAX_INLINE_BYTES},
         batch={"max_size": batch_size, "max_wait_s": 0.25, "decode_workers": 2},
-        web={"host": "127.0.0.1", "port": devservices.free_port(), "enabled": True},
+        web={"host": "127.0.0.1", "port": services.free_port(), "enabled": True},
         log=base.log.model_dump(),
     )
 

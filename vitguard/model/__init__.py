@@ -10,7 +10,7 @@ Everything else in vitguard asks this package for a classifier; only this packag
   :func:`save_checkpoint` writes the hub layout back.
 * :func:`export_model`: ONNX / TorchScript exports that ``onnx:PATH`` / ``torchscript:PATH`` load.
 * :class:`Preprocessor`, :func:`decode_image`: timm's eval transform and safe decoding, with reason codes.
-* :mod:`vitguard.model.testing`: ``make_tiny_checkpoint`` for tests anywhere.
+* :mod:`vitguard.testing.models`: ``make_tiny_checkpoint`` for tests anywhere.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Driving a worker from outside: as a subprocess configured by environment, and reading its outputs.
 
-Used by ``vitguard demo``, the end-to-end tests and the pipeline benchmark, so all three run the real
+Test scaffolding used by ``vitguard demo``, the end-to-end tests and the pipeline benchmark, so all three run the real
 ``vitguard worker`` the way an operator does (settings from ``VITGUARD_*`` variables, signals to stop).
 """
 
