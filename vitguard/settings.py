@@ -75,6 +75,16 @@ class KafkaSettings(BaseSettings):
     request_timeout_s: float = Field(
         10.0, gt=0, le=300, description="Admin/metadata request timeout. Env: VITGUARD_KAFKA_REQUEST_TIMEOUT_S."
     )
+    fetch_max_wait_ms: int = Field(
+        100,
+        ge=0,
+        le=60_000,
+        description=(
+            "Longest time the broker may hold the worker's fetch waiting for data (fetch.wait.max.ms): a bound "
+            "on how late a message arriving on an idle partition is seen. Env: VITGUARD_KAFKA_FETCH_MAX_WAIT_MS. "
+            "Default 100."
+        ),
+    )
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -83,19 +93,10 @@ class KafkaSettings(BaseSettings):
         return self
 
     def confluent_config(self) -> dict[str, Any]:
-        """The librdkafka properties shared by every confluent-kafka client vitguard creates."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "client.id": self.client_id,
-            "security.protocol": self.security_protocol,
-        }
-        if self.sasl_mechanism:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-            conf["sasl.username"] = self.sasl_username
-            conf["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
-        if self.ssl_cafile:
-            conf["ssl.ca.location"] = str(self.ssl_cafile)
-        return conf
+        """The librdkafka connection properties: see :func:`vitguard.kafka.config.librdkafka_config`."""
+        from vitguard.kafka.config import librdkafka_config
+
+        return librdkafka_config(self)
 
 
 class TopicSettings(BaseSettings):

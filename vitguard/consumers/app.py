@@ -44,24 +44,10 @@ def faust_broker_url(bootstrap_servers: str) -> str:
 
 
 def _broker_credentials(settings: Settings) -> Any:
-    kafka = settings.kafka
-    if kafka.security_protocol == "PLAINTEXT":
-        return None
-    import ssl
+    """Faust broker credentials: the one Kafka connection config (:mod:`vitguard.kafka.config`)."""
+    from vitguard.kafka.config import faust_credentials
 
-    import faust
-
-    context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
-    if kafka.security_protocol.startswith("SASL"):
-        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
-        ssl_context = context if kafka.security_protocol == "SASL_SSL" else None
-        if kafka.sasl_mechanism and kafka.sasl_mechanism.startswith("SCRAM"):
-            return faust.SASLCredentials(
-                username=kafka.sasl_username, password=password, ssl_context=ssl_context,
-                mechanism=kafka.sasl_mechanism,
-            )
-        return faust.SASLCredentials(username=kafka.sasl_username, password=password, ssl_context=ssl_context)
-    return faust.SSLCredentials(context)
+    return faust_credentials(settings.kafka)
 
 
 def abandon(events: Sequence[Any]) -> None:
@@ -180,13 +166,13 @@ def create_app(
 
     from vitguard.consumers.sink import FaustSink
     from vitguard.consumers.web import register_views
+    from vitguard.kafka.config import faust_broker_kwargs
 
     kafka = settings.kafka
     app = faust.App(
         kafka.consumer_group,
-        broker=faust_broker_url(kafka.bootstrap_servers),
-        broker_client_id=kafka.client_id,
-        broker_credentials=_broker_credentials(settings),
+        # broker, broker_consumer (our fetch wait, vitguard.kafka.faust_consumer), client id, credentials
+        **faust_broker_kwargs(kafka),
         broker_rebalance_timeout=kafka.rebalance_timeout_s,
         broker_session_timeout=kafka.session_timeout_s,
         broker_request_timeout=max(kafka.request_timeout_s, kafka.session_timeout_s + 5),

@@ -1,0 +1,99 @@
+"""Faust's aiokafka consumer fetches with VITGUARD_KAFKA_FETCH_MAX_WAIT_MS, not faust's hard-coded 1500 ms."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import faust
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from vitguard.kafka.config import faust_broker_kwargs
+from vitguard.kafka.faust_consumer import (
+    FetchWaitConsumerThread,
+    FetchWaitOverrideError,
+    FetchWaitTransport,
+    consumer_broker_url,
+    live_fetch_max_wait_ms,
+)
+from vitguard.settings import KafkaSettings
+
+
+def test_consumer_broker_url_carries_every_host_and_the_wait() -> None:
+    url = consumer_broker_url("h1:9092, h2:9093", 250)
+    assert url == "vitguard-kafka://h1:9092?fetch_max_wait_ms=250;vitguard-kafka://h2:9093?fetch_max_wait_ms=250"
+
+
+def test_app_kwargs_select_the_override_for_the_consumer_only() -> None:
+    kwargs = faust_broker_kwargs(KafkaSettings(bootstrap_servers="h1:9092", fetch_max_wait_ms=42))
+    app = faust.App(f"a-{uuid.uuid4().hex[:6]}", **kwargs)
+    assert isinstance(app.transport, FetchWaitTransport)
+    assert app.transport.fetch_max_wait_ms == 42
+    assert not isinstance(app.producer_transport, FetchWaitTransport)
+
+
+def test_a_consumer_url_without_the_wait_is_refused() -> None:
+    app = faust.App(f"a-{uuid.uuid4().hex[:6]}", broker="kafka://h1:9092", broker_consumer="vitguard-kafka://h1:9092")
+    with pytest.raises(Exception, match="fetch_max_wait_ms"):
+        _ = app.transport
+
+
+def test_a_consumer_without_the_fetcher_layout_is_refused() -> None:
+    with pytest.raises(FetchWaitOverrideError):
+        live_fetch_max_wait_ms(object())
+
+
+def _app(kafka: KafkaSettings, topic: str) -> Any:
+    app = faust.App(
+        f"fw-{uuid.uuid4().hex[:8]}",
+        **faust_broker_kwargs(kafka),
+        web_enabled=False,
+        store="memory://",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        value_serializer="raw",
+        broker_rebalance_timeout=3.0,
+        broker_session_timeout=6.0,
+        broker_request_timeout=12.0,
+        broker_heartbeat_interval=2.0,
+    )
+
+    @app.agent(app.topic(topic, value_type=bytes))
+    async def drain(stream: Any) -> None:
+        async for _ in stream:
+            pass
+
+    return app
+
+
+@pytest.mark.integration
+async def test_live_aiokafka_consumer_fetches_with_the_configured_wait(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, fetch_max_wait_ms=123)
+    app = _app(kafka, new_topic())
+    await app.start()
+    try:
+        thread = app.consumer._thread
+        assert isinstance(thread, FetchWaitConsumerThread)
+        assert thread._consumer._fetcher._fetch_max_wait_ms == 123
+    finally:
+        await app.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the consumer thread's raise
+async def test_start_fails_loudly_when_faust_bypasses_the_override(
+    kafka_bootstrap: str, new_topic: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if faust-streaming stopped calling the hook we override: the stock 1500 ms reaches the fetcher.
+    stock = faust_aiokafka.AIOKafkaConsumerThread._create_consumer
+    monkeypatch.setattr(FetchWaitConsumerThread, "_create_consumer", stock)
+    app = _app(KafkaSettings(bootstrap_servers=kafka_bootstrap, fetch_max_wait_ms=123), new_topic())
+    try:
+        with pytest.raises(FetchWaitOverrideError, match="1500"):
+            await app.start()
+    finally:
+        await app.stop()

@@ -1,0 +1,163 @@
+"""Faust's aiokafka consumer with *our* fetch wait (``VITGUARD_KAFKA_FETCH_MAX_WAIT_MS``).
+
+faust-streaming's aiokafka driver builds its ``AIOKafkaConsumer`` with ``fetch_max_wait_ms=1500``
+hard-coded and no setting to change it. The broker may hold each fetch that long when a partition has no
+new data, so a message arriving on a quiet partition can wait up to 1.5 s before the worker sees it, and
+a broker that always holds fetches for the full wait (the embedded test broker does) adds that to every
+batch. vitguard's latency budget needs the wait to be a setting.
+
+How: a transport subclass, :class:`FetchWaitTransport`, registered in Faust's transport registry under
+the URL scheme :data:`SCHEME`. ``faust.App(broker_consumer=consumer_broker_url(...))`` selects it for the
+consumer only (the producer keeps ``broker``, the stock driver). Its consumer thread builds the stock
+aiokafka consumer and replaces the wait before the consumer starts (aiokafka reads it when ``start()``
+builds its fetcher). Nothing global in Faust or aiokafka is patched; the registry entry is additive, the
+same thing a ``faust.transports`` entry point would do.
+
+Fails loudly: when faust-streaming or aiokafka change so that the override no longer reaches the live
+fetcher, the consumer raises :class:`FetchWaitOverrideError` at start instead of silently running with
+1.5 s (checked on the live ``AIOKafkaConsumer._fetcher`` after it started).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from faust.transport import drivers
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from yarl import URL
+
+from vitguard.errors import ConfigError
+
+__all__ = [
+    "FETCH_WAIT_QUERY",
+    "SCHEME",
+    "FetchWaitConsumer",
+    "FetchWaitOverrideError",
+    "FetchWaitTransport",
+    "consumer_broker_url",
+    "live_fetch_max_wait_ms",
+]
+
+SCHEME = "vitguard-kafka"
+"""URL scheme of :class:`FetchWaitTransport` in Faust's transport registry."""
+FETCH_WAIT_QUERY = "fetch_max_wait_ms"
+"""Query parameter of the consumer broker URL that carries the wait (Faust drops unknown App kwargs)."""
+
+
+class FetchWaitOverrideError(ConfigError):
+    """faust-streaming/aiokafka internals changed: the fetch wait override no longer applies."""
+
+
+def consumer_broker_url(bootstrap_servers: str, fetch_max_wait_ms: int) -> str:
+    """``faust.App(broker_consumer=...)`` for :class:`FetchWaitTransport`: every host, the wait as a query.
+
+    ``vitguard-kafka://h1:9092?fetch_max_wait_ms=100;vitguard-kafka://h2:9092?fetch_max_wait_ms=100``
+    """
+    if fetch_max_wait_ms < 0:
+        raise ValueError(f"fetch_max_wait_ms must be >= 0, got {fetch_max_wait_ms}")
+    hosts = [h.strip() for h in bootstrap_servers.split(",") if h.strip()]
+    if not hosts:
+        raise ValueError("bootstrap_servers is empty: set VITGUARD_KAFKA_BOOTSTRAP_SERVERS to host:port[,host:port]")
+    return ";".join(f"{SCHEME}://{h}?{FETCH_WAIT_QUERY}={fetch_max_wait_ms}" for h in hosts)
+
+
+def _fetch_wait_from_urls(urls: Any) -> int:
+    values = {URL(str(u)).query.get(FETCH_WAIT_QUERY) for u in urls}
+    values.discard(None)
+    if len(values) != 1:
+        raise ConfigError(
+            f"broker_consumer URLs for {SCHEME}:// need one ?{FETCH_WAIT_QUERY}=<ms>; build them with "
+            "vitguard.kafka.faust_consumer.consumer_broker_url"
+        )
+    (text,) = values
+    assert text is not None  # noqa: S101 - None was discarded above
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise ConfigError(f"{FETCH_WAIT_QUERY}={text!r} in broker_consumer is not an integer") from exc
+
+
+def live_fetch_max_wait_ms(aiokafka_consumer: Any) -> int:
+    """The wait the started aiokafka consumer's fetcher really uses (aiokafka 0.8 - 0.14 layout).
+
+    Raises:
+        FetchWaitOverrideError: the consumer has no fetcher or the fetcher no ``_fetch_max_wait_ms``.
+    """
+    fetcher = getattr(aiokafka_consumer, "_fetcher", None)
+    value = getattr(fetcher, "_fetch_max_wait_ms", None)
+    if not isinstance(value, int):
+        raise FetchWaitOverrideError(
+            "aiokafka's consumer has no _fetcher._fetch_max_wait_ms any more: update vitguard.kafka.faust_consumer"
+        )
+    return value
+
+
+class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+    """The stock consumer thread, except that the aiokafka consumer gets the transport's fetch wait."""
+
+    @property
+    def fetch_max_wait_ms(self) -> int:
+        """The wait configured on this thread's transport."""
+        transport = self.transport
+        if not isinstance(transport, FetchWaitTransport):
+            raise FetchWaitOverrideError(f"consumer thread runs on {type(transport).__name__}, not FetchWaitTransport")
+        return transport.fetch_max_wait_ms
+
+    def _create_consumer(self, loop: asyncio.AbstractEventLoop) -> Any:
+        consumer = super()._create_consumer(loop)
+        if not hasattr(consumer, "_fetch_max_wait_ms"):
+            raise FetchWaitOverrideError(
+                "aiokafka.AIOKafkaConsumer has no _fetch_max_wait_ms any more: update vitguard.kafka.faust_consumer"
+            )
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        wanted = self.fetch_max_wait_ms
+        live = live_fetch_max_wait_ms(self._consumer)
+        if live != wanted:
+            raise FetchWaitOverrideError(
+                f"Faust's aiokafka consumer fetches with fetch_max_wait_ms={live}, not the configured {wanted}: "
+                "faust-streaming changed how it creates the consumer; update vitguard.kafka.faust_consumer"
+            )
+
+
+class FetchWaitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+    """Faust's aiokafka ``Consumer`` running :class:`FetchWaitConsumerThread`."""
+
+    def _new_consumer_thread(self) -> FetchWaitConsumerThread:
+        return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class FetchWaitTransport(faust_aiokafka.Transport):  # type: ignore[misc]
+    """Faust's aiokafka transport whose consumers use the URL's ``fetch_max_wait_ms``."""
+
+    Consumer = FetchWaitConsumer
+
+    def __init__(self, url: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(url, *args, **kwargs)
+        self.fetch_max_wait_ms: int = _fetch_wait_from_urls(self.url)
+
+
+def _check_driver() -> None:
+    """Refuse to import against a driver whose hooks we override are gone (fail at start, not silently)."""
+    missing = [
+        name
+        for owner, name in (
+            (faust_aiokafka.AIOKafkaConsumerThread, "_create_consumer"),
+            (faust_aiokafka.AIOKafkaConsumerThread, "on_start"),
+            (faust_aiokafka.Consumer, "_new_consumer_thread"),
+        )
+        if not callable(getattr(owner, name, None))
+    ]
+    if missing:
+        raise FetchWaitOverrideError(
+            f"faust-streaming's aiokafka driver lacks {missing}: the fetch wait override cannot apply; "
+            "update vitguard.kafka.faust_consumer"
+        )
+
+
+_check_driver()
+drivers.TRANSPORTS.aliases.setdefault(SCHEME, f"{__name__}:FetchWaitTransport")
