@@ -4,14 +4,27 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: demo test lint typecheck bench system-deps clean
+LOCK_PYTHON := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
 
-.venv/.installed: pyproject.toml
+.PHONY: demo test lint typecheck bench lock system-deps clean
+
+# The exact versions from the dev lock, then vitguard itself without resolving anything again.
+.venv/.installed: pyproject.toml requirements/dev.lock
 	@command -v redis-server >/dev/null || $(MAKE) system-deps
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -r requirements/dev.lock
+	$(PIP) install -q --no-deps -e .
 	touch $@
+
+# Re-resolve the lock files from pyproject.toml's ranges (run after changing a dependency; commit both).
+lock:
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q uv
+	.venv/bin/uv pip compile -q pyproject.toml -c requirements/lock-constraints.txt $(LOCK_PYTHON) \
+	  -o requirements/runtime.lock
+	.venv/bin/uv pip compile -q pyproject.toml --extra dev -c requirements/lock-constraints.txt $(LOCK_PYTHON) \
+	  -o requirements/dev.lock
 
 system-deps:
 	@if ! command -v redis-server >/dev/null; then \

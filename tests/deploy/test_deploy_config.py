@@ -261,13 +261,13 @@ def _web_default_port() -> int:
     return int(settings_sections()["web"]().port)  # type: ignore[attr-defined]
 
 
-def test_dockerfile_exposes_the_web_port_and_checks_healthz() -> None:
+def test_dockerfile_exposes_the_web_port_and_checks_livez() -> None:
     df = dockerfile()
     port = _web_default_port()
     exposes = [a for i, a in df.instructions if i == "EXPOSE"]
     assert exposes == [str(port)]
     healthchecks = [a for i, a in df.instructions if i == "HEALTHCHECK"]
-    assert len(healthchecks) == 1 and "/healthz" in healthchecks[0]
+    assert len(healthchecks) == 1 and "/livez" in healthchecks[0], "the image's health is liveness"
     users = [a for i, a in df.instructions if i == "USER"]
     assert users and all(not u.startswith(("root", "0")) for u in users), "the image must not run as root"
     assert {"cpu", "cuda"} <= set(df.stages)
@@ -293,6 +293,8 @@ def test_compose_ports_and_scrape_targets_match_the_web_port(monkeypatch: pytest
         port = _load_with_env(monkeypatch, service_env(svc)).web.port
         assert any(str(p).endswith(f":{port}") for p in svc["ports"]), f"{name} does not publish {port}"
         assert f"{name}:{port}" in targets, f"Prometheus does not scrape {name}:{port}"
+        check = " ".join(svc["healthcheck"]["test"])
+        assert f"127.0.0.1:{port}/livez" in check, f"{name}'s healthcheck is not liveness on its web port"
     assert job["metrics_path"] == "/metrics"
     rules = scrape["rule_files"]
     mounted = {v.split(":")[1] for v in data["services"]["prometheus"]["volumes"] if v.startswith("./")}
@@ -320,7 +322,7 @@ def test_k8s_ports_probes_and_selectors_agree(monkeypatch: pytest.MonkeyPatch) -
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == settings.web.port
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(settings.web.port)
-    for probe, path in [("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
+    for probe, path in [("startupProbe", "/healthz"), ("livenessProbe", "/livez"), ("readinessProbe", "/readyz")]:
         assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
     assert container["resources"]["requests"] and container["resources"]["limits"]
     labels = pod["metadata"]["labels"]
