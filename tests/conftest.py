@@ -94,6 +94,53 @@ def milvus_uri(tmp_path: Path) -> Iterator[str]:
     yield str(tmp_path / "vitguard_test.db")
 
 
+@pytest.fixture(scope="session")
+def milvus_binaries_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where the Milvus server binary (~250 MB) is unpacked once, for every server of the session."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("milvus-binaries")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)  # pytest keeps old temporary directories; not this much
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory, milvus_binaries_dir: Path) -> Iterator[Any]:
+    """A real Milvus standalone server (the ``milvus`` package) on a free port, for the whole session.
+
+    Skipped only when the package is not installed; a server that is installed but does not start fails
+    the tests that use it. Tests that kill or freeze a server start their own (``tests/integration/
+    test_milvus_faults.py``), so this one stays healthy; tests share it through unique collection prefixes.
+    """
+    from vitguard.testing.milvus_server import MilvusNotInstalledError, MilvusServerProcess
+
+    server = MilvusServerProcess(tmp_path_factory.mktemp("milvus-server"), binaries_dir=milvus_binaries_dir)
+    try:
+        server.start()
+    except MilvusNotInstalledError as exc:
+        pytest.skip(f"no Milvus server to test against: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["lite", "server"])
+def milvus_any_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A Milvus URI, once per backend: a fresh Milvus Lite file, then the session's Milvus server.
+
+    ``VITGUARD_TEST_MILVUS_URI`` (a server URI) replaces the local server. Collections on a server
+    outlive the test: give each test its own collection prefix.
+    """
+    if request.param == "lite":
+        return str(tmp_path / "vitguard_test.db")
+    override = os.environ.get("VITGUARD_TEST_MILVUS_URI")
+    if override and "://" in override:
+        return override
+    server = request.getfixturevalue("milvus_server")
+    return str(server.uri)
+
+
 @pytest.fixture
 def redis_prefix() -> str:
     """A key prefix unique to one test, so tests never see each other's keys."""

@@ -182,6 +182,24 @@ class MilvusSettings(BaseSettings):
     retry_backoff_max_s: float = Field(
         30.0, gt=0, le=600, description="Longest retry delay. Env: VITGUARD_MILVUS_RETRY_BACKOFF_MAX_S."
     )
+    call_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description=(
+            "Deadline of one Milvus call (upsert, search, ping, ...): a hung server fails the call after this "
+            "long instead of blocking the batch forever. Env: VITGUARD_MILVUS_CALL_TIMEOUT_S. Default 10."
+        ),
+    )
+    connect_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description=(
+            "Deadline of opening (or re-opening) the connection to Milvus. Env: VITGUARD_MILVUS_CONNECT_TIMEOUT_S. "
+            "Default 10."
+        ),
+    )
 
 
 class ModelSettings(BaseSettings):

@@ -1,4 +1,8 @@
-"""MilvusEmbeddingIndex against real Milvus (Milvus Lite here; a server via VITGUARD_TEST_MILVUS_URI)."""
+"""MilvusEmbeddingIndex against real Milvus: each test runs on Milvus Lite and on a Milvus server.
+
+The server is the session's local one (``milvus_server`` fixture) or the one ``VITGUARD_TEST_MILVUS_URI``
+names. Failure behaviour against a frozen or killed server is in ``test_milvus_faults.py``.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,31 @@ LARGE = ModelInfo("opennsfw", "r1", ("NSFW", "SFW"), 16, (3, 224, 224))
 
 
 @pytest.fixture
-def index(milvus_uri: str) -> Iterator[MilvusEmbeddingIndex]:
-    idx = MilvusEmbeddingIndex(MilvusSettings(uri=milvus_uri, collection_prefix=f"t{uuid.uuid4().hex[:8]}_"))
+def milvus_uri(milvus_any_uri: str) -> str:
+    """Every test here that asks for a Milvus URI runs twice: on Milvus Lite and on a server."""
+    return milvus_any_uri
+
+
+@pytest.fixture
+def prefix(milvus_uri: str) -> Iterator[str]:
+    """A collection prefix of this test alone; its collections are dropped afterwards (a server keeps them)."""
+    value = f"t{uuid.uuid4().hex[:8]}_"
+    yield value
+    if not is_lite_uri(milvus_uri):
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=milvus_uri, timeout=10, dedicated=True)
+        try:
+            for name in client.list_collections(timeout=10):
+                if name.startswith(value):
+                    client.drop_collection(name, timeout=10)
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def index(milvus_uri: str, prefix: str) -> Iterator[MilvusEmbeddingIndex]:
+    idx = MilvusEmbeddingIndex(MilvusSettings(uri=milvus_uri, collection_prefix=prefix))
     try:
         yield idx
     finally:
@@ -66,8 +93,7 @@ def test_collections_per_model_never_mix(index: MilvusEmbeddingIndex) -> None:
     assert {h.content_id for h in hits} == {"shared-id", "only-large"}
 
 
-def test_existing_collection_with_another_dimension_is_a_config_error(milvus_uri: str) -> None:
-    prefix = f"t{uuid.uuid4().hex[:8]}_"
+def test_existing_collection_with_another_dimension_is_a_config_error(milvus_uri: str, prefix: str) -> None:
     first = MilvusEmbeddingIndex(MilvusSettings(uri=milvus_uri, collection_prefix=prefix))
     wrong = ModelInfo(SMALL.name, SMALL.version, SMALL.labels, 12, SMALL.input_size)
     made = first.ensure_collection(SMALL)
@@ -136,8 +162,8 @@ def test_ping(index: MilvusEmbeddingIndex) -> None:
     assert index.ping() is True
 
 
-def test_lite_flushes_every_n_rows_and_rows_stay_searchable(milvus_uri: str) -> None:
-    settings = MilvusSettings(uri=milvus_uri, collection_prefix=f"t{uuid.uuid4().hex[:8]}_")
+def test_lite_flushes_every_n_rows_and_rows_stay_searchable(milvus_uri: str, prefix: str) -> None:
+    settings = MilvusSettings(uri=milvus_uri, collection_prefix=prefix)
     if not is_lite_uri(milvus_uri):
         pytest.skip("automatic flushing is for Milvus Lite")
     assert MilvusEmbeddingIndex(settings).flush_every_rows == DEFAULT_LITE_FLUSH_ROWS

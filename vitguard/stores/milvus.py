@@ -5,10 +5,26 @@ metric, ``content_id`` as primary key so an upsert is idempotent. The same code 
 ``*.db`` file path) and to a Milvus server (``http://host:19530``): only ``MilvusSettings.uri`` differs.
 
 Calls are blocking (pymilvus is synchronous); the pipeline runs them in a worker thread. A lock makes the
-adapter safe when several threads share it, one call at a time. Every pymilvus, gRPC or socket error
-becomes :class:`~vitguard.errors.ServiceUnavailableError` so callers can retry it with
-:func:`~vitguard.stores.backoff.retry_with_backoff`; configuration mistakes (dimension mismatch) are
-:class:`~vitguard.errors.ConfigError` and are not retried.
+adapter safe when several threads share it, one call at a time.
+
+Failure behaviour, the contract callers build their retry policy on:
+
+- **Every call has a deadline.** pymilvus waits forever when a call has no timeout, so every
+  ``MilvusClient`` method gets ``timeout=MilvusSettings.call_timeout_s`` and the client itself
+  ``timeout=MilvusSettings.connect_timeout_s``. A frozen server fails a call after the deadline.
+- **One retry layer, the caller's.** This module never retries. pymilvus wraps each RPC in its own retry
+  loop (``pymilvus.decorators.retry_on_rpc_failure``): 75 attempts when no timeout is given, and when one
+  is given the timeout is that loop's whole budget (``retry_times`` is then ignored) and a
+  ``DEADLINE_EXCEEDED`` is never retried. So the deadline bounds it; ``retry_on_rate_limit=False`` turns
+  off its sleeping on rate limits; an ``UNAVAILABLE`` makes it reconnect once (bounded by the connect
+  timeout) and fail when the server is down. What comes out is for the caller's policy
+  (:func:`~vitguard.stores.backoff.retry_with_backoff`, the pipeline's retry).
+- **Transient errors** (unreachable, hung, overloaded, any gRPC or socket error) become
+  :class:`~vitguard.errors.ServiceUnavailableError`; the client is dropped and closed, so the next call
+  opens a fresh connection (a broken gRPC channel does not heal by itself).
+- **Permanent errors** become :class:`~vitguard.errors.ConfigError` and must not be retried: a collection
+  with another dimension or schema, a request the server calls invalid (pymilvus and Milvus error codes,
+  see :func:`permanent_error`), and authentication or permission failures.
 """
 
 from __future__ import annotations
@@ -27,7 +43,15 @@ from vitguard.settings import MilvusSettings
 from vitguard.stores.interfaces import EmbeddingRecord, SearchHit
 from vitguard.stores.naming import collection_name
 
-__all__ = ["DEFAULT_LITE_FLUSH_ROWS", "FIELDS", "UNSAFE_FILTER", "MilvusEmbeddingIndex", "is_lite_uri"]
+__all__ = [
+    "DEFAULT_LITE_FLUSH_ROWS",
+    "FIELDS",
+    "PERMANENT_MILVUS_CODES",
+    "UNSAFE_FILTER",
+    "MilvusEmbeddingIndex",
+    "is_lite_uri",
+    "permanent_error",
+]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -57,6 +81,74 @@ FIELDS = (
 """Columns of every collection, primary key first."""
 
 
+PERMANENT_MILVUS_CODES = frozenset(
+    {
+        105,  # CollectionIllegalSchema
+        109,  # CollectionSchemaMismatch
+        800,  # DatabaseNotFound: VITGUARD_MILVUS_DB_NAME names no database
+        802,  # DatabaseInvalidName
+        1100,  # ParameterInvalid: e.g. "the dim (16) of field data(embedding) is not equal to schema dim (8)"
+        1101,  # ParameterMissing
+        1102,  # ParameterTooLarge
+        1200,  # MetricNotFound
+        1400,  # PrivilegeNotAuthenticated
+        1401,  # PrivilegeNotPermitted
+        1700,  # FieldNotFound
+        1701,  # FieldInvalidName
+    }
+)
+"""Milvus server error codes (``MilvusException.code``, Milvus's ``merr`` package) that no retry can fix:
+the request or the credentials must change first."""
+
+_PERMANENT_LEGACY_CODES = frozenset({"PermissionDenied", "IllegalArgument", "IllegalDimension", "SchemaMismatch"})
+"""The same, as the legacy ``common_pb2.ErrorCode`` names (``MilvusException.compatible_code``)."""
+
+
+def permanent_error(exc: BaseException) -> bool:
+    """True when retrying ``exc`` cannot help: schema or dimension mismatch, invalid request, bad credentials.
+
+    Looks at the error codes, never at message text: gRPC status codes (``UNAUTHENTICATED``,
+    ``PERMISSION_DENIED``, ``UNIMPLEMENTED``), Milvus server codes (:data:`PERMANENT_MILVUS_CODES` and the
+    legacy ones) and pymilvus's client-side validation errors (data that does not match the schema). The
+    ``__cause__`` chain is followed too: pymilvus reports a refused login as "Fail connecting" (code 2)
+    caused by an ``UNAUTHENTICATED`` gRPC error.
+    """
+    import grpc
+    from pymilvus import exceptions as mexc
+    from pymilvus.grpc_gen import common_pb2
+
+    permanent_grpc = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED}
+    client_side = (
+        mexc.ConnectionConfigException,  # an illegal URI, a Milvus Lite directory that does not exist
+        mexc.ParamError,
+        mexc.DataNotMatchException,
+        mexc.DataTypeNotMatchException,
+        mexc.SchemaMismatchRetryableException,  # pymilvus already retried it once with a fresh schema
+        mexc.PrimaryKeyException,
+        mexc.FieldsTypeException,
+        mexc.FieldTypeException,
+    )
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, grpc.RpcError):
+            code = getattr(current, "code", None)
+            if callable(code) and code() in permanent_grpc:
+                return True
+        elif isinstance(current, mexc.MilvusException):
+            if isinstance(current, client_side) or current.code in PERMANENT_MILVUS_CODES:
+                return True
+            try:
+                legacy = common_pb2.ErrorCode.Name(current.compatible_code)
+            except ValueError:
+                legacy = ""
+            if legacy in _PERMANENT_LEGACY_CODES:
+                return True
+        current = current.__cause__
+    return False
+
+
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
     from pymilvus.exceptions import MilvusException
 
@@ -74,7 +166,9 @@ class MilvusEmbeddingIndex:
     """Embeddings in Milvus, one collection per model.
 
     The client connects lazily, on the first call, so building the adapter never fails because Milvus is
-    down; the first call then raises :class:`ServiceUnavailableError` and a later one reconnects.
+    down; the first call then raises :class:`ServiceUnavailableError` and a later one reconnects. The
+    connection is the adapter's own (pymilvus ``dedicated=True``), not shared with other clients of the
+    same address, so closing a broken one cannot break anybody else's.
 
     Args:
         settings: URI (Lite path or server URI), token, database, collection prefix.
@@ -89,6 +183,8 @@ class MilvusEmbeddingIndex:
         self._dims: dict[str, int] = {}
         self._unflushed: dict[str, int] = {}
         self._errors = _unavailable_errors()
+        # on every MilvusClient method: the deadline, and no sleeping retries on rate limits (module docstring)
+        self._rpc: dict[str, Any] = {"timeout": settings.call_timeout_s, "retry_on_rate_limit": False}
         if flush_every_rows is None:
             flush_every_rows = DEFAULT_LITE_FLUSH_ROWS if is_lite_uri(settings.uri) else 0
         if flush_every_rows < 0:
@@ -121,12 +217,13 @@ class MilvusEmbeddingIndex:
             if self._dims.get(name) == dim:
                 return name
             client = self._connected()
-            if not self._call(lambda: client.has_collection(name)):
+            if not self._call(lambda: client.has_collection(name, **self._rpc)):
                 try:
-                    self._call(lambda: self._create(client, name, dim))
+                    self._call(lambda: self._create(client, name, dim, self._rpc))
                 except ServiceUnavailableError:
                     # another worker may have created it at the same moment: that is fine
-                    if not self._call(lambda: client.has_collection(name)):
+                    client = self._connected()
+                    if not self._call(lambda: client.has_collection(name, **self._rpc)):
                         raise
             existing = self._described_dim(client, name)
             if existing != dim:
@@ -134,7 +231,7 @@ class MilvusEmbeddingIndex:
                     f"Milvus collection {name} holds {existing}-d embeddings but model {model.name} makes "
                     f"{dim}-d ones: drop the collection or use another VITGUARD_MILVUS_COLLECTION_PREFIX"
                 )
-            self._call(lambda: client.load_collection(name))
+            self._call(lambda: client.load_collection(name, **self._rpc))
             self._dims[name] = dim
             return name
 
@@ -143,7 +240,8 @@ class MilvusEmbeddingIndex:
 
         Raises:
             ValueError: a record's embedding does not have the collection's dimension.
-            ServiceUnavailableError: Milvus did not answer; nothing is known to be written.
+            ConfigError: Milvus refused the rows for good (schema changed under us, no permission).
+            ServiceUnavailableError: Milvus did not answer in time; nothing is known to be written.
         """
         if not records:
             return
@@ -151,7 +249,7 @@ class MilvusEmbeddingIndex:
             dim = self._dim_of(collection)
             rows = [_row(r, dim) for r in records]
             client = self._connected()
-            self._call(lambda: client.upsert(collection_name=collection, data=rows))
+            self._call(lambda: client.upsert(collection_name=collection, data=rows, **self._rpc))
             pending = self._unflushed.get(collection, 0) + len(rows)
             self._unflushed[collection] = pending
             if self.flush_every_rows and pending >= self.flush_every_rows:
@@ -171,7 +269,8 @@ class MilvusEmbeddingIndex:
 
         Raises:
             ValueError: ``vectors`` is not ``(N, dim)``.
-            ServiceUnavailableError: Milvus did not answer.
+            ConfigError: Milvus refused the search for good (see :func:`permanent_error`).
+            ServiceUnavailableError: Milvus did not answer in time.
         """
         matrix = np.asarray(vectors, dtype=np.float32)
         if matrix.ndim != 2:
@@ -194,17 +293,25 @@ class MilvusEmbeddingIndex:
                     output_fields=["cluster_id"],
                     anns_field="embedding",
                     search_params={"metric_type": "COSINE"},
+                    **self._rpc,
                 )
             )
         return [_hits(per_query, min_similarity) for per_query in raw]
 
     def ping(self) -> bool:
-        """True when Milvus answers a cheap call."""
+        """True when Milvus answers a cheap call within the deadlines; False otherwise, never hangs.
+
+        A permanent failure (bad credentials) is False too, logged: a health probe reports, the first
+        real call raises the :class:`ConfigError`.
+        """
         try:
             with self._lock:
                 client = self._connected()
-                self._call(client.list_collections)
+                self._call(lambda: client.list_collections(**self._rpc))
         except ServiceUnavailableError:
+            return False
+        except ConfigError as exc:
+            log.warning("Milvus ping refused: %s", exc)
             return False
         return True
 
@@ -214,7 +321,7 @@ class MilvusEmbeddingIndex:
         """Rows in a collection (operations and tests)."""
         with self._lock:
             client = self._connected()
-            res = self._call(lambda: client.query(collection, filter="", output_fields=["count(*)"]))
+            res = self._call(lambda: client.query(collection, filter="", output_fields=["count(*)"], **self._rpc))
         return int(res[0]["count(*)"])
 
     def unflushed_rows(self, collection: str) -> int:
@@ -225,43 +332,52 @@ class MilvusEmbeddingIndex:
         """Seal the collection's growing rows so searches use the index (see :data:`DEFAULT_LITE_FLUSH_ROWS`)."""
         with self._lock:
             client = self._connected()
-            self._call(lambda: client.flush(collection))
+            self._call(lambda: client.flush(collection, **self._rpc))
             self._unflushed[collection] = 0
 
     def drop_collection(self, collection: str) -> None:
         """Drop a collection if it exists (operations and tests)."""
         with self._lock:
             client = self._connected()
-            self._call(lambda: client.drop_collection(collection))
+            self._call(lambda: client.drop_collection(collection, **self._rpc))
             self._dims.pop(collection, None)
             self._unflushed.pop(collection, None)
 
     def close(self) -> None:
         """Close the client connection; a later call reconnects."""
         with self._lock:
-            client, self._client = self._client, None
-            if client is not None:
-                try:
-                    client.close()
-                except self._errors:
-                    pass
+            self._drop_client()
 
     # -- internals --------------------------------------------------------------------------------
 
     def _call(self, fn: Callable[[], T]) -> T:
+        """Run one pymilvus call and map its errors (see the module docstring). Never retries."""
         try:
             return fn()
         except self._errors as exc:
-            # a broken gRPC channel does not heal by itself: the next attempt reconnects
-            self._client = None
+            if permanent_error(exc):
+                raise ConfigError(
+                    f"Milvus at {self._settings.uri} refused the request, retrying will not help "
+                    f"(check VITGUARD_MILVUS_TOKEN, VITGUARD_MILVUS_DB_NAME and the collection's schema): {exc}"
+                ) from exc
+            # a broken gRPC channel does not heal by itself: close it, the next call reconnects
+            self._drop_client()
             raise ServiceUnavailableError(f"Milvus at {self._settings.uri}: {exc}") from exc
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception as exc:  # a close that fails leaves nothing to clean up
+                log.debug("closing the Milvus client failed: %s", exc)
 
     def _connected(self) -> Any:
         if self._client is None:
             from pymilvus import MilvusClient
 
             s = self._settings
-            kwargs: dict[str, Any] = {"uri": s.uri}
+            kwargs: dict[str, Any] = {"uri": s.uri, "timeout": s.connect_timeout_s, "dedicated": True}
             if s.token is not None:
                 kwargs["token"] = s.token.get_secret_value()
             if s.db_name:
@@ -277,7 +393,7 @@ class MilvusEmbeddingIndex:
         return dim
 
     def _described_dim(self, client: Any, name: str) -> int:
-        desc = self._call(lambda: client.describe_collection(name))
+        desc = self._call(lambda: client.describe_collection(name, **self._rpc))
         fields = {f["name"]: f for f in desc.get("fields", [])}
         missing = [f for f in FIELDS if f not in fields]
         if missing:
@@ -287,7 +403,7 @@ class MilvusEmbeddingIndex:
         return int(fields["embedding"]["params"]["dim"])
 
     @staticmethod
-    def _create(client: Any, name: str, dim: int) -> None:
+    def _create(client: Any, name: str, dim: int, rpc: dict[str, Any]) -> None:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -304,7 +420,7 @@ class MilvusEmbeddingIndex:
         index.add_index(field_name="embedding", index_type="AUTOINDEX", metric_type="COSINE")
         # Strong consistency: a search right after an upsert must see it, or near-duplicates arriving in
         # consecutive batches would each start their own cluster.
-        client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+        client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong", **rpc)
 
 
 def is_lite_uri(uri: str) -> bool:
