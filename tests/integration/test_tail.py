@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from confluent_kafka import Producer
 
 from vitguard.cli import main
-from vitguard.kafka_admin import TopicNotFoundError
+from vitguard.kafka.admin import TopicNotFoundError
 from vitguard.schemas.events import DeadLetter, Verdict
 from vitguard.settings import KafkaSettings
 from vitguard.subscribers import DeadLetterSubscriber, InvalidMessageError, VerdictSubscriber

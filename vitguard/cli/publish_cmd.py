@@ -60,7 +60,7 @@ def publish(
     """
     from tqdm import tqdm
 
-    from vitguard.kafka_admin import topic_partitions
+    from vitguard.kafka.offsets import topic_partitions
     from vitguard.producers import RateLimiter, UploadEventPublisher, publish_items
     from vitguard.producers.sources import (
         SourceError,

@@ -81,7 +81,7 @@ def replay(
     The range is [start, end) per partition. Progress is checkpointed under --replay-id in --state-dir;
     run the same command with the same --replay-id to continue an interrupted replay.
     """
-    from vitguard.kafka_admin import topic_partitions
+    from vitguard.kafka.offsets import topic_partitions
     from vitguard.producers.publisher import UploadEventPublisher
     from vitguard.producers.replay import (
         RecordHandler,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from vitguard.errors import ServiceUnavailableError
+from vitguard.kafka.admin import TopicAdmin, TopicSpec
 from vitguard.settings import KafkaSettings, TopicSettings
 
 __all__ = ["ensure_topics"]
@@ -15,32 +15,11 @@ _log = logging.getLogger(__name__)
 def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, timeout_s: float | None = None) -> list[str]:
     """Create any of the four topics that does not exist, with the settings' partitions and replication.
 
-    Returns the names created. Raises :class:`ServiceUnavailableError` when the brokers do not answer.
+    Returns the names created. Raises :class:`~vitguard.errors.ServiceUnavailableError` when the brokers
+    do not answer or refuse a topic.
     """
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    timeout = timeout_s or kafka.request_timeout_s
-    admin = AdminClient(kafka.confluent_config())
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise ServiceUnavailableError(f"Kafka at {kafka.bootstrap_servers} did not answer: {exc}") from exc
-    wanted = [t for t in dict.fromkeys(topics.all()) if t not in existing]
-    if not wanted:
-        return []
-    futures = admin.create_topics(
-        [NewTopic(t, num_partitions=topics.partitions, replication_factor=topics.replication_factor) for t in wanted],
-        request_timeout=timeout,
-    )
-    created = []
-    for name, future in futures.items():
-        try:
-            future.result(timeout=timeout)
-            created.append(name)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise ServiceUnavailableError(f"could not create topic {name}: {exc}") from exc
+    specs = [TopicSpec(t, topics.partitions, topics.replication_factor) for t in topics.all()]
+    created = TopicAdmin(kafka, timeout_s=timeout_s).create(specs)
     if created:
         _log.info("created topics %s", created)
     return created

@@ -19,13 +19,13 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type:
 
 from vitguard.errors import ServiceUnavailableError, VitguardError
 from vitguard.kafka.config import librdkafka_config
+from vitguard.kafka.errors import MISSING_TOPIC_CODES, kafka_error, kafka_reason
 from vitguard.settings import KafkaSettings
 
 __all__ = [
     "TopicAdmin",
     "TopicNotFoundError",
     "TopicSpec",
-    "kafka_error",
 ]
 
 _WAIT_POLL_S = 0.1
@@ -43,17 +43,6 @@ class TopicSpec:
     partitions: int = 1
     replication_factor: int = 1
     config: Mapping[str, str] = field(default_factory=dict)
-
-
-def kafka_error(exc: BaseException) -> KafkaError | None:
-    """The :class:`KafkaError` a confluent-kafka exception carries, if any."""
-    arg = exc.args[0] if exc.args else None
-    return arg if isinstance(arg, KafkaError) else None
-
-
-def _reason(exc: BaseException) -> str:
-    err = kafka_error(exc)
-    return f"{err.name()}: {err.str()}" if err is not None else str(exc) or type(exc).__name__
 
 
 class TopicAdmin:
@@ -85,7 +74,8 @@ class TopicAdmin:
             metadata = self._client.list_topics(timeout=self.timeout_s)
         except KafkaException as exc:
             raise ServiceUnavailableError(
-                f"Kafka at {self.kafka.bootstrap_servers} did not answer within {self.timeout_s:g}s ({_reason(exc)})"
+                f"Kafka at {self.kafka.bootstrap_servers} did not answer within {self.timeout_s:g}s "
+                f"({kafka_reason(exc)})"
             ) from exc
         return {name: sorted(t.partitions) for name, t in metadata.topics.items() if t.error is None}
 
@@ -124,7 +114,7 @@ class TopicAdmin:
             try:
                 metadata = self._client.list_topics(timeout=self.timeout_s)
             except KafkaException as exc:
-                raise ServiceUnavailableError(f"Kafka did not answer a metadata request: {_reason(exc)}") from exc
+                raise ServiceUnavailableError(f"Kafka did not answer a metadata request: {kafka_reason(exc)}") from exc
             ids = sorted(metadata.brokers)
             if not ids:
                 raise ServiceUnavailableError(f"Kafka at {self.kafka.bootstrap_servers} reports no brokers")
@@ -137,11 +127,11 @@ class TopicAdmin:
             entries = next(iter(futures.values())).result(timeout=self.timeout_s + 1)
         except KafkaException as exc:
             err = kafka_error(exc)
-            if err is not None and err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+            if err is not None and err.code() in MISSING_TOPIC_CODES:
                 raise TopicNotFoundError(f"{what} does not exist on {self.kafka.bootstrap_servers}") from exc
-            raise ServiceUnavailableError(f"describing the configs of {what} failed: {_reason(exc)}") from exc
+            raise ServiceUnavailableError(f"describing the configs of {what} failed: {kafka_reason(exc)}") from exc
         except Exception as exc:  # concurrent.futures.TimeoutError and friends: no answer
-            raise ServiceUnavailableError(f"describing the configs of {what} failed: {_reason(exc)}") from exc
+            raise ServiceUnavailableError(f"describing the configs of {what} failed: {kafka_reason(exc)}") from exc
         return {name: entry.value for name, entry in entries.items() if entry.value is not None}
 
     # -- changing --------------------------------------------------------------------------------------
@@ -184,9 +174,9 @@ class TopicAdmin:
                 err = kafka_error(exc)
                 if err is not None and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue
-                raise ServiceUnavailableError(f"could not create topic {name!r}: {_reason(exc)}") from exc
+                raise ServiceUnavailableError(f"could not create topic {name!r}: {kafka_reason(exc)}") from exc
             except Exception as exc:
-                raise ServiceUnavailableError(f"could not create topic {name!r}: {_reason(exc)}") from exc
+                raise ServiceUnavailableError(f"could not create topic {name!r}: {kafka_reason(exc)}") from exc
             created.append(name)
         if wait:
             self._wait_listed([s.name for s in wanted])

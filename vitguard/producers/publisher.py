@@ -25,7 +25,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from vitguard.errors import InputError, VitguardError
-from vitguard.kafka_admin import client_config
+from vitguard.kafka.config import librdkafka_config
 from vitguard.schemas.events import ImageEvent, parse_image_event, validate_image_event
 from vitguard.settings import KafkaSettings
 
@@ -127,7 +127,7 @@ class UploadEventPublisher:
         self.max_in_flight = max_in_flight
         self.delivery_timeout_s = delivery_timeout_s
         self._on_delivery = on_delivery
-        config = client_config(
+        config = librdkafka_config(
             kafka,
             **{
                 "enable.idempotence": True,

@@ -1,7 +1,7 @@
 """Replay: re-read a range of a topic and hand every record to a handler, resumably.
 
 ``plan_replay`` turns a :class:`ReplayRequest` into per-partition ranges ``[start, end)``: the start from
-a timestamp (``offsets_for_times``, confirmed by reading, see :mod:`vitguard.kafka_admin`), from explicit
+a timestamp (``offsets_for_times``, confirmed by reading, see :mod:`vitguard.kafka.coarse_offsets`), from explicit
 offsets, or the oldest record; the end from a timestamp, explicit offsets, or the partition's end *as it
 was when the replay started*. ``run_replay`` reads those ranges with an assign-only consumer (no group
 join, nothing committed on the source) and gives each record to a :class:`RecordHandler`:
@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from pydantic import ValidationError
 
 from vitguard.errors import REASON_CODES, InputError, ServiceUnavailableError
-from vitguard.kafka_admin import consumer_config, end_offsets, offsets_for_timestamp, start_offsets, topic_partitions
+from vitguard.kafka.offsets import consumer_config, end_offsets, offsets_for_timestamp, start_offsets, topic_partitions
 from vitguard.producers.publisher import UploadEventPublisher
 from vitguard.producers.replay_state import (
     PartitionProgress,

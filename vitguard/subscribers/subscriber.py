@@ -28,7 +28,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from pydantic import BaseModel, ValidationError
 
 from vitguard.errors import ReasonCode, ServiceUnavailableError, VitguardError
-from vitguard.kafka_admin import client_config, consumer_config, end_offsets, topic_partitions
+from vitguard.kafka.config import librdkafka_config
+from vitguard.kafka.offsets import consumer_config, end_offsets, topic_partitions
 from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict
 from vitguard.settings import KafkaSettings, Settings
 
@@ -117,12 +118,12 @@ class TopicSubscriber(Generic[M]):
             if from_beginning:
                 starts = dict.fromkeys(partitions, OFFSET_BEGINNING)
             else:
-                # The confirmed end rather than the logical OFFSET_END: see kafka_admin.end_offsets.
+                # The confirmed end rather than the logical OFFSET_END: see vitguard.kafka.coarse_offsets.
                 starts = end_offsets(self._consumer, topic, partitions, connect_timeout_s)
             self._consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
         else:
             self._consumer = Consumer(
-                client_config(
+                librdkafka_config(
                     kafka,
                     **{
                         "group.id": group_id,

@@ -107,30 +107,12 @@ def redis_reachable(url: str, timeout_s: float = 1.0) -> bool:
 def create_topics(
     bootstrap: str, names: Iterable[str], partitions: int = 1, replication: int = 1, timeout_s: float = 15.0
 ) -> None:
-    """Create topics that do not exist yet and wait until the broker reports them."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+    """Create topics that do not exist yet and wait until the broker reports them (:class:`TopicAdmin`)."""
+    from vitguard.kafka.admin import TopicAdmin, TopicSpec
+    from vitguard.settings import KafkaSettings
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = [n for n in dict.fromkeys(names) if n not in existing]
-    if not wanted:
-        return
-    futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in wanted],
-        request_timeout=timeout_s,
-    )
-    for name, future in futures.items():
-        try:
-            future.result(timeout=timeout_s)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise ServiceUnavailableError(f"could not create topic {name}: {exc}") from exc
-    wait_for(
-        lambda: set(wanted) <= set(admin.list_topics(timeout=timeout_s).topics),
-        timeout_s,
-        f"topics {wanted}",
-    )
+    admin = TopicAdmin(KafkaSettings(bootstrap_servers=bootstrap), timeout_s=timeout_s)
+    admin.create([TopicSpec(n, partitions, replication) for n in names])
 
 
 def docker_available(timeout_s: float = 3.0) -> bool:
