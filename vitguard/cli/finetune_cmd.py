@@ -208,6 +208,9 @@ def finetune(
     """
     from dataclasses import replace
 
+    from vitguard.finetune.plots import require_plotting
+
+    require_plotting("vitguard finetune")
     from vitguard.finetune.full import FullConfig
     from vitguard.finetune.probe import ProbeConfig
     from vitguard.finetune.run import load_split, run_finetune
@@ -306,6 +309,9 @@ def evaluate(
     progress: bool,
 ) -> None:
     """Metrics and plots of a model on a labelled folder; with --compare, which model is better on what."""
+    from vitguard.finetune.plots import require_plotting
+
+    require_plotting("vitguard evaluate")
     from vitguard.finetune.evaluate import run_evaluate
 
     _targets(target_precision, target_recall)

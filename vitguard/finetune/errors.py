@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vitguard.errors import VitguardError
 
-__all__ = ["DatasetError", "NoTrainableHeadError"]
+__all__ = ["DatasetError", "NoTrainableHeadError", "TrainExtraMissingError"]
 
 
 class DatasetError(VitguardError):
@@ -20,4 +20,11 @@ class NoTrainableHeadError(VitguardError):
     """The model spec names a model vitguard cannot train (an exported ONNX graph, the bundled open_nsfw).
 
     Fine-tuning needs a timm model in torch: a hub id, a checkpoint directory or ``timm:ARCH``.
+    """
+
+
+class TrainExtraMissingError(VitguardError):
+    """A fine-tuning or report tool was called on an install without the ``train`` extra (matplotlib).
+
+    The worker and the moderation commands do not need it, so a plain ``pip install vitguard`` leaves it out.
     """

@@ -1,11 +1,14 @@
 """PNG plots of training and evaluation, drawn with matplotlib's Agg renderer.
 
 Figures are built as :class:`matplotlib.figure.Figure` objects and saved directly, without ``pyplot``:
-no global figure state, no GUI backend, safe on a headless server and in threads.
+no global figure state, no GUI backend, safe on a headless server and in threads. matplotlib comes with the
+``train`` extra and is imported only when a figure is drawn; :func:`require_plotting` lets a command fail
+before hours of training rather than at the first plot.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,14 +16,22 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from vitguard.finetune.errors import TrainExtraMissingError
 from vitguard.finetune.metrics import pr_curve, roc_auc, roc_curve
 
-__all__ = ["plot_confusion_matrix", "plot_loss_curves", "plot_roc_pr", "plot_score_histograms"]
+__all__ = ["plot_confusion_matrix", "plot_loss_curves", "plot_roc_pr", "plot_score_histograms", "require_plotting"]
 
 _DPI = 110
 
 
+def require_plotting(what: str = "this command") -> None:
+    """Raise :class:`TrainExtraMissingError` (one line: what to install) when matplotlib is not installed."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise TrainExtraMissingError(f"{what} needs the train extra: pip install 'vitguard[train]'")
+
+
 def _figure(width: float, height: float) -> Any:
+    require_plotting("drawing plots")
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
