@@ -40,21 +40,11 @@ def _prepare_all(
     classifier: Classifier, paths: tuple[Path, ...]
 ) -> tuple[list[tuple[Path, NDArray[np.float32], float]], list[tuple[Path, str]]]:
     """Decode every file; bad ones become (path, one-line reason) instead of stopping the run."""
-    from vitguard.errors import ImageDecodeError
+    from vitguard.model.folder import decode_files
 
-    good: list[tuple[Path, NDArray[np.float32], float]] = []
-    bad: list[tuple[Path, str]] = []
-    for path in paths:
-        started = time.perf_counter()
-        try:
-            array = classifier.prepare(path.read_bytes())
-        except OSError as exc:
-            bad.append((path, f"cannot read: {exc.strerror or exc}"))
-            continue
-        except ImageDecodeError as exc:
-            bad.append((path, str(exc)))
-            continue
-        good.append((path, array, (time.perf_counter() - started) * 1000))
+    result = decode_files(classifier.prepare, paths)
+    good = [(d.path, d.array, d.decode_ms) for d in result.decoded]
+    bad = [(f.path, f.message) for f in result.failed]
     return good, bad
 
 

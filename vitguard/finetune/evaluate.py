@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from vitguard.errors import ImageDecodeError
 from vitguard.finetune.data import ImageFolder, SkippedImage, scan_image_folder
 from vitguard.finetune.report import (
     ScoredImages,
@@ -31,6 +29,7 @@ from vitguard.finetune.report import (
     write_plots,
     write_predictions,
 )
+from vitguard.model.folder import decode_in_batches
 from vitguard.model.types import Classifier, ModelInfo
 from vitguard.settings import ModelSettings, PolicySettings
 
@@ -66,34 +65,17 @@ def score_folder(
     order) and the skipped images with reason codes.
     """
     labels = classifier.info.labels
-
-    def prepare(path: Path) -> NDArray[np.float32] | str:
-        try:
-            return classifier.prepare(path.read_bytes())
-        except ImageDecodeError as exc:
-            return exc.reason
-        except OSError:
-            return "not_an_image"
-
     kept: list[int] = []
     rows: list[NDArray[np.float32]] = []
     skipped: list[SkippedImage] = []
-    with (
-        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
-        tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar,
-    ):
-        for start in range(0, len(paths), batch_size):
-            positions = list(range(start, min(start + batch_size, len(paths))))
-            prepared = list(pool.map(prepare, [paths[i] for i in positions]))
-            good = [(i, x) for i, x in zip(positions, prepared, strict=True) if not isinstance(x, str)]
-            skipped += [
-                SkippedImage(paths[i], x) for i, x in zip(positions, prepared, strict=True) if isinstance(x, str)
-            ]
-            if good:
-                for (i, _), prediction in zip(good, classifier.predict(np.stack([x for _, x in good])), strict=True):
-                    kept.append(i)
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for batch in decode_in_batches(classifier.prepare, paths, batch_size=batch_size, workers=workers):
+            skipped += [SkippedImage(f.path, f.reason) for f in batch.failed]
+            if batch.decoded:
+                for decoded, prediction in zip(batch.decoded, classifier.predict(batch.stack()), strict=True):
+                    kept.append(decoded.index)
                     rows.append(np.array([prediction.scores[label] for label in labels], dtype=np.float32))
-            bar.update(len(positions))
+            bar.update(len(batch.decoded) + len(batch.failed))
     probs = np.stack(rows) if rows else np.zeros((0, len(labels)), dtype=np.float32)
     return kept, probs, skipped
 

@@ -20,9 +20,9 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from vitguard.errors import ImageDecodeError
 from vitguard.finetune.cache import FeatureCache, model_cache_key
 from vitguard.finetune.data import SkippedImage
+from vitguard.model.folder import decode_files
 
 if TYPE_CHECKING:
     from vitguard.model.torch_backend import TorchClassifier
@@ -106,13 +106,6 @@ def extract_features(
     skipped: list[SkippedImage] = []
     hits = 0
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
-
-    def prepare(data: bytes) -> NDArray[np.float32] | ImageDecodeError:
-        try:
-            return classifier.prepare(data)
-        except ImageDecodeError as exc:
-            return exc
-
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for start in range(0, len(paths), batch_size):
@@ -127,17 +120,23 @@ def extract_features(
                         hits += 1
                     else:
                         todo.append((i, digest, data))
-                prepared = list(pool.map(prepare, [data for _, _, data in todo]))
-                good = [(i, d, x) for (i, d, _), x in zip(todo, prepared, strict=True) if not isinstance(x, Exception)]
-                for (i, _, _), x in zip(todo, prepared, strict=True):
-                    if isinstance(x, ImageDecodeError):
-                        skipped.append(SkippedImage(paths[i], x.reason))
-                if good:
-                    _, batch_features = forward_batch(classifier, np.stack([x for _, _, x in good]))
-                    for (i, _, _), vector in zip(good, batch_features, strict=True):
-                        rows[i] = vector
+                digests = {i: digest for i, digest, _ in todo}
+                batch = decode_files(
+                    classifier.prepare,
+                    [paths[i] for i, _, _ in todo],
+                    contents=[data for _, _, data in todo],
+                    indices=[i for i, _, _ in todo],
+                    pool=pool,
+                )
+                skipped += [SkippedImage(f.path, f.reason) for f in batch.failed]
+                if batch.decoded:
+                    _, batch_features = forward_batch(classifier, batch.stack())
+                    for decoded, vector in zip(batch.decoded, batch_features, strict=True):
+                        rows[decoded.index] = vector
                     if cache is not None:
-                        cache.put_many((d, v) for (_, d, _), v in zip(good, batch_features, strict=True))
+                        cache.put_many(
+                            (digests[d.index], v) for d, v in zip(batch.decoded, batch_features, strict=True)
+                        )
                 bar.update(len(chunk))
     finally:
         bar.close()

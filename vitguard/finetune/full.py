@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,11 +21,12 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from vitguard.errors import ConfigError, ImageDecodeError
+from vitguard.errors import ConfigError
 from vitguard.finetune.data import SkippedImage, class_weights
 from vitguard.finetune.errors import DatasetError
 from vitguard.finetune.features import forward_batch
 from vitguard.finetune.training import Balance, EarlyStopping, TrainingHistory, cosine_with_warmup, seed_everything
+from vitguard.model.folder import decode_in_batches
 
 if TYPE_CHECKING:
     import torch
@@ -109,29 +109,25 @@ def select_trainable(module: torch.nn.Module, unfreeze: int | None) -> set[str]:
     return head | chosen
 
 
+_CHECK_BATCH = 64
+"""Files decoded per step by :func:`check_images` (bounds the memory the check holds at once)."""
+
+
 def check_images(
     classifier: TorchClassifier, paths: Sequence[Path], *, workers: int = 2, progress: bool = True, desc: str = ""
 ) -> tuple[list[int], list[SkippedImage]]:
     """Decode every image once with the classifier's ``prepare``: the readable positions and the skipped files.
 
-    Done before training so an unreadable file is counted up front instead of failing an epoch.
+    Done before training so an unreadable file is counted up front instead of failing an epoch. The arrays
+    are dropped batch by batch: only the verdict per file is kept.
     """
-
-    def check(path: Path) -> str:
-        try:
-            classifier.prepare(path.read_bytes())
-        except ImageDecodeError as exc:
-            return exc.reason
-        except OSError:
-            return "not_an_image"
-        return ""
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        reasons = list(
-            tqdm(pool.map(check, paths), total=len(paths), desc=desc or "checking images", disable=not progress)
-        )
-    kept = [i for i, reason in enumerate(reasons) if not reason]
-    skipped = [SkippedImage(paths[i], reason) for i, reason in enumerate(reasons) if reason]
+    kept: list[int] = []
+    skipped: list[SkippedImage] = []
+    with tqdm(total=len(paths), desc=desc or "checking images", disable=not progress) as bar:
+        for batch in decode_in_batches(classifier.prepare, paths, batch_size=_CHECK_BATCH, workers=workers):
+            kept += [d.index for d in batch.decoded]
+            skipped += [SkippedImage(f.path, f.reason) for f in batch.failed]
+            bar.update(len(batch.decoded) + len(batch.failed))
     return kept, skipped
 
 
