@@ -103,7 +103,6 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--pipeline-batch-size", type=int, default=32,
                         help="worker micro-batch size; the ratio always uses model-only at its best batch size")
-    parser.add_argument("--no-overlap", action="store_true", help="do not prepare batch k+1 during batch k")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
 
@@ -140,7 +139,7 @@ def main() -> int:
         milvus={"uri": str(workdir / "milvus.db")},
         model={"spec": args.spec},
         fetch={"file_root": str(workdir / "images")},
-        batch={"max_size": args.pipeline_batch_size, "max_wait_s": 0.1, "overlap": not args.no_overlap},
+        batch={"max_size": args.pipeline_batch_size, "max_wait_s": 0.0},
         web={"enabled": False},
         log={"level": "WARNING"},
     )
@@ -178,7 +177,9 @@ def main() -> int:
             # steady rate: each event is created right before it is sent, so created_at is its upload time
             from confluent_kafka import Producer
 
-            producer = Producer({**settings.kafka.confluent_config(), "linger.ms": 0})
+            from vitguard.kafka.config import librdkafka_config
+
+            producer = Producer(librdkafka_config(settings.kafka, **{"linger.ms": 0}))
             rate = max(1.0, args.rate_fraction * e2e_ips)
             seen = outputs.answered()
             next_at = time.monotonic()
@@ -189,7 +190,8 @@ def main() -> int:
                 producer.poll(0)
                 next_at += 1.0 / rate
                 out.poll(max(0.0, next_at - time.monotonic()))
-            producer.flush(30)
+            if producer.flush(30):
+                raise SystemExit("steady-rate events were not acknowledged within 30 s")
             outputs = out.poll_until(lambda o: o.answered() >= seen + len(steady), 300)
             latencies = [
                 ts / 1000 - v.created_at.timestamp()
@@ -208,7 +210,6 @@ def main() -> int:
             "model_only_images_per_s": {str(k): round(v, 2) for k, v in model_ips.items()},
             "best_batch_size": best,
             "pipeline_batch_size": settings.batch.max_size,
-            "overlap": settings.batch.overlap,
             "model_only_images_per_s_at_best_after": round(model_again, 2),
             "model_only_reference_images_per_s": round(model_ref, 2),
             "end_to_end": {

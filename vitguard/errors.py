@@ -13,6 +13,7 @@ from typing import Literal, get_args
 __all__ = [
     "REASON_CODES",
     "ConfigError",
+    "FatalError",
     "FetchError",
     "ImageDecodeError",
     "InputError",
@@ -45,6 +46,9 @@ ReasonCode = Literal[
     # our side
     "inference_failed",
     "internal_error",
+    # the outputs
+    "output_too_large",
+    "output_rejected",
 ]
 """Stable reason codes of dead-letter events. Never rename one: add a new code instead."""
 
@@ -65,6 +69,14 @@ class ModelLoadError(VitguardError):
 
 class ServiceUnavailableError(VitguardError):
     """A backing service (Kafka, Redis, Milvus) did not answer in time."""
+
+
+class FatalError(VitguardError):
+    """A failure waiting will not fix (authorization refused, a store's schema does not fit the model).
+
+    The worker stops with a non-zero exit code and one log line saying why; nothing in flight is
+    committed, so a fixed deployment redelivers it.
+    """
 
 
 class InputError(VitguardError):

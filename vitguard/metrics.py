@@ -22,6 +22,7 @@ __all__ = [
     "ALERTS_SUPPRESSED",
     "BATCH_DURATION",
     "BATCH_SIZE",
+    "BATCH_WAIT",
     "CACHE_HITS",
     "CLASSIFY_REQUESTS",
     "CONTENT_TYPE",
@@ -29,11 +30,16 @@ __all__ = [
     "EVENTS_CONSUMED",
     "EVENTS_REDELIVERED",
     "EVENT_LATENCY",
+    "FATAL_ERRORS",
     "IMAGE_STAGE_DURATION",
+    "IN_FLIGHT",
     "LAST_BATCH_TIMESTAMP",
     "METRIC_NAMES",
     "MODEL_INFO",
+    "OUTPUTS_DROPPED",
+    "OUTPUTS_TRUNCATED",
     "PUBLISH_RETRIES",
+    "QUEUE_TIME",
     "REGISTRY",
     "STAGE_DURATION",
     "STORE_ERRORS",
@@ -137,6 +143,33 @@ CLASSIFY_REQUESTS = Counter(
     registry=REGISTRY,
 )
 
+QUEUE_TIME = Histogram(
+    "vitguard_queue_seconds",
+    "Broker timestamp of an input record to the worker consuming it (time waiting in Kafka).",
+    buckets=_SECONDS_BUCKETS,
+    registry=REGISTRY,
+)
+BATCH_WAIT = Histogram(
+    "vitguard_batch_wait_seconds",
+    "A decoded image's wait for its forward pass (the model busy with the batch before).",
+    buckets=_SECONDS_BUCKETS,
+    registry=REGISTRY,
+)
+OUTPUTS_TRUNCATED = Counter(
+    "vitguard_outputs_truncated",
+    "Outputs cut down to fit their topic (dead letters with a truncated payload, output_rejected letters).",
+    registry=REGISTRY,
+)
+OUTPUTS_DROPPED = Counter(
+    "vitguard_outputs_dropped", "Outputs given up (an alert the broker rejects).", ["kind"], registry=REGISTRY
+)
+IN_FLIGHT = Gauge(
+    "vitguard_in_flight_events", "Events taken from the stream and not yet answered.", registry=REGISTRY
+)
+FATAL_ERRORS = Counter(
+    "vitguard_fatal_errors", "Errors that stop the worker (it exits non-zero), by kind.", ["kind"], registry=REGISTRY
+)
+
 METRIC_NAMES: tuple[str, ...] = (
     "vitguard_events_consumed_total",
     "vitguard_events_redelivered_total",
@@ -155,6 +188,12 @@ METRIC_NAMES: tuple[str, ...] = (
     "vitguard_last_batch_timestamp_seconds",
     "vitguard_model_info",
     "vitguard_classify_requests_total",
+    "vitguard_queue_seconds",
+    "vitguard_batch_wait_seconds",
+    "vitguard_outputs_truncated_total",
+    "vitguard_outputs_dropped_total",
+    "vitguard_in_flight_events",
+    "vitguard_fatal_errors_total",
 )
 """Exported series names (counters with their ``_total`` suffix; histograms add ``_bucket/_sum/_count``)."""
 

@@ -343,16 +343,60 @@ class BatchSettings(BaseSettings):
 
     max_size: int = Field(16, ge=1, le=4096, description="Events per batch. Env: VITGUARD_BATCH_MAX_SIZE. Default 16.")
     max_wait_s: float = Field(
-        0.25, gt=0, le=60, description="Longest wait for stragglers. Env: VITGUARD_BATCH_MAX_WAIT_S. Default 0.25."
+        0.0,
+        ge=0,
+        le=60,
+        description=(
+            "Upper bound, never a floor: an idle model starts a batch at once with whatever is decoded; with a "
+            "value > 0 it may linger this long at most for images still being fetched or decoded (bigger "
+            "batches, more latency). Env: VITGUARD_BATCH_MAX_WAIT_S. Default 0."
+        ),
     )
     decode_workers: int = Field(
         2, ge=1, le=256, description="Decode thread pool size. Env: VITGUARD_BATCH_DECODE_WORKERS."
     )
-    overlap: bool = Field(
-        True,
+
+
+class WorkerSettings(BaseSettings):
+    """How the worker holds work in flight, tells its health, and stops."""
+
+    model_config = _config("VITGUARD_WORKER_")
+
+    max_in_flight: int = Field(
+        64,
+        ge=1,
+        le=100_000,
         description=(
-            "Fetch and decode the next batch while the current one is in inference (its offsets still wait for "
-            "its outputs). Env: VITGUARD_BATCH_OVERLAP. Default true."
+            "Events taken from the stream and not yet answered, at most; past it the agent stops taking "
+            "(backpressure). Env: VITGUARD_WORKER_MAX_IN_FLIGHT. Default 64."
+        ),
+    )
+    shutdown_timeout_s: float = Field(
+        25.0,
+        gt=0,
+        le=600,
+        description=(
+            "After SIGTERM (or a fatal error) the process exits within this many seconds, even when stuck; "
+            "in-flight work stays uncommitted. Keep it under the orchestrator's grace period (Kubernetes: 30 s). "
+            "Env: VITGUARD_WORKER_SHUTDOWN_TIMEOUT_S. Default 25."
+        ),
+    )
+    stall_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description=(
+            "/livez fails when work has been waiting this long with no event answered (a wedged agent). "
+            "Env: VITGUARD_WORKER_STALL_TIMEOUT_S. Default 120."
+        ),
+    )
+    publish_stuck_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "/readyz turns false when outputs have failed to publish for this long. "
+            "Env: VITGUARD_WORKER_PUBLISH_STUCK_S. Default 30."
         ),
     )
 
@@ -389,6 +433,7 @@ class Settings(BaseModel):
     policy: PolicySettings
     fetch: FetchSettings
     batch: BatchSettings
+    worker: WorkerSettings
     web: WebSettings
     log: LogSettings
 
@@ -402,6 +447,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "policy": PolicySettings,
     "fetch": FetchSettings,
     "batch": BatchSettings,
+    "worker": WorkerSettings,
     "web": WebSettings,
     "log": LogSettings,
 }

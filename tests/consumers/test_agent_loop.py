@@ -1,8 +1,9 @@
 """The agent loop's offset discipline, on Faust's real message refcounting.
 
-Faust acks a batch's messages when the agent asks for the next batch (and when it is cancelled); the loop
-must make a message committable only after its batch's outputs are acknowledged, keep completions in batch
-order, overlap preparing batch k+1 with completing batch k, and never commit an abandoned batch.
+Faust acks an event when the stream moves on to the next one (and when the agent is cancelled); the loop
+must make a message committable only once it is answered, in offset order per partition, whatever order the
+answers come in, and never commit past an event that was abandoned or failed, with no help from Faust's gap
+check (which a group with no committed offset does not get).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
-from faust.types.tuples import ConsumerMessage
+from faust.types.tuples import TP, ConsumerMessage
 
-from vitguard.consumers.app import WorkerRuntime, _consume, abandon, faust_broker_url
-from vitguard.pipeline.types import BatchOutcome
+from vitguard.consumers.app import WorkerRuntime, consume
+from vitguard.consumers.offsets import OffsetTracker
+from vitguard.errors import FatalError
+from vitguard.health import HealthState
+from vitguard.pipeline.results import Answered
 from vitguard.settings import load_settings
 
 
@@ -24,10 +27,10 @@ class RecordingConsumer:
     """Stands in for Faust's consumer: records which offsets became committable (Consumer.ack)."""
 
     def __init__(self) -> None:
-        self.committable: list[int] = []
+        self.committable: list[tuple[int, int]] = []
 
     def ack(self, message: Any) -> bool:
-        self.committable.append(message.offset)
+        self.committable.append((message.partition, message.offset))
         return True
 
 
@@ -36,102 +39,155 @@ class Event:
     message: ConsumerMessage
 
 
-def event(offset: int) -> Event:
-    message = ConsumerMessage("in", 0, offset, 0.0, 0, None, b"k", b"{}", None)
+def event(offset: int, partition: int = 0) -> Event:
+    message = ConsumerMessage("in", partition, offset, 0.0, 0, None, b"k", b"{}", None)
     message.incref()  # the stream's own reference, as Faust's conductor gives it
     return Event(message)
 
 
 class FakeStream:
-    """take_events with Faust's semantics: a batch is acked when the next one is asked for, or on close."""
+    """``events()`` with Faust's semantics: an event is acked when the next one is asked for, or on close."""
 
-    def __init__(self, batches: list[list[Event]], consumer: RecordingConsumer) -> None:
-        self.batches = batches
+    def __init__(self, events: list[Event], consumer: RecordingConsumer, hold: asyncio.Event | None = None) -> None:
+        self.events_list = events
         self.consumer = consumer
+        self.hold = hold
 
-    async def take_events(self, max_: int, within: float) -> AsyncIterator[list[Event]]:
-        for batch in self.batches:
+    async def events(self) -> AsyncIterator[Event]:
+        for e in self.events_list:
             try:
-                yield batch
+                yield e
             finally:
-                for e in batch:
-                    await self.ack(e)
+                await self.ack(e)
+        if self.hold is not None:
+            await self.hold.wait()  # a live stream: more may come
 
     async def ack(self, e: Event) -> bool:
         return e.message.ack(self.consumer)
 
 
-class ScriptedProcessor:
-    """Records the order of prepare/complete calls; ``gate`` holds complete() of a chosen batch."""
+class ScriptedRunner:
+    """``submit`` returns a future per offset; the test answers them in whatever order it likes."""
 
-    def __init__(self, consumer: RecordingConsumer) -> None:
-        self.consumer = consumer
-        self.log: list[str] = []
-        self.gate: dict[int, asyncio.Event] = {}
+    def __init__(self) -> None:
+        self.futures: dict[tuple[int, int], asyncio.Future[Any]] = {}
+        self.submitted = asyncio.Event()
 
-    async def prepare(self, raws: list[Any]) -> Any:
-        first = raws[0].offset
-        self.log.append(f"prepare {first}")
-        return first
+    async def submit(self, raw: Any, consumed_ms: float | None = None) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.futures[(raw.partition, raw.offset)] = fut
+        self.submitted.set()
+        return fut
 
-    async def complete(self, first: int) -> BatchOutcome:
-        self.log.append(f"complete {first} start (committable {sorted(self.consumer.committable)})")
-        if first in self.gate:
-            await self.gate[first].wait()
-        await asyncio.sleep(0.01)
-        self.log.append(f"complete {first} end")
-        return BatchOutcome()
+    def answer(self, partition: int, offset: int) -> None:
+        self.futures[(partition, offset)].set_result(Answered(None, None))  # type: ignore[arg-type]
 
 
-def runtime(processor: Any) -> WorkerRuntime:
-    return WorkerRuntime(load_settings(), processor)
+def make_runtime(runner: Any) -> tuple[WorkerRuntime, list[BaseException]]:
+    fatal: list[BaseException] = []
+    rt = WorkerRuntime(load_settings(), runner, HealthState(model_loaded=True))
+    rt.on_fatal = fatal.append
+    rt.started.set()
+    return rt, fatal
 
 
-async def test_offsets_become_committable_only_after_their_batch_completes() -> None:
-    consumer = RecordingConsumer()
-    batches = [[event(0), event(1)], [event(2), event(3)], [event(4)]]
-    processor = ScriptedProcessor(consumer)
-    await _consume(FakeStream(batches, consumer), runtime(processor), 2, 0.1, overlap=True)
-
-    assert sorted(consumer.committable) == [0, 1, 2, 3, 4]
-    log = processor.log
-    # batch 2 is prepared while batch 0 completes (overlap), and completions stay in order
-    assert log.index("prepare 2") < log.index("complete 0 end")
-    assert [entry for entry in log if entry.endswith(" end")] == ["complete 0 end", "complete 2 end",
-                                                                   "complete 4 end"]
-    # when batch 2 starts completing, only batch 0 is committable: Faust's own ack did not release batch 2
-    assert "complete 2 start (committable [0, 1])" in log
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
 
 
-async def test_without_overlap_each_batch_completes_before_the_next_is_prepared() -> None:
-    consumer = RecordingConsumer()
-    processor = ScriptedProcessor(consumer)
-    await _consume(FakeStream([[event(0)], [event(1)]], consumer), runtime(processor), 1, 0.1, overlap=False)
-    assert processor.log.index("complete 0 end") < processor.log.index("prepare 1")
-    assert sorted(consumer.committable) == [0, 1]
+async def start(events: list[Event]) -> tuple[RecordingConsumer, ScriptedRunner, WorkerRuntime, list[BaseException],
+                                             asyncio.Task[None]]:
+    consumer, runner = RecordingConsumer(), ScriptedRunner()
+    rt, fatal = make_runtime(runner)
+    task = asyncio.ensure_future(consume(FakeStream(events, consumer, hold=asyncio.Event()), rt))
+    while len(runner.futures) < len(events):
+        await asyncio.sleep(0.001)
+    return consumer, runner, rt, fatal, task
 
 
-async def test_a_cancelled_worker_commits_nothing_of_its_unfinished_batches() -> None:
-    consumer = RecordingConsumer()
-    batches = [[event(0), event(1)], [event(2)], [event(3)]]
-    processor = ScriptedProcessor(consumer)
-    processor.gate[0] = asyncio.Event()  # batch 0 never finishes: a slow forward pass at shutdown
-    task = asyncio.ensure_future(_consume(FakeStream(batches, consumer), runtime(processor), 2, 0.1, True))
-    while "prepare 2" not in processor.log:
-        await asyncio.sleep(0.005)
+async def test_offsets_become_committable_in_order_once_answered_whatever_the_answer_order() -> None:
+    consumer, runner, rt, _, task = await start([event(0), event(1), event(2), event(3)])
+    assert consumer.committable == []  # the stream moved on, but nothing is answered yet
+    runner.answer(0, 2)
+    runner.answer(0, 1)
+    await settle()
+    assert consumer.committable == []  # 0 is still unanswered: it holds the commit of 1 and 2
+    runner.answer(0, 0)
+    await settle()
+    assert consumer.committable == [(0, 0), (0, 1), (0, 2)]
+    assert rt.health.agent_running
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert consumer.committable == []  # neither the in-flight batch nor the prepared one
-    assert all(e.message.acked for batch in batches[:2] for e in batch)  # abandoned, not waited for
+    await asyncio.gather(task, return_exceptions=True)
+    assert consumer.committable == [(0, 0), (0, 1), (0, 2)]  # 3 was abandoned on cancel
+    assert not rt.health.agent_running
 
 
-def test_abandoned_messages_ignore_later_acks() -> None:
+async def test_partitions_are_independent() -> None:
+    consumer, runner, _, _, task = await start([event(0, 0), event(0, 1), event(1, 0), event(1, 1)])
+    runner.answer(1, 0)
+    runner.answer(1, 1)
+    await settle()
+    assert consumer.committable == [(1, 0), (1, 1)]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_abandoned_event_is_never_committed_past_even_with_no_committed_offset() -> None:
+    events = [event(0), event(1), event(2)]
+    consumer, runner, _, _, task = await start(events)
+    runner.answer(0, 0)
+    runner.answer(0, 2)
+    await settle()
+    task.cancel()  # shutdown with 1 unanswered
+    await asyncio.gather(task, return_exceptions=True)
+    runner.answer(0, 1) if not runner.futures[(0, 1)].done() else None  # a late answer changes nothing
+    await settle()
+    assert consumer.committable == [(0, 0)]
+    assert events[1].message.acked  # abandoned: Faust's own ack ignores it and shutdown does not wait for it
+
+
+async def test_a_failed_event_is_fatal_and_blocks_its_partition() -> None:
+    consumer, runner, rt, fatal, task = await start([event(0), event(1)])
+    runner.futures[(0, 0)].set_exception(FatalError("topic authorization failed"))
+    runner.answer(0, 1)
+    await settle()
+    assert consumer.committable == []
+    assert len(fatal) == 1 and "authorization" in str(fatal[0]) and rt.health.fatal
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_restarted_agent_does_not_run_on_but_stops_the_worker() -> None:
+    consumer, runner = RecordingConsumer(), ScriptedRunner()
+    rt, fatal = make_runtime(runner)
+    await consume(FakeStream([], consumer), rt)  # the supervisor's first run ends (the stream closed)
+    assert not fatal
+    await consume(FakeStream([event(0)], consumer), rt)  # a restart: the consumer position is past abandoned work
+    assert len(fatal) == 1 and not runner.futures
+
+
+async def test_an_exception_in_the_loop_stops_the_worker_instead_of_escaping() -> None:
+    class Broken(ScriptedRunner):
+        async def submit(self, raw: Any, consumed_ms: float | None = None) -> asyncio.Future[Any]:
+            raise RuntimeError("bug")
+
     consumer = RecordingConsumer()
-    e = event(7)
-    abandon([e])
-    assert e.message.ack(consumer) is False and consumer.committable == []
+    rt, fatal = make_runtime(Broken())
+    await consume(FakeStream([event(0)], consumer), rt)  # returns: nothing reaches Faust's supervisor
+    assert len(fatal) == 1 and consumer.committable == []
 
 
-def test_broker_url_from_bootstrap_list() -> None:
-    assert faust_broker_url("a:9092, b:9093") == "kafka://a:9092;kafka://b:9093"
+def test_tracker_counts_unanswered_and_abandons_them() -> None:
+    acked: list[int] = []
+    tracker = OffsetTracker(lambda e: acked.append(e.message.offset))
+    entries = [tracker.add(event(i)) for i in range(3)]
+    tracker.done(entries[1])
+    assert acked == [] and tracker.unanswered == 2
+    assert tracker.abandon_all() == 2
+    tracker.done(entries[0])  # answered after it was abandoned: stays failed
+    assert acked == []
+
+
+def test_topic_partition_is_the_queue_key() -> None:
+    assert event(3, 2).message.tp == TP("in", 2)

@@ -20,7 +20,7 @@ def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyP
                "sasl_username": "u", "sasl_password": SecretStr("p@ss")},
         policy={"unsafe_labels": ("porn", "hentai"), "unsafe_threshold": 0.3},
         fetch={"allowed_networks": ("10.0.0.0/8",), "file_root": "/data"},
-        batch={"overlap": False, "max_size": 7},
+        batch={"max_wait_s": 0.05, "max_size": 7},
         web={"enabled": False},
     )
     env = settings_env(settings)

@@ -1,7 +1,8 @@
-"""BatchProcessor with the real open_nsfw model, real image files, in-memory stores and a list sink."""
+"""The pipeline Runner with the real open_nsfw model, real image files, in-memory stores and a list sink."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from vitguard import metrics
 from vitguard.errors import ServiceUnavailableError
 from vitguard.fetch import ImageFetcher
-from vitguard.pipeline import BatchProcessor, ListSink, RawMessage
+from vitguard.pipeline import ListSink, RawMessage, Runner
 from vitguard.schemas.events import ImageEvent
 from vitguard.settings import load_settings
 from vitguard.stores import InMemoryDedupStore, InMemoryEmbeddingIndex, InMemoryWaveCounter
@@ -70,14 +71,14 @@ class DeadRedis:
 def make_processor(
     classifier: Any, image_root: Path, *, index: Any = None, dedup: Any = None, waves: Any = None,
     policy: dict[str, Any] | None = None,
-) -> tuple[BatchProcessor, ListSink, Any]:
+) -> tuple[Runner, ListSink, Any]:
     settings = load_settings(
         fetch={"file_root": str(image_root)}, policy=policy or {},
         milvus={"retry_attempts": 2, "retry_backoff_s": 0.01, "retry_backoff_max_s": 0.02},
     )
     sink = ListSink()
     index = index or InMemoryEmbeddingIndex()
-    processor = BatchProcessor(
+    processor = Runner(
         classifier=classifier, fetcher=ImageFetcher(settings.fetch), index=index,
         dedup=dedup or InMemoryDedupStore(), waves=waves or InMemoryWaveCounter(settings.policy),
         sink=sink, policy=settings.policy, batch=settings.batch, milvus=settings.milvus,
@@ -231,7 +232,7 @@ async def test_milvus_outage_holds_the_batch_until_the_upsert_succeeds(opennsfw:
     outcome = await processor.process(messages([file_ref(image_root, p.name) for p in sample_photos[:2]]))
     await processor.close()
     assert index.failures == 0 and index.upsert_calls == 1
-    assert len(outcome.verdicts) == 2 and sink.publish_calls == 1
+    assert len(outcome.verdicts) == 2 and sink.send_calls == 1
 
 
 async def test_failed_publish_is_retried(opennsfw: Any, image_root: Path, sample_photos: list[Path]) -> None:
@@ -239,7 +240,7 @@ async def test_failed_publish_is_retried(opennsfw: Any, image_root: Path, sample
     sink.fail_next = 1
     outcome = await processor.process(messages([file_ref(image_root, sample_photos[0].name)]))
     await processor.close()
-    assert sink.publish_calls == 2 and sink.verdicts == outcome.verdicts
+    assert sink.send_calls == 2 and sink.verdicts == outcome.verdicts
 
 
 async def test_a_model_failure_dead_letters_only_the_failing_image(opennsfw: Any, image_root: Path,
@@ -285,7 +286,7 @@ async def test_classify_one_image_without_side_effects(opennsfw: Any, image_root
     await processor.close()
     assert verdict.label == "safe" and verdict.scores == by_ref.scores and by_ref.content_id == "mine"
     assert bad.value.reason in {"not_an_image", "unsupported_image"}
-    assert sink.publish_calls == 0 and index.upsert_calls == 0
+    assert sink.send_calls == 0 and index.upsert_calls == 0
 
 
 async def test_overlapping_batches_still_answer_a_redelivered_event_once(opennsfw: Any, image_root: Path,
@@ -293,13 +294,11 @@ async def test_overlapping_batches_still_answer_a_redelivered_event_once(opennsf
     processor, sink, _ = make_processor(opennsfw, image_root)
     first = messages([file_ref(image_root, p.name) for p in sample_photos[:2]])
     second = messages([file_ref(image_root, sample_photos[2].name)], start=2) + first[:1]
-    # the worker prepares batch k+1 while batch k is still completing: the guard has not seen k yet
-    prepared_first = await processor.prepare(first)
-    prepared_second = await processor.prepare(second)
-    await processor.complete(prepared_first)
-    outcome = await processor.complete(prepared_second)
+    # batch k+1 is taken while batch k is still in flight: the Redis guard has not seen k yet
+    one, two = await asyncio.gather(processor.process(first), processor.process(second))
     await processor.close()
-    assert [v.content_id for v in outcome.verdicts] == ["c2"] and [r.offset for r in outcome.skipped] == [0]
+    assert [v.content_id for v in one.verdicts] == ["c0", "c1"]
+    assert [v.content_id for v in two.verdicts] == ["c2"] and [r.offset for r in two.skipped] == [0]
     assert sorted(v.event_id for v in sink.verdicts) == ["e0", "e1", "e2"]
 
 

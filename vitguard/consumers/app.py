@@ -1,163 +1,167 @@
-"""The Faust app: one agent that moderates the image-events topic in micro-batches, plus web views.
+"""The Faust app: a thin agent that feeds the pipeline's runner, the runner owned by the app, and web views.
 
-The agent is thin on purpose. It takes batches with ``stream.take_events(max_size, within=max_wait_s)``
-(events, not values, because dead letters need each message's partition and offset) and hands them to
-:meth:`BatchProcessor.prepare` / :meth:`BatchProcessor.complete`. A message's offset becomes committable
-only after ``complete`` returned, i.e. after the batch's outputs were acknowledged by the broker and the
-Milvus upsert succeeded; Faust commits committable offsets after a producer flush. So offsets are never
-committed past an event whose results are not durable (at-least-once).
+Who owns what:
 
-Faust acks a batch's events when the agent asks for the next batch, and also when the agent body raises
-or is cancelled (the ``take`` generator's ``finally``). The agent therefore holds one extra reference on
-every message it takes (``Message.incref``) and releases it only after the batch's outputs are
-acknowledged: Faust's own ack then no longer makes an unfinished message committable, and the next batch
-can be fetched and decoded while this one is in inference. On cancellation (shutdown) unfinished messages
-are marked abandoned (:func:`abandon`): never committed, redelivered to the next worker.
+* The **runner** (:class:`~vitguard.pipeline.runner.Runner`: thread pools, HTTP session, store clients) is
+  owned by a ``mode.Service`` that the app starts and stops (:class:`RunnerService`), not by the agent body:
+  the agent can be (re)started at any time and always finds working resources.
+* The **agent** iterates events one by one, ``incref``-s each message (so Faust's automatic ack never
+  makes it committable), submits it to the runner, and gives every answered event to the
+  :class:`~vitguard.consumers.offsets.OffsetTracker`, which acks per partition in offset order. Nothing that
+  was not answered is ever acked, so nothing abandoned is ever committed, with or without a committed
+  offset for the group.
+* **Failures**: an exception that escapes the agent loop, a runner loop crash or a
+  :class:`~vitguard.errors.FatalError` (authorization, a store that cannot fit the model) calls
+  :meth:`WorkerRuntime.fatal`: the unanswered events are abandoned, ``/livez`` and ``/readyz`` fail and the
+  worker exits non-zero within the shutdown timeout, for the orchestrator to restart it. A restarted worker
+  rejoins the group and gets the uncommitted events again.
+* **Backpressure**: at most ``VITGUARD_WORKER_MAX_IN_FLIGHT`` events are unanswered; while Milvus holds a
+  batch the consumer's partitions are paused, and resumed when it recovers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vitguard.pipeline.processor import BatchProcessor, PreparedBatch, build_processor
-from vitguard.pipeline.sinks import OutputTopics
+from vitguard.consumers.offsets import OffsetTracker
+from vitguard.errors import FatalError
+from vitguard.health import HealthState
+from vitguard.pipeline.results import ItemResult
+from vitguard.pipeline.runner import Runner, build_runner
 from vitguard.pipeline.types import RawMessage
 from vitguard.settings import Settings
 
-__all__ = ["WorkerRuntime", "abandon", "create_app", "faust_broker_url"]
+__all__ = ["WorkerRuntime", "consume", "create_app", "raw_message"]
 
 _log = logging.getLogger(__name__)
 
-_BROKER_CHECK_CACHE_S = 5.0
-
-
-def faust_broker_url(bootstrap_servers: str) -> str:
-    """Faust's broker URL (``kafka://h1:9092;h2:9092``) from a comma-separated bootstrap list."""
-    hosts = [h.strip() for h in bootstrap_servers.split(",") if h.strip()]
-    return ";".join(f"kafka://{h}" for h in hosts)
-
-
-def _broker_credentials(settings: Settings) -> Any:
-    """Faust broker credentials: the one Kafka connection config (:mod:`vitguard.kafka.config`)."""
-    from vitguard.kafka.config import faust_credentials
-
-    return faust_credentials(settings.kafka)
-
-
-def abandon(events: Sequence[Any]) -> None:
-    """Keep these events' offsets out of every commit: their batch was not finished.
-
-    A message flagged ``acked`` is ignored by any later ack (so its offset is never marked committable)
-    and is dropped from the consumer's unacked set (so shutdown does not wait for it). This relies on
-    ``faust.types.tuples.Message.acked``, which faust-streaming has had since its first release.
-    """
-    for event in events:
-        event.message.acked = True
+_CHECK_CACHE_S = 5.0
+_PROBE_TIMEOUT_S = 3.0
 
 
 @dataclass
 class WorkerRuntime:
-    """What the web views and the agent share: the processor, and a little state for /readyz."""
+    """What the agent, the runner's service and the web views share."""
 
     settings: Settings
-    processor: BatchProcessor
-    in_flight: int = 0
-    agent_started: bool = False
-    _broker_ok: bool = False
-    _broker_checked_at: float = field(default=-1e9)
+    runner: Runner
+    health: HealthState
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    tracker: OffsetTracker | None = None
+    on_fatal: Callable[[BaseException], None] | None = None
+    """Set by the worker process: stop with a non-zero exit code. Without one, the error is only logged."""
+    agent_runs: int = 0
+    _checks: dict[str, tuple[float, bool]] = field(default_factory=dict)
+
+    @property
+    def processor(self) -> Runner:  # the name the web views and tests used before the runner existed
+        return self.runner
+
+    def fatal(self, exc: BaseException) -> None:
+        """The worker cannot go on: abandon what is unanswered, fail health, exit non-zero."""
+        first = self.health.fatal is None
+        if first:
+            self.health.fatal = f"{type(exc).__name__}: {exc}"[:500]
+        if self.tracker is not None:
+            abandoned = self.tracker.abandon_all()
+            if abandoned:
+                _log.warning("%d unanswered event(s) abandoned uncommitted; they will be redelivered", abandoned)
+        if first:
+            _log.critical("worker stopping after a fatal error: %s", self.health.fatal)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
 
     async def broker_reachable(self) -> bool:
         """A metadata request to the brokers, cached for a few seconds (readiness probes are frequent)."""
+        return await self._cached("broker", lambda: _metadata_ok(self.settings))
+
+    async def milvus_reachable(self) -> bool:
+        ping = getattr(self.runner.index, "ping", None)
+        if ping is None:
+            return True
+        return await self._cached("milvus", lambda: bool(ping()))
+
+    async def _cached(self, name: str, check: Callable[[], bool]) -> bool:
         now = time.monotonic()
-        if now - self._broker_checked_at > _BROKER_CHECK_CACHE_S:
-            self._broker_ok = await asyncio.to_thread(_metadata_ok, self.settings)
-            self._broker_checked_at = now
-        return self._broker_ok
+        checked_at, ok = self._checks.get(name, (-1e9, False))
+        if now - checked_at > _CHECK_CACHE_S:
+            try:
+                async with asyncio.timeout(_PROBE_TIMEOUT_S + 1):
+                    ok = await asyncio.to_thread(check)
+            except Exception:
+                ok = False
+            self._checks[name] = (now, ok)
+        return ok
 
 
-def _raw(event: Any) -> RawMessage:
+def raw_message(event: Any) -> RawMessage:
+    """The pipeline's view of a Faust event's message (with the broker timestamp, in ms)."""
     m = event.message
-    return RawMessage(value=m.value, key=m.key, topic=m.topic, partition=m.partition, offset=m.offset)
-
-
-async def _consume(stream: Any, runtime: WorkerRuntime, max_size: int, max_wait_s: float, overlap: bool) -> None:
-    """The agent loop: take a batch, hold its offsets, prepare it, complete it, then release its offsets.
-
-    Each message is ``incref``-ed when taken, so the ack that ``take_events`` gives it when the loop asks
-    for the next batch does not make it committable; the explicit ack after :meth:`complete` (outputs
-    acknowledged) does. That lets batch k+1 be fetched and decoded while batch k is still in inference
-    (``overlap``) without committing batch k early. Completions stay in batch order.
-    """
-    processor = runtime.processor
-    pending: asyncio.Task[None] | None = None
-    taken: list[Any] = []
-
-    async def finish(prepared: PreparedBatch, events: list[Any]) -> None:
-        try:
-            await processor.complete(prepared)
-        except BaseException:
-            abandon(events)
-            raise
-        for event in events:
-            await stream.ack(event)
-        runtime.in_flight -= len(events)
-
-    try:
-        async for events in stream.take_events(max_size, within=max_wait_s):
-            taken = list(events)
-            for event in taken:
-                event.message.incref()
-            runtime.in_flight += len(taken)
-            prepared = await processor.prepare([_raw(e) for e in taken])
-            if pending is not None:
-                await pending  # batch k is done and released before batch k+1 completes
-            pending = asyncio.ensure_future(finish(prepared, taken))
-            taken = []
-            if not overlap:
-                await pending
-    except BaseException:
-        # cancelled (shutdown) or a bug: unfinished batches must not be committed; they are redelivered
-        abandon(taken)
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        if taken or pending is not None:
-            _log.warning("in-flight batches abandoned uncommitted; they will be redelivered")
-        raise
-    if pending is not None:
-        await pending
+    ts = getattr(m, "timestamp", None)
+    return RawMessage(value=m.value, key=m.key, topic=m.topic, partition=m.partition, offset=m.offset,
+                      timestamp_ms=int(ts * 1000) if isinstance(ts, int | float) and ts > 0 else None)
 
 
 def _metadata_ok(settings: Settings) -> bool:
     from confluent_kafka.admin import AdminClient
 
+    from vitguard.kafka.config import librdkafka_config
+
     try:
-        AdminClient(settings.kafka.confluent_config()).list_topics(timeout=min(3.0, settings.kafka.request_timeout_s))
+        AdminClient(librdkafka_config(settings.kafka)).list_topics(
+            timeout=min(_PROBE_TIMEOUT_S, settings.kafka.request_timeout_s))
     except Exception:
         return False
     return True
 
 
+def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[str, int]] | None) -> Any:
+    from mode import Service
+
+    class RunnerService(Service):  # type: ignore[misc]
+        """Starts the runner with the app (and reads the output topics' size limits); closes it on stop."""
+
+        async def on_start(self) -> None:
+            if read_limits is not None:
+                try:
+                    limits = await asyncio.to_thread(read_limits)
+                except Exception as exc:  # the limits default to Kafka's; say so once
+                    _log.warning("could not read the output topics' size limits (%s); assuming 1 MiB", exc)
+                else:
+                    runtime.runner.emitter.limits.update(limits)
+            await runtime.runner.start()
+            runtime.started.set()
+
+        async def on_stop(self) -> None:
+            runtime.started.clear()
+            if runtime.tracker is not None:
+                runtime.tracker.abandon_all()
+            await runtime.runner.close()
+
+    return RunnerService()
+
+
 def create_app(
     settings: Settings,
     *,
-    processor: BatchProcessor | None = None,
-    **processor_overrides: Any,
+    runner: Runner | None = None,
+    read_limits: bool = True,
+    **runner_overrides: Any,
 ) -> Any:
-    """Build the Faust app (not started): the moderation agent and the web views.
+    """Build the Faust app (not started): the moderation agent, the runner's service and the web views.
 
     Args:
         settings: everything; topics, batching, web server and the consumer group come from here.
-        processor: a ready processor whose sink must be this app's; normally None, and one is built with
-            :func:`~vitguard.pipeline.processor.build_processor` publishing through the app's producer.
-        processor_overrides: passed to ``build_processor`` (``classifier=``, ``index=``, ``dedup=`` ...).
+        runner: a ready runner whose sink must be this app's; normally None, and one is built with
+            :func:`~vitguard.pipeline.runner.build_runner` publishing through the app's producer.
+        read_limits: read the output topics' ``max.message.bytes`` from the broker when the app starts.
+        runner_overrides: passed to ``build_runner`` (``classifier=``, ``index=``, ``dedup=`` ...).
 
     Returns:
         ``faust.App``, with ``app.vitguard`` holding the :class:`WorkerRuntime`.
@@ -169,6 +173,7 @@ def create_app(
     from vitguard.kafka.config import faust_broker_kwargs
 
     kafka = settings.kafka
+    producer_max_request = 1_000_000
     app = faust.App(
         kafka.consumer_group,
         # broker, broker_consumer (our fetch wait, vitguard.kafka.faust_consumer), client id, credentials
@@ -179,11 +184,13 @@ def create_app(
         broker_heartbeat_interval=min(3.0, kafka.session_timeout_s / 3),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_max_request_size=producer_max_request,
         value_serializer="raw",
         key_serializer="raw",
         topic_allow_declare=False,
         topic_disable_leader=True,
         store="memory://",
+        stream_wait_empty=False,  # shutdown never waits for unanswered events: they stay uncommitted
         web_enabled=settings.web.enabled,
         web_bind=settings.web.host,
         web_port=settings.web.port,
@@ -191,21 +198,109 @@ def create_app(
         web_application_options={"client_max_size": settings.fetch.max_bytes + 64 * 1024},
     )
     topics = settings.topics
-    sink = FaustSink(app, OutputTopics(topics.verdicts, topics.alerts, topics.dead_letters))
-    runtime = WorkerRuntime(settings, processor or build_processor(settings, sink, **processor_overrides))
+    health = HealthState()
+    runtime_box: list[WorkerRuntime] = []
+
+    def on_hold(holding: bool) -> None:
+        _pause(app, holding)
+
+    def on_fatal(exc: BaseException) -> None:
+        if runtime_box:
+            runtime_box[0].fatal(exc)
+
+    if runner is None:
+        runner = build_runner(
+            settings, FaustSink(app), health=health, on_hold=on_hold, on_fatal=on_fatal, **runner_overrides)
+    else:
+        runner.on_fatal = runner.on_fatal or on_fatal
+        runner.milvus.on_hold = runner.milvus.on_hold or on_hold
+    runtime = WorkerRuntime(settings, runner, runner.health)
+    runtime_box.append(runtime)
     app.vitguard = runtime  # type: ignore[attr-defined]
+
+    limits_reader: Callable[[], dict[str, int]] | None = None
+    if read_limits:
+        from vitguard.kafka.limits import read_output_limits
+
+        def limits_reader() -> dict[str, int]:
+            return read_output_limits(kafka, [topics.verdicts, topics.alerts, topics.dead_letters],
+                                      producer_max_request, kafka.request_timeout_s)
+
+    app.add_dependency(_make_runner_service(runtime, limits_reader))
     images = app.topic(topics.images, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    batch = settings.batch
 
     @app.agent(images, name="vitguard.moderate")
     async def moderate(stream: Any) -> None:
-        await runtime.processor.start()
-        runtime.agent_started = True
-        try:
-            await _consume(stream, runtime, batch.max_size, batch.max_wait_s, batch.overlap)
-        finally:
-            runtime.agent_started = False
-            await runtime.processor.close()
+        await consume(stream, runtime)
 
     register_views(app, runtime)
     return app
+
+
+def _pause(app: Any, holding: bool) -> None:
+    """Pause (or resume) every assigned partition: no fetching while Milvus holds the batch path."""
+    consumer = getattr(app, "consumer", None)
+    if consumer is None:
+        return
+    try:
+        assigned = consumer.assignment()
+        if holding:
+            consumer.pause_partitions(assigned)
+            _log.warning("consumption paused on %d partition(s) while Milvus is failing", len(assigned))
+        else:
+            consumer.resume_partitions(assigned)
+            _log.warning("consumption resumed")
+    except Exception:  # pausing is an optimisation: the in-flight bound already holds the stream
+        _log.warning("could not %s the partitions", "pause" if holding else "resume", exc_info=True)
+
+
+async def consume(stream: Any, runtime: WorkerRuntime) -> None:
+    """The agent loop: take one event, hold its offset, submit it; ack it in order once answered.
+
+    Never lets an exception reach Faust's supervisor (which would call this function again on a consumer
+    whose position is already past the abandoned events): anything unexpected is :meth:`WorkerRuntime.fatal`.
+    """
+    if runtime.health.fatal is not None:
+        return  # a supervisor restart after a fatal error: the worker is already stopping
+    await runtime.started.wait()
+    runtime.agent_runs += 1
+    if runtime.agent_runs > 1:
+        runtime.health.agent_restarts += 1
+        runtime.fatal(FatalError("the agent was restarted after it stopped; its consumer position is unknown"))
+        return
+    tracker = OffsetTracker(lambda event: asyncio.ensure_future(stream.ack(event)))
+    runtime.tracker = tracker
+    runtime.health.agent_running = True
+    runner = runtime.runner
+
+    def settle(entry: Any, fut: asyncio.Future[ItemResult]) -> None:
+        if fut.cancelled():
+            tracker.fail(entry)
+            return
+        exc = fut.exception()
+        if exc is not None:
+            tracker.fail(entry)
+            runtime.fatal(exc)
+            return
+        tracker.done(entry)
+
+    try:
+        async for event in stream.events():
+            event.message.incref()
+            entry = tracker.add(event)
+            try:
+                fut = await runner.submit(raw_message(event), time.time() * 1000)
+            except BaseException:
+                tracker.fail(entry)
+                raise
+            fut.add_done_callback(functools.partial(settle, entry))
+    except asyncio.CancelledError:
+        abandoned = tracker.abandon_all()
+        if abandoned:
+            _log.warning("%d in-flight event(s) abandoned uncommitted; they will be redelivered", abandoned)
+        raise
+    except BaseException as exc:
+        _log.exception("the moderation agent failed")
+        runtime.fatal(exc)
+    finally:
+        runtime.health.agent_running = False

@@ -1,4 +1,4 @@
-"""Publishing a batch's outputs through the Faust app's own producer, waiting for the broker's acks."""
+"""Publishing outputs through the Faust app's own producer, with one delivery result per message."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from vitguard.pipeline.sinks import OutputTopics, encode_outputs
-from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict
+from vitguard.pipeline.types import OutMessage
 
 __all__ = ["FaustSink"]
 
@@ -15,26 +14,45 @@ __all__ = ["FaustSink"]
 class FaustSink:
     """A :class:`~vitguard.pipeline.types.Sink` over Faust topics (raw bytes keys and values).
 
-    ``topic.send`` only buffers a message; the future it returns resolves when the broker acknowledged
-    it. ``publish`` awaits every future, so the agent never asks for the next batch (which acks, and
-    later commits, this one) before its outputs are durable.
+    ``topic.send`` buffers a message and returns a future that resolves when the broker acknowledged it (or
+    fails with the broker's error); a message the producer refuses outright (e.g. larger than its max
+    request size) raises from ``send`` itself. Both end up as that message's entry in the result.
     """
 
-    def __init__(self, app: Any, topics: OutputTopics) -> None:
-        self.topics = topics
-        self._faust_topics = {
-            name: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-            for name in {topics.verdicts, topics.alerts, topics.dead_letters}
-        }
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._topics: dict[str, Any] = {}
 
-    async def publish(
-        self,
-        verdicts: Sequence[Verdict],
-        alerts: Sequence[NearDuplicateAlert],
-        dead_letters: Sequence[DeadLetter],
-    ) -> None:
-        futures = []
-        for topic, key, value in encode_outputs(self.topics, verdicts, alerts, dead_letters):
-            futures.append(await self._faust_topics[topic].send(key=key, value=value))
-        if futures:
-            await asyncio.gather(*futures)
+    def _topic(self, name: str) -> Any:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                    value_serializer="raw")
+            self._topics[name] = topic
+        return topic
+
+    async def send(self, messages: Sequence[OutMessage]) -> list[BaseException | None]:
+        pending: list[Any] = []
+        for m in messages:
+            if not m.topic:
+                pending.append(None)
+                continue
+            try:
+                pending.append(await self._topic(m.topic).send(key=m.key, value=m.value))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                pending.append(exc)
+        results: list[BaseException | None] = []
+        for p in pending:
+            if p is None or isinstance(p, BaseException):
+                results.append(p)
+                continue
+            try:
+                await p
+                results.append(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                results.append(exc)
+        return results

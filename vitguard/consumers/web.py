@@ -1,19 +1,26 @@
-"""Web views on Faust's web server: /healthz, /readyz, /metrics and POST /classify.
+"""Web views on Faust's web server: /healthz, /livez, /readyz, /metrics and POST /classify.
 
-``/healthz`` says the process serves requests (liveness); ``/readyz`` says it can do its job: the model
-is loaded and the brokers answer (readiness); the stores are reported but do not gate readiness, since
-the pipeline tolerates Redis outages and holds batches while Milvus is down. ``POST /classify`` moderates
-one image synchronously with the same model, policy and fetch limits as the stream, without side effects.
+``/healthz`` says the process serves HTTP (a startup probe). ``/livez`` fails when the worker should be
+restarted: a fatal error, the agent dead, or wedged (work waiting and nothing answered for
+``VITGUARD_WORKER_STALL_TIMEOUT_S``). ``/readyz`` is false while the worker cannot moderate: the model is not
+loaded, the agent is not running, the broker or Milvus does not answer, or publishing has been failing for
+``VITGUARD_WORKER_PUBLISH_STUCK_S``; its JSON says why. Redis is reported but never gates readiness (it is an
+optimisation). The rules are pure functions in :mod:`vitguard.health`. ``POST /classify`` moderates one image
+through the same stages and batches as the stream (ahead of stream images, at most half a batch), without
+side effects.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from vitguard import metrics
 from vitguard.errors import InputError
+from vitguard.health import liveness, readiness
 
 __all__ = ["register_views"]
 
@@ -32,21 +39,32 @@ def register_views(app: Any, runtime: Any) -> None:
         async def get(self, request: Any) -> Any:
             return self.json({"status": "ok"})
 
+    @app.page("/livez")
+    class Livez(View):  # type: ignore[misc]
+        async def get(self, request: Any) -> Any:
+            probe = liveness(runtime.health, time.monotonic(), runtime.settings.worker.stall_timeout_s)
+            body = {"live": probe.ok, "reasons": list(probe.reasons), **probe.detail}
+            return self.json(body, status=200 if probe.ok else 503)
+
     @app.page("/readyz")
     class Readyz(View):  # type: ignore[misc]
         async def get(self, request: Any) -> Any:
-            processor = runtime.processor
-            broker = await runtime.broker_reachable()
+            runner = runtime.runner
+            broker, milvus = await asyncio.gather(runtime.broker_reachable(), runtime.milvus_reachable())
+            probe = readiness(
+                runtime.health, time.monotonic(), broker_reachable=broker, milvus_reachable=milvus,
+                publish_stuck_s=runtime.settings.worker.publish_stuck_s,
+            )
             body = {
-                "ready": broker and processor is not None,
-                "model": {"name": processor.info.name, "version": processor.info.version},
-                "broker_reachable": broker,
-                "agent_started": runtime.agent_started,
-                "collection": processor.collection,
-                "in_flight": runtime.in_flight,
-                "batches": processor.batches,
+                "ready": probe.ok,
+                "reasons": list(probe.reasons),
+                "model": {"name": runner.info.name, "version": runner.info.version},
+                "agent_started": runtime.health.agent_running,
+                "collection": runner.collection,
+                "batches": runner.batches,
+                **probe.detail,
             }
-            return self.json(body, status=200 if body["ready"] else 503)
+            return self.json(body, status=200 if probe.ok else 503)
 
     @app.page("/metrics")
     class Metrics(View):  # type: ignore[misc]
@@ -57,7 +75,7 @@ def register_views(app: Any, runtime: Any) -> None:
     @app.page("/classify")
     class Classify(View):  # type: ignore[misc]
         async def post(self, request: Any) -> Any:
-            processor = runtime.processor
+            processor = runtime.runner
             content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             try:
                 body = await request.read()

@@ -1,32 +1,91 @@
-"""Running the Faust app as a worker process: model first, topics, then Faust's worker with signals.
+"""Running the Faust app as a worker process: model first, topics, then Faust's worker, with a bounded stop.
 
-Faust's worker installs SIGTERM/SIGINT handlers that stop the app: the agent is cancelled, the in-flight
-batch is abandoned without being committed (see :func:`vitguard.consumers.app.abandon`) and offsets of
-finished batches are committed on the way out.
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT); 1 after a fatal error (the reason is the last critical log
+line); 143 when a stop did not finish within ``VITGUARD_WORKER_SHUTDOWN_TIMEOUT_S`` and the watchdog ended
+the process. In every case, events that were not answered stay uncommitted and are redelivered.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any, NoReturn
 
 from vitguard.logging import logging_config
 from vitguard.settings import Settings
 
-__all__ = ["run_worker"]
+__all__ = ["EXIT_FATAL", "EXIT_FORCED", "run_worker"]
 
 _log = logging.getLogger(__name__)
 
+EXIT_FATAL = 1
+EXIT_FORCED = 143
+
+
+def _worker_class() -> type:
+    from faust.worker import Worker
+
+    class VitguardWorker(Worker):  # type: ignore[misc]
+        """Faust's worker with a shutdown deadline and a fatal-error exit code."""
+
+        def __init__(self, *args: Any, shutdown_timeout_s: float, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.shutdown_timeout_s = shutdown_timeout_s
+            self.exit_code = 0
+            self._watchdog: threading.Timer | None = None
+
+        def arm_watchdog(self, why: str) -> None:
+            """From now on the process ends within the shutdown timeout, whatever is stuck."""
+            if self._watchdog is not None:
+                return
+            deadline = self.shutdown_timeout_s
+
+            def expire() -> None:
+                _log.critical("shutdown (%s) did not finish within %.0fs; exiting now, in-flight work uncommitted",
+                              why, deadline)
+                logging.shutdown()
+                os._exit(self.exit_code or EXIT_FORCED)
+
+            self._watchdog = threading.Timer(deadline, expire)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
+        def _on_sigterm(self) -> None:
+            self.arm_watchdog("SIGTERM")
+            super()._on_sigterm()
+
+        def _on_sigint(self) -> None:
+            self.arm_watchdog("SIGINT")
+            super()._on_sigint()
+
+        def fatal(self, exc: BaseException) -> None:
+            self.exit_code = EXIT_FATAL
+            self.arm_watchdog("fatal error")
+            self.loop.call_soon_threadsafe(self._schedule_shutdown, signal.SIGTERM)
+
+        def execute_from_commandline(self) -> NoReturn:
+            try:
+                super().execute_from_commandline()
+            except SystemExit:
+                if self.exit_code:
+                    sys.exit(self.exit_code)
+                raise
+            sys.exit(self.exit_code)  # pragma: no cover - the parent always raises SystemExit
+
+    return VitguardWorker
+
 
 def run_worker(settings: Settings, *, create_topics: bool = True) -> None:
-    """Load the model, make sure the topics exist, and run the worker until a signal stops it.
+    """Load the model, make sure the topics exist, and run the worker until a signal or a fatal error.
 
     Raises:
         ModelLoadError: the model cannot be loaded (before anything connects to Kafka).
         ConfigError: the policy does not fit the model's classes.
         ServiceUnavailableError: the brokers do not answer when topics are checked.
     """
-    from faust.worker import Worker
-
     from vitguard.consumers.app import create_app
     from vitguard.consumers.topics import ensure_topics
     from vitguard.logging import configure_logging
@@ -38,15 +97,17 @@ def run_worker(settings: Settings, *, create_topics: bool = True) -> None:
         ensure_topics(settings.kafka, settings.topics)
     app = create_app(settings, classifier=classifier)
     _log.info(
-        "worker starting: group %s, input %s, batches of %d within %.2fs, web %s",
-        settings.kafka.consumer_group, settings.topics.images, settings.batch.max_size, settings.batch.max_wait_s,
-        f"{settings.web.host}:{settings.web.port}" if settings.web.enabled else "off",
+        "worker starting: group %s, input %s, batches up to %d, %d in flight at most, web %s",
+        settings.kafka.consumer_group, settings.topics.images, settings.batch.max_size,
+        settings.worker.max_in_flight, f"{settings.web.host}:{settings.web.port}" if settings.web.enabled else "off",
     )
-    worker = Worker(
+    worker = _worker_class()(
         app,
         loglevel=settings.log.level,
         logging_config=logging_config(settings.log),
         redirect_stdouts=False,
         quiet=True,
+        shutdown_timeout_s=settings.worker.shutdown_timeout_s,
     )
+    app.vitguard.on_fatal = worker.fatal
     worker.execute_from_commandline()

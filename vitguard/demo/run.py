@@ -97,7 +97,7 @@ def _demo_settings(base: Settings, bootstrap: str, redis_url: str, embedded: boo
         policy=policy,
         fetch={**base.fetch.model_dump(exclude_none=True), "file_root": str(samples_root),
                "max_inline_bytes": SAMPLE_MAX_INLINE_BYTES},
-        batch={"max_size": batch_size, "max_wait_s": 0.25, "decode_workers": 2},
+        batch={"max_size": batch_size, "decode_workers": 2},
         web={"host": "127.0.0.1", "port": services.free_port(), "enabled": True},
         log=base.log.model_dump(),
     )

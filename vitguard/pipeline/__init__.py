@@ -1,24 +1,32 @@
-"""The streaming pipeline: pure batch logic (parsing, policy, clustering, alerts) and the batch processor.
+"""The streaming pipeline: stages composed by a runner.
 
-Entry point for anything that moderates a stream (the Faust agent, ``vitguard replay``, tests):
-:class:`BatchProcessor` and its ``process(list[RawMessage]) -> BatchOutcome``.
+Entry point for anything that moderates a stream (the Faust agent, ``vitguard replay``, ``POST /classify``,
+tests): :class:`Runner` — ``submit(raw) -> future`` per event, ``process(list[RawMessage]) -> BatchOutcome``
+for a batch, ``classify(...)`` for one image now. The stages, in order: :mod:`~vitguard.pipeline.ingest`,
+:mod:`~vitguard.pipeline.fetch`, :mod:`~vitguard.pipeline.decode`, :mod:`~vitguard.pipeline.infer`,
+:mod:`~vitguard.pipeline.index`, :mod:`~vitguard.pipeline.alert`, :mod:`~vitguard.pipeline.emit`; each
+dependency's failure policy is in :mod:`~vitguard.pipeline.failure`.
 """
 
 from __future__ import annotations
 
-from vitguard.pipeline.processor import BatchProcessor, PreparedBatch, build_processor
-from vitguard.pipeline.sinks import KafkaSink, ListSink, OutputTopics, encode_outputs
-from vitguard.pipeline.types import BatchOutcome, RawMessage, Sink
+from vitguard.pipeline.results import Answered, DeadLettered, ItemResult, Skipped
+from vitguard.pipeline.runner import Runner, build_runner
+from vitguard.pipeline.sinks import KafkaSink, ListSink
+from vitguard.pipeline.types import BatchOutcome, OutMessage, OutputTopics, RawMessage, Sink
 
 __all__ = [
+    "Answered",
     "BatchOutcome",
-    "BatchProcessor",
+    "DeadLettered",
+    "ItemResult",
     "KafkaSink",
     "ListSink",
+    "OutMessage",
     "OutputTopics",
-    "PreparedBatch",
     "RawMessage",
+    "Runner",
     "Sink",
-    "build_processor",
-    "encode_outputs",
+    "Skipped",
+    "build_runner",
 ]

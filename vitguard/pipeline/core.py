@@ -1,6 +1,6 @@
 """The pure part of moderation: messages in, verdicts, alerts and dead letters out. No I/O here.
 
-:class:`~vitguard.pipeline.processor.BatchProcessor` does the I/O (fetch, stores, model, publishing) and
+:mod:`~vitguard.pipeline.runner` and its stages do the I/O (fetch, stores, model, publishing) and
 calls these functions in between, so every decision the pipeline makes can be unit-tested with plain
 values.
 """

@@ -1,91 +1,85 @@
 """Sinks outside Faust: a confluent-kafka producer sink (replay, tools) and an in-memory one (tests).
 
 The Faust worker uses :class:`vitguard.consumers.sink.FaustSink`, which sends through the app's own
-producer. Both return from ``publish`` only after the broker acknowledged every message.
+producer. Every sink answers each message with its own delivery result (see :class:`~vitguard.pipeline.types.Sink`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from vitguard.errors import ServiceUnavailableError
+from vitguard.pipeline.types import OutMessage, OutputTopics
 from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict
 from vitguard.settings import KafkaSettings
 
-__all__ = ["KafkaSink", "ListSink", "OutputTopics", "encode_outputs"]
-
-
-@dataclass(frozen=True)
-class OutputTopics:
-    """Where a sink writes. Replay passes its own ``verdicts`` topic to keep production verdicts clean."""
-
-    verdicts: str
-    alerts: str
-    dead_letters: str
-
-
-def encode_outputs(
-    topics: OutputTopics,
-    verdicts: Sequence[Verdict],
-    alerts: Sequence[NearDuplicateAlert],
-    dead_letters: Sequence[DeadLetter],
-) -> list[tuple[str, bytes | None, bytes]]:
-    """(topic, key, value) of every output message. Verdicts and alerts are keyed by content id; dead
-    letters keep the original message key, so a re-drive lands on the same partition."""
-    out: list[tuple[str, bytes | None, bytes]] = []
-    out.extend((topics.verdicts, v.content_id.encode(), v.model_dump_json().encode()) for v in verdicts)
-    out.extend((topics.alerts, a.content_id.encode(), a.model_dump_json().encode()) for a in alerts)
-    out.extend(
-        (topics.dead_letters, d.key.encode() if d.key is not None else None, d.model_dump_json().encode())
-        for d in dead_letters
-    )
-    return out
+__all__ = ["KafkaSink", "ListSink"]
 
 
 class ListSink:
-    """Keeps published outputs in lists; ``fail_next`` makes the next publishes raise (retry tests)."""
+    """Keeps acknowledged outputs in lists, decoded by topic.
 
-    def __init__(self) -> None:
+    ``fail_next`` makes the next ``send`` calls fail every message (transient); ``reject`` makes messages for
+    which it returns an exception fail with it (e.g. a size rejection), every time.
+    """
+
+    def __init__(self, topics: OutputTopics | None = None) -> None:
+        self.topics = topics or OutputTopics("verdicts", "alerts", "dead-letters")
         self.verdicts: list[Verdict] = []
         self.alerts: list[NearDuplicateAlert] = []
         self.dead_letters: list[DeadLetter] = []
-        self.publish_calls = 0
+        self.messages: list[OutMessage] = []
+        self.send_calls = 0
         self.fail_next = 0
+        self.reject: Callable[[OutMessage], BaseException | None] | None = None
 
-    async def publish(
-        self,
-        verdicts: Sequence[Verdict],
-        alerts: Sequence[NearDuplicateAlert],
-        dead_letters: Sequence[DeadLetter],
-    ) -> None:
-        self.publish_calls += 1
+    async def send(self, messages: Sequence[OutMessage]) -> list[BaseException | None]:
+        self.send_calls += 1
         if self.fail_next > 0:
             self.fail_next -= 1
-            raise ServiceUnavailableError("ListSink told to fail")
-        self.verdicts.extend(verdicts)
-        self.alerts.extend(alerts)
-        self.dead_letters.extend(dead_letters)
+            return [ServiceUnavailableError("ListSink told to fail") for _ in messages]
+        results: list[BaseException | None] = []
+        for m in messages:
+            error = self.reject(m) if self.reject is not None else None
+            if error is None:
+                self._keep(m)
+            results.append(error)
+        return results
+
+    def _keep(self, m: OutMessage) -> None:
+        if not m.topic:
+            return
+        self.messages.append(m)
+        data = json.loads(m.value)
+        if m.topic == self.topics.dead_letters and "reason" in data:
+            self.dead_letters.append(DeadLetter.model_validate(data))
+        elif m.topic == self.topics.alerts and "matches" in data:
+            self.alerts.append(NearDuplicateAlert.model_validate(data))
+        else:
+            self.verdicts.append(Verdict.model_validate(data))
 
 
 class KafkaSink:
-    """Publishes with a confluent-kafka producer (idempotent, acks=all) and waits for delivery reports.
+    """Publishes with a confluent-kafka producer (idempotent, acks=all) and waits for each delivery report.
 
     Args:
         kafka: brokers and security settings.
-        topics: output topics.
-        timeout_s: longest wait for a batch's delivery reports before ``publish`` raises.
+        topics: output topics (an empty name: that kind is dropped, e.g. a back-test without an alert topic).
+        timeout_s: longest wait for one call's delivery reports; undelivered messages then report a timeout.
     """
 
     def __init__(self, kafka: KafkaSettings, topics: OutputTopics, timeout_s: float = 60.0) -> None:
         from confluent_kafka import Producer
 
+        from vitguard.kafka.config import librdkafka_config
+
         self.topics = topics
         self._timeout_s = timeout_s
         conf: dict[str, Any] = {
-            **kafka.confluent_config(),
+            **librdkafka_config(kafka),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
@@ -93,35 +87,36 @@ class KafkaSink:
         }
         self._producer = Producer(conf)
 
-    async def publish(
-        self,
-        verdicts: Sequence[Verdict],
-        alerts: Sequence[NearDuplicateAlert],
-        dead_letters: Sequence[DeadLetter],
-    ) -> None:
-        messages = encode_outputs(self.topics, verdicts, alerts, dead_letters)
-        if messages:
-            await asyncio.to_thread(self._send_and_wait, messages)
+    async def send(self, messages: Sequence[OutMessage]) -> list[BaseException | None]:
+        if not messages:
+            return []
+        return await asyncio.to_thread(self._send_and_wait, list(messages))
 
-    def _send_and_wait(self, messages: list[tuple[str, bytes | None, bytes]]) -> None:
-        errors: list[str] = []
+    def _send_and_wait(self, messages: list[OutMessage]) -> list[BaseException | None]:
+        from confluent_kafka import KafkaException
 
-        def report(err: Any, msg: Any) -> None:
-            if err is not None:
-                errors.append(f"{msg.topic()}: {err}")
+        results: list[BaseException | None] = [TimeoutError("not acknowledged in time")] * len(messages)
 
-        for topic, key, value in messages:
+        def report_for(i: int) -> Callable[[Any, Any], None]:
+            def report(err: Any, msg: Any) -> None:
+                results[i] = KafkaException(err) if err is not None else None
+            return report
+
+        for i, m in enumerate(messages):
+            if not m.topic:
+                results[i] = None
+                continue
             while True:
                 try:
-                    self._producer.produce(topic, value=value, key=key, on_delivery=report)
+                    self._producer.produce(m.topic, value=m.value, key=m.key, on_delivery=report_for(i))
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     self._producer.poll(0.1)
-        remaining = self._producer.flush(self._timeout_s)
-        if remaining or errors:
-            raise ServiceUnavailableError(
-                f"{remaining} message(s) undelivered after {self._timeout_s:.0f}s; errors: {errors[:3]}"
-            )
+                except KafkaException as exc:  # refused locally (e.g. larger than message.max.bytes)
+                    results[i] = exc
+                    break
+        self._producer.flush(self._timeout_s)
+        return results
 
     def close(self) -> None:
         """Deliver what is queued (bounded by the timeout)."""

@@ -1,4 +1,4 @@
-"""Values that cross the pipeline's edges: raw messages in, a batch outcome out, and the sink seam."""
+"""Values that cross the pipeline's edges: raw messages in, encoded messages out, and the sink seam."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import Protocol
 
 from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict
 
-__all__ = ["BatchOutcome", "RawMessage", "Sink"]
+__all__ = ["BatchOutcome", "OutMessage", "OutputTopics", "RawMessage", "Sink"]
 
 
 @dataclass(frozen=True)
 class RawMessage:
     """One input message exactly as the broker delivered it.
 
-    The processor never needs a Kafka client object: the Faust agent, the replay command and tests all
+    The pipeline never needs a Kafka client object: the Faust agent, the replay command and tests all
     build these from whatever consumer they use.
     """
 
@@ -24,14 +24,46 @@ class RawMessage:
     topic: str
     partition: int
     offset: int
+    timestamp_ms: int | None = None
+    """The broker's timestamp of the record (queue time = consumed - this), when the consumer knows it."""
+
+
+@dataclass(frozen=True)
+class OutputTopics:
+    """Where outputs go. Replay passes its own ``verdicts`` topic to keep production verdicts clean; an
+    empty name means "do not publish this kind" (the sink drops those messages)."""
+
+    verdicts: str
+    alerts: str
+    dead_letters: str
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    """One encoded output: verdicts and alerts keyed by content id, dead letters by the original key."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+class Sink(Protocol):
+    """Where encoded outputs go.
+
+    ``send`` returns one entry per message, in order: None once the broker acknowledged it, or the exception
+    that says why it was not delivered. It never raises for a delivery failure; the emit stage re-sends only
+    the failed messages.
+    """
+
+    async def send(self, messages: Sequence[OutMessage]) -> list[BaseException | None]: ...
 
 
 @dataclass
 class BatchOutcome:
-    """What one batch produced; published (and acknowledged) before :meth:`BatchProcessor.process` returns.
+    """What a group of events produced, once published and acknowledged.
 
-    ``verdicts`` and ``dead_letters`` together answer every message of the batch except ``skipped``
-    (already processed: a redelivery or a second copy of an event id within the batch).
+    ``verdicts`` and ``dead_letters`` together answer every event except ``skipped`` ones (already
+    processed: a redelivery or a second copy of an event id).
     """
 
     verdicts: list[Verdict] = field(default_factory=list)
@@ -41,24 +73,18 @@ class BatchOutcome:
     suppressed_alerts: int = 0
     """Near-duplicates inside a wave whose alert the cooldown suppressed."""
     stage_ms: dict[str, float] = field(default_factory=dict)
-    """Wall time per stage of this batch (fetch_decode, inference, milvus_search, ...)."""
+    """Wall time per stage (inference, milvus_search, milvus_upsert, waves, publish, ...)."""
 
     @property
     def answered(self) -> int:
         """Messages that got a verdict or a dead letter."""
         return len(self.verdicts) + len(self.dead_letters)
 
-
-class Sink(Protocol):
-    """Where a batch's outputs go. ``publish`` returns only once the broker acknowledged every message.
-
-    Verdicts are keyed by content id, alerts by content id, dead letters by the original message key.
-    An exception means "not (all) delivered": the processor publishes the batch again (at-least-once).
-    """
-
-    async def publish(
-        self,
-        verdicts: Sequence[Verdict],
-        alerts: Sequence[NearDuplicateAlert],
-        dead_letters: Sequence[DeadLetter],
-    ) -> None: ...
+    def merge(self, other: BatchOutcome) -> None:
+        self.verdicts.extend(other.verdicts)
+        self.alerts.extend(other.alerts)
+        self.dead_letters.extend(other.dead_letters)
+        self.skipped.extend(other.skipped)
+        self.suppressed_alerts += other.suppressed_alerts
+        for k, v in other.stage_ms.items():
+            self.stage_ms[k] = self.stage_ms.get(k, 0.0) + v

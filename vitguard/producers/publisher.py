@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +25,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from vitguard.errors import InputError, VitguardError
 from vitguard.kafka.config import librdkafka_config
+from vitguard.kafka.errors import kafka_error
+from vitguard.kafka.produce import DeliveryResult, delivery_result
 from vitguard.schemas.events import ImageEvent, parse_image_event, validate_image_event
 from vitguard.settings import KafkaSettings
 
@@ -58,24 +59,6 @@ class PublishError(VitguardError):
     def __init__(self, message: str, failures: Sequence[DeliveryResult] = ()) -> None:
         super().__init__(message)
         self.failures = list(failures)
-
-
-@dataclass(frozen=True)
-class DeliveryResult:
-    """What the broker said about one message."""
-
-    key: str | None
-    topic: str
-    partition: int | None
-    offset: int | None
-    error: str | None
-    """None when delivered; otherwise the Kafka error name (e.g. ``MSG_SIZE_TOO_LARGE``)."""
-    error_message: str | None = None
-    event_id: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def validate_event(event: ImageEvent | Mapping[str, Any] | str | bytes) -> ImageEvent:
@@ -208,18 +191,7 @@ class UploadEventPublisher:
             except KafkaException as exc:
                 # Refused before it left (e.g. larger than message.max.bytes): reported like a failed
                 # delivery, so a batch run counts it instead of stopping.
-                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                self._record(
-                    DeliveryResult(
-                        key=key.decode("utf-8", "replace") if key is not None else None,
-                        topic=self.topic,
-                        partition=None,
-                        offset=None,
-                        error=err.name() if err is not None else "KafkaException",
-                        error_message=err.str() if err is not None else str(exc),
-                        event_id=event_id,
-                    )
-                )
+                self._record(delivery_result(kafka_error(exc), None, topic=self.topic, key=key, event_id=event_id))
                 return
             except BufferError:
                 # librdkafka's own queue is full: serve delivery reports until it drains.
@@ -294,16 +266,7 @@ class UploadEventPublisher:
     def _make_callback(self, event_id: str | None) -> Callable[[KafkaError | None, Message], None]:
         def callback(err: KafkaError | None, msg: Message) -> None:
             self._in_flight -= 1
-            key = msg.key()
-            result = DeliveryResult(
-                key=key.decode("utf-8", "replace") if isinstance(key, bytes) else None,
-                topic=msg.topic() or self.topic,
-                partition=msg.partition() if err is None else None,
-                offset=msg.offset() if err is None else None,
-                error=err.name() if err is not None else None,
-                error_message=err.str() if err is not None else None,
-                event_id=event_id,
-            )
+            result = delivery_result(err, msg, topic=self.topic, event_id=event_id)
             self._record(result)
 
         return callback

@@ -444,6 +444,8 @@ class RedriveHandler:
             return "invalid_dead_letter"
         if self.reasons and letter.reason not in self.reasons:
             return f"filtered:{letter.reason}"
+        if letter.payload_truncated:  # the original is not in the letter; its source offset says where it is
+            return "truncated_payload"
         key = letter.key if letter.key is not None else letter.content_id
         self.publisher.send_raw(
             letter.original_bytes(),

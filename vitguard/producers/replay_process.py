@@ -1,7 +1,7 @@
 """Back-testing: moderate replayed events in-process with another model, away from production outputs.
 
 :class:`ProcessHandler` feeds replayed records to the pipeline's
-:class:`~vitguard.pipeline.BatchProcessor` in batches. What keeps production untouched:
+:class:`~vitguard.pipeline.Runner` in batches. What keeps production untouched:
 
 * verdicts go to the replay's ``verdict_topic`` (which must differ from the production one); alerts and
   dead letters go to their own topics only when named, otherwise they are counted and dropped;
@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 from vitguard.errors import ConfigError, InputError
 from vitguard.producers.replay import SourceRecord
-from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict, parse_image_event
+from vitguard.schemas.events import parse_image_event
 from vitguard.settings import Settings
 
 if TYPE_CHECKING:
-    from vitguard.pipeline import BatchProcessor, KafkaSink
+    from vitguard.pipeline import KafkaSink, OutMessage, Runner
 
 __all__ = [
     "BacktestSink",
@@ -46,28 +46,20 @@ def backtest_settings(settings: Settings, *, replay_id: str, model_spec: str) ->
 
 
 class BacktestSink:
-    """The pipeline's Kafka sink restricted to the replay's topics: kinds without a topic are dropped
-    (and counted) instead of reaching production."""
+    """The pipeline's Kafka sink restricted to the replay's topics: kinds without a topic (an empty topic
+    name in the runner's :class:`~vitguard.pipeline.OutputTopics`) are dropped and counted instead of
+    reaching production."""
 
-    def __init__(self, inner: KafkaSink, *, alerts: bool, dead_letters: bool) -> None:
+    def __init__(self, inner: KafkaSink) -> None:
         self.inner = inner
-        self.publish_alerts = alerts
-        self.publish_dead_letters = dead_letters
         self.dropped: Counter[str] = Counter()
 
-    async def publish(
-        self,
-        verdicts: Sequence[Verdict],
-        alerts: Sequence[NearDuplicateAlert],
-        dead_letters: Sequence[DeadLetter],
-    ) -> None:
-        if not self.publish_alerts:
-            self.dropped["alerts_not_published"] += len(alerts)
-            alerts = ()
-        if not self.publish_dead_letters:
-            self.dropped["dead_letters_not_published"] += len(dead_letters)
-            dead_letters = ()
-        await self.inner.publish(verdicts, alerts, dead_letters)
+    async def send(self, messages: Sequence[OutMessage]) -> list[BaseException | None]:
+        for m in messages:
+            if not m.topic:
+                kind = "dead_letters" if b'"reason"' in m.value and b'"payload"' in m.value else "alerts"
+                self.dropped[f"{kind}_not_published"] += 1
+        return await self.inner.send(messages)
 
 
 def check_backtest_topics(
@@ -93,34 +85,30 @@ def build_backtest_processor(
     verdict_topic: str,
     alert_topic: str | None = None,
     dead_letter_topic: str | None = None,
-) -> tuple[BatchProcessor, BacktestSink]:
+) -> tuple[Runner, BacktestSink]:
     """A batch processor with the replay's model, Redis prefix and output topics.
 
     Raises:
         ConfigError: an output topic is a production topic.
         ModelLoadError: the model spec cannot be loaded.
     """
-    from vitguard.pipeline import KafkaSink, OutputTopics, build_processor
+    from vitguard.pipeline import KafkaSink, OutputTopics, build_runner
 
     check_backtest_topics(settings, verdict_topic, alert_topic, dead_letter_topic)
     scoped = backtest_settings(settings, replay_id=replay_id, model_spec=model_spec)
-    inner = KafkaSink(
-        scoped.kafka,
-        OutputTopics(verdicts=verdict_topic, alerts=alert_topic or verdict_topic,
-                     dead_letters=dead_letter_topic or verdict_topic),
-    )
-    sink = BacktestSink(inner, alerts=alert_topic is not None, dead_letters=dead_letter_topic is not None)
-    return build_processor(scoped, sink), sink
+    topics = OutputTopics(verdicts=verdict_topic, alerts=alert_topic or "", dead_letters=dead_letter_topic or "")
+    sink = BacktestSink(KafkaSink(scoped.kafka, topics))
+    return build_runner(scoped, sink, topics=topics), sink
 
 
 class ProcessHandler:
     """A :class:`~vitguard.producers.replay.RecordHandler` that moderates records in batches.
 
-    ``flush`` processes the partial batch; :meth:`BatchProcessor.process` returns only after the batch's
+    ``flush`` processes the partial batch; :meth:`Runner.process` returns only after the batch's
     outputs are acknowledged, which is what a replay checkpoint needs.
     """
 
-    def __init__(self, processor: BatchProcessor, replay_id: str, batch_size: int = 16) -> None:
+    def __init__(self, processor: Runner, replay_id: str, batch_size: int = 16) -> None:
         from vitguard.pipeline import RawMessage
 
         self._raw_message = RawMessage

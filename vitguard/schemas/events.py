@@ -8,6 +8,7 @@ major version of ``SCHEMA_VERSION``; adding an optional field bumps the minor on
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -31,7 +32,9 @@ __all__ = [
     "validate_image_event",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+"""1.1: dead letters carry ``payload_size``, ``payload_sha256`` and ``payload_truncated``; timings carry
+``queue_ms`` and ``wait_ms``. Readers of 1.0 that ignore unknown fields keep working."""
 
 MAX_ID_LEN = 128
 MAX_URL_LEN = 4096
@@ -135,6 +138,8 @@ class Timings(BaseModel):
     fetch_ms: float = Field(0.0, ge=0, description="Getting the bytes (network, disk or base64).")
     decode_ms: float = Field(0.0, ge=0, description="Decoding and preprocessing to the model's input tensor.")
     infer_ms: float = Field(0.0, ge=0, description="This image's share of the batch forward pass.")
+    queue_ms: float = Field(0.0, ge=0, description="Broker timestamp to consumed: time waiting in Kafka (1.1).")
+    wait_ms: float = Field(0.0, ge=0, description="Decoded to its forward pass: time waiting for the model (1.1).")
 
 
 class Verdict(_Event):
@@ -206,15 +211,61 @@ class DeadLetter(_Event):
     source_partition: int = Field(ge=0, description="Its partition.")
     source_offset: int = Field(ge=0, description="Its offset.")
     failed_at: datetime = Field(default_factory=utc_now, description="When processing gave up.")
+    payload_size: int | None = Field(None, ge=0, description="Size of the original message value in bytes (1.1).")
+    payload_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the original message value, hex (1.1)."
+    )
+    payload_truncated: bool = Field(
+        False,
+        description=(
+            "True when ``payload`` holds only the first bytes of the original, because the whole dead letter would "
+            "not fit the dead-letter topic; size, SHA-256 and the source offset identify the original (1.1)."
+        ),
+    )
 
     @classmethod
     def for_payload(cls, raw: bytes, **fields: Any) -> DeadLetter:
         """Build a dead letter that preserves ``raw`` exactly (UTF-8 text when it is, base64 otherwise)."""
         payload, encoding = _encode_bytes(raw)
-        return cls(payload=payload, payload_encoding=encoding, **fields)
+        return cls(
+            payload=payload,
+            payload_encoding=encoding,
+            payload_size=len(raw),
+            payload_sha256=hashlib.sha256(raw).hexdigest(),
+            **fields,
+        )
 
-    def original_bytes(self) -> bytes:
-        """The original message value, byte for byte."""
+    def truncated(self, keep_bytes: int) -> DeadLetter:
+        """This dead letter with only the first ``keep_bytes`` of the original payload, flagged as truncated.
+
+        Size and SHA-256 of the whole original stay, so the original can still be found at its source offset.
+        """
+        raw = self.original_bytes(allow_truncated=True)
+        head = raw[: max(0, keep_bytes)]
+        if self.payload_encoding == "utf-8":
+            payload = head.decode("utf-8", errors="ignore")  # never cut a character in half
+        else:
+            payload = base64.b64encode(head).decode("ascii")
+        return self.model_copy(
+            update={
+                "payload": payload,
+                "payload_truncated": True,
+                "payload_size": self.payload_size if self.payload_size is not None else len(raw),
+                "payload_sha256": self.payload_sha256 or hashlib.sha256(raw).hexdigest(),
+            }
+        )
+
+    def original_bytes(self, *, allow_truncated: bool = False) -> bytes:
+        """The original message value, byte for byte.
+
+        Raises:
+            ValueError: the payload was truncated (pass ``allow_truncated=True`` for its first bytes).
+        """
+        if self.payload_truncated and not allow_truncated:
+            raise ValueError(
+                f"dead letter payload was truncated ({self.payload_size} bytes originally): re-read it from "
+                f"{self.source_topic}[{self.source_partition}]@{self.source_offset}"
+            )
         if self.payload_encoding == "base64":
             return base64.b64decode(self.payload)
         return self.payload.encode("utf-8")

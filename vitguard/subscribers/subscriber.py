@@ -18,18 +18,13 @@ next one is requested, i.e. after the caller's code has run on it.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from vitguard.errors import ReasonCode, ServiceUnavailableError, VitguardError
-from vitguard.kafka.config import librdkafka_config
-from vitguard.kafka.offsets import consumer_config, end_offsets, topic_partitions
+from vitguard.kafka.reader import InvalidMessageError, RawRecord, Record, TopicReader, decode
 from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict
 from vitguard.settings import KafkaSettings, Settings
 
@@ -45,31 +40,9 @@ __all__ = [
 M = TypeVar("M", bound=BaseModel)
 
 
-class InvalidMessageError(VitguardError):
-    """A message on a vitguard output topic does not match its contract."""
-
-    def __init__(
-        self, reason: ReasonCode, message: str, *, topic: str, partition: int, offset: int, raw: bytes | None
-    ) -> None:
-        super().__init__(f"{topic}[{partition}]@{offset}: {reason}: {message}")
-        self.reason: ReasonCode = reason
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
-        self.raw = raw
-
-
-@dataclass(frozen=True)
-class Received(Generic[M]):
-    """One message read: ``value`` when it matched the contract, ``error`` when it did not."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    timestamp_ms: int | None
-    value: M | None = None
-    error: InvalidMessageError | None = None
+Received = Record
+"""One message read: ``value`` when it matched the contract, ``error`` when it did not
+(:class:`vitguard.kafka.reader.Record`)."""
 
 
 class TopicSubscriber(Generic[M]):
@@ -107,37 +80,16 @@ class TopicSubscriber(Generic[M]):
         self.topic = topic
         self.group_id = group_id
         self.poll_interval_s = poll_interval_s
-        partitions = topic_partitions(kafka, topic, connect_timeout_s)
-        reset = "earliest" if from_beginning else "latest"
-        if group_id is None:
-            conf = consumer_config(
-                kafka, f"vitguard-subscriber-{uuid.uuid4().hex[:8]}",
-                **{"auto.offset.reset": reset, **(consumer_overrides or {})},
-            )
-            self._consumer = Consumer(conf)
-            if from_beginning:
-                starts = dict.fromkeys(partitions, OFFSET_BEGINNING)
-            else:
-                # The confirmed end rather than the logical OFFSET_END: see vitguard.kafka.coarse_offsets.
-                starts = end_offsets(self._consumer, topic, partitions, connect_timeout_s)
-            self._consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
-        else:
-            self._consumer = Consumer(
-                librdkafka_config(
-                    kafka,
-                    **{
-                        "group.id": group_id,
-                        "auto.offset.reset": reset,
-                        "enable.auto.commit": True,
-                        "enable.auto.offset.store": False,
-                        "allow.auto.create.topics": False,
-                        "session.timeout.ms": int(kafka.session_timeout_s * 1000),
-                        **(consumer_overrides or {}),
-                    },
-                )
-            )
-            self._consumer.subscribe([topic])
-        self._pending: Message | None = None
+        self._reader = TopicReader(
+            kafka,
+            topic,
+            group_id=group_id,
+            from_beginning=from_beginning,
+            connect_timeout_s=connect_timeout_s,
+            poll_interval_s=poll_interval_s,
+            consumer_overrides=consumer_overrides,
+        )
+        self._pending: RawRecord | None = None
         self._closed = False
 
     @classmethod
@@ -155,23 +107,16 @@ class TopicSubscriber(Generic[M]):
         read = 0
         last = time.monotonic()
         while max_messages is None or read < max_messages:
-            self._store_pending()
-            msg = self._consumer.poll(self.poll_interval_s)
-            if msg is None:
+            self._store_pending()  # the caller asked for the next one: the previous one is handled
+            record = self._reader.next_record(self.poll_interval_s)
+            if record is None:
                 if idle_timeout_s is not None and time.monotonic() - last >= idle_timeout_s:
                     return
                 continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal() or err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
-                    raise ServiceUnavailableError(f"reading {self.topic!r} failed: {err.str()}")
-                continue
             last = time.monotonic()
             read += 1
-            self._pending = msg
-            yield self._decode(msg)
+            self._pending = record
+            yield decode(record, self.model)  # type: ignore[arg-type]  # model is M by construction
 
     def __iter__(self) -> Iterator[M]:
         for received in self.messages():
@@ -180,37 +125,11 @@ class TopicSubscriber(Generic[M]):
             assert received.value is not None  # noqa: S101 - Received holds one or the other
             yield received.value
 
-    def _decode(self, msg: Message) -> Received[M]:
-        raw = msg.value()
-        ts_type, ts = msg.timestamp()
-        topic, partition, offset = msg.topic() or self.topic, msg.partition() or 0, msg.offset() or 0
-
-        def received(value: M | None = None, error: InvalidMessageError | None = None) -> Received[M]:
-            return Received(topic, partition, offset, msg.key(), ts if ts_type else None, value, error)
-
-        def invalid(reason: ReasonCode, text: str) -> Received[M]:
-            return received(
-                error=InvalidMessageError(reason, text, topic=topic, partition=partition, offset=offset, raw=raw)
-            )
-
-        if raw is None:
-            return invalid("invalid_json", "empty message")
-        try:
-            value = self.model.model_validate_json(raw)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            if err["type"] == "json_invalid":
-                return invalid("invalid_json", f"not a {self.model.__name__}: {err['msg']}")
-            where = ".".join(str(p) for p in err["loc"]) or self.model.__name__
-            more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-            return invalid("schema_violation", f"not a {self.model.__name__}: {where}: {err['msg']}{more}")
-        return received(value=value)  # type: ignore[arg-type]  # model is M by construction
-
     # -- finishing -------------------------------------------------------------------------------------
 
     def _store_pending(self) -> None:
-        if self._pending is not None and self.group_id is not None:
-            self._consumer.store_offsets(message=self._pending)
+        if self._pending is not None:
+            self._reader.store(self._pending)
         self._pending = None
 
     def close(self) -> None:
@@ -221,7 +140,7 @@ class TopicSubscriber(Generic[M]):
         try:
             self._store_pending()
         finally:
-            self._consumer.close()
+            self._reader.close()
 
     def __enter__(self) -> TopicSubscriber[M]:
         return self

@@ -13,18 +13,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings
 
-from vitguard.errors import ServiceUnavailableError
 from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict
 from vitguard.settings import KafkaSettings, Settings
+
+if TYPE_CHECKING:
+    from vitguard.kafka.reader import RawRecord
 
 __all__ = ["OutputReader", "Outputs", "WorkerProcess", "publish_raw", "settings_env"]
 
@@ -146,7 +147,8 @@ _MODELS: dict[str, type[BaseModel]] = {"verdicts": Verdict, "alerts": NearDuplic
 
 
 class OutputReader:
-    """Reads the verdict, alert and dead-letter topics from the beginning (assigned, no consumer group).
+    """Reads the verdict, alert and dead-letter topics from the beginning (a :class:`TopicReader`: assigned,
+    no consumer group), decoding each record into its schema.
 
     Args:
         kafka: brokers.
@@ -154,34 +156,16 @@ class OutputReader:
     """
 
     def __init__(self, kafka: KafkaSettings, *, verdicts: str, alerts: str, dead_letters: str) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from vitguard.kafka.reader import TopicReader
 
         self._kinds = {verdicts: "verdicts", alerts: "alerts", dead_letters: "dead_letters"}
-        self._consumer = Consumer(
-            {
-                **kafka.confluent_config(),
-                "group.id": f"vitguard-reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
-        )
-        metadata = self._consumer.list_topics(timeout=kafka.request_timeout_s)
-        assignment = []
-        for topic in self._kinds:
-            if topic not in metadata.topics:
-                raise ServiceUnavailableError(f"topic {topic} does not exist")
-            assignment += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.topics[topic].partitions]
-        self._consumer.assign(assignment)
+        self._reader = TopicReader(kafka, list(self._kinds), connect_timeout_s=kafka.request_timeout_s)
         self.outputs = Outputs()
 
     def poll(self, seconds: float) -> Outputs:
         """Read whatever arrives within ``seconds``."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            for msg in self._consumer.consume(500, timeout=min(left, 0.5)):
-                if msg.error():
-                    continue
-                self._add(msg)
+        for record in self._reader.poll(seconds):
+            self._add(record)
         return self.outputs
 
     def poll_until(self, done: Callable[[Outputs], bool], timeout_s: float, settle_s: float = 0.0) -> Outputs:
@@ -195,16 +179,20 @@ class OutputReader:
                 return self.outputs
         return self.outputs
 
-    def _add(self, msg: Any) -> None:
-        kind = self._kinds[msg.topic()]
-        item = _MODELS[kind].model_validate_json(msg.value())
-        getattr(self.outputs, kind).append(item)
-        self.outputs.keys.setdefault(kind, []).append(msg.key())
+    def _add(self, record: RawRecord) -> None:
+        from vitguard.kafka.reader import decode
+
+        kind = self._kinds[record.topic]
+        decoded = decode(record, _MODELS[kind])
+        if decoded.error is not None:
+            raise decoded.error
+        getattr(self.outputs, kind).append(decoded.value)
+        self.outputs.keys.setdefault(kind, []).append(record.key)
         if kind == "verdicts":
-            self.outputs.verdict_timestamps_ms.append(int(msg.timestamp()[1]))
+            self.outputs.verdict_timestamps_ms.append(record.timestamp_ms or 0)
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
 
     def __enter__(self) -> OutputReader:
         return self
@@ -214,20 +202,11 @@ class OutputReader:
 
 
 def publish_raw(kafka: KafkaSettings, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]]) -> None:
-    """Publish (key, value) pairs as they are (also invalid ones: the demo and tests need bad events)."""
-    from confluent_kafka import Producer
+    """Publish (key, value) pairs as they are (also invalid ones: the demo and tests need bad events).
 
-    producer = Producer({**kafka.confluent_config(), "enable.idempotence": True, "linger.ms": 5})
-    errors: list[str] = []
+    Raises:
+        ServiceUnavailableError: some message was not acknowledged.
+    """
+    from vitguard.kafka.produce import OutboundMessage, publish_and_wait, raise_on_failures
 
-    def report(err: Any, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    for key, value in messages:
-        producer.produce(topic, key=key, value=value, on_delivery=report)
-        producer.poll(0)
-    left = producer.flush(30)
-    if left or errors:
-        raise ServiceUnavailableError(f"{left} message(s) not delivered to {topic}: {errors[:3]}")
-
+    raise_on_failures(publish_and_wait(kafka, [OutboundMessage(topic, value, key) for key, value in messages]))

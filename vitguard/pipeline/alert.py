@@ -1,0 +1,56 @@
+"""The alert stage: count unsafe items on their clusters (waves) and build the near-duplicate alerts.
+
+Each unsafe item that joined an existing cluster is a near-duplicate; the wave counter (Redis, through
+:class:`~vitguard.pipeline.failure.RedisPolicy`) says whether the cluster is in a wave and whether the
+cooldown lets this one alert. Without Redis every near-duplicate alerts as a lone one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from vitguard.pipeline.core import build_alert
+from vitguard.pipeline.failure import RedisPolicy
+from vitguard.schemas.events import ImageEvent, NearDuplicateAlert
+from vitguard.settings import PolicySettings
+from vitguard.stores.interfaces import SearchHit, WaveCounter, WaveState
+
+__all__ = ["NO_WAVE", "Candidate", "alert_batch"]
+
+NO_WAVE = WaveState(count=1, is_wave=False, alert=True)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An unsafe item with a cluster: ``is_new`` when it started the cluster (counted, not alerted)."""
+
+    event: ImageEvent
+    cluster_id: str
+    matches: Sequence[SearchHit]
+    is_new: bool
+
+
+async def alert_batch(
+    candidates: Sequence[Candidate],
+    *,
+    waves: WaveCounter,
+    redis: RedisPolicy,
+    policy: PolicySettings,
+    model_name: str,
+    now_s: float,
+) -> list[tuple[NearDuplicateAlert | None, bool]]:
+    """For each candidate (same order): its alert or None, and whether the wave cooldown suppressed it."""
+    out: list[tuple[NearDuplicateAlert | None, bool]] = []
+    for c in candidates:
+        state = await redis.call(
+            "wave_record", lambda c=c: waves.record(c.cluster_id, c.event.content_id, now_s), NO_WAVE  # type: ignore[misc]
+        )
+        if c.is_new:
+            out.append((None, False))
+        elif state.is_wave and not state.alert:
+            out.append((None, True))
+        else:
+            out.append((build_alert(c.event, cluster_id=c.cluster_id, matches=c.matches, state=state, policy=policy,
+                                    model_name=model_name), False))
+    return out

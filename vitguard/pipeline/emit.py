@@ -1,0 +1,197 @@
+"""The emit stage: encode each output so that it fits its topic, publish, and re-send only what was not acked.
+
+Size rule: an output is at most its topic's limit (the smaller of the topic's ``max.message.bytes`` and the
+producer's max request size, read from the broker at start-up). A dead letter that would not fit keeps only
+the first bytes of the original payload, plus the original's size, SHA-256 and source offset, and says
+``payload_truncated``. A verdict that would not fit (huge metadata) becomes that event's ``output_too_large``
+dead letter. A message the broker rejects anyway becomes an ``output_rejected`` dead letter with no payload;
+if even that is rejected, the worker stops (:class:`~vitguard.errors.FatalError`): it cannot answer the event.
+
+Retry rule: every message gets its own acknowledgement; a round re-sends only the unacknowledged ones, so a
+retry never duplicates an acknowledged verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from vitguard import metrics
+from vitguard.errors import FatalError, ReasonCode
+from vitguard.pipeline.core import dead_letter
+from vitguard.pipeline.failure import PublishPolicy
+from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage, Sink
+from vitguard.schemas.events import DeadLetter, ImageEvent, NearDuplicateAlert, Verdict
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "RECORD_OVERHEAD_BYTES",
+    "Answer",
+    "Emitter",
+    "encode_answer",
+    "fit_dead_letter",
+]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
+"""Kafka's default ``max.message.bytes``/``max.request.size``: the limit when the broker's is not known."""
+
+RECORD_OVERHEAD_BYTES = 512
+"""Headroom for the record's framing (batch header, attributes, varints) on top of key and value."""
+
+Answer = Verdict | DeadLetter
+
+
+def _room(limit: int, key: bytes | None) -> int:
+    return limit - RECORD_OVERHEAD_BYTES - (len(key) if key else 0)
+
+
+def fit_dead_letter(letter: DeadLetter, limit: int) -> tuple[DeadLetter, bytes]:
+    """``letter`` (or a truncated copy) and its encoding, at most ``limit`` bytes with its key and framing."""
+    key = letter.key.encode() if letter.key is not None else None
+    value = letter.model_dump_json().encode()
+    room = _room(limit, key)
+    if len(value) <= room:
+        return letter, value
+    empty = len(letter.truncated(0).model_dump_json().encode())
+    keep = max(0, room - empty)
+    while True:
+        # JSON escaping (UTF-8) or base64 can grow the payload: shrink until it fits
+        cut = letter.truncated(keep)
+        value = cut.model_dump_json().encode()
+        if len(value) <= room or keep == 0:
+            return cut, value
+        keep = max(0, min(keep - 1, keep * room // len(value)))
+
+
+def encode_answer(
+    raw: RawMessage, answer: Answer, topics: OutputTopics, limits: Mapping[str, int], event: ImageEvent | None
+) -> tuple[Answer, OutMessage]:
+    """The message that answers ``raw``, fitted to its topic (a too-large verdict becomes a dead letter)."""
+    if isinstance(answer, Verdict):
+        key = answer.content_id.encode()
+        value = answer.model_dump_json().encode()
+        if len(value) <= _room(limits.get(topics.verdicts, DEFAULT_MAX_MESSAGE_BYTES), key):
+            return answer, OutMessage(topics.verdicts, key, value)
+        answer = dead_letter(
+            raw, "output_too_large",
+            f"the verdict is {len(value)} bytes, over the verdict topic's limit (event metadata too large)", event,
+        )
+    letter, encoded = fit_dead_letter(answer, limits.get(topics.dead_letters, DEFAULT_MAX_MESSAGE_BYTES))
+    letter_key = letter.key.encode() if letter.key is not None else None
+    return letter, OutMessage(topics.dead_letters, letter_key, encoded)
+
+
+def _rejected_letter(raw: RawMessage, event: ImageEvent | None, why: str, reason: ReasonCode) -> DeadLetter:
+    return dead_letter(raw, reason, why, event).truncated(0)
+
+
+@dataclass
+class _Slot:
+    raw: RawMessage | None
+    event: ImageEvent | None
+    answer: Answer | None
+    message: OutMessage
+    minimal: bool = False
+
+
+class Emitter:
+    """Publishes one batch's answers and alerts through a :class:`Sink` until every one is acknowledged.
+
+    Args:
+        sink: per-message delivery results.
+        topics: where each kind of output goes.
+        limits: largest message per topic (bytes); topics not named get :data:`DEFAULT_MAX_MESSAGE_BYTES`.
+        policy: classification, backoff and the deadline of one round.
+    """
+
+    def __init__(
+        self, sink: Sink, topics: OutputTopics, limits: Mapping[str, int], policy: PublishPolicy
+    ) -> None:
+        self.sink = sink
+        self.topics = topics
+        self.limits = dict(limits)
+        self.policy = policy
+
+    async def emit(
+        self,
+        answers: Sequence[tuple[RawMessage, ImageEvent | None, Answer]],
+        alerts: Sequence[NearDuplicateAlert],
+    ) -> list[Answer]:
+        """Publish; returns the answer finally published for each entry of ``answers`` (same order)."""
+        slots: list[_Slot] = []
+        for raw, event, answer in answers:
+            fitted, message = encode_answer(raw, answer, self.topics, self.limits, event)
+            if isinstance(fitted, DeadLetter) and fitted.payload_truncated:
+                metrics.OUTPUTS_TRUNCATED.inc()
+            slots.append(_Slot(raw, event, fitted, message))
+        alert_limit = self.limits.get(self.topics.alerts, DEFAULT_MAX_MESSAGE_BYTES)
+        for alert in alerts:
+            key, value = alert.content_id.encode(), alert.model_dump_json().encode()
+            if len(value) > _room(alert_limit, key):
+                metrics.OUTPUTS_DROPPED.labels("alert").inc()
+                _log.error("alert for %s is %d bytes, over the alert topic's limit; dropped", alert.content_id,
+                           len(value))
+                continue
+            slots.append(_Slot(None, None, None, OutMessage(self.topics.alerts, key, value)))
+        await self._publish(slots)
+        return [s.answer for s in slots if s.raw is not None]  # type: ignore[misc]
+
+    async def _publish(self, slots: list[_Slot]) -> None:
+        pending = list(range(len(slots)))
+        attempt = 0
+        while pending:
+            try:
+                async with asyncio.timeout(self.policy.timeout_s):
+                    results = await self.sink.send([slots[i].message for i in pending])
+            except TimeoutError as exc:
+                results = [exc] * len(pending)
+            retry: list[int] = []
+            transient: BaseException | None = None
+            for i, result in zip(pending, results, strict=True):
+                if result is None:
+                    continue
+                kind = self.policy.classify(result)
+                if kind == "fatal":
+                    raise FatalError(
+                        f"publishing to {slots[i].message.topic} failed: {type(result).__name__}: {result}"
+                    ) from result
+                if kind == "rejected":
+                    if self._degrade(slots[i], result):
+                        retry.append(i)
+                    continue
+                transient = transient or result
+                retry.append(i)
+            if transient is not None:
+                attempt += 1
+                await self.policy.failed_round(attempt, len(retry), transient)
+            pending = retry
+        self.policy.succeeded()
+
+    def _degrade(self, slot: _Slot, error: BaseException) -> bool:
+        """Replace a rejected message with the smallest dead letter that still answers its event.
+
+        Returns whether the replacement is to be sent (False for an alert, which answers no event).
+        """
+        if slot.raw is None:
+            metrics.OUTPUTS_DROPPED.labels("alert").inc()
+            _log.error("the broker rejected an alert (%s); dropped", error)
+            return False
+        if slot.minimal:
+            raise FatalError(
+                f"the broker rejects even a minimal dead letter on {slot.message.topic} ({error}); cannot answer "
+                f"{slot.raw.topic}[{slot.raw.partition}]@{slot.raw.offset}"
+            ) from error
+        letter = _rejected_letter(
+            slot.raw, slot.event, f"the broker rejected the output ({type(error).__name__}: {error})"[:1000],
+            "output_rejected",
+        )
+        key = letter.key.encode() if letter.key is not None else None
+        slot.answer = letter
+        slot.message = OutMessage(self.topics.dead_letters, key, letter.model_dump_json().encode())
+        slot.minimal = True
+        metrics.OUTPUTS_TRUNCATED.inc()
+        return True

@@ -1,0 +1,58 @@
+"""The fetch stage: an event's image bytes by reference, hashed; or its dead letter.
+
+The fetcher enforces connect, read and total deadlines per image (:class:`~vitguard.fetch.ImageFetcher`);
+this stage adds one outer deadline as a safety net, so no reference can hold its event longer than
+``total_timeout_s``. Each image is fetched on its own: a slow one never holds the others (the batcher takes
+whatever is decoded; see :mod:`vitguard.pipeline.runner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from concurrent.futures import Executor
+from dataclasses import replace
+
+from vitguard import metrics
+from vitguard.errors import InputError
+from vitguard.fetch import ImageFetcher
+from vitguard.pipeline.core import dead_letter
+from vitguard.pipeline.results import DeadLettered, Fetched, Parsed
+
+__all__ = ["HASH_IN_THREAD_BYTES", "fetch_image"]
+
+_log = logging.getLogger(__name__)
+
+HASH_IN_THREAD_BYTES = 1 << 20
+"""Images larger than this are hashed in the decode pool instead of on the event loop."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def fetch_image(
+    parsed: Parsed, fetcher: ImageFetcher, pool: Executor, total_timeout_s: float
+) -> Fetched | DeadLettered:
+    event = parsed.event
+    try:
+        async with asyncio.timeout(total_timeout_s):
+            result = await fetcher.fetch(event.image_ref)
+    except InputError as exc:
+        return DeadLettered(parsed.raw, dead_letter(parsed.raw, exc.reason, exc.message, event))
+    except TimeoutError:
+        return DeadLettered(parsed.raw, dead_letter(
+            parsed.raw, "fetch_timeout", f"no complete image within {total_timeout_s:g} s", event))
+    except Exception as exc:
+        _log.warning("fetch of %s raised %r", event.event_id, exc, exc_info=True)
+        return DeadLettered(parsed.raw, dead_letter(
+            parsed.raw, "internal_error", f"fetch failed: {type(exc).__name__}: {exc}", event))
+    data = result.data
+    source = str(result.source)
+    metrics.IMAGE_STAGE_DURATION.labels("fetch", source).observe(result.elapsed_ms / 1000)
+    if len(data) > HASH_IN_THREAD_BYTES:
+        sha = await asyncio.get_running_loop().run_in_executor(pool, _sha256, data)
+    else:
+        sha = _sha256(data)
+    return Fetched(parsed, data, sha, source, replace(parsed.times, fetch_ms=float(result.elapsed_ms)))

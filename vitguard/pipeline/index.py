@@ -1,0 +1,67 @@
+"""The index stage: near-duplicate search for the unsafe items (one batched call), clusters, then one
+idempotent Milvus upsert of every new embedding (keyed by content id).
+
+The search runs before the upsert so each stored embedding carries its cluster id. Milvus calls go through
+:class:`~vitguard.pipeline.failure.MilvusPolicy` (hold with backoff; permanent errors are fatal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from vitguard.pipeline.clustering import assign_clusters
+from vitguard.pipeline.failure import MilvusPolicy
+from vitguard.pipeline.results import Indexed, Predicted
+from vitguard.settings import PolicySettings
+from vitguard.stores.interfaces import EmbeddingIndex, EmbeddingRecord
+
+__all__ = ["index_batch"]
+
+
+async def index_batch(
+    predicted: Sequence[Predicted],
+    *,
+    index: EmbeddingIndex,
+    collection: str,
+    milvus: MilvusPolicy,
+    policy: PolicySettings,
+    model_version: str,
+    now_ms: int,
+    timed: Callable[[str], object],
+) -> list[Indexed]:
+    """Cluster and store ``predicted`` (same order); ``timed(stage)`` is a context manager timing a stage."""
+    unsafe = [i for i, p in enumerate(predicted) if p.decision.label == "unsafe"]
+    out = [Indexed(p, None) for p in predicted]
+    if unsafe:
+        vectors = np.stack([predicted[i].prediction.embedding for i in unsafe])
+        with timed("milvus_search"):  # type: ignore[attr-defined]
+            hits = await milvus.call(
+                "search_unsafe",
+                lambda: index.search_unsafe(collection, vectors, policy.max_matches + 1,
+                                            policy.near_duplicate_threshold),
+            )
+        ids = [predicted[i].decoded.parsed.event.content_id for i in unsafe]
+        # an item already stored by an earlier, unfinished attempt at this batch is not its own match
+        hits = [[h for h in hs if h.content_id != cid] for cid, hs in zip(ids, hits, strict=True)]
+        for i, a in zip(unsafe, assign_clusters(ids, vectors, hits, policy.near_duplicate_threshold), strict=True):
+            out[i] = Indexed(predicted[i], a.cluster_id, tuple(a.matches), a.is_new_cluster)
+    records = [
+        EmbeddingRecord(
+            content_id=x.predicted.decoded.parsed.event.content_id,
+            embedding=x.predicted.prediction.embedding,
+            label=x.predicted.decision.label,
+            unsafe_score=x.predicted.decision.unsafe_score,
+            cluster_id=x.cluster_id or "",
+            tenant=x.predicted.decoded.parsed.event.tenant,
+            model_version=model_version,
+            created_at_ms=int(x.predicted.decoded.parsed.event.created_at.timestamp() * 1000),
+            processed_at_ms=now_ms,
+        )
+        for x in out
+    ]
+    if records:
+        with timed("milvus_upsert"):  # type: ignore[attr-defined]
+            await milvus.call("upsert", lambda: index.upsert(collection, records))
+    return out

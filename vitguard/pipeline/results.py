@@ -1,0 +1,136 @@
+"""Typed values that flow between the stages, and the one result every event ends as.
+
+A stage takes a value and returns the next one, or a :class:`DeadLettered`; nothing sets flags on a shared
+object. Every consumed event ends as exactly one :data:`ItemResult`: :class:`Answered` (a verdict was
+published), :class:`DeadLettered` (a dead letter was published) or :class:`Skipped` (already answered: a
+redelivery, or a second copy of an event id).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vitguard.model.types import Prediction
+from vitguard.pipeline.types import RawMessage
+from vitguard.policy import Decision
+from vitguard.schemas.events import DeadLetter, ImageEvent, NearDuplicateAlert, Verdict
+
+__all__ = [
+    "Answered",
+    "CacheHit",
+    "DeadLettered",
+    "Decoded",
+    "Fetched",
+    "Indexed",
+    "ItemResult",
+    "Parsed",
+    "Predicted",
+    "Ready",
+    "Skipped",
+    "StageTimes",
+]
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Per-event milliseconds, carried into the verdict's ``timings``."""
+
+    queue_ms: float = 0.0
+    fetch_ms: float = 0.0
+    decode_ms: float = 0.0
+    wait_ms: float = 0.0
+    infer_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A message that is a valid image event."""
+
+    raw: RawMessage
+    event: ImageEvent
+    times: StageTimes = field(default_factory=StageTimes)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The event's image bytes, hashed."""
+
+    parsed: Parsed
+    data: bytes
+    sha256: str
+    source: str
+    times: StageTimes
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """The same bytes were classified before with the same model and policy: no decode, no inference."""
+
+    parsed: Parsed
+    verdict: Verdict
+    cached_from: str
+    """Content id the cached verdict was made for."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The model's input tensor for the event's image."""
+
+    parsed: Parsed
+    sha256: str
+    tensor: NDArray[np.float32]
+    times: StageTimes
+    ready_at: float = 0.0
+    """perf_counter() when it joined the ready queue (batch wait)."""
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """One forward pass's answer for an image, and the policy's decision on it."""
+
+    decoded: Decoded
+    prediction: Prediction
+    decision: Decision
+    times: StageTimes
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """A prediction after the near-duplicate search and the Milvus upsert."""
+
+    predicted: Predicted
+    cluster_id: str | None
+    matches: tuple[object, ...] = ()
+    is_new_cluster: bool = False
+
+
+@dataclass(frozen=True)
+class Answered:
+    raw: RawMessage
+    verdict: Verdict
+    alert: NearDuplicateAlert | None = None
+    """The near-duplicate alert published with this verdict, if any."""
+    alert_suppressed: bool = False
+    """A near-duplicate inside a wave whose alert the cooldown suppressed."""
+
+
+@dataclass(frozen=True)
+class DeadLettered:
+    raw: RawMessage
+    dead_letter: DeadLetter
+
+
+@dataclass(frozen=True)
+class Skipped:
+    raw: RawMessage
+    why: Literal["redelivered", "repeat"]
+
+
+Ready = Decoded | CacheHit | DeadLettered | Skipped
+"""What the front half (ingest, fetch, decode) hands to the batcher."""
+
+ItemResult = Answered | DeadLettered | Skipped
