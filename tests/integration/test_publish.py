@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from kafka_reading import read_to_end
 
 from vitguard.cli import main
+from vitguard.kafka.reader import read_to_end
 from vitguard.producers import PublishError, UploadEventPublisher
 from vitguard.schemas.events import ImageEvent
 from vitguard.settings import KafkaSettings
@@ -26,7 +26,9 @@ pytestmark = pytest.mark.integration
 
 def read_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float = 20.0) -> list[tuple[int, bytes, bytes]]:
     """Every record of ``topic`` as (partition, key, value), read to the end of each partition."""
-    return [(m.partition(), m.key(), m.value()) for m in read_to_end(bootstrap, topic, partitions, timeout_s)]
+    records = read_to_end(KafkaSettings(bootstrap_servers=bootstrap), topic, timeout_s)
+    assert {r.partition for r in records} <= set(range(partitions))
+    return [(r.partition, r.key or b"", r.value or b"") for r in records]
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Producer
-from kafka_reading import read_to_end
 
 from vitguard.cli import main
+from vitguard.kafka.reader import RawRecord, read_to_end
 from vitguard.producers import UploadEventPublisher
 from vitguard.producers.replay import (
     REPLAY_HEADER,
@@ -29,8 +29,10 @@ pytestmark = pytest.mark.integration
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
-def read_all(bootstrap: str, topic: str, partitions: int, timeout_s: float = 20.0) -> list:  # type: ignore[type-arg]
-    return read_to_end(bootstrap, topic, partitions, timeout_s)
+def read_all(bootstrap: str, topic: str, partitions: int, timeout_s: float = 20.0) -> list[RawRecord]:
+    records = read_to_end(KafkaSettings(bootstrap_servers=bootstrap), topic, timeout_s)
+    assert {r.partition for r in records} <= set(range(partitions))
+    return records
 
 
 def produce_events(bootstrap: str, topic: str, partitions: int, count: int, start: int = 0) -> list[ImageEvent]:
@@ -62,15 +64,15 @@ def test_replay_from_timestamp_redelivers_exactly_the_events_at_or_after_it(
     )
     assert code == 0, err
     replayed = read_all(kafka_bootstrap, target, 3)
-    got = {ImageEvent.model_validate_json(m.value()).event_id: m for m in replayed}
+    got = {ImageEvent.model_validate_json(m.value).event_id: m for m in replayed}
     assert sorted(got) == sorted(replay_event_id("ts1", e.event_id) for e in events[cutoff:])
     for event in events[cutoff:]:
         msg = got[replay_event_id("ts1", event.event_id)]
-        again = ImageEvent.model_validate_json(msg.value())
+        again = ImageEvent.model_validate_json(msg.value)
         assert again.replay_id == "ts1"
         assert again.model_copy(update={"replay_id": None, "event_id": event.event_id}) == event
-        assert msg.key() == event.content_id.encode()
-        assert dict(msg.headers())[REPLAY_HEADER] == b"ts1"
+        assert msg.key == event.content_id.encode()
+        assert dict(msg.headers)[REPLAY_HEADER] == b"ts1"
     per_partition = {p: sum(1 for i in range(cutoff, 30) if i % 3 == p) for p in range(3)}
     assert "complete" in out
     for p, n in per_partition.items():
@@ -90,7 +92,7 @@ def test_replay_between_iso_timestamps_and_by_offsets(
         kafka_bootstrap, "--no-progress",
     )
     assert code == 0, err
-    ids = sorted(ImageEvent.model_validate_json(m.value()).content_id for m in read_all(kafka_bootstrap, first, 1))
+    ids = sorted(ImageEvent.model_validate_json(m.value).content_id for m in read_all(kafka_bootstrap, first, 1))
     assert ids == sorted(f"c{i}" for i in range(4, 9))
 
     second = new_topic(partitions=1, prefix="dst")
@@ -99,7 +101,7 @@ def test_replay_between_iso_timestamps_and_by_offsets(
         "--to-offset", "0:5", "--state-dir", str(tmp_path), "--bootstrap-servers", kafka_bootstrap, "--no-progress",
     )
     assert code == 0, err
-    ids = sorted(ImageEvent.model_validate_json(m.value()).content_id for m in read_all(kafka_bootstrap, second, 1))
+    ids = sorted(ImageEvent.model_validate_json(m.value).content_id for m in read_all(kafka_bootstrap, second, 1))
     # partition 0 holds events 0,2,4,..: offsets 3,4 are events 6, 8; partition 1 offsets 8, 9 are events 17, 19
     assert ids == sorted(["c6", "c8", "c17", "c19"])
 
@@ -129,7 +131,7 @@ def test_interrupted_replay_resumes_without_gap_or_repeat(
     )
     assert code == 0, err
     assert "resuming, 27 record(s) left" in err
-    delivered = [ImageEvent.model_validate_json(m.value()).event_id for m in read_all(kafka_bootstrap, target, 2)]
+    delivered = [ImageEvent.model_validate_json(m.value).event_id for m in read_all(kafka_bootstrap, target, 2)]
     assert len(delivered) == 40, "a record was repeated or skipped"
     assert sorted(delivered) == sorted(replay_event_id("resume1", e.event_id) for e in events)
     final = store.load("resume1")
@@ -165,7 +167,7 @@ def test_dead_letters_redriven_by_reason_come_back_with_their_original_bytes(
         "--state-dir", str(tmp_path), "--bootstrap-servers", kafka_bootstrap, "--no-progress",
     )
     assert code == 0, err
-    back = {m.key().decode(): m.value() for m in read_all(kafka_bootstrap, inputs, 2)}
+    back = {m.key.decode(): m.value for m in read_all(kafka_bootstrap, inputs, 2)}
     assert back == {k: raw for k, (raw, reason) in originals.items() if reason == "fetch_timeout"}
     assert "filtered:not_an_image: 1" in out and "invalid_dead_letter: 1" in out
 
@@ -231,5 +233,5 @@ def test_ctrl_c_mid_replay_checkpoints_exactly_what_was_delivered(
     assert resumed
     with UploadEventPublisher(kafka, target) as publisher:
         assert run_replay(kafka, state, store, RepublishHandler(publisher, "ctrlc")).complete
-    delivered = [ImageEvent.model_validate_json(m.value()).event_id for m in read_all(kafka_bootstrap, target, 1)]
+    delivered = [ImageEvent.model_validate_json(m.value).event_id for m in read_all(kafka_bootstrap, target, 1)]
     assert sorted(delivered) == sorted(replay_event_id("ctrlc", e.event_id) for e in events)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from kafka_reading import read_to_end
 
 from vitguard.cli import main
+from vitguard.kafka.reader import read_to_end
 from vitguard.producers import UploadEventPublisher
 from vitguard.schemas.events import ImageEvent, Verdict
 from vitguard.settings import KafkaSettings
@@ -20,8 +20,9 @@ from vitguard.settings import KafkaSettings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def read_values(bootstrap: str, topic: str, partitions: int = 1, timeout_s: float = 20.0) -> list[bytes]:
-    return [m.value() for m in read_to_end(bootstrap, topic, partitions, timeout_s)]
+def read_values(bootstrap: str, topic: str, partitions: int = 1, timeout_s: float = 20.0) -> list[bytes | None]:
+    """Every value of ``topic`` (all ``partitions`` of it), read to the end of each partition."""
+    return [m.value for m in read_to_end(KafkaSettings(bootstrap_servers=bootstrap), topic, timeout_s)]
 
 
 def test_backtest_replay_writes_verdicts_only_to_its_own_topic(

@@ -74,7 +74,7 @@ def test_publish_errors_are_classified_by_code(exc: BaseException, expected: str
 def test_librdkafka_config_carries_credentials_and_extra() -> None:
     kafka = KafkaSettings(
         bootstrap_servers="b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-        sasl_username="svc", sasl_password="pw", client_id="me",  # type: ignore[arg-type]
+        sasl_username="svc", sasl_password="pw", client_id="me",  # type: ignore[arg-type]  # noqa: S106
     )
     conf = librdkafka_config(kafka, **{"acks": "all"})
     assert conf["bootstrap.servers"] == "b:9093" and conf["client.id"] == "me"
