@@ -166,6 +166,9 @@ def create_app(
     Returns:
         ``faust.App``, with ``app.vitguard`` holding the :class:`WorkerRuntime`.
     """
+    import os
+    import tempfile
+
     import faust
 
     from vitguard.consumers.sink import FaustSink
@@ -190,6 +193,8 @@ def create_app(
         topic_allow_declare=False,
         topic_disable_leader=True,
         store="memory://",
+        # Faust's <app-id>-data/ directory goes under the system temp dir, not the working directory.
+        datadir=os.path.join(tempfile.gettempdir(), "vitguard-faust-{conf.name}-data"),
         stream_wait_empty=False,  # shutdown never waits for unanswered events: they stay uncommitted
         web_enabled=settings.web.enabled,
         web_bind=settings.web.host,

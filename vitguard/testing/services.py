@@ -77,14 +77,29 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s:
     raise ServiceUnavailableError(f"{what} not ready after {timeout_s:.0f}s")
 
 
+def _accepts_connection(address: str, timeout_s: float) -> bool:
+    host, _, port = address.strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def kafka_reachable(bootstrap: str, timeout_s: float = 3.0) -> bool:
-    """True when a broker at ``bootstrap`` answers a metadata request."""
+    """True when a broker at ``bootstrap`` answers a metadata request.
+
+    Quiet when there is none: a plain TCP connect is tried first, so librdkafka (which logs every refused
+    connection to stderr) is only asked once something listens, and then with its logging off.
+    """
     from confluent_kafka.admin import AdminClient
 
+    if not any(_accepts_connection(a, timeout_s) for a in bootstrap.split(",") if a.strip()):
+        return False
     try:
-        AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000)}).list_topics(
-            timeout=timeout_s
-        )
+        AdminClient(
+            {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000), "log_level": 0}
+        ).list_topics(timeout=timeout_s)
     except Exception:
         return False
     return True
