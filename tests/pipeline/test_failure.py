@@ -1,0 +1,107 @@
+"""The failure policies: jittered capped backoff, Redis degrades, Milvus holds then resumes, permanent is fatal."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from vitguard.errors import ConfigError, FatalError, ServiceUnavailableError
+from vitguard.health import HealthState, liveness, readiness
+from vitguard.pipeline.failure import Backoff, MilvusPolicy, RedisPolicy
+
+
+def test_backoff_is_capped_and_jittered_downwards() -> None:
+    b = Backoff(0.5, 4.0, jitter=0.5)
+    assert b.delay(1, lambda: 0.0) == 0.5 and b.delay(10, lambda: 0.0) == 4.0
+    assert b.delay(10, lambda: 1.0) == 2.0
+    with pytest.raises(ValueError):
+        b.delay(0)
+
+
+async def test_redis_failure_returns_the_default_and_skips_redis_for_a_while() -> None:
+    health = HealthState()
+    policy = RedisPolicy(health, skip_s=60)
+    calls = 0
+
+    async def down() -> set[str]:
+        nonlocal calls
+        calls += 1
+        raise ServiceUnavailableError("redis down")
+
+    assert await policy.call("seen_events", down, set()) == set()
+    assert await policy.call("seen_events", down, {"x"}) == {"x"}
+    assert calls == 1 and health.redis_error and "redis down" in health.redis_error
+
+
+async def test_milvus_holds_until_it_answers_pausing_and_resuming_consumption() -> None:
+    health = HealthState()
+    holds: list[bool] = []
+    failures = 3
+
+    def flaky() -> str:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise ServiceUnavailableError("milvus down")
+        return "ok"
+
+    with ThreadPoolExecutor(1) as pool:
+        policy = MilvusPolicy(health, pool, backoff=Backoff(0.001, 0.002), call_timeout_s=5, on_hold=holds.append)
+        assert await policy.call("upsert", flaky) == "ok"
+    assert holds == [True, False] and health.milvus_failing_since is None
+
+
+async def test_a_hung_milvus_call_counts_as_a_failure_after_the_deadline() -> None:
+    import threading
+
+    release = threading.Event()
+    attempts = 0
+    health = HealthState()
+
+    def hangs_once() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            release.wait(5)
+        return "ok"
+
+    with ThreadPoolExecutor(2) as pool:
+        policy = MilvusPolicy(health, pool, backoff=Backoff(0.001, 0.002), call_timeout_s=0.2)
+        assert await policy.call("search", hangs_once) == "ok"
+        release.set()
+    assert attempts == 2
+
+
+async def test_a_permanent_milvus_error_is_fatal() -> None:
+    def mismatch() -> None:
+        raise ConfigError("collection has dim 1024, the model gives 192")
+
+    with ThreadPoolExecutor(1) as pool:
+        policy = MilvusPolicy(HealthState(), pool, backoff=Backoff(0.001, 0.002), call_timeout_s=5)
+        with pytest.raises(FatalError, match="dim 1024"):
+            await policy.call("ensure_collection", mismatch)
+
+
+def test_readiness_says_why_and_redis_never_gates_it() -> None:
+    h = HealthState(model_loaded=True, agent_running=True)
+    assert readiness(h, 100.0, broker_reachable=True, milvus_reachable=True, publish_stuck_s=30).ok
+    h.redis_degraded_until = 1e12
+    probe = readiness(h, 100.0, broker_reachable=True, milvus_reachable=True, publish_stuck_s=30)
+    assert probe.ok and probe.detail["redis"] == "degraded"
+    h.milvus_failing_since, h.milvus_error = 90.0, "upsert: timeout"
+    probe = readiness(h, 100.0, broker_reachable=False, milvus_reachable=True, publish_stuck_s=30)
+    assert not probe.ok and any("milvus" in r for r in probe.reasons) and "broker unreachable" in probe.reasons
+    h.milvus_failing_since = None
+    h.publish_failing_since = 60.0
+    assert not readiness(h, 100.0, broker_reachable=True, milvus_reachable=True, publish_stuck_s=30).ok
+    assert readiness(h, 80.0, broker_reachable=True, milvus_reachable=True, publish_stuck_s=30).ok
+
+
+def test_liveness_fails_when_wedged_or_fatal_not_when_idle() -> None:
+    h = HealthState(model_loaded=True, agent_running=True, last_progress=0.0)
+    assert liveness(h, 1000.0, 120).ok  # idle: nothing waiting
+    h.in_flight = 3
+    assert not liveness(h, 1000.0, 120).ok and liveness(h, 100.0, 120).ok
+    h.in_flight, h.fatal = 0, "boom"
+    assert not liveness(h, 1.0, 120).ok
