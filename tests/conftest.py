@@ -122,7 +122,7 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory, milvus_binaries_dir:
     try:
         yield server
     finally:
-        server.stop()
+        server.stop(timeout_s=5)  # its data is disposable: do not wait out a slow shutdown
 
 
 @pytest.fixture(params=["lite", "server"])

@@ -200,6 +200,15 @@ class MilvusSettings(BaseSettings):
             "Default 10."
         ),
     )
+    load_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Deadline of creating and loading a collection at start-up, slower than a call: a large collection "
+            "takes a while to load into memory. Env: VITGUARD_MILVUS_LOAD_TIMEOUT_S. Default 120."
+        ),
+    )
 
 
 class ModelSettings(BaseSettings):

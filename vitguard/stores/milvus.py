@@ -10,8 +10,9 @@ adapter safe when several threads share it, one call at a time.
 Failure behaviour, the contract callers build their retry policy on:
 
 - **Every call has a deadline.** pymilvus waits forever when a call has no timeout, so every
-  ``MilvusClient`` method gets ``timeout=MilvusSettings.call_timeout_s`` and the client itself
-  ``timeout=MilvusSettings.connect_timeout_s``. A frozen server fails a call after the deadline.
+  ``MilvusClient`` method gets ``timeout=MilvusSettings.call_timeout_s`` (creating and loading a collection
+  ``load_timeout_s``) and the client itself ``timeout=MilvusSettings.connect_timeout_s``. A frozen server
+  fails a call after the deadline.
 - **One retry layer, the caller's.** This module never retries. pymilvus wraps each RPC in its own retry
   loop (``pymilvus.decorators.retry_on_rpc_failure``): 75 attempts when no timeout is given, and when one
   is given the timeout is that loop's whole budget (``retry_times`` is then ignored) and a
@@ -23,15 +24,16 @@ Failure behaviour, the contract callers build their retry policy on:
   :class:`~vitguard.errors.ServiceUnavailableError`; the client is dropped and closed, so the next call
   opens a fresh connection (a broken gRPC channel does not heal by itself).
 - **Permanent errors** become :class:`~vitguard.errors.ConfigError` and must not be retried: a collection
-  with another dimension or schema, a request the server calls invalid (pymilvus and Milvus error codes,
-  see :func:`permanent_error`), and authentication or permission failures.
+  with another dimension or schema (also one recreated under a running worker: when Milvus refuses an
+  upsert or search, the adapter re-reads the collection's schema), a request the server calls invalid, and
+  authentication or permission failures; by error code, see :func:`permanent_error`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -100,6 +102,9 @@ PERMANENT_MILVUS_CODES = frozenset(
 """Milvus server error codes (``MilvusException.code``, Milvus's ``merr`` package) that no retry can fix:
 the request or the credentials must change first."""
 
+_CONNECT_FAILED = 2
+"""pymilvus's ``Status.CONNECT_FAILED``: the connection, not the server, failed."""
+
 _PERMANENT_LEGACY_CODES = frozenset({"PermissionDenied", "IllegalArgument", "IllegalDimension", "SchemaMismatch"})
 """The same, as the legacy ``common_pb2.ErrorCode`` names (``MilvusException.compatible_code``)."""
 
@@ -128,10 +133,7 @@ def permanent_error(exc: BaseException) -> bool:
         mexc.FieldsTypeException,
         mexc.FieldTypeException,
     )
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, grpc.RpcError):
             code = getattr(current, "code", None)
             if callable(code) and code() in permanent_grpc:
@@ -145,8 +147,28 @@ def permanent_error(exc: BaseException) -> bool:
                 legacy = ""
             if legacy in _PERMANENT_LEGACY_CODES:
                 return True
-        current = current.__cause__
     return False
+
+
+def _answered_by_server(exc: BaseException) -> bool:
+    """True when Milvus itself answered with an error status: no network failure, deadline or lost connection."""
+    import grpc
+    from pymilvus.exceptions import MilvusException
+
+    chain = list(_chain(exc))
+    if any(isinstance(e, grpc.RpcError | OSError | TimeoutError) for e in chain):
+        return False
+    return any(isinstance(e, MilvusException) and e.code != _CONNECT_FAILED for e in chain)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its ``__cause__`` chain: pymilvus wraps gRPC errors and its own retry errors."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
@@ -185,6 +207,7 @@ class MilvusEmbeddingIndex:
         self._errors = _unavailable_errors()
         # on every MilvusClient method: the deadline, and no sleeping retries on rate limits (module docstring)
         self._rpc: dict[str, Any] = {"timeout": settings.call_timeout_s, "retry_on_rate_limit": False}
+        self._load_rpc: dict[str, Any] = {**self._rpc, "timeout": settings.load_timeout_s}
         if flush_every_rows is None:
             flush_every_rows = DEFAULT_LITE_FLUSH_ROWS if is_lite_uri(settings.uri) else 0
         if flush_every_rows < 0:
@@ -219,7 +242,7 @@ class MilvusEmbeddingIndex:
             client = self._connected()
             if not self._call(lambda: client.has_collection(name, **self._rpc)):
                 try:
-                    self._call(lambda: self._create(client, name, dim, self._rpc))
+                    self._call(lambda: self._create(client, name, dim, self._load_rpc))
                 except ServiceUnavailableError:
                     # another worker may have created it at the same moment: that is fine
                     client = self._connected()
@@ -231,7 +254,7 @@ class MilvusEmbeddingIndex:
                     f"Milvus collection {name} holds {existing}-d embeddings but model {model.name} makes "
                     f"{dim}-d ones: drop the collection or use another VITGUARD_MILVUS_COLLECTION_PREFIX"
                 )
-            self._call(lambda: client.load_collection(name, **self._rpc))
+            self._call(lambda: client.load_collection(name, **self._load_rpc))
             self._dims[name] = dim
             return name
 
@@ -249,7 +272,11 @@ class MilvusEmbeddingIndex:
             dim = self._dim_of(collection)
             rows = [_row(r, dim) for r in records]
             client = self._connected()
-            self._call(lambda: client.upsert(collection_name=collection, data=rows, **self._rpc))
+            try:
+                self._call(lambda: client.upsert(collection_name=collection, data=rows, **self._rpc))
+            except ServiceUnavailableError as exc:
+                self._refuse_if_schema_changed(collection, dim, exc)
+                raise
             pending = self._unflushed.get(collection, 0) + len(rows)
             self._unflushed[collection] = pending
             if self.flush_every_rows and pending >= self.flush_every_rows:
@@ -284,18 +311,22 @@ class MilvusEmbeddingIndex:
             if matrix.shape[1] != dim:
                 raise ValueError(f"collection {collection} holds {dim}-d vectors, got {matrix.shape[1]}-d")
             client = self._connected()
-            raw = self._call(
-                lambda: client.search(
-                    collection_name=collection,
-                    data=matrix.tolist(),
-                    filter=UNSAFE_FILTER,
-                    limit=limit,
-                    output_fields=["cluster_id"],
-                    anns_field="embedding",
-                    search_params={"metric_type": "COSINE"},
-                    **self._rpc,
+            try:
+                raw = self._call(
+                    lambda: client.search(
+                        collection_name=collection,
+                        data=matrix.tolist(),
+                        filter=UNSAFE_FILTER,
+                        limit=limit,
+                        output_fields=["cluster_id"],
+                        anns_field="embedding",
+                        search_params={"metric_type": "COSINE"},
+                        **self._rpc,
+                    )
                 )
-            )
+            except ServiceUnavailableError as exc:
+                self._refuse_if_schema_changed(collection, dim, exc)
+                raise
         return [_hits(per_query, min_similarity) for per_query in raw]
 
     def ping(self) -> bool:
@@ -384,6 +415,28 @@ class MilvusEmbeddingIndex:
                 kwargs["db_name"] = s.db_name
             self._client = self._call(lambda: MilvusClient(**kwargs))
         return self._client
+
+    def _refuse_if_schema_changed(self, collection: str, dim: int, failure: ServiceUnavailableError) -> None:
+        """After Milvus itself refused a call: raise ConfigError if the collection changed under us.
+
+        Milvus reports rows of the wrong dimension with no specific error code ("the length(8) of float
+        data should divide the dim(12)", code 65535), so the adapter asks for the collection's schema
+        instead of reading the message: a collection dropped and recreated by something else with another
+        dimension cannot be fixed by retrying. Network failures skip the check (there is nobody to ask).
+        """
+        if failure.__cause__ is None or not _answered_by_server(failure.__cause__):
+            return
+        self._dims.pop(collection, None)
+        try:
+            now = self._described_dim(self._connected(), collection)
+        except ServiceUnavailableError:
+            return  # cannot tell: the caller retries the original failure
+        if now != dim:
+            raise ConfigError(
+                f"Milvus collection {collection} now holds {now}-d embeddings, not the {dim}-d ones written here: "
+                "it was recreated by something else; drop it or use another VITGUARD_MILVUS_COLLECTION_PREFIX"
+            ) from failure.__cause__
+        self._dims[collection] = dim
 
     def _dim_of(self, collection: str) -> int:
         dim = self._dims.get(collection)
