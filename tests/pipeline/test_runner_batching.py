@@ -100,7 +100,7 @@ async def test_an_idle_model_starts_at_once_and_the_next_batch_fills_while_it_ru
     first = await runner.submit(raw(0, f"{photo_server}/photo/0"))
     await asyncio.to_thread(classifier.entered.wait, 30)  # a batch of ONE started: nothing waited to fill it
     later = [await runner.submit(raw(i, f"{photo_server}/photo/{i}")) for i in range(1, 7)]
-    while len(runner._ready_stream) < 6:  # all six decoded while the model is busy
+    while len(runner.ready.stream) < 6:  # all six decoded while the model is busy
         await asyncio.sleep(0.01)
     gate.set()
     results = await asyncio.gather(first, *later)
@@ -130,10 +130,10 @@ async def test_classify_requests_go_ahead_of_queued_stream_images(opennsfw: Any,
     stream = [await runner.submit(raw(0, f"{photo_server}/photo/0"))]
     await asyncio.to_thread(classifier.entered.wait, 30)
     stream += [await runner.submit(raw(i, f"{photo_server}/photo/{i}")) for i in range(1, 13)]
-    while len(runner._ready_stream) < 12:
+    while len(runner.ready.stream) < 12:
         await asyncio.sleep(0.01)
     request = asyncio.ensure_future(runner.classify(data=sample_photos[0].read_bytes()))
-    while not runner._ready_requests:
+    while not runner.ready.requests:
         await asyncio.sleep(0.01)
     gate.set()
     verdict = await request

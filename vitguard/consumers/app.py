@@ -32,8 +32,9 @@ from typing import Any
 from vitguard.consumers.offsets import OffsetTracker
 from vitguard.errors import FatalError
 from vitguard.health import HealthState
+from vitguard.pipeline.build import build_runner
 from vitguard.pipeline.results import ItemResult
-from vitguard.pipeline.runner import Runner, build_runner
+from vitguard.pipeline.runner import Runner
 from vitguard.pipeline.types import RawMessage
 from vitguard.settings import Settings
 

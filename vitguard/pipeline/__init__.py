@@ -10,8 +10,9 @@ dependency's failure policy is in :mod:`~vitguard.pipeline.failure`.
 
 from __future__ import annotations
 
+from vitguard.pipeline.build import build_runner
 from vitguard.pipeline.results import Answered, DeadLettered, ItemResult, Skipped
-from vitguard.pipeline.runner import Runner, build_runner
+from vitguard.pipeline.runner import Runner
 from vitguard.pipeline.sinks import KafkaSink, ListSink
 from vitguard.pipeline.types import BatchOutcome, OutMessage, OutputTopics, RawMessage, Sink
 

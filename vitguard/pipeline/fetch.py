@@ -20,7 +20,7 @@ from vitguard.fetch import ImageFetcher
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.results import DeadLettered, Fetched, Parsed
 
-__all__ = ["HASH_IN_THREAD_BYTES", "fetch_image"]
+__all__ = ["HASH_IN_THREAD_BYTES", "fetch_image", "sha256_hex"]
 
 _log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ HASH_IN_THREAD_BYTES = 1 << 20
 """Images larger than this are hashed in the decode pool instead of on the event loop."""
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -52,7 +52,7 @@ async def fetch_image(
     source = str(result.source)
     metrics.IMAGE_STAGE_DURATION.labels("fetch", source).observe(result.elapsed_ms / 1000)
     if len(data) > HASH_IN_THREAD_BYTES:
-        sha = await asyncio.get_running_loop().run_in_executor(pool, _sha256, data)
+        sha = await asyncio.get_running_loop().run_in_executor(pool, sha256_hex, data)
     else:
-        sha = _sha256(data)
+        sha = sha256_hex(data)
     return Fetched(parsed, data, sha, source, replace(parsed.times, fetch_ms=float(result.elapsed_ms)))

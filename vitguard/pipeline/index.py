@@ -8,6 +8,7 @@ The search runs before the upsert so each stored embedding carries its cluster i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import numpy as np
 
@@ -29,14 +30,14 @@ async def index_batch(
     policy: PolicySettings,
     model_version: str,
     now_ms: int,
-    timed: Callable[[str], object],
+    timed: Callable[[str], AbstractContextManager[None]],
 ) -> list[Indexed]:
     """Cluster and store ``predicted`` (same order); ``timed(stage)`` is a context manager timing a stage."""
     unsafe = [i for i, p in enumerate(predicted) if p.decision.label == "unsafe"]
     out = [Indexed(p, None) for p in predicted]
     if unsafe:
         vectors = np.stack([predicted[i].prediction.embedding for i in unsafe])
-        with timed("milvus_search"):  # type: ignore[attr-defined]
+        with timed("milvus_search"):
             hits = await milvus.call(
                 "search_unsafe",
                 lambda: index.search_unsafe(collection, vectors, policy.max_matches + 1,
@@ -62,6 +63,6 @@ async def index_batch(
         for x in out
     ]
     if records:
-        with timed("milvus_upsert"):  # type: ignore[attr-defined]
+        with timed("milvus_upsert"):
             await milvus.call("upsert", lambda: index.upsert(collection, records))
     return out

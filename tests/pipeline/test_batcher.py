@@ -1,0 +1,70 @@
+"""The batching rule on its own: images up to max_size, requests at most half while stream images wait."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from vitguard.pipeline.batcher import ReadyQueue, Work
+from vitguard.pipeline.core import dead_letter
+from vitguard.pipeline.results import DeadLettered, Decoded, Parsed, StageTimes
+from vitguard.pipeline.types import RawMessage
+from vitguard.schemas.events import ImageEvent
+
+
+def decoded(i: int, request: bool = False) -> Work:
+    raw = RawMessage(b"{}", None, "in", 0, i)
+    event = ImageEvent(event_id=f"e{i}", content_id=f"c{i}", image_ref="https://example.test/x.jpg")
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    return Work(Decoded(Parsed(raw, event), "0" * 64, np.zeros((3, 4, 4), np.float32), StageTimes()), fut, request)
+
+
+def letter(i: int) -> Work:
+    raw = RawMessage(b"{", None, "in", 0, i)
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    return Work(DeadLettered(raw, dead_letter(raw, "invalid_json", "x")), fut)
+
+
+async def test_requests_take_at_most_half_while_stream_images_wait() -> None:
+    q = ReadyQueue(8, 0.0, lambda: 0)
+    for i in range(10):
+        q.put(decoded(i))
+    for i in range(100, 110):
+        q.put(decoded(i, request=True))
+    first = q.take()
+    assert sum(w.request for w in first) == 4 and len(first) == 8
+    assert [w.value.parsed.raw.offset for w in first if not w.request] == [0, 1, 2, 3]  # type: ignore[union-attr]
+
+
+async def test_requests_fill_the_batch_when_no_stream_image_waits() -> None:
+    q = ReadyQueue(4, 0.0, lambda: 0)
+    for i in range(6):
+        q.put(decoded(i, request=True))
+    assert len(q.take()) == 4 and len(q.take()) == 2 and q.take() == []
+
+
+async def test_dead_letters_ride_along_without_using_image_slots() -> None:
+    q = ReadyQueue(2, 0.0, lambda: 0)
+    for i in range(3):
+        q.put(decoded(i))
+    q.put(letter(9))
+    group = q.take()
+    assert len(group) == 3 and sum(isinstance(w.value, Decoded) for w in group) == 2
+    assert len(q.take()) == 1  # the third image, in order
+
+
+async def test_next_group_never_waits_when_nothing_is_in_the_front_half() -> None:
+    q = ReadyQueue(16, 5.0, lambda: 0)  # a long linger bound, but nothing more is coming
+    q.put(decoded(0))
+    group = await asyncio.wait_for(q.next_group(), 1.0)
+    assert len(group) == 1
+
+
+async def test_linger_is_an_upper_bound() -> None:
+    in_front = [1]
+    q = ReadyQueue(16, 0.05, lambda: in_front[0])
+    q.put(decoded(0))
+    group = await asyncio.wait_for(q.next_group(), 1.0)  # returns after at most ~max_wait_s, never blocks
+    assert len(group) == 1

@@ -1,0 +1,134 @@
+"""The front half of the batch path, per event: ingest -> redelivery guard -> fetch -> verdict cache -> decode.
+
+Every event runs it on its own task, concurrently with the others, so a slow image holds nobody; what it
+returns (decoded, a cache hit, a dead letter, or skipped) joins the ready queue. The redelivery guard is two
+layers: the ids this worker answered recently or has in flight (in memory; works while Redis is down), then
+Redis (shared by all workers). Only events that got a verdict are remembered, so a re-driven dead letter is
+processed again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from concurrent.futures import Executor
+
+from vitguard import metrics
+from vitguard.errors import InputError
+from vitguard.fetch import ImageFetcher
+from vitguard.model.types import Classifier
+from vitguard.pipeline.completion import timings
+from vitguard.pipeline.core import parse_cached_verdict, verdict_from_cache
+from vitguard.pipeline.decode import decode_image
+from vitguard.pipeline.failure import RedisPolicy
+from vitguard.pipeline.fetch import fetch_image, sha256_hex
+from vitguard.pipeline.ingest import parse
+from vitguard.pipeline.results import CacheHit, DeadLettered, Decoded, Fetched, Parsed, Ready, Skipped
+from vitguard.pipeline.types import RawMessage
+from vitguard.schemas.events import ImageEvent
+from vitguard.stores.interfaces import DedupStore
+
+__all__ = ["RECENT_EVENT_IDS", "FrontHalf"]
+
+RECENT_EVENT_IDS = 100_000
+"""Event ids this worker answered most recently, remembered in memory."""
+
+_CLASSIFY_TOPIC = "(classify)"
+
+
+class FrontHalf:
+    def __init__(
+        self,
+        *,
+        classifier: Classifier,
+        fetcher: ImageFetcher,
+        dedup: DedupStore,
+        redis: RedisPolicy,
+        cache_key: str,
+        pool: Executor,
+        fetch_timeout_s: float,
+    ) -> None:
+        self.classifier = classifier
+        self.fetcher = fetcher
+        self.dedup = dedup
+        self.redis = redis
+        self.cache_key = cache_key
+        self.pool = pool
+        self.fetch_timeout_s = fetch_timeout_s
+        self._recent_ids: OrderedDict[str, None] = OrderedDict()
+        self._active_ids: set[str] = set()
+
+    def settled(self, event_id: str | None, answered: bool) -> None:
+        """The event is out of flight; ``answered`` when it got a verdict (then redeliveries are skipped)."""
+        if event_id is None:
+            return
+        self._active_ids.discard(event_id)
+        if answered:
+            self._recent_ids[event_id] = None
+            while len(self._recent_ids) > RECENT_EVENT_IDS:
+                self._recent_ids.popitem(last=False)
+
+    async def prepare(self, raw: RawMessage, consumed_ms: float | None) -> Ready:
+        parsed = parse(raw, consumed_ms)
+        if isinstance(parsed, DeadLettered):
+            return parsed
+        if parsed.times.queue_ms:
+            metrics.QUEUE_TIME.observe(parsed.times.queue_ms / 1000)
+        event_id = parsed.event.event_id
+        if event_id in self._recent_ids or event_id in self._active_ids:
+            return Skipped(raw, "repeat" if event_id in self._active_ids else "redelivered")
+        self._active_ids.add(event_id)
+        try:
+            no_ids: set[str] = set()
+            seen = await self.redis.call("seen_events", lambda: self.dedup.seen_events([event_id]), no_ids)
+            if event_id in seen:
+                self._active_ids.discard(event_id)
+                return Skipped(raw, "redelivered")
+            fetched = await fetch_image(parsed, self.fetcher, self.pool, self.fetch_timeout_s)
+            if isinstance(fetched, DeadLettered):
+                return fetched
+            nothing: Mapping[str, str] = {}
+            sha = fetched.sha256
+            cached = await self.redis.call(
+                "cached_verdicts", lambda: self.dedup.cached_verdicts([sha], self.cache_key), nothing)
+            original = parse_cached_verdict(cached[sha]) if sha in cached else None
+            if original is not None:
+                verdict = verdict_from_cache(original, parsed.event, sha, timings(fetched.times))
+                return CacheHit(parsed, verdict, original.content_id)
+            return await decode_image(fetched, self.classifier, self.pool)
+        except BaseException:
+            self._active_ids.discard(event_id)
+            raise
+
+    async def prepare_request(
+        self, *, data: bytes | None, image_ref: str | None, content_id: str | None, tenant: str
+    ) -> Decoded:
+        """The same fetch and decode for a ``POST /classify`` request (no guard, no cache).
+
+        Raises:
+            InputError: the reference or the bytes are unusable; ``reason`` says why.
+        """
+        event_id = uuid.uuid4().hex
+        cid = content_id or f"classify-{event_id}"
+        # bytes sent in the request body have no reference: the event is internal, built without validation
+        event = (ImageEvent(event_id=event_id, content_id=cid, tenant=tenant, image_ref=image_ref)
+                 if image_ref is not None
+                 else ImageEvent.model_construct(event_id=event_id, content_id=cid, tenant=tenant,
+                                                 image_ref="(request body)"))
+        parsed = Parsed(RawMessage(None, None, _CLASSIFY_TOPIC, 0, 0), event)
+        fetched: Fetched | DeadLettered
+        max_bytes = self.fetcher.settings.max_bytes
+        if image_ref is not None:
+            fetched = await fetch_image(parsed, self.fetcher, self.pool, self.fetch_timeout_s)
+        elif not data:
+            raise InputError("schema_violation", "send image bytes, or JSON with an image_ref")
+        elif len(data) > max_bytes:
+            raise InputError("fetch_too_large", f"image of {len(data)} bytes exceeds the limit of {max_bytes}")
+        else:
+            fetched = Fetched(parsed, data, sha256_hex(data), "body", parsed.times)
+        decoded = fetched if isinstance(fetched, DeadLettered) else await decode_image(
+            fetched, self.classifier, self.pool)
+        if isinstance(decoded, DeadLettered):
+            raise InputError(decoded.dead_letter.reason, decoded.dead_letter.message)
+        return decoded
