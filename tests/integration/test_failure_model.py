@@ -1,0 +1,275 @@
+"""The failure model of issue 10 against real worker processes: poison pills, an agent crash, a hung Milvus
+server, a stalled URL.
+
+Each test is one of the four attacks that broke the pipeline, written so that it fails on the old behaviour
+(a partition stopped by an oversized dead letter, a black hole after an agent restart, a frozen Milvus
+that /readyz and SIGTERM did not notice, a slow URL that held its whole batch). The accounting is the
+chaos harness's (:mod:`vitguard.testing.chaos`): every published message has exactly one verdict or dead
+letter once redeliveries are deduplicated by event id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vitguard.schemas.events import DeadLetter, Verdict
+from vitguard.testing import services
+from vitguard.testing.chaos import (
+    ChaosWorker,
+    EventFactory,
+    ImageServer,
+    Ledger,
+    TimedOutputReader,
+    readyz,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+FAULT_WORKER = Path(__file__).parents[1] / "faults" / "fault_worker.py"
+SHUTDOWN_TIMEOUT_S = 8.0
+
+
+@pytest.fixture
+def workers() -> Iterator[list[ChaosWorker]]:
+    """Worker processes a test started; every one is killed when it ends, whatever happened."""
+    started: list[ChaosWorker] = []
+    yield started
+    for worker in started:
+        worker.kill()
+
+
+@pytest.fixture
+def worker_settings(service_settings: Callable[..., Any], new_topic: Callable[..., str],
+                    tmp_path: Path) -> Callable[..., Any]:
+    """Settings for one worker run: fresh topics and consumer group, a private Milvus Lite file, open_nsfw."""
+
+    def make(**overrides: dict[str, Any]) -> Any:
+        sections: dict[str, dict[str, Any]] = {
+            "topics": {"images": new_topic(1, "img"), "verdicts": new_topic(1, "verdicts"),
+                       "alerts": new_topic(1, "alerts"), "dead_letters": new_topic(1, "dlq")},
+            "milvus": {"uri": str(tmp_path / "milvus.db"), "retry_backoff_s": 0.2, "retry_backoff_max_s": 1.0},
+            "model": {"spec": "opennsfw"},
+            "fetch": {"file_root": str(tmp_path / "images")},
+            "batch": {"max_size": 8},
+            "kafka": {"session_timeout_s": 6.0},
+            "web": {"host": "127.0.0.1", "port": services.free_port()},
+            "worker": {"shutdown_timeout_s": SHUTDOWN_TIMEOUT_S},
+        }
+        for section, values in overrides.items():
+            sections[section] = {**sections.get(section, {}), **values}
+        return service_settings(**sections)
+
+    return make
+
+
+def start(workers: list[ChaosWorker], settings: Any, **kwargs: Any) -> ChaosWorker:
+    worker = ChaosWorker(settings, **kwargs).start()
+    workers.append(worker)
+    return worker
+
+
+def wait_all_answered(out: TimedOutputReader, ledger: Ledger, worker: ChaosWorker, timeout_s: float = 150.0,
+                      settle_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and worker.running:
+        out.poll(0.5)
+        if not ledger.account(out.outputs).lost:
+            out.poll(settle_s)
+            return
+    accounting = ledger.account(out.outputs)
+    raise AssertionError(f"{accounting.describe()}; worker running: {worker.running}; log:\n{worker.log_tail()}")
+
+
+def assert_exactly_once(ledger: Ledger, out: TimedOutputReader) -> None:
+    accounting = ledger.account(out.outputs)
+    print(f"accounting: {accounting.describe()}")
+    assert not accounting.lost, accounting.describe()
+    assert not accounting.wrong, accounting.describe()
+    assert accounting.duplicates == 0, accounting.describe()
+    verdict_ids = [v.event_id for v in out.outputs.verdicts]
+    assert len(verdict_ids) == len(set(verdict_ids))  # no verdict published twice
+
+
+# ------------------------------------------------------------------------------------------- 1. poison pills
+
+
+def test_poison_pills_are_truncated_dead_letters_and_nothing_behind_them_waits(
+    worker_settings: Callable[..., Any], tmp_path: Path, workers: list[ChaosWorker]
+) -> None:
+    settings = worker_settings()
+    factory = EventFactory(tmp_path / "images", max_inline_bytes=settings.fetch.max_inline_bytes)
+    pills = ("pill_binary", "pill_corrupt_inline", "pill_inline_too_large")
+    events = [factory.make("good") for _ in range(3)]
+    for pill in pills:  # one partition: every good event after a pill waits for it on the old code
+        events += [factory.make(pill), factory.make("good"), factory.make("good")]
+    assert all(len(e.value) > 1_000_000 for e in events if e.kind.startswith("pill"))
+    ledger = Ledger(settings.kafka, settings.topics.images)
+    published = ledger.publish(events)
+
+    worker = start(workers, settings)
+    with TimedOutputReader.for_settings(settings) as out:
+        wait_all_answered(out, ledger, worker, settle_s=5.0)  # settle: a retry would re-send verdicts
+        status, reasons = readyz(settings.web.port)
+    assert status == 200, reasons
+    assert worker.terminate(timeout_s=SHUTDOWN_TIMEOUT_S + 10) == 0, worker.log_tail()
+
+    assert_exactly_once(ledger, out)
+    answers = ledger.answers(out.outputs)
+    limit = 1024 * 1024
+    for p in published:
+        (answer,) = answers[(p.partition, p.offset)]
+        if not p.event.kind.startswith("pill"):
+            assert isinstance(answer, Verdict)
+            continue
+        assert isinstance(answer, DeadLetter), p.event.kind
+        assert answer.reason == p.event.expect
+        assert answer.payload_truncated, p.event.kind
+        assert answer.payload_size == len(p.event.value)
+        assert answer.payload_sha256 == hashlib.sha256(p.event.value).hexdigest()
+        assert (answer.source_topic, answer.source_partition, answer.source_offset) == (
+            settings.topics.images, p.partition, p.offset)
+        assert len(answer.model_dump_json()) < limit
+        head = answer.original_bytes(allow_truncated=True)
+        assert head and p.event.value.startswith(head)  # the payload's first bytes, byte for byte
+
+
+# ------------------------------------------------------------------------------------------- 2. agent crash
+
+
+def test_agent_exception_exits_non_zero_and_a_restarted_worker_answers_every_event_once(
+    worker_settings: Callable[..., Any], tmp_path: Path, workers: list[ChaosWorker]
+) -> None:
+    settings = worker_settings()  # a fresh consumer group: no committed offset when the agent fails
+    factory = EventFactory(tmp_path / "images", crash_marker=f"crash-{uuid.uuid4().hex[:8]}")
+    events = [factory.make("good") for _ in range(4)] + [factory.make("crash")]
+    events += [factory.make("good") for _ in range(10)]
+    ledger = Ledger(settings.kafka, settings.topics.images)
+    ledger.publish(events)
+
+    with TimedOutputReader.for_settings(settings) as out:
+        # the fault worker raises in the agent body on the marked event, every time it takes it
+        faulty = start(workers, settings, script=FAULT_WORKER,
+                       extra_env={"VITGUARD_FAULT_MARKER": factory.crash_marker})
+        assert faulty.process is not None
+        code = faulty.process.wait(120)
+        assert code == 1, f"exit code {code}; log:\n{faulty.log_tail()}"
+        assert "injected agent fault" in faulty.log_tail(20_000)
+        out.poll(3.0)
+        crashed_answers = out.outputs.answered()
+        internal = [d for d in out.outputs.dead_letters if d.reason == "internal_error"]
+        assert not internal, [d.message for d in internal]  # no black hole of a closed processor
+        marked = ledger.published[4]
+        assert marked.event.event_id not in out.first_answer_at
+        assert crashed_answers <= 4  # nothing behind the marked event was taken past it
+
+        normal = start(workers, settings)
+        wait_all_answered(out, ledger, normal)
+    assert normal.terminate(timeout_s=SHUTDOWN_TIMEOUT_S + 10) == 0
+    assert_exactly_once(ledger, out)  # events the crashed worker answered are not answered again
+
+
+# ------------------------------------------------------------------------------------------- 3. hung Milvus
+
+
+@pytest.fixture
+def frozen_milvus(tmp_path_factory: pytest.TempPathFactory, milvus_binaries_dir: Path) -> Iterator[Any]:
+    """A Milvus server of this test's own (it is frozen), thawed and stopped at the end."""
+    from vitguard.testing.milvus_server import MilvusNotInstalledError, MilvusServerProcess
+
+    server = MilvusServerProcess(tmp_path_factory.mktemp("milvus-hang"), binaries_dir=milvus_binaries_dir)
+    try:
+        server.start()
+    except MilvusNotInstalledError as exc:
+        pytest.skip(f"no Milvus server to test against: {exc}")
+    try:
+        yield server
+    finally:
+        server.thaw()
+        server.stop(timeout_s=5)
+
+
+def test_hung_milvus_fails_readiness_and_sigterm_still_stops_the_worker_in_time(
+    worker_settings: Callable[..., Any], tmp_path: Path, workers: list[ChaosWorker], frozen_milvus: Any
+) -> None:
+    settings = worker_settings(milvus={
+        "uri": frozen_milvus.uri, "collection_prefix": f"hang_{uuid.uuid4().hex[:8]}_", "call_timeout_s": 2.0,
+        "connect_timeout_s": 2.0, "load_timeout_s": 60.0})
+    factory = EventFactory(tmp_path / "images")
+    ledger = Ledger(settings.kafka, settings.topics.images)
+    ledger.publish([factory.make("good") for _ in range(6)])
+
+    with TimedOutputReader.for_settings(settings) as out:
+        first = start(workers, settings)
+        wait_all_answered(out, ledger, first, settle_s=0)
+        assert readyz(settings.web.port)[0] == 200
+
+        frozen_milvus.freeze()
+        frozen_at = time.monotonic()
+        held = ledger.publish([factory.make("good") for _ in range(6)])
+        bound_s = 30.0
+        status, reasons = 200, []
+        while time.monotonic() - frozen_at < bound_s:
+            status, reasons = readyz(settings.web.port)
+            if status == 503 and any("milvus" in r.lower() for r in reasons):
+                break
+            time.sleep(0.5)
+        not_ready_after = time.monotonic() - frozen_at
+        assert status == 503 and any("milvus" in r.lower() for r in reasons), (status, reasons)
+        print(f"/readyz 503 {not_ready_after:.1f}s after the freeze: {reasons}")
+        out.poll(2.0)
+        assert not {p.event.event_id for p in held} & set(out.first_answer_at)  # held, not answered
+
+        stopping = time.monotonic()
+        code = first.terminate(timeout_s=SHUTDOWN_TIMEOUT_S + 20)
+        took = time.monotonic() - stopping
+        print(f"SIGTERM with Milvus frozen: exit code {code} after {took:.1f}s")
+        assert took <= SHUTDOWN_TIMEOUT_S + 5, first.log_tail()
+        assert code in (0, 143), first.log_tail()
+
+        frozen_milvus.thaw()
+        second = start(workers, settings)
+        wait_all_answered(out, ledger, second)
+    assert second.terminate(timeout_s=SHUTDOWN_TIMEOUT_S + 10) == 0
+    assert_exactly_once(ledger, out)
+
+
+# ------------------------------------------------------------------------------------------- 4. stalled URL
+
+
+def test_a_stalled_url_holds_none_of_its_neighbours(worker_settings: Callable[..., Any], tmp_path: Path,
+                                                    workers: list[ChaosWorker]) -> None:
+    connect_s, read_s = 2.0, 10.0  # a fetch has connect + read seconds in all: 12 s
+    with ImageServer(hold_s=30.0) as server:
+        settings = worker_settings(fetch={"allowed_networks": ["127.0.0.0/8"], "connect_timeout_s": connect_s,
+                                          "read_timeout_s": read_s})
+        factory = EventFactory(tmp_path / "images", server)
+        events = [factory.make("http") for _ in range(3)] + [factory.make("stall")]
+        events += [factory.make("http") for _ in range(8)]
+        ledger = Ledger(settings.kafka, settings.topics.images)
+        published = ledger.publish(events)
+
+        worker = start(workers, settings)
+        with TimedOutputReader.for_settings(settings) as out:
+            wait_all_answered(out, ledger, worker)
+        assert worker.terminate(timeout_s=SHUTDOWN_TIMEOUT_S + 10) == 0
+        assert server.hits["stall"] >= 1
+
+    assert_exactly_once(ledger, out)
+    stalled = published[3]
+    (letter,) = ledger.answers(out.outputs)[(stalled.partition, stalled.offset)]
+    assert isinstance(letter, DeadLetter) and letter.reason == "fetch_timeout"
+    stalled_at = out.first_answer_at[stalled.event.event_id or ""]
+    neighbours = [out.first_answer_at[p.event.event_id or ""] for p in published if p is not stalled]
+    first_at = min(neighbours)
+    print(f"neighbours answered within {max(neighbours) - first_at:.1f}s of the first; the stalled one "
+          f"{stalled_at - first_at:.1f}s after it")
+    # every neighbour is answered while the stalled fetch is still pending, well before its deadline
+    assert max(neighbours) < stalled_at - 3.0
+    assert max(neighbours) - first_at <= 3.0
