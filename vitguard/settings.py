@@ -361,6 +361,16 @@ class BatchSettings(BaseSettings):
             "batches, more latency). Env: VITGUARD_BATCH_MAX_WAIT_S. Default 0."
         ),
     )
+    order_wait_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description=(
+            "Longest a decoded image waits for earlier events of its partition still being fetched, so a "
+            "partition's verdicts keep their order; it bounds what one stalled fetch adds to its neighbours' "
+            "latency. Env: VITGUARD_BATCH_ORDER_WAIT_S. Default 1.0."
+        ),
+    )
     decode_workers: int = Field(
         2, ge=1, le=256, description="Decode thread pool size. Env: VITGUARD_BATCH_DECODE_WORKERS."
     )

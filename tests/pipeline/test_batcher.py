@@ -68,3 +68,30 @@ async def test_linger_is_an_upper_bound() -> None:
     q.put(decoded(0))
     group = await asyncio.wait_for(q.next_group(), 1.0)  # returns after at most ~max_wait_s, never blocks
     assert len(group) == 1
+
+
+async def test_a_ready_event_waits_for_an_earlier_one_of_its_partition_at_most_order_wait_s() -> None:
+    q = ReadyQueue(8, 0.0, lambda: 0, order_wait_s=0.2)
+    early = q.expect(("in", 0))
+    late = q.expect(("in", 0))
+    other = q.expect(("in", 1))
+    w_late, w_other = decoded(1), decoded(2)
+    w_late.ticket, w_other.ticket = late, other
+    q.put_many([w_late, w_other])
+    assert [w.ticket for w in q.take()] == [other]  # partition 1 is not held by partition 0's straggler
+    assert q.take() == []  # the later event of partition 0 waits for the earlier one ...
+    group = await asyncio.wait_for(q.next_group(), 2.0)  # ... at most order_wait_s
+    assert [w.ticket for w in group] == [late]
+    q.forget(early)
+
+
+async def test_a_group_is_taken_in_partition_order_once_the_earlier_event_is_ready() -> None:
+    q = ReadyQueue(8, 0.0, lambda: 0, order_wait_s=10)
+    tickets = [q.expect(("in", 0)) for _ in range(3)]
+    works = [decoded(i) for i in range(3)]
+    for w, t in zip(works, tickets, strict=True):
+        w.ticket = t
+    q.put_many([works[2], works[1]])
+    assert q.take() == []
+    q.put(works[0])
+    assert [w.ticket for w in q.take()] == tickets

@@ -158,7 +158,7 @@ class Runner:
         )
         self._slots = asyncio.Semaphore(max_in_flight)
         self._front: set[asyncio.Task[Any]] = set()
-        self.ready = ReadyQueue(batch.max_size, batch.max_wait_s, lambda: len(self._front))
+        self.ready = ReadyQueue(batch.max_size, batch.max_wait_s, lambda: len(self._front), batch.order_wait_s)
         self._to_complete: asyncio.Queue[Group] = asyncio.Queue(maxsize=1)
         self._pending: set[asyncio.Future[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -233,7 +233,8 @@ class Runner:
             FatalError: the runner has stopped for good (the same error every pending future got).
         """
         fut = await self._admit()
-        task = asyncio.create_task(self._front_half(raw, consumed_ms, fut))
+        ticket = self.ready.expect((raw.topic, raw.partition))
+        task = asyncio.create_task(self._front_half(raw, consumed_ms, fut, ticket))
         self._front.add(task)
         task.add_done_callback(self._front.discard)
         return fut
@@ -245,8 +246,9 @@ class Runner:
         """
         now_ms = time.time() * 1000
         futures = [await self._admit() for _ in raws]
-        works = await asyncio.gather(*(self._front_half(r, now_ms, f, enqueue=False)
-                                       for r, f in zip(raws, futures, strict=True)))
+        tickets = [self.ready.expect((r.topic, r.partition)) for r in raws]
+        works = await asyncio.gather(*(self._front_half(r, now_ms, f, t, enqueue=False)
+                                       for r, f, t in zip(raws, futures, tickets, strict=True)))
         self.ready.put_many([w for w in works if w is not None])
         outcome = BatchOutcome()
         for r in await asyncio.gather(*futures):
@@ -299,7 +301,13 @@ class Runner:
         return fut
 
     async def _front_half(
-        self, raw: RawMessage, consumed_ms: float | None, fut: asyncio.Future[ItemResult], *, enqueue: bool = True
+        self,
+        raw: RawMessage,
+        consumed_ms: float | None,
+        fut: asyncio.Future[ItemResult],
+        ticket: tuple[Any, int] | None = None,
+        *,
+        enqueue: bool = True,
     ) -> Work | None:
         """ingest -> guard -> fetch -> cache -> decode, for one event; the result joins the ready queue
         (or is returned, with ``enqueue=False``). A skipped event is answered here."""
@@ -313,9 +321,10 @@ class Runner:
                                                   f"preparing the image failed: {type(exc).__name__}: {exc}"))
         if isinstance(value, Skipped):
             metrics.EVENTS_REDELIVERED.inc()
+            self.ready.forget(ticket)
             self._settle(fut, value)
             return None
-        work = Work(value, fut)
+        work = Work(value, fut, ticket=ticket)
         if enqueue:
             self.ready.put(work)
         return work
