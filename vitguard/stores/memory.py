@@ -80,6 +80,11 @@ class InMemoryEmbeddingIndex:
     def ping(self) -> bool:
         return True
 
+    def get(self, collection: str, content_ids: Sequence[str]) -> dict[str, EmbeddingRecord]:
+        """The stored rows of these content ids (the ones found), like the Milvus adapter's ``get``."""
+        rows = self._collection(collection)
+        return {cid: rows[cid] for cid in content_ids if cid in rows}
+
     def records(self, collection: str) -> dict[str, EmbeddingRecord]:
         """The rows of a collection by content id (a copy)."""
         return dict(self._collection(collection))

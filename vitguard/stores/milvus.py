@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -348,6 +348,25 @@ class MilvusEmbeddingIndex:
 
     # -- extras (not in the protocol) -------------------------------------------------------------
 
+    def get(self, collection: str, content_ids: Sequence[str]) -> dict[str, EmbeddingRecord]:
+        """The stored rows of these content ids (the ones found), embedding included.
+
+        Used by the review loop to re-upsert a reviewed item with its new label (Milvus has no partial
+        update of one field).
+
+        Raises:
+            ConfigError: Milvus refused the read for good.
+            ServiceUnavailableError: Milvus did not answer in time.
+        """
+        if not content_ids:
+            return {}
+        with self._lock:
+            client = self._connected()
+            rows = self._call(
+                lambda: client.get(collection, ids=list(content_ids), output_fields=list(FIELDS), **self._rpc)
+            )
+        return {str(r["content_id"]): _record(r) for r in rows}
+
     def count(self, collection: str) -> int:
         """Rows in a collection (operations and tests)."""
         with self._lock:
@@ -500,6 +519,20 @@ def _row(r: EmbeddingRecord, dim: int) -> dict[str, Any]:
         "created_at_ms": int(r.created_at_ms),
         "processed_at_ms": int(r.processed_at_ms),
     }
+
+
+def _record(row: Mapping[str, Any]) -> EmbeddingRecord:
+    return EmbeddingRecord(
+        content_id=str(row["content_id"]),
+        embedding=np.asarray(row["embedding"], dtype=np.float32),
+        label=str(row["label"]),
+        unsafe_score=float(row["unsafe_score"]),
+        cluster_id=str(row["cluster_id"]),
+        tenant=str(row["tenant"]),
+        model_version=str(row["model_version"]),
+        created_at_ms=int(row["created_at_ms"]),
+        processed_at_ms=int(row["processed_at_ms"]),
+    )
 
 
 def _hits(raw: Sequence[Any], min_similarity: float) -> list[SearchHit]:
