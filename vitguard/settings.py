@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from vitguard.errors import ConfigError
 
 __all__ = [
+    "BankSettings",
     "BatchSettings",
     "FetchSettings",
     "KafkaSettings",
@@ -170,14 +171,14 @@ class MilvusSettings(BaseSettings):
     collection_prefix: str = Field(
         "vitguard_", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Env: VITGUARD_MILVUS_COLLECTION_PREFIX."
     )
-    retry_attempts: int = Field(
-        8,
-        ge=1,
-        le=100,
-        description="Attempts per upsert/search before the batch waits. Env: VITGUARD_MILVUS_RETRY_ATTEMPTS.",
-    )
     retry_backoff_s: float = Field(
-        0.5, gt=0, le=60, description="First retry delay, doubled each time. Env: VITGUARD_MILVUS_RETRY_BACKOFF_S."
+        0.5,
+        gt=0,
+        le=60,
+        description=(
+            "First delay while Milvus holds a batch, doubled each attempt (with jitter) for as long as it fails. "
+            "Env: VITGUARD_MILVUS_RETRY_BACKOFF_S."
+        ),
     )
     retry_backoff_max_s: float = Field(
         30.0, gt=0, le=600, description="Longest retry delay. Env: VITGUARD_MILVUS_RETRY_BACKOFF_MAX_S."
@@ -439,6 +440,98 @@ class LogSettings(BaseSettings):
     json_format: bool = Field(False, description="One JSON object per line. Env: VITGUARD_LOG_JSON_FORMAT.")
 
 
+class BankSettings(BaseSettings):
+    """Hash banks (PDQ): where they live, when a hash is matched, and the flood guard."""
+
+    model_config = _config("VITGUARD_BANKS_")
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "Hash every image (PDQ) and match it against the banks; the worker follows the banks topic. "
+            "Env: VITGUARD_BANKS_ENABLED. Default true."
+        ),
+    )
+    topic: str = Field(
+        "vitguard-banks",
+        min_length=1,
+        description=(
+            "Compacted topic holding banks and their hashes (the source of truth; one partition). "
+            "Env: VITGUARD_BANKS_TOPIC. Default vitguard-banks."
+        ),
+    )
+    quality_threshold: int = Field(
+        50,
+        ge=0,
+        le=100,
+        description=(
+            "PDQ hashes of lower quality are carried in the verdict but never matched (HMA's rule). "
+            "Env: VITGUARD_BANKS_QUALITY_THRESHOLD. Default 50."
+        ),
+    )
+    default_match_distance: int = Field(
+        31,
+        ge=0,
+        le=128,
+        description=(
+            "Match distance (bits) of a bank created without one. Env: VITGUARD_BANKS_DEFAULT_MATCH_DISTANCE. "
+            "Default 31 (HMA)."
+        ),
+    )
+    index: Literal["auto", "flat", "multihash"] = Field(
+        "auto",
+        description=(
+            "FAISS index: flat (exact scan), multihash (exact within the distance, fast for large banks) or auto "
+            "(multihash from multihash_min hashes). Env: VITGUARD_BANKS_INDEX. Default auto."
+        ),
+    )
+    multihash_min: int = Field(
+        50_000, ge=1, description="Hashes from which auto picks multihash. Env: VITGUARD_BANKS_MULTIHASH_MIN."
+    )
+    rebuild_interval_s: float = Field(
+        0.5,
+        gt=0,
+        le=600,
+        description=(
+            "Bank changes are gathered this long before the index is rebuilt (off the hot path). "
+            "Env: VITGUARD_BANKS_REBUILD_INTERVAL_S. Default 0.5."
+        ),
+    )
+    load_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Start-up waits this long for the banks topic to be read to its end before failing. "
+            "Env: VITGUARD_BANKS_LOAD_TIMEOUT_S. Default 60."
+        ),
+    )
+    flood_window_s: float = Field(
+        600.0,
+        gt=0,
+        description="Flood guard window. Env: VITGUARD_BANKS_FLOOD_WINDOW_S. Default 600.",
+    )
+    flood_min_matches: int = Field(
+        50,
+        ge=1,
+        description=(
+            "An entry is quarantined when, within one window, it matches at least this many items and at least "
+            "flood_factor times its usual count per window. Env: VITGUARD_BANKS_FLOOD_MIN_MATCHES. Default 50."
+        ),
+    )
+    flood_factor: float = Field(
+        10.0, ge=1, description="See flood_min_matches. Env: VITGUARD_BANKS_FLOOD_FACTOR. Default 10."
+    )
+    flood_quarantine_s: float = Field(
+        3600.0,
+        gt=0,
+        description=(
+            "How long a quarantine lasts after the entry's last flood. Env: VITGUARD_BANKS_FLOOD_QUARANTINE_S. "
+            "Default 3600."
+        ),
+    )
+
+
 class Settings(BaseModel):
     """Everything, grouped by concern. Build it with :func:`load_settings`."""
 
@@ -455,6 +548,7 @@ class Settings(BaseModel):
     worker: WorkerSettings
     web: WebSettings
     log: LogSettings
+    banks: BankSettings = Field(default_factory=BankSettings)
 
 
 _SECTIONS: dict[str, type[BaseSettings]] = {
@@ -469,6 +563,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "worker": WorkerSettings,
     "web": WebSettings,
     "log": LogSettings,
+    "banks": BankSettings,
 }
 
 

@@ -74,7 +74,7 @@ def make_processor(
 ) -> tuple[Runner, ListSink, Any]:
     settings = load_settings(
         fetch={"file_root": str(image_root)}, policy=policy or {},
-        milvus={"retry_attempts": 2, "retry_backoff_s": 0.01, "retry_backoff_max_s": 0.02},
+        milvus={"retry_backoff_s": 0.01, "retry_backoff_max_s": 0.02},
     )
     sink = ListSink()
     index = index or InMemoryEmbeddingIndex()

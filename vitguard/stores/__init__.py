@@ -6,7 +6,6 @@ implementations exist for unit tests of pipeline logic.
 
 from __future__ import annotations
 
-from vitguard.stores.backoff import backoff_delay, backoff_schedule, retry_with_backoff
 from vitguard.stores.interfaces import (
     DedupStore,
     EmbeddingIndex,
@@ -35,9 +34,6 @@ __all__ = [
     "SearchHit",
     "WaveCounter",
     "WaveState",
-    "backoff_delay",
-    "backoff_schedule",
     "collection_name",
-    "retry_with_backoff",
     "wave_decision",
 ]
