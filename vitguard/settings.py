@@ -28,6 +28,7 @@ __all__ = [
     "ModelSettings",
     "PolicySettings",
     "RedisSettings",
+    "ReviewSettings",
     "Settings",
     "TopicSettings",
     "WebSettings",
@@ -109,6 +110,26 @@ class TopicSettings(BaseSettings):
     verdicts: str = Field("image-verdicts", min_length=1, description="Env: VITGUARD_TOPIC_VERDICTS.")
     alerts: str = Field("near-duplicate-alerts", min_length=1, description="Env: VITGUARD_TOPIC_ALERTS.")
     dead_letters: str = Field("image-events-dlq", min_length=1, description="Env: VITGUARD_TOPIC_DEAD_LETTERS.")
+    review_requests: str = Field(
+        "review-requests",
+        min_length=1,
+        description="Items for human review, compacted by content id. Env: VITGUARD_TOPIC_REVIEW_REQUESTS.",
+    )
+    review_decisions: str = Field(
+        "review-decisions",
+        min_length=1,
+        description="Reviewers' decisions, compacted by decision id. Env: VITGUARD_TOPIC_REVIEW_DECISIONS.",
+    )
+    review_audit: str = Field(
+        "review-audit",
+        min_length=1,
+        description="What the applier did with each decision (append-only). Env: VITGUARD_TOPIC_REVIEW_AUDIT.",
+    )
+    verdict_corrections: str = Field(
+        "verdict-corrections",
+        min_length=1,
+        description="Verdicts corrected by reviewers, by content id. Env: VITGUARD_TOPIC_VERDICT_CORRECTIONS.",
+    )
     partitions: int = Field(
         6, ge=1, le=10_000, description="Partitions when vitguard creates a topic. Env: VITGUARD_TOPIC_PARTITIONS."
     )
@@ -119,6 +140,11 @@ class TopicSettings(BaseSettings):
     def all(self) -> tuple[str, str, str, str]:
         """The four topics, input first."""
         return (self.images, self.verdicts, self.alerts, self.dead_letters)
+
+    def review(self) -> tuple[str, str, str, str]:
+        """The review loop's topics (created by ``vitguard review topics``): requests, decisions, audit,
+        corrections."""
+        return (self.review_requests, self.review_decisions, self.review_audit, self.verdict_corrections)
 
 
 class RedisSettings(BaseSettings):
@@ -532,6 +558,72 @@ class BankSettings(BaseSettings):
     )
 
 
+class ReviewSettings(BaseSettings):
+    """The human review loop: which verdicts go to reviewers, and the review console."""
+
+    model_config = _config("VITGUARD_REVIEW_")
+
+    enabled: bool = Field(
+        False,
+        description=(
+            "The worker publishes review requests (uncertain verdicts, every near-duplicate, wave and bank-match "
+            "alert) to VITGUARD_TOPIC_REVIEW_REQUESTS; create it first with `vitguard review topics`. "
+            "Env: VITGUARD_REVIEW_ENABLED. Default false."
+        ),
+    )
+    uncertain_low: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description=(
+            "Verdicts with uncertain_low <= unsafe_score < uncertain_high go to review. "
+            "Env: VITGUARD_REVIEW_UNCERTAIN_LOW. Default 0.35."
+        ),
+    )
+    uncertain_high: float = Field(
+        0.65, ge=0, le=1, description="See uncertain_low. Env: VITGUARD_REVIEW_UNCERTAIN_HIGH. Default 0.65."
+    )
+    console_token: SecretStr | None = Field(
+        None,
+        description=(
+            "Reviewers log in to the console with this token (secret); unset, the console refuses to start. "
+            "Env: VITGUARD_REVIEW_CONSOLE_TOKEN."
+        ),
+    )
+    console_host: str = Field("127.0.0.1", description="Console bind address. Env: VITGUARD_REVIEW_CONSOLE_HOST.")
+    console_port: int = Field(
+        6070, ge=0, le=65535, description="Console port. Env: VITGUARD_REVIEW_CONSOLE_PORT. Default 6070."
+    )
+    public_origin: str | None = Field(
+        None,
+        pattern=r"^https?://[^/\s]+$",
+        description=(
+            "The console's origin as browsers see it (https://review.example.com) when it sits behind a proxy; "
+            "writes from any other Origin are refused. Default: the request's own scheme and Host. "
+            "Env: VITGUARD_REVIEW_PUBLIC_ORIGIN."
+        ),
+    )
+    cookie_secure: bool = Field(
+        False,
+        description="Mark the session cookie Secure (serve the console over HTTPS). Env: VITGUARD_REVIEW_COOKIE_SECURE.",
+    )
+    session_ttl_s: int = Field(
+        8 * 3600, ge=60, le=7 * 24 * 3600, description="Login lifetime. Env: VITGUARD_REVIEW_SESSION_TTL_S."
+    )
+    thumbnail_px: int = Field(
+        256, ge=32, le=1024, description="Longest side of console thumbnails. Env: VITGUARD_REVIEW_THUMBNAIL_PX."
+    )
+    thumbnail_cache: int = Field(
+        256, ge=0, le=100_000, description="Thumbnails kept in memory. Env: VITGUARD_REVIEW_THUMBNAIL_CACHE."
+    )
+
+    @model_validator(mode="after")
+    def _band(self) -> ReviewSettings:
+        if self.uncertain_low > self.uncertain_high:
+            raise ValueError("VITGUARD_REVIEW_UNCERTAIN_LOW must not be above VITGUARD_REVIEW_UNCERTAIN_HIGH")
+        return self
+
+
 class Settings(BaseModel):
     """Everything, grouped by concern. Build it with :func:`load_settings`."""
 
@@ -549,6 +641,7 @@ class Settings(BaseModel):
     web: WebSettings
     log: LogSettings
     banks: BankSettings = Field(default_factory=BankSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
 
 
 _SECTIONS: dict[str, type[BaseSettings]] = {
@@ -564,6 +657,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "web": WebSettings,
     "log": LogSettings,
     "banks": BankSettings,
+    "review": ReviewSettings,
 }
 
 
