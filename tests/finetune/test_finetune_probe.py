@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vitguard.finetune.probe import ProbeConfig, train_linear_head
-from vitguard.finetune.training import EarlyStopping, cosine_with_warmup
+from vitguard.finetune.training import EarlyStopping, optimizer_and_schedule
 
 
 def _blobs(n_per: tuple[int, ...], dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -71,8 +71,16 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     assert stopper.best == 0.5
 
 
-def test_cosine_schedule_warms_up_then_decays() -> None:
-    factors = [cosine_with_warmup(s, total_steps=10, warmup_steps=2) for s in range(11)]
-    assert factors[0] == 0.5 and factors[1] == 1.0 and factors[2] == 1.0
-    assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False))
-    assert factors[10] == pytest.approx(0.0)
+def test_timm_schedule_warms_up_then_decays() -> None:
+    import torch
+
+    optimizer, schedule = optimizer_and_schedule([torch.nn.Parameter(torch.zeros(2))], lr=1.0, weight_decay=0.0,
+                                                 total_steps=10, warmup_steps=2)
+    lrs = []
+    for step in range(11):
+        schedule.step_update(step)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.5) and lrs[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+    assert lrs[10] == pytest.approx(0.0)
+    assert type(optimizer).__name__ == "AdamW"

@@ -25,7 +25,7 @@ from vitguard.errors import ConfigError
 from vitguard.finetune.data import SkippedImage, class_weights
 from vitguard.finetune.errors import DatasetError
 from vitguard.finetune.features import forward_batch
-from vitguard.finetune.training import Balance, EarlyStopping, TrainingHistory, cosine_with_warmup, seed_everything
+from vitguard.finetune.training import Balance, EarlyStopping, TrainingHistory, optimizer_and_schedule, seed_everything
 from vitguard.model.folder import decode_in_batches
 
 if TYPE_CHECKING:
@@ -261,15 +261,16 @@ def finetune_network(
     val_loader: Any = torch.utils.data.DataLoader(val_set, batch_size=config.batch_size, **loader_args)  # type: ignore[arg-type]
 
     trainable = select_trainable(module, config.unfreeze)
-    optimizer = torch.optim.AdamW(_param_groups(module, trainable, config))
     steps_per_epoch = len(train_loader)
     if config.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     total = max(1, steps_per_epoch * config.epochs)
     warmup = int(steps_per_epoch * config.warmup_epochs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_with_warmup(step, total_steps=total, warmup_steps=warmup)
+    optimizer, schedule = optimizer_and_schedule(
+        _param_groups(module, trainable, config), lr=config.lr, weight_decay=config.weight_decay,
+        total_steps=total, warmup_steps=warmup,
     )
+    updates = 0
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -298,7 +299,8 @@ def finetune_network(
                 torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], config.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            schedule.step()
+            updates += 1
+            schedule.step_update(updates)
             running += float(loss.detach()) * len(y)
             seen += len(y)
             steps.set_postfix(loss=f"{float(loss.detach()):.4f}")

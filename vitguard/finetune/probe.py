@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from vitguard.finetune.data import class_weights
-from vitguard.finetune.training import Balance, EarlyStopping, TrainingHistory, cosine_with_warmup, seed_everything
+from vitguard.finetune.training import Balance, EarlyStopping, TrainingHistory, optimizer_and_schedule, seed_everything
 
 __all__ = ["LinearHead", "ProbeConfig", "train_linear_head"]
 
@@ -97,13 +97,13 @@ def train_linear_head(
     val_weights = weights if config.balance != "none" else None
 
     head = torch.nn.Linear(tx.shape[1], num_classes)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, -(-len(tx) // config.batch_size))
     total = steps_per_epoch * config.epochs
     warmup = int(steps_per_epoch * config.warmup_epochs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_with_warmup(step, total_steps=total, warmup_steps=warmup)
+    optimizer, schedule = optimizer_and_schedule(
+        head.parameters(), lr=config.lr, weight_decay=config.weight_decay, total_steps=total, warmup_steps=warmup
     )
+    updates = 0
     generator = torch.Generator().manual_seed(config.seed)
     history = TrainingHistory()
     stopper = EarlyStopping(config.patience)
@@ -123,7 +123,8 @@ def train_linear_head(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
-            schedule.step()
+            updates += 1
+            schedule.step_update(updates)
             running += float(loss.detach()) * len(idx)
             seen += len(idx)
         head.eval()

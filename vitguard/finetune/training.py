@@ -1,5 +1,5 @@
-"""What the linear probe and full fine-tuning share: seeding, the learning-rate schedule, early stopping
-and the per-epoch history."""
+"""What the linear probe and full fine-tuning share: seeding, the optimiser and learning-rate schedule
+(timm's factories), early stopping and the per-epoch history."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Balance", "EarlyStopping", "TrainingHistory", "cosine_with_warmup", "seed_everything"]
+__all__ = ["Balance", "EarlyStopping", "TrainingHistory", "optimizer_and_schedule", "seed_everything"]
 
 Balance = Literal["loss", "sampler", "none"]
 """How class imbalance is handled: class-weighted loss, a class-balanced sampler, or not at all."""
@@ -25,16 +25,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def cosine_with_warmup(step: int, *, total_steps: int, warmup_steps: int, min_factor: float = 0.0) -> float:
-    """Learning-rate factor: linear warm-up from ~0 to 1, then a cosine decay to ``min_factor``.
+def optimizer_and_schedule(
+    params: Any, *, lr: float, weight_decay: float, total_steps: int, warmup_steps: int
+) -> tuple[Any, Any]:
+    """AdamW and a warm-up + cosine learning-rate schedule, from timm's own factories.
 
-    Warm-up keeps the first updates from wrecking pretrained features while the new head is still random.
+    ``params`` is a module's parameters or a list of parameter groups (each may carry its own ``lr`` and
+    ``weight_decay``). The schedule is per optimiser step: call ``schedule.step_update(step)`` after each one.
+    Warm-up (linear from 0) keeps the first updates from wrecking pretrained features while the new head is
+    still random; the cosine then decays to 0 over the remaining steps.
     """
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    from timm.optim.optim_factory import create_optimizer_v2
+    from timm.scheduler.cosine_lr import CosineLRScheduler
+
+    optimizer = create_optimizer_v2(params, opt="adamw", lr=lr, weight_decay=weight_decay)
+    schedule = CosineLRScheduler(
+        optimizer, t_initial=max(1, total_steps - warmup_steps), warmup_t=warmup_steps, warmup_lr_init=0.0,
+        warmup_prefix=True, lr_min=0.0, t_in_epochs=False,
+    )
+    return optimizer, schedule
 
 
 @dataclass
