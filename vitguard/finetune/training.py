@@ -35,7 +35,7 @@ def optimizer_and_schedule(
     Warm-up (linear from 0) keeps the first updates from wrecking pretrained features while the new head is
     still random; the cosine then decays to 0 over the remaining steps.
     """
-    from timm.optim.optim_factory import create_optimizer_v2
+    from timm.optim import create_optimizer_v2  # type: ignore[attr-defined]  # re-exported, no __all__
     from timm.scheduler.cosine_lr import CosineLRScheduler
 
     optimizer = create_optimizer_v2(params, opt="adamw", lr=lr, weight_decay=weight_decay)
