@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from vitguard.errors import InputError
 from vitguard.schemas import (
+    SCHEMA_VERSION,
     DeadLetter,
     ImageEvent,
     NearDuplicateAlert,
@@ -38,7 +39,7 @@ def test_good_event_parses() -> None:
     event = parse_image_event(_raw())
     assert event.content_id == "img/42"
     assert event.created_at == datetime(2026, 11, 21, 10, tzinfo=UTC)
-    assert event.schema_version == "1.0"
+    assert event.schema_version == SCHEMA_VERSION
 
 
 @pytest.mark.parametrize(
@@ -117,7 +118,8 @@ def test_verdict_round_trip() -> None:
 def test_json_schema_export_is_valid_json_schema(tmp_path: Path) -> None:
     paths = export_json_schemas(tmp_path)
     assert sorted(p.name for p in paths) == [
-        "dead-letter.schema.json", "image-event.schema.json", "near-duplicate-alert.schema.json", "verdict.schema.json",
+        "bank-match-alert.schema.json", "dead-letter.schema.json", "image-event.schema.json",
+        "near-duplicate-alert.schema.json", "verdict.schema.json",
     ]
     for path in paths:
         schema = json.loads(path.read_text())
@@ -138,3 +140,16 @@ def test_exported_schema_validates_real_events(tmp_path: Path) -> None:
     jsonschema.validate(json.loads(_raw()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**GOOD, "unexpected": 1}, schema)
+
+
+def test_bank_fields_are_optional_and_alerts_say_their_type() -> None:
+    from vitguard.schemas import BankMatch, BankMatchAlert
+
+    verdict = Verdict(event_id="e", content_id="c", label="safe", unsafe_score=0.1, top_class="SFW",
+                      scores={"SFW": 0.9, "NSFW": 0.1}, model_name="m", model_version="v")
+    assert verdict.bank_matches == [] and verdict.pdq_hash is None and verdict.label_source == "model"
+    match = BankMatch(bank="b", entry_id="x", distance=3, action="force_unsafe")
+    alert = BankMatchAlert(content_id="c", event_id="e", matches=[match], action_taken="force_unsafe",
+                           severity="critical", label="unsafe", pdq_hash="a" * 64, pdq_quality=90)
+    assert alert.alert_type == "bank_match" and alert.schema_version == SCHEMA_VERSION
+    assert BankMatchAlert.model_validate_json(alert.model_dump_json()) == alert

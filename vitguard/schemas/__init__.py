@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from vitguard.schemas.events import (
     SCHEMA_VERSION,
+    BankMatch,
+    BankMatchAlert,
     DeadLetter,
     ImageEvent,
     Match,
@@ -20,6 +22,8 @@ from vitguard.schemas.export import EVENT_MODELS, export_json_schemas
 __all__ = [
     "EVENT_MODELS",
     "SCHEMA_VERSION",
+    "BankMatch",
+    "BankMatchAlert",
     "DeadLetter",
     "ImageEvent",
     "Match",

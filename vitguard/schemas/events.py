@@ -20,6 +20,8 @@ from vitguard.errors import InputError, ReasonCode
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BankMatch",
+    "BankMatchAlert",
     "DeadLetter",
     "ImageEvent",
     "Match",
@@ -32,9 +34,11 @@ __all__ = [
     "validate_image_event",
 ]
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 """1.1: dead letters carry ``payload_size``, ``payload_sha256`` and ``payload_truncated``; timings carry
-``queue_ms`` and ``wait_ms``. Readers of 1.0 that ignore unknown fields keep working."""
+``queue_ms`` and ``wait_ms``. Readers of 1.0 that ignore unknown fields keep working.
+1.2: hash banks: verdicts carry ``bank_matches``, ``pdq_hash``, ``pdq_quality`` and ``label_source``; the alerts
+topic also carries :class:`BankMatchAlert`; every alert has ``alert_type`` to tell the two apart."""
 
 MAX_ID_LEN = 128
 MAX_URL_LEN = 4096
@@ -142,6 +146,27 @@ class Timings(BaseModel):
     wait_ms: float = Field(0.0, ge=0, description="Decoded to its forward pass: time waiting for the model (1.1).")
 
 
+class BankMatch(BaseModel):
+    """One hash-bank entry an image matched (1.2)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bank: str = Field(description="The bank's name.")
+    entry_id: str = Field(description="The entry within the bank (the exchange's id when the list had one).")
+    distance: int = Field(ge=0, le=256, description="Hamming distance between the two PDQ hashes, in bits.")
+    action: Literal["force_unsafe", "flag_only"] = Field(description="The bank's action on a match.")
+    negative: bool = Field(
+        False, description="True for a negative bank (allow-list): the item is known safe, not known bad."
+    )
+    quarantined: bool = Field(
+        False,
+        description=(
+            "The flood guard quarantined this entry: it matched far more items than usual within its window, so "
+            "its force_unsafe action is suspended until someone looks."
+        ),
+    )
+
+
 class Verdict(_Event):
     """Output: the moderation decision for one image."""
 
@@ -167,6 +192,20 @@ class Verdict(_Event):
     processed_at: datetime = Field(default_factory=utc_now, description="When the verdict was made.")
     replay_id: str | None = Field(None, description="Set when the verdict comes from a replay, not live traffic.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Copied from the input event.")
+    label_source: Literal["model", "bank"] = Field(
+        "model",
+        description="What decided the label: the model's score and policy, or a force_unsafe hash-bank match (1.2).",
+    )
+    bank_matches: list[BankMatch] = Field(
+        default_factory=list, description="Hash-bank entries the image matched, closest first (1.2)."
+    )
+    pdq_hash: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="PDQ perceptual hash of the image, 64 hex digits (1.2)."
+    )
+    pdq_quality: int | None = Field(
+        None, ge=0, le=100,
+        description="PDQ's quality score (0-100); hashes below the banks' quality threshold are not matched (1.2).",
+    )
 
 
 class Match(BaseModel):
@@ -182,6 +221,9 @@ class Match(BaseModel):
 class NearDuplicateAlert(_Event):
     """An unsafe image landed close to known unsafe images; ``severity`` rises in an abuse wave."""
 
+    alert_type: Literal["near_duplicate"] = Field(
+        "near_duplicate", description="Which alert this is; the alerts topic also carries bank_match alerts (1.2)."
+    )
     alert_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="Unique per alert.")
     content_id: Identifier = Field(description="The new unsafe image.")
     event_id: Identifier = Field(description="The event that brought it.")
@@ -194,6 +236,31 @@ class NearDuplicateAlert(_Event):
         description="info: a near-duplicate; critical: a wave (wave_count >= the policy's threshold)."
     )
     model_name: str = Field(description="Embeddings of different models are never compared.")
+    created_at: datetime = Field(default_factory=utc_now, description="When the alert was raised.")
+
+
+class BankMatchAlert(_Event):
+    """An image matched a positive hash bank (1.2)."""
+
+    alert_type: Literal["bank_match"] = Field("bank_match", description="Which alert this is.")
+    alert_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="Unique per alert.")
+    content_id: Identifier = Field(description="The matching image.")
+    event_id: Identifier = Field(description="The event that brought it.")
+    tenant: Identifier = Field("default", description="Tenant of the image.")
+    matches: list[BankMatch] = Field(description="The positive-bank entries it matched, closest first.")
+    action_taken: Literal["force_unsafe", "flag_only", "suspended"] = Field(
+        description=(
+            "force_unsafe: the verdict is unsafe because of the match; flag_only: the bank only flags; suspended: "
+            "a force_unsafe bank matched, but every such entry is quarantined by the flood guard."
+        )
+    )
+    quarantined: bool = Field(False, description="At least one matched entry is quarantined by the flood guard.")
+    severity: Literal["info", "warning", "critical"] = Field(
+        description="critical: force_unsafe applied; warning: flag_only or suspended (a person should look)."
+    )
+    label: Literal["safe", "unsafe"] = Field(description="The verdict's label.")
+    pdq_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="The image's PDQ hash.")
+    pdq_quality: int = Field(ge=0, le=100, description="Its PDQ quality.")
     created_at: datetime = Field(default_factory=utc_now, description="When the alert was raised.")
 
 

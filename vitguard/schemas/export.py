@@ -7,7 +7,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from vitguard.schemas.events import SCHEMA_VERSION, DeadLetter, ImageEvent, NearDuplicateAlert, Verdict
+from vitguard.schemas.events import (
+    SCHEMA_VERSION,
+    BankMatchAlert,
+    DeadLetter,
+    ImageEvent,
+    NearDuplicateAlert,
+    Verdict,
+)
 
 __all__ = ["EVENT_MODELS", "export_json_schemas"]
 
@@ -15,6 +22,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     "image-event": ImageEvent,
     "verdict": Verdict,
     "near-duplicate-alert": NearDuplicateAlert,
+    "bank-match-alert": BankMatchAlert,
     "dead-letter": DeadLetter,
 }
 

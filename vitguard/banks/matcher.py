@@ -1,0 +1,125 @@
+"""Matching a batch of PDQ hashes against every enabled bank in one call.
+
+:func:`build_snapshot` turns a :class:`~vitguard.banks.state.BankState` into an immutable
+:class:`BankSnapshot` (entries, their packed hashes, one :class:`~vitguard.banks.index.HashIndex`), off the
+hot path. :class:`BankMatcher` holds the current snapshot, swaps in a new one atomically (one attribute
+assignment; a batch in flight keeps the snapshot it started with) and answers
+:meth:`BankMatcher.match_batch`, with the flood guard applied.
+
+The index is searched at the largest match distance of any enabled bank; each hit is then kept only when
+it is within its own bank's distance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vitguard.banks.flood import FloodGuard, FloodRule
+from vitguard.banks.index import DEFAULT_MULTIHASH_MIN, HashIndex, IndexKind, build_index
+from vitguard.banks.models import Bank
+from vitguard.banks.signal import PDQ_BYTES, PDQ_DEFAULT_QUALITY_THRESHOLD, pack_hashes
+from vitguard.banks.state import BankState
+from vitguard.schemas.events import BankMatch
+
+__all__ = ["BankMatcher", "BankSnapshot", "build_snapshot"]
+
+
+@dataclass(frozen=True)
+class BankSnapshot:
+    """The enabled banks at one version of the banks topic, indexed."""
+
+    banks: dict[str, Bank]
+    entry_banks: tuple[str, ...]
+    entry_ids: tuple[str, ...]
+    index: HashIndex
+    version: int = 0
+    built_at: float = field(default_factory=time.time)
+    build_s: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.entry_ids)
+
+    @classmethod
+    def empty(cls) -> BankSnapshot:
+        return cls({}, (), (), build_index(np.zeros((0, PDQ_BYTES), np.uint8), 0, kind="brute"))
+
+
+def build_snapshot(
+    state: BankState, *, kind: IndexKind = "auto", multihash_min: int = DEFAULT_MULTIHASH_MIN
+) -> BankSnapshot:
+    """Index every entry of every enabled bank in ``state`` (entries of unknown banks are left out)."""
+    started = time.perf_counter()
+    banks = {name: b for name, b in state.banks.items() if b.enabled}
+    rows = sorted((b, e.entry_id, e.signal) for (b, _), e in state.entries.items() if b in banks)
+    max_distance = max((b.match_distance for b in banks.values()), default=0)
+    codes = pack_hashes([s for _, _, s in rows])
+    index = build_index(codes, max_distance, kind=kind, multihash_min=multihash_min)
+    return BankSnapshot(
+        banks=banks,
+        entry_banks=tuple(b for b, _, _ in rows),
+        entry_ids=tuple(i for _, i, _ in rows),
+        index=index,
+        version=state.version,
+        build_s=time.perf_counter() - started,
+    )
+
+
+class BankMatcher:
+    """Matches batches against the current snapshot.
+
+    Args:
+        quality_threshold: hashes of lower PDQ quality are not matched.
+        flood: the flood guard's rule.
+        clock: seconds (the flood guard's windows); ``time.time`` by default.
+    """
+
+    def __init__(
+        self,
+        snapshot: BankSnapshot | None = None,
+        *,
+        quality_threshold: int = PDQ_DEFAULT_QUALITY_THRESHOLD,
+        flood: FloodRule | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.snapshot = snapshot or BankSnapshot.empty()
+        self.quality_threshold = quality_threshold
+        self.flood = FloodGuard(flood)
+        self._clock = clock
+
+    def update(self, snapshot: BankSnapshot) -> None:
+        """Use ``snapshot`` from the next batch on."""
+        self.snapshot = snapshot
+
+    def match_batch(
+        self, hashes: Sequence[str | None], qualities: Sequence[int | None]
+    ) -> list[list[BankMatch]]:
+        """The bank matches of each hash, closest first; ``[]`` for None or low-quality hashes.
+
+        Every match of a positive bank counts towards the flood guard.
+        """
+        if len(hashes) != len(qualities):
+            raise ValueError(f"{len(hashes)} hashes but {len(qualities)} qualities")
+        snap = self.snapshot
+        out: list[list[BankMatch]] = [[] for _ in hashes]
+        wanted = [i for i, (h, q) in enumerate(zip(hashes, qualities, strict=True))
+                  if h is not None and q is not None and q >= self.quality_threshold]
+        if not wanted or not len(snap):
+            return out
+        queries: NDArray[np.uint8] = pack_hashes([hashes[i] or "" for i in wanted])
+        now = self._clock()
+        for i, hits in zip(wanted, snap.index.search(queries), strict=True):
+            for pos, distance in hits:
+                bank = snap.banks[snap.entry_banks[pos]]
+                if distance > bank.match_distance:
+                    continue
+                entry_id = snap.entry_ids[pos]
+                negative = bank.kind == "negative"
+                quarantined = False if negative else self.flood.observe(f"{bank.name}|{entry_id}", now)
+                out[i].append(BankMatch(bank=bank.name, entry_id=entry_id, distance=distance, action=bank.action,
+                                        negative=negative, quarantined=quarantined))
+        return out

@@ -1,0 +1,126 @@
+"""The banks as a fold of keyed records: the layout of the banks topic, and the state it adds up to.
+
+The banks topic is compacted: every bank and every entry is one key, its latest value is its state, and a
+tombstone (a record with no value) removes it. Keys use ``|``, which no bank name or entry id may contain:
+
+- ``b|<bank>``: a :class:`~vitguard.banks.models.Bank` as JSON;
+- ``e|<bank>|<entry_id>``: a :class:`~vitguard.banks.models.BankEntry` as JSON.
+
+:class:`BankState` is pure (no Kafka): the follower, the CLI's Kafka store and the in-memory store all
+apply records to one, so they cannot disagree about what the topic means. An entry whose bank does not
+exist (yet, or any more) is kept but matches nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from vitguard.banks.models import Bank, BankEntry
+
+__all__ = ["BankState", "BankRecord", "bank_key", "entry_key"]
+
+_log = logging.getLogger(__name__)
+
+
+def bank_key(name: str) -> bytes:
+    return f"b|{name}".encode()
+
+
+def entry_key(bank: str, entry_id: str) -> bytes:
+    return f"e|{bank}|{entry_id}".encode()
+
+
+@dataclass(frozen=True)
+class BankRecord:
+    """One record for the banks topic: a key and a value, None for a tombstone."""
+
+    key: bytes
+    value: bytes | None
+
+    @classmethod
+    def for_bank(cls, bank: Bank) -> BankRecord:
+        return cls(bank_key(bank.name), bank.model_dump_json().encode())
+
+    @classmethod
+    def for_entry(cls, entry: BankEntry) -> BankRecord:
+        return cls(entry_key(entry.bank, entry.entry_id), entry.model_dump_json().encode())
+
+    @classmethod
+    def bank_tombstone(cls, name: str) -> BankRecord:
+        return cls(bank_key(name), None)
+
+    @classmethod
+    def entry_tombstone(cls, bank: str, entry_id: str) -> BankRecord:
+        return cls(entry_key(bank, entry_id), None)
+
+
+class BankState:
+    """Banks and entries as the records so far say; ``version`` counts the changes applied."""
+
+    def __init__(self) -> None:
+        self.banks: dict[str, Bank] = {}
+        self.entries: dict[tuple[str, str], BankEntry] = {}
+        self.version = 0
+        self.invalid = 0
+        """Records that were not a valid bank or entry (logged and ignored; a newer record fixes the key)."""
+
+    def apply(self, key: bytes | None, value: bytes | None) -> bool:
+        """Apply one record; whether it changed anything."""
+        text = key.decode("utf-8", "replace") if key else ""
+        kind, _, rest = text.partition("|")
+        try:
+            if kind == "b" and rest:
+                return self._set_bank(rest, None if value is None else Bank.model_validate_json(value))
+            if kind == "e" and "|" in rest:
+                bank, _, entry_id = rest.partition("|")
+                entry = None if value is None else BankEntry.model_validate_json(value)
+                return self._set_entry((bank, entry_id), entry)
+        except ValidationError as exc:
+            self.invalid += 1
+            _log.warning("ignoring an invalid banks record %r: %s", text[:200], exc.errors()[0]["msg"])
+            return False
+        self.invalid += 1
+        _log.warning("ignoring a banks record with an unknown key %r", text[:200])
+        return False
+
+    def apply_all(self, records: Iterator[BankRecord] | list[BankRecord]) -> None:
+        for r in records:
+            self.apply(r.key, r.value)
+
+    def _set_bank(self, name: str, bank: Bank | None) -> bool:
+        if bank is None:
+            if self.banks.pop(name, None) is None:
+                return False
+        else:
+            if self.banks.get(name) == bank:
+                return False
+            self.banks[name] = bank
+        self.version += 1
+        return True
+
+    def _set_entry(self, key: tuple[str, str], entry: BankEntry | None) -> bool:
+        if entry is None:
+            if self.entries.pop(key, None) is None:
+                return False
+        else:
+            if self.entries.get(key) == entry:
+                return False
+            self.entries[key] = entry
+        self.version += 1
+        return True
+
+    def bank_entries(self, bank: str) -> list[BankEntry]:
+        """The entries of one bank, in entry-id order."""
+        return sorted((e for (b, _), e in self.entries.items() if b == bank), key=lambda e: e.entry_id)
+
+    def counts(self) -> dict[str, int]:
+        """Entries per bank (banks with none included)."""
+        out = dict.fromkeys(self.banks, 0)
+        for b, _ in self.entries:
+            if b in out:
+                out[b] += 1
+        return out
