@@ -72,7 +72,8 @@ class StateStore:
     def _write(self, records: Sequence[BankRecord], progress: Progress | None = None) -> None:
         raise NotImplementedError
 
-    def _bank(self, state: BankState, name: str) -> Bank:
+    def require_bank(self, state: BankState, name: str) -> Bank:
+        """The bank called ``name``; :class:`BankNotFoundError` naming the known ones when there is none."""
         bank = state.banks.get(name)
         if bank is None:
             known = ", ".join(sorted(state.banks)) or "none yet"
@@ -95,7 +96,7 @@ class StateStore:
     def delete_bank(self, name: str) -> int:
         """Delete a bank and all its entries; returns the number of entries removed."""
         state = self.read()
-        self._bank(state, name)
+        self.require_bank(state, name)
         entries = state.bank_entries(name)
         self._write([*(BankRecord.entry_tombstone(name, e.entry_id) for e in entries), BankRecord.bank_tombstone(name)])
         return len(entries)
@@ -104,14 +105,14 @@ class StateStore:
         """Add (or replace) entries; every bank they name must exist. Returns how many were written."""
         state = self.read()
         for name in {e.bank for e in entries}:
-            self._bank(state, name)
+            self.require_bank(state, name)
         self._write([BankRecord.for_entry(e) for e in entries], progress)
         return len(entries)
 
     def remove_entries(self, bank: str, entry_ids: Iterable[str]) -> list[str]:
         """Remove entries by id; returns the ids that were not in the bank."""
         state = self.read()
-        self._bank(state, bank)
+        self.require_bank(state, bank)
         ids = list(dict.fromkeys(entry_ids))
         missing = [i for i in ids if (bank, i) not in state.entries]
         self._write([BankRecord.entry_tombstone(bank, i) for i in ids if (bank, i) in state.entries])

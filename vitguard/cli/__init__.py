@@ -35,6 +35,7 @@ def main() -> None:
 
 def _register() -> None:
     from vitguard.cli import (
+        banks_cmd,
         config_cmd,
         demo_cmd,
         finetune_cmd,
@@ -47,7 +48,7 @@ def _register() -> None:
     )
 
     modules = (worker_cmd, demo_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, finetune_cmd, schemas_cmd,
-               config_cmd)
+               config_cmd, banks_cmd)
     for module in modules:
         module.register(main)
 
