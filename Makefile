@@ -10,7 +10,7 @@ LOCK_PYTHON := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
 
 # The exact versions from the dev lock, then vitguard itself without resolving anything again.
 .venv/.installed: pyproject.toml requirements/dev.lock
-	@command -v redis-server >/dev/null || $(MAKE) system-deps
+	@command -v redis-server >/dev/null && command -v chromedriver >/dev/null || $(MAKE) system-deps
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements/dev.lock
@@ -30,6 +30,11 @@ system-deps:
 	@if ! command -v redis-server >/dev/null; then \
 	  echo "installing redis-server (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	fi
+	@# headless Chromium and its driver for the review console's browser tests (tests/review/)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing chromium and chromium-driver (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
 
 demo: .venv/.installed

@@ -42,13 +42,14 @@ def _register() -> None:
         model_cmd,
         publish_cmd,
         replay_cmd,
+        review_cmd,
         schemas_cmd,
         tail_cmd,
         worker_cmd,
     )
 
     modules = (worker_cmd, demo_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, finetune_cmd, schemas_cmd,
-               config_cmd, banks_cmd)
+               config_cmd, review_cmd, banks_cmd)
     for module in modules:
         module.register(main)
 

@@ -1,0 +1,403 @@
+"""The review console: an aiohttp app listing pending review items, publishing reviewers' decisions.
+
+Security model:
+
+- **Everything behind a login.** The queue, thumbnails and writes need a session; a session comes from the
+  login form with ``VITGUARD_REVIEW_CONSOLE_TOKEN`` (compared in constant time). The session id lives in an
+  ``HttpOnly; SameSite=Strict`` cookie (``Secure`` with ``VITGUARD_REVIEW_COOKIE_SECURE``), server-side
+  sessions expire after ``VITGUARD_REVIEW_SESSION_TTL_S``.
+- **No cross-site writes.** Every POST must come from the console's own origin (``Origin``, else
+  ``Referer``, checked against ``VITGUARD_REVIEW_PUBLIC_ORIGIN`` or the request's own origin) and, once
+  logged in, carry the session's CSRF token (a hidden form field, compared in constant time).
+- **The browser never loads user URLs.** Thumbnails are ``/thumb/<key>`` on the console: the server fetches
+  the image through :class:`~vitguard.fetch.ImageFetcher` (SSRF guard, size limits, timeouts), decodes it
+  with the worker's pixel limit and re-encodes a small JPEG; what the reviewer's browser gets is pixels.
+- **Everything escaped** (:mod:`vitguard.review.pages`), and a Content-Security-Policy with no inline script.
+
+The queue is fed by a thread that follows the review-requests and review-decisions topics from their
+beginning (no consumer group), so every console replica sees the same queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from confluent_kafka import Producer
+from PIL import Image
+
+from vitguard import metrics as vg_metrics
+from vitguard.errors import ConfigError, FetchError
+from vitguard.fetch import ImageFetcher
+from vitguard.kafka.config import librdkafka_config
+from vitguard.kafka.produce import DEFAULT_PRODUCER_CONFIG, produce_and_wait, raise_on_failures
+from vitguard.kafka.reader import TopicReader, decode
+from vitguard.review import metrics
+from vitguard.review.applier import encode
+from vitguard.review.assets import CONSOLE_CSS, CONSOLE_JS
+from vitguard.review.pages import REASONS, login_page, queue_page
+from vitguard.review.queue import ReviewQueue
+from vitguard.schemas.review import DecisionKind, ReviewDecision, ReviewRequest
+from vitguard.settings import Settings
+
+__all__ = ["COOKIE", "QueueFeed", "build_console_app", "run_console"]
+
+_log = logging.getLogger(__name__)
+
+COOKIE = "vitguard_review_session"
+_REVIEWER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/\-]{0,127}$")
+_CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'")
+_SHOWN = 200
+
+
+@dataclass
+class Session:
+    reviewer: str
+    csrf: str
+    expires: float
+    flash: str | None = None
+
+
+@dataclass
+class _State:
+    settings: Settings
+    queue: ReviewQueue
+    lock: threading.Lock
+    fetcher: ImageFetcher
+    producer: Any
+    sessions: dict[str, Session] = field(default_factory=dict)
+    thumbs: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+
+
+STATE: web.AppKey[_State] = web.AppKey("state")
+FEED: web.AppKey[QueueFeed] = web.AppKey("feed")
+
+
+class QueueFeed:
+    """Follows the requests and decisions topics into a :class:`ReviewQueue`, in a thread of its own."""
+
+    def __init__(self, settings: Settings, queue: ReviewQueue, lock: threading.Lock) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.lock = lock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        t = self.settings.topics
+        # built here, not in the thread, so a missing topic fails the console's start
+        self._reader = TopicReader(self.settings.kafka, [t.review_requests, t.review_decisions], poll_interval_s=0.2)
+        self._thread = threading.Thread(target=self._run, name="review-feed", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        t = self.settings.topics
+        try:
+            while not self._stop.is_set():
+                record = self._reader.next_record(0.2)
+                if record is None:
+                    continue
+                if record.topic == t.review_requests:
+                    req = decode(record, ReviewRequest)
+                    if req.value is not None:
+                        with self.lock:
+                            self.queue.add_request(req.value)
+                    else:
+                        _log.warning("invalid review request skipped: %s", req.error)
+                else:
+                    dec = decode(record, ReviewDecision)
+                    if dec.value is not None:
+                        with self.lock:
+                            self.queue.add_decision(dec.value)
+                    else:
+                        _log.warning("invalid review decision skipped: %s", dec.error)
+                with self.lock:
+                    metrics.QUEUE_DEPTH.set(self.queue.depth())
+        except BaseException as exc:  # reported on /healthz; the page keeps showing what it has
+            self.error = exc
+            _log.exception("the review queue feed stopped")
+        finally:
+            self._reader.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+def _origin_ok(request: web.Request, settings: Settings) -> bool:
+    expected = settings.review.public_origin or f"{request.scheme}://{request.host}"
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return hmac.compare_digest(origin, expected)
+    referer = request.headers.get("Referer")
+    return referer is not None and (referer == expected or referer.startswith(expected + "/"))
+
+
+def _session(request: web.Request) -> Session | None:
+    state: _State = request.app[STATE]
+    sid = request.cookies.get(COOKIE)
+    if not sid:
+        return None
+    s = state.sessions.get(sid)
+    if s is None or s.expires < time.time():
+        state.sessions.pop(sid, None)
+        return None
+    return s
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    response.headers.setdefault("Content-Security-Policy", _CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    s = _session(request)
+    if s is None:
+        raise web.HTTPSeeOther("/login")
+    state: _State = request.app[STATE]
+    with state.lock:
+        items = state.queue.pending(_SHOWN)
+        depth = state.queue.depth()
+        recent = state.queue.decided(10)
+    flash, s.flash = s.flash, None
+    return _html(queue_page(items, reviewer=s.reviewer, csrf=s.csrf, depth=depth, flash=flash, recent=recent))
+
+
+async def _login_form(request: web.Request) -> web.StreamResponse:
+    if _session(request) is not None:
+        raise web.HTTPSeeOther("/")
+    return _html(login_page())
+
+
+async def _login(request: web.Request) -> web.StreamResponse:
+    state: _State = request.app[STATE]
+    if not _origin_ok(request, state.settings):
+        raise web.HTTPForbidden(text="cross-origin request refused")
+    form = await request.post()
+    reviewer, token = str(form.get("reviewer", "")), str(form.get("token", ""))
+    expected = state.settings.review.console_token
+    assert expected is not None  # noqa: S101 - build_console_app refuses to start without one
+    if not _REVIEWER_RE.match(reviewer) or not hmac.compare_digest(
+        token.encode(), expected.get_secret_value().encode()
+    ):
+        await asyncio.sleep(0.5)  # slows guessing
+        return _html(login_page("Wrong reviewer name or token."), status=401)
+    sid = secrets.token_urlsafe(32)
+    ttl = state.settings.review.session_ttl_s
+    state.sessions[sid] = Session(reviewer, secrets.token_urlsafe(32), time.time() + ttl)
+    response = web.HTTPSeeOther("/")
+    response.set_cookie(COOKIE, sid, max_age=ttl, path="/", httponly=True, samesite="Strict",
+                        secure=state.settings.review.cookie_secure)
+    raise response
+
+
+def _checked(request: web.Request, form: Any) -> Session:
+    """The session of a POST that passed the origin and CSRF checks."""
+    state: _State = request.app[STATE]
+    if not _origin_ok(request, state.settings):
+        raise web.HTTPForbidden(text="cross-origin request refused")
+    s = _session(request)
+    if s is None:
+        raise web.HTTPUnauthorized(text="log in first")
+    if not hmac.compare_digest(str(form.get("csrf", "")).encode(), s.csrf.encode()):
+        raise web.HTTPForbidden(text="missing or wrong CSRF token")
+    return s
+
+
+async def _logout(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    _checked(request, form)
+    request.app[STATE].sessions.pop(request.cookies.get(COOKIE, ""), None)
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(COOKIE, path="/")
+    raise response
+
+
+async def _decide(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    s = _checked(request, form)
+    state: _State = request.app[STATE]
+    kind = str(form.get("decision", ""))
+    if kind not in REASONS:
+        raise web.HTTPBadRequest(text="decision must be confirm_unsafe or overturn_safe")
+    decision_kind: DecisionKind = "confirm_unsafe" if kind == "confirm_unsafe" else "overturn_safe"
+    allowed = REASONS[decision_kind]
+    reason = str(form.get("reason", "")) or next(iter(allowed))
+    if reason not in allowed:
+        raise web.HTTPBadRequest(text=f"reason {reason!r} does not fit {kind}")
+    with state.lock:
+        item = state.queue.get(str(form.get("key", "")))
+    if item is None:
+        raise web.HTTPNotFound(text="no such review item")
+    r = item.request
+    note = str(form.get("note", "")).strip()[:2000] or None
+    decision = ReviewDecision(
+        content_id=r.content_id, decision=decision_kind, reviewer=s.reviewer, reason=reason, note=note,
+        tenant=r.tenant, request_id=r.request_id, collection=r.collection, model_name=r.model_name,
+        model_version=r.model_version, previous_label=r.label, pdq_hash=r.pdq_hash, requested_at=r.requested_at,
+    )
+    message = encode(state.settings.topics.review_decisions, decision.decision_id, decision)
+    results = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: produce_and_wait(state.producer, [message], 15.0))
+    raise_on_failures(results)
+    with state.lock:
+        state.queue.add_decision(decision)
+        metrics.QUEUE_DEPTH.set(state.queue.depth())
+    verb = "Confirmed unsafe" if decision_kind == "confirm_unsafe" else "Overturned (safe)"
+    s.flash = f"{verb}: {r.content_id}"
+    raise web.HTTPSeeOther("/")
+
+
+async def _thumb(request: web.Request) -> web.StreamResponse:
+    if _session(request) is None:
+        raise web.HTTPUnauthorized(text="log in first")
+    state: _State = request.app[STATE]
+    key = request.match_info["key"]
+    with state.lock:
+        item = state.queue.get(key)
+        cached = state.thumbs.get(key)
+    if item is None or item.request.image_ref is None:
+        raise web.HTTPNotFound(text="no image for this item")
+    if cached is None:
+        try:
+            data = (await state.fetcher.fetch(item.request.image_ref)).data
+        except FetchError as exc:
+            _log.info("thumbnail of %s not fetched: %s", item.request.content_id, exc)
+            raise web.HTTPBadGateway(text=f"image not fetched ({exc.reason})") from exc
+        px, max_pixels = state.settings.review.thumbnail_px, state.settings.model.max_pixels
+        try:
+            cached = await asyncio.get_running_loop().run_in_executor(None, _thumbnail, data, px, max_pixels)
+        except ValueError as exc:
+            raise web.HTTPBadGateway(text=str(exc)) from exc
+        with state.lock:
+            state.thumbs[key] = cached
+            while len(state.thumbs) > state.settings.review.thumbnail_cache:
+                state.thumbs.popitem(last=False)
+    return web.Response(body=cached, content_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=300"})
+
+
+def _thumbnail(data: bytes, px: int, max_pixels: int) -> bytes:
+    """A JPEG of at most ``px`` on its longest side; refuses images over ``max_pixels`` before decoding."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ValueError(f"image of {w}x{h} pixels is over the decode limit")
+            img.draft("RGB", (px, px))
+            img.thumbnail((px, px))
+            out = io.BytesIO()
+            img.convert("RGB").save(out, format="JPEG", quality=80)
+            return out.getvalue()
+    except ValueError:
+        raise
+    except Exception as exc:  # any decoder error: not an image Pillow can read
+        raise ValueError("not a decodable image") from exc
+
+
+async def _static_css(_request: web.Request) -> web.StreamResponse:
+    return web.Response(text=CONSOLE_CSS, content_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+
+async def _static_js(_request: web.Request) -> web.StreamResponse:
+    return web.Response(text=CONSOLE_JS, content_type="text/javascript",
+                        headers={"Cache-Control": "max-age=3600"})
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    feed: QueueFeed | None = request.app.get(FEED)
+    if feed is not None and feed.error is not None:
+        return web.json_response({"ok": False, "feed": str(feed.error)}, status=503)
+    return web.json_response({"ok": True})
+
+
+async def _metrics(_request: web.Request) -> web.StreamResponse:
+    return web.Response(body=vg_metrics.render(), headers={"Content-Type": vg_metrics.CONTENT_TYPE})
+
+
+def build_console_app(
+    settings: Settings, *, fetcher: ImageFetcher | None = None, producer: Any = None, feed: bool = True,
+    queue: ReviewQueue | None = None,
+) -> web.Application:
+    """The console app. ``feed=False`` leaves the queue to the caller (unit tests fill ``queue`` directly).
+
+    Raises:
+        ConfigError: no console token is configured (the console never allows anonymous writes).
+    """
+    token = settings.review.console_token
+    if token is None or len(token.get_secret_value()) < 8:
+        raise ConfigError("the review console needs VITGUARD_REVIEW_CONSOLE_TOKEN (8 characters or more)")
+    state = _State(
+        settings=settings, queue=queue or ReviewQueue(), lock=threading.Lock(),
+        fetcher=fetcher or ImageFetcher(settings.fetch),
+        producer=producer or Producer(librdkafka_config(settings.kafka, **DEFAULT_PRODUCER_CONFIG)),
+    )
+    app = web.Application(middlewares=[_headers], client_max_size=64 * 1024)
+    app[STATE] = state
+    app.router.add_get("/", _index)
+    app.router.add_get("/login", _login_form)
+    app.router.add_post("/login", _login)
+    app.router.add_post("/logout", _logout)
+    app.router.add_post("/decide", _decide)
+    app.router.add_get(r"/thumb/{key:[0-9a-f]{32}}", _thumb)
+    app.router.add_get("/static/console.css", _static_css)
+    app.router.add_get("/static/console.js", _static_js)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+
+    if feed:
+        async def start_feed(app: web.Application) -> None:
+            f = QueueFeed(settings, state.queue, state.lock)
+            f.start()
+            app[FEED] = f
+
+        async def stop_feed(app: web.Application) -> None:
+            f = app.get(FEED)
+            if f is not None:
+                await asyncio.get_running_loop().run_in_executor(None, f.stop)
+
+        app.on_startup.append(start_feed)
+        app.on_cleanup.append(stop_feed)
+
+    async def close_fetcher(_app: web.Application) -> None:
+        await state.fetcher.close()
+        state.producer.flush(5)
+
+    app.on_cleanup.append(close_fetcher)
+    return app
+
+
+def run_console(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    """Serve the console until interrupted.
+
+    Raises:
+        ConfigError: no console token.
+        TopicNotFoundError: the review topics do not exist (``vitguard review topics`` creates them).
+    """
+    app = build_console_app(settings)
+    h, p = host or settings.review.console_host, port if port is not None else settings.review.console_port
+    _log.info("review console on http://%s:%d", h, p)
+    web.run_app(app, host=h, port=p, print=None, handle_signals=True)
