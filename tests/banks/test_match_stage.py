@@ -44,7 +44,7 @@ def test_force_unsafe_flag_only_negative_and_quarantine() -> None:
     assert apply_matches(_verdict(), low, weak).pdq_quality == 10
 
     # the third match within the window floods: quarantined, force_unsafe suspended
-    (again,), (third,) = match_group(matcher, [h["bad"]]), match_group(matcher, [h["bad"]])
+    [[again]], [[third]] = match_group(matcher, [h["bad"]]), match_group(matcher, [h["bad"]])
     assert not again.quarantined and third.quarantined
     v = apply_matches(_verdict(), h["bad"], [third])
     assert v.label == "safe"
