@@ -283,6 +283,37 @@ class ModelSettings(BaseSettings):
             "Env: VITGUARD_MODEL_ORT_SPINNING. Default false."
         ),
     )
+    amp: Literal["fp16", "bf16", "off"] = Field(
+        "fp16",
+        description=(
+            "Autocast dtype of the torch backend on CUDA (fp16 or bf16; off: float32 with TF32 matmuls). "
+            "Ignored on CPU, which runs float32. Env: VITGUARD_MODEL_AMP. Default fp16."
+        ),
+    )
+    torch_compile: bool = Field(
+        False,
+        description=(
+            "Run the torch backend's forward pass through torch.compile (the first batch of each new size "
+            "pays for compilation: seconds to minutes). Env: VITGUARD_MODEL_TORCH_COMPILE. Default false."
+        ),
+    )
+    device_decode: bool = Field(
+        True,
+        description=(
+            "On CUDA, decode JPEGs with nvJPEG and preprocess them on the GPU in the batch path "
+            "(predict_encoded); other formats fall back to the CPU decoder. Ignored on CPU. "
+            "Env: VITGUARD_MODEL_DEVICE_DECODE. Default true."
+        ),
+    )
+    cuda_batch_size: int = Field(
+        256,
+        ge=1,
+        le=4096,
+        description=(
+            "Images per forward pass the torch backend prefers on CUDA (its preferred_batch_size and "
+            "classify()'s default there; on CPU 16). Env: VITGUARD_MODEL_CUDA_BATCH_SIZE. Default 256."
+        ),
+    )
 
 
 class PolicySettings(BaseSettings):
