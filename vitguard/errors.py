@@ -43,6 +43,12 @@ ReasonCode = Literal[
     "unsupported_image",
     "decompression_bomb",
     "image_too_small",
+    # animations and video (schema 1.2)
+    "too_many_frames",
+    "video_too_long",
+    "unsupported_codec",
+    "corrupt_video",
+    "no_frames",
     # our side
     "inference_failed",
     "internal_error",

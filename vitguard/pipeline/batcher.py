@@ -13,6 +13,14 @@ latency. A group is taken in submission order.
 Fair sharing with ``POST /classify``: requests go ahead of stream images, but take at most half of a batch
 while stream images wait, so neither starves the other. Dead letters and cache hits need no inference; they
 ride along with the next group (up to ``4 * max_size`` of them), so they are published without delay.
+
+Fair sharing with animations and video: a batch holds at most ``max_size`` frames (a still image is one). The
+queue is served in turns: on each turn every eligible entry, in queue order, takes at most ``per_item`` of its
+frames; turns repeat while the batch has room. An entry with frames left goes back to the end of the queue.
+So a still image queued behind a long video waits for at most ``per_item`` of the video's frames, never for
+the whole video, and a video alone still fills whole batches. An item is complete (reduced, then answered)
+after the pass that took its last frame, so a long video may be answered after later events of its
+partition; offsets are still committed in partition order by the agent.
 """
 
 from __future__ import annotations
@@ -26,9 +34,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vitguard.pipeline.results import DeadLettered, Decoded, Predicted, Ready
+from vitguard.model.types import Prediction
+from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Predicted, Ready
 
-__all__ = ["Group", "ReadyQueue", "Work"]
+__all__ = ["FrameProgress", "Group", "ReadyQueue", "Work"]
+
+
+@dataclass
+class FrameProgress:
+    """How far a multi-frame entry is through the forward passes: the batcher hands out frames
+    ``[start, stop)`` for the next pass; the infer stage appends their predictions."""
+
+    total: int
+    start: int = 0
+    stop: int = 0
+    predictions: list[Prediction | BaseException] = field(default_factory=list)
+    infer_ms: float = 0.0
+    """This item's share of the passes so far."""
+    wait_ms: float = 0.0
+    """Ready to its first pass."""
+
+    @property
+    def left(self) -> int:
+        """Frames not yet handed to a pass."""
+        return self.total - self.stop
+
+    @property
+    def complete(self) -> bool:
+        return len(self.predictions) >= self.total
 
 
 @dataclass
@@ -42,6 +75,19 @@ class Work:
     ticket: tuple[Any, int] | None = None
     """(partition key, sequence number) from :meth:`ReadyQueue.expect`, for stream events."""
     ready_at: float = field(default_factory=time.monotonic)
+    progress: FrameProgress | None = None
+    """For an animation or a video: which frames the next pass takes, and the predictions so far."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, DecodedFrames) and self.progress is None:
+            self.progress = FrameProgress(self.value.count)
+
+    @property
+    def frames_left(self) -> int:
+        """Frames still to hand to a pass: 1 for a still image, 0 for what needs no inference."""
+        if self.progress is not None:
+            return self.progress.left
+        return 1 if isinstance(self.value, Decoded) else 0
 
 
 @dataclass
@@ -62,12 +108,15 @@ class ReadyQueue:
         max_wait_s: longest an idle model lingers for images still in the front half (0: never).
         in_front: how many events are still being fetched or decoded.
         order_wait_s: longest a ready event waits for earlier events of its partition.
+        per_item: frames one entry takes per turn (default ``max_size``: no limit).
     """
 
     def __init__(
-        self, max_size: int, max_wait_s: float, in_front: Callable[[], int], order_wait_s: float = 1.0
+        self, max_size: int, max_wait_s: float, in_front: Callable[[], int], order_wait_s: float = 1.0,
+        per_item: int | None = None,
     ) -> None:
         self.max_size = max_size
+        self.per_item = max(1, per_item or max_size)
         self.max_wait_s = max_wait_s
         self.order_wait_s = order_wait_s
         self._in_front = in_front
@@ -137,42 +186,63 @@ class ReadyQueue:
         return max(0.001, min(waiting) + self.order_wait_s - time.monotonic())
 
     def take(self) -> list[Work]:
-        """The batching rule, applied to what is queued now (no waiting)."""
+        """The batching rule, applied to what is queued now (no waiting).
+
+        A multi-frame entry in the result takes frames ``progress.start:progress.stop`` in this pass; when it
+        has frames left it is also back in the queue.
+        """
         now = time.monotonic()
         taken: list[Work] = []
-        images = 0
         request_share = max(1, self.max_size // 2) if self.stream else self.max_size
-        while self.requests and images < request_share:
-            taken.append(self.requests.popleft())
-            images += 1
-        others = 0
-        keep: deque[Work] = deque()
-        while self.stream:
-            w = self.stream.popleft()
-            if not self._eligible(w, now):
-                keep.append(w)
-            elif isinstance(w.value, Decoded):
-                if images < self.max_size:
-                    taken.append(w)
-                    images += 1
-                else:
-                    keep.append(w)
-            elif others < 4 * self.max_size:
-                taken.append(w)
-                others += 1
-            else:
-                keep.append(w)
-        while self.requests and images < self.max_size:
-            taken.append(self.requests.popleft())
-            images += 1
-        self.stream = keep
+        frames, self.requests = self._fill(self.requests, taken, request_share, None, now)
+        used, self.stream = self._fill(self.stream, taken, self.max_size - frames, 4 * self.max_size, now)
+        _, self.requests = self._fill(self.requests, taken, self.max_size - frames - used, None, now)
         if not self.stream and not self.requests:
             self._signal.clear()
         taken.sort(key=lambda w: (w.request is False, w.ticket[1] if w.ticket else -1))
         return taken
 
+    def _fill(
+        self, queue: deque[Work], taken: list[Work], budget: int, riders: int | None, now: float
+    ) -> tuple[int, deque[Work]]:
+        """Take up to ``budget`` frames from ``queue`` in turns of at most ``per_item`` per entry, and up to
+        ``riders`` entries that need no inference; returns the frames taken and what stays queued."""
+        used = 0
+        keep: deque[Work] = deque()  # not taken, in order
+        again: deque[Work] = deque()  # taken in part: more turns while there is room, then the queue's end
+        for w in queue:
+            left = w.frames_left
+            if not self._eligible(w, now) or (left and used >= budget):
+                keep.append(w)
+            elif left == 0:
+                if riders:
+                    taken.append(w)
+                    riders -= 1
+                else:
+                    keep.append(w)
+            else:
+                n = min(left, self.per_item, budget - used)
+                used += n
+                taken.append(w)
+                if w.progress is not None:
+                    w.progress.start = w.progress.stop
+                    w.progress.stop += n
+                    if w.progress.left:
+                        again.append(w)
+        turn = deque(again)
+        while turn and used < budget:
+            w = turn.popleft()
+            assert w.progress is not None  # noqa: S101 - only multi-frame entries are taken in part
+            n = min(w.progress.left, self.per_item, budget - used)
+            w.progress.stop += n
+            used += n
+            if w.progress.left:
+                turn.append(w)
+        keep.extend(w for w in again if w.frames_left)
+        return used, keep
+
     def _decoded(self) -> int:
-        return sum(isinstance(w.value, Decoded) for w in self.stream) + len(self.requests)
+        return sum(w.frames_left for w in self.stream) + sum(w.frames_left for w in self.requests)
 
     async def _linger(self) -> None:
         if self.max_wait_s <= 0:

@@ -49,6 +49,7 @@ def build_runner(
         policy=settings.policy,
         batch=settings.batch,
         milvus=settings.milvus,
+        frames=settings.frames,
         publish_timeout_s=max(settings.kafka.request_timeout_s, 5.0),
         max_in_flight=settings.worker.max_in_flight,
         **kwargs,

@@ -28,6 +28,7 @@ from vitguard.pipeline.results import (
     CacheHit,
     DeadLettered,
     Decoded,
+    DecodedFrames,
     ItemResult,
     Predicted,
     Ready,
@@ -57,7 +58,7 @@ def raw_of(v: Ready) -> RawMessage:
 
 
 def event_of(v: Ready) -> ImageEvent | None:
-    if isinstance(v, CacheHit | Decoded):
+    if isinstance(v, CacheHit | Decoded | DecodedFrames):
         return v.parsed.event
     return None
 
@@ -167,7 +168,7 @@ class Completer:
             return v.raw, None, v.dead_letter
         if isinstance(v, CacheHit):
             return v.parsed.raw, v.parsed.event, v.verdict
-        if not isinstance(v, Decoded) or predicted is None:  # unreachable by construction: never drop an event
+        if not isinstance(v, Decoded | DecodedFrames) or predicted is None:  # unreachable: never drop an event
             raw, event = raw_of(v), event_of(v)
             return raw, event, dead_letter(raw, "internal_error", "event left unanswered", event)
         if isinstance(predicted, DeadLettered):
@@ -175,12 +176,13 @@ class Completer:
         verdict = build_verdict(
             v.parsed.event, info=self.info, prediction=predicted.prediction, decision=predicted.decision,
             sha256=v.sha256, timings=timings(predicted.times), collection=self.collection, cluster_id=cluster_id,
+            media=predicted.media,
         )
         return v.parsed.raw, v.parsed.event, verdict
 
     def _request_outcome(self, w: Work, predicted: Predicted | DeadLettered | None) -> Outcome:
         v = w.value
-        if not isinstance(v, Decoded) or not isinstance(predicted, Predicted):
+        if not isinstance(v, Decoded | DecodedFrames) or not isinstance(predicted, Predicted):
             letter = predicted.dead_letter if isinstance(predicted, DeadLettered) else None
             return InputError(letter.reason if letter else "internal_error",
                               letter.message if letter else "left unanswered")
@@ -190,7 +192,7 @@ class Completer:
             label=predicted.decision.label, unsafe_score=predicted.decision.unsafe_score, top_class=p.top_class,
             scores={k: float(s) for k, s in p.scores.items()}, model_name=self.info.name,
             model_version=self.info.version, model_untrained=self.info.untrained, image_sha256=v.sha256,
-            timings=timings(predicted.times), processed_at=utc_now(),
+            timings=timings(predicted.times), processed_at=utc_now(), media=predicted.media,
         )
 
     async def _remember(

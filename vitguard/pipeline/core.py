@@ -25,6 +25,7 @@ from vitguard.schemas.events import (
     DeadLetter,
     ImageEvent,
     Match,
+    MediaSummary,
     NearDuplicateAlert,
     Timings,
     Verdict,
@@ -139,8 +140,13 @@ def build_verdict(
     collection: str | None,
     cluster_id: str | None = None,
     processed_at: datetime | None = None,
+    media: MediaSummary | None = None,
 ) -> Verdict:
-    """The verdict for one freshly classified image; its embedding is stored under its content id."""
+    """The verdict for one freshly classified image; its embedding is stored under its content id.
+
+    For an animation or a video, ``prediction`` and ``decision`` are its worst frame's and ``media`` lists the
+    frames (see :mod:`~vitguard.pipeline.reduce`).
+    """
     return Verdict(
         event_id=event.event_id,
         content_id=event.content_id,
@@ -162,6 +168,7 @@ def build_verdict(
         processed_at=processed_at or utc_now(),
         replay_id=event.replay_id,
         metadata=dict(event.metadata),
+        media=media,
     )
 
 

@@ -1,4 +1,5 @@
-"""The front half of the batch path, per event: ingest -> redelivery guard -> fetch -> verdict cache -> decode.
+"""The front half of the batch path, per event: ingest -> redelivery guard -> fetch -> verdict cache -> expand
+(a still image: decode; an animation or a video: its sampled frames, decoded).
 
 Every event runs it on its own task, concurrently with the others, so a slow image holds nobody; what it
 returns (decoded, a cache hit, a dead letter, or skipped) joins the ready queue. The redelivery guard is two
@@ -17,14 +18,15 @@ from concurrent.futures import Executor
 from vitguard import metrics
 from vitguard.errors import InputError
 from vitguard.fetch import ImageFetcher
+from vitguard.media import FrameLimits
 from vitguard.model.types import Classifier
 from vitguard.pipeline.completion import timings
 from vitguard.pipeline.core import parse_cached_verdict, verdict_from_cache
-from vitguard.pipeline.decode import decode_image
+from vitguard.pipeline.expand import expand_item
 from vitguard.pipeline.failure import RedisPolicy
 from vitguard.pipeline.fetch import fetch_image, sha256_hex
 from vitguard.pipeline.ingest import parse
-from vitguard.pipeline.results import CacheHit, DeadLettered, Decoded, Fetched, Parsed, Ready, Skipped
+from vitguard.pipeline.results import CacheHit, DeadLettered, Decoded, DecodedFrames, Fetched, Parsed, Ready, Skipped
 from vitguard.pipeline.types import RawMessage
 from vitguard.schemas.events import ImageEvent
 from vitguard.stores.interfaces import DedupStore
@@ -48,6 +50,7 @@ class FrontHalf:
         cache_key: str,
         pool: Executor,
         fetch_timeout_s: float,
+        frames: FrameLimits | None = None,
     ) -> None:
         self.classifier = classifier
         self.fetcher = fetcher
@@ -56,6 +59,7 @@ class FrontHalf:
         self.cache_key = cache_key
         self.pool = pool
         self.fetch_timeout_s = fetch_timeout_s
+        self.frames = frames or FrameLimits()
         self._recent_ids: OrderedDict[str, None] = OrderedDict()
         self._active_ids: set[str] = set()
 
@@ -96,14 +100,14 @@ class FrontHalf:
             if original is not None:
                 verdict = verdict_from_cache(original, parsed.event, sha, timings(fetched.times))
                 return CacheHit(parsed, verdict, original.content_id)
-            return await decode_image(fetched, self.classifier, self.pool)
+            return await expand_item(fetched, self.classifier, self.pool, self.frames)
         except BaseException:
             self._active_ids.discard(event_id)
             raise
 
     async def prepare_request(
         self, *, data: bytes | None, image_ref: str | None, content_id: str | None, tenant: str
-    ) -> Decoded:
+    ) -> Decoded | DecodedFrames:
         """The same fetch and decode for a ``POST /classify`` request (no guard, no cache).
 
         Raises:
@@ -127,8 +131,8 @@ class FrontHalf:
             raise InputError("fetch_too_large", f"image of {len(data)} bytes exceeds the limit of {max_bytes}")
         else:
             fetched = Fetched(parsed, data, sha256_hex(data), "body", parsed.times)
-        decoded = fetched if isinstance(fetched, DeadLettered) else await decode_image(
-            fetched, self.classifier, self.pool)
+        decoded = fetched if isinstance(fetched, DeadLettered) else await expand_item(
+            fetched, self.classifier, self.pool, self.frames)
         if isinstance(decoded, DeadLettered):
             raise InputError(decoded.dead_letter.reason, decoded.dead_letter.message)
         return decoded

@@ -14,16 +14,18 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from vitguard.media.frames import FrameSet
 from vitguard.model.types import Prediction
 from vitguard.pipeline.types import RawMessage
 from vitguard.policy import Decision
-from vitguard.schemas.events import DeadLetter, ImageEvent, NearDuplicateAlert, Verdict
+from vitguard.schemas.events import DeadLetter, ImageEvent, MediaSummary, NearDuplicateAlert, Verdict
 
 __all__ = [
     "Answered",
     "CacheHit",
     "DeadLettered",
     "Decoded",
+    "DecodedFrames",
     "Fetched",
     "Indexed",
     "ItemResult",
@@ -89,13 +91,34 @@ class Decoded:
 
 
 @dataclass(frozen=True)
-class Predicted:
-    """One forward pass's answer for an image, and the policy's decision on it."""
+class DecodedFrames:
+    """The model's input tensors for the sampled frames of an animation or a video (the expand stage)."""
 
-    decoded: Decoded
+    parsed: Parsed
+    sha256: str
+    frames: FrameSet
+    times: StageTimes
+    ready_at: float = 0.0
+    """perf_counter() when it joined the ready queue (batch wait)."""
+
+    @property
+    def count(self) -> int:
+        return len(self.frames)
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """One forward pass's answer for an image, and the policy's decision on it.
+
+    For an animation or a video (``decoded`` is :class:`DecodedFrames`) the reduce stage made it: prediction
+    and decision are the worst frame's, and ``media`` says which frames were seen and how they scored.
+    """
+
+    decoded: Decoded | DecodedFrames
     prediction: Prediction
     decision: Decision
     times: StageTimes
+    media: MediaSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +153,7 @@ class Skipped:
     why: Literal["redelivered", "repeat"]
 
 
-Ready = Decoded | CacheHit | DeadLettered | Skipped
-"""What the front half (ingest, fetch, decode) hands to the batcher."""
+Ready = Decoded | DecodedFrames | CacheHit | DeadLettered | Skipped
+"""What the front half (ingest, fetch, expand, decode) hands to the batcher."""
 
 ItemResult = Answered | DeadLettered | Skipped

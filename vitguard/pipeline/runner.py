@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from vitguard import metrics
 from vitguard.errors import FatalError, InputError
 from vitguard.health import HealthState
+from vitguard.media import FrameLimits
 from vitguard.model.types import Classifier
 from vitguard.pipeline.batcher import Group, ReadyQueue, Work
 from vitguard.pipeline.completion import Completer, Outcome
@@ -44,19 +45,17 @@ from vitguard.pipeline.core import cache_key, dead_letter
 from vitguard.pipeline.emit import Emitter
 from vitguard.pipeline.failure import Backoff, MilvusPolicy, PublishPolicy, RedisPolicy
 from vitguard.pipeline.front import FrontHalf
-from vitguard.pipeline.infer import infer_batch
+from vitguard.pipeline.infer import infer_pass
 from vitguard.pipeline.results import (
     Answered,
     DeadLettered,
-    Decoded,
     ItemResult,
-    Predicted,
     Skipped,
 )
 from vitguard.pipeline.types import BatchOutcome, OutputTopics, RawMessage, Sink
 from vitguard.policy import resolve_unsafe_labels
 from vitguard.schemas.events import Verdict
-from vitguard.settings import BatchSettings, MilvusSettings, PolicySettings
+from vitguard.settings import BatchSettings, FrameSettings, MilvusSettings, PolicySettings
 from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, WaveCounter
 
 if TYPE_CHECKING:
@@ -81,6 +80,7 @@ class Runner:
         policy: unsafe labels and threshold, near-duplicate threshold, wave rules.
         batch: ``max_size``, ``max_wait_s`` (linger bound) and ``decode_workers``.
         milvus: backoff and call deadline of the store calls.
+        frames: sampling and limits of animations and video, frames per item per pass (fair batching).
         topics: output topics.
         limits: largest message per output topic in bytes (read from the broker at start-up).
         health: where the runner and its policies record their condition (shared with the web views).
@@ -108,6 +108,7 @@ class Runner:
         policy: PolicySettings,
         batch: BatchSettings,
         milvus: MilvusSettings,
+        frames: FrameSettings | None = None,
         topics: OutputTopics | None = None,
         limits: Mapping[str, int] | None = None,
         health: HealthState | None = None,
@@ -126,6 +127,7 @@ class Runner:
         self.dedup = dedup
         self.policy = policy
         self.batch = batch
+        self.frames = frames or FrameSettings()
         self.topics = topics or OutputTopics("verdicts", "alerts", "dead-letters")
         self.health = health or HealthState()
         self.health.model_loaded = True
@@ -152,13 +154,14 @@ class Runner:
         )
         self.front = FrontHalf(
             classifier=classifier, fetcher=fetcher, dedup=dedup, redis=self.redis, cache_key=self.cache_key,
-            pool=self._decode_pool,
+            pool=self._decode_pool, frames=FrameLimits.from_settings(self.frames),
             fetch_timeout_s=fetch_total_timeout_s or (fetcher.settings.connect_timeout_s
                                                       + fetcher.settings.read_timeout_s + 2.0),
         )
         self._slots = asyncio.Semaphore(max_in_flight)
         self._front: set[asyncio.Task[Any]] = set()
-        self.ready = ReadyQueue(batch.max_size, batch.max_wait_s, lambda: len(self._front), batch.order_wait_s)
+        self.ready = ReadyQueue(batch.max_size, batch.max_wait_s, lambda: len(self._front), batch.order_wait_s,
+                                per_item=self.frames.per_batch)
         self._to_complete: asyncio.Queue[Group] = asyncio.Queue(maxsize=1)
         self._pending: set[asyncio.Future[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -334,21 +337,12 @@ class Runner:
     async def _batch_loop(self) -> None:
         """Forward passes, one after another; the next group fills while one runs."""
         while True:
-            group = Group(await self.ready.next_group())
-            decoded = [(i, w.value) for i, w in enumerate(group.work) if isinstance(w.value, Decoded)]
-            if decoded:
-                metrics.BATCH_SIZE.observe(len(decoded))
-                started = time.perf_counter()
-                predicted = await infer_batch(
-                    [d for _, d in decoded], self.classifier, self._infer_pool, self.unsafe_labels,
-                    self.policy.unsafe_threshold,
-                )
-                group.stage_ms["inference"] = (time.perf_counter() - started) * 1000
-                for (i, _), p in zip(decoded, predicted, strict=True):
-                    group.predicted[i] = p
-                    if isinstance(p, Predicted):
-                        metrics.BATCH_WAIT.observe(p.times.wait_ms / 1000)
-            await self._to_complete.put(group)
+            group = await infer_pass(
+                await self.ready.next_group(), self.classifier, self._infer_pool, self.unsafe_labels,
+                self.policy.unsafe_threshold, worst_frames=self.frames.worst_frames,
+            )
+            if group.work:  # empty when the pass only held frames of items not yet complete
+                await self._to_complete.put(group)
 
     async def _completion_loop(self) -> None:
         """The back half of each group, in order; a bug dead-letters the group, a fatal error stops the runner."""

@@ -22,9 +22,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "BankMatch",
     "BankMatchAlert",
+    "FrameScore",
+    "FrameSegment",
     "DeadLetter",
     "ImageEvent",
     "Match",
+    "MediaSummary",
     "NearDuplicateAlert",
     "Timings",
     "Verdict",
@@ -38,7 +41,15 @@ SCHEMA_VERSION = "1.2"
 """1.1: dead letters carry ``payload_size``, ``payload_sha256`` and ``payload_truncated``; timings carry
 ``queue_ms`` and ``wait_ms``. Readers of 1.0 that ignore unknown fields keep working.
 1.2: hash banks: verdicts carry ``bank_matches``, ``pdq_hash``, ``pdq_quality`` and ``label_source``; the alerts
-topic also carries :class:`BankMatchAlert`; every alert has ``alert_type`` to tell the two apart."""
+topic also carries :class:`BankMatchAlert`; every alert has ``alert_type`` to tell the two apart.
+1.2 also: animations and video: verdicts of multi-frame items carry ``media`` (:class:`MediaSummary`: the worst
+frames, unsafe segments, frame counts); the key is left out of still-image verdicts, which keep their 1.1 shape.
+New reason codes: too_many_frames, video_too_long, unsupported_codec, corrupt_video, no_frames.
+
+Compatibility rule: within 1.x a new field is optional and a new reason code or enumeration value is only
+added. Readers of an older 1.x must ignore fields they do not know (a reader that forbids unknown fields reads
+still-image verdicts, but not verdicts carrying ``media``); readers of a newer 1.x read older events, absent
+fields taking their defaults. Producers may keep writing older 1.x events. A breaking change is 2.0."""
 
 MAX_ID_LEN = 128
 MAX_URL_LEN = 4096
@@ -167,6 +178,57 @@ class BankMatch(BaseModel):
     )
 
 
+class FrameScore(BaseModel):
+    """One classified frame of an animation or a video (1.2)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int = Field(ge=0, description="Frame index in the source, in decode order, from 0.")
+    time_s: float = Field(ge=0, description="Time offset of the frame from the start, in seconds.")
+    unsafe_score: float = Field(ge=0, le=1, description="The frame's unsafe score under the policy.")
+
+
+class FrameSegment(BaseModel):
+    """A run of consecutive sampled frames the policy calls unsafe (1.2)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start_s: float = Field(ge=0, description="Time of the run's first frame.")
+    end_s: float = Field(
+        ge=0, description="Time of the next sampled frame after the run (the item's end for a run that ends it)."
+    )
+    unsafe_score: float = Field(ge=0, le=1, description="The highest unsafe score in the run.")
+    frames: int = Field(ge=1, description="Sampled frames in the run.")
+
+
+class MediaSummary(BaseModel):
+    """How a multi-frame item was judged: its verdict is its worst frame's (1.2)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["animation", "video"] = Field(description="animation: GIF, WebP or APNG; video: PyAV-decoded.")
+    sampling: Literal["all", "even", "rate", "keyframes"] = Field(
+        description=(
+            "all: every frame; even: evenly spaced frames, first and last included; rate: video frames at a fixed "
+            "rate (spread evenly when over the budget); keyframes: video key frames only."
+        )
+    )
+    frames_total: int | None = Field(None, ge=0, description="Frames in the source, when known.")
+    frames_classified: int = Field(ge=1, description="Frames the model saw.")
+    duration_s: float | None = Field(None, ge=0, description="Duration of the item in seconds, when known.")
+    truncated: bool = Field(
+        False, description="Decoding stopped early at corrupt or missing data; frames before it were classified."
+    )
+    worst_frame: FrameScore = Field(description="The frame the verdict's label, scores and embedding come from.")
+    worst_frames: list[FrameScore] = Field(description="The highest-scoring frames, worst first.")
+    unsafe_segments: list[FrameSegment] = Field(
+        default_factory=list, description="Runs of unsafe frames, worst first (empty for a safe item)."
+    )
+    embedding: Literal["worst_frame"] = Field(
+        "worst_frame", description="Which frame's embedding represents the item in the vector store."
+    )
+
+
 class Verdict(_Event):
     """Output: the moderation decision for one image."""
 
@@ -192,6 +254,14 @@ class Verdict(_Event):
     processed_at: datetime = Field(default_factory=utc_now, description="When the verdict was made.")
     replay_id: str | None = Field(None, description="Set when the verdict comes from a replay, not live traffic.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Copied from the input event.")
+    media: MediaSummary | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description=(
+            "Animations and video: frames classified and the worst ones; label, scores and embedding are the worst "
+            "frame's. Absent for a still image (1.2)."
+        ),
+    )
     label_source: Literal["model", "bank"] = Field(
         "model",
         description="What decided the label: the model's score and policy, or a force_unsafe hash-bank match (1.2).",

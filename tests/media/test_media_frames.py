@@ -1,0 +1,134 @@
+"""vitguard.media on real media made from real photos: sampling, limits and bad media, no model needed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+
+from vitguard.errors import InputError
+from vitguard.media import FrameLimits, expand_frames, media_kind, sample_indices, sample_times
+from vitguard.testing.media import (
+    animated_image,
+    photo_frames,
+    truncated,
+    unknown_codec_video,
+    video_bytes,
+    zero_frame_video,
+)
+
+
+def prepare(image: Image.Image) -> NDArray[np.float32]:
+    """A stand-in preprocessor: the frame's mean colour and its index hidden in the pixels do not matter."""
+    return np.asarray(image.convert("RGB").resize((8, 8)), np.float32).transpose(2, 0, 1) / 255
+
+
+@pytest.fixture(scope="module")
+def clip(sample_photos: list[Path]) -> list[Image.Image]:
+    return photo_frames(sample_photos[1], 9, hidden=sample_photos[0])
+
+
+def test_sample_indices_all_then_even_with_first_and_last() -> None:
+    assert sample_indices(5, 8) == [0, 1, 2, 3, 4]
+    picked = sample_indices(1000, 8)
+    assert len(picked) == 8 and picked[0] == 0 and picked[-1] == 999
+    assert sample_indices(0, 8) == [] and sample_indices(10, 1) == [0]
+
+
+def test_sample_times_rate_then_spread_over_the_whole_video() -> None:
+    assert sample_times(3.0, 1.0, 32) == [0.0, 1.0, 2.0, 3.0]
+    spread = sample_times(600.0, 1.0, 5)
+    assert spread == [0.0, 150.0, 300.0, 450.0, 600.0]
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_every_frame_of_an_animation_with_its_time(clip: list[Image.Image], fmt: str) -> None:
+    data = animated_image(clip, fmt, duration_ms=100)
+    assert media_kind(data) == "maybe_animated"
+    frames = expand_frames(data, FrameLimits(), prepare)
+    assert frames is not None and frames.kind == "animation" and frames.sampling == "all"
+    assert [f.index for f in frames.frames] == list(range(9))
+    assert [f.time_s for f in frames.frames] == pytest.approx([i / 10 for i in range(9)])
+    assert frames.duration_s == pytest.approx(0.9) and frames.tensors.shape == (9, 3, 8, 8)
+    # the hidden frame is different from its neighbours: its pixels made it through
+    diffs = np.abs(np.diff(frames.tensors, axis=0)).mean(axis=(1, 2, 3))
+    assert int(np.argmax(diffs)) in (3, 4)
+
+
+def test_long_animation_sampled_evenly_first_and_last(clip: list[Image.Image]) -> None:
+    frames = expand_frames(animated_image(clip * 5), FrameLimits(max_frames=6), prepare)
+    assert frames is not None and frames.sampling == "even" and frames.source_frames == 45
+    assert [f.index for f in frames.frames] == sample_indices(45, 6)
+
+
+def test_still_images_are_not_expanded(sample_photos: list[Path], clip: list[Image.Image]) -> None:
+    assert expand_frames(sample_photos[0].read_bytes(), FrameLimits(), prepare) is None  # PNG
+    single = animated_image(clip[:1])
+    assert expand_frames(single, FrameLimits(), prepare) is None  # a one-frame GIF is a still
+
+
+def test_many_frame_bomb_refused_from_the_header(clip: list[Image.Image]) -> None:
+    many = animated_image(clip * 7)  # 63 frames
+    with pytest.raises(InputError) as exc:
+        expand_frames(many, FrameLimits(max_source_frames=50), prepare)
+    assert exc.value.reason == "too_many_frames"
+    big = [Image.new("RGB", (600, 600), (i % 2 * 255, 0, 0)) for i in range(120)]  # 43 Mpx in all
+    data = animated_image(big)
+    started = time.perf_counter()
+    with pytest.raises(InputError) as exc:
+        expand_frames(data, FrameLimits(max_decoded_pixels=20_000_000), prepare)
+    assert exc.value.reason == "decompression_bomb" and time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(("container", "codec"), [("mp4", "libx264"), ("webm", "libvpx-vp9"), ("mov", "libx264")])
+def test_video_sampled_at_a_fixed_rate(clip: list[Image.Image], container: str, codec: str) -> None:
+    data = video_bytes(clip, fps=10, container=container, codec=codec, repeat=5)  # 4.5 s
+    assert media_kind(data) == "video"
+    frames = expand_frames(data, FrameLimits(video_fps=2), prepare)
+    assert frames is not None and frames.kind == "video" and frames.sampling == "rate"
+    assert frames.duration_s == pytest.approx(4.5) and frames.source_frames == 45 and not frames.truncated
+    times = [f.time_s for f in frames.frames]
+    assert times[:9] == pytest.approx([i / 2 for i in range(9)]) and times[-1] == pytest.approx(4.4)  # last frame
+
+
+def test_video_over_budget_spread_and_keyframes(clip: list[Image.Image]) -> None:
+    data = video_bytes(clip, fps=10, repeat=5)
+    spread = expand_frames(data, FrameLimits(video_fps=10, max_frames=5), prepare)
+    assert spread is not None and len(spread) == 5
+    assert spread.frames[0].time_s == 0.0 and spread.frames[-1].time_s == pytest.approx(4.4)
+    keys = expand_frames(data, FrameLimits(video_sampling="keyframes"), prepare)
+    assert keys is not None and keys.sampling == "keyframes" and keys.frames[0].index == 0
+
+
+def test_video_limits(clip: list[Image.Image]) -> None:
+    data = video_bytes(clip, fps=10, repeat=5)  # 4.5 s, 45 frames
+    for limits, reason in [
+        (FrameLimits(max_duration_s=2.0), "video_too_long"),
+        (FrameLimits(max_source_frames=30), "too_many_frames"),
+        (FrameLimits(max_decoded_pixels=100_000), "decompression_bomb"),
+    ]:
+        with pytest.raises(InputError) as exc:
+            expand_frames(data, limits, prepare)
+        assert exc.value.reason == reason
+
+
+def test_bad_video(clip: list[Image.Image]) -> None:
+    cases = {
+        "corrupt_video": truncated(video_bytes(clip)),  # MP4 cut in half: its index (moov) is gone
+        "unsupported_codec": unknown_codec_video(clip),
+        "no_frames": zero_frame_video(),
+    }
+    for reason, data in cases.items():
+        with pytest.raises(InputError) as exc:
+            expand_frames(data, FrameLimits(), prepare)
+        assert exc.value.reason == reason, exc.value
+
+
+def test_cut_off_webm_keeps_the_frames_before_the_cut(clip: list[Image.Image]) -> None:
+    data = truncated(video_bytes(clip, container="webm", codec="libvpx-vp9", repeat=5), 0.6)
+    frames = expand_frames(data, FrameLimits(video_fps=2), prepare)
+    assert frames is not None and frames.truncated and 1 <= len(frames) < 10

@@ -1,0 +1,242 @@
+"""Animations and video through the stages: expand, fair batching, infer, reduce, the verdict's ``media``.
+
+Real media made from real photos (scikit-image), the real open_nsfw model, and a test policy
+(``HIDDEN_THRESHOLD``) under which only the photo cut into the middle of each clip counts as unsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitguard.fetch import ImageFetcher
+from vitguard.media import FrameLimits, FrameRef, FrameSet
+from vitguard.model.types import Prediction
+from vitguard.pipeline import ListSink, RawMessage, Runner
+from vitguard.pipeline.batcher import ReadyQueue, Work
+from vitguard.pipeline.reduce import reduce_frames
+from vitguard.pipeline.results import Decoded, DecodedFrames, Parsed, StageTimes
+from vitguard.schemas.events import ImageEvent, Verdict
+from vitguard.settings import load_settings
+from vitguard.stores import InMemoryDedupStore, InMemoryEmbeddingIndex, InMemoryWaveCounter
+from vitguard.testing.media import (
+    HIDDEN_BASE,
+    HIDDEN_PHOTO,
+    HIDDEN_THRESHOLD,
+    animated_image,
+    photo_frames,
+    truncated,
+    unknown_codec_video,
+    video_bytes,
+    zero_frame_video,
+)
+
+TEST_POLICY = {"unsafe_threshold": HIDDEN_THRESHOLD}
+
+
+class CountingClassifier:
+    """The real classifier, recording the size of every forward pass."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.predict_calls: list[int] = []
+
+    def prepare(self, data: bytes) -> Any:
+        return self.inner.prepare(data)
+
+    def prepare_image(self, image: Image.Image) -> Any:
+        return self.inner.prepare_image(image)
+
+    def predict(self, batch: Any) -> Any:
+        self.predict_calls.append(len(batch))
+        return self.inner.predict(batch)
+
+
+@pytest.fixture(scope="module")
+def clip(sample_photos: list[Path]) -> list[Image.Image]:
+    by_name = {p.name: p for p in sample_photos}
+    return photo_frames(by_name[HIDDEN_BASE], 9, hidden=by_name[HIDDEN_PHOTO])  # the hidden frame is index 4
+
+
+@pytest.fixture
+def media_root(image_root: Path, clip: list[Image.Image]) -> Path:
+    files = {
+        "clip.gif": animated_image(clip, "GIF"),
+        "clip.webp": animated_image(clip, "WEBP"),
+        "clip.png": animated_image(clip, "PNG"),
+        "clip.mp4": video_bytes(clip, fps=10, repeat=5),
+        "clip.webm": video_bytes(clip, fps=10, container="webm", codec="libvpx-vp9", repeat=5),
+        "cut.mp4": truncated(video_bytes(clip, repeat=5)),
+        "alien.mkv": unknown_codec_video(clip),
+        "empty.webm": zero_frame_video(),
+        "long.gif": animated_image(clip * 8),  # 72 frames: over the test's max_source_frames
+    }
+    for name, data in files.items():
+        (image_root / name).write_bytes(data)
+    return image_root
+
+
+def make_runner(classifier: Any, root: Path, **frames: Any) -> tuple[Runner, ListSink, InMemoryEmbeddingIndex]:
+    settings = load_settings(fetch={"file_root": str(root)}, policy=TEST_POLICY,
+                             frames={"video_fps": 2, "max_source_frames": 60, **frames})
+    sink, index = ListSink(), InMemoryEmbeddingIndex()
+    runner = Runner(
+        classifier=classifier, fetcher=ImageFetcher(settings.fetch), index=index, dedup=InMemoryDedupStore(),
+        waves=InMemoryWaveCounter(settings.policy), sink=sink, policy=settings.policy, batch=settings.batch,
+        milvus=settings.milvus, frames=settings.frames,
+    )
+    return runner, sink, index
+
+
+def messages(root: Path, names: list[str]) -> list[RawMessage]:
+    return [
+        RawMessage(ImageEvent(event_id=f"e{i}", content_id=f"c{i}", image_ref=(root / n).as_uri())
+                   .model_dump_json().encode(), f"c{i}".encode(), "in", 0, i)
+        for i, n in enumerate(names)
+    ]
+
+
+async def test_the_hidden_frame_is_found_in_every_format(opennsfw: Any, media_root: Path) -> None:
+    counting = CountingClassifier(opennsfw)
+    runner, sink, index = make_runner(counting, media_root)
+    names = ["clip.gif", "clip.webp", "clip.png", "clip.mp4", "clip.webm", HIDDEN_BASE, "rocket.jpg"]
+    outcome = await runner.process(messages(media_root, names))
+    await runner.close()
+    by_id = {v.content_id: v for v in outcome.verdicts}
+    assert len(by_id) == len(names) and not outcome.dead_letters
+    for i in range(3):  # animations: all 9 frames, the worst is the hidden one
+        v = by_id[f"c{i}"]
+        assert v.label == "unsafe" and v.media is not None and v.media.kind == "animation"
+        assert v.media.frames_classified == 9 and v.media.sampling == "all"
+        assert v.media.worst_frame.index == 4 and v.media.worst_frame.time_s == pytest.approx(0.4)
+        assert v.unsafe_score == v.media.worst_frame.unsafe_score == v.media.worst_frames[0].unsafe_score
+        assert [s.frames for s in v.media.unsafe_segments] == [1]
+        assert v.media.unsafe_segments[0].start_s == pytest.approx(0.4)
+    for i in (3, 4):  # videos: 4.5 s at 2 fps; the photo is on screen from 2.0 to 2.5 s
+        v = by_id[f"c{i}"]
+        assert v.label == "unsafe" and v.media is not None and v.media.kind == "video"
+        assert v.media.frames_classified == 10 and v.media.duration_s == pytest.approx(4.5)
+        assert v.media.worst_frame.time_s == pytest.approx(2.0) and v.media.worst_frame.index == 20
+        seg = v.media.unsafe_segments[0]
+        assert seg.start_s == pytest.approx(2.0) and seg.end_s == pytest.approx(2.5)
+    for i in (5, 6):  # still images: no media, safe under the same policy
+        assert by_id[f"c{i}"].media is None and by_id[f"c{i}"].label == "safe"
+        assert "media" not in by_id[f"c{i}"].model_dump_json()
+    # every frame and every still image shared the same micro-batches (max_size 16)
+    assert sum(counting.predict_calls) == 3 * 9 + 2 * 10 + 2 and max(counting.predict_calls) == 16
+    # one embedding per item, the worst frame's
+    stored = index.records(runner.collection)
+    assert set(stored) == set(by_id)
+    gif_worst = opennsfw.predict(np.stack([opennsfw.prepare_image(Image.open(media_root / "clip.gif"))]))
+    assert stored["c0"].embedding.shape == gif_worst[0].embedding.shape
+
+
+async def test_bad_media_dead_letters_with_their_reason(opennsfw: Any, media_root: Path) -> None:
+    runner, _, _ = make_runner(opennsfw, media_root)
+    names = ["cut.mp4", "alien.mkv", "empty.webm", "long.gif", "clip.mp4"]
+    outcome = await runner.process(messages(media_root, names))
+    await runner.close()
+    reasons = {d.content_id: d.reason for d in outcome.dead_letters}
+    assert reasons == {"c0": "corrupt_video", "c1": "unsupported_codec", "c2": "no_frames", "c3": "too_many_frames"}
+    assert [v.content_id for v in outcome.verdicts] == ["c4"]
+
+
+async def test_video_over_the_duration_limit(opennsfw: Any, media_root: Path) -> None:
+    runner, _, _ = make_runner(opennsfw, media_root, max_duration_s=3.0)
+    outcome = await runner.process(messages(media_root, ["clip.webm"]))
+    await runner.close()
+    assert [d.reason for d in outcome.dead_letters] == ["video_too_long"]
+
+
+async def test_classify_request_of_an_animation(opennsfw: Any, media_root: Path) -> None:
+    runner, _, _ = make_runner(opennsfw, media_root)
+    verdict = await runner.classify(data=(media_root / "clip.gif").read_bytes())
+    await runner.close()
+    assert isinstance(verdict, Verdict) and verdict.label == "unsafe"
+    assert verdict.media is not None and verdict.media.worst_frame.index == 4
+
+
+async def test_repeated_animation_is_answered_from_the_cache_with_its_frames(opennsfw: Any, media_root: Path) -> None:
+    runner, _, _ = make_runner(opennsfw, media_root)
+    first = await runner.process(messages(media_root, ["clip.gif"]))
+    again = await runner.process([RawMessage(
+        ImageEvent(event_id="e9", content_id="c9", image_ref=(media_root / "clip.gif").as_uri())
+        .model_dump_json().encode(), b"c9", "in", 0, 9)])
+    await runner.close()
+    assert again.verdicts[0].from_cache and again.verdicts[0].media == first.verdicts[0].media
+
+
+# ---------------------------------------------------------------- fair batching, on its own
+
+
+def _frames_work(i: int, n: int) -> Work:
+    raw = RawMessage(b"{}", None, "in", 0, i)
+    event = ImageEvent(event_id=f"v{i}", content_id=f"v{i}", image_ref="https://example.test/v.mp4")
+    frames = FrameSet("video", np.zeros((n, 3, 4, 4), np.float32), tuple(FrameRef(k, k / 10) for k in range(n)),
+                      "rate", n, n / 10)
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    return Work(DecodedFrames(Parsed(raw, event), "0" * 64, frames, StageTimes()), fut)
+
+
+def _still(i: int) -> Work:
+    raw = RawMessage(b"{}", None, "in", 0, i)
+    event = ImageEvent(event_id=f"e{i}", content_id=f"c{i}", image_ref="https://example.test/x.jpg")
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    return Work(Decoded(Parsed(raw, event), "0" * 64, np.zeros((3, 4, 4), np.float32), StageTimes()), fut)
+
+
+def _sizes(taken: list[Work]) -> list[tuple[str, int]]:
+    out = []
+    for w in taken:
+        p = w.progress
+        out.append((w.value.parsed.event.event_id, 1 if p is None else p.stop - p.start))  # type: ignore[union-attr]
+    return out
+
+
+async def test_a_long_video_does_not_hog_the_batches_stills_wait_for() -> None:
+    """Rule: at most ``per_item`` frames of one item per turn; turns repeat while the batch has room; an
+    item with frames left goes to the end of the queue."""
+    q = ReadyQueue(8, 0.0, lambda: 0, per_item=2)
+    q.put(_frames_work(0, 100))
+    for i in range(1, 7):
+        q.put(_still(i))
+    first = q.take()
+    assert _sizes(first) == [("v0", 2)] + [(f"e{i}", 1) for i in range(1, 7)]  # every still in the first pass
+    q.put(_still(7))
+    second = q.take()
+    assert _sizes(second) == [("v0", 7), ("e7", 1)]  # the still that came later: in the next pass
+    assert all(sum(n for _, n in _sizes(q.take())) == 8 for _ in range(5))  # alone, the video fills batches
+
+
+async def test_two_videos_take_turns() -> None:
+    q = ReadyQueue(8, 0.0, lambda: 0, per_item=2)
+    q.put(_frames_work(0, 10))
+    q.put(_frames_work(1, 10))
+    assert _sizes(q.take()) == [("v0", 4), ("v1", 4)]
+    assert _sizes(q.take()) == [("v0", 4), ("v1", 4)]
+    assert _sizes(q.take()) == [("v0", 2), ("v1", 2)] and q.take() == []
+
+
+def test_reduce_takes_the_worst_frame_and_its_embedding() -> None:
+    frames = FrameSet("video", np.zeros((4, 3, 2, 2), np.float32),
+                      tuple(FrameRef(k * 10, k * 1.0) for k in range(4)), "rate", 40, 4.0)
+    scores = [0.1, 0.7, 0.9, 0.2]
+    predictions = [Prediction({"NSFW": s, "SFW": 1 - s}, np.full(3, k, np.float32)) for k, s in enumerate(scores)]
+    prediction, decision, media = reduce_frames(frames, predictions, ["NSFW"], 0.5, worst=2)
+    assert decision.label == "unsafe" and decision.unsafe_score == pytest.approx(0.9)
+    assert prediction.embedding[0] == 2  # the worst frame's embedding represents the item
+    assert [f.index for f in media.worst_frames] == [20, 10] and media.worst_frame.time_s == 2.0
+    (segment,) = media.unsafe_segments
+    assert (segment.start_s, segment.end_s, segment.frames) == (1.0, 3.0, 2)
+    assert segment.unsafe_score == pytest.approx(0.9)
+
+
+def test_frame_limits_refuse_nonsense() -> None:
+    with pytest.raises(ValueError):
+        FrameLimits(max_frames=0)

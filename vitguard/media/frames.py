@@ -1,0 +1,54 @@
+"""The value a multi-frame input expands to: one preprocessed tensor per sampled frame, and where each
+frame sits in the source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+__all__ = ["FrameRef", "FrameSet", "PrepareImage", "Sampling"]
+
+PrepareImage = Callable[[Image.Image], NDArray[np.float32]]
+"""``Classifier.prepare_image``: a decoded frame to one ``(C, H, W)`` float32 array."""
+
+Sampling = Literal["all", "even", "rate", "keyframes"]
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One sampled frame: its index in the source (decode order) and its time offset in seconds."""
+
+    index: int
+    time_s: float
+
+
+@dataclass(frozen=True)
+class FrameSet:
+    """The sampled frames of one animation or video, preprocessed and stacked.
+
+    Only these tensors are kept: every other decoded frame is dropped as soon as it is decoded, so memory is
+    bounded by ``max_frames`` tensors plus one decoded frame, whatever the length of the input.
+    """
+
+    kind: Literal["animation", "video"]
+    tensors: NDArray[np.float32] = field(repr=False)
+    """``(N, C, H, W)``, row i is frame ``frames[i]``."""
+    frames: tuple[FrameRef, ...]
+    sampling: Sampling
+    source_frames: int | None
+    """Frames in the source (declared, or counted while decoding); None when unknown."""
+    duration_s: float | None
+    truncated: bool = False
+    """Decoding stopped early at corrupt or missing data; the frames before it were classified."""
+
+    def __post_init__(self) -> None:
+        if len(self.frames) == 0 or len(self.frames) != len(self.tensors):
+            raise ValueError("a FrameSet needs one tensor per frame, at least one")
+
+    def __len__(self) -> int:
+        return len(self.frames)

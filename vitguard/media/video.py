@@ -1,0 +1,185 @@
+"""Video (MP4, MOV, WebM, Matroska, AVI) with PyAV: sampled frames, streamed, limits first.
+
+PyAV demuxes from a file-like object over the encoded bytes, which the fetch stage holds in memory up to
+``VITGUARD_FETCH_MAX_BYTES``; frames are decoded one at a time, a sampled one becomes its tensor at once and
+every decoded frame is dropped before the next, so memory never holds more than ``max_frames`` tensors and
+one decoded frame. The duration and frame count in the container header are checked before any frame is
+decoded; both, and the decoded pixels, are counted again while decoding, since headers can lie.
+
+Sampling: ``rate`` decodes every frame and keeps one every ``1 / video_fps`` s (spread evenly over the whole
+duration when that would exceed ``max_frames``); ``keyframes`` decodes only key frames (much cheaper) and
+keeps the first one at or after each target time. When the duration is unknown, frames are kept at the rate
+and, each time the budget fills, every other one is dropped and the interval doubles, so the sample still
+spans the whole video. A demux or decode error after at least one frame ends the video there
+(``truncated``).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vitguard.errors import InputError
+from vitguard.media.frames import FrameRef, FrameSet, PrepareImage
+from vitguard.media.sampling import FrameLimits, sample_times
+
+__all__ = ["MAX_FRAME_PIXELS", "read_video"]
+
+MAX_FRAME_PIXELS = 40_000_000
+"""One frame larger than this is refused as a decompression bomb (the still-image default)."""
+
+
+def read_video(data: bytes, limits: FrameLimits, prepare: PrepareImage) -> FrameSet:
+    """The sampled frames of a video.
+
+    Raises:
+        InputError: ``corrupt_video`` (the container cannot be opened), ``unsupported_codec`` (FFmpeg has no
+            decoder for the video stream), ``no_frames`` (no video stream, the data ends before the first
+            frame, or not one frame decodes),
+            ``video_too_long``, ``too_many_frames``, ``decompression_bomb``.
+    """
+    import av  # heavy (FFmpeg): only when a video arrives
+
+    try:
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except av.error.EOFError as exc:
+        raise InputError("no_frames", "the video container ends before its first frame") from exc
+    except av.error.FFmpegError as exc:
+        raise InputError("corrupt_video", f"cannot open the video container: {_brief(exc)}") from exc
+    try:
+        return _read(av, container, limits, prepare)
+    finally:
+        container.close()
+
+
+def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage) -> FrameSet:
+    if not container.streams.video:
+        raise InputError("no_frames", f"{container.format.name} container has no video stream")
+    stream = container.streams.video[0]
+    codec = getattr(stream.codec_context, "name", None) if _has_decoder(av, stream) else None
+    if codec is None:
+        raise InputError("unsupported_codec", f"no decoder for the video codec ({_codec_tag(stream)})")
+    duration = _duration_s(container, stream)
+    declared = int(stream.frames or 0) or None
+    if duration is not None and duration > limits.max_duration_s:
+        raise InputError("video_too_long", f"video of {duration:.1f} s, limit {limits.max_duration_s:g} s")
+    if declared is not None and declared > limits.max_source_frames:
+        raise InputError("too_many_frames", f"video of {declared} frames, limit {limits.max_source_frames}")
+    width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+    if width * height > MAX_FRAME_PIXELS:
+        raise InputError("decompression_bomb", f"{width}x{height} frames exceed {MAX_FRAME_PIXELS} pixels")
+    keyframes = limits.video_sampling == "keyframes"
+    if keyframes:
+        stream.codec_context.skip_frame = "NONKEY"
+    elif declared is not None and width * height * declared > limits.max_decoded_pixels:
+        raise InputError("decompression_bomb", f"{declared} frames of {width}x{height} are more than the "
+                         f"{limits.max_decoded_pixels} pixels allowed")
+    sampler = _Sampler(limits, duration, prepare)
+    decoded = pixels = 0
+    truncated = False
+    try:
+        for frame in container.decode(stream):
+            decoded += 1
+            pixels += frame.width * frame.height
+            if decoded > limits.max_source_frames:
+                raise InputError("too_many_frames", f"video has more than {limits.max_source_frames} frames")
+            if pixels > limits.max_decoded_pixels:
+                raise InputError("decompression_bomb",
+                                 f"more than {limits.max_decoded_pixels} pixels decoded after {decoded} frames")
+            time_s = float(frame.time) if frame.time is not None else (decoded - 1) / limits.video_fps
+            if time_s > limits.max_duration_s:
+                raise InputError("video_too_long", f"video runs past {limits.max_duration_s:g} s")
+            sampler.offer(decoded - 1, time_s, frame)
+    except av.error.FFmpegError:
+        if not sampler.refs:
+            raise InputError("no_frames", "no frame of the video decodes (corrupt or truncated data)") from None
+        truncated = True
+    sampler.finish()
+    if not sampler.refs:
+        raise InputError("no_frames", "the video stream holds no frame")
+    if duration is not None and sampler.last_time is not None and not keyframes:
+        # the data stopped well before the declared end: a cut-off upload
+        frame_s = 1.0 / float(stream.average_rate) if stream.average_rate else 0.1
+        truncated = truncated or sampler.last_time + 2 * frame_s < duration - 0.25
+    return FrameSet(
+        kind="video", tensors=np.stack(sampler.tensors), frames=tuple(sampler.refs),
+        sampling="keyframes" if keyframes else "rate",
+        source_frames=declared if keyframes else decoded, duration_s=duration, truncated=truncated,
+    )
+
+
+class _Sampler:
+    """Keeps the frames to classify as they stream past, at most ``max_frames`` tensors."""
+
+    def __init__(self, limits: FrameLimits, duration: float | None, prepare: PrepareImage) -> None:
+        self.limits = limits
+        self.prepare = prepare
+        self.targets = sample_times(duration, limits.video_fps, limits.max_frames) if duration else None
+        self.interval = 1.0 / limits.video_fps
+        self.next_t = 0.0
+        self.tensors: list[NDArray[np.float32]] = []
+        self.refs: list[FrameRef] = []
+        self._last: tuple[int, float, Any] | None = None
+        self._last_taken = -1
+        self.last_time: float | None = None
+
+    def offer(self, index: int, time_s: float, frame: Any) -> None:
+        self._last = (index, time_s, frame)
+        self.last_time = time_s
+        if time_s + 1e-6 < self.next_t:
+            return
+        self._take(index, time_s, frame)
+        if self.targets is not None:
+            while self.targets and self.targets[0] <= time_s + 1e-6:
+                self.targets.pop(0)
+            self.next_t = self.targets[0] if self.targets else float("inf")
+            return
+        self.next_t = time_s + self.interval
+        if len(self.refs) >= self.limits.max_frames:  # unknown duration: thin out, double the interval
+            self.tensors, self.refs = self.tensors[::2], self.refs[::2]
+            self.interval *= 2
+            self.next_t = self.refs[-1].time_s + self.interval
+
+    def finish(self) -> None:
+        """Targets left past the last frame (the end of the video): classify the last frame."""
+        if self._last is None or self._last[0] == self._last_taken:
+            return
+        if (self.targets is not None and self.targets) and len(self.refs) < self.limits.max_frames:
+            self._take(*self._last)
+        self._last = None
+
+    def _take(self, index: int, time_s: float, frame: Any) -> None:
+        self.tensors.append(self.prepare(frame.to_image()))
+        self.refs.append(FrameRef(index, round(time_s, 3)))
+        self._last_taken = index
+
+
+def _duration_s(container: Any, stream: Any) -> float | None:
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return float(container.duration) / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def _has_decoder(av: Any, stream: Any) -> bool:
+    try:
+        ctx = stream.codec_context
+    except Exception:
+        return False
+    return ctx is not None and ctx.codec is not None and bool(getattr(ctx.codec, "is_decoder", True))
+
+
+def _codec_tag(stream: Any) -> str:
+    try:
+        return str(stream.codec_context.codec_tag or stream.codec_context.name)
+    except Exception:
+        return "unknown"
+
+
+def _brief(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,68 @@
+"""The expand stage: a still image is one frame (the decode stage, unchanged); an animation or a video is
+its sampled frames, each decoded straight to its tensor (:mod:`vitguard.media`); or a dead letter.
+
+What kind of input it is comes from the magic bytes, on the event loop (a few bytes, no decoding): JPEG and
+everything else that cannot be animated goes to the decode stage exactly as before. GIF, PNG and WebP are
+opened once in the decode pool and expanded when animated, else decoded as stills in the same call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import replace
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from vitguard import metrics
+from vitguard.errors import InputError
+from vitguard.media import FrameLimits, FrameSet, media_kind
+from vitguard.media.animation import read_animation
+from vitguard.media.video import read_video
+from vitguard.model.types import Classifier
+from vitguard.pipeline.core import dead_letter
+from vitguard.pipeline.decode import decode_image
+from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Fetched
+
+__all__ = ["expand_item"]
+
+_log = logging.getLogger(__name__)
+
+
+def _expand(data: bytes, classifier: Classifier, limits: FrameLimits) -> FrameSet | NDArray[np.float32]:
+    def prepare(image: Image.Image) -> NDArray[np.float32]:  # looked up only for a multi-frame input
+        return classifier.prepare_image(image)
+
+    if media_kind(data) == "video":
+        return read_video(data, limits, prepare)
+    frames = read_animation(data, limits, prepare)
+    return frames if frames is not None else classifier.prepare(data)
+
+
+async def expand_item(
+    fetched: Fetched, classifier: Classifier, pool: Executor, limits: FrameLimits
+) -> Decoded | DecodedFrames | DeadLettered:
+    """The item's tensors: one for a still image, one per sampled frame for an animation or a video."""
+    if media_kind(fetched.data[:16]) == "still":
+        return await decode_image(fetched, classifier, pool)
+    parsed = fetched.parsed
+    started = time.perf_counter()
+    try:
+        out = await asyncio.get_running_loop().run_in_executor(pool, _expand, fetched.data, classifier, limits)
+    except InputError as exc:
+        return DeadLettered(parsed.raw, dead_letter(parsed.raw, exc.reason, exc.message, parsed.event))
+    except Exception as exc:
+        _log.warning("expanding %s raised %r", parsed.event.event_id, exc, exc_info=True)
+        return DeadLettered(parsed.raw, dead_letter(
+            parsed.raw, "internal_error", f"decode failed: {type(exc).__name__}: {exc}", parsed.event))
+    finally:
+        decode_s = time.perf_counter() - started
+        metrics.IMAGE_STAGE_DURATION.labels("decode", fetched.source).observe(decode_s)
+    times = replace(fetched.times, decode_ms=decode_s * 1000)
+    if isinstance(out, FrameSet):
+        return DecodedFrames(parsed, fetched.sha256, out, times, ready_at=time.perf_counter())
+    return Decoded(parsed, fetched.sha256, out, times, ready_at=time.perf_counter())

@@ -1,0 +1,130 @@
+"""Real animations and videos made from real photos, for tests, the demo and the benchmark.
+
+Every generator takes a list of photo frames (PIL images) and encodes them with Pillow (GIF, WebP, APNG) or
+PyAV (MP4/H.264, WebM/VP9, ...). :func:`photo_frames` turns a base photo into a short "clip" (a slow pan over
+it) with another photo cut in at one frame: the hidden frame a moderation system must find. The bad-media
+helpers produce what uploads really look like when they go wrong: truncated files, a codec FFmpeg has no
+decoder for, a container with no frame at all.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "HIDDEN_BASE",
+    "HIDDEN_PHOTO",
+    "HIDDEN_THRESHOLD",
+    "animated_image",
+    "photo_frames",
+    "truncated",
+    "unknown_codec_video",
+    "video_bytes",
+    "zero_frame_video",
+]
+
+
+def photo_frames(
+    base: Path | Image.Image,
+    count: int,
+    *,
+    hidden: Path | Image.Image | None = None,
+    hidden_at: int | None = None,
+    size: tuple[int, int] = (160, 120),
+) -> list[Image.Image]:
+    """``count`` frames panning slowly across ``base``; frame ``hidden_at`` (default: the middle) is ``hidden``."""
+    src = _rgb(base)
+    w, h = src.size
+    crop_w, crop_h = int(w * 0.8), int(h * 0.8)
+    frames = []
+    for i in range(count):
+        x = round((w - crop_w) * i / max(1, count - 1))
+        frames.append(src.crop((x, (h - crop_h) // 2, x + crop_w, (h - crop_h) // 2 + crop_h)).resize(size))
+    if hidden is not None:
+        at = count // 2 if hidden_at is None else hidden_at
+        frames[at] = _rgb(hidden).resize(size)
+    return frames
+
+
+def animated_image(frames: Sequence[Image.Image], fmt: str = "GIF", duration_ms: int = 100) -> bytes:
+    """An animated GIF, WebP or PNG (APNG) of ``frames``, ``duration_ms`` each, looping."""
+    out = io.BytesIO()
+    first, *rest = list(frames)
+    extra = {"lossless": True} if fmt.upper() == "WEBP" else {}
+    first.save(out, fmt, save_all=True, append_images=rest, duration=duration_ms, loop=0, **extra)
+    return out.getvalue()
+
+
+def video_bytes(
+    frames: Sequence[Image.Image],
+    *,
+    fps: int = 10,
+    container: str = "mp4",
+    codec: str = "libx264",
+    repeat: int = 1,
+) -> bytes:
+    """A video of ``frames`` (each shown ``repeat`` frames long) at ``fps``, encoded with PyAV."""
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, mode="w", format=container) as box:
+        stream: Any = box.add_stream(codec, rate=Fraction(fps))  # a VideoStream for a video codec
+        width, height = frames[0].size
+        stream.width, stream.height = width - width % 2, height - height % 2
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast", "crf": "18"}
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.asarray(image.convert("RGB")), format="rgb24")
+            for _ in range(repeat):
+                for packet in stream.encode(frame):
+                    box.mux(packet)
+        for packet in stream.encode():
+            box.mux(packet)
+    return out.getvalue()
+
+
+def truncated(data: bytes, keep: float = 0.5) -> bytes:
+    """The first ``keep`` of ``data``: an upload cut off mid-way."""
+    return data[: max(1, int(len(data) * keep))]
+
+
+def unknown_codec_video(frames: Sequence[Image.Image]) -> bytes:
+    """A Matroska file whose video track names a codec FFmpeg has no decoder for (the H.264 codec id
+    rewritten to an unregistered one of the same length)."""
+    data = video_bytes(frames, container="matroska")
+    tag = b"V_MPEG4/ISO/AVC"
+    if tag not in data:
+        raise RuntimeError("the Matroska muxer no longer writes the H.264 codec id")
+    return data.replace(tag, b"V_VITGUARD/NONE", 1)
+
+
+def zero_frame_video() -> bytes:
+    """A WebM file with a video track and not one frame in it."""
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="webm") as box:
+        stream: Any = box.add_stream("libvpx-vp9", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        box.start_encoding()
+    return out.getvalue()
+
+
+def _rgb(image: Path | Image.Image) -> Image.Image:
+    return (Image.open(image) if isinstance(image, Path) else image).convert("RGB")
+
+
+HIDDEN_BASE = "chelsea.png"
+"""The photo the test clips pan over (open_nsfw scores its frames below 0.001)."""
+HIDDEN_PHOTO = "astronaut.png"
+"""The photo cut in as the hidden frame (open_nsfw: ~0.007-0.03 as a 160x120 frame, GIF palette or not)."""
+HIDDEN_THRESHOLD = 0.002
+"""A test policy threshold under which, with open_nsfw, the hidden frame and only it counts as unsafe."""
