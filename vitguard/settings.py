@@ -22,7 +22,6 @@ __all__ = [
     "BankSettings",
     "BatchSettings",
     "FetchSettings",
-    "FrameSettings",
     "KafkaSettings",
     "LogSettings",
     "MilvusSettings",
@@ -284,6 +283,37 @@ class ModelSettings(BaseSettings):
             "Env: VITGUARD_MODEL_ORT_SPINNING. Default false."
         ),
     )
+    amp: Literal["fp16", "bf16", "off"] = Field(
+        "fp16",
+        description=(
+            "Autocast dtype of the torch backend on CUDA (fp16 or bf16; off: float32 with TF32 matmuls). "
+            "Ignored on CPU, which runs float32. Env: VITGUARD_MODEL_AMP. Default fp16."
+        ),
+    )
+    torch_compile: bool = Field(
+        False,
+        description=(
+            "Run the torch backend's forward pass through torch.compile (the first batch of each new size "
+            "pays for compilation: seconds to minutes). Env: VITGUARD_MODEL_TORCH_COMPILE. Default false."
+        ),
+    )
+    device_decode: bool = Field(
+        True,
+        description=(
+            "On CUDA, decode JPEGs with nvJPEG and preprocess them on the GPU in the batch path "
+            "(predict_encoded); other formats fall back to the CPU decoder. Ignored on CPU. "
+            "Env: VITGUARD_MODEL_DEVICE_DECODE. Default true."
+        ),
+    )
+    cuda_batch_size: int = Field(
+        256,
+        ge=1,
+        le=4096,
+        description=(
+            "Images per forward pass the torch backend prefers on CUDA (its preferred_batch_size and "
+            "classify()'s default there; on CPU 16). Env: VITGUARD_MODEL_CUDA_BATCH_SIZE. Default 256."
+        ),
+    )
 
 
 class PolicySettings(BaseSettings):
@@ -401,73 +431,6 @@ class BatchSettings(BaseSettings):
     )
     decode_workers: int = Field(
         2, ge=1, le=256, description="Decode thread pool size. Env: VITGUARD_BATCH_DECODE_WORKERS."
-    )
-
-
-class FrameSettings(BaseSettings):
-    """Animations and video: which frames are classified, and the limits on one multi-frame item."""
-
-    model_config = _config("VITGUARD_FRAMES_")
-
-    max_frames: int = Field(
-        32,
-        ge=1,
-        le=1024,
-        description=(
-            "Frames classified per animation or video, at most: all frames up to this, else this many evenly "
-            "spaced ones (first and last included). Each costs one tensor in memory while the item waits. "
-            "Env: VITGUARD_FRAMES_MAX_FRAMES. Default 32."
-        ),
-    )
-    max_source_frames: int = Field(
-        10_000,
-        ge=1,
-        description=(
-            "An animation or video with more frames than this is refused (reason too_many_frames). "
-            "Env: VITGUARD_FRAMES_MAX_SOURCE_FRAMES. Default 10000."
-        ),
-    )
-    max_decoded_pixels: int = Field(
-        2_000_000_000,
-        ge=1024,
-        description=(
-            "Pixels decoded for one item in total, every decoded frame counted (reason decompression_bomb). "
-            "Env: VITGUARD_FRAMES_MAX_DECODED_PIXELS. Default 2000000000."
-        ),
-    )
-    max_duration_s: float = Field(
-        300.0, gt=0, le=86_400,
-        description="Longest video accepted (reason video_too_long). Env: VITGUARD_FRAMES_MAX_DURATION_S. Default 300.",
-    )
-    video_fps: float = Field(
-        1.0, gt=0, le=120,
-        description=(
-            "Video frames sampled per second, spread evenly over the whole video when that exceeds max_frames. "
-            "Env: VITGUARD_FRAMES_VIDEO_FPS. Default 1."
-        ),
-    )
-    video_sampling: Literal["rate", "keyframes"] = Field(
-        "rate",
-        description=(
-            "rate: decode every frame, sample at video_fps; keyframes: decode key frames only (cheaper, coarser). "
-            "Env: VITGUARD_FRAMES_VIDEO_SAMPLING. Default rate."
-        ),
-    )
-    per_batch: int = Field(
-        4,
-        ge=1,
-        le=4096,
-        description=(
-            "Fair batching: frames of one item a forward pass takes per turn; items with frames left take turns "
-            "with everything else queued, so a long video never holds the still images behind it for more than "
-            "this many slots. Env: VITGUARD_FRAMES_PER_BATCH. Default 4."
-        ),
-    )
-    worst_frames: int = Field(
-        5,
-        ge=1,
-        le=100,
-        description="Worst frames (and unsafe segments) listed per verdict. Env: VITGUARD_FRAMES_WORST_FRAMES.",
     )
 
 
@@ -684,6 +647,22 @@ class ReviewSettings(BaseSettings):
     thumbnail_cache: int = Field(
         256, ge=0, le=100_000, description="Thumbnails kept in memory. Env: VITGUARD_REVIEW_THUMBNAIL_CACHE."
     )
+    negative_bank: str = Field(
+        "review-overturned",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/\-]*$",
+        description=(
+            "Hash bank (negative) that `vitguard review apply` adds overturned items to, where hash banks are "
+            "enabled. Env: VITGUARD_REVIEW_NEGATIVE_BANK. Default review-overturned."
+        ),
+    )
+    confirmed_bank: str = Field(
+        "review-confirmed",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/\-]*$",
+        description=(
+            "Hash bank (positive, flag_only when created) for confirmed items the reviewer chose to bank. "
+            "Env: VITGUARD_REVIEW_CONFIRMED_BANK. Default review-confirmed."
+        ),
+    )
 
     @model_validator(mode="after")
     def _band(self) -> ReviewSettings:
@@ -710,7 +689,6 @@ class Settings(BaseModel):
     log: LogSettings
     banks: BankSettings = Field(default_factory=BankSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
-    frames: FrameSettings = Field(default_factory=FrameSettings)
 
 
 _SECTIONS: dict[str, type[BaseSettings]] = {
@@ -727,7 +705,6 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "log": LogSettings,
     "banks": BankSettings,
     "review": ReviewSettings,
-    "frames": FrameSettings,
 }
 
 

@@ -52,7 +52,8 @@ def test_overturn_leaves_the_unsafe_set(index: tuple[InMemoryEmbeddingIndex, str
     assert done is not None and done.audit.outcome == "applied"
     assert idx.records(col)["bad"].label == OVERTURNED_LABEL
     assert idx.search_unsafe(col, query, 5, 0.9) == [[]]
-    assert done.correction is not None and done.correction.label == "safe" and done.correction.previous_label == "unsafe"
+    assert done.correction is not None
+    assert (done.correction.label, done.correction.previous_label) == ("safe", "unsafe")
     assert done.audit.effects == ["milvus_relabelled", "bank_skipped", "correction_published"]
 
 
@@ -107,3 +108,21 @@ def test_missing_row_or_collection_is_recorded_not_fatal(index: tuple[InMemoryEm
     assert gone is not None and gone.audit.effects[0] == "milvus_missing"
     none = apply_decision(decision("bad", collection=None), ledger=Ledger(), records=idx, banks=None)
     assert none is not None and none.audit.effects[0] == "milvus_no_collection"
+
+
+def test_overturned_items_go_to_a_negative_bank_of_the_hash_banks(index: tuple[InMemoryEmbeddingIndex, str]) -> None:
+    from vitguard.banks import MemoryBankStore
+    from vitguard.review.banks import StoreReviewBanks
+
+    idx, col = index
+    store = MemoryBankStore()
+    banks = StoreReviewBanks(store, negative_bank="review-overturned", confirmed_bank="review-confirmed")
+    pdq = "f" * 16 + "0" * 48
+    done = apply_decision(decision("bad", collection=col, pdq_hash=pdq), ledger=Ledger(), records=idx, banks=banks)
+    assert done is not None and "negative_bank" in done.audit.effects
+    state = store.read()
+    assert state.banks["review-overturned"].kind == "negative"
+    assert [(e.entry_id, e.signal) for e in state.bank_entries("review-overturned")] == [("bad", pdq)]
+    unhashed = apply_decision(decision("meh", "confirm_unsafe", collection=col, add_to_bank=True), ledger=Ledger(),
+                              records=idx, banks=banks)
+    assert unhashed is not None and "bank_no_hash" in unhashed.audit.effects

@@ -18,7 +18,7 @@ from vitguard.review.queue import ReviewQueue, item_key
 from vitguard.schemas.review import ReviewDecision
 from vitguard.settings import load_settings
 
-TOKEN = "s3cret-review-token"
+TOKEN = "s3cret-review-token"  # noqa: S105 - a test token
 EVIL = '<script>alert("x")</script>'
 
 

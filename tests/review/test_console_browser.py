@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-TOKEN = "browser-test-token"
+TOKEN = "browser-test-token"  # noqa: S105 - a test token
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 

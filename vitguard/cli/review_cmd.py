@@ -37,10 +37,12 @@ def topics(bootstrap_servers: str | None, connect_timeout: float) -> None:
 @click.option("--collection", default=None,
               help="Vector collection for decisions that name none (decisions from the console always do).")
 @click.option("--no-milvus", is_flag=True, help="Do not touch the vector store (corrections and audit only).")
+@click.option("--banks/--no-banks", default=None,
+              help="Add reviewed items to hash banks (default: when VITGUARD_BANKS_ENABLED).")
 @kafka_options
-def apply(once: bool, idle_timeout: float | None, collection: str | None, no_milvus: bool,
+def apply(once: bool, idle_timeout: float | None, collection: str | None, no_milvus: bool, banks: bool | None,
           bootstrap_servers: str | None, connect_timeout: float) -> None:
-    """Apply reviewers' decisions: Milvus labels, corrected verdicts, the audit trail (idempotent)."""
+    """Apply reviewers' decisions: Milvus labels, hash banks, corrected verdicts, the audit trail (idempotent)."""
     from vitguard.review.applier import DecisionApplier
 
     settings = load_cli_settings(bootstrap_servers)
@@ -49,7 +51,15 @@ def apply(once: bool, idle_timeout: float | None, collection: str | None, no_mil
         from vitguard.stores import MilvusEmbeddingIndex
 
         records = MilvusEmbeddingIndex(settings.milvus)
-    applier = DecisionApplier(settings, records=records, default_collection=collection)
+    review_banks: Any = None
+    if banks if banks is not None else settings.banks.enabled:
+        from vitguard.banks import KafkaBankStore
+        from vitguard.review.banks import StoreReviewBanks
+
+        review_banks = StoreReviewBanks(KafkaBankStore(settings.kafka, settings.banks, settings.topics),
+                                        negative_bank=settings.review.negative_bank,
+                                        confirmed_bank=settings.review.confirmed_bank)
+    applier = DecisionApplier(settings, records=records, banks=review_banks, default_collection=collection)
     try:
         count = applier.run(once=once, idle_timeout_s=idle_timeout, connect_timeout_s=connect_timeout)
     except KeyboardInterrupt:

@@ -30,16 +30,9 @@ def reviewable_ref(ref: str | None) -> str | None:
 
 
 def _bank_matches(verdict: Verdict) -> list[ReviewBankMatch]:
-    """The verdict's hash-bank matches (schema 1.2, where hash banks are deployed; none before)."""
-    out = []
-    for m in getattr(verdict, "bank_matches", None) or ():
-        out.append(
-            ReviewBankMatch(
-                bank=str(m.bank), entry_id=str(m.entry_id), distance=int(m.distance),
-                action=str(getattr(m, "action", "")), negative=bool(getattr(m, "negative", False)),
-            )
-        )
-    return out
+    """The verdict's positive hash-bank matches (a negative-bank match is known safe: nothing to review)."""
+    return [ReviewBankMatch(bank=m.bank, entry_id=m.entry_id, distance=m.distance, action=m.action,
+                            negative=m.negative) for m in verdict.bank_matches if not m.negative]
 
 
 def build_review_requests(
@@ -90,7 +83,7 @@ def build_review_requests(
                 wave_window_s=alert.wave_window_s if alert is not None else None,
                 severity=alert.severity if alert is not None else None,
                 bank_matches=banks,
-                pdq_hash=getattr(verdict, "pdq_hash", None),
+                pdq_hash=verdict.pdq_hash,
                 metadata=dict(verdict.metadata),
                 created_at=verdict.created_at,
             )
