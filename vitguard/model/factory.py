@@ -173,7 +173,7 @@ def load_torch_classifier(
     Raises:
         ModelLoadError: the spec is not a torch checkpoint, or it cannot be loaded.
     """
-    from vitguard.model.torch_backend import TorchClassifier, pick_device
+    from vitguard.model.torch_backend import TorchClassifier, TorchOptions, pick_device
 
     if isinstance(spec, Spec):
         parsed, cfg = spec, (settings if settings is not None else ModelSettings.model_construct())
@@ -191,6 +191,7 @@ def load_torch_classifier(
         device=pick_device(cfg.device),
         max_pixels=cfg.max_pixels,
         min_side=cfg.min_side,
+        options=TorchOptions.from_settings(cfg),
     )
 
 

@@ -15,6 +15,7 @@ from vitguard.schemas.events import (
     NearDuplicateAlert,
     Verdict,
 )
+from vitguard.schemas.review import ReviewAuditRecord, ReviewDecision, ReviewRequest, VerdictCorrection
 
 __all__ = ["EVENT_MODELS", "export_json_schemas"]
 
@@ -24,6 +25,10 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     "near-duplicate-alert": NearDuplicateAlert,
     "bank-match-alert": BankMatchAlert,
     "dead-letter": DeadLetter,
+    "review-request": ReviewRequest,
+    "review-decision": ReviewDecision,
+    "verdict-correction": VerdictCorrection,
+    "review-audit-record": ReviewAuditRecord,
 }
 
 
