@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from conftest import T0, decision
+from review_values import T0, decision
 
 from vitguard.model.types import ModelInfo
 from vitguard.review.apply import OVERTURNED_LABEL, Ledger, apply_decision

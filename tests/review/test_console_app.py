@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import request
 from PIL import Image
+from review_values import request
 
 from vitguard.errors import ConfigError
 from vitguard.review.console import COOKIE, build_console_app

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loop import VECTOR, review_settings, seed_unsafe
+from review_services import VECTOR, review_settings, seed_unsafe
 
 from vitguard.kafka.produce import publish_and_wait, raise_on_failures
 from vitguard.kafka.reader import read_models

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from conftest import T0, decision, request
+from review_values import T0, decision, request
 
 from vitguard.review.queue import ReviewQueue, item_key
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import alert, request, verdict
+from review_values import alert, request, verdict
 
 from vitguard.review.requests import appeal_request, build_review_requests, is_uncertain
 from vitguard.schemas.events import ImageEvent

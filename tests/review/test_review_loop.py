@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import decision
-from loop import VECTOR, review_settings, seed_unsafe
+from review_services import VECTOR, review_settings, seed_unsafe
+from review_values import decision
 
 from vitguard.kafka.produce import publish_and_wait, raise_on_failures
 from vitguard.kafka.reader import read_models

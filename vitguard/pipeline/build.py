@@ -38,6 +38,8 @@ def build_runner(
     from vitguard.stores import MilvusEmbeddingIndex, RedisDedupStore, RedisWaveCounter
 
     t = settings.topics
+    if settings.review.enabled:  # review requests: needs `vitguard review topics` first
+        kwargs.setdefault("review", settings.review)
     return Runner(
         classifier=classifier or load_classifier(settings.model),
         fetcher=fetcher or ImageFetcher(settings.fetch),
@@ -45,7 +47,8 @@ def build_runner(
         dedup=dedup or RedisDedupStore(settings.redis),
         waves=waves or RedisWaveCounter(settings.redis, settings.policy),
         sink=sink,
-        topics=topics or OutputTopics(t.verdicts, t.alerts, t.dead_letters),
+        topics=topics or OutputTopics(t.verdicts, t.alerts, t.dead_letters,
+                                      t.review_requests if settings.review.enabled else ""),
         policy=settings.policy,
         batch=settings.batch,
         milvus=settings.milvus,

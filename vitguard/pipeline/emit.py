@@ -9,6 +9,9 @@ if even that is rejected, the worker stops (:class:`~vitguard.errors.FatalError`
 
 Retry rule: every message gets its own acknowledgement; a round re-sends only the unacknowledged ones, so a
 retry never duplicates an acknowledged verdict.
+
+Review requests (:mod:`vitguard.review.requests`: uncertain verdicts, every alert) go out in the same
+round as the verdicts they are about, like alerts: best effort, never holding up an event's answer.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from vitguard.errors import FatalError, ReasonCode
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.failure import PublishPolicy
 from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage, Sink
+from vitguard.review.metrics import REQUESTS as REVIEW_REQUESTS
+from vitguard.review.requests import build_review_requests
 from vitguard.schemas.events import DeadLetter, ImageEvent, NearDuplicateAlert, Verdict
+from vitguard.settings import ReviewSettings
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -96,6 +102,10 @@ class _Slot:
     answer: Answer | None
     message: OutMessage
     minimal: bool = False
+    kind: str = "alert"
+    """What an output that answers no event is (a metrics label when it is dropped)."""
+    reasons: tuple[str, ...] = ()
+    """A review request's reasons (metrics)."""
 
 
 class Emitter:
@@ -106,15 +116,18 @@ class Emitter:
         topics: where each kind of output goes.
         limits: largest message per topic (bytes); topics not named get :data:`DEFAULT_MAX_MESSAGE_BYTES`.
         policy: classification, backoff and the deadline of one round.
+        review: the uncertainty band; with ``topics.review_requests`` set, review requests are published.
     """
 
     def __init__(
-        self, sink: Sink, topics: OutputTopics, limits: Mapping[str, int], policy: PublishPolicy
+        self, sink: Sink, topics: OutputTopics, limits: Mapping[str, int], policy: PublishPolicy,
+        review: ReviewSettings | None = None,
     ) -> None:
         self.sink = sink
         self.topics = topics
         self.limits = dict(limits)
         self.policy = policy
+        self.review = review
 
     async def emit(
         self,
@@ -137,7 +150,11 @@ class Emitter:
                            len(value))
                 continue
             slots.append(_Slot(None, None, None, OutMessage(self.topics.alerts, key, value)))
-        await self._publish(slots)
+        reviews = self._review_slots(slots, alerts)
+        await self._publish(slots + reviews)
+        for slot in reviews:
+            for reason in slot.reasons:
+                REVIEW_REQUESTS.labels(reason).inc()
         return [s.answer for s in slots if s.raw is not None]  # type: ignore[misc]
 
     async def _publish(self, slots: list[_Slot]) -> None:
@@ -171,14 +188,31 @@ class Emitter:
             pending = retry
         self.policy.succeeded()
 
+    def _review_slots(self, slots: Sequence[_Slot], alerts: Sequence[NearDuplicateAlert]) -> list[_Slot]:
+        """Review requests for the verdicts being published (not for ones that became dead letters)."""
+        if self.review is None or not self.topics.review_requests:
+            return []
+        verdicts = [(s.event, s.answer) for s in slots if isinstance(s.answer, Verdict)]
+        limit = self.limits.get(self.topics.review_requests, DEFAULT_MAX_MESSAGE_BYTES)
+        out = []
+        for request in build_review_requests(verdicts, [a for a in alerts if isinstance(a, NearDuplicateAlert)],
+                                             self.review):
+            key, value = request.content_id.encode(), request.model_dump_json().encode()
+            if len(value) > _room(limit, key):
+                metrics.OUTPUTS_DROPPED.labels("review_request").inc()
+                continue
+            out.append(_Slot(None, None, None, OutMessage(self.topics.review_requests, key, value),
+                              kind="review_request", reasons=tuple(request.reasons)))
+        return out
+
     def _degrade(self, slot: _Slot, error: BaseException) -> bool:
         """Replace a rejected message with the smallest dead letter that still answers its event.
 
         Returns whether the replacement is to be sent (False for an alert, which answers no event).
         """
         if slot.raw is None:
-            metrics.OUTPUTS_DROPPED.labels("alert").inc()
-            _log.error("the broker rejected an alert (%s); dropped", error)
+            metrics.OUTPUTS_DROPPED.labels(slot.kind).inc()
+            _log.error("the broker rejected an output (%s: %s); dropped", slot.kind, error)
             return False
         if slot.minimal:
             raise FatalError(

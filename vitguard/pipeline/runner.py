@@ -55,7 +55,7 @@ from vitguard.pipeline.results import (
 from vitguard.pipeline.types import BatchOutcome, OutputTopics, RawMessage, Sink
 from vitguard.policy import resolve_unsafe_labels
 from vitguard.schemas.events import Verdict
-from vitguard.settings import BatchSettings, FrameSettings, MilvusSettings, PolicySettings
+from vitguard.settings import BatchSettings, FrameSettings, MilvusSettings, PolicySettings, ReviewSettings
 from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, WaveCounter
 
 if TYPE_CHECKING:
@@ -119,6 +119,7 @@ class Runner:
         on_fatal: Callable[[BaseException], None] | None = None,
         on_hold: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.time,
+        review: ReviewSettings | None = None,
     ) -> None:
         self.classifier = classifier
         self.info = classifier.info
@@ -147,6 +148,7 @@ class Runner:
         self.emitter = Emitter(
             sink, self.topics, limits or {},
             PublishPolicy(self.health, backoff=Backoff(0.5, publish_backoff_max_s), timeout_s=publish_timeout_s),
+            review=review,
         )
         self.completer = Completer(
             info=self.info, index=index, dedup=dedup, waves=waves, policy=policy, redis=self.redis,

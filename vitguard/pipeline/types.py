@@ -36,6 +36,9 @@ class OutputTopics:
     verdicts: str
     alerts: str
     dead_letters: str
+    review_requests: str = ""
+    """Review requests (the review loop); empty by default: the worker sends them only with
+    ``VITGUARD_REVIEW_ENABLED``."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Shared values of the review-loop tests: verdicts, alerts, requests and decisions."""
+"""Values shared by the review-loop tests (a plain module: every test directory has its own conftest)."""
 
 from __future__ import annotations
 
