@@ -10,6 +10,8 @@ what it measured; ``complete`` turns true at the end):
   JPEG bytes;
 * ``decode``: JPEG uploads to normalised input, images/s: nvJPEG + GPU preprocessing in batches
   (``TensorPreprocessor``) against the CPU ``Preprocessor`` on a thread pool of every core;
+* ``compiled`` (only when asked for in ``--sections``: compiling takes a while): ``torch.compile`` at batch
+  256, the compile time and images/s with the input on the device;
 * ``end_to_end``: a backlog of distinct uploads through a real ``vitguard worker`` on the embedded services
   (broker, Redis, Milvus Lite) with the model on CUDA; images/s and its ratio to model-only from host at
   the worker's batch size.
@@ -107,6 +109,24 @@ def model_only(clf: Any, device: str, sizes: list[int], min_s: float, sample: np
         out[f"batch_{n}"] = {"device_resident": resident, "from_host_predict": from_host}
         del on_device, host
     return out
+
+
+def compiled(device: str, batch: int, min_s: float, sample: np.ndarray) -> dict[str, Any]:
+    import torch
+
+    from vitguard.model import load_torch_classifier
+    from vitguard.settings import ModelSettings
+
+    clf = load_torch_classifier(ARCH, settings=ModelSettings.model_construct(
+        device=device, amp="fp16", torch_compile=True))  # type: ignore[arg-type]
+    x = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(sample, (batch, *sample.shape)))).to(device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        clf._outputs(x)
+        _sync(device)
+        compile_s = time.perf_counter() - started
+        rate = _rate(functools.partial(clf._outputs, x), batch, device, min_s)
+    return {"batch": batch, "compile_s": round(compile_s, 1), "device_resident": rate}
 
 
 def single_image(clf: Any, sample: np.ndarray, jpeg: bytes, device: str) -> dict[str, Any]:
@@ -241,6 +261,8 @@ def main() -> int:
         report.put("single_image", single_image(clf, sample, datas[0], device))
     if "decode" in sections:
         report.put("decode", decode(clf, datas, device, 4 if tiny else 256, min_s))
+    if "compiled" in sections:
+        report.put("compiled", compiled(device, 4 if tiny else 256, min_s, sample))
     if "end_to_end" in sections:
         if not reference:
             host = np.ascontiguousarray(np.broadcast_to(sample, (args.e2e_batch, *sample.shape)))

