@@ -4,6 +4,8 @@ import random
 
 import pytest
 
+from tests.pipeline.conftest import image_root, opennsfw  # noqa: F401 - the stream tests' fixtures
+
 
 def random_pdq(rng: random.Random) -> str:
     """A random, balanced (128 bits set) PDQ-like hash."""

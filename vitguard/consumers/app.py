@@ -122,6 +122,24 @@ def _metadata_ok(settings: Settings) -> bool:
     return True
 
 
+def _start_banks(runtime: WorkerRuntime) -> Any:
+    """The hash banks: read the banks topic, then follow it in a thread (None when banks are off).
+
+    Started before the runner, so no image is matched against half-loaded banks; a banks topic that cannot
+    be read within VITGUARD_BANKS_LOAD_TIMEOUT_S fails the start-up.
+    """
+    settings = runtime.settings
+    if not settings.banks.enabled:
+        return None
+    from vitguard.banks import BankFollower, matcher_for
+
+    matcher = matcher_for(settings.banks)
+    follower = BankFollower(settings.kafka, settings.banks, matcher, topics=settings.topics)
+    follower.start()
+    runtime.runner.completer.matcher = matcher
+    return follower
+
+
 def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[str, int]] | None) -> Any:
     from mode import Service
 
@@ -136,6 +154,7 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
                     _log.warning("could not read the output topics' size limits (%s); assuming 1 MiB", exc)
                 else:
                     runtime.runner.emitter.limits.update(limits)
+            self.banks = await asyncio.to_thread(_start_banks, runtime)
             await runtime.runner.start()
             runtime.started.set()
 
@@ -144,6 +163,8 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
             if runtime.tracker is not None:
                 runtime.tracker.abandon_all()
             await runtime.runner.close()
+            if getattr(self, "banks", None) is not None:
+                await asyncio.to_thread(self.banks.stop)
 
     return RunnerService()
 

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from vitguard import metrics
+from vitguard.banks.matcher import BankMatcher
+from vitguard.banks.signal import PdqHash
 from vitguard.errors import InputError
 from vitguard.model.types import ModelInfo
 from vitguard.pipeline.alert import Candidate, alert_batch
@@ -23,6 +25,7 @@ from vitguard.pipeline.core import build_verdict, dead_letter
 from vitguard.pipeline.emit import Answer, Emitter
 from vitguard.pipeline.failure import MilvusPolicy, RedisPolicy
 from vitguard.pipeline.index import index_batch
+from vitguard.pipeline.match import apply_matches, bank_alert, match_group, skips_clustering
 from vitguard.pipeline.results import (
     Answered,
     CacheHit,
@@ -36,7 +39,7 @@ from vitguard.pipeline.results import (
     StageTimes,
 )
 from vitguard.pipeline.types import RawMessage
-from vitguard.schemas.events import ImageEvent, Timings, Verdict, utc_now
+from vitguard.schemas.events import BankMatch, ImageEvent, Timings, Verdict, utc_now
 from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, SearchHit, WaveCounter
 
@@ -79,6 +82,7 @@ class Completer:
         emitter: Emitter,
         cache_key: str,
         clock: Callable[[], float],
+        matcher: BankMatcher | None = None,
     ) -> None:
         self.info = info
         self.index = index
@@ -90,6 +94,8 @@ class Completer:
         self.emitter = emitter
         self.cache_key = cache_key
         self._clock = clock
+        self.matcher = matcher
+        """Hash banks (the match stage); None: no bank matching. The worker's bank follower keeps it current."""
         self.collection: str | None = None
 
     async def ensure_collection(self) -> str:
@@ -102,14 +108,18 @@ class Completer:
     async def complete(self, group: Group) -> list[tuple[Work, Outcome]]:
         """Every entry of ``group`` with what it ended as (acknowledged, for stream events)."""
         now_s = self._clock()
+        with _timed(group.stage_ms, "bank_match"):
+            banks = self._match(group)
         out: list[tuple[Work, Outcome]] = [
-            (w, self._request_outcome(w, group.predicted.get(i))) for i, w in enumerate(group.work) if w.request
+            (w, _with_banks(banks, i, self._request_outcome(w, group.predicted.get(i))))
+            for i, w in enumerate(group.work) if w.request
         ]
         stream = [(i, w) for i, w in enumerate(group.work) if not w.request]
         if not stream:
             return out
-        predicted = [(i, p) for i, p in group.predicted.items()
-                     if not group.work[i].request and isinstance(p, Predicted)]
+        predicted = [(i, p) for i, p in group.predicted.items()  # negative-bank matches are not clustered
+                     if not group.work[i].request and isinstance(p, Predicted)
+                     and not skips_clustering(banks.get(i, (None, []))[1])]
         indexed: dict[int, tuple[str | None, Sequence[Any], bool]] = {}
         if predicted:
             collection = await self.ensure_collection()
@@ -140,7 +150,10 @@ class Completer:
             )
         alert_of = {i: r for (i, _), r in zip(candidates, alert_results, strict=True)}
         answers = [self._answer(w, group.predicted.get(i), indexed.get(i, (None, (), False))[0]) for i, w in stream]
-        alerts = [a for a, _ in alert_results if a is not None]
+        answers = [(raw, event, _with_banks(banks, i, a))
+                   for (i, _), (raw, event, a) in zip(stream, answers, strict=True)]
+        alerts: list[Any] = [a for a, _ in alert_results if a is not None]
+        alerts += _bank_alerts(banks, stream, answers)
         with _timed(group.stage_ms, "publish"):
             final = await self.emitter.emit(answers, alerts)
         return out + await self._remember(group, stream, final, alert_of)
@@ -159,6 +172,14 @@ class Completer:
             answers.append((raw, event, letter))
         final = await self.emitter.emit(answers, [])
         return out + await self._remember(group, stream, final, {})
+
+    def _match(self, group: Group) -> dict[int, tuple[PdqHash | None, list[BankMatch]]]:
+        """The match stage: every predicted entry's PDQ hash against the banks, in one call."""
+        entries = [(i, getattr(p.decoded, "pdq", None)) for i, p in group.predicted.items() if isinstance(p, Predicted)]
+        if not entries:
+            return {}
+        found = match_group(self.matcher, [h for _, h in entries])
+        return {i: (h, m) for (i, h), m in zip(entries, found, strict=True)}
 
     def _answer(
         self, w: Work, predicted: Predicted | DeadLettered | None, cluster_id: str | None
@@ -239,6 +260,29 @@ class Completer:
 
     async def _redis_call(self, op: str, call: Callable[[], Awaitable[None]]) -> None:
         await self.redis.call(op, call, None)
+
+
+_Banks = dict[int, tuple[PdqHash | None, list[BankMatch]]]
+
+
+def _with_banks(banks: _Banks, i: int, answer: Any) -> Any:
+    """A verdict with its PDQ hash and bank matches applied (anything else unchanged)."""
+    if isinstance(answer, Verdict) and i in banks:
+        pdq, matches = banks[i]
+        return apply_matches(answer, pdq, matches)
+    return answer
+
+
+def _bank_alerts(banks: _Banks, stream: list[tuple[int, Work]], answers: Sequence[tuple[Any, Any, Any]]) -> list[Any]:
+    """The bank-match alerts of a group's published verdicts (the alerts topic, next to near-duplicates)."""
+    out = []
+    for (i, _), (_, _, answer) in zip(stream, answers, strict=True):
+        if isinstance(answer, Verdict) and i in banks:
+            alert = bank_alert(answer, *banks[i])
+            if alert is not None:
+                metrics.ALERTS.labels(alert.severity).inc()
+                out.append(alert)
+    return out
 
 
 @contextlib.contextmanager

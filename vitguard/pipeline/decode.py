@@ -1,4 +1,8 @@
-"""The decode stage: image bytes -> the model's input tensor, in the decode thread pool; or a dead letter."""
+"""The decode stage: image bytes -> the model's input tensor, in the decode thread pool; or a dead letter.
+
+The PDQ hash for the hash banks is computed in the same pool job, from the same decoded pixels the model
+sees (:func:`prepare_and_hash`); a hashing failure never fails the image, it only leaves ``pdq`` None.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,63 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from vitguard import metrics
+from vitguard.banks.signal import PdqHash, PdqSignal
 from vitguard.errors import InputError
 from vitguard.model.types import Classifier
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.results import DeadLettered, Decoded, Fetched
 
-__all__ = ["decode_image"]
+__all__ = ["decode_image", "prepare_and_hash"]
 
 _log = logging.getLogger(__name__)
 
 
-async def decode_image(fetched: Fetched, classifier: Classifier, pool: Executor) -> Decoded | DeadLettered:
+def prepare_and_hash(classifier: Classifier, data: bytes, hash_pdq: bool = True) -> tuple[NDArray[np.float32],
+                                                                                           PdqHash | None]:
+    """The model's input tensor and the PDQ hash of one image, decoded once.
+
+    With the shared image preprocessor the decoded image feeds both; a classifier with its own decoder
+    (no ``preprocessor``) is asked for its tensor and the bytes are hashed apart.
+    """
+    if not hash_pdq:
+        return classifier.prepare(data), None
+    from vitguard.model.preprocess import Preprocessor
+    from vitguard.model.preprocess import decode_image as decode_pixels
+
+    pre: Any = getattr(classifier, "preprocessor", None)
+    if type(pre) is Preprocessor:  # a subclass may decode differently: then hash the bytes apart
+        image = decode_pixels(data, max_pixels=pre.max_pixels, min_side=pre.min_side,
+                              draft_size=getattr(pre, "_draft_size", None))
+        tensor = pre.from_image(image, converted=True)
+        return tensor, _hash(lambda: PdqSignal.hash_image(image))
+    tensor = classifier.prepare(data)
+    return tensor, _hash(lambda: PdqSignal.hash_bytes(data))
+
+
+def _hash(compute: Any) -> PdqHash | None:
+    try:
+        result: PdqHash = compute()
+    except Exception as exc:  # the model's decode succeeded: hashing must not fail the image
+        _log.warning("PDQ hashing failed (%s: %s); the image is not matched against the banks",
+                     type(exc).__name__, exc)
+        return None
+    return result
+
+
+async def decode_image(
+    fetched: Fetched, classifier: Classifier, pool: Executor, *, hash_pdq: bool = True
+) -> Decoded | DeadLettered:
     parsed = fetched.parsed
     started = time.perf_counter()
     try:
-        tensor = await asyncio.get_running_loop().run_in_executor(pool, classifier.prepare, fetched.data)
+        tensor, pdq = await asyncio.get_running_loop().run_in_executor(
+            pool, prepare_and_hash, classifier, fetched.data, hash_pdq)
     except InputError as exc:
         return DeadLettered(parsed.raw, dead_letter(parsed.raw, exc.reason, exc.message, parsed.event))
     except Exception as exc:
@@ -34,4 +78,4 @@ async def decode_image(fetched: Fetched, classifier: Classifier, pool: Executor)
         decode_s = time.perf_counter() - started
         metrics.IMAGE_STAGE_DURATION.labels("decode", fetched.source).observe(decode_s)
     return Decoded(parsed, fetched.sha256, tensor, replace(fetched.times, decode_ms=decode_s * 1000),
-                   ready_at=time.perf_counter())
+                   ready_at=time.perf_counter(), pdq=pdq)

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from vitguard.banks.signal import PdqHash
 from vitguard.media.frames import FrameSet
 from vitguard.model.types import Prediction
 from vitguard.pipeline.types import RawMessage
@@ -88,6 +89,8 @@ class Decoded:
     times: StageTimes
     ready_at: float = 0.0
     """perf_counter() when it joined the ready queue (batch wait)."""
+    pdq: PdqHash | None = None
+    """The PDQ hash of the same decoded pixels (hash banks); None when hashing is off or failed."""
 
 
 @dataclass(frozen=True)

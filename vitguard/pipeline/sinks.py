@@ -13,7 +13,7 @@ from typing import Any
 
 from vitguard.errors import ServiceUnavailableError
 from vitguard.pipeline.types import OutMessage, OutputTopics
-from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict
+from vitguard.schemas.events import BankMatchAlert, DeadLetter, NearDuplicateAlert, Verdict
 from vitguard.settings import KafkaSettings
 
 __all__ = ["KafkaSink", "ListSink"]
@@ -30,6 +30,7 @@ class ListSink:
         self.topics = topics or OutputTopics("verdicts", "alerts", "dead-letters")
         self.verdicts: list[Verdict] = []
         self.alerts: list[NearDuplicateAlert] = []
+        self.bank_alerts: list[BankMatchAlert] = []
         self.dead_letters: list[DeadLetter] = []
         self.messages: list[OutMessage] = []
         self.send_calls = 0
@@ -56,6 +57,8 @@ class ListSink:
         data = json.loads(m.value)
         if m.topic == self.topics.dead_letters and "reason" in data:
             self.dead_letters.append(DeadLetter.model_validate(data))
+        elif m.topic == self.topics.alerts and data.get("alert_type") == "bank_match":
+            self.bank_alerts.append(BankMatchAlert.model_validate(data))
         elif m.topic == self.topics.alerts and "matches" in data:
             self.alerts.append(NearDuplicateAlert.model_validate(data))
         else:
