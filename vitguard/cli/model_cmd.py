@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
+    from vitguard.media import FrameSet
     from vitguard.model.types import Classifier
     from vitguard.settings import Settings
 
@@ -59,16 +60,23 @@ def _report_bad(bad: list[tuple[Path, str]]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image instead of a table.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 1024), help="Images per pass.")
 def classify(paths: tuple[Path, ...], spec: str | None, as_json: bool, batch_size: int) -> None:
-    """Classify image files: label (by the policy settings), unsafe score and timing per image."""
+    """Classify image files: label (by the policy settings), unsafe score and timing per image.
+
+    Animated GIF/WebP/APNG and videos (MP4, MOV, WebM, ...) are judged by their worst sampled frame; with
+    --json their record also lists every classified frame (``frames``: index, time_s, unsafe_score).
+    """
     import numpy as np
 
+    from vitguard.pipeline.reduce import frame_scores, reduce_frames
     from vitguard.policy import decide, resolve_unsafe_labels
 
     classifier, settings = _load(spec)
     info = classifier.info
     unsafe_labels = resolve_unsafe_labels(info.labels, settings.policy)
-    good, bad = _prepare_all(classifier, paths)
-    if not as_json and good:
+    stills, multi, failed = _split_media(classifier, paths, settings)
+    good, bad = _prepare_all(classifier, stills)
+    bad = failed + bad
+    if not as_json and (good or multi):
         click.echo(f"# model {info.name}@{info.version} ({info.backend}){' UNTRAINED' if info.untrained else ''}")
         click.echo(f"{'label':<7} {'unsafe':>7} {'top class':<14} {'decode ms':>9} {'model ms':>9}  path")
     for start in range(0, len(good), batch_size):
@@ -96,9 +104,70 @@ def classify(paths: tuple[Path, ...], spec: str | None, as_json: bool, batch_siz
                     f"{decision.label:<7} {decision.unsafe_score:>7.4f} {prediction.top_class:<14} "
                     f"{decode_ms:>9.1f} {model_ms:>9.1f}  {path}"
                 )
+    for path, frames, decode_ms in multi:
+        started = time.perf_counter()
+        predictions = [p for s in range(0, len(frames), batch_size)
+                       for p in classifier.predict(frames.tensors[s : s + batch_size])]
+        model_ms = (time.perf_counter() - started) * 1000
+        top, decision, media = reduce_frames(frames, predictions, unsafe_labels, settings.policy.unsafe_threshold,
+                                             worst=settings.frames.worst_frames)
+        if as_json:
+            record = {
+                "path": str(path), "label": decision.label, "unsafe_score": round(decision.unsafe_score, 6),
+                "scores": {k: round(v, 6) for k, v in top.scores.items()}, "model": info.name,
+                "model_version": info.version, "untrained": info.untrained, "decode_ms": round(decode_ms, 2),
+                "model_ms": round(model_ms, 2),
+                "frames": [{"index": f.index, "time_s": f.time_s, "unsafe_score": round(d.unsafe_score, 6)}
+                           for f, d in frame_scores(frames, predictions, unsafe_labels,
+                                                    settings.policy.unsafe_threshold)],
+                "media": media.model_dump(mode="json", exclude={"worst_frames"}),
+            }
+            click.echo(json.dumps(record))
+        else:
+            worst = media.worst_frame
+            click.echo(
+                f"{decision.label:<7} {decision.unsafe_score:>7.4f} {top.top_class:<14} "
+                f"{decode_ms:>9.1f} {model_ms:>9.1f}  {path} ({media.kind}, {len(frames)} frames, worst "
+                f"#{worst.index} at {worst.time_s:g} s)"
+            )
     _report_bad(bad)
     if bad:
         sys.exit(_EXIT_BAD_INPUT)
+
+
+def _split_media(
+    classifier: Classifier, paths: tuple[Path, ...], settings: Settings
+) -> tuple[tuple[Path, ...], list[tuple[Path, FrameSet, float]], list[tuple[Path, str]]]:
+    """Still images (decoded by the pooled decoder) apart from animations and videos (expanded here, one by
+    one: each is already many frames)."""
+    from vitguard.errors import InputError
+    from vitguard.media import FrameLimits, expand_frames, media_kind
+
+    limits = FrameLimits.from_settings(settings.frames)
+    stills: list[Path] = []
+    multi: list[tuple[Path, FrameSet, float]] = []
+    failed: list[tuple[Path, str]] = []
+    for path in paths:
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(16)
+        except OSError:
+            stills.append(path)  # the decoder reports it
+            continue
+        if media_kind(head) == "still":
+            stills.append(path)
+            continue
+        started = time.perf_counter()
+        try:
+            frames = expand_frames(path.read_bytes(), limits, classifier.prepare_image)
+        except InputError as exc:
+            failed.append((path, str(exc)))
+            continue
+        if frames is None:
+            stills.append(path)
+        else:
+            multi.append((path, frames, (time.perf_counter() - started) * 1000))
+    return tuple(stills), multi, failed
 
 
 @click.command("embed")
