@@ -1,0 +1,50 @@
+"""Each pipeline benchmark end to end at tiny sizes (real worker, embedded services): they keep working as
+the pipeline changes. The figures are meaningless at these sizes; only the shape of the JSON is checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _run(tmp_path: Path, script: str, *args: str) -> dict[str, Any]:
+    out = tmp_path / "out.json"
+    result = subprocess.run([sys.executable, str(BENCH / script), *args, "--out", str(out)], capture_output=True,
+                            text=True, timeout=280, check=False)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+@pytest.mark.timeout(300)
+def test_latency(tmp_path: Path) -> None:
+    report = _run(tmp_path, "latency.py", "--point-s", "1", "--saturation-s", "1", "--min-events", "4",
+                  "--batch-size", "8", "--plot", str(tmp_path / "plot.png"))
+    assert [p["offered"] for p in report["points"]] == ["1/s", "10%", "25%", "50%", "75%", "90%"]
+    assert all(p["latency"]["events"] >= 4 for p in report["points"])
+    assert report["saturation"]["images_per_s"] > 0 and report["model_only"]["full_batch_ms"] > 0
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(300)
+def test_classify_load(tmp_path: Path) -> None:
+    report = _run(tmp_path, "classify_load.py", "--stream-s", "0.5", "--idle-requests", "5", "--max-requests",
+                  "40", "--concurrency", "2", "--batch-size", "8")
+    assert report["idle"]["requests"] == 5 and report["busy"]["errors"] == 0
+    assert report["stream_alone_images_per_s"] > 0 and report["busy"]["stream_images_per_s"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_pipeline_throughput(tmp_path: Path) -> None:
+    report = _run(tmp_path, "pipeline_throughput.py", "--events", "48", "--latency-events", "10",
+                  "--batch-sizes", "1,8", "--pipeline-batch-size", "8")
+    assert report["end_to_end"]["images_per_s"] > 0 and report["latency"]["events"] == 10
