@@ -1,0 +1,163 @@
+"""Multi-frame throughput next to still-image throughput, one run, JSON on stdout.
+
+The pipeline's Runner (the worker's stages, in-memory stores and a list sink, so only fetch, expand/decode,
+inference and reduce are measured) moderates, in this order:
+
+1. **stills**: distinct JPEG uploads cut from real photos -> images/s;
+2. **video**: MP4 (H.264) clips made from real photos (``--video-s`` seconds at 24 fps, 320x240) ->
+   video seconds moderated per second, frames decoded per second and frames classified per second;
+3. **mixed**: the same stills submitted behind the videos, so fair batching (VITGUARD_FRAMES_PER_BATCH)
+   is visible: the stills' latency (p50/p95) while videos are in flight, against the stills-alone run.
+
+Run: ``.venv/bin/python bench/frames_throughput.py [--stills 64] [--videos 4] [--video-s 10] [--spec opennsfw]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from vitguard.fetch import ImageFetcher
+from vitguard.model import load_classifier
+from vitguard.pipeline import ListSink, RawMessage, Runner
+from vitguard.schemas.events import ImageEvent
+from vitguard.settings import load_settings
+from vitguard.stores import InMemoryDedupStore, InMemoryEmbeddingIndex, InMemoryWaveCounter
+from vitguard.testing.media import photo_frames, video_bytes
+
+
+def _photos() -> list[Path]:
+    import skimage
+
+    data = Path(skimage.__file__).parent / "data"
+    return [data / n for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")]
+
+
+def _stills(root: Path, count: int) -> list[Path]:
+    photos = [Image.open(p).convert("RGB") for p in _photos()]
+    out = []
+    for i in range(count):
+        img = photos[i % len(photos)]
+        w, h = img.size
+        cut = img.crop((i % 17, i % 13, w - i % 11, h - i % 7)).resize((480, 360))
+        path = root / f"still-{i}.jpg"
+        buf = io.BytesIO()
+        cut.save(buf, "JPEG", quality=88)
+        path.write_bytes(buf.getvalue())
+        out.append(path)
+    return out
+
+
+def _videos(root: Path, count: int, seconds: int) -> list[Path]:
+    photos = _photos()
+    out = []
+    for i in range(count):
+        frames = photo_frames(photos[i % len(photos)], seconds * 4, hidden=photos[(i + 1) % len(photos)],
+                              size=(320, 240))
+        path = root / f"clip-{i}.mp4"
+        path.write_bytes(video_bytes(frames, fps=24, repeat=6))  # 4 distinct pictures a second
+        out.append(path)
+    return out
+
+
+def _messages(paths: list[Path], start: int) -> list[RawMessage]:
+    return [RawMessage(ImageEvent(event_id=f"e{start + i}", content_id=f"c{start + i}", image_ref=p.as_uri())
+                       .model_dump_json().encode(), None, "bench", 0, start + i) for i, p in enumerate(paths)]
+
+
+def _runner(classifier: Any, root: Path, sink: ListSink | None = None) -> Runner:
+    settings = load_settings(fetch={"file_root": str(root), "max_bytes": 100 * 1024 * 1024})
+    return Runner(
+        classifier=classifier, fetcher=ImageFetcher(settings.fetch), index=InMemoryEmbeddingIndex(),
+        dedup=InMemoryDedupStore(), waves=InMemoryWaveCounter(settings.policy), sink=sink or ListSink(),
+        policy=settings.policy, batch=settings.batch, milvus=settings.milvus, frames=settings.frames,
+        max_in_flight=256,
+    )
+
+
+async def _timed(runner: Runner, raws: list[RawMessage]) -> tuple[float, dict[int, float]]:
+    """Submit all, wait for all; (wall seconds, offset -> seconds to its answer)."""
+    started = time.perf_counter()
+    done: dict[int, float] = {}
+
+    async def one(fut: asyncio.Future[Any], offset: int) -> None:
+        await fut
+        done[offset] = time.perf_counter() - started
+
+    futures = [(await runner.submit(r), r.offset) for r in raws]
+    await asyncio.gather(*(one(f, o) for f, o in futures))
+    return time.perf_counter() - started, done
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    classifier = load_classifier(args.spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        stills, videos = _stills(root, args.stills), _videos(root, args.videos, args.video_s)
+        runner = _runner(classifier, root)
+        await runner.process(_messages(stills[:4], 10_000))  # warm-up: model, pools
+        wall_s, still_done = await _timed(runner, _messages(stills, 0))
+        await runner.close()
+
+        sink = ListSink()
+        runner = _runner(classifier, root, sink)
+        video_wall, _ = await _timed(runner, _messages(videos, 1000))
+        await runner.close()
+        frames_classified = sum(v.media.frames_classified for v in sink.verdicts if v.media is not None)
+        frames_decoded = args.videos * args.video_s * 24
+
+        runner = _runner(classifier, root)
+        _, mixed_done = await _timed(runner, _messages(videos, 2000) + _messages(stills, 3000))
+        await runner.close()
+    mixed_stills = [t for o, t in mixed_done.items() if o >= 3000]
+    return {
+        "benchmark": "frames_throughput",
+        "model": classifier.info.name,
+        "backend": classifier.info.backend,
+        "cpus": os.cpu_count(),
+        "batch_max_size": runner.batch.max_size,
+        "frames_per_item_per_batch": runner.frames.per_batch,
+        "video_fps_sampled": runner.frames.video_fps,
+        "stills": {"images": args.stills, "images_per_s": round(args.stills / wall_s, 1)},
+        "video": {
+            "videos": args.videos, "seconds_each": args.video_s, "source": "320x240 H.264 24 fps",
+            "video_seconds_per_s": round(args.videos * args.video_s / video_wall, 2),
+            "frames_decoded_per_s": round(frames_decoded / video_wall, 1),
+            "frames_classified_per_s": round(frames_classified / video_wall, 1),
+        },
+        "mixed": {
+            "stills_behind_videos_p50_ms": _pct(mixed_stills, 0.5),
+            "stills_behind_videos_p95_ms": _pct(mixed_stills, 0.95),
+            "stills_alone_p50_ms": _pct(list(still_done.values()), 0.5),
+            "stills_alone_p95_ms": _pct(list(still_done.values()), 0.95),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stills", type=int, default=64)
+    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--video-s", type=int, default=10)
+    parser.add_argument("--spec", default="opennsfw")
+    json.dump(asyncio.run(run(parser.parse_args())), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
