@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from faust.transport import consumer as faust_consumer_base
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from yarl import URL
@@ -125,10 +126,23 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
 
 
 class FetchWaitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
-    """Faust's aiokafka ``Consumer`` running :class:`FetchWaitConsumerThread`."""
+    """Faust's aiokafka ``Consumer`` running :class:`FetchWaitConsumerThread`, with a pause that loses nothing."""
 
     def _new_consumer_thread(self) -> FetchWaitConsumerThread:
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def pause_partitions(self, tps: Any) -> None:
+        """Stop fetching from ``tps`` without dropping the records already fetched from them.
+
+        Faust's ``getmany`` delivers one fetch's records only for partitions in the very set object that its
+        ``pause_partitions`` shrinks in place. A pause while that loop waits on a delivery drops the rest of the
+        partition's fetched records, whose offsets the fetcher has already passed; the next record's offset
+        jump is then taken for a gap (compaction) and committed past: those events are lost. Replacing the
+        set instead of mutating it lets a loop in progress deliver what it fetched.
+        """
+        tpset = faust_consumer_base.ensure_TPset(tps)
+        self._active_partitions = set(self._get_active_partitions()) - tpset
+        self._paused_partitions.update(tpset)
 
 
 class FetchWaitTransport(faust_aiokafka.Transport):  # type: ignore[misc]
