@@ -65,6 +65,7 @@ __all__ = [
     "EventFactory",
     "Fault",
     "FaultRecord",
+    "input_effects",
     "ImageServer",
     "Ledger",
     "ReadinessPoller",
@@ -72,6 +73,7 @@ __all__ = [
     "TimedOutputReader",
     "longest_stall",
     "make_schedule",
+    "probe",
     "readyz",
     "rss_kb",
     "stopping",
@@ -162,6 +164,32 @@ def readyz(port: int, timeout_s: float = 8.0) -> tuple[int, list[str]]:
             return exc.code, []
     except (OSError, ValueError):
         return 0, []
+
+
+def probe(port: int, timeout_s: float = 5.0) -> dict[str, Any]:
+    """A worker's own account: ``/livez`` detail and the event counters of ``/metrics`` (empty when down)."""
+    out: dict[str, Any] = {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=timeout_s) as resp:  # noqa: S310
+            out["livez"] = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        out["livez"] = json.loads(exc.read() or b"{}")
+    except (OSError, ValueError):
+        return out
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {"vitguard_events_consumed_total", "vitguard_events_redelivered_total", "vitguard_in_flight",
+              "vitguard_verdicts_total", "vitguard_dead_letters_total", "vitguard_publish_retries_total"}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as resp:  # noqa: S310
+            text = resp.read().decode()
+    except (OSError, ValueError):
+        return out
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
 
 
 @dataclass(frozen=True)
@@ -574,8 +602,7 @@ class Ledger:
             got = found.get((p.partition, p.offset))
             if not got:
                 continue
-            first = got[0]
-            kind = "verdict" if isinstance(first, Verdict) else first.reason
+            kind = _kind_of(got[0])
             by_expect[kind] += 1
             if kind != p.event.expect:
                 wrong.append((p, kind))
@@ -729,6 +756,9 @@ class ChaosRun:
         """(when, worker index, exit code) of every exit the supervisor saw."""
         self.records: list[FaultRecord] = []
         self.restart_delay_s = 1.0
+        self.detect_s = 12.0
+        """How long /readyz may still say ready after Milvus goes down (probe cache + probe deadline)."""
+        self.gap_after_recovery_s = 3.0
         self._lock = threading.RLock()
         self._supervise = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -860,14 +890,19 @@ class ChaosRun:
         rec.ok = False
 
     def _check_not_ready(self, rec: FaultRecord) -> None:
+        """/readyz must name Milvus while it is down, and not say ready once the detection delay has passed."""
         samples = self.poller.between(rec.started, rec.repaired)
         false = [s for s in samples if s.names_milvus]
+        late_ready = [s for s in samples if s.status == 200 and s.started >= rec.started + self.detect_s]
         if false:
             first = min(s.started for s in false) - rec.started
             rec.effect.append(f"/readyz 503 naming milvus {first:.0f}s after the fault "
                               f"({len(false)}/{len(samples)} polls)")
         else:
-            rec.effect.append(f"/readyz never said milvus ({len(samples)} polls)")
+            rec.effect.append(f"/readyz never named milvus ({len(samples)} polls)")
+            rec.ok = False
+        if late_ready:
+            rec.effect.append(f"{len(late_ready)} poll(s) said ready more than {self.detect_s:g}s into the outage")
             rec.ok = False
 
     # -- the stream ------------------------------------------------------------------------------
@@ -886,6 +921,7 @@ class ChaosRun:
                     if wait > 0:
                         time.sleep(wait)
                     self.inject(f, factory)
+                    time.sleep(self.gap_after_recovery_s)
             except BaseException as exc:  # reported by drive()
                 failures.append(exc)
             finally:
@@ -914,6 +950,31 @@ class ChaosRun:
                 break
         return self.ledger.account(self.reader.outputs)
 
+    def diagnose(self) -> str:
+        """What each worker says about itself, and where its log mentions the unanswered messages."""
+        lines = []
+        lost = self.ledger.account(self.reader.outputs).lost
+        for i, w in enumerate(self.workers):
+            lines.append(f"worker {i} (pid {w.pid}, {w.starts} start(s)): {probe(w.port)}")
+            text = w.log_path.read_text(errors="replace") if w.log_path.exists() else ""
+            for p in lost[:10]:
+                needles = [f"[{p.partition}]@{p.offset}"] + ([p.event.event_id] if p.event.event_id else [])
+                hits = [line for line in text.splitlines() if any(n in line for n in needles)]
+                lines.extend(f"  worker {i} log, {p.event.kind}@{p.partition}:{p.offset}: {h[:300]}" for h in hits[:5])
+        for p in lost[:10]:
+            lines.append(f"lost: {p.event.kind} {p.partition}:{p.offset} id={p.event.event_id} "
+                         f"published +{p.at - self.started_at:.1f}s")
+        return "\n".join(lines)
+
+    def unexpected_exits(self) -> list[tuple[float, int, int]]:
+        """Exits no worker fault explains (a kill's or an injected exception's)."""
+        out = []
+        for at, i, code in self.exits:
+            if not any(r.fault.kind in ("worker_kill", "agent_exception")
+                       and r.started - 1 <= at <= (r.recovered or time.time()) for r in self.records):
+                out.append((at, i, code))
+        return out
+
     def fault_windows(self, grace_s: float) -> list[tuple[float, float]]:
         """When a fault (or the recovery from one, plus ``grace_s``) was under way."""
         return [(r.started, (r.recovered or time.time()) + grace_s) for r in self.records]
@@ -927,6 +988,35 @@ class ChaosRun:
                 rows.append((kind, len(recs), "; ".join("; ".join(r.effect) + ("" if r.ok else " [FAILED]")
                                                         for r in recs)))
         return rows
+
+
+_INPUT_KINDS = {
+    "pill_binary": "oversized non-JSON (~1 MiB)", "pill_corrupt_inline": "corrupt ~800 KB inline image",
+    "pill_inline_too_large": "inline image over the limit", "malformed": "malformed JSON",
+    "stall": "stalled URL", "trickle": "trickling URL", "slow": "slow URL (finishes)",
+}
+
+
+def input_effects(ledger: Ledger, outputs: Outputs) -> list[tuple[str, int, str]]:
+    """(input fault, count, observed effect) rows for the hostile events of a run."""
+    answers = ledger.answers(outputs)
+    rows = []
+    for kind, label in _INPUT_KINDS.items():
+        sent = [p for p in ledger.published if p.event.kind == kind]
+        if not sent:
+            continue
+        got = [answers.get((p.partition, p.offset), []) for p in sent]
+        right = sum(1 for g, p in zip(got, sent, strict=True) if g and _kind_of(g[0]) == p.event.expect)
+        truncated = sum(1 for g in got if g and isinstance(g[0], DeadLetter) and g[0].payload_truncated)
+        effect = f"{right}/{len(sent)} answered {sent[0].event.expect}"
+        if truncated:
+            effect += f", {truncated} truncated (size, SHA-256, offset kept)"
+        rows.append((label, len(sent), effect))
+    return rows
+
+
+def _kind_of(answer: Verdict | DeadLetter) -> str:
+    return "verdict" if isinstance(answer, Verdict) else answer.reason
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
