@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from vitguard.demo.samples import SampleSet
-from vitguard.schemas.events import Timings
+from vitguard.schemas.events import FrameScore, Timings
 from vitguard.settings import Settings
 from vitguard.testing.worker import Outputs
 
@@ -25,6 +25,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], max_width: i
 
 def _ms(t: Timings) -> str:
     return f"{t.fetch_ms:.0f}/{t.decode_ms:.0f}/{t.infer_ms:.0f}"
+
+
+def _worst(frame: FrameScore) -> str:
+    return f"#{frame.index} ({frame.time_s:g} s, {frame.unsafe_score:.4f})"
 
 
 def _cut(text: str, width: int) -> str:
@@ -48,6 +52,18 @@ def render_report(samples: SampleSet, outputs: Outputs, settings: Settings, *, t
             for v in verdicts
         ],
     ))
+    multi = [v for v in verdicts if v.media is not None]
+    if multi:
+        parts.append(f"\nANIMATIONS AND VIDEO ({len(multi)}): the verdict is the worst frame's")
+        parts.append(table(
+            ["content_id", "kind", "label", "frames", "worst frame (time, score)", "unsafe segments"],
+            [
+                [v.content_id, v.media.kind, v.label, f"{v.media.frames_classified}/{v.media.frames_total or '?'}",
+                 _worst(v.media.worst_frame),
+                 ", ".join(f"{s.start_s:g}-{s.end_s:g} s" for s in v.media.unsafe_segments) or "-"]
+                for v in multi if v.media is not None
+            ],
+        ))
     parts.append(f"\nNEAR-DUPLICATE ALERTS ({len(outputs.alerts)}) -> topic {settings.topics.alerts}")
     parts.append(table(
         ["content_id", "severity", "cluster", "wave_count", "closest match (similarity)"],

@@ -135,7 +135,8 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> int:
 
     base = load_settings()
     workdir = Path(tempfile.mkdtemp(prefix="vitguard-demo-"))
-    samples = make_sample_set(workdir / "images", photos=options.photos, copies=options.copies, burst=options.burst)
+    samples = make_sample_set(workdir / "images", photos=options.photos, copies=options.copies, burst=options.burst,
+                              media=True)
     threshold = options.unsafe_threshold
     if threshold is None and not options.real_policy:
         threshold = _pick_threshold(base, samples, echo)

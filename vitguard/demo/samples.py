@@ -28,6 +28,7 @@ __all__ = [
     "bad_events",
     "inline_event",
     "make_sample_set",
+    "media_events",
     "near_duplicate_variants",
     "photo_bytes",
 ]
@@ -164,12 +165,14 @@ def bad_events(root: Path) -> list[SampleEvent]:
     return events
 
 
-def make_sample_set(root: Path, *, photos: int = 6, copies: int = 4, burst: int = 6, bad: bool = True) -> SampleSet:
+def make_sample_set(root: Path, *, photos: int = 6, copies: int = 4, burst: int = 6, bad: bool = True,
+                    media: bool = False) -> SampleSet:
     """Write the demo images under ``root`` and build the events that point at them (``file://``).
 
     Events, in publish order: the photos, near-duplicates of the first photo, a burst of further copies
     (a wave), an exact re-upload of a photo under a new content id (a cache hit), a redelivery (the same
-    event published twice), and bad events.
+    event published twice), and bad events. With ``media``: also an animated GIF and a short MP4 that pan
+    over the second photo with the flagged photo hidden in one frame in the middle, and two bad videos.
     """
     root.mkdir(parents=True, exist_ok=True)
     out = SampleSet(root)
@@ -192,7 +195,29 @@ def make_sample_set(root: Path, *, photos: int = 6, copies: int = 4, burst: int 
         out.events.append(SampleEvent(first.key, first.value, "redelivery", first.event_id, first.content_id))
     if bad:
         out.events.extend(bad_events(root))
+    if media and len(pictures) > 1:
+        out.events.extend(media_events(root, pictures[1][1], flagged, bad=bad))
     return out
+
+
+def media_events(root: Path, base: bytes, hidden: bytes, *, bad: bool = True) -> list[SampleEvent]:
+    """An animated GIF (9 frames, 0.1 s each) and a 4.5 s MP4 panning over ``base``, with ``hidden`` in the
+    middle frame (GIF frame 4; video 2.0-2.5 s); with ``bad``, a cut-off MP4 and a video in a codec FFmpeg
+    cannot decode."""
+    from vitguard.testing.media import animated_image, photo_frames, truncated, unknown_codec_video, video_bytes
+
+    frames = photo_frames(Image.open(io.BytesIO(base)), 9, hidden=Image.open(io.BytesIO(hidden)), size=(384, 288))
+    files = [("clip-hidden.gif", animated_image(frames), "animation"),
+             ("clip-hidden.mp4", video_bytes(frames, fps=10, repeat=5), "video")]
+    if bad:
+        files += [("clip-cut.mp4", truncated(video_bytes(frames)), "bad:corrupt_video"),
+                  ("clip-alien.mkv", unknown_codec_video(frames), "bad:unsupported_codec")]
+    events = []
+    for name, data, kind in files:
+        path = root / name
+        path.write_bytes(data)
+        events.append(_event(name.split(".")[0] + "-" + name.split(".")[1], path.as_uri(), kind))
+    return events
 
 
 def inline_event(content_id: str, data: bytes, mime: str = "image/jpeg") -> SampleEvent:
