@@ -22,6 +22,7 @@ __all__ = [
     "BankSettings",
     "BatchSettings",
     "FetchSettings",
+    "FrameSettings",
     "KafkaSettings",
     "LogSettings",
     "MilvusSettings",
@@ -434,6 +435,73 @@ class BatchSettings(BaseSettings):
     )
 
 
+class FrameSettings(BaseSettings):
+    """Animations and video: which frames are classified, and the limits on one multi-frame item."""
+
+    model_config = _config("VITGUARD_FRAMES_")
+
+    max_frames: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description=(
+            "Frames classified per animation or video, at most: all frames up to this, else this many evenly "
+            "spaced ones (first and last included). Each costs one tensor in memory while the item waits. "
+            "Env: VITGUARD_FRAMES_MAX_FRAMES. Default 32."
+        ),
+    )
+    max_source_frames: int = Field(
+        10_000,
+        ge=1,
+        description=(
+            "An animation or video with more frames than this is refused (reason too_many_frames). "
+            "Env: VITGUARD_FRAMES_MAX_SOURCE_FRAMES. Default 10000."
+        ),
+    )
+    max_decoded_pixels: int = Field(
+        2_000_000_000,
+        ge=1024,
+        description=(
+            "Pixels decoded for one item in total, every decoded frame counted (reason decompression_bomb). "
+            "Env: VITGUARD_FRAMES_MAX_DECODED_PIXELS. Default 2000000000."
+        ),
+    )
+    max_duration_s: float = Field(
+        300.0, gt=0, le=86_400,
+        description="Longest video accepted (reason video_too_long). Env: VITGUARD_FRAMES_MAX_DURATION_S. Default 300.",
+    )
+    video_fps: float = Field(
+        1.0, gt=0, le=120,
+        description=(
+            "Video frames sampled per second, spread evenly over the whole video when that exceeds max_frames. "
+            "Env: VITGUARD_FRAMES_VIDEO_FPS. Default 1."
+        ),
+    )
+    video_sampling: Literal["rate", "keyframes"] = Field(
+        "rate",
+        description=(
+            "rate: decode every frame, sample at video_fps; keyframes: decode key frames only (cheaper, coarser). "
+            "Env: VITGUARD_FRAMES_VIDEO_SAMPLING. Default rate."
+        ),
+    )
+    per_batch: int = Field(
+        4,
+        ge=1,
+        le=4096,
+        description=(
+            "Fair batching: frames of one item a forward pass takes per turn; items with frames left take turns "
+            "with everything else queued, so a long video never holds the still images behind it for more than "
+            "this many slots. Env: VITGUARD_FRAMES_PER_BATCH. Default 4."
+        ),
+    )
+    worst_frames: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Worst frames (and unsafe segments) listed per verdict. Env: VITGUARD_FRAMES_WORST_FRAMES.",
+    )
+
+
 class WorkerSettings(BaseSettings):
     """How the worker holds work in flight, tells its health, and stops."""
 
@@ -690,6 +758,7 @@ class Settings(BaseModel):
     log: LogSettings
     banks: BankSettings = Field(default_factory=BankSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    frames: FrameSettings = Field(default_factory=FrameSettings)
 
 
 _SECTIONS: dict[str, type[BaseSettings]] = {
@@ -706,6 +775,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "log": LogSettings,
     "banks": BankSettings,
     "review": ReviewSettings,
+    "frames": FrameSettings,
 }
 
 
