@@ -19,13 +19,14 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from vitguard import metrics
+from vitguard.banks.signal import PdqHash
 from vitguard.errors import InputError
 from vitguard.media import FrameLimits, FrameSet, media_kind
 from vitguard.media.animation import read_animation
 from vitguard.media.video import read_video
 from vitguard.model.types import Classifier
 from vitguard.pipeline.core import dead_letter
-from vitguard.pipeline.decode import decode_image
+from vitguard.pipeline.decode import decode_image, prepare_and_hash
 from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Fetched
 
 __all__ = ["expand_item"]
@@ -33,14 +34,16 @@ __all__ = ["expand_item"]
 _log = logging.getLogger(__name__)
 
 
-def _expand(data: bytes, classifier: Classifier, limits: FrameLimits) -> FrameSet | NDArray[np.float32]:
+def _expand(
+    data: bytes, classifier: Classifier, limits: FrameLimits
+) -> FrameSet | tuple[NDArray[np.float32], PdqHash | None]:
     def prepare(image: Image.Image) -> NDArray[np.float32]:  # looked up only for a multi-frame input
         return classifier.prepare_image(image)
 
     if media_kind(data) == "video":
         return read_video(data, limits, prepare)
     frames = read_animation(data, limits, prepare)
-    return frames if frames is not None else classifier.prepare(data)
+    return frames if frames is not None else prepare_and_hash(classifier, data)  # a still GIF/PNG/WebP
 
 
 async def expand_item(
@@ -65,4 +68,5 @@ async def expand_item(
     times = replace(fetched.times, decode_ms=decode_s * 1000)
     if isinstance(out, FrameSet):
         return DecodedFrames(parsed, fetched.sha256, out, times, ready_at=time.perf_counter())
-    return Decoded(parsed, fetched.sha256, out, times, ready_at=time.perf_counter())
+    tensor, pdq = out
+    return Decoded(parsed, fetched.sha256, tensor, times, ready_at=time.perf_counter(), pdq=pdq)

@@ -1,0 +1,32 @@
+"""A still PNG or GIF goes through the expand stage (it could have been an animation) and still gets its PDQ hash."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from vitguard.media import FrameLimits
+from vitguard.pipeline.decode import prepare_and_hash
+from vitguard.pipeline.expand import expand_item
+from vitguard.pipeline.results import Decoded, Fetched, Parsed, StageTimes
+from vitguard.pipeline.types import RawMessage
+from vitguard.schemas.events import ImageEvent
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP"])
+async def test_a_still_png_gif_or_webp_is_hashed(opennsfw: Any, sample_photos: list[Path], fmt: str) -> None:
+    out = io.BytesIO()
+    Image.open(sample_photos[0]).convert("RGB").save(out, fmt)
+    data = out.getvalue()
+    event = ImageEvent(event_id="e1", content_id="c1", image_ref="https://example.test/x")
+    fetched = Fetched(Parsed(RawMessage(b"{}", None, "in", 0, 0), event), data, "0" * 64, "http", StageTimes())
+    with ThreadPoolExecutor(1) as pool:
+        result = await expand_item(fetched, opennsfw, pool, FrameLimits())
+    assert isinstance(result, Decoded) and result.pdq is not None
+    _, direct = prepare_and_hash(opennsfw, data)
+    assert direct is not None and result.pdq.hex == direct.hex
