@@ -30,13 +30,20 @@ from vitguard.testing.worker import OutputReader, Outputs
 __all__ = [
     "Bench",
     "ModelTiming",
+    "events",
     "latency_summary",
+    "machine",
+    "mean_timings",
     "model_only",
     "offer",
     "percentile",
     "process_cpu_s",
+    "quiet_producer",
     "steady_rate",
+    "tagged",
     "uploads",
+    "wait_answered",
+    "wait_answered_cpu",
 ]
 
 
@@ -73,19 +80,22 @@ class ModelTiming:
 
 
 def model_only(classifier: Any, tensors: Sequence[np.ndarray], batch_size: int, images: int) -> ModelTiming:
-    """Time ``classifier.predict`` over full batches of ``batch_size`` (after one warm-up batch)."""
+    """Time ``classifier.predict`` over full batches of ``batch_size`` (after one warm-up batch): images/s
+    from the median batch time."""
     stacked = np.stack([tensors[i % len(tensors)] for i in range(batch_size)])
     classifier.predict(stacked)
     batches = max(3, images // batch_size)
     samples = []
-    started, cpu_started = time.perf_counter(), time.process_time()
+    cpu_started = time.process_time()
     for _ in range(batches):
         t0 = time.perf_counter()
         classifier.predict(stacked)
         samples.append(time.perf_counter() - t0)
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    cpu = time.process_time() - cpu_started
     n = batches * batch_size
-    return ModelTiming(batch_size, n / wall, 1000 * statistics.median(samples), 1000 * cpu / n)
+    # the median batch, not the mean: on a shared machine a few batches are slowed by other processes
+    median = statistics.median(samples)
+    return ModelTiming(batch_size, batch_size / median, 1000 * median, 1000 * cpu / n)
 
 
 def process_cpu_s(pid: int) -> float:
@@ -244,6 +254,23 @@ def wait_answered(reader: OutputReader, count: int, timeout_s: float, worker: An
     if outputs.answered() < count:
         raise SystemExit(f"worker answered {outputs.answered()}/{count}:\n{worker.log_tail()}")
     return outputs
+
+
+def wait_answered_cpu(reader: OutputReader, count: int, timeout_s: float, worker: Any) -> tuple[Outputs, float]:
+    """:func:`wait_answered`, plus the worker process's CPU ms per answer between the first answers and the
+    last (start-up excluded; all its threads, not the services it talks to)."""
+    pid = worker.process.pid
+    deadline = time.monotonic() + timeout_s
+    outputs = reader.outputs
+    first: tuple[int, float] | None = None
+    while outputs.answered() < count and time.monotonic() < deadline and worker.running:
+        outputs = reader.poll(0.2)
+        if first is None and outputs.answered():
+            first = (outputs.answered(), process_cpu_s(pid))
+    if outputs.answered() < count or first is None:
+        raise SystemExit(f"worker answered {outputs.answered()}/{count}:\n{worker.log_tail()}")
+    done = outputs.answered() - first[0]
+    return outputs, 1000 * (process_cpu_s(pid) - first[1]) / max(1, done)
 
 
 def mean_timings(verdicts: Sequence[Any]) -> dict[str, float]:

@@ -4,7 +4,7 @@ and a PNG plot (latency against throughput).
 In this order, in one process tree:
 
 1. **model-only**: ``classifier.predict`` over full batches (``--batch-size``, the worker's
-   ``VITGUARD_BATCH_MAX_SIZE``): images/s and the time of one full batch;
+   ``VITGUARD_BATCH_MAX_SIZE``): the median time of one full batch, and images/s from it;
 2. **saturation**: a backlog of distinct JPEG uploads (``file://`` refs, no cache hits) is published before
    a real ``vitguard worker`` starts; its throughput (between the first and the last verdict's broker
    timestamp, the first batch not counted) is the measured maximum, and its ratio to model-only the
@@ -105,7 +105,7 @@ def main() -> int:
         sample = harness.uploads(bench.workdir / "images", 32, args.side, start=90_000)
         tensors = [classifier.prepare(p.read_bytes()) for p in sample]
         before = harness.model_only(classifier, tensors, batch_size, images=max(8 * batch_size, 96))
-        backlog_n = int(min(2000, max(6 * batch_size, before.images_per_s * args.saturation_s)))
+        backlog_n = int(min(2000, max(10 * batch_size, before.images_per_s * args.saturation_s)))
         backlog = harness.uploads(bench.workdir / "images", backlog_n, args.side)
         # the points' events at the largest rate the backlog could show (model-only), so uploads never run short
         wanted = [max(args.min_events, int(args.point_s)), *(
@@ -123,7 +123,7 @@ def main() -> int:
         points: list[dict[str, Any]] = []
         try:
             with bench.reader(settings) as reader, harness.quiet_producer(settings) as producer:
-                outputs = harness.wait_answered(reader, backlog_n, 900, worker)
+                outputs, sat_cpu_ms = harness.wait_answered_cpu(reader, backlog_n, 900, worker)
                 sat = harness.tagged(outputs, "sat")
                 sat_ips = harness.steady_rate([ts for _, ts in sat])
                 sat_timings = harness.mean_timings([v for v, _ in sat])
@@ -184,6 +184,10 @@ def main() -> int:
             "events": backlog_n,
             "images_per_s": round(sat_ips, 2),
             "ratio_to_model_only": round(sat_ips / model_ips, 3),
+            "worker_cpu_ms_per_image": round(sat_cpu_ms, 2),
+            # model-only CPU per image / the worker's: the same comparison without other processes' noise
+            "cpu_efficiency_ratio": round(statistics.mean([before.cpu_ms_per_image, after.cpu_ms_per_image])
+                                          / sat_cpu_ms, 3),
             "mean_timings_ms": sat_timings,
         },
         "points": points,
