@@ -1,5 +1,5 @@
 """Dead letters re-driven by reason come back through the pipeline: a fetch failure is dead-lettered by the
-real batch processor, the cause is fixed, ``vitguard replay --from-dead-letters --reason`` re-submits the
+real pipeline runner, the cause is fixed, ``vitguard replay --from-dead-letters --reason`` re-submits the
 original bytes, and the processor now answers them with verdicts (real broker, Redis, Milvus Lite,
 open_nsfw)."""
 
@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from vitguard.cli import main
-from vitguard.pipeline import KafkaSink, OutputTopics, RawMessage, build_processor
+from vitguard.pipeline import KafkaSink, OutputTopics, RawMessage, build_runner
 from vitguard.producers import UploadEventPublisher
 from vitguard.schemas.events import DeadLetter, ImageEvent, Verdict
 
@@ -70,7 +70,7 @@ async def test_redriven_dead_letters_get_verdicts_after_the_cause_is_fixed(
             publisher.publish(event)
 
     sink = KafkaSink(settings.kafka, OutputTopics(topics["verdicts"], topics["alerts"], topics["dlq"]))
-    processor = build_processor(settings, sink)
+    processor = build_runner(settings, sink, topics=OutputTopics(topics["verdicts"], topics["alerts"], topics["dlq"]))
     try:
         first = await processor.process(read_raw(kafka_bootstrap, topics["images"]))
         assert [v.content_id for v in first.verdicts] == ["rd-ok"]
