@@ -191,3 +191,25 @@ def test_tracker_counts_unanswered_and_abandons_them() -> None:
 
 def test_topic_partition_is_the_queue_key() -> None:
     assert event(3, 2).message.tp == TP("in", 2)
+
+
+async def test_partitions_without_a_committed_offset_are_positioned_at_their_beginning() -> None:
+    from vitguard.consumers.app import seek_uncommitted_to_earliest
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.seeks: list[tuple[TP, int]] = []
+
+        async def seek_to_committed(self) -> dict[TP, int | None]:
+            return {TP("in", 0): 42, TP("in", 1): None, TP("in", 2): 0}
+
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            return {tp: 5 for tp in tps}
+
+        async def seek(self, tp: TP, offset: int) -> None:
+            self.seeks.append((tp, offset))
+
+    consumer = Consumer()
+    moved = await seek_uncommitted_to_earliest(consumer, {TP("in", 0), TP("in", 1), TP("in", 2)})
+    assert sorted(consumer.seeks) == [(TP("in", 1), 5), (TP("in", 2), 5)] and len(moved) == 2
+    assert await seek_uncommitted_to_earliest(consumer, set()) == []

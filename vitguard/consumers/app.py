@@ -260,8 +260,34 @@ def create_app(
     async def moderate(stream: Any) -> None:
         await consume(stream, runtime)
 
+    @app.on_partitions_assigned.connect  # type: ignore[misc,arg-type]
+    async def position_uncommitted(sender: Any, assigned: Any, **_: Any) -> None:
+        await seek_uncommitted_to_earliest(app.consumer, {tp for tp in assigned if tp.topic == topics.images})
+
     register_views(app, runtime)
     return app
+
+
+async def seek_uncommitted_to_earliest(consumer: Any, assigned: set[Any]) -> list[Any]:
+    """After a rebalance, put every assigned partition that has no committed offset at its beginning.
+
+    Faust seeks assigned partitions to their committed offsets, and leaves one with none (None or 0) where
+    the fetcher was: when records fetched before the rebalance were dropped, that position is past them, and
+    Faust, which also skips its gap check for such a partition, would commit past events never seen. The
+    input topic is read from the earliest offset when a group starts, so seeking there is the same policy,
+    made explicit; a redelivered event is answered once (the redelivery guard). Returns the partitions moved.
+    """
+    if not assigned:
+        return []
+    committed = await consumer.seek_to_committed()
+    missing = [tp for tp in assigned if not committed.get(tp)]
+    if not missing:
+        return []
+    earliest = await consumer.earliest_offsets(*missing)
+    for tp in missing:
+        await consumer.seek(tp, int(earliest.get(tp) or 0))
+    _log.info("partitions with no committed offset positioned at their beginning: %s", sorted(map(str, missing)))
+    return missing
 
 
 def _pause(app: Any, holding: bool) -> None:
