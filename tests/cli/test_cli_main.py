@@ -22,7 +22,10 @@ def test_schemas_export(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["schemas", "export", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     files = sorted((tmp_path / "out").glob("*.schema.json"))
-    assert len(files) == 4
+    assert {f.name.removesuffix(".schema.json") for f in files} == {
+        "image-event", "verdict", "near-duplicate-alert", "bank-match-alert", "dead-letter",
+        "review-request", "review-decision", "verdict-correction", "review-audit-record",
+    }
     for f in files:
         assert json.loads(f.read_text())["type"] == "object"
 

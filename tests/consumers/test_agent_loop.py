@@ -193,8 +193,8 @@ def test_topic_partition_is_the_queue_key() -> None:
     assert event(3, 2).message.tp == TP("in", 2)
 
 
-async def test_partitions_without_a_committed_offset_are_positioned_at_their_beginning() -> None:
-    from vitguard.consumers.app import seek_uncommitted_to_earliest
+async def test_after_a_rebalance_every_partition_is_rewound_to_its_committed_offset_or_its_beginning() -> None:
+    from vitguard.consumers.app import rewind_to_committed
 
     class Consumer:
         def __init__(self) -> None:
@@ -210,6 +210,7 @@ async def test_partitions_without_a_committed_offset_are_positioned_at_their_beg
             self.seeks.append((tp, offset))
 
     consumer = Consumer()
-    moved = await seek_uncommitted_to_earliest(consumer, {TP("in", 0), TP("in", 1), TP("in", 2)})
-    assert sorted(consumer.seeks) == [(TP("in", 1), 5), (TP("in", 2), 5)] and len(moved) == 2
-    assert await seek_uncommitted_to_earliest(consumer, set()) == []
+    moved = await rewind_to_committed(consumer, {TP("in", 0), TP("in", 1), TP("in", 2)})
+    assert sorted(consumer.seeks) == [(TP("in", 0), 42), (TP("in", 1), 5), (TP("in", 2), 5)]
+    assert moved == {TP("in", 0): 42, TP("in", 1): 5, TP("in", 2): 5}
+    assert await rewind_to_committed(consumer, set()) == {}

@@ -261,33 +261,35 @@ def create_app(
         await consume(stream, runtime)
 
     @app.on_partitions_assigned.connect  # type: ignore[misc,arg-type]
-    async def position_uncommitted(sender: Any, assigned: Any, **_: Any) -> None:
-        await seek_uncommitted_to_earliest(app.consumer, {tp for tp in assigned if tp.topic == topics.images})
+    async def rewind_input(sender: Any, assigned: Any, **_: Any) -> None:
+        await rewind_to_committed(app.consumer, {tp for tp in assigned if tp.topic == topics.images})
 
     register_views(app, runtime)
     return app
 
 
-async def seek_uncommitted_to_earliest(consumer: Any, assigned: set[Any]) -> list[Any]:
-    """After a rebalance, put every assigned partition that has no committed offset at its beginning.
+async def rewind_to_committed(consumer: Any, assigned: set[Any]) -> dict[Any, int]:
+    """After a rebalance, put every assigned input partition at its committed offset (its beginning if none).
 
-    Faust seeks assigned partitions to their committed offsets, and leaves one with none (None or 0) where
-    the fetcher was: when records fetched before the rebalance were dropped, that position is past them, and
-    Faust, which also skips its gap check for such a partition, would commit past events never seen. The
-    input topic is read from the earliest offset when a group starts, so seeking there is the same policy,
-    made explicit; a redelivered event is answered once (the redelivery guard). Returns the partitions moved.
+    At a generation change Faust drops the records it had fetched but not yet delivered, and it does not always
+    seek a partition it keeps (never one with no committed offset): the fetch position then stays past those
+    records, the next delivered offset looks like a compaction gap, and Faust commits past events never seen.
+    Rewinding to the committed offset redelivers instead: what was in flight is answered once (the redelivery
+    guard skips what already has a verdict), nothing is skipped. Returns each partition's new position.
     """
     if not assigned:
-        return []
+        return {}
     committed = await consumer.seek_to_committed()
-    missing = [tp for tp in assigned if not committed.get(tp)]
-    if not missing:
-        return []
-    earliest = await consumer.earliest_offsets(*missing)
-    for tp in missing:
-        await consumer.seek(tp, int(earliest.get(tp) or 0))
-    _log.info("partitions with no committed offset positioned at their beginning: %s", sorted(map(str, missing)))
-    return missing
+    positions = {tp: int(committed[tp]) for tp in assigned if committed.get(tp)}
+    missing = [tp for tp in assigned if tp not in positions]
+    if missing:
+        earliest = await consumer.earliest_offsets(*missing)
+        positions.update({tp: int(earliest.get(tp) or 0) for tp in missing})
+    for tp, offset in positions.items():
+        await consumer.seek(tp, offset)
+    _log.info("after the rebalance, input partitions rewound to their committed offsets: %s",
+              {str(tp): offset for tp, offset in sorted(positions.items(), key=str)})
+    return positions
 
 
 def _pause(app: Any, holding: bool) -> None:
