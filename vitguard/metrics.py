@@ -36,6 +36,7 @@ __all__ = [
     "LAST_BATCH_TIMESTAMP",
     "METRIC_NAMES",
     "MODEL_INFO",
+    "OFFSET_HOLES",
     "OUTPUTS_DROPPED",
     "OUTPUTS_TRUNCATED",
     "PUBLISH_RETRIES",
@@ -166,6 +167,12 @@ OUTPUTS_DROPPED = Counter(
 IN_FLIGHT = Gauge(
     "vitguard_in_flight_events", "Events taken from the stream and not yet answered.", registry=REGISTRY
 )
+OFFSET_HOLES = Counter(
+    "vitguard_offset_holes",
+    "Input offsets skipped by the delivery (a rebalance or pause dropped fetched records, or compaction); "
+    "each is re-fetched before anything past it is committed.",
+    registry=REGISTRY,
+)
 FATAL_ERRORS = Counter(
     "vitguard_fatal_errors", "Errors that stop the worker (it exits non-zero), by kind.", ["kind"], registry=REGISTRY
 )
@@ -194,6 +201,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "vitguard_outputs_dropped_total",
     "vitguard_in_flight_events",
     "vitguard_fatal_errors_total",
+    "vitguard_offset_holes_total",
 )
 """Exported series names (counters with their ``_total`` suffix; histograms add ``_bucket/_sum/_count``)."""
 

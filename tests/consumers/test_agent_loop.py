@@ -181,7 +181,7 @@ async def test_an_exception_in_the_loop_stops_the_worker_instead_of_escaping() -
 def test_tracker_counts_unanswered_and_abandons_them() -> None:
     acked: list[int] = []
     tracker = OffsetTracker(lambda e: acked.append(e.message.offset))
-    entries = [tracker.add(event(i)) for i in range(3)]
+    entries = [tracker.add(event(i))[0] for i in range(3)]
     tracker.done(entries[1])
     assert acked == [] and tracker.unanswered == 2
     assert tracker.abandon_all() == 2
@@ -214,3 +214,42 @@ async def test_after_a_rebalance_every_partition_is_rewound_to_its_committed_off
     assert sorted(consumer.seeks) == [(TP("in", 0), 42), (TP("in", 1), 5), (TP("in", 2), 5)]
     assert moved == {TP("in", 0): 42, TP("in", 1): 5, TP("in", 2): 5}
     assert await rewind_to_committed(consumer, set()) == {}
+
+
+def test_a_hole_in_the_delivery_is_re_fetched_and_nothing_past_it_is_acked() -> None:
+    acked: list[int] = []
+    tracker = OffsetTracker(lambda e: acked.append(e.message.offset))
+    first, seek = tracker.add(event(10))
+    assert seek is None
+    later, seek = tracker.add(event(13))  # 11 and 12 were not delivered
+    assert seek == 11
+    tracker.done(first)
+    tracker.done(later)
+    assert acked == [10]  # 13 waits: 11 and 12 may exist
+    buffered, seek = tracker.add(event(14))  # fetched before the seek took effect: says nothing about the hole
+    assert seek is None
+    tracker.done(buffered)
+    e11, _ = tracker.add(event(11))  # the re-fetch, in order
+    e12, _ = tracker.add(event(12))
+    tracker.done(e12)
+    assert acked == [10]
+    tracker.done(e11)
+    assert acked == [10, 11, 12, 13, 14]
+
+
+def test_a_hole_that_does_not_exist_is_accepted_after_one_seek_back() -> None:
+    acked: list[int] = []
+    tracker = OffsetTracker(lambda e: acked.append(e.message.offset))
+    first, _ = tracker.add(event(0))
+    later, seek = tracker.add(event(5))  # compaction removed 1..4
+    assert seek == 1
+    tracker.done(first)
+    tracker.done(later)
+    assert acked == [0]
+    refetched, seek = tracker.add(event(5))  # after the seek the first record at or after 1 is 5: 1..4 do not exist
+    assert seek is None
+    tracker.done(refetched)
+    assert acked == [0, 5, 5]
+    nxt, seek = tracker.add(event(6))
+    tracker.done(nxt)
+    assert seek is None and acked[-1] == 6

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitguard import metrics
 from vitguard.consumers.offsets import OffsetTracker
 from vitguard.errors import FatalError
 from vitguard.health import HealthState
@@ -55,6 +56,8 @@ class WorkerRuntime:
     health: HealthState
     started: asyncio.Event = field(default_factory=asyncio.Event)
     tracker: OffsetTracker | None = None
+    seek: Callable[[Any, int], Any] | None = None
+    """Moves a partition's fetch position (the app's consumer); used to re-fetch a hole in the delivery."""
     on_fatal: Callable[[BaseException], None] | None = None
     """Set by the worker process: stop with a non-zero exit code. Without one, the error is only logged."""
     agent_runs: int = 0
@@ -244,6 +247,7 @@ def create_app(
     runtime = WorkerRuntime(settings, runner, runner.health)
     runtime_box.append(runtime)
     app.vitguard = runtime  # type: ignore[attr-defined]
+    runtime.seek = lambda tp, offset: app.consumer.seek(tp, offset)
 
     limits_reader: Callable[[], dict[str, int]] | None = None
     if read_limits:
@@ -309,6 +313,14 @@ def _pause(app: Any, holding: bool) -> None:
         _log.warning("could not %s the partitions", "pause" if holding else "resume", exc_info=True)
 
 
+async def _refetch(runtime: WorkerRuntime, tp: Any, offset: int, revealed_at: int) -> None:
+    metrics.OFFSET_HOLES.inc()
+    _log.warning("%s: offsets %d..%d were not delivered; seeking back to %d (nothing past them is committed)",
+                 tp, offset, revealed_at - 1, offset)
+    if runtime.seek is not None:
+        await runtime.seek(tp, offset)
+
+
 async def consume(stream: Any, runtime: WorkerRuntime) -> None:
     """The agent loop: take one event, hold its offset, submit it; ack it in order once answered.
 
@@ -342,7 +354,9 @@ async def consume(stream: Any, runtime: WorkerRuntime) -> None:
     try:
         async for event in stream.events():
             event.message.incref()
-            entry = tracker.add(event)
+            entry, seek_to = tracker.add(event)
+            if seek_to is not None:
+                await _refetch(runtime, event.message.tp, seek_to, event.message.offset)
             try:
                 fut = await runner.submit(raw_message(event), time.time() * 1000)
             except BaseException:

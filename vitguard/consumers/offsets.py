@@ -13,9 +13,10 @@ moves on) never makes it committable; only the ack issued here does.
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
+import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["OffsetTracker", "abandon"]
@@ -35,11 +36,31 @@ def abandon(events: Any) -> None:
 @dataclass
 class _Entry:
     event: Any
+    offset: int
+    seq: int
     state: str = "pending"  # pending | done | failed
 
 
+@dataclass
+class _Partition:
+    entries: list[_Entry] = field(default_factory=list)
+    """Taken and not yet acked, ordered by (offset, arrival)."""
+    holes: list[tuple[int, int]] = field(default_factory=list)
+    """Offset ranges [start, end) skipped by the delivery and not yet seen: nothing at or past them is acked."""
+    expected: int | None = None
+    """The offset after the highest one delivered."""
+    probing: tuple[int, int] | None = None
+    """(hole start, offset that revealed it) while a seek back to the hole is outstanding."""
+
+
 class OffsetTracker:
-    """Per-partition queues of taken events; acks each partition's answered prefix, in order.
+    """Per-partition bookkeeping of taken events; acks each partition's answered prefix, in offset order.
+
+    A delivered offset beyond the next expected one is a hole: records the consumer skipped (dropped at a
+    rebalance or a pause) or that do not exist (compaction, transaction markers). Nothing past a hole is
+    acked; :meth:`add` returns the offset to seek back to, once per hole. The first record delivered at or
+    after the hole then says which it was: what it skipped does not exist. So the tracker never relies on
+    Faust's gap handling, which counts a hole as acknowledged.
 
     Args:
         ack: called with each event whose offset may now be committed (in offset order per partition).
@@ -47,13 +68,33 @@ class OffsetTracker:
 
     def __init__(self, ack: Callable[[Any], object]) -> None:
         self._ack = ack
-        self._queues: dict[Any, deque[_Entry]] = {}
+        self._parts: dict[Any, _Partition] = {}
+        self._seq = itertools.count()
         self.acked = 0
+        self.holes_seen = 0
 
-    def add(self, event: Any) -> _Entry:
-        entry = _Entry(event)
-        self._queues.setdefault(event.message.tp, deque()).append(entry)
-        return entry
+    def add(self, event: Any) -> tuple[_Entry, int | None]:
+        """Register a taken event; returns its entry and, when it reveals a hole, the offset to seek back to."""
+        offset = int(event.message.offset)
+        part = self._parts.setdefault(event.message.tp, _Partition())
+        seek: int | None = None
+        if part.probing is not None:
+            start, revealed = part.probing
+            if start <= offset <= revealed:  # the first record at or after the hole, after the seek back:
+                part.holes = [(max(s, offset), e) for s, e in part.holes if e > offset]  # what it skipped is not
+                part.probing = None  # there (compaction, transaction markers)
+        self._fill(part, offset)
+        if part.expected is not None and offset > part.expected:
+            part.holes.append((part.expected, offset))
+            self.holes_seen += 1
+        part.expected = offset + 1 if part.expected is None else max(part.expected, offset + 1)
+        if part.probing is None and part.holes:
+            start = min(s for s, _ in part.holes)
+            part.probing = (start, part.expected - 1)
+            seek = start
+        entry = _Entry(event, offset, next(self._seq))
+        bisect.insort(part.entries, entry, key=lambda e: (e.offset, e.seq))
+        return entry, seek
 
     def done(self, entry: _Entry) -> None:
         """``entry`` was answered (its outputs are acknowledged)."""
@@ -69,8 +110,8 @@ class OffsetTracker:
     def abandon_all(self) -> int:
         """Shutting down: every unanswered event is abandoned. Returns how many."""
         count = 0
-        for queue in self._queues.values():
-            for entry in queue:
+        for part in self._parts.values():
+            for entry in part.entries:
                 if entry.state == "pending":
                     self.fail(entry)
                     count += 1
@@ -78,10 +119,25 @@ class OffsetTracker:
 
     @property
     def unanswered(self) -> int:
-        return sum(1 for q in self._queues.values() for e in q if e.state == "pending")
+        return sum(1 for p in self._parts.values() for e in p.entries if e.state == "pending")
+
+    @staticmethod
+    def _fill(part: _Partition, offset: int) -> None:
+        holes: list[tuple[int, int]] = []
+        for s, e in part.holes:
+            if s <= offset < e:
+                holes.extend(r for r in ((s, offset), (offset + 1, e)) if r[0] < r[1])
+            else:
+                holes.append((s, e))
+        part.holes = holes
 
     def _release(self, tp: Any) -> None:
-        queue = self._queues.get(tp)
-        while queue and queue[0].state == "done":
-            self._ack(queue.popleft().event)
+        part = self._parts.get(tp)
+        if part is None:
+            return
+        first_hole = min((s for s, _ in part.holes), default=None)
+        while part.entries and part.entries[0].state == "done" and (
+            first_hole is None or part.entries[0].offset < first_hole
+        ):
+            self._ack(part.entries.pop(0).event)
             self.acked += 1
