@@ -248,6 +248,7 @@ def create_app(
     runtime_box.append(runtime)
     app.vitguard = runtime  # type: ignore[attr-defined]
     runtime.seek = lambda tp, offset: app.consumer.seek(tp, offset)
+    app.vitguard_input_topic = topics.images  # type: ignore[attr-defined]
 
     limits_reader: Callable[[], dict[str, int]] | None = None
     if read_limits:
@@ -309,6 +310,10 @@ def _pause(app: Any, holding: bool) -> None:
         else:
             consumer.resume_partitions(assigned)
             _log.warning("consumption resumed")
+            # records fetched but not delivered when the pause came may have been dropped with the fetch
+            # position already past them: read again from the committed offsets (duplicates are answered once)
+            inputs = {tp for tp in assigned if tp.topic == getattr(app, "vitguard_input_topic", tp.topic)}
+            asyncio.ensure_future(rewind_to_committed(consumer, inputs))
     except Exception:  # pausing is an optimisation: the in-flight bound already holds the stream
         _log.warning("could not %s the partitions", "pause" if holding else "resume", exc_info=True)
 
