@@ -31,6 +31,11 @@ system-deps:
 	  echo "installing redis-server (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
 	fi
+	@# a C++ compiler: pdqhash (hash banks) builds from its sdist
+	@if ! command -v g++ >/dev/null; then \
+	  echo "installing build-essential (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; \
+	fi
 	@# headless Chromium and its driver for the review console's browser tests (tests/review/)
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  echo "installing chromium and chromium-driver (apt)"; \
