@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,11 +22,13 @@ from vitguard.banks.signal import PdqHash, PdqSignal
 from vitguard.errors import InputError
 from vitguard.model.types import Classifier
 from vitguard.pipeline.core import dead_letter
-from vitguard.pipeline.results import DeadLettered, Decoded, Fetched
+from vitguard.pipeline.results import DeadLettered, Decoded, Fetched, StageTimes
 
-__all__ = ["decode_image", "prepare_and_hash"]
+__all__ = ["decode_image", "in_decode_pool", "prepare_and_hash"]
 
 _log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def prepare_and_hash(classifier: Classifier, data: bytes, hash_pdq: bool = True) -> tuple[NDArray[np.float32],
@@ -60,14 +63,18 @@ def _hash(compute: Any) -> PdqHash | None:
     return result
 
 
-async def decode_image(
-    fetched: Fetched, classifier: Classifier, pool: Executor, *, hash_pdq: bool = True
-) -> Decoded | DeadLettered:
+async def in_decode_pool(
+    fetched: Fetched, pool: Executor, fn: Callable[..., T], *args: Any
+) -> tuple[T, StageTimes] | DeadLettered:
+    """Run one decode job for ``fetched`` in the decode pool, timed; a refusal or a bug becomes its dead letter.
+
+    The one place the decode stages (:func:`decode_image`, :func:`~vitguard.pipeline.expand.expand_item`) map
+    decode errors to dead letters and record the decode time.
+    """
     parsed = fetched.parsed
     started = time.perf_counter()
     try:
-        tensor, pdq = await asyncio.get_running_loop().run_in_executor(
-            pool, prepare_and_hash, classifier, fetched.data, hash_pdq)
+        out = await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
     except InputError as exc:
         return DeadLettered(parsed.raw, dead_letter(parsed.raw, exc.reason, exc.message, parsed.event))
     except Exception as exc:
@@ -77,5 +84,14 @@ async def decode_image(
     finally:
         decode_s = time.perf_counter() - started
         metrics.IMAGE_STAGE_DURATION.labels("decode", fetched.source).observe(decode_s)
-    return Decoded(parsed, fetched.sha256, tensor, replace(fetched.times, decode_ms=decode_s * 1000),
-                   ready_at=time.perf_counter(), pdq=pdq)
+    return out, replace(fetched.times, decode_ms=decode_s * 1000)
+
+
+async def decode_image(
+    fetched: Fetched, classifier: Classifier, pool: Executor, *, hash_pdq: bool = True
+) -> Decoded | DeadLettered:
+    done = await in_decode_pool(fetched, pool, prepare_and_hash, classifier, fetched.data, hash_pdq)
+    if isinstance(done, DeadLettered):
+        return done
+    (tensor, pdq), times = done
+    return Decoded(fetched.parsed, fetched.sha256, tensor, times, ready_at=time.perf_counter(), pdq=pdq)

@@ -8,25 +8,20 @@ opened once in the decode pool and expanded when animated, else decoded as still
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from concurrent.futures import Executor
-from dataclasses import replace
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from vitguard import metrics
 from vitguard.banks.signal import PdqHash
-from vitguard.errors import InputError
 from vitguard.media import FrameLimits, FrameSet, media_kind
 from vitguard.media.animation import read_animation
 from vitguard.media.video import read_video
 from vitguard.model.types import Classifier
-from vitguard.pipeline.core import dead_letter
-from vitguard.pipeline.decode import decode_image, prepare_and_hash
+from vitguard.pipeline.decode import decode_image, in_decode_pool, prepare_and_hash
 from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Fetched
 
 __all__ = ["expand_item"]
@@ -52,20 +47,11 @@ async def expand_item(
     """The item's tensors: one for a still image, one per sampled frame for an animation or a video."""
     if media_kind(fetched.data[:16]) == "still":
         return await decode_image(fetched, classifier, pool)
+    done = await in_decode_pool(fetched, pool, _expand, fetched.data, classifier, limits)
+    if isinstance(done, DeadLettered):
+        return done
+    out, times = done
     parsed = fetched.parsed
-    started = time.perf_counter()
-    try:
-        out = await asyncio.get_running_loop().run_in_executor(pool, _expand, fetched.data, classifier, limits)
-    except InputError as exc:
-        return DeadLettered(parsed.raw, dead_letter(parsed.raw, exc.reason, exc.message, parsed.event))
-    except Exception as exc:
-        _log.warning("expanding %s raised %r", parsed.event.event_id, exc, exc_info=True)
-        return DeadLettered(parsed.raw, dead_letter(
-            parsed.raw, "internal_error", f"decode failed: {type(exc).__name__}: {exc}", parsed.event))
-    finally:
-        decode_s = time.perf_counter() - started
-        metrics.IMAGE_STAGE_DURATION.labels("decode", fetched.source).observe(decode_s)
-    times = replace(fetched.times, decode_ms=decode_s * 1000)
     if isinstance(out, FrameSet):
         return DecodedFrames(parsed, fetched.sha256, out, times, ready_at=time.perf_counter())
     tensor, pdq = out
