@@ -9,6 +9,7 @@ check (which a group with no committed offset does not get).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -253,3 +254,62 @@ def test_a_hole_that_does_not_exist_is_accepted_after_one_seek_back() -> None:
     nxt, seek = tracker.add(event(6))
     tracker.done(nxt)
     assert seek is None and acked[-1] == 6
+
+
+def test_an_empty_hole_is_handed_to_the_consumer_and_a_rewind_forgets_holes() -> None:
+    acked: list[int] = []
+    gaps: list[tuple[Any, int, int]] = []
+    tracker = OffsetTracker(lambda e: acked.append(e.message.offset), on_gap=lambda tp, s, e: gaps.append((tp, s, e)))
+    tp = TP("in", 0)
+    tracker.rewound(tp, 10)  # the rebalance put the partition at its committed offset, 10
+    assert tracker.expected(tp) == 10
+    first, seek = tracker.add(event(12))  # 10 and 11 were fetched and dropped: a hole from the first delivery on
+    assert seek == 10 and not gaps
+    tracker.done(first)
+    assert acked == []
+    again, seek = tracker.add(event(12))  # the re-fetch from 10 starts at 12: 10 and 11 do not exist
+    assert seek is None and gaps == [(tp, 10, 12)]
+    tracker.done(again)
+    assert acked == [12, 12]
+
+    later, seek = tracker.add(event(20))  # a new hole, 13..19 ...
+    assert seek == 13
+    tracker.rewound(tp, 13)  # ... then a rewind: everything from 13 is read again, the hole is forgotten
+    assert tracker.expected(tp) == 13
+    e13, seek = tracker.add(event(13))
+    assert seek is None
+    tracker.done(e13)
+    assert acked[-1] == 13
+    assert tracker.unanswered == 1  # 20 (first delivery) still waits for its answer
+
+
+async def test_an_idle_agent_re_fetches_records_dropped_at_the_end_of_a_partition() -> None:
+    """Records dropped at a rebalance with nothing published after them reveal no hole: the tail check sees
+    the fetch position ahead of what was delivered and seeks back, once."""
+    from vitguard.consumers.app import _check_tails
+
+    tp = TP("in", 0)
+    rt, _ = make_runtime(ScriptedRunner())
+    tracker = OffsetTracker(lambda e: None)
+    tracker.rewound(tp, 5)
+    seeks: list[tuple[TP, int]] = []
+    position = {tp: 9}  # 5..8 were fetched, never delivered
+
+    async def positions() -> dict[TP, int]:
+        return dict(position)
+
+    async def seek(t: TP, offset: int) -> None:
+        seeks.append((t, offset))
+
+    rt.positions, rt.seek = positions, seek
+    rt.idle_since = None  # busy: nothing is checked
+    task = asyncio.ensure_future(_check_tails(rt, tracker, interval_s=0.02))
+    await asyncio.sleep(0.15)
+    assert seeks == []
+    rt.idle_since = time.monotonic() - 10  # idle for a while
+    await asyncio.sleep(0.2)
+    assert seeks == [(tp, 5)]  # once per (delivered, position): a tail with no records is not re-read forever
+    position[tp] = 12
+    await asyncio.sleep(0.2)
+    assert seeks == [(tp, 5), (tp, 5)]
+    task.cancel()

@@ -297,3 +297,58 @@ def test_pausing_partitions_leaves_a_fetch_in_progress_its_partitions() -> None:
     assert consumer._get_active_partitions() == set() and consumer._paused_partitions == tps
     consumer.resume_partitions(tps)
     assert consumer._get_active_partitions() == tps and not consumer._paused_partitions
+
+
+def _bookkeeping(cls: Any) -> Any:
+    from collections import defaultdict
+
+    from intervaltree import IntervalTree
+
+    from vitguard.kafka.faust_consumer import FetchWaitConsumer, UntrackedReadOffsets
+
+    consumer = object.__new__(cls)  # only Faust's delivery and commit bookkeeping is exercised
+    consumer._gap = defaultdict(IntervalTree)
+    consumer._acked = defaultdict(list)
+    consumer._acked_index = defaultdict(set)
+    consumer._committed_offset = defaultdict(lambda: None)
+    consumer._read_offset = UntrackedReadOffsets() if cls is FetchWaitConsumer else defaultdict(lambda: None)
+    return consumer
+
+
+def _delivered(consumer: Any, tp: Any, offset: int) -> bool:
+    """Faust's drain loop's test for a fetched record (``faust.transport.consumer._drain_messages``)."""
+    r_offset = consumer._read_offset[tp]
+    return r_offset is None or offset >= r_offset
+
+
+async def test_records_re_fetched_after_a_seek_back_are_delivered_and_never_committed_past() -> None:
+    """The loss the chaos suite found next: records 35..39 dropped at a rebalance, 40 delivered; the tracker
+    seeks back to 35, and then Faust's drain loop, finishing 40's delivery, writes read offset 40 over the
+    seek's 35. The re-fetched 35..39 fall below it and are dropped as old, 40 comes again (the tracker takes
+    the hole for compaction), and Faust, which took the jump from 34 to 40 for a gap, commits past it."""
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+    from faust.types import TP
+
+    from vitguard.kafka.faust_consumer import FetchWaitConsumer
+
+    tp = TP("img", 3)
+    stock = _bookkeeping(faust_aiokafka.Consumer)
+    ours = _bookkeeping(FetchWaitConsumer)
+    for consumer in (stock, ours):
+        consumer._committed_offset[tp] = 35
+        consumer._read_offset[tp] = 35  # the seek back
+        consumer._read_offset[tp] = 40  # the drain loop, after delivering 40
+    assert not _delivered(stock, tp, 35)  # the stock consumer drops the re-fetch
+    assert all(_delivered(ours, tp, o) for o in range(35, 41))
+
+    for consumer in (stock, ours):
+        await consumer._add_gap(tp, 35, 40)  # what the drain loop does when 40 follows a read offset of 34
+        consumer._acked[tp].append(41)  # an answer past the hole (e.g. after the tracker took it for compaction)
+    assert stock._new_offset(tp) == 42  # the stock consumer: past 35..40, never answered
+    assert ours._new_offset(tp) is None  # ours: nothing until the tracker has checked the hole
+
+    ours._acked[tp][:] = [35, 36, 41]
+    assert ours._new_offset(tp) == 37  # only what was answered, in order
+    ours._committed_offset[tp] = 37
+    await ours.accept_gap(tp, 37, 41)  # the tracker re-fetched 37..40: nothing there
+    assert ours._new_offset(tp) == 42

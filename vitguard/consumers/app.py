@@ -58,6 +58,12 @@ class WorkerRuntime:
     tracker: OffsetTracker | None = None
     seek: Callable[[Any, int], Any] | None = None
     """Moves a partition's fetch position (the app's consumer); used to re-fetch a hole in the delivery."""
+    accept_gap: Callable[[Any, int, int], Any] | None = None
+    """Tells the consumer that offsets [start, end) of a partition were re-fetched and hold no records."""
+    positions: Callable[[], Any] | None = None
+    """Returns {partition: fetch position} for the assigned input partitions (the tail check)."""
+    idle_since: float | None = None
+    """When the agent last started waiting for the next event (None while it handles one)."""
     on_fatal: Callable[[BaseException], None] | None = None
     """Set by the worker process: stop with a non-zero exit code. Without one, the error is only logged."""
     agent_runs: int = 0
@@ -80,6 +86,11 @@ class WorkerRuntime:
             _log.critical("worker stopping after a fatal error: %s", self.health.fatal)
             if self.on_fatal is not None:
                 self.on_fatal(exc)
+
+    def rewound(self, tp: Any, offset: int) -> None:
+        """A partition's fetch position was moved to ``offset`` (a rewind to the committed offset)."""
+        if self.tracker is not None:
+            self.tracker.rewound(tp, offset)
 
     async def broker_reachable(self) -> bool:
         """A metadata request to the brokers, cached for a few seconds (readiness probes are frequent)."""
@@ -248,6 +259,8 @@ def create_app(
     runtime_box.append(runtime)
     app.vitguard = runtime  # type: ignore[attr-defined]
     runtime.seek = lambda tp, offset: app.consumer.seek(tp, offset)
+    runtime.accept_gap = lambda tp, start, end: _accept_gap(app.consumer, tp, start, end)
+    runtime.positions = lambda: _input_positions(app.consumer, topics.images)
     app.vitguard_input_topic = topics.images  # type: ignore[attr-defined]
 
     limits_reader: Callable[[], dict[str, int]] | None = None
@@ -267,13 +280,37 @@ def create_app(
 
     @app.on_partitions_assigned.connect  # type: ignore[misc,arg-type]
     async def rewind_input(sender: Any, assigned: Any, **_: Any) -> None:
-        await rewind_to_committed(app.consumer, {tp for tp in assigned if tp.topic == topics.images})
+        await rewind_to_committed(app.consumer, {tp for tp in assigned if tp.topic == topics.images},
+                                  on_rewound=runtime.rewound)
 
     register_views(app, runtime)
     return app
 
 
-async def rewind_to_committed(consumer: Any, assigned: set[Any]) -> dict[Any, int]:
+async def _accept_gap(consumer: Any, tp: Any, start: int, end: int) -> None:
+    accept = getattr(consumer, "accept_gap", None)
+    if accept is not None:
+        await accept(tp, start, end)
+
+
+async def _input_positions(consumer: Any, topic: str) -> dict[Any, int]:
+    positions: dict[Any, int] = {}
+    paused = set(getattr(consumer, "_paused_partitions", ()) or ())
+    for tp in consumer.assignment():
+        if tp.topic != topic or tp in paused:
+            continue
+        try:
+            pos = await consumer.position(tp)
+        except Exception as exc:  # not assigned any more (a rebalance in progress): nothing to check
+            _log.debug("no fetch position for %s: %s", tp, exc)
+            continue
+        if pos is not None:
+            positions[tp] = int(pos)
+    return positions
+
+
+async def rewind_to_committed(consumer: Any, assigned: set[Any],
+                              on_rewound: Callable[[Any, int], object] | None = None) -> dict[Any, int]:
     """After a rebalance, put every assigned input partition at its committed offset (its beginning if none).
 
     At a generation change Faust drops the records it had fetched but not yet delivered, and it does not always
@@ -292,6 +329,8 @@ async def rewind_to_committed(consumer: Any, assigned: set[Any]) -> dict[Any, in
         positions.update({tp: int(earliest.get(tp) or 0) for tp in missing})
     for tp, offset in positions.items():
         await consumer.seek(tp, offset)
+        if on_rewound is not None:
+            on_rewound(tp, offset)
     _log.info("after the rebalance, input partitions rewound to their committed offsets: %s",
               {str(tp): offset for tp, offset in sorted(positions.items(), key=str)})
     return positions
@@ -313,7 +352,9 @@ def _pause(app: Any, holding: bool) -> None:
             # records fetched but not delivered when the pause came may have been dropped with the fetch
             # position already past them: read again from the committed offsets (duplicates are answered once)
             inputs = {tp for tp in assigned if tp.topic == getattr(app, "vitguard_input_topic", tp.topic)}
-            asyncio.ensure_future(rewind_to_committed(consumer, inputs))
+            runtime = getattr(app, "vitguard", None)
+            asyncio.ensure_future(rewind_to_committed(
+                consumer, inputs, on_rewound=runtime.rewound if runtime is not None else None))
     except Exception:  # pausing is an optimisation: the in-flight bound already holds the stream
         _log.warning("could not %s the partitions", "pause" if holding else "resume", exc_info=True)
 
@@ -324,6 +365,52 @@ async def _refetch(runtime: WorkerRuntime, tp: Any, offset: int, revealed_at: in
                  tp, offset, revealed_at - 1, offset)
     if runtime.seek is not None:
         await runtime.seek(tp, offset)
+
+
+TAIL_CHECK_S = 2.0
+"""How often an idle agent compares each input partition's fetch position with what it was delivered."""
+
+
+async def _check_tails(runtime: WorkerRuntime, tracker: OffsetTracker, interval_s: float = TAIL_CHECK_S) -> None:
+    """Re-fetch records that were fetched but never delivered at the end of a partition.
+
+    A hole in the middle of a partition is revealed by the next delivered offset (:class:`OffsetTracker`).
+    Records dropped at the *end* (at a rebalance or a pause, with nothing published after them yet) reveal
+    nothing: the consumer's position is past them and no later record comes. So while the agent waits for
+    events, a partition whose fetch position stays ahead of the next offset it was delivered, for two checks
+    in a row, is sought back to that offset, once per (delivered, position) pair. A tail that holds no records
+    (a transaction marker) is therefore read once more and then left alone.
+    """
+    seen: dict[Any, tuple[int, int]] = {}
+    probed: dict[Any, tuple[int, int]] = {}
+    while True:
+        await asyncio.sleep(interval_s)
+        idle = runtime.idle_since
+        if runtime.positions is None or runtime.seek is None or idle is None or time.monotonic() - idle < interval_s:
+            seen.clear()
+            continue
+        try:
+            positions = await runtime.positions()
+        except Exception as exc:
+            _log.debug("fetch positions unavailable: %s", exc)
+            continue
+        if runtime.idle_since is None:  # an event arrived meanwhile
+            continue
+        now_seen: dict[Any, tuple[int, int]] = {}
+        for tp, position in positions.items():
+            expected = tracker.expected(tp)
+            if expected is None or position <= expected:
+                continue
+            pair = (expected, position)
+            now_seen[tp] = pair
+            if seen.get(tp) != pair or probed.get(tp) == pair:
+                continue
+            probed[tp] = pair
+            metrics.OFFSET_HOLES.inc()
+            _log.warning("%s: fetched up to offset %d but delivered up to %d; seeking back to %d",
+                         tp, position - 1, expected - 1, expected)
+            await runtime.seek(tp, expected)
+        seen = now_seen
 
 
 async def consume(stream: Any, runtime: WorkerRuntime) -> None:
@@ -340,10 +427,15 @@ async def consume(stream: Any, runtime: WorkerRuntime) -> None:
         runtime.health.agent_restarts += 1
         runtime.fatal(FatalError("the agent was restarted after it stopped; its consumer position is unknown"))
         return
-    tracker = OffsetTracker(lambda event: asyncio.ensure_future(stream.ack(event)))
+    def on_gap(tp: Any, start: int, end: int) -> None:
+        if runtime.accept_gap is not None:
+            asyncio.ensure_future(runtime.accept_gap(tp, start, end))
+
+    tracker = OffsetTracker(lambda event: asyncio.ensure_future(stream.ack(event)), on_gap=on_gap)
     runtime.tracker = tracker
     runtime.health.agent_running = True
     runner = runtime.runner
+    tails = asyncio.ensure_future(_check_tails(runtime, tracker))
 
     def settle(entry: Any, fut: asyncio.Future[ItemResult]) -> None:
         if fut.cancelled():
@@ -357,7 +449,9 @@ async def consume(stream: Any, runtime: WorkerRuntime) -> None:
         tracker.done(entry)
 
     try:
+        runtime.idle_since = time.monotonic()
         async for event in stream.events():
+            runtime.idle_since = None
             event.message.incref()
             entry, seek_to = tracker.add(event)
             if seek_to is not None:
@@ -368,6 +462,7 @@ async def consume(stream: Any, runtime: WorkerRuntime) -> None:
                 tracker.fail(entry)
                 raise
             fut.add_done_callback(functools.partial(settle, entry))
+            runtime.idle_since = time.monotonic()
     except asyncio.CancelledError:
         abandoned = tracker.abandon_all()
         if abandoned:
@@ -377,4 +472,6 @@ async def consume(stream: Any, runtime: WorkerRuntime) -> None:
         _log.exception("the moderation agent failed")
         runtime.fatal(exc)
     finally:
+        tails.cancel()
+        runtime.idle_since = None
         runtime.health.agent_running = False

@@ -8,7 +8,10 @@ answered (abandoned on shutdown, or failed by a fatal error) blocks its partitio
 nothing after it is ever acked by this process; the next owner of the partition gets it again.
 
 Each message is ``incref``-ed by the agent when it is taken, so Faust's own automatic ack (when the stream
-moves on) never makes it committable; only the ack issued here does.
+moves on) never makes it committable; only the ack issued here does. Faust's own gap bookkeeping is off
+(:class:`~vitguard.kafka.faust_consumer.FetchWaitConsumer`): it counted the offsets it had not seen, and the
+offset that revealed them, as acknowledged, so the first ack past them committed events never answered. A hole
+the tracker has checked and found empty is handed to Faust through ``on_gap`` instead.
 """
 
 from __future__ import annotations
@@ -62,12 +65,19 @@ class OffsetTracker:
     after the hole then says which it was: what it skipped does not exist. So the tracker never relies on
     Faust's gap handling, which counts a hole as acknowledged.
 
+    A rewind (:meth:`rewound`) restarts a partition's delivery at a known offset: everything from there on is
+    read again, so its holes are forgotten and the next delivered offset is checked against that position.
+
     Args:
         ack: called with each event whose offset may now be committed (in offset order per partition).
+        on_gap: called with (partition, start, end) when [start, end) was re-fetched and holds no records,
+            so that the consumer's commits may pass over it.
     """
 
-    def __init__(self, ack: Callable[[Any], object]) -> None:
+    def __init__(self, ack: Callable[[Any], object],
+                 on_gap: Callable[[Any, int, int], object] | None = None) -> None:
         self._ack = ack
+        self._on_gap = on_gap
         self._parts: dict[Any, _Partition] = {}
         self._seq = itertools.count()
         self.acked = 0
@@ -81,8 +91,13 @@ class OffsetTracker:
         if part.probing is not None:
             start, revealed = part.probing
             if start <= offset <= revealed:  # the first record at or after the hole, after the seek back:
-                part.holes = [(max(s, offset), e) for s, e in part.holes if e > offset]  # what it skipped is not
-                part.probing = None  # there (compaction, transaction markers)
+                # what the re-fetch skipped is not there (compaction, transaction markers)
+                empty = [(s, min(e, offset)) for s, e in part.holes if s < offset]
+                part.holes = [(max(s, offset), e) for s, e in part.holes if e > offset]
+                part.probing = None
+                if self._on_gap is not None:
+                    for s, e in empty:
+                        self._on_gap(event.message.tp, s, e)
         self._fill(part, offset)
         if part.expected is not None and offset > part.expected:
             part.holes.append((part.expected, offset))
@@ -95,6 +110,18 @@ class OffsetTracker:
         entry = _Entry(event, offset, next(self._seq))
         bisect.insort(part.entries, entry, key=lambda e: (e.offset, e.seq))
         return entry, seek
+
+    def rewound(self, tp: Any, offset: int) -> None:
+        """``tp``'s fetch position was moved to ``offset``: every record from there on is delivered again."""
+        part = self._parts.setdefault(tp, _Partition())
+        part.expected = offset
+        part.holes = []
+        part.probing = None
+
+    def expected(self, tp: Any) -> int | None:
+        """The offset the next new record of ``tp`` should have (None before the first delivery or rewind)."""
+        part = self._parts.get(tp)
+        return None if part is None else part.expected
 
     def done(self, entry: _Entry) -> None:
         """``entry`` was answered (its outputs are acknowledged)."""

@@ -1,4 +1,15 @@
-"""Faust's aiokafka consumer with *our* fetch wait (``VITGUARD_KAFKA_FETCH_MAX_WAIT_MS``).
+"""Faust's aiokafka consumer, fixed where vitguard's latency and delivery guarantees need it.
+
+* *Our* fetch wait (``VITGUARD_KAFKA_FETCH_MAX_WAIT_MS``), below.
+* A pause that drops nothing (:meth:`FetchWaitConsumer.pause_partitions`).
+* No read offset (:class:`UntrackedReadOffsets`): Faust drops every delivered record below the last offset
+  it read, and takes a jump above it for a gap that commits may pass. After a seek back (a re-fetch of records
+  dropped at a rebalance) its drain loop wrote the offset it was delivering over the seek's, so the re-fetched
+  records were dropped as old and the commit passed them: events lost. Order, duplicates and holes are the
+  agent's offset tracker's (:mod:`vitguard.consumers.offsets`); only a gap it re-fetched and found empty lets
+  commits pass (:meth:`FetchWaitConsumer.accept_gap`).
+
+The fetch wait:
 
 faust-streaming's aiokafka driver builds its ``AIOKafkaConsumer`` with ``fetch_max_wait_ms=1500``
 hard-coded and no setting to change it. The broker may hold each fetch that long when a partition has no
@@ -36,6 +47,7 @@ __all__ = [
     "FetchWaitConsumer",
     "FetchWaitOverrideError",
     "FetchWaitTransport",
+    "UntrackedReadOffsets",
     "consumer_broker_url",
     "live_fetch_max_wait_ms",
 ]
@@ -125,8 +137,31 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
             )
 
 
+class UntrackedReadOffsets(dict):  # type: ignore[type-arg]
+    """Faust's per-partition read offsets, never kept: every lookup says "none yet".
+
+    Faust's drain loop reads it for each record (``offset >= read_offset`` or the record is dropped; a jump
+    past it is a gap) and writes it after each delivery. With nothing kept, every fetched record is delivered
+    and no gap is guessed; Faust's seeks still move the fetch position (they write here, to no effect).
+    """
+
+    def __getitem__(self, tp: Any) -> None:
+        return None
+
+    def __setitem__(self, tp: Any, offset: Any) -> None:
+        return None
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class FetchWaitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
-    """Faust's aiokafka ``Consumer`` running :class:`FetchWaitConsumerThread`, with a pause that loses nothing."""
+    """Faust's aiokafka ``Consumer`` running :class:`FetchWaitConsumerThread`, with a pause that loses nothing
+    and no read offset (so no record dropped as old and no gap that Faust guessed on its own)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_offset = UntrackedReadOffsets()
 
     def _new_consumer_thread(self) -> FetchWaitConsumerThread:
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -143,6 +178,17 @@ class FetchWaitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         tpset = faust_consumer_base.ensure_TPset(tps)
         self._active_partitions = set(self._get_active_partitions()) - tpset
         self._paused_partitions.update(tpset)
+
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        """Faust's guess at a gap is ignored (with no read offset it is not even made): the agent's offset
+        tracker checks a jump by re-fetching it and says what it found (:meth:`accept_gap`). Faust's commit
+        counts a gap's offsets, and the offset that revealed it, as acknowledged."""
+        return None
+
+    async def accept_gap(self, tp: Any, start: int, end: int) -> None:
+        """Offsets [start, end) of ``tp`` were re-fetched and hold no records: commits may pass over them."""
+        if start < end:
+            await super()._add_gap(tp, start, end - 1)
 
 
 class FetchWaitTransport(faust_aiokafka.Transport):  # type: ignore[misc]
@@ -163,6 +209,7 @@ def _check_driver() -> None:
             (faust_aiokafka.AIOKafkaConsumerThread, "_create_consumer"),
             (faust_aiokafka.AIOKafkaConsumerThread, "on_start"),
             (faust_aiokafka.Consumer, "_new_consumer_thread"),
+            (faust_aiokafka.Consumer, "_add_gap"),
         )
         if not callable(getattr(owner, name, None))
     ]
