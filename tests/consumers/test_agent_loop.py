@@ -313,3 +313,23 @@ async def test_an_idle_agent_re_fetches_records_dropped_at_the_end_of_a_partitio
     await asyncio.sleep(0.2)
     assert seeks == [(tp, 5), (tp, 5)]
     task.cancel()
+
+
+def test_a_re_fetch_that_fills_a_hole_goes_on_without_a_second_seek() -> None:
+    acked: list[int] = []
+    tracker = OffsetTracker(lambda e: acked.append(e.message.offset))
+    tp = TP("in", 0)
+    tracker.rewound(tp, 39)
+    first, seek = tracker.add(event(41))  # 39 and 40 dropped
+    assert seek == 39
+    e39, seek = tracker.add(event(39))  # the re-fetch
+    assert seek is None  # 40 follows in the same re-fetch: no second seek
+    e40, seek = tracker.add(event(40))
+    assert seek is None
+    again, seek = tracker.add(event(41))
+    assert seek is None
+    for e in (first, e39, e40, again):
+        tracker.done(e)
+    assert acked == [39, 40, 41, 41]
+    later, seek = tracker.add(event(45))  # a new hole gets its own seek
+    assert seek == 42

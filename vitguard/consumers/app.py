@@ -361,8 +361,8 @@ def _pause(app: Any, holding: bool) -> None:
 
 async def _refetch(runtime: WorkerRuntime, tp: Any, offset: int, revealed_at: int) -> None:
     metrics.OFFSET_HOLES.inc()
-    _log.warning("%s: offsets %d..%d were not delivered; seeking back to %d (nothing past them is committed)",
-                 tp, offset, revealed_at - 1, offset)
+    _log.warning("%s: offset %d was not delivered before offset %d; re-fetching from %d (nothing past it is "
+                 "committed)", tp, offset, revealed_at, offset)
     if runtime.seek is not None:
         await runtime.seek(tp, offset)
 

@@ -90,15 +90,18 @@ class OffsetTracker:
         seek: int | None = None
         if part.probing is not None:
             start, revealed = part.probing
-            if start <= offset <= revealed:  # the first record at or after the hole, after the seek back:
-                # what the re-fetch skipped is not there (compaction, transaction markers)
-                empty = [(s, min(e, offset)) for s, e in part.holes if s < offset]
+            if start <= offset <= revealed:  # a record of the re-fetch: what it skipped is not there
+                empty = [(s, min(e, offset)) for s, e in part.holes if s < offset]  # (compaction, markers)
+                filling = any(s <= offset < e for s, e in part.holes)
                 part.holes = [(max(s, offset), e) for s, e in part.holes if e > offset]
-                part.probing = None
+                # a record that fills a hole: the re-fetch goes on through the rest, no second seek
+                part.probing = (offset + 1, revealed) if filling else None
                 if self._on_gap is not None:
                     for s, e in empty:
                         self._on_gap(event.message.tp, s, e)
         self._fill(part, offset)
+        if part.probing is not None and not any(s <= part.probing[1] for s, _ in part.holes):
+            part.probing = None  # the re-fetch filled every hole it was for
         if part.expected is not None and offset > part.expected:
             part.holes.append((part.expected, offset))
             self.holes_seen += 1
