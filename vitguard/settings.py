@@ -603,15 +603,16 @@ class BankSettings(BaseSettings):
             "Default 31 (HMA)."
         ),
     )
-    index: Literal["auto", "flat", "multihash"] = Field(
+    index: Literal["auto", "flat", "multihash", "mih"] = Field(
         "auto",
         description=(
-            "FAISS index: flat (exact scan), multihash (exact within the distance, fast for large banks) or auto "
-            "(multihash from multihash_min hashes). Env: VITGUARD_BANKS_INDEX. Default auto."
+            "Hash index: mih (multi-index hashing in numpy, exact within the distance, fast for large banks), "
+            "flat (FAISS exact scan), multihash (FAISS IndexBinaryMultiHash) or auto (flat below multihash_min "
+            "hashes, mih from there). Env: VITGUARD_BANKS_INDEX. Default auto."
         ),
     )
     multihash_min: int = Field(
-        50_000, ge=1, description="Hashes from which auto picks multihash. Env: VITGUARD_BANKS_MULTIHASH_MIN."
+        4_096, ge=1, description="Hashes from which auto picks mih. Env: VITGUARD_BANKS_MULTIHASH_MIN."
     )
     rebuild_interval_s: float = Field(
         0.5,

@@ -1,5 +1,5 @@
-"""FAISS indexes against brute force; the matcher (per-bank distance, quality, disabled and negative banks);
-the flood guard; the in-memory store; the follower over a fake record source."""
+"""The hash indexes (FAISS, multi-index hashing) against brute force; the matcher (per-bank distance, quality,
+disabled and negative banks); the flood guard; the in-memory store; the follower over a fake record source."""
 
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ from vitguard.kafka.reader import RawRecord
 from vitguard.settings import KafkaSettings
 
 
-@pytest.mark.parametrize("kind", ["flat", "multihash"])
+@pytest.mark.parametrize("kind", ["flat", "multihash", "mih"])
 @pytest.mark.parametrize("max_distance", [0, 15, 31, 40])
-def test_faiss_finds_exactly_what_brute_force_finds(kind: str, max_distance: int, rng: random.Random) -> None:
+def test_every_index_finds_exactly_what_brute_force_finds(kind: str, max_distance: int, rng: random.Random) -> None:
     banked = [random_pdq(rng) for _ in range(2000)]
+    banked += banked[:20]  # the same hash in two entries (two banks list it): both are found
     queries = [flip(banked[rng.randrange(len(banked))], rng.randrange(0, 45), rng) for _ in range(200)]
     queries += [random_pdq(rng) for _ in range(50)]
     codes, q = pack_hashes(banked), pack_hashes(queries)
@@ -42,10 +43,30 @@ def test_faiss_finds_exactly_what_brute_force_finds(kind: str, max_distance: int
     assert sum(map(len, brute)) > 0
 
 
-def test_empty_index_and_empty_batch() -> None:
-    index = build_index(np.zeros((0, 32), np.uint8), 31, kind="flat")
+@pytest.mark.parametrize("max_distance", [63, 70])
+def test_multi_index_hashing_is_exact_at_large_distances_too(max_distance: int, rng: random.Random) -> None:
+    banked = [random_pdq(rng) for _ in range(300)]
+    queries = [flip(banked[rng.randrange(len(banked))], rng.randrange(40, 80), rng) for _ in range(40)]
+    codes, q = pack_hashes(banked), pack_hashes(queries)
+    brute = build_index(codes, max_distance, kind="brute").search(q)
+    assert build_index(codes, max_distance, kind="mih").search(q) == brute
+    assert sum(map(len, brute)) > 0
+
+
+@pytest.mark.parametrize("kind", ["flat", "mih"])
+def test_empty_index_and_empty_batch(kind: str) -> None:
+    index = build_index(np.zeros((0, 32), np.uint8), 31, kind=kind)  # type: ignore[arg-type]
     assert index.search(pack_hashes(["a" * 64])) == [[]]
-    assert build_index(pack_hashes(["a" * 64]), 31).search(pack_hashes([])) == []
+    assert build_index(pack_hashes(["a" * 64]), 31, kind=kind).search(  # type: ignore[arg-type]
+        pack_hashes([])) == []
+
+
+def test_auto_scans_small_banks_and_uses_multi_index_hashing_for_large_ones(rng: random.Random) -> None:
+    from vitguard.banks.index import FaissHashIndex, MultiIndexHashIndex
+
+    codes = pack_hashes([random_pdq(rng) for _ in range(300)])
+    assert isinstance(build_index(codes, 31, multihash_min=301), FaissHashIndex)
+    assert isinstance(build_index(codes, 31, multihash_min=300), MultiIndexHashIndex)
 
 
 def _store(rng: random.Random) -> tuple[MemoryBankStore, dict[str, str]]:
