@@ -15,7 +15,7 @@ match dihedral variants, so mirrors are expected not to match); a copy "matches"
 the share of copies that match their own original, per transform, and the false-match rate (a copy or an
 original within 31 bits of a *different* photo), over every pair.
 
-Run: ``.venv/bin/python bench/banks.py [--sizes 100000 1000000] [--batch 64] [--seconds 3]``.
+Run: ``.venv/bin/python bench/banks.py [--sizes 100000 1000000] [--batch 64] [--seconds 3] [--out F]``.
 """
 
 from __future__ import annotations
@@ -189,6 +189,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed searching per index kind and size")
     parser.add_argument("--kinds", nargs="+", default=["mih", "multihash", "flat"])
     parser.add_argument("--skip-robustness", action="store_true")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
     report: dict[str, Any] = {
         "bench": "banks", "cpu_threads": 1, "match_distance": DISTANCE,
@@ -197,7 +198,10 @@ def main() -> None:
     }
     if not args.skip_robustness:
         report["robustness"] = robustness()
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        args.out.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

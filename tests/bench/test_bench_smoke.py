@@ -48,3 +48,13 @@ def test_pipeline_throughput(tmp_path: Path) -> None:
     report = _run(tmp_path, "pipeline_throughput.py", "--events", "48", "--latency-events", "10",
                   "--batch-sizes", "1,8", "--pipeline-batch-size", "8")
     assert report["end_to_end"]["images_per_s"] > 0 and report["latency"]["events"] == 10
+
+
+@pytest.mark.timeout(200)
+def test_banks(tmp_path: Path) -> None:
+    report = _run(tmp_path, "banks.py", "--sizes", "5000", "--seconds", "0.2")
+    assert {r["kind"] for r in report["scale"]} == {"mih", "multihash", "flat"}
+    assert all(r["agrees"] and r["images_per_s"] > 0 for r in report["scale"])
+    robust = report["robustness"]
+    assert robust["photos"] >= 8 and robust["copies_matching_their_original"]["jpeg_q40"] >= 0.9
+    assert robust["false_match_rate"] is not None
