@@ -51,3 +51,50 @@ async def test_stream_verdicts_alerts_and_classify_carry_bank_matches(
     verdict = await processor.classify(data=(image_root / "resized-copy.jpg").read_bytes(), content_id="req-1")
     assert verdict.label == "unsafe" and [m.entry_id for m in verdict.bank_matches] == ["kb-1"]
     await processor.close()
+
+
+async def test_every_sampled_frame_of_a_video_and_an_animation_is_matched_and_the_match_names_its_frame(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    from vitguard.testing.media import animated_image, photo_frames, video_bytes
+
+    processor, sink, _ = make_processor(opennsfw, image_root)
+    banked = Image.open(sample_photos[0]).convert("RGB").resize((320, 240))
+    store = MemoryBankStore()
+    store.create_bank(Bank(name="known-bad", action="force_unsafe"))
+    store.add_entries([BankEntry(bank="known-bad", entry_id="kb-1", signal=PdqSignal.hash_image(banked).hex)])
+    processor.completer.matcher = BankMatcher(build_snapshot(store.read()))
+    frames = photo_frames(Image.open(sample_photos[2]), 9, hidden=banked, hidden_at=6, size=(320, 240))
+    (image_root / "clip.mp4").write_bytes(video_bytes(frames, fps=3))
+    (image_root / "loop.gif").write_bytes(animated_image(frames))
+    (image_root / "clean.gif").write_bytes(animated_image(frames[:5]))
+    outcome = await processor.process(messages([file_ref(image_root, n) for n in ("clip.mp4", "loop.gif",
+                                                                                  "clean.gif")]))
+    by_id = {v.content_id: v for v in outcome.verdicts}
+    for cid in ("c0", "c1"):
+        v = by_id[cid]
+        assert v.media is not None and v.media.frames_classified >= 3
+        assert [(m.entry_id, m.frame) for m in v.bank_matches] == [("kb-1", 6)], cid  # one match, its frame
+        assert v.label == "unsafe" and v.label_source == "bank"
+        assert v.pdq_hash is not None and PdqSignal.distance(v.pdq_hash, PdqSignal.hash_image(banked).hex) <= 31
+    clean = by_id["c2"]
+    assert clean.bank_matches == [] and clean.pdq_hash is not None
+    assert sorted(a.content_id for a in sink.bank_alerts) == ["c0", "c1"]
+    await processor.close()
+
+
+def test_a_video_whose_frames_all_match_counts_once_towards_the_flood_guard() -> None:
+    from vitguard.banks import FloodRule
+    from vitguard.banks.signal import PdqHash
+    from vitguard.pipeline.match import match_items
+
+    store = MemoryBankStore()
+    store.create_bank(Bank(name="known-bad", action="force_unsafe"))
+    hash_hex = "f8f8" * 16
+    store.add_entries([BankEntry(bank="known-bad", entry_id="kb-1", signal=hash_hex)])
+    matcher = BankMatcher(build_snapshot(store.read()), flood=FloodRule(min_matches=3), clock=lambda: 0.0)
+    video = [(k, PdqHash(hash_hex, 100)) for k in range(10)]  # ten frames, all the banked image
+    [(rep, matches)] = match_items(matcher, [video])
+    assert [(m.entry_id, m.frame, m.quarantined) for m in matches] == [("kb-1", 0, False)] and rep is not None
+    [(_, again)], [(_, third)] = match_items(matcher, [video]), match_items(matcher, [video])
+    assert not again[0].quarantined and third[0].quarantined  # the third *item* floods, not the third frame

@@ -96,14 +96,19 @@ class BankMatcher:
         self.snapshot = snapshot
 
     def match_batch(
-        self, hashes: Sequence[str | None], qualities: Sequence[int | None]
+        self, hashes: Sequence[str | None], qualities: Sequence[int | None], items: Sequence[int] | None = None
     ) -> list[list[BankMatch]]:
         """The bank matches of each hash, closest first; ``[]`` for None or low-quality hashes.
 
-        Every match of a positive bank counts towards the flood guard.
+        Every match of a positive bank counts towards the flood guard, once per item: ``items`` gives each
+        hash's item (the frames of one video share one), so a video whose frames all match an entry counts
+        once. Without ``items`` every hash is its own item.
         """
         if len(hashes) != len(qualities):
             raise ValueError(f"{len(hashes)} hashes but {len(qualities)} qualities")
+        if items is not None and len(items) != len(hashes):
+            raise ValueError(f"{len(hashes)} hashes but {len(items)} item ids")
+        counted: dict[tuple[int, str], bool] = {}
         snap = self.snapshot
         out: list[list[BankMatch]] = [[] for _ in hashes]
         wanted = [i for i, (h, q) in enumerate(zip(hashes, qualities, strict=True))
@@ -119,7 +124,13 @@ class BankMatcher:
                     continue
                 entry_id = snap.entry_ids[pos]
                 negative = bank.kind == "negative"
-                quarantined = False if negative else self.flood.observe(f"{bank.name}|{entry_id}", now)
+                quarantined = False
+                if not negative:
+                    key = f"{bank.name}|{entry_id}"
+                    seen = (items[i] if items is not None else i, key)
+                    if seen not in counted:
+                        counted[seen] = self.flood.observe(key, now)
+                    quarantined = counted[seen]
                 out[i].append(BankMatch(bank=bank.name, entry_id=entry_id, distance=distance, action=bank.action,
                                         negative=negative, quarantined=quarantined))
         return out

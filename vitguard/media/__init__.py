@@ -8,7 +8,7 @@ reason code.
 from __future__ import annotations
 
 from vitguard.media.expand import expand_frames
-from vitguard.media.frames import FrameRef, FrameSet, PrepareImage
+from vitguard.media.frames import FrameRef, FrameSet, HashImage, PrepareImage
 from vitguard.media.sampling import FrameLimits, sample_indices, sample_times
 from vitguard.media.sniff import media_kind
 
@@ -16,6 +16,7 @@ __all__ = [
     "FrameLimits",
     "FrameRef",
     "FrameSet",
+    "HashImage",
     "PrepareImage",
     "expand_frames",
     "media_kind",

@@ -14,13 +14,14 @@ import numpy as np
 from PIL import Image
 
 from vitguard.errors import ImageDecodeError
-from vitguard.media.frames import FrameRef, FrameSet, PrepareImage
+from vitguard.media.frames import FrameRef, FrameSet, HashImage, PrepareImage
 from vitguard.media.sampling import FrameLimits, sample_indices
 
 __all__ = ["read_animation"]
 
 
-def read_animation(data: bytes, limits: FrameLimits, prepare: PrepareImage) -> FrameSet | None:
+def read_animation(data: bytes, limits: FrameLimits, prepare: PrepareImage,
+                   hash_frame: HashImage | None = None) -> FrameSet | None:
     """The sampled frames of an animated GIF/WebP/APNG, or None when ``data`` is not an animation (a still
     image, or something Pillow cannot open: the still decoder gives that its reason code).
 
@@ -63,7 +64,7 @@ def read_animation(data: bytes, limits: FrameLimits, prepare: PrepareImage) -> F
             break
         if index in wanted_set:
             tensors.append(prepare(image))
-            refs.append(FrameRef(index, round(elapsed_ms / 1000, 3)))
+            refs.append(FrameRef(index, round(elapsed_ms / 1000, 3), hash_frame(image) if hash_frame else None))
         elapsed_ms += float(image.info.get("duration") or 0)
     return FrameSet(
         kind="animation", tensors=np.stack(tensors), frames=tuple(refs),

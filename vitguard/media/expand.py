@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vitguard.media.animation import read_animation
-from vitguard.media.frames import FrameSet, PrepareImage
+from vitguard.media.frames import FrameSet, HashImage, PrepareImage
 from vitguard.media.sampling import FrameLimits
 from vitguard.media.sniff import media_kind
 from vitguard.media.video import read_video
@@ -11,7 +11,8 @@ from vitguard.media.video import read_video
 __all__ = ["expand_frames"]
 
 
-def expand_frames(data: bytes, limits: FrameLimits, prepare: PrepareImage) -> FrameSet | None:
+def expand_frames(data: bytes, limits: FrameLimits, prepare: PrepareImage,
+                  hash_frame: HashImage | None = None) -> FrameSet | None:
     """The sampled frames of an animation or a video; None for anything else (a still image, or bytes the
     still-image decoder should judge). Thread-safe; CPU-bound (run it in the decode pool).
 
@@ -21,7 +22,7 @@ def expand_frames(data: bytes, limits: FrameLimits, prepare: PrepareImage) -> Fr
     """
     kind = media_kind(data)
     if kind == "video":
-        return read_video(data, limits, prepare)
+        return read_video(data, limits, prepare, hash_frame)
     if kind == "maybe_animated":
-        return read_animation(data, limits, prepare)
+        return read_animation(data, limits, prepare, hash_frame)
     return None

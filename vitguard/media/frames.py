@@ -5,26 +5,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-__all__ = ["FrameRef", "FrameSet", "PrepareImage", "Sampling"]
+__all__ = ["FrameRef", "FrameSet", "HashImage", "PrepareImage", "Sampling"]
 
 PrepareImage = Callable[[Image.Image], NDArray[np.float32]]
 """``Classifier.prepare_image``: a decoded frame to one ``(C, H, W)`` float32 array."""
+HashImage = Callable[[Image.Image], Any]
+"""A decoded frame to its perceptual hash (the pipeline's PDQ hash, for the hash banks), or None."""
 
 Sampling = Literal["all", "even", "rate", "keyframes"]
 
 
 @dataclass(frozen=True)
 class FrameRef:
-    """One sampled frame: its index in the source (decode order) and its time offset in seconds."""
+    """One sampled frame: its index in the source (decode order), its time offset in seconds and, when the
+    reader was given a ``hash_frame``, its perceptual hash (None when hashing failed)."""
 
     index: int
     time_s: float
+    pdq: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vitguard.errors import InputError
-from vitguard.media.frames import FrameRef, FrameSet, PrepareImage
+from vitguard.media.frames import FrameRef, FrameSet, HashImage, PrepareImage
 from vitguard.media.sampling import FrameLimits, sample_times
 
 __all__ = ["MAX_FRAME_PIXELS", "read_video"]
@@ -32,7 +32,8 @@ MAX_FRAME_PIXELS = 40_000_000
 """One frame larger than this is refused as a decompression bomb (the still-image default)."""
 
 
-def read_video(data: bytes, limits: FrameLimits, prepare: PrepareImage) -> FrameSet:
+def read_video(data: bytes, limits: FrameLimits, prepare: PrepareImage,
+               hash_frame: HashImage | None = None) -> FrameSet:
     """The sampled frames of a video.
 
     Raises:
@@ -50,12 +51,13 @@ def read_video(data: bytes, limits: FrameLimits, prepare: PrepareImage) -> Frame
     except av.error.FFmpegError as exc:
         raise InputError("corrupt_video", f"cannot open the video container: {_brief(exc)}") from exc
     try:
-        return _read(av, container, limits, prepare)
+        return _read(av, container, limits, prepare, hash_frame)
     finally:
         container.close()
 
 
-def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage) -> FrameSet:
+def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage,
+          hash_frame: HashImage | None) -> FrameSet:
     if not container.streams.video:
         raise InputError("no_frames", f"{container.format.name} container has no video stream")
     stream = container.streams.video[0]
@@ -77,7 +79,7 @@ def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage) -
     elif declared is not None and width * height * declared > limits.max_decoded_pixels:
         raise InputError("decompression_bomb", f"{declared} frames of {width}x{height} are more than the "
                          f"{limits.max_decoded_pixels} pixels allowed")
-    sampler = _Sampler(limits, duration, prepare)
+    sampler = _Sampler(limits, duration, prepare, hash_frame)
     decoded = pixels = 0
     truncated = False
     try:
@@ -114,9 +116,11 @@ def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage) -
 class _Sampler:
     """Keeps the frames to classify as they stream past, at most ``max_frames`` tensors."""
 
-    def __init__(self, limits: FrameLimits, duration: float | None, prepare: PrepareImage) -> None:
+    def __init__(self, limits: FrameLimits, duration: float | None, prepare: PrepareImage,
+                 hash_frame: HashImage | None = None) -> None:
         self.limits = limits
         self.prepare = prepare
+        self.hash_frame = hash_frame
         self.targets = sample_times(duration, limits.video_fps, limits.max_frames) if duration else None
         self.interval = 1.0 / limits.video_fps
         self.next_t = 0.0
@@ -152,8 +156,9 @@ class _Sampler:
         self._last = None
 
     def _take(self, index: int, time_s: float, frame: Any) -> None:
-        self.tensors.append(self.prepare(frame.to_image()))
-        self.refs.append(FrameRef(index, round(time_s, 3)))
+        image = frame.to_image()
+        self.tensors.append(self.prepare(image))
+        self.refs.append(FrameRef(index, round(time_s, 3), self.hash_frame(image) if self.hash_frame else None))
         self._last_taken = index
 
 

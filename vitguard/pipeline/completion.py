@@ -25,7 +25,7 @@ from vitguard.pipeline.core import build_verdict, dead_letter
 from vitguard.pipeline.emit import Answer, Emitter
 from vitguard.pipeline.failure import MilvusPolicy, RedisPolicy
 from vitguard.pipeline.index import index_batch
-from vitguard.pipeline.match import apply_matches, bank_alert, match_group, skips_clustering
+from vitguard.pipeline.match import ItemHashes, apply_matches, bank_alert, match_items, skips_clustering
 from vitguard.pipeline.results import (
     Answered,
     CacheHit,
@@ -174,12 +174,13 @@ class Completer:
         return out + await self._remember(group, stream, final, {})
 
     def _match(self, group: Group) -> dict[int, tuple[PdqHash | None, list[BankMatch]]]:
-        """The match stage: every predicted entry's PDQ hash against the banks, in one call."""
-        entries = [(i, getattr(p.decoded, "pdq", None)) for i, p in group.predicted.items() if isinstance(p, Predicted)]
+        """The match stage: every predicted entry's PDQ hashes (one per frame of a multi-frame item) against
+        the banks, in one call."""
+        entries = [(i, _item_hashes(p.decoded)) for i, p in group.predicted.items() if isinstance(p, Predicted)]
         if not entries:
             return {}
-        found = match_group(self.matcher, [h for _, h in entries])
-        return {i: (h, m) for (i, h), m in zip(entries, found, strict=True)}
+        found = match_items(self.matcher, [h for _, h in entries])
+        return {i: f for (i, _), f in zip(entries, found, strict=True)}
 
     def _answer(
         self, w: Work, predicted: Predicted | DeadLettered | None, cluster_id: str | None
@@ -263,6 +264,12 @@ class Completer:
 
 
 _Banks = dict[int, tuple[PdqHash | None, list[BankMatch]]]
+
+
+def _item_hashes(decoded: Decoded | DecodedFrames) -> ItemHashes:
+    if isinstance(decoded, DecodedFrames):
+        return [(ref.index, ref.pdq) for ref in decoded.frames.frames]
+    return [(None, decoded.pdq)]
 
 
 def _with_banks(banks: _Banks, i: int, answer: Any) -> Any:

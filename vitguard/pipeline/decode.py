@@ -24,7 +24,7 @@ from vitguard.model.types import Classifier
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.results import DeadLettered, Decoded, Fetched, StageTimes
 
-__all__ = ["decode_image", "in_decode_pool", "prepare_and_hash"]
+__all__ = ["decode_image", "hash_frame", "in_decode_pool", "prepare_and_hash"]
 
 _log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ def prepare_and_hash(classifier: Classifier, data: bytes, hash_pdq: bool = True)
         return tensor, _hash(lambda: PdqSignal.hash_image(image))
     tensor = classifier.prepare(data)
     return tensor, _hash(lambda: PdqSignal.hash_bytes(data))
+
+
+def hash_frame(image: Any) -> PdqHash | None:
+    """The PDQ hash of one decoded frame of an animation or a video (None when hashing fails)."""
+    return _hash(lambda: PdqSignal.hash_image(image))
 
 
 def _hash(compute: Any) -> PdqHash | None:

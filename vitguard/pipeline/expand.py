@@ -1,5 +1,6 @@
 """The expand stage: a still image is one frame (the decode stage, unchanged); an animation or a video is
-its sampled frames, each decoded straight to its tensor (:mod:`vitguard.media`); or a dead letter.
+its sampled frames, each decoded straight to its tensor and PDQ-hashed (:mod:`vitguard.media`); or a dead
+letter.
 
 What kind of input it is comes from the magic bytes, on the event loop (a few bytes, no decoding): JPEG and
 everything else that cannot be animated goes to the decode stage exactly as before. GIF, PNG and WebP are
@@ -21,7 +22,7 @@ from vitguard.media import FrameLimits, FrameSet, media_kind
 from vitguard.media.animation import read_animation
 from vitguard.media.video import read_video
 from vitguard.model.types import Classifier
-from vitguard.pipeline.decode import decode_image, in_decode_pool, prepare_and_hash
+from vitguard.pipeline.decode import decode_image, hash_frame, in_decode_pool, prepare_and_hash
 from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Fetched
 
 __all__ = ["expand_item"]
@@ -36,8 +37,8 @@ def _expand(
         return classifier.prepare_image(image)
 
     if media_kind(data) == "video":
-        return read_video(data, limits, prepare)
-    frames = read_animation(data, limits, prepare)
+        return read_video(data, limits, prepare, hash_frame)
+    frames = read_animation(data, limits, prepare, hash_frame)
     return frames if frames is not None else prepare_and_hash(classifier, data)  # a still GIF/PNG/WebP
 
 

@@ -12,7 +12,8 @@ What a match does (the rules, in one place):
 - **negative bank**: the item is known safe; it is left out of near-duplicate clustering and waves
   (:func:`skips_clustering`), no bank alert. A positive match still wins over a negative one.
 
-Every verdict carries its ``bank_matches``, its PDQ hash and quality.
+Every verdict carries its ``bank_matches``, its PDQ hash and quality. An animation or a video is matched frame
+by frame (each sampled frame's PDQ hash, computed in the expand stage); its matches say which frame.
 """
 
 from __future__ import annotations
@@ -23,14 +24,43 @@ from vitguard.banks.matcher import BankMatcher
 from vitguard.banks.signal import PdqHash
 from vitguard.schemas.events import BankMatch, BankMatchAlert, Verdict
 
-__all__ = ["apply_matches", "bank_alert", "match_group", "skips_clustering"]
+__all__ = ["ItemHashes", "apply_matches", "bank_alert", "match_group", "match_items", "skips_clustering"]
 
 
 def match_group(matcher: BankMatcher | None, hashes: Sequence[PdqHash | None]) -> list[list[BankMatch]]:
     """Each item's bank matches (``[]`` without a matcher, a hash, or enough quality); one matcher call."""
-    if matcher is None:
-        return [[] for _ in hashes]
-    return matcher.match_batch([h.hex if h else None for h in hashes], [h.quality if h else None for h in hashes])
+    return [matches for _, matches in match_items(matcher, [[(None, h)] for h in hashes])]
+
+
+ItemHashes = Sequence[tuple[int | None, PdqHash | None]]
+"""One item's hashes: ``(None, hash)`` for a still image, ``(frame index, hash)`` per sampled frame."""
+
+
+def match_items(matcher: BankMatcher | None, items: Sequence[ItemHashes]) -> list[tuple[PdqHash | None,
+                                                                                         list[BankMatch]]]:
+    """Each item's PDQ hash and bank matches, every frame of every item in one matcher call.
+
+    An animation's or a video's matches are its frames', one per bank entry (the closest frame's, with its
+    ``frame``); its hash is the hash of the frame behind its closest match, else of its best-quality frame.
+    """
+    flat = [(k, frame, h) for k, hashes in enumerate(items) for frame, h in hashes]
+    found: list[list[BankMatch]] = [[] for _ in flat]
+    if matcher is not None and flat:
+        found = matcher.match_batch([h.hex if h else None for _, _, h in flat],
+                                    [h.quality if h else None for _, _, h in flat], items=[k for k, _, _ in flat])
+    best: list[dict[tuple[str, str], tuple[BankMatch, PdqHash | None]]] = [{} for _ in items]
+    for (k, frame, h), matches in zip(flat, found, strict=True):
+        for m in matches:
+            key = (m.bank, m.entry_id)
+            if key not in best[k] or m.distance < best[k][key][0].distance:
+                best[k][key] = (m if frame is None else m.model_copy(update={"frame": frame}), h)
+    out: list[tuple[PdqHash | None, list[BankMatch]]] = []
+    for k, hashes in enumerate(items):
+        ranked = sorted(best[k].values(), key=lambda mh: (mh[0].distance, mh[0].negative, mh[0].bank, mh[0].entry_id))
+        quality = [h for _, h in hashes if h is not None]
+        rep = ranked[0][1] if ranked else max(quality, key=lambda h: h.quality, default=None)
+        out.append((rep, [m for m, _ in ranked]))
+    return out
 
 
 def _forcing(matches: Sequence[BankMatch]) -> bool:

@@ -176,6 +176,13 @@ class BankMatch(BaseModel):
             "its force_unsafe action is suspended until someone looks."
         ),
     )
+    frame: int | None = Field(
+        None, ge=0,
+        description=(
+            "For an animation or a video: the source index of the sampled frame that matched (the closest one "
+            "when several did); None for a still image."
+        ),
+    )
 
 
 class FrameScore(BaseModel):
