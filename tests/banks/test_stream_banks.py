@@ -98,3 +98,31 @@ def test_a_video_whose_frames_all_match_counts_once_towards_the_flood_guard() ->
     assert [(m.entry_id, m.frame, m.quarantined) for m in matches] == [("kb-1", 0, False)] and rep is not None
     [(_, again)], [(_, third)] = match_items(matcher, [video]), match_items(matcher, [video])
     assert not again[0].quarantined and third[0].quarantined  # the third *item* floods, not the third frame
+
+
+async def test_a_cached_verdict_is_matched_against_the_banks_as_they_are_now(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    """The verdict cache keeps the model's verdict and the PDQ hash: an image seen before its hash was banked
+    is matched when it comes again, and one whose entry was removed is the model's again."""
+    processor, _, _ = make_processor(opennsfw, image_root)
+    (image_root / "photo.jpg").write_bytes(sample_photos[0].read_bytes())
+    ref = file_ref(image_root, "photo.jpg")
+    hash_hex = PdqSignal.hash_bytes(sample_photos[0].read_bytes()).hex
+    store = MemoryBankStore()
+    store.create_bank(Bank(name="known-bad", action="force_unsafe"))
+    processor.completer.matcher = matcher = BankMatcher(build_snapshot(store.read()))
+
+    (first,) = (await processor.process(messages([ref], start=0))).verdicts
+    assert not first.from_cache and first.bank_matches == [] and first.label_source == "model"
+    store.add_entries([BankEntry(bank="known-bad", entry_id="kb-1", signal=hash_hex)])
+    matcher.update(build_snapshot(store.read()))
+    (second,) = (await processor.process(messages([ref], start=1))).verdicts
+    assert second.from_cache and [m.entry_id for m in second.bank_matches] == ["kb-1"]
+    assert (second.label, second.label_source) == ("unsafe", "bank")
+    store.remove_entries("known-bad", ["kb-1"])
+    matcher.update(build_snapshot(store.read()))
+    (third,) = (await processor.process(messages([ref], start=2))).verdicts
+    assert third.from_cache and third.bank_matches == []
+    assert (third.label, third.label_source) == (first.label, "model")
+    await processor.close()

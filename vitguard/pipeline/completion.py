@@ -150,13 +150,18 @@ class Completer:
             )
         alert_of = {i: r for (i, _), r in zip(candidates, alert_results, strict=True)}
         answers = [self._answer(w, group.predicted.get(i), indexed.get(i, (None, (), False))[0]) for i, w in stream]
+        # the verdict cache keeps the model's verdict and the PDQ hash, not the banks' say: a cache hit is
+        # matched against the banks as they are when it comes (an entry added since applies, a removed one not)
+        cacheable = {a.image_sha256: apply_matches(a, banks[i][0], []).model_dump_json()
+                     for (i, _), (_, _, a) in zip(stream, answers, strict=True)
+                     if isinstance(a, Verdict) and not a.from_cache and a.image_sha256 and i in banks}
         answers = [(raw, event, _with_banks(banks, i, a))
                    for (i, _), (raw, event, a) in zip(stream, answers, strict=True)]
         alerts: list[Any] = [a for a, _ in alert_results if a is not None]
         alerts += _bank_alerts(banks, stream, answers)
         with _timed(group.stage_ms, "publish"):
             final = await self.emitter.emit(answers, alerts)
-        return out + await self._remember(group, stream, final, alert_of)
+        return out + await self._remember(group, stream, final, alert_of, cacheable)
 
     async def complete_failed(self, group: Group, exc: BaseException) -> list[tuple[Work, Outcome]]:
         """After a bug in :meth:`complete`: every stream event of the group gets an ``internal_error``
@@ -171,12 +176,15 @@ class Completer:
                 raw, "internal_error", why, event)
             answers.append((raw, event, letter))
         final = await self.emitter.emit(answers, [])
-        return out + await self._remember(group, stream, final, {})
+        return out + await self._remember(group, stream, final, {}, {})
 
     def _match(self, group: Group) -> dict[int, tuple[PdqHash | None, list[BankMatch]]]:
         """The match stage: every predicted entry's PDQ hashes (one per frame of a multi-frame item) against
         the banks, in one call."""
         entries = [(i, _item_hashes(p.decoded)) for i, p in group.predicted.items() if isinstance(p, Predicted)]
+        entries += [(i, [(None, PdqHash(w.value.verdict.pdq_hash, w.value.verdict.pdq_quality or 0))])
+                    for i, w in enumerate(group.work)
+                    if isinstance(w.value, CacheHit) and w.value.verdict.pdq_hash is not None]
         if not entries:
             return {}
         found = match_items(self.matcher, [h for _, h in entries])
@@ -223,14 +231,17 @@ class Completer:
         stream: list[tuple[int, Work]],
         final: Sequence[Answer],
         alert_of: Mapping[int, tuple[Any, bool]],
+        cacheable: Mapping[str, str],
     ) -> list[tuple[Work, Outcome]]:
-        """After the broker acknowledged everything: Redis learns; each event's result; metrics."""
+        """After the broker acknowledged everything: Redis learns (``cacheable``: image sha256 -> the model's
+        verdict, for the verdict cache); each event's result; metrics."""
         verdicts = [a for a in final if isinstance(a, Verdict)]
         event_ids = [v.event_id for v in verdicts]
         if event_ids:
             with _timed(group.stage_ms, "redis"):
                 await self._redis_call("mark_events", lambda: self.dedup.mark_events(event_ids))
-                fresh = {v.image_sha256: v.model_dump_json() for v in verdicts if not v.from_cache and v.image_sha256}
+                published = {v.image_sha256 for v in verdicts if not v.from_cache and v.image_sha256}
+                fresh = {sha: text for sha, text in cacheable.items() if sha in published}
                 if fresh:
                     await self._redis_call("cache_verdicts", lambda: self.dedup.cache_verdicts(fresh, self.cache_key))
         now = time.time()

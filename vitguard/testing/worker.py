@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings
 
-from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict
+from vitguard.schemas.events import BankMatchAlert, DeadLetter, NearDuplicateAlert, Verdict
 from vitguard.settings import KafkaSettings, Settings
 
 if TYPE_CHECKING:
@@ -130,6 +130,8 @@ class Outputs:
 
     verdicts: list[Verdict] = field(default_factory=list)
     alerts: list[NearDuplicateAlert] = field(default_factory=list)
+    bank_alerts: list[BankMatchAlert] = field(default_factory=list)
+    """Alerts of the alerts topic whose ``alert_type`` is ``bank_match``."""
     dead_letters: list[DeadLetter] = field(default_factory=list)
     verdict_timestamps_ms: list[int] = field(default_factory=list)
     keys: dict[str, list[bytes | None]] = field(default_factory=dict)
@@ -143,7 +145,16 @@ class Outputs:
         return len(self.verdicts) + len(self.dead_letters)
 
 
-_MODELS: dict[str, type[BaseModel]] = {"verdicts": Verdict, "alerts": NearDuplicateAlert, "dead_letters": DeadLetter}
+_MODELS: dict[str, type[BaseModel]] = {"verdicts": Verdict, "alerts": NearDuplicateAlert,
+                                       "bank_alerts": BankMatchAlert, "dead_letters": DeadLetter}
+
+
+def _alert_type(value: bytes | None) -> str | None:
+    try:
+        found = json.loads(value or b"null")
+    except ValueError:
+        return None
+    return found.get("alert_type") if isinstance(found, dict) else None
 
 
 class OutputReader:
@@ -183,6 +194,8 @@ class OutputReader:
         from vitguard.kafka.reader import decode
 
         kind = self._kinds[record.topic]
+        if kind == "alerts" and _alert_type(record.value) == "bank_match":
+            kind = "bank_alerts"
         decoded = decode(record, _MODELS[kind])
         if decoded.error is not None:
             raise decoded.error
