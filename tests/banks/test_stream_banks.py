@@ -126,3 +126,28 @@ async def test_a_cached_verdict_is_matched_against_the_banks_as_they_are_now(
     assert third.from_cache and third.bank_matches == []
     assert (third.label, third.label_source) == (first.label, "model")
     await processor.close()
+
+
+def test_one_decode_feeds_the_model_and_the_hash_and_no_banks_means_no_hashing(
+    opennsfw: Any, sample_photos: list[Path]
+) -> None:
+    import numpy as np
+
+    from vitguard.pipeline.decode import prepare_and_hash
+
+    data = sample_photos[0].read_bytes()
+    tensor, pdq = prepare_and_hash(opennsfw, data)
+    assert np.array_equal(tensor, opennsfw.prepare(data))  # the same tensor as the model's own decode
+    assert pdq is not None and pdq.hex == PdqSignal.hash_image(opennsfw.preprocessor.decode(data)).hex
+    assert PdqSignal.distance(pdq.hex, PdqSignal.hash_bytes(data).hex) <= 12  # close to a full-size hash
+    tensor, pdq = prepare_and_hash(opennsfw, data, hash_pdq=False)
+    assert pdq is None and np.array_equal(tensor, opennsfw.prepare(data))
+
+
+async def test_with_the_banks_off_nothing_is_hashed(opennsfw: Any, image_root: Path, sample_photos: list[Path]) -> None:
+    processor, _, _ = make_processor(opennsfw, image_root)
+    processor.front.hash_pdq = False
+    (image_root / "photo.jpg").write_bytes(sample_photos[0].read_bytes())
+    (verdict,) = (await processor.process(messages([file_ref(image_root, "photo.jpg")]))).verdicts
+    assert verdict.pdq_hash is None and verdict.bank_matches == []
+    await processor.close()

@@ -67,7 +67,15 @@ class OpenNSFWPreprocessor:
         self.jpeg_reencode = jpeg_reencode
 
     def __call__(self, data: bytes) -> NDArray[np.float32]:
-        image = decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side, draft_size=(512, 512))
+        return self.from_decoded(self.decode(data))
+
+    def decode(self, data: bytes) -> Image.Image:
+        """The upright RGB image :meth:`from_decoded` takes (a JPEG decoded at a reduced scale, at least 512 px:
+        PDQ's reference hashers downsample to 512 too); the decode stage hashes this same image (PDQ)."""
+        return decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side, draft_size=(512, 512))
+
+    def from_decoded(self, image: Image.Image) -> NDArray[np.float32]:
+        """The tensor of an image from :meth:`decode`."""
         return self._tensor(image)
 
     def from_image(self, image: Image.Image) -> NDArray[np.float32]:

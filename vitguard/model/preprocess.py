@@ -266,9 +266,15 @@ class Preprocessor:
 
     def __call__(self, data: bytes) -> NDArray[np.float32]:
         """Decode and preprocess encoded bytes; see :func:`decode_image` for the errors."""
-        image = decode_image(
-            data, max_pixels=self.max_pixels, min_side=self.min_side, draft_size=self._draft_size
-        )
+        return self.from_decoded(self.decode(data))
+
+    def decode(self, data: bytes) -> Image.Image:
+        """The upright RGB image :meth:`from_decoded` takes (a JPEG decoded at a reduced scale when that is
+        still at least the model's resize); the decode stage hashes this same image (PDQ)."""
+        return decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side, draft_size=self._draft_size)
+
+    def from_decoded(self, image: Image.Image) -> NDArray[np.float32]:
+        """The tensor of an image from :meth:`decode`."""
         return self.from_image(image, converted=True)
 
     def from_image(self, image: Image.Image, *, converted: bool = False) -> NDArray[np.float32]:

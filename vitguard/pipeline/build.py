@@ -53,6 +53,7 @@ def build_runner(
         batch=settings.batch,
         milvus=settings.milvus,
         frames=settings.frames,
+        hash_pdq=settings.banks.enabled,
         publish_timeout_s=max(settings.kafka.request_timeout_s, 5.0),
         max_in_flight=settings.worker.max_in_flight,
         **kwargs,

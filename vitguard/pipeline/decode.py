@@ -35,19 +35,20 @@ def prepare_and_hash(classifier: Classifier, data: bytes, hash_pdq: bool = True)
                                                                                            PdqHash | None]:
     """The model's input tensor and the PDQ hash of one image, decoded once.
 
-    With the shared image preprocessor the decoded image feeds both; a classifier with its own decoder
-    (no ``preprocessor``) is asked for its tensor and the bytes are hashed apart.
+    A classifier whose preprocessor decodes apart from preprocessing (``decode`` and ``from_decoded``, as
+    both of vitguard's do) feeds the one decoded image to both; any other is asked for its tensor and the
+    bytes are hashed apart. With ``hash_pdq`` false (no hash banks) nothing is hashed.
     """
     if not hash_pdq:
         return classifier.prepare(data), None
-    from vitguard.model.preprocess import Preprocessor
-    from vitguard.model.preprocess import decode_image as decode_pixels
+    from vitguard.model.base import BaseClassifier
 
     pre: Any = getattr(classifier, "preprocessor", None)
-    if type(pre) is Preprocessor:  # a subclass may decode differently: then hash the bytes apart
-        image = decode_pixels(data, max_pixels=pre.max_pixels, min_side=pre.min_side,
-                              draft_size=getattr(pre, "_draft_size", None))
-        tensor = pre.from_image(image, converted=True)
+    decode, from_decoded = getattr(pre, "decode", None), getattr(pre, "from_decoded", None)
+    own_prepare = isinstance(classifier, BaseClassifier) and type(classifier).prepare is not BaseClassifier.prepare
+    if callable(decode) and callable(from_decoded) and not own_prepare:
+        image = decode(data)
+        tensor: NDArray[np.float32] = from_decoded(image)
         return tensor, _hash(lambda: PdqSignal.hash_image(image))
     tensor = classifier.prepare(data)
     return tensor, _hash(lambda: PdqSignal.hash_bytes(data))

@@ -31,24 +31,26 @@ _log = logging.getLogger(__name__)
 
 
 def _expand(
-    data: bytes, classifier: Classifier, limits: FrameLimits
+    data: bytes, classifier: Classifier, limits: FrameLimits, hash_pdq: bool
 ) -> FrameSet | tuple[NDArray[np.float32], PdqHash | None]:
     def prepare(image: Image.Image) -> NDArray[np.float32]:  # looked up only for a multi-frame input
         return classifier.prepare_image(image)
 
+    hasher = hash_frame if hash_pdq else None
     if media_kind(data) == "video":
-        return read_video(data, limits, prepare, hash_frame)
-    frames = read_animation(data, limits, prepare, hash_frame)
-    return frames if frames is not None else prepare_and_hash(classifier, data)  # a still GIF/PNG/WebP
+        return read_video(data, limits, prepare, hasher)
+    frames = read_animation(data, limits, prepare, hasher)
+    return frames if frames is not None else prepare_and_hash(classifier, data, hash_pdq)  # a still GIF/PNG/WebP
 
 
 async def expand_item(
-    fetched: Fetched, classifier: Classifier, pool: Executor, limits: FrameLimits
+    fetched: Fetched, classifier: Classifier, pool: Executor, limits: FrameLimits, *, hash_pdq: bool = True
 ) -> Decoded | DecodedFrames | DeadLettered:
-    """The item's tensors: one for a still image, one per sampled frame for an animation or a video."""
+    """The item's tensors: one for a still image, one per sampled frame for an animation or a video; each
+    PDQ-hashed unless ``hash_pdq`` is false."""
     if media_kind(fetched.data[:16]) == "still":
-        return await decode_image(fetched, classifier, pool)
-    done = await in_decode_pool(fetched, pool, _expand, fetched.data, classifier, limits)
+        return await decode_image(fetched, classifier, pool, hash_pdq=hash_pdq)
+    done = await in_decode_pool(fetched, pool, _expand, fetched.data, classifier, limits, hash_pdq)
     if isinstance(done, DeadLettered):
         return done
     out, times = done

@@ -51,6 +51,7 @@ class FrontHalf:
         pool: Executor,
         fetch_timeout_s: float,
         frames: FrameLimits | None = None,
+        hash_pdq: bool = True,
     ) -> None:
         self.classifier = classifier
         self.fetcher = fetcher
@@ -60,6 +61,8 @@ class FrontHalf:
         self.pool = pool
         self.fetch_timeout_s = fetch_timeout_s
         self.frames = frames or FrameLimits()
+        self.hash_pdq = hash_pdq
+        """PDQ-hash every image and frame (for the hash banks); off when the banks are."""
         self._recent_ids: OrderedDict[str, None] = OrderedDict()
         self._active_ids: set[str] = set()
 
@@ -100,7 +103,7 @@ class FrontHalf:
             if original is not None:
                 verdict = verdict_from_cache(original, parsed.event, sha, timings(fetched.times))
                 return CacheHit(parsed, verdict, original.content_id)
-            return await expand_item(fetched, self.classifier, self.pool, self.frames)
+            return await expand_item(fetched, self.classifier, self.pool, self.frames, hash_pdq=self.hash_pdq)
         except BaseException:
             self._active_ids.discard(event_id)
             raise
@@ -132,7 +135,7 @@ class FrontHalf:
         else:
             fetched = Fetched(parsed, data, sha256_hex(data), "body", parsed.times)
         decoded = fetched if isinstance(fetched, DeadLettered) else await expand_item(
-            fetched, self.classifier, self.pool, self.frames)
+            fetched, self.classifier, self.pool, self.frames, hash_pdq=self.hash_pdq)
         if isinstance(decoded, DeadLettered):
             raise InputError(decoded.dead_letter.reason, decoded.dead_letter.message)
         return decoded

@@ -120,6 +120,7 @@ class Runner:
         on_hold: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.time,
         review: ReviewSettings | None = None,
+        hash_pdq: bool = True,
     ) -> None:
         self.classifier = classifier
         self.info = classifier.info
@@ -156,7 +157,7 @@ class Runner:
         )
         self.front = FrontHalf(
             classifier=classifier, fetcher=fetcher, dedup=dedup, redis=self.redis, cache_key=self.cache_key,
-            pool=self._decode_pool, frames=FrameLimits.from_settings(self.frames),
+            pool=self._decode_pool, frames=FrameLimits.from_settings(self.frames), hash_pdq=hash_pdq,
             fetch_timeout_s=fetch_total_timeout_s or (fetcher.settings.connect_timeout_s
                                                       + fetcher.settings.read_timeout_s + 2.0),
         )
