@@ -9,6 +9,7 @@ from their prediction alone, with no side effects.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -108,8 +109,9 @@ class Completer:
     async def complete(self, group: Group) -> list[tuple[Work, Outcome]]:
         """Every entry of ``group`` with what it ended as (acknowledged, for stream events)."""
         now_s = self._clock()
+        hashes = await _resolve_hashes(group)
         with _timed(group.stage_ms, "bank_match"):
-            banks = self._match(group)
+            banks = self._match(group, hashes)
         out: list[tuple[Work, Outcome]] = [
             (w, _with_banks(banks, i, self._request_outcome(w, group.predicted.get(i))))
             for i, w in enumerate(group.work) if w.request
@@ -178,10 +180,12 @@ class Completer:
         final = await self.emitter.emit(answers, [])
         return out + await self._remember(group, stream, final, {}, {})
 
-    def _match(self, group: Group) -> dict[int, tuple[PdqHash | None, list[BankMatch]]]:
+    def _match(self, group: Group, hashes: Mapping[int, PdqHash | None]) -> dict[int, tuple[PdqHash | None,
+                                                                                        list[BankMatch]]]:
         """The match stage: every predicted entry's PDQ hashes (one per frame of a multi-frame item) against
-        the banks, in one call."""
-        entries = [(i, _item_hashes(p.decoded)) for i, p in group.predicted.items() if isinstance(p, Predicted)]
+        the banks, in one call. ``hashes``: the still images' hashes (:func:`_resolve_hashes`)."""
+        entries = [(i, _item_hashes(p.decoded, hashes.get(i))) for i, p in group.predicted.items()
+                   if isinstance(p, Predicted)]
         entries += [(i, [(None, PdqHash(w.value.verdict.pdq_hash, w.value.verdict.pdq_quality or 0))])
                     for i, w in enumerate(group.work)
                     if isinstance(w.value, CacheHit) and w.value.verdict.pdq_hash is not None]
@@ -277,10 +281,19 @@ class Completer:
 _Banks = dict[int, tuple[PdqHash | None, list[BankMatch]]]
 
 
-def _item_hashes(decoded: Decoded | DecodedFrames) -> ItemHashes:
+def _item_hashes(decoded: Decoded | DecodedFrames, still: PdqHash | None) -> ItemHashes:
     if isinstance(decoded, DecodedFrames):
         return [(ref.index, ref.pdq) for ref in decoded.frames.frames]
-    return [(None, decoded.pdq)]
+    return [(None, still)]
+
+
+async def _resolve_hashes(group: Group) -> dict[int, PdqHash | None]:
+    """The PDQ hash of every predicted still image of ``group``, once its pool job is done (it ran while the
+    batch was in inference, so by now it has usually finished)."""
+    stills = [(i, p.decoded) for i, p in group.predicted.items()
+              if isinstance(p, Predicted) and isinstance(p.decoded, Decoded)]
+    found = await asyncio.gather(*(d.hash() for _, d in stills))
+    return {i: h for (i, _), h in zip(stills, found, strict=True)}
 
 
 def _with_banks(banks: _Banks, i: int, answer: Any) -> Any:

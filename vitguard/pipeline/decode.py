@@ -24,11 +24,34 @@ from vitguard.model.types import Classifier
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.results import DeadLettered, Decoded, Fetched, StageTimes
 
-__all__ = ["decode_image", "hash_frame", "in_decode_pool", "prepare_and_hash"]
+__all__ = ["decode_image", "hash_decoded", "hash_frame", "in_decode_pool", "prepare_and_hash", "prepare_decoded"]
 
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def prepare_decoded(classifier: Classifier, data: bytes) -> tuple[NDArray[np.float32], Any]:
+    """The model's input tensor and what to PDQ-hash for the same image: the decoded image when the
+    classifier's preprocessor decodes apart from preprocessing (``decode``, ``from_decoded``, as both of
+    vitguard's do), else the bytes (hashed apart)."""
+    from vitguard.model.base import BaseClassifier
+
+    pre: Any = getattr(classifier, "preprocessor", None)
+    decode, from_decoded = getattr(pre, "decode", None), getattr(pre, "from_decoded", None)
+    own_prepare = isinstance(classifier, BaseClassifier) and type(classifier).prepare is not BaseClassifier.prepare
+    if callable(decode) and callable(from_decoded) and not own_prepare:
+        image = decode(data)
+        tensor: NDArray[np.float32] = from_decoded(image)
+        return tensor, image
+    return classifier.prepare(data), data
+
+
+def hash_decoded(source: Any) -> PdqHash | None:
+    """The PDQ hash of what :func:`prepare_decoded` returned to hash (None when hashing fails)."""
+    if isinstance(source, bytes):
+        return _hash(lambda: PdqSignal.hash_bytes(source))
+    return _hash(lambda: PdqSignal.hash_image(source))
 
 
 def prepare_and_hash(classifier: Classifier, data: bytes, hash_pdq: bool = True) -> tuple[NDArray[np.float32],
@@ -41,17 +64,8 @@ def prepare_and_hash(classifier: Classifier, data: bytes, hash_pdq: bool = True)
     """
     if not hash_pdq:
         return classifier.prepare(data), None
-    from vitguard.model.base import BaseClassifier
-
-    pre: Any = getattr(classifier, "preprocessor", None)
-    decode, from_decoded = getattr(pre, "decode", None), getattr(pre, "from_decoded", None)
-    own_prepare = isinstance(classifier, BaseClassifier) and type(classifier).prepare is not BaseClassifier.prepare
-    if callable(decode) and callable(from_decoded) and not own_prepare:
-        image = decode(data)
-        tensor: NDArray[np.float32] = from_decoded(image)
-        return tensor, _hash(lambda: PdqSignal.hash_image(image))
-    tensor = classifier.prepare(data)
-    return tensor, _hash(lambda: PdqSignal.hash_bytes(data))
+    tensor, source = prepare_decoded(classifier, data)
+    return tensor, hash_decoded(source)
 
 
 def hash_frame(image: Any) -> PdqHash | None:
@@ -96,8 +110,20 @@ async def in_decode_pool(
 async def decode_image(
     fetched: Fetched, classifier: Classifier, pool: Executor, *, hash_pdq: bool = True
 ) -> Decoded | DeadLettered:
-    done = await in_decode_pool(fetched, pool, prepare_and_hash, classifier, fetched.data, hash_pdq)
-    if isinstance(done, DeadLettered):
-        return done
-    (tensor, pdq), times = done
-    return Decoded(fetched.parsed, fetched.sha256, tensor, times, ready_at=time.perf_counter(), pdq=pdq)
+    """The tensor on the critical path; the PDQ hash of the same decoded image as a second pool job, so that it
+    runs while the batch is in inference (the match stage awaits it)."""
+    if not hash_pdq:
+        done = await in_decode_pool(fetched, pool, classifier.prepare, fetched.data)
+        if isinstance(done, DeadLettered):
+            return done
+        tensor, times = done
+        return Decoded(fetched.parsed, fetched.sha256, tensor, times, ready_at=time.perf_counter())
+    prepared = await in_decode_pool(fetched, pool, prepare_decoded, classifier, fetched.data)
+    if isinstance(prepared, DeadLettered):
+        return prepared
+    (tensor, source), times = prepared
+    try:
+        pending = asyncio.wrap_future(pool.submit(hash_decoded, source))
+    except RuntimeError:  # the pool is shutting down: the image goes on unhashed
+        pending = None
+    return Decoded(fetched.parsed, fetched.sha256, tensor, times, ready_at=time.perf_counter(), pdq_pending=pending)

@@ -8,6 +8,7 @@ redelivery, or a second copy of an event id).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -90,7 +91,29 @@ class Decoded:
     ready_at: float = 0.0
     """perf_counter() when it joined the ready queue (batch wait)."""
     pdq: PdqHash | None = None
-    """The PDQ hash of the same decoded pixels (hash banks); None when hashing is off or failed."""
+    """The PDQ hash of the same decoded pixels (hash banks); None when hashing is off or failed, or while it
+    is still ``pdq_pending``."""
+    pdq_pending: asyncio.Future[PdqHash | None] | None = field(default=None, compare=False, repr=False)
+    """The hash, still being computed in the decode pool (it overlaps inference); see :meth:`hash`."""
+
+    async def hash(self) -> PdqHash | None:
+        """The PDQ hash, once computed (None when hashing was off or failed)."""
+        fut = self.pdq_pending
+        if fut is None:
+            return self.pdq
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.cancelled() and not _cancelling():  # the pool shut down under it: no hash, not our cancel
+                return None
+            raise
+        except RuntimeError:  # a pool that refused the job at shutdown
+            return None
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 @dataclass(frozen=True)
