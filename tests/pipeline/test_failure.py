@@ -34,6 +34,25 @@ async def test_redis_failure_returns_the_default_and_skips_redis_for_a_while() -
     assert calls == 1 and health.redis_error and "redis down" in health.redis_error
 
 
+async def test_calls_in_flight_when_redis_goes_away_log_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    policy = RedisPolicy(HealthState(), skip_s=60)
+    gate = asyncio.Event()
+
+    async def failing() -> set[str]:
+        await gate.wait()
+        raise ConnectionError("connection refused")
+
+    calls = [asyncio.ensure_future(policy.call("seen_events", failing, set())) for _ in range(30)]
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="vitguard.pipeline.failure"):
+        gate.set()
+        assert await asyncio.gather(*calls) == [set()] * 30
+    assert len([r for r in caplog.records if "going on without it" in r.getMessage()]) == 1
+
+
 async def test_milvus_holds_until_it_answers_pausing_and_resuming_consumption() -> None:
     health = HealthState()
     holds: list[bool] = []

@@ -77,10 +77,12 @@ class RedisPolicy:
             raise
         except Exception as exc:
             metrics.STORE_ERRORS.labels("redis", op).inc()
-            self._skip_until = time.monotonic() + self._skip_s
+            now = time.monotonic()
+            first = now >= self._skip_until  # calls in flight when Redis went away fail together: log once
+            self._skip_until = now + self._skip_s
             self._health.redis_degraded_until = self._skip_until
             self._health.redis_error = f"{op}: {type(exc).__name__}: {exc}"[:300]
-            _log.warning(
+            (_log.warning if first else _log.debug)(
                 "Redis %s failed (%s); going on without it for %.0fs", op, exc, self._skip_s,
                 extra={"store": "redis", "op": op},
             )
