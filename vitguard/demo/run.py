@@ -144,7 +144,8 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> int:
     with _services(base, echo) as (bootstrap, redis_url, embedded):
         settings = _demo_settings(base, bootstrap, redis_url, embedded, workdir, samples.root, threshold,
                                   options.batch_size)
-        ensure_topics(settings.kafka, settings.topics)
+        ensure_topics(settings.kafka, settings.topics,
+                      extra=[settings.topics.review_requests] if settings.review.enabled else [])
         publish_raw(settings.kafka, settings.topics.images, [(e.key, e.value) for e in samples.events])
         echo(
             f"published {len(samples.events)} events to {settings.topics.images} at {bootstrap} "
