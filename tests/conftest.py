@@ -192,3 +192,13 @@ def sample_photos() -> list[Path]:
     photos = [data_dir / n for n in names if (data_dir / n).exists()]
     assert len(photos) >= 4, f"scikit-image sample photos missing under {data_dir}"
     return photos
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Any]]:
+    """Worker processes (:class:`~vitguard.testing.worker.WorkerProcess`) a test started; every one is killed
+    when it ends, whatever happened."""
+    started: list[Any] = []
+    yield started
+    for worker in started:
+        worker.kill()

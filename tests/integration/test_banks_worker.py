@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,6 @@ from vitguard.testing.worker import OutputReader, WorkerProcess, publish_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.kill()
 
 
 def test_entries_added_and_removed_while_the_worker_runs_apply_to_the_next_uploads(

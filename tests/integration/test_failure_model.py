@@ -36,14 +36,6 @@ FAULT_WORKER = Path(__file__).parents[1] / "faults" / "fault_worker.py"
 SHUTDOWN_TIMEOUT_S = 8.0
 
 
-@pytest.fixture
-def workers() -> Iterator[list[ChaosWorker]]:
-    """Worker processes a test started; every one is killed when it ends, whatever happened."""
-    started: list[ChaosWorker] = []
-    yield started
-    for worker in started:
-        worker.kill()
-
 
 @pytest.fixture
 def worker_settings(service_settings: Callable[..., Any], new_topic: Callable[..., str],

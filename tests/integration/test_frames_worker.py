@@ -3,7 +3,7 @@ in, verdicts with ``media`` and dead letters with the new reason codes out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,6 @@ from vitguard.testing.worker import OutputReader, WorkerProcess, publish_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.kill()
 
 
 def test_hidden_frames_found_and_bad_videos_dead_lettered(

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 ALL_UNSAFE = {"unsafe_labels": ["SFW", "NSFW"], "unsafe_threshold": 0.0}
 """A test policy that calls every image unsafe, so near-duplicate clustering runs on safe photos."""
 
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    """Worker processes started by a test; all are stopped when it ends, whatever happened."""
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.kill()
 
 
 @pytest.fixture

@@ -70,6 +70,10 @@ def _check(codes: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return codes
 
 
+def _no_hits(queries: NDArray[np.uint8]) -> Hits:
+    return [[] for _ in range(len(queries))]
+
+
 class BruteForceHashIndex:
     """Exact, numpy only; for tests and tiny banks."""
 
@@ -122,7 +126,7 @@ class FaissHashIndex:
     def search(self, queries: NDArray[np.uint8]) -> Hits:
         queries = _check(queries)
         if not self._n or not len(queries):
-            return [[] for _ in range(len(queries))]
+            return _no_hits(queries)
         lims, dist, ids = self._index.range_search(queries, self.max_distance + 1)  # FAISS: distance < radius
         out: Hits = []
         for q in range(len(queries)):
@@ -180,7 +184,7 @@ class MultiIndexHashIndex:
     def search(self, queries: NDArray[np.uint8]) -> Hits:
         queries = _check(queries)
         if not self._n or not len(queries):
-            return [[] for _ in range(len(queries))]
+            return _no_hits(queries)
         group = max(1, _MAX_PROBES // (_MULTIHASH_TABLES * len(self._masks)))  # bounds the probe arrays' memory
         out: Hits = []
         for start in range(0, len(queries), group):
