@@ -124,3 +124,4 @@ def test_liveness_fails_when_wedged_or_fatal_not_when_idle() -> None:
     assert not liveness(h, 1000.0, 120).ok and liveness(h, 100.0, 120).ok
     h.in_flight, h.fatal = 0, "boom"
     assert not liveness(h, 1.0, 120).ok
+

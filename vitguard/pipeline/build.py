@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from vitguard.model.types import Classifier
@@ -11,9 +12,11 @@ from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, WaveCounter
 
 if TYPE_CHECKING:
     from vitguard.fetch import ImageFetcher
-    from vitguard.settings import Settings
+    from vitguard.settings import BatchSettings, Settings
 
-__all__ = ["build_runner"]
+__all__ = ["build_runner", "sized_for_device"]
+
+_log = logging.getLogger(__name__)
 
 
 def build_runner(
@@ -40,8 +43,10 @@ def build_runner(
     t = settings.topics
     if settings.review.enabled:  # review requests: needs `vitguard review topics` first
         kwargs.setdefault("review", settings.review)
+    classifier = classifier or load_classifier(settings.model)
+    batch, max_in_flight = sized_for_device(settings, classifier)
     return Runner(
-        classifier=classifier or load_classifier(settings.model),
+        classifier=classifier,
         fetcher=fetcher or ImageFetcher(settings.fetch),
         index=index or MilvusEmbeddingIndex(settings.milvus),
         dedup=dedup or RedisDedupStore(settings.redis),
@@ -50,11 +55,28 @@ def build_runner(
         topics=topics or OutputTopics(t.verdicts, t.alerts, t.dead_letters,
                                       t.review_requests if settings.review.enabled else ""),
         policy=settings.policy,
-        batch=settings.batch,
+        batch=batch,
         milvus=settings.milvus,
         frames=settings.frames,
         hash_pdq=settings.banks.enabled,
         publish_timeout_s=max(settings.kafka.request_timeout_s, 5.0),
-        max_in_flight=settings.worker.max_in_flight,
+        max_in_flight=max_in_flight,
         **kwargs,
     )
+
+
+def sized_for_device(settings: Settings, classifier: Any) -> tuple[BatchSettings, int]:
+    """The batch settings and in-flight bound for ``classifier``'s device.
+
+    A classifier that prefers larger batches than ``VITGUARD_BATCH_MAX_SIZE`` (the torch backend on CUDA:
+    ``VITGUARD_MODEL_CUDA_BATCH_SIZE``, 256) gets them, with room for two batches in flight, unless the
+    operator set those settings; on the CPU nothing changes.
+    """
+    batch, in_flight = settings.batch, settings.worker.max_in_flight
+    preferred = getattr(classifier, "preferred_batch_size", None)
+    if not isinstance(preferred, int) or preferred <= batch.max_size or "max_size" in batch.model_fields_set:
+        return batch, in_flight
+    if "max_in_flight" not in settings.worker.model_fields_set:
+        in_flight = max(in_flight, 2 * preferred)
+    _log.info("batches of up to %d images for the model's device (%d in flight at most)", preferred, in_flight)
+    return batch.model_copy(update={"max_size": preferred}), in_flight

@@ -1,0 +1,20 @@
+"""Wiring the runner: batch sizes that follow the model's device."""
+
+from __future__ import annotations
+
+
+def test_batches_follow_the_device_unless_the_operator_sized_them() -> None:
+    from types import SimpleNamespace
+
+    from vitguard.pipeline.build import sized_for_device
+    from vitguard.settings import load_settings
+
+    cuda = SimpleNamespace(preferred_batch_size=256)
+    batch, in_flight = sized_for_device(load_settings(), cuda)
+    assert (batch.max_size, in_flight) == (256, 512)
+    batch, in_flight = sized_for_device(load_settings(batch={"max_size": 32}, worker={"max_in_flight": 40}), cuda)
+    assert (batch.max_size, in_flight) == (32, 40)  # set by the operator: kept
+    batch, in_flight = sized_for_device(load_settings(), SimpleNamespace(preferred_batch_size=16))  # torch on CPU
+    assert (batch.max_size, in_flight) == (16, 64)
+    batch, _ = sized_for_device(load_settings(), object())  # ONNX backends have no preference
+    assert batch.max_size == 16
