@@ -11,6 +11,7 @@ Every service is started once per test session, waited for, and stopped at the e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -104,17 +105,17 @@ def milvus_binaries_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
     shutil.rmtree(path, ignore_errors=True)  # pytest keeps old temporary directories; not this much
 
 
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory, milvus_binaries_dir: Path) -> Iterator[Any]:
-    """A real Milvus standalone server (the ``milvus`` package) on a free port, for the whole session.
+@contextlib.contextmanager
+def milvus_server_process(data_dir: Path, binaries_dir: Path, **options: Any) -> Iterator[Any]:
+    """A real Milvus standalone server (the ``milvus`` package) on a free port, in ``data_dir``; thawed (a test
+    may have frozen it) and stopped at the end, without waiting out a slow shutdown (its data is disposable).
 
-    Skipped only when the package is not installed; a server that is installed but does not start fails
-    the tests that use it. Tests that kill or freeze a server start their own (``tests/integration/
-    test_milvus_faults.py``), so this one stays healthy; tests share it through unique collection prefixes.
+    Skips the test only when the package is not installed; a server that is installed but does not start fails
+    it. ``options`` go to :class:`~vitguard.testing.milvus_server.MilvusServerProcess` (``authorization=True``).
     """
     from vitguard.testing.milvus_server import MilvusNotInstalledError, MilvusServerProcess
 
-    server = MilvusServerProcess(tmp_path_factory.mktemp("milvus-server"), binaries_dir=milvus_binaries_dir)
+    server = MilvusServerProcess(data_dir, binaries_dir=binaries_dir, **options)
     try:
         server.start()
     except MilvusNotInstalledError as exc:
@@ -122,7 +123,24 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory, milvus_binaries_dir:
     try:
         yield server
     finally:
-        server.stop(timeout_s=5)  # its data is disposable: do not wait out a slow shutdown
+        server.thaw()
+        server.stop(timeout_s=5)
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory, milvus_binaries_dir: Path) -> Iterator[Any]:
+    """A Milvus server for the whole session. Tests that kill or freeze a server start their own
+    (:func:`own_milvus_server`), so this one stays healthy; tests share it through unique collection prefixes.
+    """
+    with milvus_server_process(tmp_path_factory.mktemp("milvus-server"), milvus_binaries_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def own_milvus_server(tmp_path_factory: pytest.TempPathFactory, milvus_binaries_dir: Path) -> Iterator[Any]:
+    """A Milvus server of this test's own, to kill or freeze; thawed and stopped when the test ends."""
+    with milvus_server_process(tmp_path_factory.mktemp("milvus-own"), milvus_binaries_dir) as server:
+        yield server
 
 
 @pytest.fixture(params=["lite", "server"])

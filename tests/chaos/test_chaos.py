@@ -75,24 +75,9 @@ def redis() -> Iterator[RedisControl]:
         control.stop()
 
 
-@pytest.fixture
-def milvus(tmp_path_factory: pytest.TempPathFactory, milvus_binaries_dir: Path) -> Iterator[Any]:
-    from vitguard.testing.milvus_server import MilvusNotInstalledError, MilvusServerProcess
-
-    server = MilvusServerProcess(tmp_path_factory.mktemp("milvus-chaos"), binaries_dir=milvus_binaries_dir)
-    try:
-        server.start()
-    except MilvusNotInstalledError as exc:
-        pytest.skip(f"no Milvus server to test against: {exc}")
-    try:
-        yield server
-    finally:
-        server.thaw()
-        server.stop(timeout_s=5)
-
-
 def test_chaos(seed: int, service_settings: Callable[..., Any], new_topic: Callable[..., str], tmp_path: Path,
-               redis: RedisControl, milvus: Any) -> None:
+               redis: RedisControl, own_milvus_server: Any) -> None:
+    milvus = own_milvus_server
     began = time.monotonic()
     with ImageServer(hold_s=30.0) as server:
         settings = service_settings(

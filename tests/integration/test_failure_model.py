@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -170,26 +170,10 @@ def test_agent_exception_exits_non_zero_and_a_restarted_worker_answers_every_eve
 # ------------------------------------------------------------------------------------------- 3. hung Milvus
 
 
-@pytest.fixture
-def frozen_milvus(tmp_path_factory: pytest.TempPathFactory, milvus_binaries_dir: Path) -> Iterator[Any]:
-    """A Milvus server of this test's own (it is frozen), thawed and stopped at the end."""
-    from vitguard.testing.milvus_server import MilvusNotInstalledError, MilvusServerProcess
-
-    server = MilvusServerProcess(tmp_path_factory.mktemp("milvus-hang"), binaries_dir=milvus_binaries_dir)
-    try:
-        server.start()
-    except MilvusNotInstalledError as exc:
-        pytest.skip(f"no Milvus server to test against: {exc}")
-    try:
-        yield server
-    finally:
-        server.thaw()
-        server.stop(timeout_s=5)
-
-
 def test_hung_milvus_fails_readiness_and_sigterm_still_stops_the_worker_in_time(
-    worker_settings: Callable[..., Any], tmp_path: Path, workers: list[ChaosWorker], frozen_milvus: Any
+    worker_settings: Callable[..., Any], tmp_path: Path, workers: list[ChaosWorker], own_milvus_server: Any
 ) -> None:
+    frozen_milvus = own_milvus_server  # frozen below, thawed and stopped by the fixture
     settings = worker_settings(milvus={
         "uri": frozen_milvus.uri, "collection_prefix": f"hang_{uuid.uuid4().hex[:8]}_", "call_timeout_s": 2.0,
         "connect_timeout_s": 2.0, "load_timeout_s": 60.0})

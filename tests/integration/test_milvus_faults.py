@@ -23,7 +23,7 @@ from vitguard.errors import ConfigError, ServiceUnavailableError
 from vitguard.model.types import ModelInfo
 from vitguard.settings import MilvusSettings
 from vitguard.stores import EmbeddingRecord, MilvusEmbeddingIndex
-from vitguard.testing.milvus_server import ROOT_TOKEN, MilvusNotInstalledError, MilvusServerProcess
+from vitguard.testing.milvus_server import ROOT_TOKEN, MilvusServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +37,11 @@ BOUND_S = DEADLINE_S * 3 + 5
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, milvus_binaries_dir: Path) -> Iterator[MilvusServerProcess]:
     """This module's own server, with authorization on; tests leave it running (restart it if they kill it)."""
-    process = MilvusServerProcess(
-        tmp_path_factory.mktemp("milvus-faults"), binaries_dir=milvus_binaries_dir, authorization=True
-    )
-    try:
-        process.start()
-    except MilvusNotInstalledError as exc:
-        pytest.skip(f"no Milvus server to test against: {exc}")
-    try:
+    from tests.conftest import milvus_server_process
+
+    with milvus_server_process(tmp_path_factory.mktemp("milvus-faults"), milvus_binaries_dir,
+                               authorization=True) as process:
         yield process
-    finally:
-        process.stop(timeout_s=5)  # its data is disposable: do not wait out a slow shutdown
 
 
 @pytest.fixture

@@ -227,7 +227,9 @@ def test_redelivered_events_get_no_second_verdict(pipeline_settings: Callable[..
                 continue  # web server not up yet
         outputs = out.poll(3.0)
     second.terminate()
-    assert skipped == len(samples.events), second.log_tail()
+    # every event was skipped (a record the consumer delivers twice, e.g. around the group's first rebalance,
+    # is skipped twice: delivery is at least once); what matters is that no event got a second verdict
+    assert skipped >= len(samples.events), second.log_tail()
     assert len(outputs.verdicts) == len(expected)  # still one verdict per event
 
 
