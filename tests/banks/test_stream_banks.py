@@ -128,20 +128,30 @@ async def test_a_cached_verdict_is_matched_against_the_banks_as_they_are_now(
     await processor.close()
 
 
-def test_one_decode_feeds_the_model_and_the_hash_and_no_banks_means_no_hashing(
+async def test_one_decode_feeds_the_model_and_the_hash_and_no_banks_means_no_hashing(
     opennsfw: Any, sample_photos: list[Path]
 ) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
 
-    from vitguard.pipeline.decode import prepare_and_hash
+    from vitguard.pipeline.decode import decode_image
+    from vitguard.pipeline.results import Decoded, Fetched, Parsed, StageTimes
+    from vitguard.pipeline.types import RawMessage
+    from vitguard.schemas.events import ImageEvent
 
     data = sample_photos[0].read_bytes()
-    tensor, pdq = prepare_and_hash(opennsfw, data)
-    assert np.array_equal(tensor, opennsfw.prepare(data))  # the same tensor as the model's own decode
+    event = ImageEvent(event_id="e1", content_id="c1", image_ref="https://example.test/x")
+    fetched = Fetched(Parsed(RawMessage(b"{}", None, "in", 0, 0), event), data, "0" * 64, "http", StageTimes())
+    with ThreadPoolExecutor(2) as pool:
+        hashed = await decode_image(fetched, opennsfw, pool)
+        unhashed = await decode_image(fetched, opennsfw, pool, hash_pdq=False)
+        assert isinstance(hashed, Decoded) and isinstance(unhashed, Decoded)
+        pdq, no_pdq = await hashed.hash(), await unhashed.hash()
+    assert np.array_equal(hashed.tensor, opennsfw.prepare(data))  # the same tensor as the model's own decode
     assert pdq is not None and pdq.hex == PdqSignal.hash_image(opennsfw.preprocessor.decode(data)).hex
     assert PdqSignal.distance(pdq.hex, PdqSignal.hash_bytes(data).hex) <= 12  # close to a full-size hash
-    tensor, pdq = prepare_and_hash(opennsfw, data, hash_pdq=False)
-    assert pdq is None and np.array_equal(tensor, opennsfw.prepare(data))
+    assert no_pdq is None and np.array_equal(unhashed.tensor, opennsfw.prepare(data))
 
 
 async def test_with_the_banks_off_nothing_is_hashed(opennsfw: Any, image_root: Path, sample_photos: list[Path]) -> None:

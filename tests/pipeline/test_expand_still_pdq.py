@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from vitguard.media import FrameLimits
-from vitguard.pipeline.decode import prepare_and_hash
+from vitguard.pipeline.decode import hash_decoded, prepare_decoded
 from vitguard.pipeline.expand import expand_item
 from vitguard.pipeline.results import Decoded, Fetched, Parsed, StageTimes
 from vitguard.pipeline.types import RawMessage
@@ -27,6 +27,8 @@ async def test_a_still_png_gif_or_webp_is_hashed(opennsfw: Any, sample_photos: l
     fetched = Fetched(Parsed(RawMessage(b"{}", None, "in", 0, 0), event), data, "0" * 64, "http", StageTimes())
     with ThreadPoolExecutor(1) as pool:
         result = await expand_item(fetched, opennsfw, pool, FrameLimits())
-    assert isinstance(result, Decoded) and result.pdq is not None
-    _, direct = prepare_and_hash(opennsfw, data)
-    assert direct is not None and result.pdq.hex == direct.hex
+        assert isinstance(result, Decoded)
+        pdq = await result.hash()  # computed in the pool while the batch is in inference
+    assert pdq is not None
+    direct = hash_decoded(prepare_decoded(opennsfw, data)[1])
+    assert direct is not None and pdq.hex == direct.hex

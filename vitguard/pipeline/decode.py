@@ -1,7 +1,8 @@
 """The decode stage: image bytes -> the model's input tensor, in the decode thread pool; or a dead letter.
 
-The PDQ hash for the hash banks is computed in the same pool job, from the same decoded pixels the model
-sees (:func:`prepare_and_hash`); a hashing failure never fails the image, it only leaves ``pdq`` None.
+The PDQ hash for the hash banks is computed from the same decoded pixels the model sees
+(:func:`prepare_decoded`), as a second pool job that overlaps inference (:func:`decoded_with_hash`); a hashing
+failure never fails the image, it only leaves the hash None.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from vitguard.model.types import Classifier
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.results import DeadLettered, Decoded, Fetched, StageTimes
 
-__all__ = ["decode_image", "hash_decoded", "hash_frame", "in_decode_pool", "prepare_and_hash", "prepare_decoded"]
+__all__ = ["decode_image", "decoded_with_hash", "hash_decoded", "in_decode_pool", "prepare_decoded"]
 
 _log = logging.getLogger(__name__)
 
@@ -48,29 +49,11 @@ def prepare_decoded(classifier: Classifier, data: bytes) -> tuple[NDArray[np.flo
 
 
 def hash_decoded(source: Any) -> PdqHash | None:
-    """The PDQ hash of what :func:`prepare_decoded` returned to hash (None when hashing fails)."""
+    """The PDQ hash of what :func:`prepare_decoded` returned to hash, or of a decoded frame of an animation or
+    a video (None when hashing fails)."""
     if isinstance(source, bytes):
         return _hash(lambda: PdqSignal.hash_bytes(source))
     return _hash(lambda: PdqSignal.hash_image(source))
-
-
-def prepare_and_hash(classifier: Classifier, data: bytes, hash_pdq: bool = True) -> tuple[NDArray[np.float32],
-                                                                                           PdqHash | None]:
-    """The model's input tensor and the PDQ hash of one image, decoded once.
-
-    A classifier whose preprocessor decodes apart from preprocessing (``decode`` and ``from_decoded``, as
-    both of vitguard's do) feeds the one decoded image to both; any other is asked for its tensor and the
-    bytes are hashed apart. With ``hash_pdq`` false (no hash banks) nothing is hashed.
-    """
-    if not hash_pdq:
-        return classifier.prepare(data), None
-    tensor, source = prepare_decoded(classifier, data)
-    return tensor, hash_decoded(source)
-
-
-def hash_frame(image: Any) -> PdqHash | None:
-    """The PDQ hash of one decoded frame of an animation or a video (None when hashing fails)."""
-    return _hash(lambda: PdqSignal.hash_image(image))
 
 
 def _hash(compute: Any) -> PdqHash | None:
@@ -110,20 +93,30 @@ async def in_decode_pool(
 async def decode_image(
     fetched: Fetched, classifier: Classifier, pool: Executor, *, hash_pdq: bool = True
 ) -> Decoded | DeadLettered:
-    """The tensor on the critical path; the PDQ hash of the same decoded image as a second pool job, so that it
-    runs while the batch is in inference (the match stage awaits it)."""
+    """The tensor on the critical path; the PDQ hash of the same decoded image as a second pool job (see
+    :func:`decoded_with_hash`)."""
     if not hash_pdq:
         done = await in_decode_pool(fetched, pool, classifier.prepare, fetched.data)
         if isinstance(done, DeadLettered):
             return done
         tensor, times = done
-        return Decoded(fetched.parsed, fetched.sha256, tensor, times, ready_at=time.perf_counter())
+        return decoded_with_hash(fetched, tensor, None, times, pool)
     prepared = await in_decode_pool(fetched, pool, prepare_decoded, classifier, fetched.data)
     if isinstance(prepared, DeadLettered):
         return prepared
     (tensor, source), times = prepared
-    try:
-        pending = asyncio.wrap_future(pool.submit(hash_decoded, source))
-    except RuntimeError:  # the pool is shutting down: the image goes on unhashed
-        pending = None
+    return decoded_with_hash(fetched, tensor, source, times, pool)
+
+
+def decoded_with_hash(fetched: Fetched, tensor: NDArray[np.float32], source: Any, times: StageTimes,
+                      pool: Executor) -> Decoded:
+    """A still image ready for inference, its PDQ hash of ``source`` (from :func:`prepare_decoded`; None: no
+    hashing) submitted to the decode pool so that it runs while the batch is in inference (the match stage
+    awaits it)."""
+    pending = None
+    if source is not None:
+        try:
+            pending = asyncio.wrap_future(pool.submit(hash_decoded, source))
+        except RuntimeError:  # the pool is shutting down: the image goes on unhashed
+            pending = None
     return Decoded(fetched.parsed, fetched.sha256, tensor, times, ready_at=time.perf_counter(), pdq_pending=pending)

@@ -12,17 +12,17 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Executor
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from vitguard.banks.signal import PdqHash
 from vitguard.media import FrameLimits, FrameSet, media_kind
 from vitguard.media.animation import read_animation
 from vitguard.media.video import read_video
 from vitguard.model.types import Classifier
-from vitguard.pipeline.decode import decode_image, hash_frame, in_decode_pool, prepare_and_hash
+from vitguard.pipeline.decode import decode_image, decoded_with_hash, hash_decoded, in_decode_pool, prepare_decoded
 from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Fetched
 
 __all__ = ["expand_item"]
@@ -32,15 +32,19 @@ _log = logging.getLogger(__name__)
 
 def _expand(
     data: bytes, classifier: Classifier, limits: FrameLimits, hash_pdq: bool
-) -> FrameSet | tuple[NDArray[np.float32], PdqHash | None]:
+) -> FrameSet | tuple[NDArray[np.float32], Any]:
+    """The frames of an animation or a video (each hashed), or for a still GIF/PNG/WebP its tensor and what to
+    hash (hashed after, as for any still image: :func:`~vitguard.pipeline.decode.decoded_with_hash`)."""
     def prepare(image: Image.Image) -> NDArray[np.float32]:  # looked up only for a multi-frame input
         return classifier.prepare_image(image)
 
-    hasher = hash_frame if hash_pdq else None
+    hasher = hash_decoded if hash_pdq else None
     if media_kind(data) == "video":
         return read_video(data, limits, prepare, hasher)
     frames = read_animation(data, limits, prepare, hasher)
-    return frames if frames is not None else prepare_and_hash(classifier, data, hash_pdq)  # a still GIF/PNG/WebP
+    if frames is not None:
+        return frames
+    return prepare_decoded(classifier, data) if hash_pdq else (classifier.prepare(data), None)
 
 
 async def expand_item(
@@ -57,5 +61,5 @@ async def expand_item(
     parsed = fetched.parsed
     if isinstance(out, FrameSet):
         return DecodedFrames(parsed, fetched.sha256, out, times, ready_at=time.perf_counter())
-    tensor, pdq = out
-    return Decoded(parsed, fetched.sha256, tensor, times, ready_at=time.perf_counter(), pdq=pdq)
+    tensor, source = out
+    return decoded_with_hash(fetched, tensor, source, times, pool)
