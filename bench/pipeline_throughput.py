@@ -23,7 +23,6 @@ configured ones if they answer (VITGUARD_KAFKA_BOOTSTRAP_SERVERS, VITGUARD_REDIS
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -36,32 +35,12 @@ from typing import Any
 
 import harness
 import numpy as np
-from PIL import Image
 
 from vitguard.consumers.topics import ensure_topics
-from vitguard.demo.samples import photo_bytes
 from vitguard.schemas.events import ImageEvent
 from vitguard.settings import load_settings
 from vitguard.testing import services
 from vitguard.testing.worker import OutputReader, WorkerProcess, publish_raw
-
-
-def _uploads(root: Path, count: int, side: int, seed: int = 0) -> list[Path]:
-    """``count`` distinct JPEG uploads about ``side`` px wide, cut from real photos (no two share bytes)."""
-    rng = np.random.default_rng(seed)
-    photos = [Image.open(io.BytesIO(data)).convert("RGB") for _, data in photo_bytes(6)]
-    root.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        base = photos[i % len(photos)]
-        w, h = base.size
-        dx, dy = int(rng.integers(0, w // 8)), int(rng.integers(0, h // 8))
-        crop = base.crop((dx, dy, w - int(rng.integers(0, w // 8)), h - int(rng.integers(0, h // 8))))
-        crop = crop.resize((side, max(16, side * crop.height // crop.width)))
-        path = root / f"upload-{i:05d}.jpg"
-        crop.save(path, "JPEG", quality=int(rng.integers(75, 95)))
-        paths.append(path)
-    return paths
 
 
 def model_only(classifier: Any, tensors: list[np.ndarray], batch_size: int, images: int) -> tuple[float, float]:
@@ -74,24 +53,6 @@ def model_only(classifier: Any, tensors: list[np.ndarray], batch_size: int, imag
         classifier.predict(stacked)
     n = batches * batch_size
     return n / (time.perf_counter() - started), 1000 * (time.process_time() - cpu_started) / n
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _events(paths: list[Path], tag: str) -> list[tuple[bytes, bytes]]:
-    out = []
-    for i, path in enumerate(paths):
-        event = ImageEvent(content_id=f"{tag}-{i}", image_ref=path.as_uri())
-        out.append((event.content_id.encode(), event.model_dump_json().encode()))
-    return out
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 def main() -> int:
@@ -113,7 +74,7 @@ def main() -> int:
     base = load_settings(model={"spec": args.spec})
     classifier = load_classifier(base.model)
     workdir = Path(tempfile.mkdtemp(prefix="vitguard-bench-"))
-    uploads = _uploads(workdir / "images", args.events + args.latency_events, args.side)
+    uploads = harness.uploads(workdir / "images", args.events + args.latency_events, args.side)
     tensors = [classifier.prepare(p.read_bytes()) for p in uploads[:32]]
     started_at = time.time()
     load_at_start = os.getloadavg()
@@ -149,7 +110,7 @@ def main() -> int:
     try:
         ensure_topics(settings.kafka, settings.topics)
         backlog, steady = uploads[: args.events], uploads[args.events:]
-        publish_raw(settings.kafka, settings.topics.images, _events(backlog, "b"))
+        publish_raw(settings.kafka, settings.topics.images, harness.events(backlog, "b"))
         worker = WorkerProcess(settings, log_path=workdir / "worker.log").start()
         t = settings.topics
         assert worker.process is not None
@@ -162,9 +123,9 @@ def main() -> int:
             while outputs.answered() < len(backlog) and worker.running and time.monotonic() < deadline:
                 outputs = out.poll(0.3)
                 if outputs.answered() and len(cpu_marks) < 2:
-                    cpu_marks.append((outputs.answered(), process_cpu_s(pid)))
+                    cpu_marks.append((outputs.answered(), harness.process_cpu_s(pid)))
                 elif outputs.answered():
-                    cpu_marks[-1] = (outputs.answered(), process_cpu_s(pid))
+                    cpu_marks[-1] = (outputs.answered(), harness.process_cpu_s(pid))
             if outputs.answered() < len(backlog):
                 raise SystemExit(f"worker answered {outputs.answered()}/{len(backlog)}:\n{worker.log_tail()}")
             (n0, cpu0), (n1, cpu1) = cpu_marks[0], cpu_marks[-1]
@@ -227,9 +188,9 @@ def main() -> int:
             "latency": {
                 "events": len(latencies),
                 "rate_events_per_s": round(rate, 2),
-                "p50_ms": round(1000 * _percentile(latencies, 50), 1),
-                "p95_ms": round(1000 * _percentile(latencies, 95), 1),
-                "p99_ms": round(1000 * _percentile(latencies, 99), 1),
+                "p50_ms": round(1000 * harness.percentile(latencies, 50), 1),
+                "p95_ms": round(1000 * harness.percentile(latencies, 95), 1),
+                "p99_ms": round(1000 * harness.percentile(latencies, 99), 1),
                 "batch_max_wait_s": settings.batch.max_wait_s,
             },
             "wall_s": round(time.time() - started_at, 1),
