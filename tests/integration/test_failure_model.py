@@ -79,12 +79,12 @@ def wait_all_answered(out: TimedOutputReader, ledger: Ledger, worker: ChaosWorke
     raise AssertionError(f"{accounting.describe()}; worker running: {worker.running}; log:\n{worker.log_tail()}")
 
 
-def assert_exactly_once(ledger: Ledger, out: TimedOutputReader) -> None:
+def assert_exactly_once(ledger: Ledger, out: TimedOutputReader, log: str = "") -> None:
     accounting = ledger.account(out.outputs)
     print(f"accounting: {accounting.describe()}")
     assert not accounting.lost, accounting.describe()
     assert not accounting.wrong, accounting.describe()
-    assert accounting.duplicates == 0, accounting.describe()
+    assert accounting.duplicates == 0, f"{accounting.describe()}\n{log}"
     verdict_ids = [v.event_id for v in out.outputs.verdicts]
     assert len(verdict_ids) == len(set(verdict_ids))  # no verdict published twice
 
@@ -112,7 +112,7 @@ def test_poison_pills_are_truncated_dead_letters_and_nothing_behind_them_waits(
     assert status == 200, reasons
     assert worker.terminate(timeout_s=SHUTDOWN_TIMEOUT_S + 10) == 0, worker.log_tail()
 
-    assert_exactly_once(ledger, out)
+    assert_exactly_once(ledger, out, worker.log_tail(8000))
     answers = ledger.answers(out.outputs)
     limit = 1024 * 1024
     for p in published:
