@@ -156,12 +156,14 @@ async def test_redelivered_events_get_no_second_verdict(opennsfw: Any, image_roo
     batch = messages([file_ref(image_root, p.name) for p in sample_photos[:3]] + [b"nope"])
     first = await processor.process(batch)
     second = await processor.process(batch + batch[:1])
+    # the same bytes in a new record: the invalid message has no id, so it is dead-lettered again
+    third = await processor.process(messages([b"nope"], start=50))
     await processor.close()
     assert first.answered == 4
-    # valid events are remembered; the invalid message has no id, so it is dead-lettered again
-    assert len(second.verdicts) == 0 and len(second.skipped) == 4
-    assert [d.reason for d in second.dead_letters] == ["invalid_json"]
-    assert len(sink.verdicts) == 3
+    # every record answered before is remembered by its position, the invalid message's too
+    assert len(second.verdicts) == 0 and len(second.skipped) == 5 and second.dead_letters == []
+    assert [d.reason for d in third.dead_letters] == ["invalid_json"]
+    assert len(sink.verdicts) == 3 and len(sink.dead_letters) == 2
 
 
 async def test_near_duplicates_join_one_cluster_and_alert(opennsfw: Any, image_root: Path,

@@ -4,8 +4,11 @@
 Every event runs it on its own task, concurrently with the others, so a slow image holds nobody; what it
 returns (decoded, a cache hit, a dead letter, or skipped) joins the ready queue. The redelivery guard is two
 layers: the ids this worker answered recently or has in flight (in memory; works while Redis is down), then
-Redis (shared by all workers). Only events that got a verdict are remembered, so a re-driven dead letter is
-processed again.
+Redis (shared by all workers). Only events that got a verdict are remembered by id, so a re-driven dead letter
+(a new record with the same id) is processed again. Before both, the records this worker answered recently are
+remembered by position (topic, partition, offset): the same record delivered again (a rewind after a
+rebalance or a pause) is skipped whatever its answer was, including a dead letter for a message with no event
+id (invalid JSON).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Executor
+from typing import Any
 
 from vitguard import metrics
 from vitguard.errors import InputError
@@ -37,6 +41,12 @@ RECENT_EVENT_IDS = 100_000
 """Event ids this worker answered most recently, remembered in memory."""
 
 _CLASSIFY_TOPIC = "(classify)"
+
+
+def _remember(recent: OrderedDict[Any, None], key: Any) -> None:
+    recent[key] = None
+    while len(recent) > RECENT_EVENT_IDS:
+        recent.popitem(last=False)
 
 
 class FrontHalf:
@@ -65,18 +75,22 @@ class FrontHalf:
         """PDQ-hash every image and frame (for the hash banks); off when the banks are."""
         self._recent_ids: OrderedDict[str, None] = OrderedDict()
         self._active_ids: set[str] = set()
+        self._recent_records: OrderedDict[tuple[str, int, int], None] = OrderedDict()
 
-    def settled(self, event_id: str | None, answered: bool) -> None:
-        """The event is out of flight; ``answered`` when it got a verdict (then redeliveries are skipped)."""
+    def settled(self, event_id: str | None, answered: bool, raw: RawMessage | None = None) -> None:
+        """The event is out of flight; ``answered`` when it got a verdict (then redeliveries are skipped).
+        ``raw``: the stream record it came in, now answered (a verdict or a dead letter, acknowledged)."""
+        if raw is not None:
+            _remember(self._recent_records, (raw.topic, raw.partition, raw.offset))
         if event_id is None:
             return
         self._active_ids.discard(event_id)
         if answered:
-            self._recent_ids[event_id] = None
-            while len(self._recent_ids) > RECENT_EVENT_IDS:
-                self._recent_ids.popitem(last=False)
+            _remember(self._recent_ids, event_id)
 
     async def prepare(self, raw: RawMessage, consumed_ms: float | None) -> Ready:
+        if (raw.topic, raw.partition, raw.offset) in self._recent_records:
+            return Skipped(raw, "redelivered")
         parsed = parse(raw, consumed_ms)
         if isinstance(parsed, DeadLettered):
             return parsed
