@@ -194,7 +194,62 @@ def test_topic_partition_is_the_queue_key() -> None:
     assert event(3, 2).message.tp == TP("in", 2)
 
 
-async def test_after_a_rebalance_every_partition_is_rewound_to_its_committed_offset_or_its_beginning() -> None:
+async def test_an_assignment_tells_the_tracker_each_committed_offset_or_beginning_and_seeks_nothing() -> None:
+    """An unconditional rewind at the assignment delivered every record twice at start-up; the tracker is
+    told where each partition starts and only a delivery that skips past it is re-fetched."""
+    from vitguard.consumers.app import expect_from_committed
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.seeks: list[tuple[TP, int]] = []
+
+        async def committed_offsets(self, tps: set[TP]) -> dict[TP, int | None]:
+            table: dict[TP, int | None] = {TP("in", 0): 42, TP("in", 1): None, TP("in", 2): 0}
+            return {tp: table[tp] for tp in tps}
+
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            return {tp: 5 for tp in tps}
+
+        async def seek(self, tp: TP, offset: int) -> None:
+            self.seeks.append((tp, offset))
+
+    consumer = Consumer()
+    told: list[tuple[TP, int]] = []
+    starts = await expect_from_committed(consumer, {TP("in", 0), TP("in", 1), TP("in", 2)},
+                                         on_expect=lambda tp, offset: told.append((tp, offset)))
+    assert starts == {TP("in", 0): 42, TP("in", 1): 5, TP("in", 2): 5}
+    assert sorted(told) == [(TP("in", 0), 42), (TP("in", 1), 5), (TP("in", 2), 5)]
+    assert consumer.seeks == []
+    assert await expect_from_committed(consumer, set(), on_expect=lambda tp, offset: None) == {}
+
+
+def test_an_assigned_partition_expects_its_committed_offset_unless_it_was_delivered_further() -> None:
+    acked: list[int] = []
+    tracker = OffsetTracker(lambda e: acked.append(e.message.offset))
+    fresh, kept, moved = TP("in", 0), TP("in", 1), TP("in", 2)
+    tracker.expect(fresh, 10)  # new to this worker, committed 10
+    first, seek = tracker.add(event(12, fresh.partition))  # 10 and 11 skipped by the fetch: re-fetched
+    assert seek == 10
+    e10, seek = tracker.add(event(10, fresh.partition))
+    assert seek is None
+
+    for offset in range(20, 24):  # delivered up to 23, committed only 20 when the rebalance came
+        tracker.add(event(offset, kept.partition))
+    tracker.expect(kept, 20)
+    assert tracker.expected(kept) == 24  # its own bookkeeping stands: a redelivery of 20..23 is no hole
+    again, seek = tracker.add(event(21, kept.partition))
+    assert seek is None
+    jump, seek = tracker.add(event(26, kept.partition))  # 24, 25 dropped at the generation change
+    assert seek == 24
+
+    tracker.add(event(3, moved.partition))  # delivered up to 3, then another worker committed up to 50
+    tracker.expect(moved, 50)
+    assert tracker.expected(moved) == 50
+    _, seek = tracker.add(event(50, moved.partition))
+    assert seek is None
+
+
+async def test_a_resume_rewinds_every_partition_to_its_committed_offset_or_its_beginning() -> None:
     from vitguard.consumers.app import rewind_to_committed
 
     class Consumer:

@@ -97,3 +97,56 @@ async def test_start_fails_loudly_when_faust_bypasses_the_override(
             await app.start()
     finally:
         await app.stop()
+
+
+def _seeking_app(kafka: KafkaSettings, topic: str, delivered: list[int]) -> Any:
+    app = _app(kafka, f"{topic}-unused")
+    app.agents.clear()
+
+    @app.agent(app.topic(topic, value_type=bytes), name=f"count-{uuid.uuid4().hex[:6]}")
+    async def count(stream: Any) -> None:
+        async for event in stream.events():
+            delivered.append(event.message.offset)
+
+    return app
+
+
+@pytest.mark.integration
+async def test_seeks_from_the_event_loop_never_race_the_fetcher(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """Faust's stock seek called aiokafka from the app's loop while the consumer thread was iterating its
+    fetched records: ``KeyError`` in ``Fetcher.fetched_records``, ``Fetcher: Crashed`` and a worker exit. Ours
+    runs on the consumer thread. Hundreds of seeks during a busy fetch: the fetcher lives and still delivers."""
+    import asyncio
+
+    from faust.types import TP
+
+    from vitguard.testing.worker import publish_raw
+
+    topic = new_topic()
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, fetch_max_wait_ms=5)
+    publish_raw(kafka, topic, [(None, b"x" * 64)] * 3000)
+    delivered: list[int] = []
+    app = _seeking_app(kafka, topic, delivered)
+    await app.start()
+    try:
+        tp = TP(topic, 0)
+        deadline = asyncio.get_running_loop().time() + 30
+        while tp not in app.consumer.assignment() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert tp in app.consumer.assignment()
+        assert await app.consumer.committed_offsets({tp}) == {tp: None}  # nothing committed, nothing moved
+        fetcher = app.consumer._thread._consumer._fetcher
+        for i in range(400):
+            await app.consumer.seek(tp, (i * 7) % 3000)
+            await asyncio.sleep(0.002)
+        assert not app._fetcher.crashed, app._fetcher.crash_reason  # Faust's drain loop
+        assert not fetcher._fetch_task.done(), fetcher._fetch_task  # aiokafka's fetch routine
+        await app.consumer.seek(tp, 2990)
+        seen = len(delivered)
+        while asyncio.get_running_loop().time() < deadline and 2999 not in delivered[seen:]:
+            await asyncio.sleep(0.05)
+        assert 2999 in delivered[seen:]  # the seek took effect and the fetcher still delivers
+    finally:
+        await app.stop()

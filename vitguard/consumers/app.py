@@ -67,6 +67,8 @@ class WorkerRuntime:
     on_fatal: Callable[[BaseException], None] | None = None
     """Set by the worker process: stop with a non-zero exit code. Without one, the error is only logged."""
     agent_runs: int = 0
+    _expected_before_start: dict[Any, int] = field(default_factory=dict)
+    """Start offsets of partitions assigned before the agent made its tracker (applied when it does)."""
     _checks: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
     @property
@@ -86,6 +88,13 @@ class WorkerRuntime:
             _log.critical("worker stopping after a fatal error: %s", self.health.fatal)
             if self.on_fatal is not None:
                 self.on_fatal(exc)
+
+    def expect(self, tp: Any, offset: int) -> None:
+        """A partition was assigned; its delivery starts at ``offset`` (its committed offset), no seek."""
+        if self.tracker is not None:
+            self.tracker.expect(tp, offset)
+        else:
+            self._expected_before_start[tp] = offset
 
     def rewound(self, tp: Any, offset: int) -> None:
         """A partition's fetch position was moved to ``offset`` (a rewind to the committed offset)."""
@@ -279,9 +288,9 @@ def create_app(
         await consume(stream, runtime)
 
     @app.on_partitions_assigned.connect  # type: ignore[misc,arg-type]
-    async def rewind_input(sender: Any, assigned: Any, **_: Any) -> None:
-        await rewind_to_committed(app.consumer, {tp for tp in assigned if tp.topic == topics.images},
-                                  on_rewound=runtime.rewound)
+    async def expect_committed(sender: Any, assigned: Any, **_: Any) -> None:
+        await expect_from_committed(app.consumer, {tp for tp in assigned if tp.topic == topics.images},
+                                    on_expect=runtime.expect)
 
     register_views(app, runtime)
     return app
@@ -309,24 +318,52 @@ async def _input_positions(consumer: Any, topic: str) -> dict[Any, int]:
     return positions
 
 
-async def rewind_to_committed(consumer: Any, assigned: set[Any],
-                              on_rewound: Callable[[Any, int], object] | None = None) -> dict[Any, int]:
-    """After a rebalance, put every assigned input partition at its committed offset (its beginning if none).
-
-    At a generation change Faust drops the records it had fetched but not yet delivered, and it does not always
-    seek a partition it keeps (never one with no committed offset): the fetch position then stays past those
-    records, the next delivered offset looks like a compaction gap, and Faust commits past events never seen.
-    Rewinding to the committed offset redelivers instead: what was in flight is answered once (the redelivery
-    guard skips what already has a verdict), nothing is skipped. Returns each partition's new position.
-    """
-    if not assigned:
-        return {}
-    committed = await consumer.seek_to_committed()
+async def _start_offsets(consumer: Any, assigned: set[Any], committed: dict[Any, Any]) -> dict[Any, int]:
+    """Each partition's committed offset, or its beginning where nothing is committed."""
     positions = {tp: int(committed[tp]) for tp in assigned if committed.get(tp)}
     missing = [tp for tp in assigned if tp not in positions]
     if missing:
         earliest = await consumer.earliest_offsets(*missing)
         positions.update({tp: int(earliest.get(tp) or 0) for tp in missing})
+    return positions
+
+
+async def expect_from_committed(consumer: Any, assigned: set[Any],
+                                on_expect: Callable[[Any, int], object]) -> dict[Any, int]:
+    """After a rebalance, tell the offset tracker where each assigned input partition starts; no seek.
+
+    At a generation change Faust drops the records it had fetched but not yet delivered, and it does not
+    always seek a partition it keeps (never one with no committed offset): the fetch position can then stand
+    past those records. The tracker, told the committed offset, takes the first delivery past it (or past
+    what it was delivered already) for a hole and re-fetches from there; a tail with nothing after it is
+    found by the tail check. A partition whose delivery starts where it should is not sought at all: an
+    unconditional rewind here delivered every record a second time at start-up. Returns the offsets.
+    """
+    if not assigned:
+        return {}
+    committed_offsets = getattr(consumer, "committed_offsets", None)
+    if committed_offsets is None:  # not vitguard's consumer (a test double): nothing to go by
+        return {}
+    positions = await _start_offsets(consumer, assigned, await committed_offsets(assigned))
+    for tp, offset in positions.items():
+        on_expect(tp, offset)
+    _log.info("partitions assigned; input partitions start at their committed offsets: %s",
+              {str(tp): offset for tp, offset in sorted(positions.items(), key=str)})
+    return positions
+
+
+async def rewind_to_committed(consumer: Any, assigned: set[Any],
+                              on_rewound: Callable[[Any, int], object] | None = None) -> dict[Any, int]:
+    """Put every given input partition at its committed offset (its beginning if none), and say so.
+
+    Used when consumption resumes after a Milvus hold: records fetched but not delivered when the pause came
+    may have been dropped with the fetch position already past them. Reading again from the committed offset
+    redelivers them; what was answered already is skipped by the redelivery guard. Returns the new positions.
+    """
+    if not assigned:
+        return {}
+    committed = await consumer.seek_to_committed()
+    positions = await _start_offsets(consumer, assigned, committed)
     for tp, offset in positions.items():
         await consumer.seek(tp, offset)
         if on_rewound is not None:
@@ -432,6 +469,9 @@ async def consume(stream: Any, runtime: WorkerRuntime) -> None:
             asyncio.ensure_future(runtime.accept_gap(tp, start, end))
 
     tracker = OffsetTracker(lambda event: asyncio.ensure_future(stream.ack(event)), on_gap=on_gap)
+    for tp, offset in runtime._expected_before_start.items():
+        tracker.expect(tp, offset)
+    runtime._expected_before_start.clear()
     runtime.tracker = tracker
     runtime.health.agent_running = True
     runner = runtime.runner

@@ -121,6 +121,18 @@ class OffsetTracker:
         part.holes = []
         part.probing = None
 
+    def expect(self, tp: Any, offset: int) -> None:
+        """``tp`` was (re)assigned and its fetch starts at its committed offset ``offset``, with no seek.
+
+        Offsets below ``offset`` are answered (committed). A partition this process has not been delivered up
+        to ``offset`` (new to it, or committed further by another worker since) expects ``offset`` next, so a
+        first delivery past it is a hole and is re-fetched. One delivered further keeps its own bookkeeping:
+        a record delivered again below it is a redelivery, a jump past it still a hole.
+        """
+        part = self._parts.get(tp)
+        if part is None or part.expected is None or part.expected < offset:
+            self.rewound(tp, offset)
+
     def expected(self, tp: Any) -> int | None:
         """The offset the next new record of ``tp`` should have (None before the first delivery or rewind)."""
         part = self._parts.get(tp)

@@ -2,6 +2,10 @@
 
 * *Our* fetch wait (``VITGUARD_KAFKA_FETCH_MAX_WAIT_MS``), below.
 * A pause that drops nothing (:meth:`FetchWaitConsumer.pause_partitions`).
+* Seeks on the consumer's own thread (:meth:`FetchWaitConsumer._seek`): Faust's seek called aiokafka from the
+  event loop while the consumer thread was inside ``Fetcher.fetched_records``, which then deleted a partition's
+  buffered records that the seek had already removed (``KeyError``, ``Fetcher: Crashed``, the worker exits).
+* Committed offsets read without a seek (:meth:`FetchWaitConsumer.committed_offsets`).
 * No read offset (:class:`UntrackedReadOffsets`): Faust drops every delivered record below the last offset
   it read, and takes a jump above it for a gap that commits may pass. After a seek back (a re-fetch of records
   dropped at a rebalance) its drain loop wrote the offset it was delivering over the seek's, so the re-fetched
@@ -179,6 +183,23 @@ class FetchWaitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         self._active_partitions = set(self._get_active_partitions()) - tpset
         self._paused_partitions.update(tpset)
 
+    async def _seek(self, partition: Any, offset: int) -> None:
+        """Move the fetch position on the consumer thread, between two steps of its fetcher.
+
+        Faust's own ``_seek`` calls ``AIOKafkaConsumer.seek`` from the app's event loop, a different thread
+        from the one running the fetcher: the seek drops the partition's buffered records while
+        ``fetched_records`` is iterating them, and the fetcher task crashes on a ``KeyError``. Through the
+        thread's method queue the seek runs on the fetcher's loop, so it can never interleave with it.
+        """
+        thread = self._thread
+        await thread.call_thread(_seek_on_thread, thread, partition, offset)
+
+    async def committed_offsets(self, partitions: Any) -> dict[Any, int | None]:
+        """The group's committed offset of each partition (None where nothing is committed); no seek."""
+        thread = self._thread
+        result: dict[Any, int | None] = await thread.call_thread(_committed_on_thread, thread, list(partitions))
+        return result
+
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         """Faust's guess at a gap is ignored (with no read offset it is not even made): the agent's offset
         tracker checks a jump by re-fetching it and says what it found (:meth:`accept_gap`). Faust's commit
@@ -189,6 +210,15 @@ class FetchWaitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         """Offsets [start, end) of ``tp`` were re-fetched and hold no records: commits may pass over them."""
         if start < end:
             await super()._add_gap(tp, start, end - 1)
+
+
+async def _seek_on_thread(thread: Any, partition: Any, offset: int) -> None:
+    thread._ensure_consumer().seek(partition, offset)
+
+
+async def _committed_on_thread(thread: Any, partitions: list[Any]) -> dict[Any, int | None]:
+    consumer = thread._ensure_consumer()
+    return {tp: await consumer.committed(faust_aiokafka.ensure_aiokafka_TP(tp)) for tp in partitions}
 
 
 class FetchWaitTransport(faust_aiokafka.Transport):  # type: ignore[misc]
@@ -210,6 +240,9 @@ def _check_driver() -> None:
             (faust_aiokafka.AIOKafkaConsumerThread, "on_start"),
             (faust_aiokafka.Consumer, "_new_consumer_thread"),
             (faust_aiokafka.Consumer, "_add_gap"),
+            (faust_aiokafka.Consumer, "_seek"),
+            (faust_aiokafka.AIOKafkaConsumerThread, "call_thread"),
+            (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
         )
         if not callable(getattr(owner, name, None))
     ]
