@@ -150,3 +150,23 @@ async def test_seeks_from_the_event_loop_never_race_the_fetcher(
         assert 2999 in delivered[seen:]  # the seek took effect and the fetcher still delivers
     finally:
         await app.stop()
+
+
+async def test_a_seek_the_consumer_thread_never_carries_out_is_fatal_not_a_stall() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from vitguard.errors import FatalError
+    from vitguard.kafka.faust_consumer import FetchWaitConsumer, SeekTimeoutError
+
+    class StuckThread:
+        async def call_thread(self, fun: Any, *args: Any) -> None:
+            await asyncio.Event().wait()  # the thread's method queue never takes the call
+
+    conf = SimpleNamespace(broker_request_timeout=0.05)
+    stuck = SimpleNamespace(_thread=StuckThread(), app=SimpleNamespace(conf=conf))
+    with pytest.raises(SeekTimeoutError, match="did not seek") as caught:
+        await FetchWaitConsumer._seek(stuck, TP("in", 0), 5)
+    assert isinstance(caught.value, FatalError)

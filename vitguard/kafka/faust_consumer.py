@@ -43,7 +43,7 @@ from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from yarl import URL
 
-from vitguard.errors import ConfigError
+from vitguard.errors import ConfigError, FatalError
 
 __all__ = [
     "FETCH_WAIT_QUERY",
@@ -51,6 +51,7 @@ __all__ = [
     "FetchWaitConsumer",
     "FetchWaitOverrideError",
     "FetchWaitTransport",
+    "SeekTimeoutError",
     "UntrackedReadOffsets",
     "consumer_broker_url",
     "live_fetch_max_wait_ms",
@@ -64,6 +65,10 @@ FETCH_WAIT_QUERY = "fetch_max_wait_ms"
 
 class FetchWaitOverrideError(ConfigError):
     """faust-streaming/aiokafka internals changed: the fetch wait override no longer applies."""
+
+
+class SeekTimeoutError(FatalError):
+    """The consumer thread did not carry out a seek in time: it is stuck, and the worker must not go on."""
 
 
 def consumer_broker_url(bootstrap_servers: str, fetch_max_wait_ms: int) -> str:
@@ -190,9 +195,18 @@ class FetchWaitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         from the one running the fetcher: the seek drops the partition's buffered records while
         ``fetched_records`` is iterating them, and the fetcher task crashes on a ``KeyError``. Through the
         thread's method queue the seek runs on the fetcher's loop, so it can never interleave with it.
+
+        A consumer thread that does not take the call within the broker request timeout is stuck: the
+        seek raises :class:`SeekTimeoutError` (the agent treats it as fatal) rather than stall the partition.
         """
         thread = self._thread
-        await thread.call_thread(_seek_on_thread, thread, partition, offset)
+        timeout_s = float(self.app.conf.broker_request_timeout)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await thread.call_thread(_seek_on_thread, thread, partition, offset)
+        except TimeoutError as exc:
+            raise SeekTimeoutError(
+                f"the consumer thread did not seek {partition} to {offset} within {timeout_s:g} s") from exc
 
     async def committed_offsets(self, partitions: Any) -> dict[Any, int | None]:
         """The group's committed offset of each partition (None where nothing is committed); no seek."""
