@@ -5,9 +5,11 @@ how to turn pixels into a signal string, how to validate one that came from else
 and how far apart two signals are. vitguard has one today, :class:`PdqSignal` (Meta's PDQ photo hash); a
 second (e.g. a video hash) would be another subclass, with banks keyed by signal type.
 
-PDQ strings are the 64-character lower-case hex that ThreatExchange, HMA and the reference tools exchange:
-bit ``i`` of ``pdqhash.compute``'s vector is bit ``7 - i % 8`` of byte ``i // 8`` (the first bit is the
-most significant bit of the first hex digit), exactly as python-threatexchange's ``pdq_hasher`` writes it.
+Hashes come from :mod:`vitguard.banks.pdq` (the reference algorithm in numpy; ``pdqhash``, the C++ reference,
+for images under 64 px a side). PDQ strings are the 64-character lower-case hex that ThreatExchange, HMA and
+the reference tools exchange: bit ``i`` of ``pdqhash.compute``'s vector is bit ``7 - i % 8`` of byte ``i // 8``
+(the first bit is the most significant bit of the first hex digit), exactly as python-threatexchange's
+``pdq_hasher`` writes it.
 """
 
 from __future__ import annotations
@@ -101,11 +103,20 @@ class PdqSignal(SignalType):
 
     @classmethod
     def hash_pixels(cls, rgb: NDArray[np.uint8]) -> PdqHash:
-        """The PDQ hash of an ``H x W x 3`` uint8 RGB array (``pdqhash`` is imported on first use)."""
-        import pdqhash
+        """The PDQ hash of an ``H x W x 3`` uint8 RGB array.
+
+        :func:`vitguard.banks.pdq.pdq_hash` (the reference algorithm in numpy, several times faster and off
+        the GIL) from 64 px a side; below that, where repeated samples make DCT coefficients tie at the
+        median and only the reference's own rounding decides, ``pdqhash`` (the C++ reference itself)."""
+        from vitguard.banks.pdq import MIN_SIDE, pdq_hash
 
         if rgb.ndim == 2:
             rgb = np.repeat(rgb[..., None], 3, axis=2)
+        if min(rgb.shape[:2]) >= MIN_SIDE:
+            signal, quality = pdq_hash(rgb)
+            return PdqHash(signal, quality)
+        import pdqhash
+
         vector, quality = pdqhash.compute(np.ascontiguousarray(rgb[..., :3], dtype=np.uint8))
         packed = np.packbits(np.asarray(vector, dtype=np.uint8))  # bit 0 -> MSB of byte 0, as ThreatExchange
         return PdqHash(packed.tobytes().hex(), int(quality))
