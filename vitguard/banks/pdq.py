@@ -58,44 +58,40 @@ def _bounds(n: int, full: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     return np.maximum(0, o - (full - half)), np.minimum(n - 1, o + half - 1)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=256)
 def _sampled_filter(n: int) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
     """The two Jarosz passes along one axis, at PDQ's 64 sample points, as a band: sample i is
-    ``weights[i] @ values[index[i]]``; ``index`` is 64 x L (clipped; a padding weight is 0).
+    ``weights[i] @ values[index[i]]`` (``index`` 64 x L, clipped to the axis; a padding weight is 0).
 
-    The dense 64 x n rows of (box @ box) are built without the n x n matrix: the sampled rows of one box,
-    then the second box applied on the right with a cumulative sum (output o averages inputs lo[o]..hi[o],
-    so input c collects 1/count of each output whose window holds it)."""
+    Sample point p averages box outputs o = lo[p]..hi[p], and each of those averages inputs lo[o]..hi[o]:
+    input c gets ``sum of 1 / (count[p] count[o])`` over the outputs whose window holds it, so the band
+    starts at lo[lo[p]] and is at most ``2 window - 1`` wide. Built in a few array operations (the worker
+    sees images of every size)."""
     full = _window(n)
     lo, hi = _bounds(n, full)
     count = (hi - lo + 1).astype(np.float64)
-    picks = np.array([int((i + 0.5) * n / _SIDE) for i in range(_SIDE)])
-    first = np.zeros((_SIDE, n), dtype=np.float64)
-    for row, p in enumerate(picks):
-        first[row, lo[p]:hi[p] + 1] = 1.0 / count[p]
-    sums = np.concatenate([np.zeros((_SIDE, 1)), np.cumsum(first / count, axis=1)], axis=1)
-    c = np.arange(n)
-    half = (full + 2) // 2
-    first_o, last_o = np.maximum(0, c - half + 1), np.minimum(n - 1, c + (full - half))
-    dense = sums[:, last_o + 1] - sums[:, first_o]
-    dense[np.abs(dense) < 1e-12] = 0.0  # cumulative-sum residue outside the band
-    support = [np.flatnonzero(row) for row in dense]
-    width = max(len(cols) for cols in support)
-    index = np.zeros((_SIDE, width), dtype=np.intp)
-    weights = np.zeros((_SIDE, width), dtype=np.float32)
-    for row, cols in enumerate(support):
-        index[row, :len(cols)] = cols
-        weights[row, :len(cols)] = dense[row, cols]
-    return index, weights
+    picks = ((np.arange(_SIDE) + 0.5) * n / _SIDE).astype(np.intp)
+    width = 2 * full - 1
+    start = lo[lo[picks]]  # (64,)
+    outputs = lo[picks][:, None] + np.arange(full)[None, :]  # (64, K): the first box's outputs, padded
+    valid = outputs <= hi[picks][:, None]
+    outputs = np.minimum(outputs, n - 1)
+    share = np.where(valid, 1.0 / (count[picks][:, None] * count[outputs]), 0.0)  # (64, K)
+    column = start[:, None] + np.arange(width)[None, :]  # (64, L)
+    inside = (lo[outputs][:, :, None] <= column[:, None, :]) & (column[:, None, :] <= hi[outputs][:, :, None])
+    weights = (share[:, :, None] * inside).sum(axis=1)  # (64, L)
+    return np.minimum(column, n - 1), weights.astype(np.float32)
 
 
-def _filter_rows(luma: NDArray[np.float32]) -> NDArray[np.float32]:
-    """64 x W: the row-axis passes at the 64 sample rows (elementwise numpy: no BLAS thread pool, whose
-    spinning threads cost a 2-core worker a third of its throughput next to the model's own threads)."""
-    index, weights = _sampled_filter(luma.shape[0])
-    out = np.empty((_SIDE, luma.shape[1]), dtype=np.float32)
+def _filter_rows(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """64 x W x C: the row-axis passes at the 64 sample rows, on the pixels as they are (luma is linear, so
+    it is taken after, on 64 rows instead of all). Elementwise numpy: no BLAS thread pool, whose spinning
+    threads cost a 2-core worker a third of its throughput next to the model's own threads."""
+    index, weights = _sampled_filter(rgb.shape[0])
+    out = np.empty((_SIDE, *rgb.shape[1:]), dtype=np.float32)
+    extra = (None,) * (rgb.ndim - 1)
     for i in range(_SIDE):
-        out[i] = (luma[index[i]] * weights[i][:, None]).sum(axis=0)
+        np.sum(rgb[index[i]] * weights[i][(slice(None), *extra)], axis=0, out=out[i])
     return out
 
 
@@ -125,12 +121,10 @@ def _quality(block: NDArray[np.float64]) -> int:
 def pdq_bits(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.bool_], int]:
     """PDQ bits ``k = 0..255`` (``k = 16 i + j`` of the 16 x 16 DCT block) and the quality, of an
     ``H x W x 3`` uint8 RGB array (a ``H x W`` array is taken as grey)."""
-    if rgb.ndim == 2:
-        luma = rgb.astype(np.float32)
-    else:
-        pixels = rgb[..., :3].astype(np.float32)  # converted once: uint8 times a float scalar converts per op
-        luma = pixels[..., 0] * _LUMA[0] + pixels[..., 1] * _LUMA[1] + pixels[..., 2] * _LUMA[2]
-    block = _filter_cols(_filter_rows(luma), luma.shape[1])
+    rows = _filter_rows(rgb if rgb.ndim == 2 else rgb[..., :3])
+    if rows.ndim == 3:
+        rows = rows[..., 0] * _LUMA[0] + rows[..., 1] * _LUMA[1] + rows[..., 2] * _LUMA[2]
+    block = _filter_cols(rows, rgb.shape[1])
     quality = _quality(block)
     coefficients = (_DCT @ block @ _DCT.T).ravel()  # 16 x 64 x 64: under OpenBLAS's threading threshold
     median = np.partition(coefficients, 127)[127]  # Torben's median of 256 values: the 128th smallest
