@@ -318,8 +318,9 @@ async def _input_positions(consumer: Any, topic: str) -> dict[Any, int]:
     return positions
 
 
-async def _start_offsets(consumer: Any, assigned: set[Any], committed: dict[Any, Any]) -> dict[Any, int]:
-    """Each partition's committed offset, or its beginning where nothing is committed."""
+async def _start_offsets(consumer: Any, assigned: set[Any]) -> dict[Any, int]:
+    """Each partition's committed offset, or its beginning where nothing is committed (read, no seek)."""
+    committed = await consumer.committed_offsets(assigned)
     positions = {tp: int(committed[tp]) for tp in assigned if committed.get(tp)}
     missing = [tp for tp in assigned if tp not in positions]
     if missing:
@@ -341,10 +342,7 @@ async def expect_from_committed(consumer: Any, assigned: set[Any],
     """
     if not assigned:
         return {}
-    committed_offsets = getattr(consumer, "committed_offsets", None)
-    if committed_offsets is None:  # not vitguard's consumer (a test double): nothing to go by
-        return {}
-    positions = await _start_offsets(consumer, assigned, await committed_offsets(assigned))
+    positions = await _start_offsets(consumer, assigned)
     for tp, offset in positions.items():
         on_expect(tp, offset)
     _log.info("partitions assigned; input partitions start at their committed offsets: %s",
@@ -362,8 +360,7 @@ async def rewind_to_committed(consumer: Any, assigned: set[Any],
     """
     if not assigned:
         return {}
-    committed = await consumer.seek_to_committed()
-    positions = await _start_offsets(consumer, assigned, committed)
+    positions = await _start_offsets(consumer, assigned)
     for tp, offset in positions.items():
         await consumer.seek(tp, offset)
         if on_rewound is not None:
