@@ -4,17 +4,19 @@ Measures, in this order and in one process tree:
 
 1. **model-only**: ``classifier.predict`` on already-prepared tensors at several batch sizes (images/s);
    the best batch size is kept;
-2. **end-to-end throughput**: a backlog of distinct JPEG uploads (``file://`` refs, no cache hits) is
-   published, a real ``vitguard worker`` process (batch size = the best one) consumes it against the
-   broker, Redis and Milvus Lite; images/s is measured between the first and the last verdict's broker
-   timestamp (the verdicts of the first group, published as that clock starts, not counted), so start-up
-   and the consumer-group join are not counted;
-3. **latency**: events published at a steady rate below that throughput; per event, created_at -> the
-   verdict's broker timestamp (p50/p95/p99);
-4. model-only again at the best batch size, since other processes share this machine's CPUs: the
-   ratio uses the mean of the two model-only measurements. ``cpu_efficiency_ratio`` (model-only CPU
-   per image / the worker process's CPU per image, Milvus Lite included) is the same comparison
-   without the noise of other processes.
+2. a real ``vitguard worker`` process (batch size = the best one) is started against the broker, Redis and
+   Milvus Lite and warmed up (a few events answered: group joined, model and collection loaded); then, with
+   the worker idle, **model-only at the best batch size** again, right before
+3. **end-to-end throughput**: a backlog of distinct JPEG uploads (``file://`` refs, no cache hits) is
+   published and consumed; images/s is measured between the first and the last verdict's broker timestamp
+   (the verdicts of the first group, published as that clock starts, not counted);
+4. **model-only at the best batch size** once more, right after, the worker idle again. This machine's
+   CPUs are shared with other tenants and their speed drifts by tens of percent over a minute, so the ratio
+   divides by the mean of the two measurements adjacent to the end-to-end phase (``model_only_adjacent``);
+   ``cpu_efficiency_ratio`` (model-only CPU per image / the worker process's CPU per image, Milvus Lite
+   included) is the same comparison without the drift;
+5. **latency**: events published at a steady rate below that throughput; per event, created_at -> the
+   verdict's broker timestamp (p50/p95/p99).
 
 Run: ``.venv/bin/python bench/pipeline_throughput.py [--events 400] [--spec opennsfw]``. Services: the
 configured ones if they answer (VITGUARD_KAFKA_BOOTSTRAP_SERVERS, VITGUARD_REDIS_URL), else embedded.
@@ -60,6 +62,9 @@ def main() -> int:
     parser.add_argument("--spec", default="opennsfw", help="model spec (default opennsfw: offline, real weights)")
     parser.add_argument("--events", type=int, default=400, help="backlog size for the throughput phase")
     parser.add_argument("--latency-events", type=int, default=150, help="events in the steady-rate phase")
+    parser.add_argument("--warmup-events", type=int, default=16, help="events answered before any measurement")
+    parser.add_argument("--adjacent-images", type=int, default=320,
+                        help="images in each model-only measurement next to the end-to-end phase")
     parser.add_argument("--rate-fraction", type=float, default=0.6, help="steady rate / measured throughput")
     parser.add_argument("--batch-sizes", default="1,4,8,16,32")
     parser.add_argument("--side", type=int, default=640, help="upload width in pixels")
@@ -74,7 +79,8 @@ def main() -> int:
     base = load_settings(model={"spec": args.spec})
     classifier = load_classifier(base.model)
     workdir = Path(tempfile.mkdtemp(prefix="vitguard-bench-"))
-    uploads = harness.uploads(workdir / "images", args.events + args.latency_events, args.side)
+    uploads = harness.uploads(workdir / "images", args.warmup_events + args.events + args.latency_events,
+                              args.side)
     tensors = [classifier.prepare(p.read_bytes()) for p in uploads[:32]]
     started_at = time.time()
     load_at_start = os.getloadavg()
@@ -109,31 +115,45 @@ def main() -> int:
     result: dict[str, Any] = {}
     try:
         ensure_topics(settings.kafka, settings.topics)
-        backlog, steady = uploads[: args.events], uploads[args.events:]
-        publish_raw(settings.kafka, settings.topics.images, harness.events(backlog, "b"))
+        w, n = args.warmup_events, args.events
+        warmup, backlog, steady = uploads[:w], uploads[w: w + n], uploads[w + n:]
         worker = WorkerProcess(settings, log_path=workdir / "worker.log").start()
         t = settings.topics
         assert worker.process is not None
         pid = worker.process.pid
         with OutputReader(settings.kafka, verdicts=t.verdicts, alerts=t.alerts, dead_letters=t.dead_letters) as out:
+            publish_raw(settings.kafka, settings.topics.images, harness.events(warmup, "w"))
+            outputs = out.poll_until(lambda o: o.answered() >= len(warmup) or not worker.running, 600)
+            if outputs.answered() < len(warmup):
+                raise SystemExit(f"worker answered {outputs.answered()}/{len(warmup)} warm-up events:\n"
+                                 f"{worker.log_tail()}")
+            out.poll(1.0)  # the warm-up's commits and index writes settle
+            adjacent = [model_only(classifier, tensors, best, images=args.adjacent_images)]
+            base_count = outputs.answered()
+            publish_raw(settings.kafka, settings.topics.images, harness.events(backlog, "b"))
             # worker CPU per image between the first answers and the last (start-up excluded)
             cpu_marks: list[tuple[int, float]] = []
             deadline = time.monotonic() + 900
             outputs = out.outputs
-            while outputs.answered() < len(backlog) and worker.running and time.monotonic() < deadline:
+            while outputs.answered() < base_count + len(backlog) and worker.running and time.monotonic() < deadline:
                 outputs = out.poll(0.3)
-                if outputs.answered() and len(cpu_marks) < 2:
-                    cpu_marks.append((outputs.answered(), harness.process_cpu_s(pid)))
-                elif outputs.answered():
-                    cpu_marks[-1] = (outputs.answered(), harness.process_cpu_s(pid))
-            if outputs.answered() < len(backlog):
-                raise SystemExit(f"worker answered {outputs.answered()}/{len(backlog)}:\n{worker.log_tail()}")
+                done = outputs.answered() - base_count
+                if done and len(cpu_marks) < 2:
+                    cpu_marks.append((done, harness.process_cpu_s(pid)))
+                elif done:
+                    cpu_marks[-1] = (done, harness.process_cpu_s(pid))
+            if outputs.answered() < base_count + len(backlog):
+                raise SystemExit(f"worker answered {outputs.answered() - base_count}/{len(backlog)}:\n"
+                                 f"{worker.log_tail()}")
+            adjacent.append(model_only(classifier, tensors, best, images=args.adjacent_images))
             (n0, cpu0), (n1, cpu1) = cpu_marks[0], cpu_marks[-1]
             e2e_cpu_ms = 1000 * (cpu1 - cpu0) / max(1, n1 - n0)
-            stamps = sorted(outputs.verdict_timestamps_ms)
-            e2e_ips = harness.steady_rate(stamps)  # the first group, published as the clock starts, not counted
+            in_backlog = [(v, ts) for v, ts in zip(outputs.verdicts, outputs.verdict_timestamps_ms, strict=True)
+                          if v.content_id.startswith("b-")]
+            # the first group, published as the clock starts, not counted
+            e2e_ips = harness.steady_rate(sorted(ts for _, ts in in_backlog))
             stage = {
-                k: statistics.mean(getattr(v.timings, k) for v in outputs.verdicts)
+                k: statistics.mean(getattr(v.timings, k) for v, _ in in_backlog)
                 for k in ("fetch_ms", "decode_ms", "infer_ms")
             }
 
@@ -162,9 +182,8 @@ def main() -> int:
                 if v.content_id.startswith("s-") and v.created_at is not None
             ]
         worker.terminate()
-        model_again, model_cpu_again = model_only(classifier, tensors, best, images=max(160, 8 * best))
-        model_ref = (model_ips[best] + model_again) / 2
-        model_cpu_ms = (measured[best][1] + model_cpu_again) / 2
+        model_ref = statistics.mean(ips for ips, _ in adjacent)
+        model_cpu_ms = statistics.mean(cpu for _, cpu in adjacent)
         result = {
             "model": {"spec": args.spec, "name": classifier.info.name, "version": classifier.info.version,
                       "backend": classifier.info.backend},
@@ -173,7 +192,8 @@ def main() -> int:
             "model_only_images_per_s": {str(k): round(v, 2) for k, v in model_ips.items()},
             "best_batch_size": best,
             "pipeline_batch_size": settings.batch.max_size,
-            "model_only_images_per_s_at_best_after": round(model_again, 2),
+            "model_only_adjacent_images_per_s": {"before": round(adjacent[0][0], 2),
+                                                 "after": round(adjacent[1][0], 2)},
             "model_only_reference_images_per_s": round(model_ref, 2),
             "end_to_end": {
                 "events": len(backlog),

@@ -46,8 +46,12 @@ def test_classify_load(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_pipeline_throughput(tmp_path: Path) -> None:
     report = _run(tmp_path, "pipeline_throughput.py", "--events", "48", "--latency-events", "10",
-                  "--batch-sizes", "1,8", "--pipeline-batch-size", "8")
+                  "--batch-sizes", "1,8", "--pipeline-batch-size", "8", "--warmup-events", "4",
+                  "--adjacent-images", "32")
     assert report["end_to_end"]["images_per_s"] > 0 and report["latency"]["events"] == 10
+    assert report["end_to_end"]["events"] == 48, "the warm-up is not counted in the backlog"
+    adjacent = report["model_only_adjacent_images_per_s"]
+    assert adjacent["before"] > 0 and adjacent["after"] > 0
 
 
 @pytest.mark.timeout(200)

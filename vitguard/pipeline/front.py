@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -24,6 +24,7 @@ from vitguard.errors import InputError
 from vitguard.fetch import ImageFetcher
 from vitguard.media import FrameLimits
 from vitguard.model.types import Classifier
+from vitguard.pipeline.coalesce import Coalescer
 from vitguard.pipeline.completion import timings
 from vitguard.pipeline.core import parse_cached_verdict, verdict_from_cache
 from vitguard.pipeline.expand import expand_item
@@ -76,6 +77,19 @@ class FrontHalf:
         self._recent_ids: OrderedDict[str, None] = OrderedDict()
         self._active_ids: set[str] = set()
         self._recent_records: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        # each event asks Redis two questions; concurrent events share one round trip (group commit)
+        self._seen: Coalescer[str, bool] = Coalescer(self._seen_events)
+        self._cached: Coalescer[str, str] = Coalescer(self._cached_verdicts)
+
+    async def _seen_events(self, event_ids: Sequence[str]) -> Mapping[str, bool]:
+        no_ids: set[str] = set()
+        seen = await self.redis.call("seen_events", lambda: self.dedup.seen_events(event_ids), no_ids)
+        return dict.fromkeys(seen, True)
+
+    async def _cached_verdicts(self, sha256s: Sequence[str]) -> Mapping[str, str]:
+        nothing: Mapping[str, str] = {}
+        return await self.redis.call(
+            "cached_verdicts", lambda: self.dedup.cached_verdicts(sha256s, self.cache_key), nothing)
 
     def settled(self, event_id: str | None, answered: bool, raw: RawMessage | None = None) -> None:
         """The event is out of flight; ``answered`` when it got a verdict (then redeliveries are skipped).
@@ -101,21 +115,16 @@ class FrontHalf:
             return Skipped(raw, "repeat" if event_id in self._active_ids else "redelivered")
         self._active_ids.add(event_id)
         try:
-            no_ids: set[str] = set()
-            seen = await self.redis.call("seen_events", lambda: self.dedup.seen_events([event_id]), no_ids)
-            if event_id in seen:
+            if await self._seen.get(event_id):
                 self._active_ids.discard(event_id)
                 return Skipped(raw, "redelivered")
             fetched = await fetch_image(parsed, self.fetcher, self.pool, self.fetch_timeout_s)
             if isinstance(fetched, DeadLettered):
                 return fetched
-            nothing: Mapping[str, str] = {}
-            sha = fetched.sha256
-            cached = await self.redis.call(
-                "cached_verdicts", lambda: self.dedup.cached_verdicts([sha], self.cache_key), nothing)
-            original = parse_cached_verdict(cached[sha]) if sha in cached else None
+            cached = await self._cached.get(fetched.sha256)
+            original = parse_cached_verdict(cached) if cached is not None else None
             if original is not None:
-                verdict = verdict_from_cache(original, parsed.event, sha, timings(fetched.times))
+                verdict = verdict_from_cache(original, parsed.event, fetched.sha256, timings(fetched.times))
                 return CacheHit(parsed, verdict, original.content_id)
             return await expand_item(fetched, self.classifier, self.pool, self.frames, hash_pdq=self.hash_pdq)
         except BaseException:
