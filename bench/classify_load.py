@@ -5,12 +5,13 @@ stream images, at most half of a batch while stream images wait; so neither star
 
 In this order, in one process tree:
 
-1. **reference**: in this process, the model's time for one image (``predict`` on a batch of one) and the
-   decode + preprocess of one upload (``classifier.prepare``), medians;
-2. **idle**: single-image requests over HTTP (JPEG bytes in the body, one at a time, keep-alive, loopback),
-   nothing on the stream: p50/p99 against the target ``p50 <= 1.5 x (model + decode)``;
-3. **stream alone**: a backlog of distinct uploads; the stream's images/s (verdict broker timestamps);
-4. **busy**: the same again while ``--concurrency`` closed-loop clients hammer /classify until the backlog
+1. **idle**: single-image requests over HTTP (JPEG bytes in the body, one at a time, keep-alive, loopback),
+   nothing on the stream: p50/p99 against the target ``p50 <= 1.5 x (model + decode)``. The **reference**
+   (model + decode) is measured in this process right before and right after them, the worker idle: the
+   model's time for one image (``predict`` on a batch of one) and the decode + preprocess of one upload
+   (``classifier.prepare``), medians over both measurements (this host's speed drifts over a minute);
+2. **stream alone**: a backlog of distinct uploads; the stream's images/s (verdict broker timestamps);
+3. **busy**: the same again while ``--concurrency`` closed-loop clients hammer /classify until the backlog
    is answered (at most ``--max-requests``): /classify p50/p99 and requests/s, and the stream's images/s
    while hammered.
 
@@ -122,10 +123,13 @@ def main() -> int:
     classifier = load_classifier(load_settings(model={"spec": args.spec}).model)
     with harness.Bench(prefix="vitguard-classify-") as bench:
         requests = [p.read_bytes() for p in harness.uploads(bench.workdir / "req", 64, args.side, seed=7)]
-        decode_s = [min(timeit(lambda b=b: classifier.prepare(b)) for _ in range(3)) for b in requests[:20]]
         one = classifier.prepare(requests[0])[None]
-        model_one_s = [timeit(lambda: classifier.predict(one)) for _ in range(30)]
-        ref_ms = 1000 * (statistics.median(decode_s) + statistics.median(model_one_s))
+
+        def reference() -> tuple[list[float], list[float]]:
+            """Seconds of decode + preprocess per upload (best of 3 each) and of the model on one image."""
+            decode = [min(timeit(lambda b=b: classifier.prepare(b)) for _ in range(3)) for b in requests[:20]]
+            return decode, [timeit(lambda: classifier.predict(one)) for _ in range(30)]
+
         model_ips = harness.model_only(classifier, [classifier.prepare(b) for b in requests[:16]],
                                        args.batch_size, images=8 * args.batch_size).images_per_s
         backlog_n = int(min(2000, max(6 * args.batch_size, model_ips * args.stream_s)))
@@ -142,6 +146,8 @@ def main() -> int:
             client = Client(port)
             for body in requests[:5]:  # warm-up: first requests pay for lazy set-up
                 client.classify(body)
+            # the reference right before and right after the idle requests: this host's speed drifts
+            before = reference()
             idle: list[float] = []
             idle_parts: list[dict[str, float]] = []
             for i in range(args.idle_requests):
@@ -152,6 +158,9 @@ def main() -> int:
                 idle_parts.append(parts)
                 time.sleep(0.05)  # idle between requests: each one finds the model free
             client.close()
+            after = reference()
+            decode_s, model_one_s = before[0] + after[0], before[1] + after[1]
+            ref_ms = 1000 * (statistics.median(decode_s) + statistics.median(model_one_s))
 
             with bench.reader(settings) as reader:
                 publish_raw(settings.kafka, settings.topics.images, harness.events(alone, "alone"))
@@ -190,6 +199,8 @@ def main() -> int:
             "model_one_image": round(1000 * statistics.median(model_one_s), 2),
             "decode_one_upload": round(1000 * statistics.median(decode_s), 2),
             "sum": round(ref_ms, 2),
+            "sum_before_idle": round(1000 * (statistics.median(before[0]) + statistics.median(before[1])), 2),
+            "sum_after_idle": round(1000 * (statistics.median(after[0]) + statistics.median(after[1])), 2),
         },
         "idle": {"requests": len(idle), **_ms(idle), "mean_timings_ms": _mean(idle_parts)},
         "stream_alone_images_per_s": round(alone_ips, 2),

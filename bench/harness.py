@@ -44,6 +44,8 @@ __all__ = [
     "uploads",
     "wait_answered",
     "wait_answered_cpu",
+    "thread_cpu_s",
+    "by_kind_rounded",
 ]
 
 
@@ -102,6 +104,35 @@ def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of a process, by kind of thread (from ``/proc/PID/task/*``).
+
+    Kinds: the main thread (``event loop``); vitguard's named pools (``vg-decode``, ``vg-infer``,
+    ``vg-milvus``: :mod:`vitguard.pipeline.pools`); ``unnamed``: threads with the process's own name, which in
+    the worker are onnxruntime's intra-op pool (its work is inference) and Python's own threads (Faust's,
+    asyncio's executors: a few percent of a core in all); anything else by the name its native library gave it,
+    digits dropped.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    task = Path(f"/proc/{pid}/task")
+    main_name = (task / str(pid) / "comm").read_text().strip()
+    out: dict[str, float] = {}
+    for entry in task.iterdir():
+        try:
+            name = (entry / "comm").read_text().strip()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if entry.name == str(pid):
+            kind = "event loop"
+        elif name == main_name:
+            kind = "unnamed"
+        else:
+            kind = name.rstrip("0123456789").rstrip("_-") or name
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -256,21 +287,31 @@ def wait_answered(reader: OutputReader, count: int, timeout_s: float, worker: An
     return outputs
 
 
-def wait_answered_cpu(reader: OutputReader, count: int, timeout_s: float, worker: Any) -> tuple[Outputs, float]:
-    """:func:`wait_answered`, plus the worker process's CPU ms per answer between the first answers and the
-    last (start-up excluded; all its threads, not the services it talks to)."""
+def wait_answered_cpu(
+    reader: OutputReader, count: int, timeout_s: float, worker: Any
+) -> tuple[Outputs, float, dict[str, float]]:
+    """:func:`wait_answered`, plus the worker process's CPU ms per answer between the first answer after the
+    call and the last (start-up and earlier answers excluded; all its threads, not the services it talks to),
+    in all and by kind of thread (:func:`thread_cpu_s`)."""
     pid = worker.process.pid
     deadline = time.monotonic() + timeout_s
     outputs = reader.outputs
-    first: tuple[int, float] | None = None
+    before = outputs.answered()
+    first: tuple[int, float, dict[str, float]] | None = None
     while outputs.answered() < count and time.monotonic() < deadline and worker.running:
         outputs = reader.poll(0.2)
-        if first is None and outputs.answered():
-            first = (outputs.answered(), process_cpu_s(pid))
+        if first is None and outputs.answered() > before:
+            first = (outputs.answered(), process_cpu_s(pid), thread_cpu_s(pid))
     if outputs.answered() < count or first is None:
         raise SystemExit(f"worker answered {outputs.answered()}/{count}:\n{worker.log_tail()}")
-    done = outputs.answered() - first[0]
-    return outputs, 1000 * (process_cpu_s(pid) - first[1]) / max(1, done)
+    done = max(1, outputs.answered() - first[0])
+    by_thread = {k: 1000 * (v - first[2].get(k, 0.0)) / done for k, v in thread_cpu_s(pid).items()}
+    return outputs, 1000 * (process_cpu_s(pid) - first[1]) / done, by_kind_rounded(by_thread)
+
+
+def by_kind_rounded(ms: dict[str, float]) -> dict[str, float]:
+    """CPU ms per image by kind of thread, largest first, under 0.05 ms left out."""
+    return {k: round(v, 2) for k, v in sorted(ms.items(), key=lambda kv: -kv[1]) if v >= 0.05}
 
 
 def mean_timings(verdicts: Sequence[Any]) -> dict[str, float]:

@@ -4,15 +4,19 @@ and a PNG plot (latency against throughput).
 In this order, in one process tree:
 
 1. **model-only**: ``classifier.predict`` over full batches (``--batch-size``, the worker's
-   ``VITGUARD_BATCH_MAX_SIZE``): the median time of one full batch, and images/s from it;
-2. **saturation**: a backlog of distinct JPEG uploads (``file://`` refs, no cache hits) is published before
-   a real ``vitguard worker`` starts; its throughput (between the first and the last verdict's broker
-   timestamp, the first batch not counted) is the measured maximum, and its ratio to model-only the
-   end-to-end efficiency;
-3. **offered load**: events published open-loop, evenly spaced, at 1 event/s and then at 10, 25, 50, 75 and
+   ``VITGUARD_BATCH_MAX_SIZE``): the median time of one full batch, and images/s from it (this one only
+   sizes the backlog);
+2. a real ``vitguard worker`` starts and answers a few warm-up events (group joined, model and collection
+   loaded); with it idle, **model-only** again, right before
+3. **saturation**: a backlog of distinct JPEG uploads (``file://`` refs, no cache hits) is published; its
+   throughput (between the first and the last verdict's broker timestamp, the first batch not counted) is
+   the measured maximum;
+4. **model-only** once more, right after, the worker idle. This machine's CPUs are shared and their speed
+   drifts by tens of percent over a minute: the references (images/s for the saturation ratio, one full
+   batch's time for the 50 % target) are the mean of the two measurements adjacent to the saturation phase;
+5. **offered load**: events published open-loop, evenly spaced, at 1 event/s and then at 10, 25, 50, 75 and
    90% of the measured maximum; at each point, per event, ``created_at`` (set right before the event is
-   sent) -> the verdict record's broker timestamp (CreateTime: when the worker produced it), p50/p95/p99;
-4. model-only again (other processes share the CPUs): the references are the mean of both measurements.
+   sent) -> the verdict record's broker timestamp (CreateTime: when the worker produced it), p50/p95/p99.
 
 Run: ``.venv/bin/python bench/latency.py [--spec opennsfw | --spec timm:vit_tiny_patch16_384]``. Needs
 matplotlib for the plot (the ``train`` extra; ``dev`` includes it).
@@ -103,13 +107,14 @@ def main() -> int:
     result: dict[str, Any] = {}
     with harness.Bench() as bench:
         sample = harness.uploads(bench.workdir / "images", 32, args.side, start=90_000)
+        warmup = harness.uploads(bench.workdir / "images", 16, args.side, start=95_000)
         tensors = [classifier.prepare(p.read_bytes()) for p in sample]
-        before = harness.model_only(classifier, tensors, batch_size, images=max(8 * batch_size, 96))
-        backlog_n = int(min(2000, max(10 * batch_size, before.images_per_s * args.saturation_s)))
+        first = harness.model_only(classifier, tensors, batch_size, images=max(8 * batch_size, 96))
+        backlog_n = int(min(2000, max(10 * batch_size, first.images_per_s * args.saturation_s)))
         backlog = harness.uploads(bench.workdir / "images", backlog_n, args.side)
         # the points' events at the largest rate the backlog could show (model-only), so uploads never run short
         wanted = [max(args.min_events, int(args.point_s)), *(
-            max(args.min_events, int(1.25 * f * before.images_per_s * args.point_s)) for f in LOAD_FRACTIONS)]
+            max(args.min_events, int(1.25 * f * first.images_per_s * args.point_s)) for f in LOAD_FRACTIONS)]
         points_paths = []
         next_index = backlog_n
         for n in wanted:
@@ -118,12 +123,18 @@ def main() -> int:
 
         settings = bench.settings(spec=args.spec, batch_size=batch_size, partitions=args.partitions)
         ensure_topics(settings.kafka, settings.topics)
-        publish_raw(settings.kafka, settings.topics.images, harness.events(backlog, "sat"))
         worker = WorkerProcess(settings, log_path=bench.workdir / "worker.log").start()
         points: list[dict[str, Any]] = []
         try:
             with bench.reader(settings) as reader, harness.quiet_producer(settings) as producer:
-                outputs, sat_cpu_ms = harness.wait_answered_cpu(reader, backlog_n, 900, worker)
+                publish_raw(settings.kafka, settings.topics.images, harness.events(warmup, "warm"))
+                harness.wait_answered(reader, len(warmup), 600, worker)
+                reader.poll(1.0)  # the warm-up's commits and index writes settle
+                before = harness.model_only(classifier, tensors, batch_size, images=max(8 * batch_size, 96))
+                publish_raw(settings.kafka, settings.topics.images, harness.events(backlog, "sat"))
+                outputs, sat_cpu_ms, sat_by_thread = harness.wait_answered_cpu(
+                    reader, len(warmup) + backlog_n, 900, worker)
+                after = harness.model_only(classifier, tensors, batch_size, images=max(8 * batch_size, 96))
                 sat = harness.tagged(outputs, "sat")
                 sat_ips = harness.steady_rate([ts for _, ts in sat])
                 sat_timings = harness.mean_timings([v for v, _ in sat])
@@ -150,7 +161,6 @@ def main() -> int:
                     print(f"{label}: {points[-1]['latency']}", file=sys.stderr)
         finally:
             worker.terminate()
-        after = harness.model_only(classifier, tensors, batch_size, images=max(8 * batch_size, 96))
 
     model_ips = statistics.mean([before.images_per_s, after.images_per_s])
     full_batch_ms = statistics.mean([before.batch_ms, after.batch_ms])
@@ -177,6 +187,7 @@ def main() -> int:
         "model_only": {
             "images_per_s": round(model_ips, 2),
             "images_per_s_before_after": [round(before.images_per_s, 2), round(after.images_per_s, 2)],
+            "images_per_s_at_start": round(first.images_per_s, 2),
             "full_batch_ms": round(full_batch_ms, 1),
             "cpu_ms_per_image": round(statistics.mean([before.cpu_ms_per_image, after.cpu_ms_per_image]), 2),
         },
@@ -189,6 +200,7 @@ def main() -> int:
             "cpu_efficiency_ratio": round(statistics.mean([before.cpu_ms_per_image, after.cpu_ms_per_image])
                                           / sat_cpu_ms, 3),
             "mean_timings_ms": sat_timings,
+            "worker_cpu_ms_per_image_by_thread": sat_by_thread,
         },
         "points": points,
         "targets": targets,

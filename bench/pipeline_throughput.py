@@ -14,7 +14,9 @@ Measures, in this order and in one process tree:
    CPUs are shared with other tenants and their speed drifts by tens of percent over a minute, so the ratio
    divides by the mean of the two measurements adjacent to the end-to-end phase (``model_only_adjacent``);
    ``cpu_efficiency_ratio`` (model-only CPU per image / the worker process's CPU per image, Milvus Lite
-   included) is the same comparison without the drift;
+   included) is the same comparison without the drift, and ``worker_cpu_ms_per_image_by_thread`` says where
+   the worker's CPU went (``harness.thread_cpu_s``: inference is ``vg-infer`` plus onnxruntime's unnamed
+   pool threads; the front half's decode, preprocessing and PDQ hash are ``vg-decode``);
 5. **latency**: events published at a steady rate below that throughput; per event, created_at -> the
    verdict's broker timestamp (p50/p95/p99).
 
@@ -133,6 +135,7 @@ def main() -> int:
             publish_raw(settings.kafka, settings.topics.images, harness.events(backlog, "b"))
             # worker CPU per image between the first answers and the last (start-up excluded)
             cpu_marks: list[tuple[int, float]] = []
+            thread_marks: list[dict[str, float]] = []
             deadline = time.monotonic() + 900
             outputs = out.outputs
             while outputs.answered() < base_count + len(backlog) and worker.running and time.monotonic() < deadline:
@@ -140,14 +143,18 @@ def main() -> int:
                 done = outputs.answered() - base_count
                 if done and len(cpu_marks) < 2:
                     cpu_marks.append((done, harness.process_cpu_s(pid)))
+                    thread_marks.append(harness.thread_cpu_s(pid))
                 elif done:
                     cpu_marks[-1] = (done, harness.process_cpu_s(pid))
+                    thread_marks[-1] = harness.thread_cpu_s(pid)
             if outputs.answered() < base_count + len(backlog):
                 raise SystemExit(f"worker answered {outputs.answered() - base_count}/{len(backlog)}:\n"
                                  f"{worker.log_tail()}")
             adjacent.append(model_only(classifier, tensors, best, images=args.adjacent_images))
             (n0, cpu0), (n1, cpu1) = cpu_marks[0], cpu_marks[-1]
             e2e_cpu_ms = 1000 * (cpu1 - cpu0) / max(1, n1 - n0)
+            by_thread = {k: 1000 * (v - thread_marks[0].get(k, 0.0)) / max(1, n1 - n0)
+                         for k, v in thread_marks[-1].items()}
             in_backlog = [(v, ts) for v, ts in zip(outputs.verdicts, outputs.verdict_timestamps_ms, strict=True)
                           if v.content_id.startswith("b-")]
             # the first group, published as the clock starts, not counted
@@ -204,6 +211,7 @@ def main() -> int:
                 "worker_cpu_ms_per_image": round(e2e_cpu_ms, 2),
                 "model_only_cpu_ms_per_image": round(model_cpu_ms, 2),
                 "cpu_efficiency_ratio": round(model_cpu_ms / e2e_cpu_ms, 3),
+                "worker_cpu_ms_per_image_by_thread": harness.by_kind_rounded(by_thread),
             },
             "latency": {
                 "events": len(latencies),

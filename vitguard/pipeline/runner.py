@@ -31,7 +31,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from vitguard import metrics
@@ -46,6 +45,7 @@ from vitguard.pipeline.emit import Emitter
 from vitguard.pipeline.failure import Backoff, MilvusPolicy, PublishPolicy, RedisPolicy
 from vitguard.pipeline.front import FrontHalf
 from vitguard.pipeline.infer import infer_pass
+from vitguard.pipeline.pools import named_pool
 from vitguard.pipeline.results import (
     Answered,
     DeadLettered,
@@ -136,9 +136,9 @@ class Runner:
         self.on_fatal = on_fatal
         self.unsafe_labels = resolve_unsafe_labels(self.info.labels, policy)
         self.cache_key = cache_key(self.info, self.unsafe_labels, policy.unsafe_threshold)
-        self._decode_pool = ThreadPoolExecutor(batch.decode_workers, thread_name_prefix="vitguard-decode")
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="vitguard-infer")
-        self._store_pool = ThreadPoolExecutor(2, thread_name_prefix="vitguard-milvus")
+        self._decode_pool = named_pool(batch.decode_workers, "vitguard-decode")
+        self._infer_pool = named_pool(1, "vitguard-infer")
+        self._store_pool = named_pool(2, "vitguard-milvus")
         self.redis = RedisPolicy(self.health)
         self.milvus = MilvusPolicy(
             self.health, self._store_pool,
