@@ -41,6 +41,7 @@ __all__ = [
     "OUTPUTS_TRUNCATED",
     "PUBLISH_RETRIES",
     "QUEUE_TIME",
+    "REDIS_LOOKUP_KEYS",
     "REGISTRY",
     "STAGE_DURATION",
     "STORE_ERRORS",
@@ -99,6 +100,13 @@ PUBLISH_RETRIES = Counter(
 )
 BATCH_SIZE = Histogram(
     "vitguard_batch_size", "Messages per batch taken from the stream.", buckets=_BATCH_SIZE_BUCKETS, registry=REGISTRY
+)
+REDIS_LOOKUP_KEYS = Histogram(
+    "vitguard_redis_lookup_keys",
+    "Keys per Redis lookup of the front half (seen_events, cached_verdicts): concurrent events share one.",
+    ["op"],
+    buckets=_BATCH_SIZE_BUCKETS,
+    registry=REGISTRY,
 )
 BATCH_DURATION = Histogram(
     "vitguard_batch_duration_seconds",

@@ -140,7 +140,14 @@ async def test_one_forward_pass_per_batch_and_cache_hits_skip_it(opennsfw: Any, 
     assert counting.predict_calls == [4]
 
     hits_before = metrics.REGISTRY.get_sample_value("vitguard_cache_hits_total") or 0.0
+
+    def keys_asked(op: str) -> float:
+        return metrics.REGISTRY.get_sample_value("vitguard_redis_lookup_keys_sum", {"op": op}) or 0.0
+
+    asked_before = {op: keys_asked(op) for op in ("seen_events", "cached_verdicts")}
     again = await processor.process(messages(refs, start=10))  # same bytes, new events and content ids
+    # every event asked both questions once (several may share one lookup)
+    assert {op: keys_asked(op) - n for op, n in asked_before.items()} == {"seen_events": 4, "cached_verdicts": 4}
     await processor.close()
     assert counting.predict_calls == [4]  # no second forward pass
     assert len(again.verdicts) == 4 and all(v.from_cache for v in again.verdicts)

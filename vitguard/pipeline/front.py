@@ -82,11 +82,13 @@ class FrontHalf:
         self._cached: Coalescer[str, str] = Coalescer(self._cached_verdicts)
 
     async def _seen_events(self, event_ids: Sequence[str]) -> Mapping[str, bool]:
+        metrics.REDIS_LOOKUP_KEYS.labels("seen_events").observe(len(event_ids))
         no_ids: set[str] = set()
         seen = await self.redis.call("seen_events", lambda: self.dedup.seen_events(event_ids), no_ids)
         return dict.fromkeys(seen, True)
 
     async def _cached_verdicts(self, sha256s: Sequence[str]) -> Mapping[str, str]:
+        metrics.REDIS_LOOKUP_KEYS.labels("cached_verdicts").observe(len(sha256s))
         nothing: Mapping[str, str] = {}
         return await self.redis.call(
             "cached_verdicts", lambda: self.dedup.cached_verdicts(sha256s, self.cache_key), nothing)
