@@ -45,7 +45,6 @@ __all__ = [
     "wait_answered",
     "wait_answered_cpu",
     "thread_cpu_s",
-    "by_kind_rounded",
 ]
 
 
@@ -100,10 +99,15 @@ def model_only(classifier: Any, tensors: Sequence[np.ndarray], batch_size: int, 
     return ModelTiming(batch_size, batch_size / median, 1000 * median, 1000 * cpu / n)
 
 
+def _stat_cpu_s(stat: Path) -> float:
+    """User + system CPU seconds in a ``/proc`` ``stat`` file (of a process, or of one of its threads)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_cpu_s(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -115,14 +119,13 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     asyncio's executors: a few percent of a core in all); anything else by the name its native library gave it,
     digits dropped.
     """
-    tick = os.sysconf("SC_CLK_TCK")
     task = Path(f"/proc/{pid}/task")
     main_name = (task / str(pid) / "comm").read_text().strip()
     out: dict[str, float] = {}
     for entry in task.iterdir():
         try:
             name = (entry / "comm").read_text().strip()
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu_s = _stat_cpu_s(entry / "stat")
         except OSError:  # the thread ended meanwhile
             continue
         if entry.name == str(pid):
@@ -131,7 +134,7 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
             kind = "unnamed"
         else:
             kind = name.rstrip("0123456789").rstrip("_-") or name
-        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[kind] = out.get(kind, 0.0) + cpu_s
     return out
 
 
@@ -306,10 +309,10 @@ def wait_answered_cpu(
         raise SystemExit(f"worker answered {outputs.answered()}/{count}:\n{worker.log_tail()}")
     done = max(1, outputs.answered() - first[0])
     by_thread = {k: 1000 * (v - first[2].get(k, 0.0)) / done for k, v in thread_cpu_s(pid).items()}
-    return outputs, 1000 * (process_cpu_s(pid) - first[1]) / done, by_kind_rounded(by_thread)
+    return outputs, 1000 * (process_cpu_s(pid) - first[1]) / done, _by_kind_rounded(by_thread)
 
 
-def by_kind_rounded(ms: dict[str, float]) -> dict[str, float]:
+def _by_kind_rounded(ms: dict[str, float]) -> dict[str, float]:
     """CPU ms per image by kind of thread, largest first, under 0.05 ms left out."""
     return {k: round(v, 2) for k, v in sorted(ms.items(), key=lambda kv: -kv[1]) if v >= 0.05}
 

@@ -121,40 +121,16 @@ def main() -> int:
         warmup, backlog, steady = uploads[:w], uploads[w: w + n], uploads[w + n:]
         worker = WorkerProcess(settings, log_path=workdir / "worker.log").start()
         t = settings.topics
-        assert worker.process is not None
-        pid = worker.process.pid
         with OutputReader(settings.kafka, verdicts=t.verdicts, alerts=t.alerts, dead_letters=t.dead_letters) as out:
             publish_raw(settings.kafka, settings.topics.images, harness.events(warmup, "w"))
-            outputs = out.poll_until(lambda o: o.answered() >= len(warmup) or not worker.running, 600)
-            if outputs.answered() < len(warmup):
-                raise SystemExit(f"worker answered {outputs.answered()}/{len(warmup)} warm-up events:\n"
-                                 f"{worker.log_tail()}")
+            harness.wait_answered(out, len(warmup), 600, worker)
             out.poll(1.0)  # the warm-up's commits and index writes settle
             adjacent = [model_only(classifier, tensors, best, images=args.adjacent_images)]
-            base_count = outputs.answered()
+            base_count = out.outputs.answered()
             publish_raw(settings.kafka, settings.topics.images, harness.events(backlog, "b"))
             # worker CPU per image between the first answers and the last (start-up excluded)
-            cpu_marks: list[tuple[int, float]] = []
-            thread_marks: list[dict[str, float]] = []
-            deadline = time.monotonic() + 900
-            outputs = out.outputs
-            while outputs.answered() < base_count + len(backlog) and worker.running and time.monotonic() < deadline:
-                outputs = out.poll(0.3)
-                done = outputs.answered() - base_count
-                if done and len(cpu_marks) < 2:
-                    cpu_marks.append((done, harness.process_cpu_s(pid)))
-                    thread_marks.append(harness.thread_cpu_s(pid))
-                elif done:
-                    cpu_marks[-1] = (done, harness.process_cpu_s(pid))
-                    thread_marks[-1] = harness.thread_cpu_s(pid)
-            if outputs.answered() < base_count + len(backlog):
-                raise SystemExit(f"worker answered {outputs.answered() - base_count}/{len(backlog)}:\n"
-                                 f"{worker.log_tail()}")
+            outputs, e2e_cpu_ms, by_thread = harness.wait_answered_cpu(out, base_count + len(backlog), 900, worker)
             adjacent.append(model_only(classifier, tensors, best, images=args.adjacent_images))
-            (n0, cpu0), (n1, cpu1) = cpu_marks[0], cpu_marks[-1]
-            e2e_cpu_ms = 1000 * (cpu1 - cpu0) / max(1, n1 - n0)
-            by_thread = {k: 1000 * (v - thread_marks[0].get(k, 0.0)) / max(1, n1 - n0)
-                         for k, v in thread_marks[-1].items()}
             in_backlog = [(v, ts) for v, ts in zip(outputs.verdicts, outputs.verdict_timestamps_ms, strict=True)
                           if v.content_id.startswith("b-")]
             # the first group, published as the clock starts, not counted
@@ -211,7 +187,7 @@ def main() -> int:
                 "worker_cpu_ms_per_image": round(e2e_cpu_ms, 2),
                 "model_only_cpu_ms_per_image": round(model_cpu_ms, 2),
                 "cpu_efficiency_ratio": round(model_cpu_ms / e2e_cpu_ms, 3),
-                "worker_cpu_ms_per_image_by_thread": harness.by_kind_rounded(by_thread),
+                "worker_cpu_ms_per_image_by_thread": by_thread,
             },
             "latency": {
                 "events": len(latencies),

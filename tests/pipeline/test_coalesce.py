@@ -28,6 +28,20 @@ class Lookup:
         return {k: k * 10 for k in keys if k % 2 == 0}
 
 
+def held(**limits: int) -> tuple[Lookup, Coalescer[int, int]]:
+    """A coalescer over a lookup that blocks until its gate is set."""
+    lookup = Lookup()
+    lookup.gate.clear()
+    return lookup, Coalescer(lookup, **limits)
+
+
+async def in_flight(c: Coalescer[int, int], key: int) -> asyncio.Future[int | None]:
+    """Ask for ``key`` and let its lookup go out (it stays in flight while the gate is clear)."""
+    asked = asyncio.ensure_future(c.get(key))
+    await asyncio.sleep(0.01)
+    return asked
+
+
 async def test_one_key_alone_goes_out_on_the_next_turn_and_missing_keys_are_none() -> None:
     lookup = Lookup()
     c = Coalescer(lookup)
@@ -38,11 +52,8 @@ async def test_one_key_alone_goes_out_on_the_next_turn_and_missing_keys_are_none
 
 
 async def test_keys_asked_while_a_lookup_is_in_flight_go_out_together() -> None:
-    lookup = Lookup()
-    lookup.gate.clear()
-    c = Coalescer(lookup)
-    first = asyncio.ensure_future(c.get(0))
-    await asyncio.sleep(0.01)
+    lookup, c = held()
+    first = await in_flight(c, 0)
     assert lookup.calls == [[0]]
     later = [asyncio.ensure_future(c.get(k)) for k in (1, 2, 3, 2)]  # 2 twice: one key, two callers
     await asyncio.sleep(0.01)
@@ -55,9 +66,7 @@ async def test_keys_asked_while_a_lookup_is_in_flight_go_out_together() -> None:
 
 
 async def test_batches_are_cut_at_max_keys() -> None:
-    lookup = Lookup()
-    lookup.gate.clear()
-    c = Coalescer(lookup, max_keys=3, max_in_flight=2)
+    lookup, c = held(max_keys=3, max_in_flight=2)
     tasks = [asyncio.ensure_future(c.get(k)) for k in range(8)]
     await asyncio.sleep(0.01)
     assert lookup.calls == [[0, 1, 2], [3, 4, 5]], "two in flight, three keys each"
@@ -67,11 +76,8 @@ async def test_batches_are_cut_at_max_keys() -> None:
 
 
 async def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_still_runs() -> None:
-    lookup = Lookup()
-    lookup.gate.clear()
-    c = Coalescer(lookup)
-    a = asyncio.ensure_future(c.get(0))
-    await asyncio.sleep(0.01)
+    lookup, c = held()
+    a = await in_flight(c, 0)
     b, d = asyncio.ensure_future(c.get(2)), asyncio.ensure_future(c.get(4))
     await asyncio.sleep(0.01)
     lookup.fail = ConnectionError("gone")
@@ -86,11 +92,8 @@ async def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_sti
 
 
 async def test_a_cancelled_caller_is_skipped_and_the_others_get_their_answers() -> None:
-    lookup = Lookup()
-    lookup.gate.clear()
-    c = Coalescer(lookup)
-    first = asyncio.ensure_future(c.get(0))
-    await asyncio.sleep(0.01)
+    lookup, c = held()
+    first = await in_flight(c, 0)
     gone = asyncio.ensure_future(c.get(1))  # waits behind the first, then is cancelled before it goes out
     same_key = [asyncio.ensure_future(c.get(2)), asyncio.ensure_future(c.get(2))]
     await asyncio.sleep(0.01)
@@ -104,9 +107,7 @@ async def test_a_cancelled_caller_is_skipped_and_the_others_get_their_answers() 
 
 
 async def test_a_caller_cancelled_during_its_lookup_does_not_disturb_the_rest() -> None:
-    lookup = Lookup()
-    lookup.gate.clear()
-    c = Coalescer(lookup)
+    lookup, c = held()
     a, b = asyncio.ensure_future(c.get(2)), asyncio.ensure_future(c.get(4))
     await asyncio.sleep(0.01)
     assert lookup.calls == [[2, 4]]
