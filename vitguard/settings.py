@@ -433,6 +433,17 @@ class BatchSettings(BaseSettings):
     decode_workers: int = Field(
         2, ge=1, le=256, description="Decode thread pool size. Env: VITGUARD_BATCH_DECODE_WORKERS."
     )
+    request_max_size: int = Field(
+        8,
+        ge=0,
+        le=4096,
+        description=(
+            "Images in a forward pass that carries POST /classify requests while stream images wait, at most "
+            "(0, or not below max_size: no short passes). A short pass answers requests without a full batch's "
+            "time; the pass after it is full, so the stream keeps at least every other full pass. "
+            "Env: VITGUARD_BATCH_REQUEST_MAX_SIZE. Default 8."
+        ),
+    )
 
 
 class FrameSettings(BaseSettings):

@@ -1,4 +1,5 @@
-"""The batching rule on its own: images up to max_size, requests at most half while stream images wait."""
+"""The batching rule on its own: images up to max_size; requests in a short pass, then at most half of the full
+pass after it, while stream images wait."""
 
 from __future__ import annotations
 
@@ -36,6 +37,48 @@ async def test_requests_take_at_most_half_while_stream_images_wait() -> None:
     first = q.take()
     assert sum(w.request for w in first) == 4 and len(first) == 8
     assert [w.value.parsed.raw.offset for w in first if not w.request] == [0, 1, 2, 3]  # type: ignore[union-attr]
+
+
+def offsets(group: list[Work]) -> list[int]:
+    return [w.value.parsed.raw.offset for w in group]  # type: ignore[union-attr]
+
+
+async def test_a_pass_with_requests_is_short_while_stream_images_wait_and_the_next_one_is_full() -> None:
+    q = ReadyQueue(8, 0.0, lambda: 0, request_max_size=3)
+    for i in range(20):
+        q.put(decoded(i))
+    for i in range(100, 106):
+        q.put(decoded(i, request=True))
+    assert offsets(q.take()) == [100, 101, 102]  # short: requests only, the stream waits one short pass
+    full = q.take()  # full: requests take at most half, the stream the rest
+    assert offsets(full) == [103, 104, 105, 0, 1, 2, 3, 4]
+    q.put(decoded(106, request=True))
+    assert offsets(q.take()) == [106, 5, 6]  # short again: a request, and stream images in the rest
+    assert offsets(q.take()) == list(range(7, 15))  # no request: a full pass of the stream
+
+
+async def test_no_short_pass_without_stream_images_or_requests() -> None:
+    q = ReadyQueue(8, 0.0, lambda: 0, request_max_size=2)
+    for i in range(100, 110):
+        q.put(decoded(i, request=True))
+    q.put(letter(9))  # a dead letter in the stream queue is no stream image waiting for the model
+    first = q.take()
+    assert len(first) == 9 and sum(w.request for w in first) == 8  # requests fill a whole pass
+    for i in range(10):
+        q.put(decoded(i))
+    assert offsets(q.take()) == [108, 109]  # now stream images wait: the pass with requests is short
+    assert offsets(q.take()) == list(range(8))  # no request left: full passes of the stream
+    assert offsets(q.take()) == [8, 9]
+
+
+async def test_request_max_size_at_or_above_max_size_keeps_full_passes() -> None:
+    q = ReadyQueue(4, 0.0, lambda: 0, request_max_size=16)
+    for i in range(8):
+        q.put(decoded(i))
+    for i in range(100, 104):
+        q.put(decoded(i, request=True))
+    assert offsets(q.take()) == [100, 101, 0, 1]
+    assert offsets(q.take()) == [102, 103, 2, 3]
 
 
 async def test_requests_fill_the_batch_when_no_stream_image_waits() -> None:

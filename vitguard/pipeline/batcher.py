@@ -10,9 +10,13 @@ still being fetched or decoded, at most ``order_wait_s``; so verdicts (and which
 cluster) follow the partition's order, and a stalled fetch adds at most ``order_wait_s`` to its neighbours'
 latency. A group is taken in submission order.
 
-Fair sharing with ``POST /classify``: requests go ahead of stream images, but take at most half of a batch
-while stream images wait, so neither starves the other. Dead letters and cache hits need no inference; they
-ride along with the next group (up to ``4 * max_size`` of them), so they are published without delay.
+Fair sharing with ``POST /classify``: requests go ahead of stream images. While stream images wait, a pass
+that carries requests is a short one, ``request_max_size`` images at most (requests first, stream images in
+the rest), so a request is not answered only after a full batch's time; the pass after a short one is a full
+one, in which requests take at most half, so the stream keeps at least every other full pass and neither
+starves the other. With no stream image waiting, requests fill whole passes. Dead letters and cache hits need
+no inference; they ride along with the next group (up to ``4 * max_size`` of them), so they are published
+without delay.
 
 Fair sharing with animations and video: a batch holds at most ``max_size`` frames (a still image is one). The
 queue is served in turns: on each turn every eligible entry, in queue order, takes at most ``per_item`` of its
@@ -109,13 +113,18 @@ class ReadyQueue:
         in_front: how many events are still being fetched or decoded.
         order_wait_s: longest a ready event waits for earlier events of its partition.
         per_item: frames one entry takes per turn (default ``max_size``: no limit).
+        request_max_size: images in a pass that carries requests while stream images wait (default, or not
+            below ``max_size``: no short passes).
     """
 
     def __init__(
         self, max_size: int, max_wait_s: float, in_front: Callable[[], int], order_wait_s: float = 1.0,
-        per_item: int | None = None,
+        per_item: int | None = None, request_max_size: int | None = None,
     ) -> None:
         self.max_size = max_size
+        self.request_max_size = min(max_size, max(1, request_max_size or max_size))
+        self._short_last = False
+        """Whether the last pass taken was a short one (the next one is then full)."""
         self.per_item = max(1, per_item or max_size)
         self.max_wait_s = max_wait_s
         self.order_wait_s = order_wait_s
@@ -193,10 +202,16 @@ class ReadyQueue:
         """
         now = time.monotonic()
         taken: list[Work] = []
-        request_share = max(1, self.max_size // 2) if self.stream else self.max_size
+        stream_waits = any(w.frames_left for w in self.stream)
+        short = (stream_waits and not self._short_last and self.request_max_size < self.max_size
+                 and any(w.frames_left for w in self.requests))
+        size = self.request_max_size if short else self.max_size
+        request_share = max(1, size // 2) if stream_waits and not short else size
         frames, self.requests = self._fill(self.requests, taken, request_share, None, now)
-        used, self.stream = self._fill(self.stream, taken, self.max_size - frames, 4 * self.max_size, now)
-        _, self.requests = self._fill(self.requests, taken, self.max_size - frames - used, None, now)
+        used, self.stream = self._fill(self.stream, taken, size - frames, 4 * self.max_size, now)
+        _, self.requests = self._fill(self.requests, taken, size - frames - used, None, now)
+        if taken:
+            self._short_last = short
         if not self.stream and not self.requests:
             self._signal.clear()
         taken.sort(key=lambda w: (w.request is False, w.ticket[1] if w.ticket else -1))

@@ -6,7 +6,8 @@ submit(raw) ─▶ front half, one task per event, concurrently:
                                                    │ dead letter / cache hit / skipped
                ready queue ◀────────────────────────┘
 batch loop:    when the model is idle, take what is ready now (up to max_size images; /classify requests
-               first, at most half a batch) ─▶ infer: ONE forward pass ─▶ completion queue (depth 1)
+               first: a short pass of request_max_size, then at most half of the full pass after it)
+               ─▶ infer: ONE forward pass ─▶ completion queue (depth 1)
 completion:    index (near-duplicates, clusters, Milvus upsert) ─▶ alert (waves) ─▶ emit (fitted, acked)
                ─▶ remember (Redis) ─▶ each event's future resolves with its ItemResult
 ```
@@ -164,7 +165,7 @@ class Runner:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._front: set[asyncio.Task[Any]] = set()
         self.ready = ReadyQueue(batch.max_size, batch.max_wait_s, lambda: len(self._front), batch.order_wait_s,
-                                per_item=self.frames.per_batch)
+                                per_item=self.frames.per_batch, request_max_size=batch.request_max_size or None)
         self._to_complete: asyncio.Queue[Group] = asyncio.Queue(maxsize=1)
         self._pending: set[asyncio.Future[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -278,7 +279,7 @@ class Runner:
         tenant: str = "default",
     ) -> Verdict:
         """Moderate one image now (``POST /classify``): the same stages and batches as the stream, no side
-        effects. Requests join the next batch ahead of stream images, at most half of it.
+        effects. Requests join the next batch ahead of stream images (see :mod:`~vitguard.pipeline.batcher`).
 
         Raises:
             InputError: the reference or the bytes are unusable; ``reason`` says why.
