@@ -439,9 +439,10 @@ class BatchSettings(BaseSettings):
         le=4096,
         description=(
             "Images in a forward pass that carries POST /classify requests while stream images wait, at most "
-            "(0, or not below max_size: no short passes). A short pass answers requests without a full batch's "
-            "time; the pass after it is full, so the stream keeps at least every other full pass. "
-            "Env: VITGUARD_BATCH_REQUEST_MAX_SIZE. Default 8."
+            "(0, or not below max_size: no short passes); requests take at most half of it, the stream the rest. "
+            "On the CPU a pass's time grows with its images and throughput hardly does, so a short pass answers "
+            "a request without a full batch's time. On CUDA the worker turns short passes off unless this is set "
+            "(small passes waste a GPU). Env: VITGUARD_BATCH_REQUEST_MAX_SIZE. Default 8."
         ),
     )
 

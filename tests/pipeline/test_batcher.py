@@ -1,5 +1,5 @@
-"""The batching rule on its own: images up to max_size; requests in a short pass, then at most half of the full
-pass after it, while stream images wait."""
+"""The batching rule on its own: images up to max_size; while stream images wait, requests at most half of a short
+pass."""
 
 from __future__ import annotations
 
@@ -43,18 +43,15 @@ def offsets(group: list[Work]) -> list[int]:
     return [w.value.parsed.raw.offset for w in group]  # type: ignore[union-attr]
 
 
-async def test_a_pass_with_requests_is_short_while_stream_images_wait_and_the_next_one_is_full() -> None:
-    q = ReadyQueue(8, 0.0, lambda: 0, request_max_size=3)
+async def test_a_pass_with_requests_is_short_while_stream_images_wait_requests_at_most_half() -> None:
+    q = ReadyQueue(8, 0.0, lambda: 0, request_max_size=4)
     for i in range(20):
         q.put(decoded(i))
-    for i in range(100, 106):
+    for i in range(100, 103):
         q.put(decoded(i, request=True))
-    assert offsets(q.take()) == [100, 101, 102]  # short: requests only, the stream waits one short pass
-    full = q.take()  # full: requests take at most half, the stream the rest
-    assert offsets(full) == [103, 104, 105, 0, 1, 2, 3, 4]
-    q.put(decoded(106, request=True))
-    assert offsets(q.take()) == [106, 5, 6]  # short again: a request, and stream images in the rest
-    assert offsets(q.take()) == list(range(7, 15))  # no request: a full pass of the stream
+    assert offsets(q.take()) == [100, 101, 0, 1]  # short: half requests, the stream the rest
+    assert offsets(q.take()) == [102, 2, 3, 4]  # short again while a request waits
+    assert offsets(q.take()) == list(range(5, 13))  # no request: a full pass of the stream
 
 
 async def test_no_short_pass_without_stream_images_or_requests() -> None:
@@ -66,9 +63,9 @@ async def test_no_short_pass_without_stream_images_or_requests() -> None:
     assert len(first) == 9 and sum(w.request for w in first) == 8  # requests fill a whole pass
     for i in range(10):
         q.put(decoded(i))
-    assert offsets(q.take()) == [108, 109]  # now stream images wait: the pass with requests is short
-    assert offsets(q.take()) == list(range(8))  # no request left: full passes of the stream
-    assert offsets(q.take()) == [8, 9]
+    assert offsets(q.take()) == [108, 0]  # now stream images wait: the pass with requests is short
+    assert offsets(q.take()) == [109, 1]
+    assert offsets(q.take()) == list(range(2, 10))  # no request left: full passes of the stream
 
 
 async def test_request_max_size_at_or_above_max_size_keeps_full_passes() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vitguard.pipeline.pools import named_pool, set_native_thread_name
+from vitguard.pipeline.pools import PriorityPool, named_pool, set_native_thread_name
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel thread names are read from /proc")
 
@@ -32,3 +32,69 @@ def test_a_long_name_is_cut_to_the_kernels_15_bytes() -> None:
     t.start()
     t.join()
     assert result == [(True, "a-much-longer-n")]
+
+
+def _blocked(pool: PriorityPool) -> threading.Event:
+    """Occupy the pool's only thread until the returned event is set."""
+    gate, started = threading.Event(), threading.Event()
+    pool.submit(lambda: (started.set(), gate.wait(10)))
+    assert started.wait(10)
+    return gate
+
+
+def test_urgent_jobs_run_before_queued_normal_ones_each_kind_in_order() -> None:
+    pool = PriorityPool(1, "vitguard-decode")
+    try:
+        gate, order = _blocked(pool), []
+        futures = [pool.submit(order.append, f"n{i}") for i in range(3)]
+        futures += [pool.urgent.submit(order.append, f"u{i}") for i in range(2)]
+        gate.set()
+        for f in futures:
+            f.result(10)
+        assert order == ["u0", "u1", "n0", "n1", "n2"]
+    finally:
+        pool.shutdown()
+
+
+def test_errors_reach_the_caller_and_the_thread_goes_on() -> None:
+    pool = PriorityPool(1, "vitguard-decode")
+    try:
+        with pytest.raises(ZeroDivisionError):
+            pool.urgent.submit(lambda: 1 / 0).result(10)
+        assert pool.submit(lambda: 2 + 2).result(10) == 4
+    finally:
+        pool.shutdown()
+
+
+async def test_asyncio_runs_jobs_in_either_lane() -> None:
+    import asyncio
+
+    pool = PriorityPool(2, "vitguard-decode")
+    try:
+        loop = asyncio.get_running_loop()
+        names = await asyncio.gather(loop.run_in_executor(pool, _comm), loop.run_in_executor(pool.urgent, _comm))
+        assert set(names) <= {"vg-decode_0", "vg-decode_1"}
+    finally:
+        pool.shutdown()
+
+
+def test_shutdown_finishes_queued_jobs_or_cancels_them_and_refuses_new_ones() -> None:
+    pool = PriorityPool(1, "vitguard-decode")
+    gate = _blocked(pool)
+    kept = pool.submit(lambda: "done")
+    gate.set()
+    pool.shutdown(wait=True)
+    assert kept.result(0) == "done"
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: None)
+    with pytest.raises(RuntimeError):
+        pool.urgent.submit(lambda: None)
+
+    pool = PriorityPool(1, "vitguard-decode")
+    gate = _blocked(pool)
+    dropped = [pool.submit(lambda: None), pool.urgent.submit(lambda: None)]
+    pool.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    assert all(f.cancelled() for f in dropped)
+    pool.shutdown(wait=True)
+    assert not any(t.is_alive() for t in pool._threads)  # noqa: SLF001 - its threads end

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,20 @@ class CountingClassifier:
         return self.inner.predict(batch)
 
 
+class SlowDecodeClassifier(CountingClassifier):
+    """The real classifier, each decode taking ``delay_s`` longer; ``decoding`` is set once one has started."""
+
+    def __init__(self, inner: Any, delay_s: float) -> None:
+        super().__init__(inner)
+        self.delay_s = delay_s
+        self.decoding = threading.Event()
+
+    def prepare(self, data: bytes) -> Any:
+        self.decoding.set()
+        time.sleep(self.delay_s)
+        return self.inner.prepare(data)
+
+
 class FlakyIndex(InMemoryEmbeddingIndex):
     """Milvus that is down for the first ``failures`` upserts."""
 
@@ -70,10 +86,10 @@ class DeadRedis:
 
 def make_processor(
     classifier: Any, image_root: Path, *, index: Any = None, dedup: Any = None, waves: Any = None,
-    policy: dict[str, Any] | None = None,
+    policy: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
 ) -> tuple[Runner, ListSink, Any]:
     settings = load_settings(
-        fetch={"file_root": str(image_root)}, policy=policy or {},
+        fetch={"file_root": str(image_root)}, policy=policy or {}, batch=batch or {},
         milvus={"retry_backoff_s": 0.01, "retry_backoff_max_s": 0.02},
     )
     sink = ListSink()
@@ -296,6 +312,39 @@ async def test_classify_one_image_without_side_effects(opennsfw: Any, image_root
     assert verdict.label == "safe" and verdict.scores == by_ref.scores and by_ref.content_id == "mine"
     assert bad.value.reason in {"not_an_image", "unsupported_image"}
     assert sink.send_calls == 0 and index.upsert_calls == 0
+
+
+async def test_a_classify_request_is_decoded_ahead_of_the_streams_decode_backlog(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    classifier = SlowDecodeClassifier(opennsfw, 0.05)
+    processor, _, _ = make_processor(classifier, image_root, batch={"decode_workers": 1, "max_size": 4})
+    refs = [file_ref(image_root, p.name) for p in sample_photos] * (20 // len(sample_photos) + 1)
+    futures = [await processor.submit(m) for m in messages(refs[:20])]
+    await asyncio.get_running_loop().run_in_executor(None, classifier.decoding.wait, 10)
+    await asyncio.sleep(0.1)  # the other decodes (about a second of work) are queued behind the running ones
+    verdict = await asyncio.wait_for(processor.classify(data=sample_photos[0].read_bytes()), 30)
+    answered_before = sum(f.done() for f in futures)
+    await asyncio.gather(*futures)
+    await processor.close()
+    assert verdict.label == "safe"
+    assert answered_before <= 4, f"{answered_before} of 20 stream events were answered before the request"
+
+
+async def test_a_classify_request_is_answered_while_the_streams_publish_is_failing(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    processor, sink, _ = make_processor(opennsfw, image_root)
+    sink.fail_next = 10**6  # every publish round fails: the stream's group is retried with backoff
+    stuck = await processor.submit(messages([file_ref(image_root, sample_photos[0].name)])[0])
+    while sink.send_calls == 0:
+        await asyncio.sleep(0.01)
+    verdict = await asyncio.wait_for(processor.classify(data=sample_photos[1].read_bytes()), 20)
+    assert verdict.label == "safe" and not stuck.done()
+    sink.fail_next = 0
+    result = await asyncio.wait_for(stuck, 30)
+    await processor.close()
+    assert result.verdict.label == "safe"  # type: ignore[union-attr]
 
 
 async def test_overlapping_batches_still_answer_a_redelivered_event_once(opennsfw: Any, image_root: Path,

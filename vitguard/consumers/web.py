@@ -6,8 +6,8 @@ restarted: a fatal error, the agent dead, or wedged (work waiting and nothing an
 loaded, the agent is not running, the broker or Milvus does not answer, or publishing has been failing for
 ``VITGUARD_WORKER_PUBLISH_STUCK_S``; its JSON says why. Redis is reported but never gates readiness (it is an
 optimisation). The rules are pure functions in :mod:`vitguard.health`. ``POST /classify`` moderates one image
-through the same stages and batches as the stream (ahead of stream images, at most half a batch), without
-side effects.
+through the same stages and batches as the stream (decoded ahead of the stream's queued decodes, then in a
+short pass ahead of stream images: :mod:`vitguard.pipeline.batcher`), without side effects.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ cluster) follow the partition's order, and a stalled fetch adds at most ``order_
 latency. A group is taken in submission order.
 
 Fair sharing with ``POST /classify``: requests go ahead of stream images. While stream images wait, a pass
-that carries requests is a short one, ``request_max_size`` images at most (requests first, stream images in
-the rest), so a request is not answered only after a full batch's time; the pass after a short one is a full
-one, in which requests take at most half, so the stream keeps at least every other full pass and neither
-starves the other. With no stream image waiting, requests fill whole passes. Dead letters and cache hits need
+that carries requests is a short one, ``request_max_size`` images at most, requests first but at most half of
+it, stream images in the rest: a request waits for the pass in progress and a short one, not a full batch, and
+the stream keeps at least half of every pass, so neither starves the other. With no stream image waiting,
+requests fill whole passes. Dead letters and cache hits need
 no inference; they ride along with the next group (up to ``4 * max_size`` of them), so they are published
 without delay.
 
@@ -103,6 +103,17 @@ class Group:
     """Index in ``work`` -> the forward pass's answer, for the decoded entries."""
     stage_ms: dict[str, float] = field(default_factory=dict)
 
+    def split_requests(self) -> tuple[Group, Group]:
+        """(the /classify requests, the stream entries), each with its own share of ``predicted``; the stage
+        times stay with the stream's part."""
+        requests, stream = Group([]), Group([], stage_ms=self.stage_ms)
+        for i, w in enumerate(self.work):
+            part = requests if w.request else stream
+            if i in self.predicted:
+                part.predicted[len(part.work)] = self.predicted[i]
+            part.work.append(w)
+        return requests, stream
+
 
 class ReadyQueue:
     """Stream entries and /classify requests waiting for a forward pass.
@@ -123,8 +134,6 @@ class ReadyQueue:
     ) -> None:
         self.max_size = max_size
         self.request_max_size = min(max_size, max(1, request_max_size or max_size))
-        self._short_last = False
-        """Whether the last pass taken was a short one (the next one is then full)."""
         self.per_item = max(1, per_item or max_size)
         self.max_wait_s = max_wait_s
         self.order_wait_s = order_wait_s
@@ -203,15 +212,12 @@ class ReadyQueue:
         now = time.monotonic()
         taken: list[Work] = []
         stream_waits = any(w.frames_left for w in self.stream)
-        short = (stream_waits and not self._short_last and self.request_max_size < self.max_size
-                 and any(w.frames_left for w in self.requests))
+        short = stream_waits and any(w.frames_left for w in self.requests)
         size = self.request_max_size if short else self.max_size
-        request_share = max(1, size // 2) if stream_waits and not short else size
+        request_share = max(1, size // 2) if stream_waits else size
         frames, self.requests = self._fill(self.requests, taken, request_share, None, now)
         used, self.stream = self._fill(self.stream, taken, size - frames, 4 * self.max_size, now)
         _, self.requests = self._fill(self.requests, taken, size - frames - used, None, now)
-        if taken:
-            self._short_last = short
         if not self.stream and not self.requests:
             self._signal.clear()
         taken.sort(key=lambda w: (w.request is False, w.ticket[1] if w.ticket else -1))

@@ -69,8 +69,9 @@ def sized_for_device(settings: Settings, classifier: Any) -> tuple[BatchSettings
     """The batch settings and in-flight bound for ``classifier``'s device.
 
     A classifier that prefers larger batches than ``VITGUARD_BATCH_MAX_SIZE`` (the torch backend on CUDA:
-    ``VITGUARD_MODEL_CUDA_BATCH_SIZE``, 256) gets them, with room for two batches in flight, unless the
-    operator set those settings; on the CPU nothing changes.
+    ``VITGUARD_MODEL_CUDA_BATCH_SIZE``, 256) gets them, with room for two batches in flight and no short
+    passes for /classify (``request_max_size`` 0), unless the operator set those settings; on the CPU nothing
+    changes.
     """
     batch, in_flight = settings.batch, settings.worker.max_in_flight
     preferred = getattr(classifier, "preferred_batch_size", None)
@@ -78,5 +79,8 @@ def sized_for_device(settings: Settings, classifier: Any) -> tuple[BatchSettings
         return batch, in_flight
     if "max_in_flight" not in settings.worker.model_fields_set:
         in_flight = max(in_flight, 2 * preferred)
+    update: dict[str, int] = {"max_size": preferred}
+    if "request_max_size" not in batch.model_fields_set:
+        update["request_max_size"] = 0  # small passes waste the device: requests take half of full ones
     _log.info("batches of up to %d images for the model's device (%d in flight at most)", preferred, in_flight)
-    return batch.model_copy(update={"max_size": preferred}), in_flight
+    return batch.model_copy(update=update), in_flight

@@ -177,6 +177,8 @@ class Completer:
             letter = w.value.dead_letter if isinstance(w.value, DeadLettered) else dead_letter(
                 raw, "internal_error", why, event)
             answers.append((raw, event, letter))
+        if not stream:
+            return out
         final = await self.emitter.emit(answers, [])
         return out + await self._remember(group, stream, final, {}, {})
 

@@ -63,6 +63,7 @@ class FrontHalf:
         fetch_timeout_s: float,
         frames: FrameLimits | None = None,
         hash_pdq: bool = True,
+        request_pool: Executor | None = None,
     ) -> None:
         self.classifier = classifier
         self.fetcher = fetcher
@@ -70,6 +71,8 @@ class FrontHalf:
         self.redis = redis
         self.cache_key = cache_key
         self.pool = pool
+        self.request_pool = request_pool or pool
+        """Where a ``POST /classify`` request's fetch, decode and hash run (the decode pool's urgent lane)."""
         self.fetch_timeout_s = fetch_timeout_s
         self.frames = frames or FrameLimits()
         self.hash_pdq = hash_pdq
@@ -136,7 +139,8 @@ class FrontHalf:
     async def prepare_request(
         self, *, data: bytes | None, image_ref: str | None, content_id: str | None, tenant: str
     ) -> Decoded | DecodedFrames:
-        """The same fetch and decode for a ``POST /classify`` request (no guard, no cache).
+        """The same fetch and decode for a ``POST /classify`` request (no guard, no cache), ahead of the
+        stream's queued decodes.
 
         Raises:
             InputError: the reference or the bytes are unusable; ``reason`` says why.
@@ -152,7 +156,7 @@ class FrontHalf:
         fetched: Fetched | DeadLettered
         max_bytes = self.fetcher.settings.max_bytes
         if image_ref is not None:
-            fetched = await fetch_image(parsed, self.fetcher, self.pool, self.fetch_timeout_s)
+            fetched = await fetch_image(parsed, self.fetcher, self.request_pool, self.fetch_timeout_s)
         elif not data:
             raise InputError("schema_violation", "send image bytes, or JSON with an image_ref")
         elif len(data) > max_bytes:
@@ -160,7 +164,7 @@ class FrontHalf:
         else:
             fetched = Fetched(parsed, data, sha256_hex(data), "body", parsed.times)
         decoded = fetched if isinstance(fetched, DeadLettered) else await expand_item(
-            fetched, self.classifier, self.pool, self.frames, hash_pdq=self.hash_pdq)
+            fetched, self.classifier, self.request_pool, self.frames, hash_pdq=self.hash_pdq)
         if isinstance(decoded, DeadLettered):
             raise InputError(decoded.dead_letter.reason, decoded.dead_letter.message)
         return decoded

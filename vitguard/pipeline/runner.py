@@ -6,8 +6,9 @@ submit(raw) ─▶ front half, one task per event, concurrently:
                                                    │ dead letter / cache hit / skipped
                ready queue ◀────────────────────────┘
 batch loop:    when the model is idle, take what is ready now (up to max_size images; /classify requests
-               first: a short pass of request_max_size, then at most half of the full pass after it)
+               first, at most half of a short pass of request_max_size while stream images wait)
                ─▶ infer: ONE forward pass ─▶ completion queue (depth 1)
+requests:      a pass's /classify requests are answered at once, on a task of their own (no side effects)
 completion:    index (near-duplicates, clusters, Milvus upsert) ─▶ alert (waves) ─▶ emit (fitted, acked)
                ─▶ remember (Redis) ─▶ each event's future resolves with its ItemResult
 ```
@@ -46,7 +47,7 @@ from vitguard.pipeline.emit import Emitter
 from vitguard.pipeline.failure import Backoff, MilvusPolicy, PublishPolicy, RedisPolicy
 from vitguard.pipeline.front import FrontHalf
 from vitguard.pipeline.infer import infer_pass
-from vitguard.pipeline.pools import named_pool
+from vitguard.pipeline.pools import PriorityPool, named_pool
 from vitguard.pipeline.results import (
     Answered,
     DeadLettered,
@@ -137,7 +138,7 @@ class Runner:
         self.on_fatal = on_fatal
         self.unsafe_labels = resolve_unsafe_labels(self.info.labels, policy)
         self.cache_key = cache_key(self.info, self.unsafe_labels, policy.unsafe_threshold)
-        self._decode_pool = named_pool(batch.decode_workers, "vitguard-decode")
+        self._decode_pool = PriorityPool(batch.decode_workers, "vitguard-decode")
         self._infer_pool = named_pool(1, "vitguard-infer")
         self._store_pool = named_pool(2, "vitguard-milvus")
         self.redis = RedisPolicy(self.health)
@@ -158,12 +159,15 @@ class Runner:
         )
         self.front = FrontHalf(
             classifier=classifier, fetcher=fetcher, dedup=dedup, redis=self.redis, cache_key=self.cache_key,
-            pool=self._decode_pool, frames=FrameLimits.from_settings(self.frames), hash_pdq=hash_pdq,
+            pool=self._decode_pool, request_pool=self._decode_pool.urgent,
+            frames=FrameLimits.from_settings(self.frames), hash_pdq=hash_pdq,
             fetch_timeout_s=fetch_total_timeout_s or (fetcher.settings.connect_timeout_s
                                                       + fetcher.settings.read_timeout_s + 2.0),
         )
         self._slots = asyncio.Semaphore(max_in_flight)
         self._front: set[asyncio.Task[Any]] = set()
+        self._answering: set[asyncio.Task[None]] = set()
+        """Tasks answering the /classify requests of a pass."""
         self.ready = ReadyQueue(batch.max_size, batch.max_wait_s, lambda: len(self._front), batch.order_wait_s,
                                 per_item=self.frames.per_batch, request_max_size=batch.request_max_size or None)
         self._to_complete: asyncio.Queue[Group] = asyncio.Queue(maxsize=1)
@@ -204,7 +208,7 @@ class Runner:
     async def close(self) -> None:
         """Stop the loops, cancel what is in flight (never answered, so never committed), release resources."""
         self._closed = True
-        tasks = [*self._loops, *self._front]
+        tasks = [*self._loops, *self._front, *self._answering]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -345,8 +349,25 @@ class Runner:
                 await self.ready.next_group(), self.classifier, self._infer_pool, self.unsafe_labels,
                 self.policy.unsafe_threshold, worst_frames=self.frames.worst_frames,
             )
-            if group.work:  # empty when the pass only held frames of items not yet complete
-                await self._to_complete.put(group)
+            requests, stream = group.split_requests()
+            if requests.work:  # no side effects: answered now, not after the stream's index and publish
+                task = asyncio.create_task(self._answer_requests(requests))
+                self._answering.add(task)
+                task.add_done_callback(self._answering.discard)
+            if stream.work:  # empty when the pass only held requests, or frames of items not yet complete
+                await self._to_complete.put(stream)
+
+    async def _answer_requests(self, group: Group) -> None:
+        """The /classify requests of a pass: bank matches, then each future gets its verdict or error."""
+        try:
+            outcomes = await self.completer.complete(group)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.exception("answering %d /classify requests failed unexpectedly", len(group.work))
+            outcomes = await self.completer.complete_failed(group, exc)
+        for work, outcome in outcomes:
+            self._settle(work.future, outcome, slot=False)
 
     async def _completion_loop(self) -> None:
         """The back half of each group, in order; a bug dead-letters the group, a fatal error stops the runner."""
