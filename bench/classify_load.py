@@ -11,7 +11,10 @@ In this order, in one process tree:
    nothing on the stream: p50/p99 against the target ``p50 <= 1.5 x (model + decode)``. The **reference**
    (model + decode) is measured in this process right before and right after them, the worker idle: the
    model's time for one image (``predict`` on a batch of one) and the decode + preprocess of one upload
-   (``classifier.prepare``), medians over both measurements (this host's speed drifts over a minute);
+   (``classifier.prepare``), medians over both measurements (this host's speed drifts over a minute). Beside
+   it, ``isolated_request_work``: decode then model for one upload after the same pause as the requests, in
+   this process: one request's work alone, caches and thread pools as cold as a request finds them (shown,
+   not the target's reference);
 2. **stream alone**: a backlog of distinct uploads; the stream's images/s (verdict broker timestamps);
 3. **busy**: the same again while ``--concurrency`` closed-loop clients hammer /classify until the backlog
    is answered (at most ``--max-requests``): /classify p50/p99 and requests/s, and the stream's images/s
@@ -37,6 +40,9 @@ import harness
 from vitguard.consumers.topics import ensure_topics
 from vitguard.testing import services
 from vitguard.testing.worker import WorkerProcess, publish_raw
+
+IDLE_PAUSE_S = 0.05
+"""The pause between two idle requests (and between two isolated reference runs)."""
 
 
 class Client:
@@ -132,6 +138,15 @@ def main() -> int:
             decode = [min(timeit(lambda b=b: classifier.prepare(b)) for _ in range(3)) for b in requests[:20]]
             return decode, [timeit(lambda: classifier.predict(one)) for _ in range(30)]
 
+        def isolated() -> list[float]:
+            """Seconds of decode then model for one upload, each after the idle requests' pause: one request's
+            work done alone, in this process (caches and thread pools as cold as a request finds them)."""
+            out = []
+            for b in requests[:20]:
+                time.sleep(IDLE_PAUSE_S)
+                out.append(timeit(lambda b=b: classifier.predict(classifier.prepare(b)[None])))
+            return out
+
         model_ips = harness.model_only(classifier, [classifier.prepare(b) for b in requests[:16]],
                                        args.batch_size, images=8 * args.batch_size).images_per_s
         backlog_n = int(min(2000, max(6 * args.batch_size, model_ips * args.stream_s)))
@@ -149,7 +164,7 @@ def main() -> int:
             for body in requests[:5]:  # warm-up: first requests pay for lazy set-up
                 client.classify(body)
             # the reference right before and right after the idle requests: this host's speed drifts
-            before = reference()
+            before, alone_before = reference(), isolated()
             idle: list[float] = []
             idle_parts: list[dict[str, float]] = []
             for i in range(args.idle_requests):
@@ -158,9 +173,9 @@ def main() -> int:
                     raise SystemExit(f"/classify answered {status}:\n{worker.log_tail()}")
                 idle.append(seconds)
                 idle_parts.append(parts)
-                time.sleep(0.05)  # idle between requests: each one finds the model free
+                time.sleep(IDLE_PAUSE_S)  # idle between requests: each one finds the model free
             client.close()
-            after = reference()
+            after, alone_after = reference(), isolated()
             decode_s, model_one_s = before[0] + after[0], before[1] + after[1]
             ref_ms = 1000 * (statistics.median(decode_s) + statistics.median(model_one_s))
 
@@ -206,6 +221,7 @@ def main() -> int:
             "sum": round(ref_ms, 2),
             "sum_before_idle": round(1000 * (statistics.median(before[0]) + statistics.median(before[1])), 2),
             "sum_after_idle": round(1000 * (statistics.median(after[0]) + statistics.median(after[1])), 2),
+            "isolated_request_work": round(1000 * statistics.median(alone_before + alone_after), 2),
         },
         "idle": {"requests": len(idle), **_ms(idle), "mean_timings_ms": _mean(idle_parts)},
         "stream_alone_images_per_s": round(alone_ips, 2),
