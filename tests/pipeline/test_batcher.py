@@ -135,3 +135,17 @@ async def test_a_group_is_taken_in_partition_order_once_the_earlier_event_is_rea
     assert q.take() == []
     q.put(works[0])
     assert [w.ticket for w in q.take()] == tickets
+
+
+async def test_next_requests_takes_requests_only_and_waits_for_one() -> None:
+    q = ReadyQueue(4, 0.0, lambda: 0)
+    for i in range(3):
+        q.put(decoded(i))
+    waiting = asyncio.ensure_future(q.next_requests())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # stream images are not its business
+    for i in range(100, 106):
+        q.put(decoded(i, request=True))
+    assert offsets(await asyncio.wait_for(waiting, 1.0)) == [100, 101, 102, 103]
+    assert offsets(await q.next_requests()) == [104, 105]
+    assert offsets(await asyncio.wait_for(q.next_group(), 1.0)) == [0, 1, 2]  # the stream is still queued

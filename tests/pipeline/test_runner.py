@@ -347,6 +347,24 @@ async def test_a_classify_request_is_answered_while_the_streams_publish_is_faili
     assert result.verdict.label == "safe"  # type: ignore[union-attr]
 
 
+async def test_a_classify_request_is_answered_while_milvus_holds_the_stream(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    index = FlakyIndex(failures=10**6)  # every upsert fails: the stream's groups hold, the batch loop backs up
+    processor, _, _ = make_processor(opennsfw, image_root, index=index, batch={"max_size": 2})
+    refs = [file_ref(image_root, p.name) for p in sample_photos] * (8 // len(sample_photos) + 1)
+    held = [await processor.submit(m) for m in messages(refs[:8])]
+    while index.failures > 10**6 - 3:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(1.0)  # the later passes run and queue up behind the held group
+    verdict = await asyncio.wait_for(processor.classify(data=sample_photos[1].read_bytes()), 20)
+    assert verdict.label == "safe" and not any(f.done() for f in held)
+    index.failures = 0
+    results = await asyncio.wait_for(asyncio.gather(*held), 60)
+    await processor.close()
+    assert all(r.verdict.label == "safe" for r in results)  # type: ignore[union-attr]
+
+
 async def test_overlapping_batches_still_answer_a_redelivered_event_once(opennsfw: Any, image_root: Path,
                                                                          sample_photos: list[Path]) -> None:
     processor, sink, _ = make_processor(opennsfw, image_root)

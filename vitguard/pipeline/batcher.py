@@ -141,6 +141,8 @@ class ReadyQueue:
         self.stream: deque[Work] = deque()
         self.requests: deque[Work] = deque()
         self._signal = asyncio.Event()
+        self._request_signal = asyncio.Event()
+        """Set when a request joins (:meth:`next_requests` waits on it)."""
         self._seq = itertools.count()
         self._pending: dict[Any, deque[int]] = {}
         """Per partition key, the sequence numbers of events still in the front half, in order."""
@@ -170,6 +172,8 @@ class ReadyQueue:
     def put_many(self, works: list[Work]) -> None:
         for w in works:
             (self.requests if w.request else self.stream).append(w)
+            if w.request:
+                self._request_signal.set()
         for w in works:
             self.forget(w.ticket)
         self._signal.set()
@@ -189,6 +193,16 @@ class ReadyQueue:
                     async with asyncio.timeout(wait):
                         await self._signal.wait()
                 self._signal.set()
+
+    async def next_requests(self) -> list[Work]:
+        """Wait for requests and take a pass of requests only (up to ``max_size`` images), leaving the stream
+        queued: for the batch loop while the stream's groups cannot move on (the completion stage holds)."""
+        while not any(w.frames_left for w in self.requests):
+            self._request_signal.clear()
+            await self._request_signal.wait()
+        taken: list[Work] = []
+        _, self.requests = self._fill(self.requests, taken, self.max_size, None, time.monotonic())
+        return taken
 
     def _eligible(self, w: Work, now: float) -> bool:
         if w.ticket is None:

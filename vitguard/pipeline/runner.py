@@ -21,7 +21,8 @@ acknowledged), then Redis (guard and cache), then the event's future resolves; o
 mark its offset committable. The caller (the Faust agent) commits offsets in order per partition, so an
 unanswered event holds back the commit of later ones on its partition, never their verdicts.
 
-Failures: an input problem is that event's dead letter; Redis degrades; Milvus holds; a
+Failures: an input problem is that event's dead letter; Redis degrades; Milvus holds (the stream's groups wait,
+and the batch loop runs passes of /classify requests only meanwhile, so requests are still answered); a
 :class:`~vitguard.errors.FatalError` (or a bug in the runner's own loops) fails every pending event's future
 and calls ``on_fatal``: the worker exits non-zero rather than run on in a broken state.
 """
@@ -345,17 +346,43 @@ class Runner:
     async def _batch_loop(self) -> None:
         """Forward passes, one after another; the next group fills while one runs."""
         while True:
-            group = await infer_pass(
-                await self.ready.next_group(), self.classifier, self._infer_pool, self.unsafe_labels,
-                self.policy.unsafe_threshold, worst_frames=self.frames.worst_frames,
-            )
-            requests, stream = group.split_requests()
-            if requests.work:  # no side effects: answered now, not after the stream's index and publish
-                task = asyncio.create_task(self._answer_requests(requests))
-                self._answering.add(task)
-                task.add_done_callback(self._answering.discard)
+            stream = await self._pass(await self.ready.next_group())
             if stream.work:  # empty when the pass only held requests, or frames of items not yet complete
-                await self._to_complete.put(stream)
+                await self._hand_over(stream)
+
+    async def _pass(self, taken: list[Work]) -> Group:
+        """One forward pass; its /classify requests are answered now (no side effects: they need not wait
+        for the stream's index and publish); returns the stream's part, for the completion loop."""
+        group = await infer_pass(taken, self.classifier, self._infer_pool, self.unsafe_labels,
+                                 self.policy.unsafe_threshold, worst_frames=self.frames.worst_frames)
+        requests, stream = group.split_requests()
+        if requests.work:
+            task = asyncio.create_task(self._answer_requests(requests))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+        return stream
+
+    async def _hand_over(self, stream: Group) -> None:
+        """Queue ``stream`` for the completion loop. While that queue is full (the completion stage holds:
+        Milvus down, publishing failing), keep running passes of /classify requests only, so requests are
+        answered and the stream is held back, as the failure policy wants."""
+        if not self._to_complete.full():
+            self._to_complete.put_nowait(stream)
+            return
+        put = asyncio.ensure_future(self._to_complete.put(stream))
+        want: asyncio.Future[list[Work]] | None = None
+        try:
+            while not put.done():
+                want = asyncio.ensure_future(self.ready.next_requests())
+                await asyncio.wait({put, want}, return_when=asyncio.FIRST_COMPLETED)
+                if want.done():  # took requests (even if the put went through meanwhile): never drop them
+                    taken, want = want.result(), None
+                    if (await self._pass(taken)).work:  # unreachable: a requests-only pass has no stream part
+                        raise RuntimeError("a requests-only pass produced stream work")
+        finally:
+            put.cancel()
+            if want is not None:
+                want.cancel()
 
     async def _answer_requests(self, group: Group) -> None:
         """The /classify requests of a pass: bank matches, then each future gets its verdict or error."""
