@@ -14,9 +14,8 @@ Fair sharing with ``POST /classify``: requests go ahead of stream images. While 
 that carries requests is a short one, ``request_max_size`` images at most, requests first but at most half of
 it, stream images in the rest: a request waits for the pass in progress and a short one, not a full batch, and
 the stream keeps at least half of every pass, so neither starves the other. With no stream image waiting,
-requests fill whole passes. Dead letters and cache hits need
-no inference; they ride along with the next group (up to ``4 * max_size`` of them), so they are published
-without delay.
+requests fill whole passes. Dead letters and cache hits need no inference; they ride along with the next group
+(up to ``4 * max_size`` of them), so they are published without delay.
 
 Fair sharing with animations and video: a batch holds at most ``max_size`` frames (a still image is one). The
 queue is served in turns: on each turn every eligible entry, in queue order, takes at most ``per_item`` of its
