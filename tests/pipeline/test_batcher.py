@@ -43,12 +43,17 @@ def offsets(group: list[Work]) -> list[int]:
     return [w.value.parsed.raw.offset for w in group]  # type: ignore[union-attr]
 
 
-async def test_a_pass_with_requests_is_short_while_stream_images_wait_requests_at_most_half() -> None:
-    q = ReadyQueue(8, 0.0, lambda: 0, request_max_size=4)
-    for i in range(20):
+def queued(q: ReadyQueue, stream: range, requests: range) -> ReadyQueue:
+    """``q`` with stream images at offsets ``stream``, then requests at offsets ``requests``."""
+    for i in stream:
         q.put(decoded(i))
-    for i in range(100, 103):
+    for i in requests:
         q.put(decoded(i, request=True))
+    return q
+
+
+async def test_a_pass_with_requests_is_short_while_stream_images_wait_requests_at_most_half() -> None:
+    q = queued(ReadyQueue(8, 0.0, lambda: 0, request_max_size=4), range(20), range(100, 103))
     assert offsets(q.take()) == [100, 101, 0, 1]  # short: half requests, the stream the rest
     assert offsets(q.take()) == [102, 2, 3, 4]  # short again while a request waits
     assert offsets(q.take()) == list(range(5, 13))  # no request: a full pass of the stream
@@ -69,11 +74,7 @@ async def test_no_short_pass_without_stream_images_or_requests() -> None:
 
 
 async def test_request_max_size_at_or_above_max_size_keeps_full_passes() -> None:
-    q = ReadyQueue(4, 0.0, lambda: 0, request_max_size=16)
-    for i in range(8):
-        q.put(decoded(i))
-    for i in range(100, 104):
-        q.put(decoded(i, request=True))
+    q = queued(ReadyQueue(4, 0.0, lambda: 0, request_max_size=16), range(8), range(100, 104))
     assert offsets(q.take()) == [100, 101, 0, 1]
     assert offsets(q.take()) == [102, 103, 2, 3]
 
