@@ -2,9 +2,14 @@
 
 The failure policies (:mod:`vitguard.pipeline.failure`) and the runner write into one :class:`HealthState`;
 the web views read it. Liveness answers "should the orchestrator restart me": the agent is dead, the worker
-hit a fatal error, or work is waiting and nothing has been answered for ``stall_timeout_s`` (wedged).
-Readiness answers "can I do my job right now": the model is loaded, the agent runs, the broker and Milvus
-answer, and outputs are being published. Redis never gates readiness (it is an optimisation) but is reported.
+hit a fatal error, or it is wedged: stream events are waiting and none has been answered for
+``stall_timeout_s``, or ``POST /classify`` requests are waiting and none has been answered for that long.
+The two have separate clocks, so requests answered during a wedged stream do not hide it. A stream held on
+purpose (a dependency down, its failure policy retrying it) is not wedged: restarting would only add a model
+load and a rebalance to the outage; it stays live while the policy's attempts go on, and is wedged once
+they stop for ``stall_timeout_s`` too. Readiness answers "can I do my job right now": the model is loaded, the
+agent runs, the broker and Milvus answer, and outputs are being published. Redis never gates readiness (it
+is an optimisation) but is reported.
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ class HealthState:
     agent_running: bool = False
     fatal: str | None = None
     in_flight: int = 0
+    """Stream events taken and not yet answered."""
     last_progress: float = field(default_factory=time.monotonic)
+    """When a stream event was last answered (a verdict or a dead letter), or arrived at an idle worker."""
+    requests_in_flight: int = 0
+    """``POST /classify`` requests decoded and not yet answered."""
+    last_request_progress: float = field(default_factory=time.monotonic)
+    last_retry: float | None = None
+    """When a failure policy last attempted a failing dependency (Milvus, publishing) again."""
     milvus_failing_since: float | None = None
     milvus_error: str | None = None
     publish_failing_since: float | None = None
@@ -33,8 +45,34 @@ class HealthState:
     redis_error: str | None = None
     agent_restarts: int = 0
 
-    def progressed(self) -> None:
-        self.last_progress = time.monotonic()
+    def progressed(self, *, request: bool = False) -> None:
+        """A stream event (or, with ``request``, a /classify request) was answered."""
+        if request:
+            self.last_request_progress = time.monotonic()
+        else:
+            self.last_progress = time.monotonic()
+
+    def waiting(self, stream: int, requests: int) -> None:
+        """Set the counts in flight. A clock starts again when work arrives at an idle worker: an event
+        taken after an hour without traffic has not been waiting for an hour."""
+        now = time.monotonic()
+        if stream and not self.in_flight:
+            self.last_progress = now
+        if requests and not self.requests_in_flight:
+            self.last_request_progress = now
+        self.in_flight, self.requests_in_flight = stream, requests
+
+    def retried(self) -> None:
+        """A failure policy attempted its failing dependency again: the stream is held, not wedged."""
+        self.last_retry = time.monotonic()
+
+    def holding(self) -> str | None:
+        """The dependency the stream is held for, if any."""
+        if self.milvus_failing_since is not None:
+            return f"milvus: {self.milvus_error}"
+        if self.publish_failing_since is not None:
+            return f"publishing: {self.publish_error}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -45,21 +83,30 @@ class Probe:
 
 
 def liveness(state: HealthState, now: float, stall_timeout_s: float) -> Probe:
-    """False when the process should be restarted: fatal error, agent dead, or wedged."""
+    """False when the process should be restarted: fatal error, agent dead, or wedged (see the module)."""
     reasons: list[str] = []
     if state.fatal:
         reasons.append(f"fatal: {state.fatal}")
     if state.model_loaded and not state.agent_running and state.agent_restarts > 0:
         reasons.append("agent is not running")
     idle_s = now - state.last_progress
-    if state.in_flight > 0 and idle_s > stall_timeout_s:
-        reasons.append(f"wedged: {state.in_flight} event(s) waiting, none answered for {idle_s:.0f}s")
+    holding = state.holding()
+    retrying = holding is not None and state.last_retry is not None and now - state.last_retry <= stall_timeout_s
+    if state.in_flight > 0 and idle_s > stall_timeout_s and not retrying:
+        why = f" (held for {holding}, no attempt for {now - (state.last_retry or 0):.0f}s)" if holding else ""
+        reasons.append(f"wedged: {state.in_flight} event(s) waiting, none answered for {idle_s:.0f}s{why}")
+    request_idle_s = now - state.last_request_progress
+    if state.requests_in_flight > 0 and request_idle_s > stall_timeout_s:
+        reasons.append(f"wedged: {state.requests_in_flight} /classify request(s) waiting, none answered for "
+                       f"{request_idle_s:.0f}s")
     return Probe(
         not reasons,
         tuple(reasons),
         {
             "in_flight": state.in_flight,
             "seconds_since_progress": round(idle_s, 1),
+            "requests_in_flight": state.requests_in_flight,
+            "holding": holding if state.in_flight > 0 else None,
             "agent_running": state.agent_running,
         },
     )

@@ -543,7 +543,8 @@ class WorkerSettings(BaseSettings):
         gt=0,
         le=3600,
         description=(
-            "/livez fails when work has been waiting this long with no event answered (a wedged agent). "
+            "/livez fails when stream events have been waiting this long with none answered and no dependency "
+            "being retried (a wedged agent), or /classify requests this long with none answered. "
             "Env: VITGUARD_WORKER_STALL_TIMEOUT_S. Default 120."
         ),
     )

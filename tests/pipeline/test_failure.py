@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -124,4 +125,41 @@ def test_liveness_fails_when_wedged_or_fatal_not_when_idle() -> None:
     assert not liveness(h, 1000.0, 120).ok and liveness(h, 100.0, 120).ok
     h.in_flight, h.fatal = 0, "boom"
     assert not liveness(h, 1.0, 120).ok
+
+
+def test_liveness_keeps_a_clock_for_the_stream_and_one_for_requests() -> None:
+    h = HealthState(model_loaded=True, agent_running=True, in_flight=2, last_progress=0.0,
+                    last_request_progress=0.0)
+    h.progressed(request=True)  # requests answered: the stream's clock does not move
+    assert h.last_progress == 0.0
+    probe = liveness(h, h.last_request_progress + 1000, 120)
+    assert not probe.ok and probe.reasons[0].startswith("wedged: 2 event(s) waiting")
+    h.in_flight, h.requests_in_flight = 0, 1
+    probe = liveness(h, h.last_request_progress + 1000, 120)
+    assert not probe.ok and probe.reasons == ("wedged: 1 /classify request(s) waiting, none answered for 1000s",)
+    assert liveness(h, h.last_request_progress + 60, 120).ok
+
+
+def test_a_stream_held_for_a_dependency_is_live_while_its_policy_retries() -> None:
+    h = HealthState(model_loaded=True, agent_running=True, in_flight=5, last_progress=0.0,
+                    milvus_failing_since=10.0, milvus_error="upsert: TimeoutError", last_retry=990.0)
+    probe = liveness(h, 1000.0, 120)
+    assert probe.ok and probe.detail["holding"] == "milvus: upsert: TimeoutError"
+    h.last_retry = 800.0  # the attempts stopped: the hold itself is wedged
+    probe = liveness(h, 1000.0, 120)
+    assert not probe.ok and "held for milvus: upsert: TimeoutError, no attempt for 200s" in probe.reasons[0]
+    h.milvus_failing_since, h.publish_failing_since, h.publish_error = None, 900.0, "KafkaTimeoutError"
+    h.last_retry = 999.0
+    assert liveness(h, 1000.0, 120).detail["holding"] == "publishing: KafkaTimeoutError"
+    assert liveness(h, 1000.0, 120).ok
+
+
+def test_work_arriving_at_an_idle_worker_starts_the_clock_again() -> None:
+    h = HealthState(model_loaded=True, agent_running=True, last_progress=0.0, last_request_progress=0.0)
+    h.waiting(stream=1, requests=1)  # an hour of no traffic, then an event and a request
+    now = time.monotonic()
+    assert liveness(h, now, 120).ok and h.last_progress >= now - 1 and h.last_request_progress >= now - 1
+    h.last_progress = 0.0
+    h.waiting(stream=2, requests=1)  # more work while some waits: the clocks run on
+    assert h.last_progress == 0.0 and not liveness(h, now, 120).ok
 

@@ -16,6 +16,7 @@ import pytest
 from vitguard import metrics
 from vitguard.errors import ServiceUnavailableError
 from vitguard.fetch import ImageFetcher
+from vitguard.health import liveness
 from vitguard.pipeline import ListSink, RawMessage, Runner
 from vitguard.schemas.events import ImageEvent
 from vitguard.settings import load_settings
@@ -359,10 +360,37 @@ async def test_a_classify_request_is_answered_while_milvus_holds_the_stream(
     await asyncio.sleep(1.0)  # the later passes run and queue up behind the held group
     verdict = await asyncio.wait_for(processor.classify(data=sample_photos[1].read_bytes()), 20)
     assert verdict.label == "safe" and not any(f.done() for f in held)
+    # held on purpose, the policy retrying: live (a restart would only add a model load to the outage)
+    live = liveness(processor.health, time.monotonic(), stall_timeout_s=0.5)
+    assert live.ok and live.detail["holding"].startswith("milvus"), live
     index.failures = 0
     results = await asyncio.wait_for(asyncio.gather(*held), 60)
     await processor.close()
     assert all(r.verdict.label == "safe" for r in results)  # type: ignore[union-attr]
+
+
+async def test_requests_answered_do_not_hide_a_wedged_stream_from_liveness(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    processor, _, _ = make_processor(opennsfw, image_root)
+    complete = processor.completer.complete
+    never = asyncio.Event()
+
+    async def hangs_on_stream_groups(group: Any) -> Any:  # a bug with no deadline, in the stream's back half
+        if any(not w.request for w in group.work):
+            await never.wait()
+        return await complete(group)
+
+    processor.completer.complete = hangs_on_stream_groups  # type: ignore[method-assign]
+    stuck = await processor.submit(messages([file_ref(image_root, sample_photos[0].name)])[0])
+    await asyncio.sleep(0.6)
+    for photo in sample_photos[:3]:  # /classify keeps answering meanwhile
+        assert (await asyncio.wait_for(processor.classify(data=photo.read_bytes()), 20)).label == "safe"
+    probe = liveness(processor.health, time.monotonic(), stall_timeout_s=0.5)
+    assert not probe.ok and not stuck.done()
+    assert len(probe.reasons) == 1 and probe.reasons[0].startswith("wedged: 1 event(s) waiting"), probe.reasons
+    assert probe.detail["requests_in_flight"] == 0 and probe.detail["holding"] is None
+    await processor.close()
 
 
 async def test_overlapping_batches_still_answer_a_redelivered_event_once(opennsfw: Any, image_root: Path,

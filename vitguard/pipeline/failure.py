@@ -141,6 +141,7 @@ class MilvusPolicy:
 
     def _failed(self, op: str, attempt: int, exc: BaseException) -> None:
         metrics.STORE_ERRORS.labels("milvus", op).inc()
+        self._health.retried()
         message = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
         if self._health.milvus_failing_since is None:
             self._health.milvus_failing_since = time.monotonic()
@@ -171,6 +172,7 @@ class PublishPolicy:
     async def failed_round(self, attempt: int, failed: int, first: BaseException) -> None:
         """Record a round with ``failed`` unacknowledged messages and wait before the next one."""
         metrics.PUBLISH_RETRIES.inc()
+        self._health.retried()
         if self._health.publish_failing_since is None:
             self._health.publish_failing_since = time.monotonic()
         self._health.publish_error = f"{type(first).__name__}: {first}"[:300]

@@ -173,6 +173,9 @@ class Runner:
                                 per_item=self.frames.per_batch, request_max_size=batch.request_max_size or None)
         self._to_complete: asyncio.Queue[Group] = asyncio.Queue(maxsize=1)
         self._pending: set[asyncio.Future[Any]] = set()
+        """Futures of the stream events and the /classify requests in flight."""
+        self._requests: set[asyncio.Future[Any]] = set()
+        """The /classify requests among them (``health`` keeps their own progress clock)."""
         self._loops: list[asyncio.Task[None]] = []
         self._fatal: BaseException | None = None
         self._closed = False
@@ -295,7 +298,7 @@ class Runner:
         decoded = await self.front.prepare_request(data=data, image_ref=image_ref, content_id=content_id,
                                                    tenant=tenant)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._track(fut)
+        self._track(fut, request=True)
         self.ready.put(Work(decoded, fut, request=True))
         result: Verdict = await fut
         return result
@@ -420,9 +423,14 @@ class Runner:
 
     # ------------------------------------------------------------------ futures and failures
 
-    def _track(self, fut: asyncio.Future[Any]) -> None:
+    def _track(self, fut: asyncio.Future[Any], *, request: bool = False) -> None:
         self._pending.add(fut)
-        self.health.in_flight = len(self._pending)
+        if request:
+            self._requests.add(fut)
+        self._count_in_flight()
+
+    def _count_in_flight(self) -> None:
+        self.health.waiting(len(self._pending) - len(self._requests), len(self._requests))
         metrics.IN_FLIGHT.set(len(self._pending))
 
     def _settle(self, fut: asyncio.Future[Any], outcome: Outcome, *, slot: bool = True) -> None:
@@ -436,13 +444,14 @@ class Runner:
                 fut.set_exception(outcome)
             else:
                 fut.set_result(outcome)
+        request = fut in self._requests
         if fut in self._pending:
             self._pending.discard(fut)
+            self._requests.discard(fut)
             if slot:
                 self._slots.release()
-        self.health.in_flight = len(self._pending)
-        self.health.progressed()
-        metrics.IN_FLIGHT.set(len(self._pending))
+        self._count_in_flight()
+        self.health.progressed(request=request)
 
     async def _guarded(self, loop_fn: Callable[[], Any]) -> None:
         """Run one of the runner's loops; if it ever ends by an exception, the runner is broken: go fatal."""
@@ -467,3 +476,4 @@ class Runner:
             if not fut.done():
                 fut.set_exception(self._fatal)
         self._pending.clear()
+        self._requests.clear()
