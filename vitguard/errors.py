@@ -43,6 +43,7 @@ ReasonCode = Literal[
     "unsupported_image",
     "decompression_bomb",
     "image_too_small",
+    "decode_timeout",
     # animations and video (schema 1.2)
     "too_many_frames",
     "video_too_long",

@@ -433,6 +433,18 @@ class BatchSettings(BaseSettings):
     decode_workers: int = Field(
         2, ge=1, le=256, description="Decode thread pool size. Env: VITGUARD_BATCH_DECODE_WORKERS."
     )
+    decode_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest one fetch-file, decode or hash job may run in the decode pool (time queued does not count): "
+            "past it the event is a decode_timeout dead letter and a new thread takes the stuck one's place. "
+            "When more jobs than decode_workers are stuck at once the worker stops (exit code 1) for a restart. "
+            "Far above any decode within the pixel and frame limits. Env: VITGUARD_BATCH_DECODE_TIMEOUT_S. "
+            "Default 60."
+        ),
+    )
     request_max_size: int = Field(
         8,
         ge=0,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from vitguard.pipeline.pools import PriorityPool, named_pool, set_native_thread_name
+from vitguard.pipeline.pools import JobTimeout, PriorityPool, named_pool, set_native_thread_name
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel thread names are read from /proc")
 
@@ -98,3 +99,45 @@ def test_shutdown_finishes_queued_jobs_or_cancels_them_and_refuses_new_ones() ->
     assert all(f.cancelled() for f in dropped)
     pool.shutdown(wait=True)
     assert not any(t.is_alive() for t in pool._threads)  # noqa: SLF001 - its threads end
+
+
+def test_a_job_past_the_deadline_is_abandoned_and_its_thread_replaced() -> None:
+    stuck_calls: list[int] = []
+    pool = PriorityPool(1, "vitguard-decode", job_timeout_s=0.2, max_stuck=1, on_stuck=stuck_calls.append)
+    release = threading.Event()
+    hung = pool.submit(release.wait, 30)  # a decoder that does not return
+    with pytest.raises(JobTimeout, match="limit 0.2 s"):
+        hung.result(timeout=5)
+    assert pool.stuck == 1
+    # the pool has a thread again: the next job runs while the stuck one still holds its own
+    assert pool.submit(lambda: threading.current_thread().name).result(timeout=5) == "vitguard-decode_1"
+    assert stuck_calls == []  # one stuck job is within max_stuck
+    release.set()  # the stuck job returns: its result is dropped and its thread ends
+    deadline = time.monotonic() + 5
+    while pool.stuck and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.stuck == 0 and hung.exception() is not None
+    pool.shutdown()
+
+
+def test_time_queued_does_not_count_against_the_deadline() -> None:
+    pool = PriorityPool(1, "vitguard-decode", job_timeout_s=0.3)
+    jobs = [pool.submit(time.sleep, 0.15) for _ in range(4)]  # each 0.15 s; the last waits 0.45 s in the queue
+    assert [j.result(timeout=10) for j in jobs] == [None] * 4
+    assert pool.stuck == 0
+    pool.shutdown()
+
+
+def test_more_stuck_jobs_than_allowed_call_on_stuck_and_shutdown_does_not_wait_for_them() -> None:
+    stuck_calls: list[int] = []
+    pool = PriorityPool(2, "vitguard-decode", job_timeout_s=0.1, max_stuck=2, on_stuck=stuck_calls.append)
+    release = threading.Event()
+    hung = [pool.submit(release.wait, 30) for _ in range(3)]  # the third runs on a replacement thread
+    for job in hung:
+        with pytest.raises(JobTimeout):
+            job.result(timeout=5)
+    assert pool.stuck == 3 and stuck_calls == [3]
+    started = time.monotonic()
+    pool.shutdown(wait=True)  # joins the live threads, not the stuck ones
+    assert time.monotonic() - started < 5
+    release.set()

@@ -393,6 +393,51 @@ async def test_requests_answered_do_not_hide_a_wedged_stream_from_liveness(
     await processor.close()
 
 
+def slow_png(path: Path) -> Path:
+    """A 36 MP PNG of half a megabyte: a real decode of about half a second on this project's CPUs."""
+    from PIL import Image
+
+    x = np.arange(6000, dtype=np.uint16)
+    pixels = np.stack([(x[None, :] + x[:, None]) % 256, (3 * x[None, :] + 0 * x[:, None]) % 256,
+                       (5 * x[:, None] + 0 * x[None, :]) % 256], axis=2).astype(np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG", compress_level=1)
+    return path
+
+
+async def test_a_decode_past_its_deadline_is_a_dead_letter_and_the_partition_goes_on(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    slow = slow_png(image_root / "slow.png")
+    processor, _, _ = make_processor(opennsfw, image_root, batch={"decode_timeout_s": 0.1})
+    refs = [slow.as_uri(), *(file_ref(image_root, p.name) for p in sample_photos[:2])]
+    results = await asyncio.wait_for(asyncio.gather(*[await processor.submit(m) for m in messages(refs)]), 30)
+    assert results[0].dead_letter.reason == "decode_timeout", results[0]  # type: ignore[union-attr]
+    assert "limit 0.1 s" in results[0].dead_letter.message  # type: ignore[union-attr]
+    assert [r.verdict.label for r in results[1:]] == ["safe", "safe"]  # type: ignore[union-attr]
+    # the abandoned decode's thread was replaced: the pool decodes at full strength meanwhile
+    later = await asyncio.wait_for(processor.classify(data=sample_photos[2].read_bytes()), 20)
+    assert later.label == "safe" and processor.health.fatal is None
+    await processor.close()
+
+
+async def test_more_stuck_decodes_than_decode_threads_stop_the_runner(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    from vitguard.errors import FatalError
+
+    slow = slow_png(image_root / "slow.png")
+    fatal: list[BaseException] = []
+    processor, _, _ = make_processor(opennsfw, image_root, batch={"decode_timeout_s": 0.1, "decode_workers": 1})
+    processor.on_fatal = fatal.append
+    futures = [await processor.submit(m) for m in messages([slow.as_uri()] * 3)]
+    results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
+    # the first is abandoned (one stuck: as many as decode threads), the second too: two stuck, fatal
+    assert len(fatal) == 1 and "restart the worker" in str(fatal[0]), fatal
+    assert any(isinstance(r, FatalError) for r in results), results
+    assert processor.health.fatal is not None
+    await processor.close()
+
+
 async def test_overlapping_batches_still_answer_a_redelivered_event_once(opennsfw: Any, image_root: Path,
                                                                          sample_photos: list[Path]) -> None:
     processor, sink, _ = make_processor(opennsfw, image_root)

@@ -23,6 +23,7 @@ from vitguard.banks.signal import PdqHash, PdqSignal
 from vitguard.errors import InputError
 from vitguard.model.types import Classifier
 from vitguard.pipeline.core import dead_letter
+from vitguard.pipeline.pools import JobTimeout
 from vitguard.pipeline.results import DeadLettered, Decoded, Fetched, StageTimes
 
 __all__ = ["decode_image", "decoded_with_hash", "hash_decoded", "in_decode_pool", "prepare_decoded"]
@@ -80,6 +81,10 @@ async def in_decode_pool(
         out = await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
     except InputError as exc:
         return DeadLettered(parsed.raw, dead_letter(parsed.raw, exc.reason, exc.message, parsed.event))
+    except JobTimeout as exc:
+        _log.error("decoding %s was abandoned: %s (a crafted file or a decoder bug?)", parsed.event.event_id, exc)
+        return DeadLettered(parsed.raw, dead_letter(
+            parsed.raw, "decode_timeout", f"decoding was abandoned: {exc}", parsed.event))
     except Exception as exc:
         _log.warning("decode of %s raised %r", parsed.event.event_id, exc, exc_info=True)
         return DeadLettered(parsed.raw, dead_letter(

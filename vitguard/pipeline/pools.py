@@ -8,6 +8,13 @@ gRPC's) keep the names those libraries give them or inherit.
 The decode pool is a :class:`PriorityPool`: jobs submitted through its ``urgent`` lane (``POST /classify``, a
 caller waiting on the line) run before the stream's queued decodes, so a busy stream's decode backlog does not
 add to a request's latency; a job already running is never interrupted.
+
+It also has a deadline for a job's running time (``job_timeout_s``; time queued does not count). A decoder
+that never returns (a crafted file, a codec bug) would otherwise hold its event, and so its partition's
+commits, forever, and take a thread with it. Past the deadline the job's future fails with
+:class:`JobTimeout` (its event becomes a dead letter), the pool starts a thread in its place, and the stuck
+thread ends once its job returns, its result dropped. Python cannot kill a thread: when more jobs than
+``max_stuck`` are stuck at once, ``on_stuck`` is called (the runner stops the worker, for a restart).
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ import itertools
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["PriorityPool", "named_pool", "set_native_thread_name"]
+__all__ = ["JobTimeout", "PriorityPool", "named_pool", "set_native_thread_name"]
 
 T = TypeVar("T")
 
@@ -53,28 +61,52 @@ def named_pool(workers: int, prefix: str) -> ThreadPoolExecutor:
 _URGENT, _NORMAL, _STOP = 0, 1, 2
 
 
+class JobTimeout(TimeoutError):
+    """A pool job ran past the pool's ``job_timeout_s`` and was abandoned (its thread was replaced)."""
+
+
 class PriorityPool(Executor):
     """A fixed pool of ``workers`` named threads (as :func:`named_pool`) that takes urgent jobs first.
 
     :meth:`submit` queues a normal job; ``pool.urgent.submit`` an urgent one. Each kind runs in submission
     order; a free thread always takes the oldest urgent job before any normal one. ``shutdown`` lets queued
     jobs finish (or cancels them with ``cancel_futures``); a job submitted after it raises ``RuntimeError``,
-    as with :class:`~concurrent.futures.ThreadPoolExecutor`.
+    as with :class:`~concurrent.futures.ThreadPoolExecutor`. With ``job_timeout_s``, a job running longer is
+    abandoned (see the module); ``on_stuck(n)`` is called, from the pool's watchdog thread, each time an
+    abandonment leaves ``n > max_stuck`` jobs stuck.
     """
 
-    def __init__(self, workers: int, prefix: str) -> None:
+    def __init__(self, workers: int, prefix: str, *, job_timeout_s: float | None = None, max_stuck: int = 0,
+                 on_stuck: Callable[[int], None] | None = None) -> None:
         if workers < 1:
             raise ValueError("a pool needs at least one thread")
+        if job_timeout_s is not None and job_timeout_s <= 0:
+            raise ValueError("job_timeout_s must be positive")
         self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._seq = itertools.count()
+        self._names = itertools.count()
+        self._prefix = prefix
         self._lock = threading.Lock()
         self._shut = False
+        self._max_stuck = max_stuck
+        self._on_stuck = on_stuck
+        self._running: dict[Future[Any], tuple[float, threading.Thread]] = {}
+        """Futures of the jobs running now: when each started (monotonic), on which thread."""
+        self._stuck: set[threading.Thread] = set()
+        """Threads whose job was abandoned and has not returned yet."""
         self.urgent: Executor = _Lane(self, _URGENT)
         """The same threads, ahead of every normal job still queued."""
-        self._threads = [threading.Thread(target=self._work, name=f"{prefix}_{i}", daemon=True)
-                         for i in range(workers)]
-        for t in self._threads:
-            t.start()
+        self._threads: list[threading.Thread] = []
+        for _ in range(workers):
+            self._start_thread()
+        self._stopped = threading.Event()
+        if job_timeout_s is not None:
+            threading.Thread(target=self._watch, args=(job_timeout_s,), name=f"{prefix}-watch", daemon=True).start()
+
+    @property
+    def stuck(self) -> int:
+        """Jobs abandoned past the deadline whose threads are still running them."""
+        return len(self._stuck)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         return self._submit(_NORMAL, fn, args, kwargs)
@@ -87,6 +119,11 @@ class PriorityPool(Executor):
             self._queue.put((priority, next(self._seq), (future, fn, args, kwargs)))
         return future
 
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._work, name=f"{self._prefix}_{next(self._names)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
     def _work(self) -> None:
         _name_this_thread()
         while True:
@@ -96,18 +133,51 @@ class PriorityPool(Executor):
             future, fn, args, kwargs = job
             if not future.set_running_or_notify_cancel():
                 continue
+            with self._lock:
+                self._running[future] = (time.monotonic(), threading.current_thread())
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:  # the caller gets it, as from ThreadPoolExecutor
-                future.set_exception(exc)
+                outcome: tuple[bool, Any] = (False, exc)
             else:
-                future.set_result(result)
-            del job, future, fn, args, kwargs
+                outcome = (True, result)
+            with self._lock:
+                abandoned = self._running.pop(future, None) is None
+                if abandoned:  # the watchdog failed the future and started a thread in this one's place
+                    self._stuck.discard(threading.current_thread())
+                    self._threads.remove(threading.current_thread())
+            if abandoned:
+                return
+            if outcome[0]:
+                future.set_result(outcome[1])
+            else:
+                future.set_exception(outcome[1])
+            del job, future, fn, args, kwargs, outcome
+
+    def _watch(self, timeout_s: float) -> None:
+        interval = min(1.0, timeout_s / 4)
+        while not self._stopped.wait(interval):
+            now = time.monotonic()
+            late: list[tuple[Future[Any], float]] = []
+            with self._lock:
+                for future, (started, thread) in list(self._running.items()):
+                    if now - started > timeout_s:
+                        del self._running[future]
+                        late.append((future, now - started))
+                        self._stuck.add(thread)
+                        if not self._shut:
+                            self._start_thread()
+                stuck = len(self._stuck)
+            for future, ran in late:
+                future.set_exception(JobTimeout(f"still running after {ran:.1f} s (limit {timeout_s:g} s)"))
+                if stuck > self._max_stuck and self._on_stuck is not None:
+                    self._on_stuck(stuck)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             if not self._shut:
                 self._shut = True
+                self._stopped.set()
                 if cancel_futures:
                     while True:
                         try:
@@ -116,12 +186,12 @@ class PriorityPool(Executor):
                             break
                         if job is not None:
                             job[0].cancel()
-                for _ in self._threads:
+                for _ in range(len(self._threads) - len(self._stuck)):
                     self._queue.put((_STOP, next(self._seq), None))
-        if wait:
-            for t in self._threads:
-                if t is not threading.current_thread():
-                    t.join()
+            live = [t for t in self._threads if t not in self._stuck and t is not threading.current_thread()]
+        if wait:  # a stuck thread is not waited for: its job may never return
+            for t in live:
+                t.join()
 
 
 class _Lane(Executor):

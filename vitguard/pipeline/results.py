@@ -9,6 +9,7 @@ redelivery, or a second copy of an event id).
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,6 +19,7 @@ from numpy.typing import NDArray
 from vitguard.banks.signal import PdqHash
 from vitguard.media.frames import FrameSet
 from vitguard.model.types import Prediction
+from vitguard.pipeline.pools import JobTimeout
 from vitguard.pipeline.types import RawMessage
 from vitguard.policy import Decision
 from vitguard.schemas.events import DeadLetter, ImageEvent, MediaSummary, NearDuplicateAlert, Verdict
@@ -37,6 +39,8 @@ __all__ = [
     "Skipped",
     "StageTimes",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,10 @@ class Decoded:
                 return None
             raise
         except RuntimeError:  # a pool that refused the job at shutdown
+            return None
+        except JobTimeout as exc:  # abandoned past the decode deadline: the image goes on unhashed
+            _log.warning("PDQ hashing of %s was abandoned (%s); it is not matched against the banks",
+                         self.parsed.event.event_id, exc)
             return None
 
 

@@ -139,7 +139,10 @@ class Runner:
         self.on_fatal = on_fatal
         self.unsafe_labels = resolve_unsafe_labels(self.info.labels, policy)
         self.cache_key = cache_key(self.info, self.unsafe_labels, policy.unsafe_threshold)
-        self._decode_pool = PriorityPool(batch.decode_workers, "vitguard-decode")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._decode_pool = PriorityPool(batch.decode_workers, "vitguard-decode",
+                                         job_timeout_s=batch.decode_timeout_s, max_stuck=batch.decode_workers,
+                                         on_stuck=self._decode_jobs_stuck)
         self._infer_pool = named_pool(1, "vitguard-infer")
         self._store_pool = named_pool(2, "vitguard-milvus")
         self.redis = RedisPolicy(self.health)
@@ -201,6 +204,7 @@ class Runner:
         if self._closed:
             raise RuntimeError("the runner is closed")
         if not self._loops:
+            self._loop = asyncio.get_running_loop()
             self._loops = [
                 asyncio.create_task(self._guarded(self._batch_loop), name="vitguard-batch-loop"),
                 asyncio.create_task(self._guarded(self._completion_loop), name="vitguard-completion-loop"),
@@ -462,6 +466,17 @@ class Runner:
         except BaseException as exc:
             _log.critical("runner loop %s crashed: %r", getattr(loop_fn, "__name__", loop_fn), exc, exc_info=True)
             self._fail_all(exc if isinstance(exc, FatalError) else FatalError(f"runner loop crashed: {exc!r}"))
+
+    def _decode_jobs_stuck(self, stuck: int) -> None:
+        """From the decode pool's watchdog thread: more decodes stuck past their deadline than there are decode
+        threads. Python cannot kill a thread, so the worker stops (exit code 1) and a restart reclaims them."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        exc = FatalError(f"{stuck} decode jobs are still running past VITGUARD_BATCH_DECODE_TIMEOUT_S "
+                         "(a decoder that does not return); restart the worker to reclaim their threads")
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the worker is stopping anyway
+            loop.call_soon_threadsafe(self._fail_all, exc)
 
     def _fail_all(self, exc: BaseException) -> None:
         """Stop for good: every pending event's future gets ``exc``; nothing is answered or committed."""

@@ -37,7 +37,7 @@ __all__ = [
     "validate_image_event",
 ]
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 """1.1: dead letters carry ``payload_size``, ``payload_sha256`` and ``payload_truncated``; timings carry
 ``queue_ms`` and ``wait_ms``. Readers of 1.0 that ignore unknown fields keep working.
 1.2: hash banks: verdicts carry ``bank_matches``, ``pdq_hash``, ``pdq_quality`` and ``label_source``; the alerts
@@ -45,6 +45,7 @@ topic also carries :class:`BankMatchAlert`; every alert has ``alert_type`` to te
 1.2 also: animations and video: verdicts of multi-frame items carry ``media`` (:class:`MediaSummary`: the worst
 frames, unsafe segments, frame counts); the key is left out of still-image verdicts, which keep their 1.1 shape.
 New reason codes: too_many_frames, video_too_long, unsupported_codec, corrupt_video, no_frames.
+1.3: new reason code decode_timeout (a decode abandoned past ``VITGUARD_BATCH_DECODE_TIMEOUT_S``).
 
 Compatibility rule: within 1.x a new field is optional and a new reason code or enumeration value is only
 added. Readers of an older 1.x must ignore fields they do not know (a reader that forbids unknown fields reads
