@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -67,6 +68,9 @@ if TYPE_CHECKING:
 __all__ = ["Runner"]
 
 _log = logging.getLogger(__name__)
+
+_STORE_THREADS = 2
+"""Threads for Milvus calls (each call has a deadline: ``VITGUARD_MILVUS_CALL_TIMEOUT_S``)."""
 
 
 
@@ -140,16 +144,23 @@ class Runner:
         self.unsafe_labels = resolve_unsafe_labels(self.info.labels, policy)
         self.cache_key = cache_key(self.info, self.unsafe_labels, policy.unsafe_threshold)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._decode_pool = PriorityPool(batch.decode_workers, "vitguard-decode",
-                                         job_timeout_s=batch.decode_timeout_s, max_stuck=batch.decode_workers,
-                                         on_stuck=self._decode_jobs_stuck)
+        self._decode_pool = PriorityPool(
+            batch.decode_workers, "vitguard-decode", job_timeout_s=batch.decode_timeout_s,
+            max_stuck=batch.decode_workers, on_stuck=functools.partial(
+                self._jobs_stuck, "decode", "VITGUARD_BATCH_DECODE_TIMEOUT_S", "a decoder that does not return"))
         self._infer_pool = named_pool(1, "vitguard-infer")
-        self._store_pool = named_pool(2, "vitguard-milvus")
+        milvus_deadline_s = max(milvus.call_timeout_s, milvus.load_timeout_s) + 5.0
+        # the policy stops waiting for a Milvus call at its deadline; a thread still in the call at twice that
+        # is in a client that ignores its own timeout: replaced, and a restart once more are stuck than run
+        self._store_pool = PriorityPool(
+            _STORE_THREADS, "vitguard-milvus", job_timeout_s=2 * milvus_deadline_s, max_stuck=_STORE_THREADS,
+            on_stuck=functools.partial(self._jobs_stuck, "Milvus", "VITGUARD_MILVUS_CALL_TIMEOUT_S",
+                                       "a client call that ignores its timeout"))
         self.redis = RedisPolicy(self.health)
         self.milvus = MilvusPolicy(
             self.health, self._store_pool,
             backoff=Backoff(milvus.retry_backoff_s, milvus.retry_backoff_max_s),
-            call_timeout_s=max(milvus.call_timeout_s, milvus.load_timeout_s) + 5.0,
+            call_timeout_s=milvus_deadline_s,
             on_hold=on_hold,
         )
         self.emitter = Emitter(
@@ -467,14 +478,14 @@ class Runner:
             _log.critical("runner loop %s crashed: %r", getattr(loop_fn, "__name__", loop_fn), exc, exc_info=True)
             self._fail_all(exc if isinstance(exc, FatalError) else FatalError(f"runner loop crashed: {exc!r}"))
 
-    def _decode_jobs_stuck(self, stuck: int) -> None:
-        """From the decode pool's watchdog thread: more decodes stuck past their deadline than there are decode
-        threads. Python cannot kill a thread, so the worker stops (exit code 1) and a restart reclaims them."""
+    def _jobs_stuck(self, pool: str, setting: str, likely: str, stuck: int) -> None:
+        """From a pool's watchdog thread: more of its jobs stuck past their deadline than it has threads.
+        Python cannot kill a thread, so the worker stops (exit code 1) and a restart reclaims them."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        exc = FatalError(f"{stuck} decode jobs are still running past VITGUARD_BATCH_DECODE_TIMEOUT_S "
-                         "(a decoder that does not return); restart the worker to reclaim their threads")
+        exc = FatalError(f"{stuck} {pool} jobs are still running past their deadline ({setting}; {likely}); "
+                         "restart the worker to reclaim their threads")
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the worker is stopping anyway
             loop.call_soon_threadsafe(self._fail_all, exc)
 
