@@ -438,7 +438,7 @@ class BatchSettings(BaseSettings):
         gt=0,
         le=3600,
         description=(
-            "Longest one fetch-file, decode or hash job may run in the decode pool (time queued does not count): "
+            "Longest one decode, PDQ-hash or SHA-256 job may run in the decode pool (time queued does not count): "
             "past it the event is a decode_timeout dead letter and a new thread takes the stuck one's place. "
             "When more jobs than decode_workers are stuck at once the worker stops (exit code 1) for a restart. "
             "Far above any decode within the pixel and frame limits. Env: VITGUARD_BATCH_DECODE_TIMEOUT_S. "
