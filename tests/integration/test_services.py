@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,3 +77,63 @@ def test_milvus_upsert_search(milvus_uri: str) -> None:
     assert hits[0][0]["distance"] == pytest.approx(1.0, abs=1e-4)
     assert client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"] == 5
     client.close()
+
+
+def test_free_port_draws_distinct_bindable_ports_below_the_ephemeral_range() -> None:
+    """Ports the kernel would hand to outgoing connections can be taken between the draw and a server's
+    bind; free_port stays below that range and never hands out one port twice."""
+    import socket
+
+    from vitguard.testing import services
+
+    ephemeral_low = services._ephemeral_low()
+    ports = [services.free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 < p < ephemeral_low for p in ports)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", ports[-1]))
+
+
+@pytest.mark.parametrize("taken_at", ["config check", "server bind"])
+def test_milvus_server_that_cannot_bind_its_port_starts_again_on_fresh_ports(
+    taken_at: str, tmp_path_factory: pytest.TempPathFactory, milvus_binaries_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CI failure of 2026-12-03: a port drawn free was taken before the server bound it, and the server
+    exited. Another process takes the server's port before the ``milvus`` package's config check binds it,
+    or after that check and before the server itself binds it (what happened in CI); either way the harness
+    draws fresh ports and starts again, and the server answers on its new port."""
+    import socket
+
+    from pymilvus import MilvusClient
+
+    from vitguard.testing import milvus_server
+
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server = milvus_server.MilvusServerProcess(tmp_path_factory.mktemp("milvus-squatted"),
+                                               binaries_dir=milvus_binaries_dir)
+    first_port = server.port
+    taken: list[int] = []
+    # before the package's check: the client port; after it: the proxy's internal port, as in CI
+    hook = "_prepare" if taken_at == "config check" else "_spawn"
+    original = getattr(milvus_server.MilvusServerProcess, hook)
+
+    def squat_once_then(self: milvus_server.MilvusServerProcess) -> None:
+        if not taken:
+            taken.append(first_port if hook == "_prepare" else self.ports["proxy_internal_port"])
+            squatter.bind(("", taken[0]))
+            squatter.listen()
+        original(self)
+
+    monkeypatch.setattr(milvus_server.MilvusServerProcess, hook, squat_once_then)
+    try:
+        server.start()
+        assert taken and taken[0] not in server.ports.values()
+        assert server.port != first_port
+        assert milvus_server._ADDRESS_IN_USE not in server.log_tail(chars=1_000_000)  # this attempt's logs
+        client = MilvusClient(server.uri, timeout=10)
+        assert client.list_collections() == []
+        client.close()
+    finally:
+        squatter.close()
+        server.stop(timeout_s=5)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -32,6 +33,7 @@ __all__ = [
     "MilvusNotInstalledError",
     "MilvusServerProcess",
     "ROOT_TOKEN",
+    "START_ATTEMPTS",
 ]
 
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
@@ -41,12 +43,21 @@ DEFAULT_STOP_TIMEOUT_S = 10.0
 """How long :meth:`MilvusServerProcess.stop` waits after SIGTERM before SIGKILL: Milvus can ignore
 SIGTERM for more than 8 s while it shuts its components down one by one."""
 
+START_ATTEMPTS = 3
+"""How many times :meth:`MilvusServerProcess.start` draws fresh ports when the server could not bind one."""
+
+_ADDRESS_IN_USE = "address already in use"
+
 ROOT_TOKEN = "root:Milvus"  # noqa: S105 - the documented default of every Milvus install
 """The token of Milvus's built-in root user, for a server started with ``authorization=True``."""
 
 
 class MilvusNotInstalledError(VitguardError):
     """The ``milvus`` package (the embedded server) is not installed."""
+
+
+class _PortTakenError(ServiceUnavailableError):
+    """A port drawn for the server was bound by another process before the server could bind it."""
 
 
 class MilvusServerProcess:
@@ -74,10 +85,13 @@ class MilvusServerProcess:
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.binaries_dir = Path(binaries_dir).resolve() if binaries_dir is not None else self.data_dir
+        self._port_given = port is not None
         self.port = port or free_port()
         self.authorization = authorization
         self.startup_timeout_s = startup_timeout_s
         self.metrics_port = 0
+        self.ports: dict[str, int] = {}
+        """Every port of the server by its ``milvus`` package name (``proxy_internal_port``, ...)."""
         self._process: subprocess.Popen[bytes] | None = None
         self._argv: list[str] = []
         self._env: dict[str, str] = {}
@@ -122,14 +136,34 @@ class MilvusServerProcess:
     def start(self) -> MilvusServerProcess:
         """Write the config, unpack the binary, start the server and wait until it answers.
 
+        A server that could not bind one of its ports (taken between the draw and the bind) is started
+        again on fresh ports, up to :data:`START_ATTEMPTS` times in all.
+
         Raises:
             MilvusNotInstalledError: the ``milvus`` package is missing.
             ServiceUnavailableError: the server exited or did not answer within ``startup_timeout_s``.
         """
         if self.running:
             raise RuntimeError("the Milvus server is already running")
-        self._prepare()
-        self._spawn()
+        state_dir = self.data_dir / "data"
+        fresh = not state_dir.exists()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            if fresh:  # what a failed attempt left (etcd's member list names its ports) goes
+                shutil.rmtree(state_dir, ignore_errors=True)
+            for name in ("milvus-stdout.log", "milvus-stderr.log"):  # this attempt's logs only
+                (self.log_dir / name).unlink(missing_ok=True)
+            try:
+                self._prepare()
+                self._spawn()
+            except ServiceUnavailableError as exc:
+                # a port that was free when drawn and taken before the server bound it: draw new ones
+                taken = isinstance(exc, _PortTakenError) or _ADDRESS_IN_USE in self.log_tail(chars=1_000_000)
+                if attempt == START_ATTEMPTS or not taken:
+                    raise
+                if not self._port_given:
+                    self.port = free_port()
+                continue
+            break
         return self
 
     def restart(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
@@ -214,8 +248,12 @@ class MilvusServerProcess:
         ports: dict[str, Any] = {k: free_port() for k in config.configurable_items if k.endswith("_port")}
         ports["proxy_port"] = self.port
         config.update(**ports)
+        self.ports = ports
         config.set("authorization_enabled", self.authorization)
-        config.resolve()  # writes configs/milvus.yaml under data_dir
+        try:
+            config.resolve()  # binds each port once to check it, then writes configs/milvus.yaml
+        except RuntimeError as exc:  # "set proxy_port=..., but bind failed"
+            raise _PortTakenError(f"a port drawn for the Milvus server was taken: {exc}") from exc
         # The embedded etcd is not in the package's template: by default it binds 2379 and 2380, and a second
         # server on the machine fails. Milvus reads etcd.config.path from the environment (ETCD_CONFIG_PATH).
         etcd_config = self.data_dir / "configs" / "etcd.yaml"

@@ -8,6 +8,7 @@ until the service answers, and stop the process on exit. Nothing here is used by
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
@@ -55,11 +56,49 @@ class LocalService:
         return ""
 
 
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (32768 on Linux unless tuned)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(_EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    return 32768
+
+
+def _bindable(port: int) -> bool:
+    # the wildcard address: a port some process holds on any interface is not free for a server that
+    # binds all of them (Milvus does)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, not handed out before by this process.
+
+    Drawn at random below the kernel's ephemeral range: a port the kernel picked (``bind(0)``) sits in the
+    range it also gives outgoing connections, so between the pick and the server's bind a client socket
+    (Kafka, Redis, gRPC: a test suite opens thousands) can take it. That race failed a Milvus server start
+    (its proxy's internal port) in CI. Falls back to the kernel's pick when the range is too narrow.
+    """
+    high = _ephemeral_low() - 1
+    if high - _LOWEST_PORT >= 1000:
+        for _ in range(200):
+            port = random.randint(_LOWEST_PORT, high)  # noqa: S311 - not for security
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _handed_out.add(port)
+    return port
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
