@@ -15,7 +15,12 @@ match dihedral variants, so mirrors are expected not to match); a copy "matches"
 the share of copies that match their own original, per transform, and the false-match rate (a copy or an
 original within 31 bits of a *different* photo), over every pair.
 
-Run: ``.venv/bin/python bench/banks.py [--sizes 100000 1000000] [--batch 64] [--seconds 3] [--out F]``.
+Hashing: ms per PDQ hash of the same photos at a long side of 512, 640 and 1024 px, vitguard's numpy hash against
+``pdqhash`` (the C++ reference), and the most bits the two differ by (2 at 512 and 640 px, measured: both on
+``chessboard_RGB.png``, a test pattern whose DCT coefficients tie at the median, where rounding order picks bits).
+
+Run: ``.venv/bin/python bench/banks.py [--sizes 100000 1000000] [--batch 64] [--seconds 3] [--skip-hashing]
+[--skip-robustness] [--out F]``.
 """
 
 from __future__ import annotations
@@ -182,6 +187,43 @@ def robustness() -> dict[str, Any]:
     }
 
 
+def hashing() -> dict[str, Any]:
+    """ms per PDQ hash of the photos resized to a long side of 512, 640 and 1024 px (best of 5 each, median over
+    photos): vitguard's numpy hash (what the decode stage runs beside the model) against ``pdqhash``, the C++
+    reference, and the most bits the two hashes differ by."""
+    import pdqhash
+    from PIL import Image
+
+    from vitguard.banks.pdq import pdq_hash
+    from vitguard.banks.signal import PdqSignal
+
+    def best_ms(fn: Any) -> float:
+        runs = []
+        for _ in range(5):
+            started = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - started)
+        return min(runs) * 1000
+
+    out: dict[str, Any] = {}
+    for side in (512, 640, 1024):
+        ours, reference, apart = [], [], 0
+        for _, image in _photos():
+            scale = side / max(image.size)
+            rgb = np.asarray(image.resize((round(image.size[0] * scale), round(image.size[1] * scale)),
+                                          Image.Resampling.BILINEAR))
+            ours.append(best_ms(lambda rgb=rgb: pdq_hash(rgb)))
+            reference.append(best_ms(lambda rgb=rgb: pdqhash.compute(rgb)))
+            vector, _ = pdqhash.compute(rgb)
+            cpp = np.packbits(np.asarray(vector, dtype=np.uint8)).tobytes().hex()  # as PdqSignal packs it
+            apart = max(apart, PdqSignal.distance(pdq_hash(rgb)[0], cpp))
+        out[f"long_side_{side}px"] = {
+            "numpy_ms": round(statistics.median(ours), 3), "pdqhash_cpp_ms": round(statistics.median(reference), 3),
+            "speedup": round(statistics.median(reference) / statistics.median(ours), 1), "max_bits_apart": apart,
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -189,6 +231,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed searching per index kind and size")
     parser.add_argument("--kinds", nargs="+", default=["mih", "multihash", "flat"])
     parser.add_argument("--skip-robustness", action="store_true")
+    parser.add_argument("--skip-hashing", action="store_true", help="skip the PDQ hashing speed per image size")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
     report: dict[str, Any] = {
@@ -196,6 +239,8 @@ def main() -> None:
         "goal": {"images_per_s_at_1m": 5000, "gb_per_10m_hashes": 1.0, "hma_target": "10 M hashes in < 8 GB"},
         "scale": scale(args.sizes, args.batch, args.seconds, args.kinds),
     }
+    if not args.skip_hashing:
+        report["hashing"] = hashing()
     if not args.skip_robustness:
         report["robustness"] = robustness()
     text = json.dumps(report, indent=2)

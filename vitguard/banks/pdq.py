@@ -8,8 +8,9 @@ points, though, and every step up to the sampling is linear, so the same numbers
     RGB (H x W x 3)  ->  Rows (64 x H) @ RGB  ->  luma  ->  . @ Cols (W x 64)  ->  D (16 x 64) @ . @ D^T  ->  bits
 
 where ``Rows``/``Cols`` are the sampled rows of the two-pass box filters (bands about ``2 H / 128`` wide,
-cached per image size) and ``D`` is PDQ's 16 x 64 DCT matrix. 1.4 ms for the same image, in elementwise
-numpy that releases the GIL and uses no BLAS thread pool.
+cached per image size) and ``D`` is PDQ's 16 x 64 DCT matrix. 0.6 ms for a 640 x 649 photo (1.5 ms
+before the row pass became one ``einsum``), in elementwise numpy that releases the GIL and uses no BLAS
+thread pool.
 
 The steps follow ``pdq/cpp/hashing/pdqhashing.cpp`` of ThreatExchange, as ``pdqhash`` 0.2.8 builds it:
 
@@ -83,16 +84,26 @@ def _sampled_filter(n: int) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
     return np.minimum(column, n - 1), weights.astype(np.float32)
 
 
+_GATHER_BYTES = 4 << 20
+"""The most bytes of gathered band rows :func:`_filter_rows` holds at once (a few sample rows of a large image)."""
+
+
 def _filter_rows(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
     """64 x W x C: the row-axis passes at the 64 sample rows, on the pixels as they are (luma is linear, so
-    it is taken after, on 64 rows instead of all). Elementwise numpy: no BLAS thread pool, whose spinning
-    threads cost a 2-core worker a third of its throughput next to the model's own threads."""
+    it is taken after, on 64 rows instead of all). Each sample row's band is gathered and weighted in one
+    ``einsum`` over a few sample rows at a time: the same products summed in the same order as a loop over
+    the rows (bit for bit), in a quarter of its time. Elementwise numpy, no BLAS: BLAS's thread pool would
+    spin on the cores the model's own threads need (a third of a 2-core worker's throughput, measured)."""
     index, weights = _sampled_filter(rgb.shape[0])
-    out = np.empty((_SIDE, *rgb.shape[1:]), dtype=np.float32)
-    extra = (None,) * (rgb.ndim - 1)
-    for i in range(_SIDE):
-        np.sum(rgb[index[i]] * weights[i][(slice(None), *extra)], axis=0, out=out[i])
-    return out
+    band = index.shape[1]
+    flat = rgb.reshape(rgb.shape[0], -1)  # H x (W C)
+    out = np.empty((_SIDE, flat.shape[1]), dtype=np.float32)
+    step = max(1, _GATHER_BYTES // max(1, band * flat.shape[1]))
+    for first in range(0, _SIDE, step):
+        last = min(_SIDE, first + step)
+        np.einsum("plk,pl->pk", flat[index[first:last]], weights[first:last], dtype=np.float32,
+                  out=out[first:last])
+    return out.reshape(_SIDE, *rgb.shape[1:])
 
 
 def _filter_cols(rows: NDArray[np.float32], width: int) -> NDArray[np.float64]:
