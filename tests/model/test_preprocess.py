@@ -215,3 +215,29 @@ def test_prepare_image_matches_prepare_bytes(sample_photos: list[Path]) -> None:
     with pytest.raises(ImageDecodeError) as info:
         preprocess.from_image(Image.new("RGB", (3, 3)))
     assert info.value.reason == "image_too_small"
+
+
+def test_opennsfw_resamples_only_the_centre_it_keeps_with_the_reference_pixels(sample_photos: list[Path]) -> None:
+    """open_nsfw's reference resizes to 256 x 256 and crops the centre 224; vitguard resamples only that centre
+    from the matching source box. The pixels are the reference's, at every size tried (a last-bit float
+    difference may move one grey level in a few pixels)."""
+    from vitguard.model.opennsfw import OpenNSFWPreprocessor
+
+    ours = OpenNSFWPreprocessor(jpeg_reencode=False)
+    mean_bgr = np.array([104, 117, 123], dtype=np.float32)[:, None, None]
+    tried = identical = 0
+    for path in sample_photos:
+        photo = Image.open(path).convert("RGB")
+        for scale in (1.0, 0.37, 0.81, 1.7):
+            image = photo.resize((round(photo.width * scale), round(photo.height * scale)))
+            reference = np.asarray(
+                image.resize((256, 256), resample=Image.Resampling.BILINEAR).crop((16, 16, 240, 240)))
+            expected = reference.transpose(2, 0, 1)[::-1] - mean_bgr
+            got = ours.from_image(image)
+            assert got.shape == (3, 224, 224)
+            difference = np.abs(got - expected)
+            assert difference.max() <= 1, (path.name, scale)
+            assert (difference > 0).mean() < 0.05, (path.name, scale)
+            tried += 1
+            identical += bool(difference.max() == 0)
+    assert identical >= tried - 1
