@@ -278,9 +278,10 @@ class ModelSettings(BaseSettings):
     ort_spinning: bool = Field(
         False,
         description=(
-            "Let onnxruntime's worker threads busy-wait between operators (ONNX and opennsfw backends): a few "
-            "ms less latency per single image on an idle machine, but the spinning steals CPU from decode "
-            "threads and other processes (measured ~1.5x slower batches on a busy 2-core box). "
+            "Let onnxruntime's worker threads busy-wait between operators (ONNX and opennsfw backends). They "
+            "keep spinning for about 50 ms after every run, a core's worth, which steals CPU from decode "
+            "threads and other processes (~1.5x slower batches on a busy 2-core box), and one image at idle "
+            "gained nothing measurable from it (bench/ort_spinning.py). "
             "Env: VITGUARD_MODEL_ORT_SPINNING. Default false."
         ),
     )

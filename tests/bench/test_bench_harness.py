@@ -31,7 +31,7 @@ def test_uploads_are_distinct(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("script", ["latency.py", "classify_load.py", "pipeline_throughput.py", "gpu_check.py",
-                                    "banks.py"])
+                                    "banks.py", "ort_spinning.py"])
 def test_scripts_start(script: str) -> None:
     result = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True,
                             timeout=120, check=False)

@@ -62,3 +62,18 @@ def test_banks(tmp_path: Path) -> None:
     robust = report["robustness"]
     assert robust["photos"] >= 8 and robust["copies_matching_their_original"]["jpeg_q40"] >= 0.9
     assert robust["false_match_rate"] is not None
+    for size in ("512", "640", "1024"):
+        hashing = report["hashing"][f"long_side_{size}px"]
+        assert hashing["numpy_ms"] > 0 and hashing["pdqhash_cpp_ms"] > 0
+        assert hashing["max_bits_apart"] <= 2  # only a test pattern whose coefficients tie differs at all
+
+
+@pytest.mark.timeout(120)
+def test_ort_spinning(tmp_path: Path) -> None:
+    report = _run(tmp_path, "ort_spinning.py", "--rounds", "1", "--runs", "3", "--pauses-ms", "60",
+                  "--batch", "2")
+    ways = report["ways"]
+    assert set(ways) == {"off", "on", "on_stop_after_run"}
+    assert all(w["back_to_back_ms"] > 0 and w["batch_ms"] > 0 for w in ways.values())
+    # the spinning pool keeps a thread busy through the pause; the others sleep
+    assert ways["on"]["after_pause_60ms"]["cpu_ms_in_pause"] > 10 * ways["off"]["after_pause_60ms"]["cpu_ms_in_pause"]

@@ -13,9 +13,10 @@ def create_session(model: Path | bytes, *, threads: int | None = None, spinning:
 
     Intra-op threads normally spin between parallel sections; on a CPU shared with decode threads and other
     workers the spinning steals the very cores the next section needs. Measured on the 2-core dev machine
-    under load: ~1.5x the batch throughput with spinning off. On an idle machine spinning saves a few ms per
-    single-image call, hence ``ModelSettings.ort_spinning``. ``threads`` None keeps onnxruntime's default
-    (one per physical core).
+    under load: ~1.5x the batch throughput with spinning off. The pool also spins for about 50 ms after each
+    run (a core's worth of CPU), and one image at idle is no faster for it (``bench/ort_spinning.py``);
+    ``ModelSettings.ort_spinning`` turns it on for whoever measures otherwise. ``threads`` None keeps
+    onnxruntime's default (one per physical core).
     """
     import onnxruntime as ort
 
