@@ -121,7 +121,7 @@ def test_milvus_server_that_cannot_bind_its_port_starts_again_on_fresh_ports(
     def squat_once_then(self: milvus_server.MilvusServerProcess) -> None:
         if not taken:
             taken.append(first_port if hook == "_prepare" else self.ports["proxy_internal_port"])
-            squatter.bind(("", taken[0]))
+            squatter.bind(("127.0.0.1", taken[0]))  # loopback only; the server binds every address
             squatter.listen()
         original(self)
 
