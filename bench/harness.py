@@ -39,6 +39,7 @@ __all__ = [
     "percentile",
     "process_cpu_s",
     "quiet_producer",
+    "saturation_ratio_target",
     "steady_rate",
     "tagged",
     "uploads",
@@ -46,6 +47,15 @@ __all__ = [
     "wait_answered_cpu",
     "thread_cpu_s",
 ]
+
+
+SATURATION_RATIO_TARGETS = {"opennsfw": 0.85}
+"""End to end / model-only at saturation (issue 14), by model spec; 0.9 for any other (the ViT's compute)."""
+
+
+def saturation_ratio_target(spec: str) -> float:
+    """The end-to-end / model-only target at saturation for the model ``spec``."""
+    return SATURATION_RATIO_TARGETS.get(spec, 0.9)
 
 
 def uploads(root: Path, count: int, side: int, seed: int = 0, start: int = 0) -> list[Path]:

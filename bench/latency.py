@@ -39,8 +39,6 @@ from vitguard.consumers.topics import ensure_topics
 from vitguard.testing.worker import WorkerProcess, publish_raw
 
 LOAD_FRACTIONS = (0.10, 0.25, 0.50, 0.75, 0.90)
-RATIO_TARGETS = {"opennsfw": 0.85}
-"""End-to-end / model-only at saturation; 0.9 for everything else (the ViT's compute)."""
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -164,7 +162,7 @@ def main() -> int:
 
     model_ips = statistics.mean([before.images_per_s, after.images_per_s])
     full_batch_ms = statistics.mean([before.batch_ms, after.batch_ms])
-    ratio_target = RATIO_TARGETS.get(args.spec, 0.9)
+    ratio_target = harness.saturation_ratio_target(args.spec)
     at_1 = points[0]["latency"]
     at_50 = next(p for p in points if p["offered"] == "50%")["latency"]
     targets: dict[str, Any] = {

@@ -182,7 +182,7 @@ def main() -> int:
                 "events": len(backlog),
                 "images_per_s": round(e2e_ips, 2),
                 "ratio_to_model_only": round(e2e_ips / model_ref, 3),
-                "target_ratio": 0.85,
+                "target_ratio": harness.saturation_ratio_target(args.spec),
                 "mean_stage_ms_per_image": {k: round(v, 2) for k, v in stage.items()},
                 "worker_cpu_ms_per_image": round(e2e_cpu_ms, 2),
                 "model_only_cpu_ms_per_image": round(model_cpu_ms, 2),

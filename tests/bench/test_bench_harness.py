@@ -37,3 +37,8 @@ def test_scripts_start(script: str) -> None:
                             timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
+
+
+def test_saturation_targets_are_the_issues() -> None:
+    assert harness.saturation_ratio_target("opennsfw") == 0.85
+    assert harness.saturation_ratio_target("timm:vit_tiny_patch16_384") == 0.9
