@@ -33,6 +33,7 @@ __all__ = [
     "events",
     "latency_summary",
     "machine",
+    "machine_cpu_s",
     "mean_timings",
     "model_only",
     "offer",
@@ -118,6 +119,16 @@ def _stat_cpu_s(stat: Path) -> float:
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads), from /proc."""
     return _stat_cpu_s(Path(f"/proc/{pid}/stat"))
+
+
+def machine_cpu_s() -> dict[str, float]:
+    """CPU seconds the whole machine has spent busy (user, nice, system, irq, softirq) and stolen by the
+    hypervisor (``steal``: time a virtual CPU wanted to run and another tenant had the core) since boot, summed
+    over cores, from the first line of ``/proc/stat``."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"busy": (user + nice + system + irq + softirq) / tick, "steal": steal / tick}
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:

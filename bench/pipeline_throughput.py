@@ -17,6 +17,10 @@ Measures, in this order and in one process tree:
    included) is the same comparison without the drift, and ``worker_cpu_ms_per_image_by_thread`` says where
    the worker's CPU went (``harness.thread_cpu_s``: inference is ``vg-infer`` plus onnxruntime's unnamed
    pool threads; the front half's decode, preprocessing and PDQ hash are ``vg-decode``);
+   ``co_located_cpu_ms_per_image`` is the CPU per image of what shares this machine with the worker (the
+   embedded broker and Redis when this run started them, and this benchmark process, which publishes the
+   backlog and reads the answers), and ``machine_cores_while_answering`` how many of the machine's cores
+   were busy, and stolen by the hypervisor (``steal``), while the backlog was answered (``/proc/stat``);
 5. **latency**: events published at a steady rate below that throughput; per event, created_at -> the
    verdict's broker timestamp (p50/p95/p99).
 
@@ -94,13 +98,16 @@ def main() -> int:
     best = max(bs for bs in sizes if model_ips[bs] >= 0.95 * max(model_ips.values()))
 
     started: list[services.LocalService] = []
+    co_located: dict[str, int] = {"bench": os.getpid()}  # processes on this machine beside the worker, by pid
     bootstrap, redis_url = base.kafka.bootstrap_servers, base.redis.url
     if not services.kafka_reachable(bootstrap, 3.0):
         started.append(services.start_broker())
         bootstrap = started[-1].address
+        co_located["broker"] = started[-1].process.pid
     if not services.redis_reachable(redis_url):
         started.append(services.start_redis())
         redis_url = started[-1].address
+        co_located["redis"] = started[-1].process.pid
     run = uuid.uuid4().hex[:6]
     settings = load_settings(
         kafka={"bootstrap_servers": bootstrap, "consumer_group": f"bench-{run}", "rebalance_timeout_s": 3.0},
@@ -128,8 +135,16 @@ def main() -> int:
             adjacent = [model_only(classifier, tensors, best, images=args.adjacent_images)]
             base_count = out.outputs.answered()
             publish_raw(settings.kafka, settings.topics.images, harness.events(backlog, "b"))
-            # worker CPU per image between the first answers and the last (start-up excluded)
+            # worker CPU per image between the first answers and the last (start-up excluded); the processes
+            # beside it and the whole machine over the whole backlog
+            others_before = {k: harness.process_cpu_s(pid) for k, pid in co_located.items()}
+            machine_before, backlog_started = harness.machine_cpu_s(), time.perf_counter()
             outputs, e2e_cpu_ms, by_thread = harness.wait_answered_cpu(out, base_count + len(backlog), 900, worker)
+            backlog_s = time.perf_counter() - backlog_started
+            co_located_ms = {k: round(1000 * (harness.process_cpu_s(pid) - others_before[k]) / len(backlog), 2)
+                             for k, pid in co_located.items()}
+            machine_cores = {k: round((v - machine_before[k]) / backlog_s, 2)
+                             for k, v in harness.machine_cpu_s().items()}
             adjacent.append(model_only(classifier, tensors, best, images=args.adjacent_images))
             in_backlog = [(v, ts) for v, ts in zip(outputs.verdicts, outputs.verdict_timestamps_ms, strict=True)
                           if v.content_id.startswith("b-")]
@@ -188,6 +203,8 @@ def main() -> int:
                 "model_only_cpu_ms_per_image": round(model_cpu_ms, 2),
                 "cpu_efficiency_ratio": round(model_cpu_ms / e2e_cpu_ms, 3),
                 "worker_cpu_ms_per_image_by_thread": by_thread,
+                "co_located_cpu_ms_per_image": co_located_ms,
+                "machine_cores_while_answering": machine_cores,
             },
             "latency": {
                 "events": len(latencies),

@@ -4,6 +4,7 @@ the pipeline changes. The figures are meaningless at these sizes; only the shape
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,9 @@ def test_pipeline_throughput(tmp_path: Path) -> None:
     assert report["end_to_end"]["events"] == 48, "the warm-up is not counted in the backlog"
     adjacent = report["model_only_adjacent_images_per_s"]
     assert adjacent["before"] > 0 and adjacent["after"] > 0
+    e2e = report["end_to_end"]
+    assert e2e["co_located_cpu_ms_per_image"]["bench"] > 0  # it published and read every event
+    assert 0 < e2e["machine_cores_while_answering"]["busy"] <= (os.cpu_count() or 1) + 0.5
 
 
 @pytest.mark.timeout(200)
