@@ -87,6 +87,8 @@ def test_free_port_draws_distinct_bindable_ports_below_the_ephemeral_range() -> 
     from vitguard.testing import services
 
     ephemeral_low = services._ephemeral_low()
+    if ephemeral_low - services._LOWEST_PORT < 1000:
+        pytest.skip(f"this machine's ephemeral range starts at {ephemeral_low}: free_port takes the kernel's pick")
     ports = [services.free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)
     assert all(1024 < p < ephemeral_low for p in ports)
