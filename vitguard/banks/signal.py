@@ -115,6 +115,11 @@ class PdqSignal(SignalType):
         if min(rgb.shape[:2]) >= MIN_SIDE:
             signal, quality = pdq_hash(rgb)
             return PdqHash(signal, quality)
+        return cls.hash_pixels_reference(rgb)
+
+    @classmethod
+    def hash_pixels_reference(cls, rgb: NDArray[np.uint8]) -> PdqHash:
+        """The PDQ hash of an ``H x W x 3`` uint8 RGB array by ``pdqhash``, the C++ reference itself."""
         import pdqhash
 
         vector, quality = pdqhash.compute(np.ascontiguousarray(rgb[..., :3], dtype=np.uint8))
