@@ -48,6 +48,9 @@ START_ATTEMPTS = 3
 
 _ADDRESS_IN_USE = "address already in use"
 
+_LOG_FILES = ("milvus-stdout.log", "milvus-stderr.log")
+"""The server's stdout and stderr, under :attr:`MilvusServerProcess.log_dir`."""
+
 ROOT_TOKEN = "root:Milvus"  # noqa: S105 - the documented default of every Milvus install
 """The token of Milvus's built-in root user, for a server started with ``authorization=True``."""
 
@@ -126,7 +129,7 @@ class MilvusServerProcess:
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the server's stdout and stderr logs, for failure messages."""
         parts = []
-        for name in ("milvus-stdout.log", "milvus-stderr.log"):
+        for name in _LOG_FILES:
             with contextlib.suppress(OSError):
                 parts.append(f"--- {name}\n" + (self.log_dir / name).read_text(errors="replace")[-chars:])
         return "\n".join(parts)
@@ -150,7 +153,7 @@ class MilvusServerProcess:
         for attempt in range(1, START_ATTEMPTS + 1):
             if fresh:  # what a failed attempt left (etcd's member list names its ports) goes
                 shutil.rmtree(state_dir, ignore_errors=True)
-            for name in ("milvus-stdout.log", "milvus-stderr.log"):  # this attempt's logs only
+            for name in _LOG_FILES:  # this attempt's logs only
                 (self.log_dir / name).unlink(missing_ok=True)
             try:
                 self._prepare()
@@ -283,8 +286,8 @@ class MilvusServerProcess:
     def _spawn(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (
-            (self.log_dir / "milvus-stdout.log").open("ab") as out,
-            (self.log_dir / "milvus-stderr.log").open("ab") as err,
+            (self.log_dir / _LOG_FILES[0]).open("ab") as out,
+            (self.log_dir / _LOG_FILES[1]).open("ab") as err,
         ):
             # its own session: a signal to the group reaches any helper process it may start, and a
             # Ctrl-C in the test runner does not reach the server behind the fixtures' back
