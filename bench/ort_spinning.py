@@ -1,9 +1,10 @@
 """onnxruntime's thread spinning and one image at idle: what ``VITGUARD_MODEL_ORT_SPINNING`` buys, and for how long.
 
-open_nsfw (the bundled ONNX graph), one image per run, on sessions built three ways: spinning off (vitguard's
-default), on (``VITGUARD_MODEL_ORT_SPINNING=1``), and on with ``session.force_spinning_stop`` (the pool stops
-spinning when a run ends). Rounds alternate the three so this host's drifting speed falls on each alike. Per
-way, medians over rounds of:
+open_nsfw (the bundled ONNX graph), one image per run, on sessions built by vitguard's own
+``vitguard.model.ort.create_session`` three ways: spinning off (vitguard's default), on
+(``VITGUARD_MODEL_ORT_SPINNING=1``), and on with ``session.force_spinning_stop`` (the pool stops spinning when
+a run ends). Meant for the CPU: where onnxruntime has CUDA, ``create_session`` runs on it. Rounds alternate
+the three so this host's drifting speed falls on each alike. Per way, medians over rounds of:
 
 - ``back_to_back_ms``: one image, runs one after another;
 - ``after_pause_ms``: one image after each pause of ``--pauses-ms`` (an idle worker's next request);
@@ -24,21 +25,12 @@ from typing import Any
 
 import numpy as np
 
-WAYS = {"off": {"allow_spinning": "0"}, "on": {"allow_spinning": "1"},
-        "on_stop_after_run": {"allow_spinning": "1", "force_spinning_stop": "1"}}
-
-
-def _session(model: Path, way: dict[str, str], threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", way["allow_spinning"])
-    if "force_spinning_stop" in way:
-        options.add_session_config_entry("session.force_spinning_stop", way["force_spinning_stop"])
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+WAYS: dict[str, dict[str, Any]] = {
+    "off": {"spinning": False},
+    "on": {"spinning": True},
+    "on_stop_after_run": {"spinning": True, "config": {"session.force_spinning_stop": "1"}},
+}
+"""Keyword arguments of :func:`vitguard.model.ort.create_session`, the sessions vitguard itself builds."""
 
 
 def _ms(fn: Any) -> float:
@@ -88,6 +80,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from vitguard.model.opennsfw import bundled_model_path
+    from vitguard.model.ort import create_session
 
     model = bundled_model_path()
     pauses = [p / 1000 for p in args.pauses_ms]
@@ -95,7 +88,7 @@ def main() -> None:
     started = time.perf_counter()
     for _ in range(args.rounds):
         for way, config in WAYS.items():
-            session = _session(model, config, args.threads)
+            session = create_session(model, threads=args.threads, **config)
             rounds[way].append(measure(session, args.runs, pauses, args.batch))
             del session
     text = json.dumps({
