@@ -29,6 +29,7 @@ from vitguard.testing.media import (
     HIDDEN_PHOTO,
     HIDDEN_THRESHOLD,
     animated_image,
+    negative_time_video,
     photo_frames,
     truncated,
     unknown_codec_video,
@@ -76,6 +77,7 @@ def media_root(image_root: Path, clip: list[Image.Image]) -> Path:
         "alien.mkv": unknown_codec_video(clip),
         "empty.webm": zero_frame_video(),
         "long.gif": animated_image(clip * 8),  # 72 frames: over the test's max_source_frames
+        "early.mkv": negative_time_video(clip, 4.0, fps=10, repeat=4),  # 3.6 s, every frame stamped below zero
     }
     for name, data in files.items():
         (image_root / name).write_bytes(data)
@@ -145,6 +147,46 @@ async def test_bad_media_dead_letters_with_their_reason(opennsfw: Any, media_roo
     reasons = {d.content_id: d.reason for d in outcome.dead_letters}
     assert reasons == {"c0": "corrupt_video", "c1": "unsupported_codec", "c2": "no_frames", "c3": "too_many_frames"}
     assert [v.content_id for v in outcome.verdicts] == ["c4"]
+
+
+async def test_a_video_stamped_before_zero_gets_its_verdict(opennsfw: Any, media_root: Path) -> None:
+    """Once, such a video's frame times reached the verdict's schema (times >= 0) and the failure stopped the
+    batch loop: the worker exited, and the uncommitted event crashed every restart (a partition stalled)."""
+    runner, _, _ = make_runner(opennsfw, media_root, video_fps=5)
+    outcome = await runner.process(messages(media_root, ["early.mkv", "rocket.jpg"]))
+    verdict = await runner.classify(data=(media_root / "early.mkv").read_bytes())
+    await runner.close()
+    assert not outcome.dead_letters and [v.content_id for v in outcome.verdicts] == ["c0", "c1"]
+    media = outcome.verdicts[0].media  # times from its first frame: the photo on screen from 1.6 s
+    assert outcome.verdicts[0].label == "unsafe" and media is not None and media.frames_classified == 19  # and the last
+    assert media.worst_frame.time_s == pytest.approx(1.6) and media.duration_s == pytest.approx(3.6)
+    assert verdict.media == media
+
+
+async def test_a_failing_reduce_dead_letters_only_its_item(opennsfw: Any, media_root: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: an item the reduce stage fails on (a bug, an input nobody foresaw) is a dead letter;
+    the pass's other items get their verdicts and the runner goes on."""
+    import vitguard.pipeline.infer as infer
+
+    real = infer.reduce_frames
+
+    def reduce_or_fail(frames: FrameSet, *args: Any, **kwargs: Any) -> Any:
+        if frames.kind == "animation":
+            raise ValueError("a bug in the reduce stage")
+        return real(frames, *args, **kwargs)
+
+    monkeypatch.setattr(infer, "reduce_frames", reduce_or_fail)
+    runner, _, _ = make_runner(opennsfw, media_root)
+    outcome = await runner.process(messages(media_root, ["clip.gif", "clip.mp4", "rocket.jpg"]))
+    later = await runner.process([RawMessage(
+        ImageEvent(event_id="e9", content_id="c9", image_ref=(media_root / "rocket.jpg").as_uri())
+        .model_dump_json().encode(), b"c9", "in", 0, 9)])
+    await runner.close()
+    assert [(d.content_id, d.reason) for d in outcome.dead_letters] == [("c0", "internal_error")]
+    assert "a bug in the reduce stage" in outcome.dead_letters[0].message
+    assert sorted(v.content_id for v in outcome.verdicts) == ["c1", "c2"]
+    assert [v.content_id for v in later.verdicts] == ["c9"]
 
 
 async def test_video_over_the_duration_limit(opennsfw: Any, media_root: Path) -> None:

@@ -82,6 +82,7 @@ def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage,
     sampler = _Sampler(limits, duration, prepare, hash_frame)
     decoded = pixels = 0
     truncated = False
+    start: float | None = None
     try:
         for frame in container.decode(stream):
             decoded += 1
@@ -91,7 +92,11 @@ def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage,
             if pixels > limits.max_decoded_pixels:
                 raise InputError("decompression_bomb",
                                  f"more than {limits.max_decoded_pixels} pixels decoded after {decoded} frames")
-            time_s = float(frame.time) if frame.time is not None else (decoded - 1) / limits.video_fps
+            if frame.time is None:
+                time_s = (decoded - 1) / limits.video_fps
+            else:  # from the first frame: a live stream's segment starts hours in, a codec delay below zero
+                start = float(frame.time) if start is None else start
+                time_s = max(0.0, float(frame.time) - start)
             if time_s > limits.max_duration_s:
                 raise InputError("video_too_long", f"video runs past {limits.max_duration_s:g} s")
             sampler.offer(decoded - 1, time_s, frame)
@@ -166,7 +171,11 @@ def _duration_s(container: Any, stream: Any) -> float | None:
     if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
         return float(stream.duration * stream.time_base)
     if container.duration is not None and container.duration > 0:
-        return float(container.duration) / 1_000_000  # AV_TIME_BASE
+        total = float(container.duration) / 1_000_000  # AV_TIME_BASE
+        start = float(container.start_time or 0) / 1_000_000
+        # Matroska written with copied timestamps (a live stream's segment) declares its end, not its length;
+        # frame times count from the first frame, so the length is the end less the start
+        return total - start if 0 < start < total else total
     return None
 
 

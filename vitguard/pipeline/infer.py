@@ -134,7 +134,14 @@ async def infer_pass(
             pos += n
             if not progress.complete:
                 continue
-            answer = _reduced(v, progress, unsafe_labels, threshold, worst_frames)
+            try:
+                answer = _reduced(v, progress, unsafe_labels, threshold, worst_frames)
+            except Exception as exc:  # a bug or an input the reduce stage did not foresee: this item only
+                _log.exception("reducing the frames of %s failed", v.parsed.event.event_id)
+                raw = v.parsed.raw
+                answer = DeadLettered(raw, dead_letter(
+                    raw, "internal_error", f"reducing its frames failed: {type(exc).__name__}: {exc}",
+                    v.parsed.event))
         if answer is not None:
             group.predicted[len(group.work)] = answer
             if isinstance(answer, Predicted):

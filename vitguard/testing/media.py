@@ -23,6 +23,7 @@ __all__ = [
     "HIDDEN_PHOTO",
     "HIDDEN_THRESHOLD",
     "animated_image",
+    "negative_time_video",
     "photo_frames",
     "truncated",
     "unknown_codec_video",
@@ -69,8 +70,10 @@ def video_bytes(
     container: str = "mp4",
     codec: str = "libx264",
     repeat: int = 1,
+    start_s: float | None = None,
 ) -> bytes:
-    """A video of ``frames`` (each shown ``repeat`` frames long) at ``fps``, encoded with PyAV."""
+    """A video of ``frames`` (each shown ``repeat`` frames long) at ``fps``, encoded with PyAV; with
+    ``start_s``, its first frame is stamped at that time (a segment cut from a live stream)."""
     import av
 
     out = io.BytesIO()
@@ -81,9 +84,12 @@ def video_bytes(
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "18"}
+        pts = round(start_s * fps) if start_s is not None else None
         for image in frames:
             frame = av.VideoFrame.from_ndarray(np.asarray(image.convert("RGB")), format="rgb24")
             for _ in range(repeat):
+                if pts is not None:
+                    frame.pts, frame.time_base, pts = pts, Fraction(1, fps), pts + 1
                 for packet in stream.encode(frame):
                     box.mux(packet)
         for packet in stream.encode():
@@ -104,6 +110,17 @@ def unknown_codec_video(frames: Sequence[Image.Image]) -> bytes:
     if tag not in data:
         raise RuntimeError("the Matroska muxer no longer writes the H.264 codec id")
     return data.replace(tag, b"V_VITGUARD/NONE", 1)
+
+
+def negative_time_video(frames: Sequence[Image.Image], shift_s: float = 3.0, **video: Any) -> bytes:
+    """A Matroska file (:func:`video_bytes` with ``video``) whose frames decode ``shift_s`` seconds early, from
+    below zero: the track's 7-byte ``Language "und"`` element rewritten, in place, to a ``CodecDelay``."""
+    language = b"\x22\xb5\x9c\x83und"
+    data = video_bytes(frames, container="matroska", **video)
+    if language not in data:
+        raise RuntimeError("the Matroska muxer no longer writes the track's language")
+    delay = b"\x56\xaa\x84" + int(shift_s * 1e9).to_bytes(4, "big")
+    return data.replace(language, delay, 1)
 
 
 def zero_frame_video() -> bytes:
