@@ -184,7 +184,7 @@ async def test_a_failing_reduce_dead_letters_only_its_item(opennsfw: Any, media_
         .model_dump_json().encode(), b"c9", "in", 0, 9)])
     await runner.close()
     assert [(d.content_id, d.reason) for d in outcome.dead_letters] == [("c0", "internal_error")]
-    assert "a bug in the reduce stage" in outcome.dead_letters[0].message
+    assert "reducing its frames failed: ValueError: a bug in the reduce stage" in outcome.dead_letters[0].message
     assert sorted(v.content_id for v in outcome.verdicts) == ["c1", "c2"]
     assert [v.content_id for v in later.verdicts] == ["c9"]
 

@@ -281,6 +281,36 @@ async def test_a_model_failure_dead_letters_only_the_failing_image(opennsfw: Any
     assert [(d.content_id, d.reason) for d in outcome.dead_letters] == [("c1", "inference_failed")]
 
 
+class NaNClassifier(CountingClassifier):
+    """The real classifier, one image's tensor carrying an infinite pixel (an overflow upstream): the real
+    model's scores and embedding for it come out NaN."""
+
+    def __init__(self, inner: Any, bad: bytes) -> None:
+        super().__init__(inner)
+        self.bad = bad
+
+    def prepare(self, data: bytes) -> Any:
+        tensor = self.inner.prepare(data)
+        if data == self.bad:
+            tensor = tensor.copy()
+            tensor.flat[0] = np.inf
+        return tensor
+
+
+async def test_nan_from_the_model_is_a_failed_inference_not_a_safe_verdict(
+        opennsfw: Any, image_root: Path, sample_photos: list[Path]) -> None:
+    """NaN read as a probability used to clamp to 0: the image went out 'safe'. It is a dead letter now."""
+    bad = (image_root / sample_photos[1].name).read_bytes()
+    nan_model = NaNClassifier(opennsfw, bad)
+    assert np.isnan(nan_model.predict(np.stack([nan_model.prepare(bad)]))[0].scores["NSFW"])
+    processor, _, index = make_processor(nan_model, image_root)
+    outcome = await processor.process(messages([file_ref(image_root, p.name) for p in sample_photos[:3]]))
+    await processor.close()
+    assert sorted(v.content_id for v in outcome.verdicts) == ["c0", "c2"]
+    assert [(d.content_id, d.reason) for d in outcome.dead_letters] == [("c1", "inference_failed")]
+    assert "NaN" in outcome.dead_letters[0].message and "c1" not in index.records(processor.collection)
+
+
 async def test_multi_class_checkpoint_sums_the_policy_labels(tmp_path: Path, image_root: Path,
                                                               sample_photos: list[Path]) -> None:
     from vitguard.model import load_classifier

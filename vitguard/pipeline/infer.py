@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -22,7 +23,7 @@ from vitguard.pipeline.reduce import reduce_frames
 from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Predicted
 from vitguard.policy import decide
 
-__all__ = ["forward", "infer_batch", "infer_pass", "predict_stacked"]
+__all__ = ["NonFiniteOutput", "forward", "infer_batch", "infer_pass", "predict_stacked"]
 
 _log = logging.getLogger(__name__)
 
@@ -34,21 +35,33 @@ def predict_stacked(classifier: Classifier, tensors: Sequence[np.ndarray]) -> li
     return predictions
 
 
+class NonFiniteOutput(ValueError):
+    """The model's scores or embedding for an image hold NaN or infinity (an overflow, a broken checkpoint):
+    no decision can come from them; read as safe they would let the image through."""
+
+
+def _finite(p: Prediction) -> Prediction | BaseException:
+    if all(math.isfinite(v) for v in p.scores.values()) and bool(np.isfinite(p.embedding).all()):
+        return p
+    return NonFiniteOutput("the model returned NaN or infinite scores or embedding for this image")
+
+
 async def forward(
     tensors: Sequence[np.ndarray], classifier: Classifier, pool: Executor
 ) -> list[Prediction | BaseException]:
-    """One pass over ``tensors``; when it fails, one pass per tensor, each failure in its place."""
+    """One pass over ``tensors``; when it fails, one pass per tensor, each failure in its place. A prediction
+    that is not finite is a failure too (:class:`NonFiniteOutput`)."""
     if not tensors:
         return []
     loop = asyncio.get_running_loop()
     try:
-        return list(await loop.run_in_executor(pool, predict_stacked, classifier, tensors))
+        return [_finite(p) for p in await loop.run_in_executor(pool, predict_stacked, classifier, tensors)]
     except Exception as exc:
         _log.warning("batch forward pass of %d failed (%r); retrying image by image", len(tensors), exc)
     out: list[Prediction | BaseException] = []
     for tensor in tensors:
         try:
-            out.append((await loop.run_in_executor(pool, predict_stacked, classifier, [tensor]))[0])
+            out.append(_finite((await loop.run_in_executor(pool, predict_stacked, classifier, [tensor]))[0]))
         except Exception as one:
             out.append(one)
     return out
@@ -58,6 +71,14 @@ def _failed(item: Decoded | DecodedFrames, error: BaseException) -> DeadLettered
     raw, event = item.parsed.raw, item.parsed.event
     return DeadLettered(raw, dead_letter(
         raw, "inference_failed", f"model failed on this image: {type(error).__name__}: {error}", event))
+
+
+def _unexpected(item: Decoded | DecodedFrames, step: str, error: Exception) -> DeadLettered:
+    """An item the stage failed on for a reason no rule foresaw: its dead letter, so the pass goes on."""
+    raw, event = item.parsed.raw, item.parsed.event
+    _log.error("%s of %s failed", step, event.event_id, exc_info=error)
+    return DeadLettered(raw, dead_letter(
+        raw, "internal_error", f"{step} failed: {type(error).__name__}: {error}", event))
 
 
 async def infer_batch(
@@ -121,9 +142,12 @@ async def infer_pass(
             p = predictions[pos]
             pos += 1
             wait_ms = max(0.0, (started - v.ready_at) * 1000) if v.ready_at else 0.0
-            answer = _failed(v, p) if isinstance(p, BaseException) else Predicted(
-                v, p, decide(p.scores, unsafe_labels, threshold),
-                replace(v.times, infer_ms=per_frame_ms, wait_ms=wait_ms))
+            try:
+                answer = _failed(v, p) if isinstance(p, BaseException) else Predicted(
+                    v, p, decide(p.scores, unsafe_labels, threshold),
+                    replace(v.times, infer_ms=per_frame_ms, wait_ms=wait_ms))
+            except Exception as exc:  # the policy on scores nobody foresaw (NaN from a broken model): this item
+                answer = _unexpected(v, "deciding on its scores", exc)
         elif isinstance(v, DecodedFrames) and w.progress is not None:
             progress = w.progress
             n = progress.stop - progress.start
@@ -137,11 +161,7 @@ async def infer_pass(
             try:
                 answer = _reduced(v, progress, unsafe_labels, threshold, worst_frames)
             except Exception as exc:  # a bug or an input the reduce stage did not foresee: this item only
-                _log.exception("reducing the frames of %s failed", v.parsed.event.event_id)
-                raw = v.parsed.raw
-                answer = DeadLettered(raw, dead_letter(
-                    raw, "internal_error", f"reducing its frames failed: {type(exc).__name__}: {exc}",
-                    v.parsed.event))
+                answer = _unexpected(v, "reducing its frames", exc)
         if answer is not None:
             group.predicted[len(group.work)] = answer
             if isinstance(answer, Predicted):
