@@ -83,6 +83,13 @@ def test_many_frame_bomb_refused_from_the_header(clip: list[Image.Image]) -> Non
     with pytest.raises(InputError) as exc:
         expand_frames(data, FrameLimits(max_decoded_pixels=20_000_000), prepare)
     assert exc.value.reason == "decompression_bomb" and time.perf_counter() - started < 1.0
+    # one frame over the still-image limit (40 Mpx), even when the frames together are within the total
+    huge = animated_image([Image.new("L", (6400, 6400), v) for v in (0, 255)], "PNG")
+    started = time.perf_counter()
+    with pytest.raises(InputError) as exc:
+        expand_frames(huge, FrameLimits(max_decoded_pixels=200_000_000), prepare)
+    assert exc.value.reason == "decompression_bomb" and "6400x6400" in exc.value.message
+    assert time.perf_counter() - started < 1.0
 
 
 @pytest.mark.parametrize(("container", "codec"), [("mp4", "libx264"), ("webm", "libvpx-vp9"), ("mov", "libx264")])

@@ -237,3 +237,29 @@ def test_cuda_torch_compile(tiny_checkpoint: Path, jpegs: list[bytes]) -> None:
     batch = np.stack([eager.prepare(d) for d in jpegs])
     for a, b in zip(eager.predict(batch), compiled.predict(batch), strict=True):
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-2
+
+
+def test_a_strip_is_resized_around_its_crop_only(sample_photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An 8 x 1,000,000 strip's plan is 384 x 48,000,000 (55 GB on the device): only the window around the
+    crop is resized, close to the CPU path's pixels."""
+    from torchvision.transforms.v2 import functional as tvf
+
+    sizes: list[list[int]] = []
+    real = tvf.resize
+
+    def recording(image, size, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(list(size))
+        return real(image, size, *args, **kwargs)
+
+    monkeypatch.setattr(tvf, "resize", recording)
+    tensor, cpu = TensorPreprocessor(MARQO), Preprocessor(MARQO)
+    for path in sample_photos[:3]:
+        for shape in [(48, 3000), (3000, 48), (100, 1000)]:
+            data = _jpeg(Image.open(path).convert("RGB").resize(shape))
+            grey = np.abs(tensor(data) - cpu(data)) * 127.5
+            assert grey.max() <= 8 and grey.mean() < 0.5, (path.name, shape, grey.max(), grey.mean())
+    giant = io.BytesIO()
+    Image.new("L", (8, 1_000_000), 200).save(giant, "PNG")
+    sizes.clear()
+    assert tensor(giant.getvalue()).shape == (3, 384, 384)
+    assert sizes and all(h * w <= 8 * 384 * 384 for h, w in sizes), sizes

@@ -241,3 +241,37 @@ def test_opennsfw_resamples_only_the_centre_it_keeps_with_the_reference_pixels(s
             tried += 1
             identical += bool(difference.max() == 0)
     assert identical >= tried - 1
+
+
+def test_a_strip_is_resampled_only_where_the_crop_keeps(sample_photos: list[Path]) -> None:
+    """Shortest edge to 384 made an 8 x 5,000,000 PNG (40 MP: within the limit, a few KB on the wire) a
+    384 x 240,000,000 resize, hundreds of GB: the worker was killed for memory and its event crashed every
+    restart. A strip is now resampled only where the crop keeps: near resize-then-crop's pixels (Pillow's
+    resize of a box rounds a few differently when it enlarges along the strip)."""
+    preprocess = Preprocessor(DataConfig.from_timm(MARQO))
+    for path in sample_photos[:4]:
+        for shape in [(48, 3000), (3000, 48), (100, 1000)]:
+            strip = Image.open(path).convert("RGB").resize(shape)
+            w, h = shape
+            size = (384, 384 * h // w) if w <= h else (384 * w // h, 384)
+            left, top = round((size[0] - 384) / 2), round((size[1] - 384) / 2)
+            resized = strip.resize(size, Image.Resampling.BICUBIC)
+            reference = np.asarray(resized.crop((left, top, left + 384, top + 384)))
+            grey = np.abs(preprocess.from_image(strip) - (reference.transpose(2, 0, 1) / 127.5 - 1)) * 127.5
+            assert grey.max() <= 8 and grey.mean() < 0.5, (path.name, shape, grey.max(), grey.mean())
+
+    giant = _encode(Image.new("1", (8, 5_000_000), 1), "PNG", optimize=True)
+    assert len(giant) < 100_000
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        "from vitguard.model.preprocess import DataConfig, Preprocessor\n"
+        f"config = DataConfig.from_timm({MARQO!r})\n"
+        "print(Preprocessor(config)(sys.stdin.buffer.read()).shape)\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], input=giant, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().strip() == "(3, 384, 384)"

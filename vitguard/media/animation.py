@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from vitguard.errors import ImageDecodeError
-from vitguard.media.frames import FrameRef, FrameSet, HashImage, PrepareImage
+from vitguard.media.frames import MAX_FRAME_PIXELS, FrameRef, FrameSet, HashImage, PrepareImage
 from vitguard.media.sampling import FrameLimits, sample_indices
 
 __all__ = ["read_animation"]
@@ -40,6 +40,9 @@ def read_animation(data: bytes, limits: FrameLimits, prepare: PrepareImage,
         raise ImageDecodeError(
             "too_many_frames", f"{image.format} animation of {total} frames, limit {limits.max_source_frames}")
     width, height = image.size
+    if width * height > MAX_FRAME_PIXELS:  # as for a still image: each frame is decoded whole
+        raise ImageDecodeError(
+            "decompression_bomb", f"{width}x{height} frames exceed {MAX_FRAME_PIXELS} pixels")
     if width * height * total > limits.max_decoded_pixels:
         raise ImageDecodeError(
             "decompression_bomb",

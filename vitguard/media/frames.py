@@ -11,7 +11,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-__all__ = ["FrameRef", "FrameSet", "HashImage", "PrepareImage", "Sampling"]
+__all__ = ["MAX_FRAME_PIXELS", "FrameRef", "FrameSet", "HashImage", "PrepareImage", "Sampling"]
+
+MAX_FRAME_PIXELS = 40_000_000
+"""One frame of an animation or a video larger than this is refused as a decompression bomb (the still-image
+default, ``ModelSettings.max_pixels``)."""
 
 PrepareImage = Callable[[Image.Image], NDArray[np.float32]]
 """``Classifier.prepare_image``: a decoded frame to one ``(C, H, W)`` float32 array."""

@@ -23,13 +23,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vitguard.errors import InputError
-from vitguard.media.frames import FrameRef, FrameSet, HashImage, PrepareImage
+from vitguard.media.frames import MAX_FRAME_PIXELS, FrameRef, FrameSet, HashImage, PrepareImage
 from vitguard.media.sampling import FrameLimits, sample_times
 
 __all__ = ["MAX_FRAME_PIXELS", "read_video"]
 
-MAX_FRAME_PIXELS = 40_000_000
-"""One frame larger than this is refused as a decompression bomb (the still-image default)."""
 
 
 def read_video(data: bytes, limits: FrameLimits, prepare: PrepareImage,

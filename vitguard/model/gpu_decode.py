@@ -28,7 +28,14 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from vitguard.errors import ImageDecodeError
-from vitguard.model.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DataConfig, decode_image, sniff_format
+from vitguard.model.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    MAX_RESIZED_AREA,
+    DataConfig,
+    decode_image,
+    sniff_format,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -59,6 +66,23 @@ def resize_plan(width: int, height: int, config: DataConfig) -> tuple[int, int]:
         return int(scale_h * width / height), scale_h
     ratio = min(height / scale_h, width / scale_w)
     return round(width / ratio), round(height / ratio)
+
+
+def _strip_window(image: torch.Tensor, new_w: int, new_h: int, target_w: int,
+                  target_h: int) -> tuple[torch.Tensor, int, int]:
+    """A strip's resize would not fit on the device (8 x 5,000,000 to 384 x 240,000,000): the source window
+    the centre crop comes from, a few pixels wider for the filter's taps, and the size to resize it to (the
+    centre of that is the crop, give or take a grey level where the window's edges round)."""
+    _, height, width = image.shape
+    sx, sy = new_w / width, new_h / height
+    margin_x, margin_y = 4 + math.ceil(2 / sx), 4 + math.ceil(2 / sy)  # bicubic reaches 2 output px, antialiased
+    cx, cy = (new_w - target_w) / 2 / sx, (new_h - target_h) / 2 / sy
+    x0 = max(0, math.floor(cx) - margin_x)
+    x1 = min(width, math.ceil(cx + target_w / sx) + margin_x)
+    y0 = max(0, math.floor(cy) - margin_y)
+    y1 = min(height, math.ceil(cy + target_h / sy) + margin_y)
+    window = image[:, y0:y1, x0:x1]
+    return window, max(target_w, round((x1 - x0) * sx)), max(target_h, round((y1 - y0) * sy))
 
 
 class TensorPreprocessor:
@@ -180,9 +204,12 @@ class TensorPreprocessor:
 
         _, height, width = image.shape
         new_w, new_h = resize_plan(width, height, self.config)
-        if (new_w, new_h) != (width, height):
-            image = tvf.resize(image, [new_h, new_w], interpolation=self._interpolation, antialias=True)
         _, target_h, target_w = self.config.input_size
+        if (self.config.crop_mode != "border" and new_w >= target_w and new_h >= target_h
+                and new_w * new_h > MAX_RESIZED_AREA * target_w * target_h):
+            image, new_w, new_h = _strip_window(image, new_w, new_h, target_w, target_h)
+        if (new_w, new_h) != tuple(image.shape[:0:-1]):
+            image = tvf.resize(image, [new_h, new_w], interpolation=self._interpolation, antialias=True)
         image = self._center_crop(image, target_w, target_h)
         out: torch.Tensor = torch.addcmul(self._add, image.to(torch.float32), self._mul)
         return out
