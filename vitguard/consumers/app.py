@@ -34,6 +34,7 @@ from vitguard.consumers.offsets import OffsetTracker
 from vitguard.errors import FatalError
 from vitguard.health import HealthState
 from vitguard.pipeline.build import build_runner
+from vitguard.pipeline.emit import DEFAULT_MAX_MESSAGE_BYTES, PRODUCER_MAX_REQUEST_BYTES
 from vitguard.pipeline.results import ItemResult
 from vitguard.pipeline.runner import Runner
 from vitguard.pipeline.types import RawMessage
@@ -174,7 +175,8 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
                 try:
                     limits = await asyncio.to_thread(read_limits)
                 except Exception as exc:  # the limits default to Kafka's; say so once
-                    _log.warning("could not read the output topics' size limits (%s); assuming 1 MiB", exc)
+                    _log.warning("could not read the output topics' size limits (%s); assuming %d bytes", exc,
+                                 DEFAULT_MAX_MESSAGE_BYTES)
                 else:
                     runtime.runner.emitter.limits.update(limits)
             self.banks = await asyncio.to_thread(_start_banks, runtime)
@@ -221,7 +223,7 @@ def create_app(
     from vitguard.kafka.config import faust_broker_kwargs
 
     kafka = settings.kafka
-    producer_max_request = 1_000_000
+    producer_max_request = PRODUCER_MAX_REQUEST_BYTES
     app = faust.App(
         kafka.consumer_group,
         # broker, broker_consumer (our fetch wait, vitguard.kafka.faust_consumer), client id, credentials

@@ -87,7 +87,9 @@ def classify_publish_error(exc: BaseException) -> PublishFailure:
     subclasses with the protocol code as ``errno`` and a ``retriable`` flag. Codes in
     :data:`REJECTED_PUBLISH_CODES` are ``"rejected"``, codes in :data:`FATAL_PUBLISH_CODES` (and
     librdkafka's fatal errors) ``"fatal"``; every other Kafka error, timeouts included, is
-    ``"transient"``. An exception from neither client is a bug: ``"fatal"``.
+    ``"transient"``. An exception from neither client is classified by its ``__cause__`` (Faust raises
+    ``ProducerSendError`` from aiokafka's error, a local ``MessageSizeTooLargeError`` included); with none,
+    it is a bug: ``"fatal"``.
     """
     if isinstance(exc, KafkaException):
         err = kafka_error(exc)
@@ -101,6 +103,9 @@ def classify_publish_error(exc: BaseException) -> PublishFailure:
         return "transient"  # local aiokafka errors: connection, timeout, not ready
     if isinstance(exc, TimeoutError | BufferError):
         return "transient"
+    cause = exc.__cause__
+    if cause is not None and cause is not exc:  # Faust wraps the client's error (ProducerSendError ... from exc)
+        return classify_publish_error(cause)
     return "fatal"
 
 

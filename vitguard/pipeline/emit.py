@@ -33,6 +33,7 @@ from vitguard.settings import ReviewSettings
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "PRODUCER_MAX_REQUEST_BYTES",
     "RECORD_OVERHEAD_BYTES",
     "Answer",
     "Emitter",
@@ -42,8 +43,13 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
-"""Kafka's default ``max.message.bytes``/``max.request.size``: the limit when the broker's is not known."""
+PRODUCER_MAX_REQUEST_BYTES = 1_000_000
+"""The most bytes the worker's producer sends in one request (aiokafka's ``max_request_size``, set from this
+in :mod:`vitguard.consumers.app`): no topic's limit can raise an output past it."""
+
+DEFAULT_MAX_MESSAGE_BYTES = min(1_048_576, PRODUCER_MAX_REQUEST_BYTES)
+"""The limit of a topic whose own was not read from the broker: Kafka's default ``max.message.bytes`` (1 MiB),
+capped by the producer's request size (a message over that is refused by the client itself)."""
 
 RECORD_OVERHEAD_BYTES = 512
 """Headroom for the record's framing (batch header, attributes, varints) on top of key and value."""

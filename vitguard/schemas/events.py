@@ -349,7 +349,9 @@ class DeadLetter(_Event):
     message: str = Field(max_length=2000, description="What went wrong, for people.")
     payload: str = Field(description="The original message value: UTF-8 text, or base64 (see payload_encoding).")
     payload_encoding: Literal["utf-8", "base64"] = Field(description="How payload encodes the original bytes.")
-    key: str | None = Field(None, description="The original message key (UTF-8, or base64 if not UTF-8).")
+    key: str | None = Field(
+        None, description="The original message key (UTF-8, or base64 if not UTF-8); its first 1,024 bytes when longer."
+    )
     event_id: str | None = Field(None, description="The event id, when the payload parsed far enough to have one.")
     content_id: str | None = Field(None, description="The content id, when known.")
     source_topic: str = Field(description="Where the original message was read from.")
@@ -423,11 +425,32 @@ def _encode_bytes(raw: bytes) -> tuple[str, Literal["utf-8", "base64"]]:
         return base64.b64encode(raw).decode("ascii"), "base64"
 
 
+MAX_KEY_BYTES = 1024
+"""A dead letter keeps at most this many bytes of the original key (a key of any size must not make the dead
+letter itself too large to publish)."""
+
+
 def decode_key(raw: bytes | None) -> str | None:
-    """A Kafka key as text for a dead letter (base64 when not UTF-8)."""
+    """A Kafka key as text for a dead letter (base64 when not UTF-8): its first :data:`MAX_KEY_BYTES` bytes."""
     if raw is None:
         return None
+    if len(raw) > MAX_KEY_BYTES:
+        head = raw[:MAX_KEY_BYTES]
+        try:  # a UTF-8 key cut between the bytes of a character stays text
+            return head.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            if exc.start >= MAX_KEY_BYTES - 3 and _is_utf8(head[: exc.start]):
+                return head[: exc.start].decode("utf-8")
+        return base64.b64encode(head).decode("ascii")
     return _encode_bytes(raw)[0]
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 
