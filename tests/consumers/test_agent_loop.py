@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from faust.types.tuples import TP, ConsumerMessage
 
 from vitguard.consumers.app import WorkerRuntime, consume
@@ -389,3 +390,68 @@ def test_a_re_fetch_that_fills_a_hole_goes_on_without_a_second_seek() -> None:
     assert acked == [39, 40, 41, 41]
     later, seek = tracker.add(event(45))  # a new hole gets its own seek
     assert seek == 42
+
+
+@pytest.fixture
+async def unassigned_seek(kafka_bootstrap: str, new_topic: Any) -> AsyncIterator[Any]:
+    """A seek on a real aiokafka consumer that owns only another topic's partition: what a seek gets when a
+    rebalance revoked the partition first (``IllegalStateError: No current assignment``)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    consumer.assign([TopicPartition(new_topic(), 0)])
+
+    async def seek(tp: Any, offset: int) -> None:
+        consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
+
+    try:
+        yield seek
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.integration
+async def test_a_seek_refused_after_a_rebalance_neither_stops_the_worker_nor_the_tail_check(
+        unassigned_seek: Any) -> None:
+    """Once, the agent stopped the worker (the hole's re-fetch raised into the loop), and the tail check's task
+    died with the exception, unlogged, never to check again."""
+    from vitguard.consumers.app import _check_tails
+
+    with pytest.raises(Exception, match="No current assignment"):
+        await unassigned_seek(TP("in", 0), 1)
+    consumer, runner = RecordingConsumer(), ScriptedRunner()
+    rt, fatal = make_runtime(runner)
+    rt.seek = unassigned_seek
+    rt._expected_before_start[TP("in", 0)] = 0
+    task = asyncio.ensure_future(consume(FakeStream([event(0), event(5)], consumer, hold=asyncio.Event()), rt))
+    while len(runner.futures) < 2 and not task.done():  # offset 5 reveals a hole (1..4): a re-fetch is sought
+        await asyncio.sleep(0.001)
+    assert not task.done() and fatal == [] and set(runner.futures) == {(0, 0), (0, 5)}
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    gone, kept = TP("in", 1), TP("in", 2)
+    tracker = OffsetTracker(lambda e: None)
+    tracker.rewound(gone, 5)
+    tracker.rewound(kept, 5)
+    seeks: list[tuple[TP, int]] = []
+    position = {gone: 9, kept: 9}
+
+    async def positions() -> dict[TP, int]:
+        return dict(position)
+
+    async def seek(tp: TP, offset: int) -> None:
+        if tp == gone:
+            await unassigned_seek(tp, offset)
+        seeks.append((tp, offset))
+
+    rt.positions, rt.seek = positions, seek
+    rt.idle_since = time.monotonic() - 10
+    tails = asyncio.ensure_future(_check_tails(rt, tracker, interval_s=0.02))
+    await asyncio.sleep(0.2)
+    position[kept] = 12  # a new tail on the partition still owned: still checked
+    await asyncio.sleep(0.2)
+    assert not tails.done() and seeks == [(kept, 5), (kept, 5)]
+    tails.cancel()

@@ -364,7 +364,8 @@ async def rewind_to_committed(consumer: Any, assigned: set[Any],
         return {}
     positions = await _start_offsets(consumer, assigned)
     for tp, offset in positions.items():
-        await consumer.seek(tp, offset)
+        if not await _seek(consumer.seek, tp, offset):
+            continue
         if on_rewound is not None:
             on_rewound(tp, offset)
     _log.info("after the rebalance, input partitions rewound to their committed offsets: %s",
@@ -395,12 +396,26 @@ def _pause(app: Any, holding: bool) -> None:
         _log.warning("could not %s the partitions", "pause" if holding else "resume", exc_info=True)
 
 
+async def _seek(seek: Callable[[Any, int], Any], tp: Any, offset: int) -> bool:
+    """Seek ``tp`` to ``offset``; False, logged, when the consumer refuses: a rebalance revoked the partition
+    between the decision and the seek (aiokafka's ``IllegalStateError``, or an assertion mid-rebalance). Its
+    new owner starts from the committed offset, which never passes a record being re-fetched, so nothing is
+    lost; stopping the worker for it would turn every rolling deploy into restarts."""
+    try:
+        await seek(tp, offset)
+    except Exception as exc:
+        _log.warning("%s: seek to %d refused (%s: %s); the partition is no longer ours, its next owner reads from "
+                     "the committed offset", tp, offset, type(exc).__name__, exc)
+        return False
+    return True
+
+
 async def _refetch(runtime: WorkerRuntime, tp: Any, offset: int, revealed_at: int) -> None:
     metrics.OFFSET_HOLES.inc()
     _log.warning("%s: offset %d was not delivered before offset %d; re-fetching from %d (nothing past it is "
                  "committed)", tp, offset, revealed_at, offset)
     if runtime.seek is not None:
-        await runtime.seek(tp, offset)
+        await _seek(runtime.seek, tp, offset)
 
 
 TAIL_CHECK_S = 2.0
@@ -421,32 +436,44 @@ async def _check_tails(runtime: WorkerRuntime, tracker: OffsetTracker, interval_
     probed: dict[Any, tuple[int, int]] = {}
     while True:
         await asyncio.sleep(interval_s)
-        idle = runtime.idle_since
-        if runtime.positions is None or runtime.seek is None or idle is None or time.monotonic() - idle < interval_s:
-            seen.clear()
-            continue
         try:
-            positions = await runtime.positions()
-        except Exception as exc:
-            _log.debug("fetch positions unavailable: %s", exc)
+            seen = await _check_tails_once(runtime, tracker, interval_s, seen, probed)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a background check must never end silently: try again on the next round
+            _log.exception("checking the partitions' tails failed; next check in %.0f s", interval_s)
+            seen = {}
+
+
+async def _check_tails_once(runtime: WorkerRuntime, tracker: OffsetTracker, interval_s: float,
+                            seen: dict[Any, tuple[int, int]],
+                            probed: dict[Any, tuple[int, int]]) -> dict[Any, tuple[int, int]]:
+    """One round of :func:`_check_tails`; returns the (delivered, position) pairs seen."""
+    idle = runtime.idle_since
+    if runtime.positions is None or runtime.seek is None or idle is None or time.monotonic() - idle < interval_s:
+        return {}
+    try:
+        positions = await runtime.positions()
+    except Exception as exc:
+        _log.debug("fetch positions unavailable: %s", exc)
+        return seen
+    if runtime.idle_since is None:  # an event arrived meanwhile
+        return seen
+    now_seen: dict[Any, tuple[int, int]] = {}
+    for tp, position in positions.items():
+        expected = tracker.expected(tp)
+        if expected is None or position <= expected:
             continue
-        if runtime.idle_since is None:  # an event arrived meanwhile
+        pair = (expected, position)
+        now_seen[tp] = pair
+        if seen.get(tp) != pair or probed.get(tp) == pair:
             continue
-        now_seen: dict[Any, tuple[int, int]] = {}
-        for tp, position in positions.items():
-            expected = tracker.expected(tp)
-            if expected is None or position <= expected:
-                continue
-            pair = (expected, position)
-            now_seen[tp] = pair
-            if seen.get(tp) != pair or probed.get(tp) == pair:
-                continue
-            probed[tp] = pair
-            metrics.OFFSET_HOLES.inc()
-            _log.warning("%s: fetched up to offset %d but delivered up to %d; seeking back to %d",
-                         tp, position - 1, expected - 1, expected)
-            await runtime.seek(tp, expected)
-        seen = now_seen
+        probed[tp] = pair
+        metrics.OFFSET_HOLES.inc()
+        _log.warning("%s: fetched up to offset %d but delivered up to %d; seeking back to %d",
+                     tp, position - 1, expected - 1, expected)
+        await _seek(runtime.seek, tp, expected)
+    return now_seen
 
 
 async def consume(stream: Any, runtime: WorkerRuntime) -> None:
