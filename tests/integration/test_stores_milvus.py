@@ -79,6 +79,18 @@ def test_upsert_is_idempotent_by_content_id(index: MilvusEmbeddingIndex) -> None
     assert hits[0].similarity == pytest.approx(1.0, abs=1e-4)
 
 
+def test_two_records_for_one_content_id_in_one_upsert_write_the_last(index: MilvusEmbeddingIndex) -> None:
+    """Two events for one upload in a batch: Milvus 2.6.7+ refuses duplicate primary keys in one upsert (a
+    permanent error: the worker would stop, the batch redelivered, again), older ones keep either row."""
+    name = index.ensure_collection(SMALL)
+    vecs = unit_rows(2, 8, seed=7)
+    index.upsert(name, [rec("same", vecs[0], cluster="first"), rec("other", vecs[1]), rec("same", vecs[0],
+                                                                                          cluster="last")])
+    assert index.count(name) == 2
+    [hits] = index.search_unsafe(name, vecs[:1], limit=3, min_similarity=0.99)
+    assert [(h.content_id, h.cluster_id) for h in hits] == [("same", "last")]
+
+
 def test_collections_per_model_never_mix(index: MilvusEmbeddingIndex) -> None:
     small, large = index.ensure_collection(SMALL), index.ensure_collection(LARGE)
     assert small != large

@@ -259,7 +259,9 @@ class MilvusEmbeddingIndex:
             return name
 
     def upsert(self, collection: str, records: Sequence[EmbeddingRecord]) -> None:
-        """Insert or replace rows by content id, in one call.
+        """Insert or replace rows by content id, in one call; of two records with the same content id (two
+        events for one upload in a batch), the last is written: Milvus 2.6.7 and later refuse duplicate
+        primary keys within one upsert (code 1100, which would read as a permanent error).
 
         Raises:
             ValueError: a record's embedding does not have the collection's dimension.
@@ -270,7 +272,7 @@ class MilvusEmbeddingIndex:
             return
         with self._lock:
             dim = self._dim_of(collection)
-            rows = [_row(r, dim) for r in records]
+            rows = [_row(r, dim) for r in {r.content_id: r for r in records}.values()]
             client = self._connected()
             try:
                 self._call(lambda: client.upsert(collection_name=collection, data=rows, **self._rpc))
