@@ -455,3 +455,33 @@ async def test_a_seek_refused_after_a_rebalance_neither_stops_the_worker_nor_the
     await asyncio.sleep(0.2)
     assert not tails.done() and seeks == [(kept, 5), (kept, 5)]
     tails.cancel()
+
+
+async def test_a_hanging_readiness_check_holds_one_thread_not_one_per_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads cannot be cancelled: a probe per refresh against a dependency that hangs used to leave one more
+    thread blocked each time, until the default executor (DNS lookups, file reads) was full."""
+    import threading
+    import types
+
+    import vitguard.consumers.app as app_module
+
+    monkeypatch.setattr(app_module, "_CHECK_CACHE_S", 0.0)
+    monkeypatch.setattr(app_module, "_PROBE_TIMEOUT_S", -0.9)  # the probe's deadline: 0.1 s
+
+    class HangingIndex:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.free = threading.Event()
+
+        def ping(self) -> bool:
+            self.calls += 1
+            self.free.wait(30)
+            return True
+
+    index = HangingIndex()
+    rt = WorkerRuntime(load_settings(), types.SimpleNamespace(index=index), HealthState())  # type: ignore[arg-type]
+    answers = [await rt.milvus_reachable() for _ in range(5)]
+    assert answers == [False] * 5 and index.calls == 1
+    index.free.set()
+    assert await rt.milvus_reachable() and index.calls == 1  # the hung check returned: its answer
+    assert await rt.milvus_reachable() and index.calls == 2  # then a fresh one

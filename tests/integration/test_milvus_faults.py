@@ -152,6 +152,31 @@ def test_frozen_server_fails_each_call_within_the_deadline_and_the_next_call_aft
     assert [h.content_id for h in hits] == ["before-0"]
 
 
+def test_a_ping_does_not_queue_behind_a_call_that_outlives_its_deadline(
+    healthy: MilvusServerProcess, index: MilvusEmbeddingIndex
+) -> None:
+    """A call stuck past its own timeout holds the client; a readiness ping waited behind it, its thread with
+    it, one more every probe. It now answers False after one call's deadline, and True once the client is free."""
+    index.ensure_collection(SMALL)
+    held, release = threading.Event(), threading.Event()
+
+    def stuck_call() -> None:
+        with index._lock:  # what a call hung inside pymilvus holds
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=stuck_call, daemon=True)
+    thread.start()
+    held.wait(5)
+    try:
+        result, elapsed = timed(index.ping)
+    finally:
+        release.set()
+        thread.join(10)
+    assert result is False and DEADLINE_S - 0.5 <= elapsed < DEADLINE_S + 2, elapsed
+    assert index.ping() is True
+
+
 def test_killed_server_keeps_acknowledged_rows_after_restart_and_the_same_adapter_reconnects(
     healthy: MilvusServerProcess, index: MilvusEmbeddingIndex
 ) -> None:

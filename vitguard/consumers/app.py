@@ -71,6 +71,8 @@ class WorkerRuntime:
     _expected_before_start: dict[Any, int] = field(default_factory=dict)
     """Start offsets of partitions assigned before the agent made its tracker (applied when it does)."""
     _checks: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    _probes: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
+    """The readiness check running now, per dependency (at most one thread each)."""
 
     @property
     def processor(self) -> Runner:  # the name the web views and tests used before the runner existed
@@ -113,12 +115,21 @@ class WorkerRuntime:
         return await self._cached("milvus", lambda: bool(ping()))
 
     async def _cached(self, name: str, check: Callable[[], bool]) -> bool:
+        """``check()`` in a thread, its answer kept for a few seconds; at most one thread per check at a time:
+        a check still running past its deadline (a dependency that hangs) answers False, and the next probe
+        waits on that same thread instead of starting another (threads cannot be cancelled; one per probe
+        would pile up and fill the default executor that DNS lookups and file reads share)."""
         now = time.monotonic()
         checked_at, ok = self._checks.get(name, (-1e9, False))
         if now - checked_at > _CHECK_CACHE_S:
+            running = self._probes.get(name)
+            if running is None or running.done():
+                running = asyncio.ensure_future(asyncio.to_thread(check))
+                running.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+                self._probes[name] = running
             try:
                 async with asyncio.timeout(_PROBE_TIMEOUT_S + 1):
-                    ok = await asyncio.to_thread(check)
+                    ok = bool(await asyncio.shield(running))
             except Exception:
                 ok = False
             self._checks[name] = (now, ok)

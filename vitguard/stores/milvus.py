@@ -335,17 +335,23 @@ class MilvusEmbeddingIndex:
         """True when Milvus answers a cheap call within the deadlines; False otherwise, never hangs.
 
         A permanent failure (bad credentials) is False too, logged: a health probe reports, the first
-        real call raises the :class:`ConfigError`.
+        real call raises the :class:`ConfigError`. So is a client held by another call for longer than one
+        call's deadline (a call that hangs past its own timeout): the probe does not queue behind it.
         """
+        if not self._lock.acquire(timeout=self._settings.call_timeout_s):
+            log.warning("Milvus ping: the client has been busy with another call for over %.0f s",
+                        self._settings.call_timeout_s)
+            return False
         try:
-            with self._lock:
-                client = self._connected()
-                self._call(lambda: client.list_collections(**self._rpc))
+            client = self._connected()
+            self._call(lambda: client.list_collections(**self._rpc))
         except ServiceUnavailableError:
             return False
         except ConfigError as exc:
             log.warning("Milvus ping refused: %s", exc)
             return False
+        finally:
+            self._lock.release()
         return True
 
     # -- extras (not in the protocol) -------------------------------------------------------------
