@@ -485,3 +485,33 @@ async def test_a_hanging_readiness_check_holds_one_thread_not_one_per_probe(monk
     index.free.set()
     assert await rt.milvus_reachable() and index.calls == 1  # the hung check returned: its answer
     assert await rt.milvus_reachable() and index.calls == 2  # then a fresh one
+
+
+async def test_a_seek_the_consumer_thread_does_not_carry_out_still_stops_the_worker() -> None:
+    """Only a revoked partition's refusal is forgiven: a hole that cannot be re-fetched would hold its
+    partition's commits for good."""
+    from vitguard.kafka.faust_consumer import SeekTimeoutError
+
+    consumer, runner = RecordingConsumer(), ScriptedRunner()
+    rt, fatal = make_runtime(runner)
+
+    async def stuck(tp: Any, offset: int) -> None:
+        raise SeekTimeoutError(f"the consumer thread did not seek {tp} to {offset} within 10 s")
+
+    rt.seek = stuck
+    rt._expected_before_start[TP("in", 0)] = 0
+    await asyncio.wait_for(consume(FakeStream([event(0), event(5)], consumer, hold=asyncio.Event()), rt), 5)
+    assert len(fatal) == 1 and isinstance(fatal[0], SeekTimeoutError)
+
+    from vitguard.consumers.app import _check_tails  # the tail check too
+
+    rt, fatal = make_runtime(ScriptedRunner())
+    tracker = OffsetTracker(lambda e: None)
+    tracker.rewound(TP("in", 0), 5)
+
+    async def positions() -> dict[TP, int]:
+        return {TP("in", 0): 9}
+
+    rt.positions, rt.seek, rt.idle_since = positions, stuck, time.monotonic() - 10
+    await asyncio.wait_for(_check_tails(rt, tracker, interval_s=0.02), 5)
+    assert len(fatal) == 1 and isinstance(fatal[0], SeekTimeoutError)

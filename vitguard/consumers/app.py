@@ -408,13 +408,17 @@ def _pause(app: Any, holding: bool) -> None:
 
 
 async def _seek(seek: Callable[[Any, int], Any], tp: Any, offset: int) -> bool:
-    """Seek ``tp`` to ``offset``; False, logged, when the consumer refuses: a rebalance revoked the partition
-    between the decision and the seek (aiokafka's ``IllegalStateError``, or an assertion mid-rebalance). Its
-    new owner starts from the committed offset, which never passes a record being re-fetched, so nothing is
-    lost; stopping the worker for it would turn every rolling deploy into restarts."""
+    """Seek ``tp`` to ``offset``; False, logged, when the consumer refuses because a rebalance revoked the
+    partition between the decision and the seek (aiokafka's ``IllegalStateError``, or an assertion
+    mid-rebalance). Its new owner starts from the committed offset, which never passes a record being
+    re-fetched, so nothing is lost; stopping the worker for it would turn every rolling deploy into restarts.
+    Any other failure (a consumer thread that does not carry the seek out: ``SeekTimeoutError``) raises: a
+    hole that cannot be re-fetched would hold the partition's commits for good."""
+    from aiokafka.errors import IllegalStateError
+
     try:
         await seek(tp, offset)
-    except Exception as exc:
+    except (IllegalStateError, AssertionError) as exc:
         _log.warning("%s: seek to %d refused (%s: %s); the partition is no longer ours, its next owner reads from "
                      "the committed offset", tp, offset, type(exc).__name__, exc)
         return False
@@ -443,6 +447,8 @@ async def _check_tails(runtime: WorkerRuntime, tracker: OffsetTracker, interval_
     in a row, is sought back to that offset, once per (delivered, position) pair. A tail that holds no records
     (a transaction marker) is therefore read once more and then left alone.
     """
+    from vitguard.kafka.faust_consumer import SeekTimeoutError
+
     seen: dict[Any, tuple[int, int]] = {}
     probed: dict[Any, tuple[int, int]] = {}
     while True:
@@ -451,6 +457,9 @@ async def _check_tails(runtime: WorkerRuntime, tracker: OffsetTracker, interval_
             seen = await _check_tails_once(runtime, tracker, interval_s, seen, probed)
         except asyncio.CancelledError:
             raise
+        except SeekTimeoutError as exc:  # the consumer thread is stuck: as in the agent loop, the worker stops
+            runtime.fatal(exc)
+            return
         except Exception:  # a background check must never end silently: try again on the next round
             _log.exception("checking the partitions' tails failed; next check in %.0f s", interval_s)
             seen = {}
