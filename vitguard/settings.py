@@ -390,7 +390,11 @@ class FetchSettings(BaseSettings):
         ),
     )
     concurrency: int = Field(
-        32, ge=1, le=1024, description="Parallel fetches per worker. Env: VITGUARD_FETCH_CONCURRENCY."
+        32, ge=1, le=1024,
+        description=(
+            "Parallel fetches per worker for the stream, and as many again for POST /classify requests (each "
+            "has its own slots: callers of the API cannot take the stream's). Env: VITGUARD_FETCH_CONCURRENCY."
+        ),
     )
     user_agent: str = Field("vitguard/0.1", description="Env: VITGUARD_FETCH_USER_AGENT.")
 

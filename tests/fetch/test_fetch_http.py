@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -312,6 +313,22 @@ async def test_concurrency_is_bounded(server: Server) -> None:
         results = await asyncio.gather(*(fetcher.fetch(f"{server.base}/counted") for _ in range(6)))
     assert all(r.data == JPEG for r in results)
     assert server.max_in_flight == 2
+
+
+async def test_requests_cannot_take_the_streams_fetch_slots(server: Server) -> None:
+    """``POST /classify`` callers holding slow fetches open used to fill the one set of slots: the stream's
+    events waited out their fetch deadline for one and were dead-lettered unmoderated."""
+    async with ImageFetcher(_settings(concurrency=2, read_timeout_s=30.0)) as fetcher:
+        held = [asyncio.ensure_future(fetcher.fetch(f"{server.base}/slow-headers", lane="request"))
+                for _ in range(4)]
+        await asyncio.sleep(0.3)
+        started = time.perf_counter()
+        got = await asyncio.wait_for(fetcher.fetch(f"{server.base}/img"), 5)
+        assert got.data == JPEG and time.perf_counter() - started < 2
+        assert not any(h.done() for h in held)
+        for h in held:
+            h.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
 
 
 async def test_closed_fetcher_refuses_work(server: Server) -> None:

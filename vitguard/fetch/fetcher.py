@@ -27,13 +27,15 @@ from vitguard.fetch.local import decode_data_url, read_file_url
 from vitguard.fetch.resolver import BlockedAddressError, GuardedResolver
 from vitguard.settings import FetchSettings
 
-__all__ = ["REDIRECT_STATUSES", "FetchResult", "FetchSource", "ImageFetcher"]
+__all__ = ["REDIRECT_STATUSES", "FetchResult", "FetchSource", "ImageFetcher", "Lane"]
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _NOT_FOUND_STATUSES = frozenset({404, 410})
 _CHUNK_BYTES = 64 * 1024
 
 FetchSource = Literal["http", "file", "data"]
+Lane = Literal["stream", "request"]
+"""Whose fetch it is: the stream's events, or ``POST /classify`` requests (each has its own concurrency)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,10 @@ class ImageFetcher:
     """Fetches image references with the limits of :class:`~vitguard.settings.FetchSettings`.
 
     Use it as an async context manager (or call :meth:`close`); the HTTP session is created on first use
-    inside the running event loop. At most ``settings.concurrency`` fetches run at once; the others wait.
+    inside the running event loop. At most ``settings.concurrency`` fetches of each lane run at once; the
+    others wait. The stream and ``POST /classify`` requests have a lane each (``lane="request"``), so callers
+    of the HTTP API holding slow fetches open cannot take the stream's slots (its events would wait out
+    their fetch deadline for a slot: dead letters, unmoderated uploads).
 
     Args:
         settings: timeouts, size limits, redirect limit, file root, SSRF allow-list, concurrency.
@@ -68,7 +73,7 @@ class ImageFetcher:
         self._policy = AddressPolicy.from_cidrs(settings.allowed_networks)
         self._inner_resolver = resolver
         self._session: aiohttp.ClientSession | None = None
-        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._slots = {lane: asyncio.Semaphore(settings.concurrency) for lane in ("stream", "request")}
         self._closed = False
 
     @property
@@ -90,8 +95,8 @@ class ImageFetcher:
             session, self._session = self._session, None
             await session.close()
 
-    async def fetch(self, ref: str) -> FetchResult:
-        """Fetch the bytes ``ref`` points to.
+    async def fetch(self, ref: str, *, lane: Lane = "stream") -> FetchResult:
+        """Fetch the bytes ``ref`` points to, in ``lane``'s share of the concurrency.
 
         Raises:
             FetchError: with one of the reason codes ``unsupported_reference``, ``fetch_blocked``,
@@ -106,7 +111,7 @@ class ImageFetcher:
             data = decode_data_url(ref, self._settings.max_inline_bytes)
             return FetchResult(data, _ms_since(start), "data")
         if scheme == "file":
-            async with self._slots:
+            async with self._slots[lane]:
                 start = time.perf_counter()
                 data = await asyncio.to_thread(
                     read_file_url, ref, self._settings.file_root, self._settings.max_bytes
@@ -114,7 +119,7 @@ class ImageFetcher:
                 return FetchResult(data, _ms_since(start), "file")
         if scheme in ("http", "https"):
             url = validate_http_url(ref)
-            async with self._slots:
+            async with self._slots[lane]:
                 start = time.perf_counter()
                 data, final, redirects = await self._fetch_http(url)
                 return FetchResult(data, _ms_since(start), "http", url=str(final), redirects=redirects)
@@ -127,7 +132,7 @@ class ImageFetcher:
             s = self._settings
             connector = aiohttp.TCPConnector(
                 resolver=GuardedResolver(self._policy, self._inner_resolver),
-                limit=s.concurrency,
+                limit=s.concurrency * len(self._slots),  # every lane's slots
                 ttl_dns_cache=10,
             )
             self._session = aiohttp.ClientSession(

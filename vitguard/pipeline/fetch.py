@@ -17,6 +17,7 @@ from dataclasses import replace
 from vitguard import metrics
 from vitguard.errors import InputError
 from vitguard.fetch import ImageFetcher
+from vitguard.fetch.fetcher import Lane
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.results import DeadLettered, Fetched, Parsed
 
@@ -33,12 +34,12 @@ def sha256_hex(data: bytes) -> str:
 
 
 async def fetch_image(
-    parsed: Parsed, fetcher: ImageFetcher, pool: Executor, total_timeout_s: float
+    parsed: Parsed, fetcher: ImageFetcher, pool: Executor, total_timeout_s: float, *, lane: Lane = "stream"
 ) -> Fetched | DeadLettered:
     event = parsed.event
     try:
         async with asyncio.timeout(total_timeout_s):
-            result = await fetcher.fetch(event.image_ref)
+            result = await fetcher.fetch(event.image_ref, lane=lane)
     except InputError as exc:
         return DeadLettered(parsed.raw, dead_letter(parsed.raw, exc.reason, exc.message, event))
     except TimeoutError:

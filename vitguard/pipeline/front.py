@@ -156,7 +156,7 @@ class FrontHalf:
         fetched: Fetched | DeadLettered
         max_bytes = self.fetcher.settings.max_bytes
         if image_ref is not None:
-            fetched = await fetch_image(parsed, self.fetcher, self.request_pool, self.fetch_timeout_s)
+            fetched = await fetch_image(parsed, self.fetcher, self.request_pool, self.fetch_timeout_s, lane="request")
         elif not data:
             raise InputError("schema_violation", "send image bytes, or JSON with an image_ref")
         elif len(data) > max_bytes:
