@@ -128,6 +128,45 @@ async def test_a_cached_verdict_is_matched_against_the_banks_as_they_are_now(
     await processor.close()
 
 
+async def test_a_cached_video_is_matched_on_every_frame_and_an_overturned_item_stays_out_of_waves(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    """A video's cache entry once kept its verdict's one hash: a frame banked after the first upload went
+    unmatched on every re-upload for the cache's lifetime. And a cached unsafe item cleared since (negative
+    bank) went on counting towards waves and near-duplicate alerts."""
+    from vitguard.testing.media import photo_frames, video_bytes
+
+    processor, sink, _ = make_processor(opennsfw, image_root, policy={"unsafe_threshold": 0.0})  # all unsafe
+    banked = Image.open(sample_photos[0]).convert("RGB").resize((320, 240))
+    frames = photo_frames(Image.open(sample_photos[2]), 9, hidden=banked, hidden_at=6, size=(320, 240))
+    (image_root / "clip.mp4").write_bytes(video_bytes(frames, fps=3))
+    (image_root / "twin.jpg").write_bytes(jpeg(Image.open(sample_photos[1]), quality=95))
+    (image_root / "twin-copy.jpg").write_bytes(jpeg(Image.open(sample_photos[1]), quality=90))
+    store = MemoryBankStore()
+    store.create_bank(Bank(name="known-bad", action="force_unsafe"))
+    store.create_bank(Bank(name="cleared", kind="negative"))
+    processor.completer.matcher = matcher = BankMatcher(build_snapshot(store.read()))
+    refs = [file_ref(image_root, n) for n in ("clip.mp4", "twin.jpg", "twin-copy.jpg")]
+
+    first = {v.content_id: v for v in (await processor.process(messages(refs, start=0))).verdicts}
+    frame_hex = PdqSignal.hash_image(banked).hex
+    assert first["c0"].bank_matches == [] and first["c0"].pdq_hash is not None
+    assert PdqSignal.distance(first["c0"].pdq_hash, frame_hex) > 31  # the verdict's hash is another frame's
+    assert first["c2"].cluster_id == first["c1"].cluster_id is not None
+    alerts_before = len(sink.alerts)
+
+    store.add_entries([BankEntry(bank="known-bad", entry_id="kb-1", signal=frame_hex),
+                       BankEntry(bank="cleared", entry_id="ok-1", signal=first["c2"].pdq_hash or "")])
+    matcher.update(build_snapshot(store.read()))
+    again = {v.content_id: v for v in (await processor.process(messages(refs[:1] + refs[2:], start=10))).verdicts}
+    video, copy = again["c10"], again["c11"]
+    assert video.from_cache and [(m.entry_id, m.frame) for m in video.bank_matches] == [("kb-1", 6)]
+    assert (video.label, video.label_source) == ("unsafe", "bank")
+    assert copy.from_cache and copy.bank_matches[0].negative
+    assert "c11" not in {a.content_id for a in sink.alerts[alerts_before:]}  # the cleared copy raised none
+    await processor.close()
+
+
 async def test_one_decode_feeds_the_model_and_the_hash_and_no_banks_means_no_hashing(
     opennsfw: Any, sample_photos: list[Path]
 ) -> None:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from vitguard.banks.signal import PdqHash
 from vitguard.model.types import ModelInfo, Prediction
 from vitguard.pipeline.core import (
     alert_severity,
@@ -13,6 +14,7 @@ from vitguard.pipeline.core import (
     build_verdict,
     cache_key,
     dead_letter,
+    encode_cached_verdict,
     moderate_batch,
     parse_batch,
     parse_cached_verdict,
@@ -75,6 +77,8 @@ def test_cache_key_changes_with_model_and_policy() -> None:
     assert key == cache_key(INFO, ["NSFW"], 0.5)
     assert key != cache_key(INFO, ["NSFW"], 0.6)
     assert key != cache_key(ModelInfo("opennsfw", "v2", ("SFW", "NSFW"), 4, (3, 8, 8)), ["NSFW"], 0.5)
+    sampled = cache_key(INFO, ["NSFW"], 0.5, (32, 1.0, "rate", 5))  # a video judged on other frames: another key
+    assert sampled != key and sampled != cache_key(INFO, ["NSFW"], 0.5, (32, 2.0, "rate", 5))
 
 
 def test_verdict_from_cache_takes_identity_from_the_new_event() -> None:
@@ -84,14 +88,17 @@ def test_verdict_from_cache_takes_identity_from_the_new_event() -> None:
         decision=Decision("unsafe", 0.8), sha256="a" * 64, timings=Timings(), collection="col", cluster_id="c-1",
     )
     assert (verdict.embedding_id, verdict.cluster_id, verdict.top_class) == ("orig", "c-1", "NSFW")
-    cached = parse_cached_verdict(verdict.model_dump_json())
-    assert cached is not None
+    entry = parse_cached_verdict(verdict.model_dump_json())  # a still image's entry: the verdict alone
+    assert entry is not None and entry[1] == ()
     again = ImageEvent(content_id="copy", image_ref="https://example.com/b.jpg", tenant="t2")
-    copy = verdict_from_cache(cached, again, "a" * 64, Timings(fetch_ms=3.0))
+    copy = verdict_from_cache(entry[0], again, "a" * 64, Timings(fetch_ms=3.0))
     assert (copy.content_id, copy.event_id, copy.tenant) == ("copy", again.event_id, "t2")
     assert copy.from_cache and copy.label == "unsafe" and copy.cluster_id == "c-1"
     assert copy.embedding_id is None and copy.metadata == {}
-    assert parse_cached_verdict("{not a verdict") is None
+    frames = ((0, PdqHash("ab" * 32, 90)), (6, None))  # a video's entry: every frame's hash too
+    assert parse_cached_verdict(encode_cached_verdict(verdict, frames)) == (verdict, frames)
+    for junk in ("{not a verdict", "[]", '{"verdict": {}, "frames": []}', '{"verdict": 1}', "null"):
+        assert parse_cached_verdict(junk) is None, junk
 
 
 def test_alert_severity_and_matches() -> None:

@@ -22,7 +22,7 @@ from vitguard.errors import InputError
 from vitguard.model.types import ModelInfo
 from vitguard.pipeline.alert import Candidate, alert_batch
 from vitguard.pipeline.batcher import Group, Work
-from vitguard.pipeline.core import build_verdict, dead_letter
+from vitguard.pipeline.core import build_verdict, dead_letter, encode_cached_verdict
 from vitguard.pipeline.emit import Answer, Emitter
 from vitguard.pipeline.failure import MilvusPolicy, RedisPolicy
 from vitguard.pipeline.index import index_batch
@@ -33,6 +33,7 @@ from vitguard.pipeline.results import (
     DeadLettered,
     Decoded,
     DecodedFrames,
+    FrameHashes,
     ItemResult,
     Predicted,
     Ready,
@@ -142,7 +143,8 @@ class Completer:
                 if cluster_id is not None and isinstance(p, Predicted):
                     candidates.append((i, Candidate(p.decoded.parsed.event, cluster_id, list(matches),
                                                     is_new or not matches)))
-            elif isinstance(v, CacheHit) and v.verdict.label == "unsafe" and v.verdict.cluster_id:
+            elif (isinstance(v, CacheHit) and v.verdict.label == "unsafe" and v.verdict.cluster_id
+                  and not skips_clustering(banks.get(i, (None, []))[1])):  # overturned since: not clustered
                 hit = SearchHit(v.cached_from, 1.0, v.verdict.cluster_id)
                 candidates.append((i, Candidate(v.parsed.event, v.verdict.cluster_id, [hit], False)))
         with _timed(group.stage_ms, "waves"):
@@ -154,8 +156,8 @@ class Completer:
         answers = [self._answer(w, group.predicted.get(i), indexed.get(i, (None, (), False))[0]) for i, w in stream]
         # the verdict cache keeps the model's verdict and the PDQ hash, not the banks' say: a cache hit is
         # matched against the banks as they are when it comes (an entry added since applies, a removed one not)
-        cacheable = {a.image_sha256: apply_matches(a, banks[i][0], []).model_dump_json()
-                     for (i, _), (_, _, a) in zip(stream, answers, strict=True)
+        cacheable = {a.image_sha256: encode_cached_verdict(apply_matches(a, banks[i][0], []), _frame_hashes(w))
+                     for (i, w), (_, _, a) in zip(stream, answers, strict=True)
                      if isinstance(a, Verdict) and not a.from_cache and a.image_sha256 and i in banks}
         answers = [(raw, event, _with_banks(banks, i, a))
                    for (i, _), (raw, event, a) in zip(stream, answers, strict=True)]
@@ -188,9 +190,8 @@ class Completer:
         the banks, in one call. ``hashes``: the still images' hashes (:func:`_resolve_hashes`)."""
         entries = [(i, _item_hashes(p.decoded, hashes.get(i))) for i, p in group.predicted.items()
                    if isinstance(p, Predicted)]
-        entries += [(i, [(None, PdqHash(w.value.verdict.pdq_hash, w.value.verdict.pdq_quality or 0))])
-                    for i, w in enumerate(group.work)
-                    if isinstance(w.value, CacheHit) and w.value.verdict.pdq_hash is not None]
+        entries += [(i, cached) for i, w in enumerate(group.work)
+                    if isinstance(w.value, CacheHit) and (cached := _cached_hashes(w.value))]
         if not entries:
             return {}
         found = match_items(self.matcher, [h for _, h in entries])
@@ -281,6 +282,20 @@ class Completer:
 
 
 _Banks = dict[int, tuple[PdqHash | None, list[BankMatch]]]
+
+
+def _cached_hashes(hit: CacheHit) -> ItemHashes:
+    """What a cache hit is matched on: every classified frame's hash for a multi-frame item, else its one."""
+    if hit.frame_hashes:
+        return list(hit.frame_hashes)
+    pdq = hit.verdict.pdq_hash
+    return [(None, PdqHash(pdq, hit.verdict.pdq_quality or 0))] if pdq is not None else []
+
+
+def _frame_hashes(w: Work) -> FrameHashes:
+    """What the verdict cache keeps of a multi-frame item's hashes (every classified frame's)."""
+    v = w.value
+    return tuple((ref.index, ref.pdq) for ref in v.frames.frames) if isinstance(v, DecodedFrames) else ()
 
 
 def _item_hashes(decoded: Decoded | DecodedFrames, still: PdqHash | None) -> ItemHashes:

@@ -16,8 +16,10 @@ from typing import Literal, Protocol
 
 from pydantic import ValidationError
 
+from vitguard.banks.signal import PdqHash
 from vitguard.errors import InputError, ReasonCode
 from vitguard.model.types import ModelInfo, Prediction
+from vitguard.pipeline.results import FrameHashes
 from vitguard.pipeline.types import RawMessage
 from vitguard.policy import Decision, decide
 from vitguard.schemas.events import (
@@ -45,6 +47,7 @@ __all__ = [
     "dead_letter",
     "moderate_batch",
     "parse_batch",
+    "encode_cached_verdict",
     "parse_cached_verdict",
     "verdict_from_cache",
 ]
@@ -115,9 +118,11 @@ def parse_batch(raws: Iterable[RawMessage]) -> ParsedBatch:
     return out
 
 
-def cache_key(info: ModelInfo, unsafe_labels: Sequence[str], threshold: float) -> str:
-    """Verdict-cache namespace: a cached verdict is only valid for the same model AND the same policy."""
-    policy = json.dumps([sorted(unsafe_labels), threshold])
+def cache_key(info: ModelInfo, unsafe_labels: Sequence[str], threshold: float,
+              sampling: Sequence[object] = ()) -> str:
+    """Verdict-cache namespace: a cached verdict is only valid for the same model AND the same policy, and
+    the same frame sampling (``sampling``: what decides which frames of an animation or a video are judged)."""
+    policy = json.dumps([sorted(unsafe_labels), threshold, *([list(sampling)] if sampling else [])])
     digest = hashlib.sha256(f"{info.name}|{info.version}|{policy}".encode()).hexdigest()[:16]
     return f"{info.collection_suffix[:80]}:{digest}"
 
@@ -172,12 +177,29 @@ def build_verdict(
     )
 
 
-def parse_cached_verdict(cached_json: str) -> Verdict | None:
-    """A verdict from the cache, or None when the entry is unusable (written by an older contract)."""
+def encode_cached_verdict(verdict: Verdict, frames: FrameHashes = ()) -> str:
+    """A verdict cache entry: the verdict's JSON; for a multi-frame item, with every classified frame's hash
+    too, so that a re-upload is matched against the banks on all its frames, not the verdict's one hash."""
+    if not frames:
+        return verdict.model_dump_json()
+    return json.dumps({"verdict": verdict.model_dump(mode="json"),
+                       "frames": [[i, h.hex if h else None, h.quality if h else None] for i, h in frames]})
+
+
+def parse_cached_verdict(cached_json: str) -> tuple[Verdict, FrameHashes] | None:
+    """A verdict from the cache and its frames' hashes (see :func:`encode_cached_verdict`), or None when the
+    entry is unusable (written by an older contract, or not an entry at all)."""
     try:
-        return Verdict.model_validate_json(cached_json)
+        return Verdict.model_validate_json(cached_json), ()
     except ValidationError:
+        pass
+    try:
+        entry = json.loads(cached_json)
+        verdict = Verdict.model_validate(entry["verdict"])
+        frames = tuple((int(i), PdqHash(str(h), int(q)) if h is not None else None) for i, h, q in entry["frames"])
+    except (ValueError, TypeError, KeyError, ValidationError):
         return None
+    return verdict, frames
 
 
 def verdict_from_cache(cached: Verdict, event: ImageEvent, sha256: str, timings: Timings) -> Verdict:

@@ -127,10 +127,11 @@ class FrontHalf:
             if isinstance(fetched, DeadLettered):
                 return fetched
             cached = await self._cached.get(fetched.sha256)
-            original = parse_cached_verdict(cached) if cached is not None else None
-            if original is not None:
+            entry = parse_cached_verdict(cached) if cached is not None else None
+            if entry is not None:
+                original, frame_hashes = entry
                 verdict = verdict_from_cache(original, parsed.event, fetched.sha256, timings(fetched.times))
-                return CacheHit(parsed, verdict, original.content_id)
+                return CacheHit(parsed, verdict, original.content_id, frame_hashes)
             return await expand_item(fetched, self.classifier, self.pool, self.frames, hash_pdq=self.hash_pdq)
         except BaseException:
             self._active_ids.discard(event_id)

@@ -31,6 +31,7 @@ __all__ = [
     "Decoded",
     "DecodedFrames",
     "Fetched",
+    "FrameHashes",
     "Indexed",
     "ItemResult",
     "Parsed",
@@ -74,6 +75,10 @@ class Fetched:
     times: StageTimes
 
 
+FrameHashes = tuple[tuple[int, PdqHash | None], ...]
+"""The PDQ hash of every classified frame of an animation or a video (frame index, hash)."""
+
+
 @dataclass(frozen=True)
 class CacheHit:
     """The same bytes were classified before with the same model and policy: no decode, no inference."""
@@ -82,6 +87,9 @@ class CacheHit:
     verdict: Verdict
     cached_from: str
     """Content id the cached verdict was made for."""
+    frame_hashes: FrameHashes = ()
+    """For an animation or a video, every classified frame's PDQ hash (matched against the banks as they are
+    now); empty for a still image (the verdict's own hash)."""
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,9 @@ class Runner:
         self.health.model_loaded = True
         self.on_fatal = on_fatal
         self.unsafe_labels = resolve_unsafe_labels(self.info.labels, policy)
-        self.cache_key = cache_key(self.info, self.unsafe_labels, policy.unsafe_threshold)
+        f = self.frames
+        self.cache_key = cache_key(self.info, self.unsafe_labels, policy.unsafe_threshold,
+                                   (f.max_frames, f.video_fps, f.video_sampling, f.worst_frames))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._decode_pool = PriorityPool(
             batch.decode_workers, "vitguard-decode", job_timeout_s=batch.decode_timeout_s,
