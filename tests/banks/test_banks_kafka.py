@@ -104,3 +104,25 @@ def test_follower_sees_additions_and_removals_within_seconds(kafka_bootstrap: st
         assert follower.running and follower.last_error is None
     finally:
         follower.stop()
+
+
+def test_a_record_whose_key_and_value_disagree_is_ignored(kafka_bootstrap: str, banks_topic: str) -> None:
+    """Key ``e|known-bad|X`` holding entry ``other/Y``: it matched as known-bad/Y, ``remove known-bad Y``
+    called it missing, a bank delete tombstoned ``Y`` and left ``X``; recreated, the bank matched it again."""
+    from vitguard.banks.state import BankRecord
+
+    rng = random.Random(5)
+    signal = random_pdq(rng)
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    store = KafkaBankStore(kafka, BankSettings(topic=banks_topic))
+    store.create_bank(Bank(name="known-bad", action="force_unsafe"))
+    stray = BankEntry(bank="other", entry_id="Y", signal=signal)
+    store._write([BankRecord(b"e|known-bad|X", stray.model_dump_json().encode()),
+                  BankRecord(b"b|renamed", Bank(name="known-bad").model_dump_json().encode())])
+    state = store.read()
+    assert state.entries == {} and set(state.banks) == {"known-bad"} and state.invalid == 2
+    code, out, _ = _cli(kafka_bootstrap, banks_topic, "list", "--json")
+    assert code == 0 and json.loads(out.splitlines()[0])["entries"] == 0
+    from vitguard.banks import BankMatcher, build_snapshot
+
+    assert BankMatcher(build_snapshot(state)).match_batch([signal], [100]) == [[]]

@@ -74,10 +74,15 @@ class BankState:
         kind, _, rest = text.partition("|")
         try:
             if kind == "b" and rest:
-                return self._set_bank(rest, None if value is None else Bank.model_validate_json(value))
+                bank_value = None if value is None else Bank.model_validate_json(value)
+                if bank_value is not None and bank_value.name != rest:
+                    return self._mismatch(text, f"bank {bank_value.name!r}")
+                return self._set_bank(rest, bank_value)
             if kind == "e" and "|" in rest:
                 bank, _, entry_id = rest.partition("|")
                 entry = None if value is None else BankEntry.model_validate_json(value)
+                if entry is not None and (entry.bank, entry.entry_id) != (bank, entry_id):
+                    return self._mismatch(text, f"entry {entry.bank!r}/{entry.entry_id!r}")
                 return self._set_entry((bank, entry_id), entry)
         except ValidationError as exc:
             self.invalid += 1
@@ -85,6 +90,13 @@ class BankState:
             return False
         self.invalid += 1
         _log.warning("ignoring a banks record with an unknown key %r", text[:200])
+        return False
+
+    def _mismatch(self, text: str, held: str) -> bool:
+        """A record whose key and value disagree: kept, it would match under one name and be removed (or
+        listed) under another, so a delete could never reach it."""
+        self.invalid += 1
+        _log.warning("ignoring a banks record whose key %r holds %s", text[:200], held)
         return False
 
     def apply_all(self, records: Iterator[BankRecord] | list[BankRecord]) -> None:
