@@ -446,9 +446,13 @@ class RedriveHandler:
             return f"filtered:{letter.reason}"
         if letter.payload_truncated:  # the original is not in the letter; its source offset says where it is
             return "truncated_payload"
+        try:
+            original = letter.original_bytes()
+        except ValueError:  # a payload that is not the base64 it says it is (a hand-made or damaged letter)
+            return "invalid_dead_letter"
         key = letter.key if letter.key is not None else letter.content_id
         self.publisher.send_raw(
-            letter.original_bytes(),
+            original,
             key=key.encode("utf-8") if key is not None else None,
             headers=_headers(self.replay_id, record),
             event_id=letter.event_id,

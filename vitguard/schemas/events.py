@@ -406,7 +406,8 @@ class DeadLetter(_Event):
         """The original message value, byte for byte.
 
         Raises:
-            ValueError: the payload was truncated (pass ``allow_truncated=True`` for its first bytes).
+            ValueError: the payload was truncated (pass ``allow_truncated=True`` for its first bytes), or is
+                not the base64 ``payload_encoding`` says it is.
         """
         if self.payload_truncated and not allow_truncated:
             raise ValueError(
@@ -414,7 +415,7 @@ class DeadLetter(_Event):
                 f"{self.source_topic}[{self.source_partition}]@{self.source_offset}"
             )
         if self.payload_encoding == "base64":
-            return base64.b64decode(self.payload)
+            return base64.b64decode(self.payload, validate=True)
         return self.payload.encode("utf-8")
 
 
