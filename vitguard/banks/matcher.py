@@ -12,6 +12,8 @@ it is within its own bank's distance.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +28,9 @@ from vitguard.banks.signal import PDQ_BYTES, PDQ_DEFAULT_QUALITY_THRESHOLD, pack
 from vitguard.banks.state import BankState
 from vitguard.schemas.events import BankMatch
 
-__all__ = ["BankMatcher", "BankSnapshot", "build_snapshot"]
+__all__ = ["MAX_SEARCH_DISTANCE", "BankMatcher", "BankSnapshot", "build_snapshot"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,11 @@ class BankSnapshot:
         return cls({}, (), (), build_index(np.zeros((0, PDQ_BYTES), np.uint8), 0, kind="brute"))
 
 
+MAX_SEARCH_DISTANCE = 64
+"""The widest PDQ search (bits): PDQ's own recommended threshold is 31; two unrelated photos are about 128
+apart, so past 64 a match says little and the hits grow with the bank."""
+
+
 def build_snapshot(
     state: BankState, *, kind: IndexKind = "auto", multihash_min: int = DEFAULT_MULTIHASH_MIN
 ) -> BankSnapshot:
@@ -56,7 +65,13 @@ def build_snapshot(
     started = time.perf_counter()
     banks = {name: b for name, b in state.banks.items() if b.enabled}
     rows = sorted((b, e.entry_id, e.signal) for (b, _), e in state.entries.items() if b in banks)
-    max_distance = max((b.match_distance for b in banks.values()), default=0)
+    # the search radius is the widest bank's that holds entries (an empty bank widens nothing), at most
+    # MAX_SEARCH_DISTANCE: at 128 half of a bank is "near" any hash and one search returned millions of hits
+    wanted = max((banks[b].match_distance for b in {b for b, _, _ in rows}), default=0)
+    if wanted > MAX_SEARCH_DISTANCE:
+        _log.warning("banks with match_distance above %d are matched at %d (a wider search returns much of "
+                     "the bank for any hash)", MAX_SEARCH_DISTANCE, MAX_SEARCH_DISTANCE)
+    max_distance = min(wanted, MAX_SEARCH_DISTANCE)
     codes = pack_hashes([s for _, _, s in rows])
     index = build_index(codes, max_distance, kind=kind, multihash_min=multihash_min)
     return BankSnapshot(
@@ -90,6 +105,9 @@ class BankMatcher:
         self.quality_threshold = quality_threshold
         self.flood = FloodGuard(flood)
         self._clock = clock
+        self._lock = threading.Lock()
+        """One match at a time: the stream's and /classify's completions match from worker threads, and the
+        flood guard's counts are shared."""
 
     def update(self, snapshot: BankSnapshot) -> None:
         """Use ``snapshot`` from the next batch on."""
@@ -104,6 +122,12 @@ class BankMatcher:
         hash's item (the frames of one video share one), so a video whose frames all match an entry counts
         once. Without ``items`` every hash is its own item.
         """
+        with self._lock:
+            return self._match_batch(hashes, qualities, items)
+
+    def _match_batch(
+        self, hashes: Sequence[str | None], qualities: Sequence[int | None], items: Sequence[int] | None
+    ) -> list[list[BankMatch]]:
         if len(hashes) != len(qualities):
             raise ValueError(f"{len(hashes)} hashes but {len(qualities)} qualities")
         if items is not None and len(items) != len(hashes):

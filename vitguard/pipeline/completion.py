@@ -111,8 +111,9 @@ class Completer:
         """Every entry of ``group`` with what it ended as (acknowledged, for stream events)."""
         now_s = self._clock()
         hashes = await _resolve_hashes(group)
-        with _timed(group.stage_ms, "bank_match"):
-            banks = self._match(group, hashes)
+        with _timed(group.stage_ms, "bank_match"):  # searching banks in a thread: a big one must not hold the loop
+            searching = self.matcher is not None and len(self.matcher.snapshot) > 0
+            banks = await asyncio.to_thread(self._match, group, hashes) if searching else self._match(group, hashes)
         out: list[tuple[Work, Outcome]] = [
             (w, _with_banks(banks, i, self._request_outcome(w, group.predicted.get(i))))
             for i, w in enumerate(group.work) if w.request
