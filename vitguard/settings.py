@@ -584,6 +584,13 @@ class WebSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Env: VITGUARD_WEB_HOST.")  # noqa: S104 - a server's bind address
     port: int = Field(6066, ge=0, le=65535, description="Env: VITGUARD_WEB_PORT. Default 6066.")
     enabled: bool = Field(True, description="Env: VITGUARD_WEB_ENABLED.")
+    classify_max_in_flight: int = Field(
+        64, ge=1, le=100_000,
+        description=(
+            "POST /classify requests handled at once; more are answered 429 with Retry-After (each holds its "
+            "body, up to the fetch size limit, and a decode). Env: VITGUARD_WEB_CLASSIFY_MAX_IN_FLIGHT. Default 64."
+        ),
+    )
 
 
 class LogSettings(BaseSettings):

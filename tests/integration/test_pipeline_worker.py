@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -109,7 +110,7 @@ def distinct_events(samples: SampleSet) -> list[SampleEvent]:
 
 def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..., Any], tmp_path: Path,
                                                   workers: list[WorkerProcess]) -> None:
-    settings = pipeline_settings()
+    settings = pipeline_settings(web={"classify_max_in_flight": 1})
     samples = make_sample_set(tmp_path / "images", photos=4, copies=2, burst=0)
     publish(settings, samples.events)  # includes one redelivered event and bad events of 10 reason codes
     expected = distinct_events(samples)
@@ -124,10 +125,21 @@ def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..
         classified = post(settings, "/classify", samples.other_files[0].read_bytes(), "image/png")
         refused = post(settings, "/classify", b'{"image_ref": "http://10.0.0.1/x.jpg"}', "application/json")
         not_image = post(settings, "/classify", b"plain text, not an image", "application/octet-stream")
+        with socket.create_connection(("127.0.0.1", settings.web.port), timeout=10) as trickling:
+            # a client that trickles its body holds the one request slot: the next is refused, not buffered
+            trickling.sendall(b"POST /classify HTTP/1.1\r\nHost: w\r\nContent-Type: image/png\r\n"
+                              b"Content-Length: 100000\r\n\r\n\x89PNG")
+            time.sleep(0.5)
+            overloaded = post(settings, "/classify", samples.other_files[0].read_bytes(), "image/png")
+        deadline = time.monotonic() + 10
+        while (freed := post(settings, "/classify", samples.other_files[0].read_bytes(), "image/png"))[0] == 429:
+            assert time.monotonic() < deadline, "the slot of a client that went away was never freed"
+            time.sleep(0.2)
         consumed = metric(settings, "vitguard_events_consumed_total")
         skipped = metric(settings, "vitguard_events_redelivered_total")
         verdict_count = metric(settings, "vitguard_verdicts_total", label="safe")
     assert worker.terminate() == 0  # graceful SIGTERM
+    assert overloaded[0] == 429 and overloaded[1]["reason"] == "overloaded" and freed[0] == 200
 
     assert outputs.answered() == len(expected)  # nothing twice, the redelivery included
     good = [e for e in expected if not e.kind.startswith("bad:")]

@@ -72,10 +72,24 @@ def register_views(app: Any, runtime: Any) -> None:
             # aiohttp refuses a charset inside content_type=, so the full header goes in as a header
             return self.bytes(metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
+    limit = runtime.settings.web.classify_max_in_flight
+    handling = [0]  # POST /classify requests in this handler now
+
     @app.page("/classify")
     class Classify(View):  # type: ignore[misc]
         async def post(self, request: Any) -> Any:
             processor = runtime.runner
+            if handling[0] >= limit:  # before the body is read: a flood must not buffer its bodies
+                metrics.CLASSIFY_REQUESTS.labels("overloaded").inc()
+                return self.json({"reason": "overloaded", "message": f"{limit} requests in progress; retry"},
+                                 status=429, headers={"Retry-After": "1"})
+            handling[0] += 1
+            try:
+                return await self._classify(request, processor)
+            finally:
+                handling[0] -= 1
+
+        async def _classify(self, request: Any, processor: Any) -> Any:
             content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             try:
                 body = await request.read()
@@ -84,6 +98,10 @@ def register_views(app: Any, runtime: Any) -> None:
                     verdict = await processor.classify(**kwargs)
                 else:
                     verdict = await processor.classify(data=body)
+            except asyncio.CancelledError:
+                if not processor.closed:  # the client went away: the handler itself is cancelled
+                    raise
+                return self._stopping()
             except InputError as exc:
                 metrics.CLASSIFY_REQUESTS.labels(exc.reason).inc()
                 return self.json({"reason": exc.reason, "message": exc.message}, status=400)
@@ -91,11 +109,18 @@ def register_views(app: Any, runtime: Any) -> None:
                 metrics.CLASSIFY_REQUESTS.labels("fetch_too_large").inc()
                 return self.json({"reason": "fetch_too_large", "message": exc.text or str(exc)}, status=413)
             except Exception as exc:
+                if processor.closed:
+                    return self._stopping()
                 _log.exception("POST /classify failed")
                 metrics.CLASSIFY_REQUESTS.labels("internal_error").inc()
                 return self.json({"reason": "internal_error", "message": type(exc).__name__}, status=500)
             metrics.CLASSIFY_REQUESTS.labels(verdict.label).inc()
             return self.json(verdict.model_dump(mode="json"))
+
+        def _stopping(self) -> Any:
+            metrics.CLASSIFY_REQUESTS.labels("shutting_down").inc()
+            return self.json({"reason": "shutting_down", "message": "the worker is stopping; retry on another"},
+                             status=503, headers={"Retry-After": "1"})
 
 
 def _json_request(body: bytes) -> dict[str, Any]:

@@ -212,6 +212,11 @@ class Runner:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (the worker is stopping)."""
+        return self._closed
+
     async def start(self) -> None:
         """Start the batch and completion loops (idempotent). Does not wait for Milvus."""
         if self._closed:
