@@ -141,3 +141,20 @@ def test_more_stuck_jobs_than_allowed_call_on_stuck_and_shutdown_does_not_wait_f
     pool.shutdown(wait=True)  # joins the live threads, not the stuck ones
     assert time.monotonic() - started < 5
     release.set()
+
+
+def test_the_urgent_lead_is_bounded_so_a_flood_of_requests_cannot_starve_the_stream() -> None:
+    """Urgent jobs overtake normal ones queued less than ``urgent_lead_s`` before them, no more: a normal job
+    that has waited that long runs before urgent jobs that keep arriving."""
+    pool = PriorityPool(1, "vitguard-decode", urgent_lead_s=0.2)
+    try:
+        gate, order = _blocked(pool), []
+        stream = pool.submit(order.append, "n0")
+        time.sleep(0.3)  # the stream's job has waited past the lead
+        flood = [pool.urgent.submit(order.append, f"u{i}") for i in range(3)]
+        gate.set()
+        for f in [stream, *flood]:
+            f.result(10)
+        assert order == ["n0", "u0", "u1", "u2"]
+    finally:
+        pool.shutdown()

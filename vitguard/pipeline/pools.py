@@ -7,7 +7,10 @@ gRPC's) keep the names those libraries give them or inherit.
 
 The decode pool is a :class:`PriorityPool`: jobs submitted through its ``urgent`` lane (``POST /classify``, a
 caller waiting on the line) run before the stream's queued decodes, so a busy stream's decode backlog does not
-add to a request's latency; a job already running is never interrupted.
+add to a request's latency; a job already running is never interrupted. The lead is bounded: an urgent job
+overtakes normal jobs queued less than ``urgent_lead_s`` (1 s) before it, so a flood of requests cannot hold
+the stream's decodes back for longer than that (once, they waited for as long as requests kept coming; the
+stream stalled and ``/livez`` restarted the worker).
 
 It also has a deadline for a job's running time (``job_timeout_s``; time queued does not count). A decoder
 that never returns (a crafted file, a codec bug) would otherwise hold its event, and so its partition's
@@ -58,7 +61,9 @@ def named_pool(workers: int, prefix: str) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix=prefix, initializer=_name_this_thread)
 
 
-_URGENT, _NORMAL, _STOP = 0, 1, 2
+_URGENT, _NORMAL = 0, 1
+_STOP_KEY = float("inf")
+"""The queue key of a thread's stop order: after every job."""
 
 
 class JobTimeout(TimeoutError):
@@ -69,20 +74,22 @@ class PriorityPool(Executor):
     """A fixed pool of ``workers`` named threads (as :func:`named_pool`) that takes urgent jobs first.
 
     :meth:`submit` queues a normal job; ``pool.urgent.submit`` an urgent one. Each kind runs in submission
-    order; a free thread always takes the oldest urgent job before any normal one. ``shutdown`` lets queued
-    jobs finish (or cancels them with ``cancel_futures``); a job submitted after it raises ``RuntimeError``,
-    as with :class:`~concurrent.futures.ThreadPoolExecutor`. With ``job_timeout_s``, a job running longer is
-    abandoned (see the module); ``on_stuck(n)`` is called, from the pool's watchdog thread, each time an
+    order; a free thread takes the oldest urgent job before any normal one queued less than ``urgent_lead_s``
+    before it (a normal job that waited that long goes first: the urgent lane's lead is bounded). ``shutdown``
+    lets queued jobs finish (or cancels them with ``cancel_futures``); a job submitted after it raises
+    ``RuntimeError``, as with :class:`~concurrent.futures.ThreadPoolExecutor`. With ``job_timeout_s``, a job
+    running longer is abandoned (see the module); ``on_stuck(n)`` is called, from the pool's watchdog thread, each time an
     abandonment leaves ``n > max_stuck`` jobs stuck.
     """
 
     def __init__(self, workers: int, prefix: str, *, job_timeout_s: float | None = None, max_stuck: int = 0,
-                 on_stuck: Callable[[int], None] | None = None) -> None:
+                 on_stuck: Callable[[int], None] | None = None, urgent_lead_s: float = 1.0) -> None:
         if workers < 1:
             raise ValueError("a pool needs at least one thread")
         if job_timeout_s is not None and job_timeout_s <= 0:
             raise ValueError("job_timeout_s must be positive")
-        self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+        self._queue: queue.PriorityQueue[tuple[float, int, Any]] = queue.PriorityQueue()
+        self._urgent_lead_s = urgent_lead_s
         self._seq = itertools.count()
         self._names = itertools.count()
         self._prefix = prefix
@@ -116,7 +123,8 @@ class PriorityPool(Executor):
         with self._lock:
             if self._shut:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._queue.put((priority, next(self._seq), (future, fn, args, kwargs)))
+            key = time.monotonic() - (self._urgent_lead_s if priority == _URGENT else 0.0)
+            self._queue.put((key, next(self._seq), (future, fn, args, kwargs)))
         return future
 
     def _start_thread(self) -> None:
@@ -187,7 +195,7 @@ class PriorityPool(Executor):
                         if job is not None:
                             job[0].cancel()
                 for _ in range(len(self._threads) - len(self._stuck)):
-                    self._queue.put((_STOP, next(self._seq), None))
+                    self._queue.put((_STOP_KEY, next(self._seq), None))
             live = [t for t in self._threads if t not in self._stuck and t is not threading.current_thread()]
         if wait:  # a stuck thread is not waited for: its job may never return
             for t in live:
