@@ -78,8 +78,8 @@ class PriorityPool(Executor):
     before it (a normal job that waited that long goes first: the urgent lane's lead is bounded). ``shutdown``
     lets queued jobs finish (or cancels them with ``cancel_futures``); a job submitted after it raises
     ``RuntimeError``, as with :class:`~concurrent.futures.ThreadPoolExecutor`. With ``job_timeout_s``, a job
-    running longer is abandoned (see the module); ``on_stuck(n)`` is called, from the pool's watchdog thread, each time an
-    abandonment leaves ``n > max_stuck`` jobs stuck.
+    running longer is abandoned (see the module); ``on_stuck(n)`` is called, from the pool's watchdog thread,
+    each time an abandonment leaves ``n > max_stuck`` jobs stuck.
     """
 
     def __init__(self, workers: int, prefix: str, *, job_timeout_s: float | None = None, max_stuck: int = 0,
