@@ -147,7 +147,7 @@ MODEL_INFO = Gauge(
 )
 CLASSIFY_REQUESTS = Counter(
     "vitguard_classify_requests",
-    "POST /classify requests by outcome (safe, unsafe, or the reason code of a 400).",
+    "POST /classify requests by outcome (safe, unsafe, the reason code of a 400, overloaded, shutting_down).",
     ["outcome"],
     registry=REGISTRY,
 )
