@@ -39,7 +39,8 @@ def test_timestamps(text: str, expected: int) -> None:
     assert parse_timestamp(text, NOW) == expected
 
 
-@pytest.mark.parametrize("text", ["yesterday", "2026-03-01T11:00:00", "-5w", "", "2026-13-01T00:00:00Z"])
+@pytest.mark.parametrize("text", ["yesterday", "2026-03-01T11:00:00", "-5w", "", "2026-13-01T00:00:00Z",
+                                  "-999999d", "-99999999999999d", "99999999999999999999"])
 def test_bad_timestamps_say_what_is_accepted(text: str) -> None:
     with pytest.raises(ReplaySpecError, match="ISO 8601"):
         parse_timestamp(text, NOW)
@@ -92,6 +93,7 @@ def test_store_round_trip_and_atomic_files(tmp_path: Path) -> None:
 
 def test_corrupt_state_is_a_clear_error(tmp_path: Path) -> None:
     store = ReplayStateStore(tmp_path)
-    store.path("r1").write_text("{half")
-    with pytest.raises(ReplayStateError, match="corrupt"):
-        store.load("r1")
+    for text in ("{half", "[]", "null", '"text"'):
+        store.path("r1").write_text(text)
+        with pytest.raises(ReplayStateError, match="corrupt"):
+            store.load("r1")

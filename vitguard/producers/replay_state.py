@@ -65,6 +65,10 @@ def check_replay_id(replay_id: str) -> str:
     return replay_id
 
 
+_MAX_EPOCH_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: a larger number is a typo (and overflows a Kafka timestamp)."""
+
+
 def parse_timestamp(text: str, now: datetime | None = None) -> int:
     """Milliseconds since the epoch from ISO 8601 with a timezone, epoch milliseconds, or ``-30m``/``-2h``/``-1d``.
 
@@ -77,11 +81,16 @@ def parse_timestamp(text: str, now: datetime | None = None) -> int:
     value = text.strip()
     hint = "use ISO 8601 with a timezone (2026-01-01T00:00:00Z), epoch milliseconds, or -30m / -2h / -1d"
     if value.isdigit():
+        if int(value) > _MAX_EPOCH_MS:
+            raise ReplaySpecError(f"bad timestamp {text!r}: past the year 9999 in epoch milliseconds; {hint}")
         return int(value)
     if match := _RELATIVE.match(value):
         now = now or datetime.now(UTC)
-        delta = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-        return int((now - delta).timestamp() * 1000)
+        try:
+            delta = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+            return int((now - delta).timestamp() * 1000)
+        except (OverflowError, ValueError):  # -999999999d: before year 1
+            raise ReplaySpecError(f"bad timestamp {text!r}: too far back; {hint}") from None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -212,8 +221,11 @@ class ReplayStateStore:
         except OSError as exc:
             raise ReplayStateError(f"cannot read replay state {path}: {exc.strerror or exc}") from exc
         try:
-            return ReplayState.from_json(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+            return ReplayState.from_json(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ReplayStateError(f"replay state {path} is corrupt: {exc}") from exc
 
     def save(self, state: ReplayState) -> None:
