@@ -110,7 +110,7 @@ def distinct_events(samples: SampleSet) -> list[SampleEvent]:
 
 def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..., Any], tmp_path: Path,
                                                   workers: list[WorkerProcess]) -> None:
-    settings = pipeline_settings(web={"classify_max_in_flight": 1})
+    settings = pipeline_settings(web={"classify_max_in_flight": 1}, fetch={"read_timeout_s": 2.0})
     samples = make_sample_set(tmp_path / "images", photos=4, copies=2, burst=0)
     publish(settings, samples.events)  # includes one redelivered event and bad events of 10 reason codes
     expected = distinct_events(samples)
@@ -131,6 +131,7 @@ def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..
                               b"Content-Length: 100000\r\n\r\n\x89PNG")
             time.sleep(0.5)
             overloaded = post(settings, "/classify", samples.other_files[0].read_bytes(), "image/png")
+            timed_out = trickling.recv(4096)  # and the trickled body is not waited for past the fetch deadlines
         deadline = time.monotonic() + 10
         while (freed := post(settings, "/classify", samples.other_files[0].read_bytes(), "image/png"))[0] == 429:
             assert time.monotonic() < deadline, "the slot of a client that went away was never freed"
@@ -140,6 +141,7 @@ def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..
         verdict_count = metric(settings, "vitguard_verdicts_total", label="safe")
     assert worker.terminate() == 0  # graceful SIGTERM
     assert overloaded[0] == 429 and overloaded[1]["reason"] == "overloaded" and freed[0] == 200
+    assert timed_out.startswith(b"HTTP/1.1 408") and b"request_timeout" in timed_out
 
     assert outputs.answered() == len(expected)  # nothing twice, the redelivery included
     good = [e for e in expected if not e.kind.startswith("bad:")]

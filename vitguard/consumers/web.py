@@ -73,6 +73,7 @@ def register_views(app: Any, runtime: Any) -> None:
             return self.bytes(metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
     limit = runtime.settings.web.classify_max_in_flight
+    body_timeout_s = runtime.settings.fetch.connect_timeout_s + runtime.settings.fetch.read_timeout_s
     handling = [0]  # POST /classify requests in this handler now
 
     @app.page("/classify")
@@ -92,7 +93,14 @@ def register_views(app: Any, runtime: Any) -> None:
         async def _classify(self, request: Any, processor: Any) -> Any:
             content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             try:
-                body = await request.read()
+                try:
+                    async with asyncio.timeout(body_timeout_s):  # a trickled body must not hold its slot forever
+                        body = await request.read()
+                except TimeoutError:
+                    metrics.CLASSIFY_REQUESTS.labels("request_timeout").inc()
+                    return self.json({"reason": "request_timeout",
+                                      "message": f"the request body did not arrive within {body_timeout_s:g} s"},
+                                     status=408)
                 if content_type in _JSON_TYPES:
                     kwargs = _json_request(body)
                     verdict = await processor.classify(**kwargs)
