@@ -12,6 +12,7 @@ from PIL import Image
 
 from vitguard.errors import InputError
 from vitguard.media import FrameLimits, expand_frames, media_kind, sample_indices, sample_times
+from vitguard.media.sniff import SNIFF_BYTES
 from vitguard.testing.media import (
     animated_image,
     negative_time_video,
@@ -147,8 +148,10 @@ def test_video_times_count_from_its_first_frame(clip: list[Image.Image]) -> None
     sampled from their first frame as any video: times from 0, never negative, not 'too long'."""
     early = expand_frames(negative_time_video(clip, 3.0), FrameLimits(video_fps=10), prepare)  # 9 frames, 0.9 s
     assert early is not None and [f.time_s for f in early.frames] == pytest.approx([i / 10 for i in range(9)])
-    live = video_bytes(clip, fps=10, container="matroska", repeat=5, start_s=3600.0)  # 4.5 s, copied timestamps
-    frames = expand_frames(live, FrameLimits(video_fps=2, max_duration_s=60.0), prepare)
-    assert frames is not None and frames.duration_s == pytest.approx(4.5)
-    times = [f.time_s for f in frames.frames]
-    assert times[:9] == pytest.approx([i / 2 for i in range(9)]) and times[-1] == pytest.approx(4.4)
+    for container, codec in [("matroska", "libx264"), ("mpegts", "mpeg4")]:  # copied timestamps; an HLS segment
+        live = video_bytes(clip, fps=10, container=container, codec=codec, repeat=5, start_s=3600.0)  # 4.5 s
+        assert media_kind(live[:SNIFF_BYTES]) == "video"
+        frames = expand_frames(live, FrameLimits(video_fps=2, max_duration_s=60.0), prepare)
+        assert frames is not None and frames.duration_s == pytest.approx(4.5, abs=0.11), container
+        times = [f.time_s for f in frames.frames]
+        assert times[:9] == pytest.approx([i / 2 for i in range(9)]) and times[-1] == pytest.approx(4.4), container

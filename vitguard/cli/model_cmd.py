@@ -142,6 +142,7 @@ def _split_media(
     one: each is already many frames)."""
     from vitguard.errors import InputError
     from vitguard.media import FrameLimits, expand_frames, media_kind
+    from vitguard.media.sniff import SNIFF_BYTES
 
     limits = FrameLimits.from_settings(settings.frames)
     stills: list[Path] = []
@@ -150,7 +151,7 @@ def _split_media(
     for path in paths:
         try:
             with path.open("rb") as fh:
-                head = fh.read(16)
+                head = fh.read(SNIFF_BYTES)
         except OSError:
             stills.append(path)  # the decoder reports it
             continue

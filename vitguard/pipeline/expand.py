@@ -20,6 +20,7 @@ from PIL import Image
 
 from vitguard.media import FrameLimits, FrameSet, media_kind
 from vitguard.media.animation import read_animation
+from vitguard.media.sniff import SNIFF_BYTES
 from vitguard.media.video import read_video
 from vitguard.model.types import Classifier
 from vitguard.pipeline.decode import decode_image, decoded_with_hash, hash_decoded, in_decode_pool, prepare_decoded
@@ -52,7 +53,7 @@ async def expand_item(
 ) -> Decoded | DecodedFrames | DeadLettered:
     """The item's tensors: one for a still image, one per sampled frame for an animation or a video; each
     PDQ-hashed unless ``hash_pdq`` is false."""
-    if media_kind(fetched.data[:16]) == "still":
+    if media_kind(fetched.data[:SNIFF_BYTES]) == "still":
         return await decode_image(fetched, classifier, pool, hash_pdq=hash_pdq)
     done = await in_decode_pool(fetched, pool, _expand, fetched.data, classifier, limits, hash_pdq)
     if isinstance(done, DeadLettered):
