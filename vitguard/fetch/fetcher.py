@@ -15,7 +15,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Literal, get_args
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -73,7 +73,7 @@ class ImageFetcher:
         self._policy = AddressPolicy.from_cidrs(settings.allowed_networks)
         self._inner_resolver = resolver
         self._session: aiohttp.ClientSession | None = None
-        self._slots = {lane: asyncio.Semaphore(settings.concurrency) for lane in ("stream", "request")}
+        self._slots = {lane: asyncio.Semaphore(settings.concurrency) for lane in get_args(Lane)}
         self._closed = False
 
     @property

@@ -11,9 +11,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from vitguard.model.preprocess import DEFAULT_MAX_PIXELS
+
 __all__ = ["MAX_FRAME_PIXELS", "FrameRef", "FrameSet", "HashImage", "PrepareImage", "Sampling"]
 
-MAX_FRAME_PIXELS = 40_000_000
+MAX_FRAME_PIXELS = DEFAULT_MAX_PIXELS
 """One frame of an animation or a video larger than this is refused as a decompression bomb (the still-image
 default, ``ModelSettings.max_pixels``)."""
 

@@ -29,7 +29,6 @@ from vitguard.media.sampling import FrameLimits, sample_times
 __all__ = ["MAX_FRAME_PIXELS", "read_video"]
 
 
-
 def read_video(data: bytes, limits: FrameLimits, prepare: PrepareImage,
                hash_frame: HashImage | None = None) -> FrameSet:
     """The sampled frames of a video.

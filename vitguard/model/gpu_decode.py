@@ -31,9 +31,9 @@ from vitguard.errors import ImageDecodeError
 from vitguard.model.preprocess import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
-    MAX_RESIZED_AREA,
     DataConfig,
     decode_image,
+    resamples_around_crop,
     sniff_format,
 )
 
@@ -205,8 +205,7 @@ class TensorPreprocessor:
         _, height, width = image.shape
         new_w, new_h = resize_plan(width, height, self.config)
         _, target_h, target_w = self.config.input_size
-        if (self.config.crop_mode != "border" and new_w >= target_w and new_h >= target_h
-                and new_w * new_h > MAX_RESIZED_AREA * target_w * target_h):
+        if resamples_around_crop((new_w, new_h), (target_w, target_h), self.config.crop_mode):
             image, new_w, new_h = _strip_window(image, new_w, new_h, target_w, target_h)
         if (new_w, new_h) != tuple(image.shape[:0:-1]):
             image = tvf.resize(image, [new_h, new_w], interpolation=self._interpolation, antialias=True)

@@ -35,6 +35,7 @@ __all__ = [
     "DataConfig",
     "Preprocessor",
     "decode_image",
+    "resamples_around_crop",
     "sniff_format",
     "to_rgb",
     "upright",
@@ -317,19 +318,15 @@ class Preprocessor:
             ratio = min(height / scale_h, width / scale_w)
             size = (round(width / ratio), round(height / ratio))
         size = (max(1, size[0]), max(1, size[1]))
-        if size == image.size:
-            return _center_crop(image, target_w, target_h, self._fill() if mode == "border" else (0, 0, 0))
-        if (mode != "border" and size[0] >= target_w and size[1] >= target_h
-                and size[0] * size[1] > MAX_RESIZED_AREA * target_w * target_h):
-            # a strip (an 8 x 5,000,000 PNG "resized" to 384 x 240,000,000 would need hundreds of GB): resample
-            # only the centre the crop keeps, from the matching source box; the same taps and weights as
-            # resize-then-crop, give or take one grey level in a few pixels (a last-bit difference in a tap's
-            # centre), so ordinary shapes keep the exact resize-then-crop of timm's transforms
+        if size != image.size and resamples_around_crop(size, (target_w, target_h), mode):
+            # resample only the centre the crop keeps, from the matching source box: within a few grey levels
+            # of resize-then-crop (Pillow rounds a box's enlargement a little differently)
             left, top = int(round((size[0] - target_w) / 2.0)), int(round((size[1] - target_h) / 2.0))
             fx, fy = width / size[0], height / size[1]
             box = (left * fx, top * fy, (left + target_w) * fx, (top + target_h) * fy)
             return image.resize((target_w, target_h), self._resample, box=box)
-        image = image.resize(size, self._resample)
+        if size != image.size:
+            image = image.resize(size, self._resample)
         return _center_crop(image, target_w, target_h, self._fill() if mode == "border" else (0, 0, 0))
 
     def _fill(self) -> tuple[int, int, int]:
@@ -340,6 +337,14 @@ class Preprocessor:
 MAX_RESIZED_AREA = 4
 """Past this many times the crop's area (a strip: 4:1 and narrower), preprocessing resamples only around
 the crop instead of resizing the whole image first."""
+
+
+def resamples_around_crop(size: tuple[int, int], crop: tuple[int, int], crop_mode: str) -> bool:
+    """Whether resizing to ``size`` (w, h) before a centre crop of ``crop`` (w, h) is a strip's, to be done
+    around the crop only (the CPU and the device path): an 8 x 5,000,000 PNG "resized" to 384 x 240,000,000
+    would need hundreds of GB; ordinary shapes keep the exact resize-then-crop of timm's transforms."""
+    return (crop_mode != "border" and size[0] >= crop[0] and size[1] >= crop[1]
+            and size[0] * size[1] > MAX_RESIZED_AREA * crop[0] * crop[1])
 
 
 def _center_crop(image: Image.Image, width: int, height: int, fill: tuple[int, int, int]) -> Image.Image:

@@ -296,12 +296,16 @@ def _cached_hashes(hit: CacheHit) -> ItemHashes:
 def _frame_hashes(w: Work) -> FrameHashes:
     """What the verdict cache keeps of a multi-frame item's hashes (every classified frame's)."""
     v = w.value
-    return tuple((ref.index, ref.pdq) for ref in v.frames.frames) if isinstance(v, DecodedFrames) else ()
+    return _hashes_of_frames(v) if isinstance(v, DecodedFrames) else ()
+
+
+def _hashes_of_frames(item: DecodedFrames) -> FrameHashes:
+    return tuple((ref.index, ref.pdq) for ref in item.frames.frames)
 
 
 def _item_hashes(decoded: Decoded | DecodedFrames, still: PdqHash | None) -> ItemHashes:
     if isinstance(decoded, DecodedFrames):
-        return [(ref.index, ref.pdq) for ref in decoded.frames.frames]
+        return list(_hashes_of_frames(decoded))
     return [(None, still)]
 
 

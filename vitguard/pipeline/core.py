@@ -45,9 +45,9 @@ __all__ = [
     "build_verdict",
     "cache_key",
     "dead_letter",
+    "encode_cached_verdict",
     "moderate_batch",
     "parse_batch",
-    "encode_cached_verdict",
     "parse_cached_verdict",
     "verdict_from_cache",
 ]
