@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -10,16 +11,18 @@ from vitguard.banks.signal import PdqHash
 from vitguard.model.types import ModelInfo, Prediction
 from vitguard.pipeline.core import (
     alert_severity,
+    answer_key,
     build_alert,
     build_verdict,
     cache_key,
     dead_letter,
     encode_cached_verdict,
     moderate_batch,
-    parse_batch,
     parse_cached_verdict,
     verdict_from_cache,
 )
+from vitguard.pipeline.ingest import parse
+from vitguard.pipeline.results import DeadLettered, Parsed
 from vitguard.pipeline.types import RawMessage
 from vitguard.policy import Decision
 from vitguard.schemas.events import ImageEvent, Timings
@@ -37,15 +40,14 @@ def event_bytes(**fields: object) -> bytes:
     return ImageEvent(content_id="c1", image_ref="https://example.com/a.jpg", **fields).model_dump_json().encode()
 
 
-def test_parse_batch_splits_valid_invalid_and_repeats() -> None:
+def test_ingest_splits_valid_and_invalid_messages_into_dead_letters() -> None:
     good = event_bytes(event_id="e1")
     schema_bad = json.dumps({"content_id": "c2", "event_id": "e2", "image_ref": "ftp://x"}).encode()
-    messages = [raw(good, 0), raw(b"\xff\xfe not json", 1, key=b"\xff"), raw(schema_bad, 2), raw(None, 3),
-                raw(good, 4)]
-    parsed = parse_batch(messages)
+    messages = [raw(good, 0), raw(b"\xff\xfe not json", 1, key=b"\xff"), raw(schema_bad, 2), raw(None, 3)]
+    results = [parse(m) for m in messages]
+    parsed = SimpleNamespace(dead_letters=[r.dead_letter for r in results if isinstance(r, DeadLettered)])
 
-    assert [e.event_id for _, e in parsed.events] == ["e1"]
-    assert [r.offset for r in parsed.repeats] == [4]
+    assert [r.event.event_id for r in results if isinstance(r, Parsed)] == ["e1"]
     reasons = {d.source_offset: d.reason for d in parsed.dead_letters}
     assert reasons == {1: "invalid_json", 2: "schema_violation", 3: "invalid_json"}
     bad_bytes = next(d for d in parsed.dead_letters if d.source_offset == 1)
@@ -114,3 +116,16 @@ def test_alert_severity_and_matches() -> None:
     assert [m.content_id for m in alert.matches] == ["b", "c"]  # most similar first, at most max_matches
     assert alert.matches[1].cluster_id is None
     assert (alert.severity, alert.wave_count, alert.cluster_id) == ("critical", 4, "c-1")
+
+
+def test_answer_key_tells_a_reused_event_id_from_a_redelivery() -> None:
+    def event(**fields: object) -> ImageEvent:
+        base: dict[str, object] = {"event_id": "e1", "content_id": "c1", "image_ref": "https://example.com/a.jpg"}
+        return ImageEvent.model_validate({**base, **fields})
+
+    key = answer_key(event())
+    assert key.startswith("e1#") and answer_key(event()) == key  # the same event, sent again
+    assert answer_key(event(created_at="2020-01-01T00:00:00Z", metadata={"retry": "2"})) == key
+    others = [event(image_ref="https://example.com/b.jpg"), event(content_id="c2"), event(tenant="t2"),
+              event(event_id="e2")]
+    assert len({key, *(answer_key(e) for e in others)}) == 5

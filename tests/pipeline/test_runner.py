@@ -510,3 +510,35 @@ async def test_a_dead_lettered_event_is_processed_again_when_redriven(opennsfw: 
     await processor.close()
     assert [d.reason for d in first.dead_letters] == ["fetch_not_found"]
     assert [v.event_id for v in again.verdicts] == ["e0"] and not again.skipped
+
+
+async def test_a_reused_event_id_with_another_image_is_still_judged(opennsfw: Any, image_root: Path,
+                                                                    sample_photos: list[Path]) -> None:
+    """The redelivery guard recognises the same event, not just its id: a second event that reuses an id
+    for another image (a producer bug, or someone racing a real upload) is judged, in the same batch, in
+    an overlapping one and after the first was answered; a byte-for-byte redelivery still is not."""
+    shared = InMemoryDedupStore()  # Redis: what every worker of the group knows
+    processor, sink, _ = make_processor(opennsfw, image_root, dedup=shared)
+
+    def event(offset: int, photo: Path, content_id: str) -> RawMessage:
+        value = ImageEvent(event_id="e-reused", content_id=content_id,
+                           image_ref=file_ref(image_root, photo.name)).model_dump_json().encode()
+        return RawMessage(value=value, key=content_id.encode(), topic="in", partition=0, offset=offset)
+
+    together = await processor.process([event(0, sample_photos[0], "a"), event(1, sample_photos[1], "b")])
+    one, two = await asyncio.gather(processor.process([event(2, sample_photos[2], "c")]),
+                                    processor.process([event(3, sample_photos[3], "d")]))
+    later = await processor.process([event(4, sample_photos[1], "e")])  # a known image, another content id
+    # the same event again, in a new record (a producer's retry): answered already
+    retried = await processor.process([event(5, sample_photos[0], "a")])
+    await processor.close()
+    # another worker of the group (after a rebalance) knows them from the shared store alone
+    other, other_sink, _ = make_processor(opennsfw, image_root, dedup=shared)
+    handed_over = await other.process([event(6, sample_photos[0], "a"), event(7, sample_photos[2], "f")])
+    await other.close()
+    assert [v.content_id for v in handed_over.verdicts] == ["f"] and [r.offset for r in handed_over.skipped] == [6]
+    assert [v.content_id for v in together.verdicts] == ["a", "b"]
+    assert [v.content_id for v in one.verdicts + two.verdicts] == ["c", "d"]
+    assert [v.content_id for v in later.verdicts] == ["e"]
+    assert retried.verdicts == [] and [r.offset for r in retried.skipped] == [5]
+    assert sorted(v.content_id for v in sink.verdicts) == ["a", "b", "c", "d", "e"]

@@ -22,7 +22,7 @@ from vitguard.errors import InputError
 from vitguard.model.types import ModelInfo
 from vitguard.pipeline.alert import Candidate, alert_batch
 from vitguard.pipeline.batcher import Group, Work
-from vitguard.pipeline.core import build_verdict, dead_letter, encode_cached_verdict
+from vitguard.pipeline.core import answer_key, build_verdict, dead_letter, encode_cached_verdict
 from vitguard.pipeline.emit import Answer, Emitter
 from vitguard.pipeline.failure import MilvusPolicy, RedisPolicy
 from vitguard.pipeline.index import index_batch
@@ -244,10 +244,12 @@ class Completer:
         """After the broker acknowledged everything: Redis learns (``cacheable``: image sha256 -> the model's
         verdict, for the verdict cache); each event's result; metrics."""
         verdicts = [a for a in final if isinstance(a, Verdict)]
-        event_ids = [v.event_id for v in verdicts]
-        if event_ids:
+        answered = [answer_key(event) for (_, w), a in zip(stream, final, strict=True)
+                    if isinstance(a, Verdict) and (event := event_of(w.value)) is not None]
+        if verdicts:
             with _timed(group.stage_ms, "redis"):
-                await self._redis_call("mark_events", lambda: self.dedup.mark_events(event_ids))
+                if answered:
+                    await self._redis_call("mark_events", lambda: self.dedup.mark_events(answered))
                 published = {v.image_sha256 for v in verdicts if not v.from_cache and v.image_sha256}
                 fresh = {sha: text for sha, text in cacheable.items() if sha in published}
                 if fresh:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal, Protocol
 
 from pydantic import ValidationError
 
 from vitguard.banks.signal import PdqHash
-from vitguard.errors import InputError, ReasonCode
+from vitguard.errors import ReasonCode
 from vitguard.model.types import ModelInfo, Prediction
 from vitguard.pipeline.results import FrameHashes
 from vitguard.pipeline.types import RawMessage
@@ -32,37 +31,25 @@ from vitguard.schemas.events import (
     Timings,
     Verdict,
     decode_key,
-    parse_image_event,
     utc_now,
 )
 from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import WaveState
 
 __all__ = [
-    "ParsedBatch",
     "alert_severity",
+    "answer_key",
     "build_alert",
     "build_verdict",
     "cache_key",
     "dead_letter",
     "encode_cached_verdict",
     "moderate_batch",
-    "parse_batch",
     "parse_cached_verdict",
     "verdict_from_cache",
 ]
 
 _MAX_MESSAGE_CHARS = 2000
-
-
-@dataclass
-class ParsedBatch:
-    """A batch split into valid events, dead letters for invalid messages, and in-batch repeats."""
-
-    events: list[tuple[RawMessage, ImageEvent]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    repeats: list[RawMessage] = field(default_factory=list)
-    """Messages whose event id already appeared earlier in the same batch (answered once)."""
 
 
 def _id_hint(value: object) -> str | None:
@@ -97,25 +84,16 @@ def dead_letter(
     )
 
 
-def parse_batch(raws: Iterable[RawMessage]) -> ParsedBatch:
-    """Validate every message: valid events, dead letters (invalid_json, schema_violation), repeats."""
-    out = ParsedBatch()
-    seen: set[str] = set()
-    for raw in raws:
-        if raw.value is None:
-            out.dead_letters.append(dead_letter(raw, "invalid_json", "message has no value (tombstone)"))
-            continue
-        try:
-            event = parse_image_event(raw.value)
-        except InputError as exc:
-            out.dead_letters.append(dead_letter(raw, exc.reason, exc.message))
-            continue
-        if event.event_id in seen:
-            out.repeats.append(raw)
-            continue
-        seen.add(event.event_id)
-        out.events.append((raw, event))
-    return out
+def answer_key(event: ImageEvent) -> str:
+    """What the redelivery guard remembers an answered event by: its id and a digest of what it asks about
+    (content id, tenant, image reference).
+
+    A redelivered or re-sent event has the same key and is answered once. An event that reuses an id for
+    another image (a producer's bug, or someone racing a real upload with a benign one under the same id)
+    has another key and is judged too: an image must not go unmoderated because of the id it came with.
+    """
+    what = json.dumps([event.content_id, event.tenant, event.image_ref]).encode()
+    return f"{event.event_id}#{hashlib.blake2b(what, digest_size=8).hexdigest()}"
 
 
 def cache_key(info: ModelInfo, unsafe_labels: Sequence[str], threshold: float,

@@ -3,12 +3,13 @@
 
 Every event runs it on its own task, concurrently with the others, so a slow image holds nobody; what it
 returns (decoded, a cache hit, a dead letter, or skipped) joins the ready queue. The redelivery guard is two
-layers: the ids this worker answered recently or has in flight (in memory; works while Redis is down), then
-Redis (shared by all workers). Only events that got a verdict are remembered by id, so a re-driven dead letter
-(a new record with the same id) is processed again. Before both, the records this worker answered recently are
-remembered by position (topic, partition, offset): the same record delivered again (a rewind after a
-rebalance or a pause) is skipped whatever its answer was, including a dead letter for a message with no event
-id (invalid JSON).
+layers: the events this worker answered recently or has in flight (in memory; works while Redis is down), then
+Redis (shared by all workers). An event is known by its id and a digest of what it asks about
+(:func:`~vitguard.pipeline.core.answer_key`), so an id reused for another image is judged again. Only events
+that got a verdict are remembered, so a re-driven dead letter (a new record, the same event) is processed
+again. Before both, the records this worker answered recently are remembered by position (topic, partition,
+offset): the same record delivered again (a rewind after a rebalance or a pause) is skipped whatever its answer
+was, including a dead letter for a message with no event id (invalid JSON).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from vitguard.media import FrameLimits
 from vitguard.model.types import Classifier
 from vitguard.pipeline.coalesce import Coalescer
 from vitguard.pipeline.completion import timings
-from vitguard.pipeline.core import parse_cached_verdict, verdict_from_cache
+from vitguard.pipeline.core import answer_key, parse_cached_verdict, verdict_from_cache
 from vitguard.pipeline.expand import expand_item
 from vitguard.pipeline.failure import RedisPolicy
 from vitguard.pipeline.fetch import fetch_image, sha256_hex
@@ -39,7 +40,7 @@ from vitguard.stores.interfaces import DedupStore
 __all__ = ["RECENT_EVENT_IDS", "FrontHalf"]
 
 RECENT_EVENT_IDS = 100_000
-"""Event ids this worker answered most recently, remembered in memory."""
+"""Events (answer keys) and records this worker answered most recently, remembered in memory."""
 
 _CLASSIFY_TOPIC = "(classify)"
 
@@ -77,17 +78,19 @@ class FrontHalf:
         self.frames = frames or FrameLimits()
         self.hash_pdq = hash_pdq
         """PDQ-hash every image and frame (for the hash banks); off when the banks are."""
-        self._recent_ids: OrderedDict[str, None] = OrderedDict()
-        self._active_ids: set[str] = set()
+        self._recent_keys: OrderedDict[str, None] = OrderedDict()
+        self._active_keys: set[str] = set()
+        self._active_records: dict[tuple[str, int, int], str] = {}
+        """The answer key of each record in flight (what :meth:`settled` releases)."""
         self._recent_records: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         # each event asks Redis two questions; concurrent events share one round trip (group commit)
         self._seen: Coalescer[str, bool] = Coalescer(self._seen_events)
         self._cached: Coalescer[str, str] = Coalescer(self._cached_verdicts)
 
-    async def _seen_events(self, event_ids: Sequence[str]) -> Mapping[str, bool]:
-        metrics.REDIS_LOOKUP_KEYS.labels("seen_events").observe(len(event_ids))
-        no_ids: set[str] = set()
-        seen = await self.redis.call("seen_events", lambda: self.dedup.seen_events(event_ids), no_ids)
+    async def _seen_events(self, keys: Sequence[str]) -> Mapping[str, bool]:
+        metrics.REDIS_LOOKUP_KEYS.labels("seen_events").observe(len(keys))
+        none_seen: set[str] = set()
+        seen = await self.redis.call("seen_events", lambda: self.dedup.seen_events(keys), none_seen)
         return dict.fromkeys(seen, True)
 
     async def _cached_verdicts(self, sha256s: Sequence[str]) -> Mapping[str, str]:
@@ -96,16 +99,19 @@ class FrontHalf:
         return await self.redis.call(
             "cached_verdicts", lambda: self.dedup.cached_verdicts(sha256s, self.cache_key), nothing)
 
-    def settled(self, event_id: str | None, answered: bool, raw: RawMessage | None = None) -> None:
-        """The event is out of flight; ``answered`` when it got a verdict (then redeliveries are skipped).
-        ``raw``: the stream record it came in, now answered (a verdict or a dead letter, acknowledged)."""
-        if raw is not None:
-            _remember(self._recent_records, (raw.topic, raw.partition, raw.offset))
-        if event_id is None:
+    def settled(self, raw: RawMessage | None, answered: bool) -> None:
+        """The stream record ``raw`` is out of flight and answered (a verdict or a dead letter, acknowledged);
+        ``answered`` when it got a verdict (then its event is remembered and redeliveries are skipped)."""
+        if raw is None:
             return
-        self._active_ids.discard(event_id)
+        record = (raw.topic, raw.partition, raw.offset)
+        _remember(self._recent_records, record)
+        key = self._active_records.pop(record, None)
+        if key is None:
+            return
+        self._active_keys.discard(key)
         if answered:
-            _remember(self._recent_ids, event_id)
+            _remember(self._recent_keys, key)
 
     async def prepare(self, raw: RawMessage, consumed_ms: float | None) -> Ready:
         if (raw.topic, raw.partition, raw.offset) in self._recent_records:
@@ -115,13 +121,15 @@ class FrontHalf:
             return parsed
         if parsed.times.queue_ms:
             metrics.QUEUE_TIME.observe(parsed.times.queue_ms / 1000)
-        event_id = parsed.event.event_id
-        if event_id in self._recent_ids or event_id in self._active_ids:
-            return Skipped(raw, "repeat" if event_id in self._active_ids else "redelivered")
-        self._active_ids.add(event_id)
+        key = answer_key(parsed.event)
+        if key in self._recent_keys or key in self._active_keys:
+            return Skipped(raw, "repeat" if key in self._active_keys else "redelivered")
+        record = (raw.topic, raw.partition, raw.offset)
+        self._active_keys.add(key)
+        self._active_records[record] = key
         try:
-            if await self._seen.get(event_id):
-                self._active_ids.discard(event_id)
+            if await self._seen.get(key):
+                self._release(record)
                 return Skipped(raw, "redelivered")
             fetched = await fetch_image(parsed, self.fetcher, self.pool, self.fetch_timeout_s)
             if isinstance(fetched, DeadLettered):
@@ -134,8 +142,13 @@ class FrontHalf:
                 return CacheHit(parsed, verdict, original.content_id, frame_hashes)
             return await expand_item(fetched, self.classifier, self.pool, self.frames, hash_pdq=self.hash_pdq)
         except BaseException:
-            self._active_ids.discard(event_id)
+            self._release(record)
             raise
+
+    def _release(self, record: tuple[str, int, int]) -> None:
+        key = self._active_records.pop(record, None)
+        if key is not None:
+            self._active_keys.discard(key)
 
     async def prepare_request(
         self, *, data: bytes | None, image_ref: str | None, content_id: str | None, tenant: str

@@ -457,10 +457,8 @@ class Runner:
 
     def _settle(self, fut: asyncio.Future[Any], outcome: Outcome, *, slot: bool = True) -> None:
         """Hand an outcome to whoever waits for it; a stream event's id moves from active to answered."""
-        if isinstance(outcome, Answered):
-            self.front.settled(outcome.verdict.event_id, answered=True, raw=outcome.raw if slot else None)
-        elif isinstance(outcome, DeadLettered):
-            self.front.settled(outcome.dead_letter.event_id, answered=False, raw=outcome.raw if slot else None)
+        if slot and isinstance(outcome, Answered | DeadLettered):
+            self.front.settled(outcome.raw, answered=isinstance(outcome, Answered))
         if not fut.done():
             if isinstance(outcome, InputError):
                 fut.set_exception(outcome)

@@ -70,14 +70,16 @@ class EmbeddingIndex(Protocol):
 
 
 class DedupStore(Protocol):
-    """Redelivery guard by event id and verdict cache by image SHA-256 (Redis)."""
+    """Redelivery guard by event (:func:`~vitguard.pipeline.core.answer_key`: its id and a digest of what it
+    asks about) and verdict cache by image SHA-256 (Redis)."""
 
     async def seen_events(self, event_ids: Sequence[str]) -> set[str]:
-        """Which of these event ids were already fully processed (verdict or dead letter published)."""
+        """Which of these events (answer keys) already got a verdict, published and acknowledged."""
         ...
 
     async def mark_events(self, event_ids: Sequence[str]) -> None:
-        """Remember event ids as processed (SET NX with TTL); called after their outputs are acknowledged."""
+        """Remember events (answer keys) as answered (SET NX with TTL); called after their verdicts are
+        acknowledged."""
         ...
 
     async def cached_verdicts(self, sha256s: Sequence[str], model_key: str) -> Mapping[str, str]:
