@@ -13,9 +13,10 @@ import pytest
 from vitguard.consumers.sink import FaustSink
 from vitguard.health import HealthState
 from vitguard.kafka.errors import classify_publish_error
+from vitguard.kafka.limits import PRODUCER_MAX_REQUEST_BYTES, UNREAD_TOPIC_LIMIT
 from vitguard.kafka.reader import read_to_end
 from vitguard.pipeline.core import dead_letter
-from vitguard.pipeline.emit import DEFAULT_MAX_MESSAGE_BYTES, PRODUCER_MAX_REQUEST_BYTES, Emitter
+from vitguard.pipeline.emit import Emitter
 from vitguard.pipeline.failure import Backoff, PublishPolicy
 from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage
 from vitguard.schemas.events import MAX_KEY_BYTES, DeadLetter
@@ -53,7 +54,7 @@ async def test_a_huge_input_key_still_gets_its_dead_letter(
     whole key, came to 1.2 MB, was refused even when minimal, and the worker stopped, the event uncommitted (a
     partition stalled). With no topic limit read (the broker did not answer at start-up) the default must be
     the producer's own limit, not Kafka's 1 MiB."""
-    assert DEFAULT_MAX_MESSAGE_BYTES <= PRODUCER_MAX_REQUEST_BYTES
+    assert UNREAD_TOPIC_LIMIT <= PRODUCER_MAX_REQUEST_BYTES
     topics = OutputTopics(new_topic(prefix="v"), new_topic(prefix="a"), new_topic(prefix="dl"))
     policy = PublishPolicy(HealthState(), backoff=Backoff(0.01, 0.02), timeout_s=20)
     emitter = Emitter(FaustSink(producer_app), topics, {}, policy)

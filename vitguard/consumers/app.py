@@ -33,8 +33,8 @@ from vitguard import metrics
 from vitguard.consumers.offsets import OffsetTracker
 from vitguard.errors import FatalError
 from vitguard.health import HealthState
+from vitguard.kafka.limits import PRODUCER_MAX_REQUEST_BYTES, UNREAD_TOPIC_LIMIT
 from vitguard.pipeline.build import build_runner
-from vitguard.pipeline.emit import DEFAULT_MAX_MESSAGE_BYTES, PRODUCER_MAX_REQUEST_BYTES
 from vitguard.pipeline.results import ItemResult
 from vitguard.pipeline.runner import Runner
 from vitguard.pipeline.types import RawMessage
@@ -187,7 +187,7 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
                     limits = await asyncio.to_thread(read_limits)
                 except Exception as exc:  # the limits default to Kafka's; say so once
                     _log.warning("could not read the output topics' size limits (%s); assuming %d bytes", exc,
-                                 DEFAULT_MAX_MESSAGE_BYTES)
+                                 UNREAD_TOPIC_LIMIT)
                 else:
                     runtime.runner.emitter.limits.update(limits)
             self.banks = await asyncio.to_thread(_start_banks, runtime)

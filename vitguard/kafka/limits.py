@@ -20,10 +20,20 @@ from vitguard.errors import ServiceUnavailableError
 from vitguard.kafka.admin import TopicAdmin
 from vitguard.settings import KafkaSettings
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "output_limit", "read_output_limits"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "PRODUCER_MAX_REQUEST_BYTES",
+    "UNREAD_TOPIC_LIMIT",
+    "output_limit",
+    "read_output_limits",
+]
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 """Assumed when the broker describes neither the topic nor itself (Kafka's default ``message.max.bytes``)."""
+
+PRODUCER_MAX_REQUEST_BYTES = 1_000_000
+"""The most bytes the worker's producer sends in one request (aiokafka's ``max_request_size``, set from this
+in :mod:`vitguard.consumers.app`): no topic's limit can raise an output past it."""
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +50,11 @@ def output_limit(topic_max_bytes: int | None, broker_max_bytes: int | None, prod
     else:
         accepted = DEFAULT_MAX_MESSAGE_BYTES
     return min(accepted, producer_max_request_bytes)
+
+
+UNREAD_TOPIC_LIMIT = output_limit(None, None, PRODUCER_MAX_REQUEST_BYTES)
+"""The limit of an output topic whose own was not read from the broker (yet, or at all): Kafka's default,
+capped by the producer's request size (a message over that is refused by the client itself)."""
 
 
 def _int_config(configs: dict[str, str], name: str) -> int | None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from vitguard import metrics
 from vitguard.errors import FatalError, ReasonCode
+from vitguard.kafka.limits import UNREAD_TOPIC_LIMIT
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.failure import PublishPolicy
 from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage, Sink
@@ -32,8 +33,6 @@ from vitguard.schemas.events import DeadLetter, ImageEvent, NearDuplicateAlert, 
 from vitguard.settings import ReviewSettings
 
 __all__ = [
-    "DEFAULT_MAX_MESSAGE_BYTES",
-    "PRODUCER_MAX_REQUEST_BYTES",
     "RECORD_OVERHEAD_BYTES",
     "Answer",
     "Emitter",
@@ -42,14 +41,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-
-PRODUCER_MAX_REQUEST_BYTES = 1_000_000
-"""The most bytes the worker's producer sends in one request (aiokafka's ``max_request_size``, set from this
-in :mod:`vitguard.consumers.app`): no topic's limit can raise an output past it."""
-
-DEFAULT_MAX_MESSAGE_BYTES = min(1_048_576, PRODUCER_MAX_REQUEST_BYTES)
-"""The limit of a topic whose own was not read from the broker: Kafka's default ``max.message.bytes`` (1 MiB),
-capped by the producer's request size (a message over that is refused by the client itself)."""
 
 RECORD_OVERHEAD_BYTES = 512
 """Headroom for the record's framing (batch header, attributes, varints) on top of key and value."""
@@ -86,13 +77,13 @@ def encode_answer(
     if isinstance(answer, Verdict):
         key = answer.content_id.encode()
         value = answer.model_dump_json().encode()
-        if len(value) <= _room(limits.get(topics.verdicts, DEFAULT_MAX_MESSAGE_BYTES), key):
+        if len(value) <= _room(limits.get(topics.verdicts, UNREAD_TOPIC_LIMIT), key):
             return answer, OutMessage(topics.verdicts, key, value)
         answer = dead_letter(
             raw, "output_too_large",
             f"the verdict is {len(value)} bytes, over the verdict topic's limit (event metadata too large)", event,
         )
-    letter, encoded = fit_dead_letter(answer, limits.get(topics.dead_letters, DEFAULT_MAX_MESSAGE_BYTES))
+    letter, encoded = fit_dead_letter(answer, limits.get(topics.dead_letters, UNREAD_TOPIC_LIMIT))
     letter_key = letter.key.encode() if letter.key is not None else None
     return letter, OutMessage(topics.dead_letters, letter_key, encoded)
 
@@ -120,7 +111,7 @@ class Emitter:
     Args:
         sink: per-message delivery results.
         topics: where each kind of output goes.
-        limits: largest message per topic (bytes); topics not named get :data:`DEFAULT_MAX_MESSAGE_BYTES`.
+        limits: largest message per topic (bytes); topics not named get :data:`UNREAD_TOPIC_LIMIT`.
         policy: classification, backoff and the deadline of one round.
         review: the uncertainty band; with ``topics.review_requests`` set, review requests are published.
     """
@@ -147,7 +138,7 @@ class Emitter:
             if isinstance(fitted, DeadLetter) and fitted.payload_truncated:
                 metrics.OUTPUTS_TRUNCATED.inc()
             slots.append(_Slot(raw, event, fitted, message))
-        alert_limit = self.limits.get(self.topics.alerts, DEFAULT_MAX_MESSAGE_BYTES)
+        alert_limit = self.limits.get(self.topics.alerts, UNREAD_TOPIC_LIMIT)
         for alert in alerts:
             key, value = alert.content_id.encode(), alert.model_dump_json().encode()
             if len(value) > _room(alert_limit, key):
@@ -199,7 +190,7 @@ class Emitter:
         if self.review is None or not self.topics.review_requests:
             return []
         verdicts = [(s.event, s.answer) for s in slots if isinstance(s.answer, Verdict)]
-        limit = self.limits.get(self.topics.review_requests, DEFAULT_MAX_MESSAGE_BYTES)
+        limit = self.limits.get(self.topics.review_requests, UNREAD_TOPIC_LIMIT)
         out = []
         for request in build_review_requests(verdicts, [a for a in alerts if isinstance(a, NearDuplicateAlert)],
                                              self.review):
