@@ -251,6 +251,52 @@ def test_a_stalled_url_holds_none_of_its_neighbours(worker_settings: Callable[..
     assert max(neighbours) - first_at <= 3.0
 
 
+def test_a_classify_request_in_flight_at_sigterm_is_told_to_go_elsewhere(
+        worker_settings: Callable[..., Any], workers: list[ChaosWorker]) -> None:
+    """SIGTERM while a ``POST /classify`` waits on its fetch: the client gets 503 ``shutting_down`` with
+    Retry-After (retry on another worker), not a dropped connection or a 500, and the worker still exits
+    within its shutdown deadline."""
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+
+    with ImageServer(hold_s=60.0) as server:
+        settings = worker_settings(fetch={"allowed_networks": ["127.0.0.0/8"], "connect_timeout_s": 2.0,
+                                          "read_timeout_s": 30.0})
+        worker = start(workers, settings)
+        deadline = time.monotonic() + 90
+        while readyz(settings.web.port, timeout_s=2.0)[0] != 200:
+            assert worker.running and time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.5)
+        answer: dict[str, Any] = {}
+
+        def classify() -> None:
+            body = json.dumps({"image_ref": server.url("stall", "held.jpg")}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{settings.web.port}/classify", data=body,
+                                             headers={"Content-Type": "application/json"}, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - our own worker
+                    answer["status"] = response.status
+            except urllib.error.HTTPError as exc:
+                answer.update(status=exc.code, body=json.loads(exc.read()), retry_after=exc.headers["Retry-After"])
+            except OSError as exc:
+                answer["error"] = repr(exc)
+
+        client = threading.Thread(target=classify, daemon=True)
+        client.start()
+        while server.hits["stall"] < 1:
+            assert time.monotonic() < deadline, "the request's fetch never reached the server"
+            time.sleep(0.1)
+        stopping = time.monotonic()
+        code = worker.terminate(timeout_s=SHUTDOWN_TIMEOUT_S + 20)
+        took = time.monotonic() - stopping
+        client.join(10)
+    assert answer.get("status") == 503, (answer, worker.log_tail())
+    assert answer["body"]["reason"] == "shutting_down" and answer["retry_after"] == "1"
+    assert code == 0 and took <= SHUTDOWN_TIMEOUT_S + 5, (code, took, worker.log_tail())
+
+
 # ------------------------------------------------------------------------------------------- pause, no loss
 
 

@@ -542,3 +542,24 @@ async def test_a_reused_event_id_with_another_image_is_still_judged(opennsfw: An
     assert [v.content_id for v in later.verdicts] == ["e"]
     assert retried.verdicts == [] and [r.offset for r in retried.skipped] == [5]
     assert sorted(v.content_id for v in sink.verdicts) == ["a", "b", "c", "d", "e"]
+
+
+async def test_a_stopping_worker_refuses_classify_requests_but_finishes_the_stream(
+        opennsfw: Any, image_root: Path, sample_photos: list[Path]) -> None:
+    """The stop's first step: a request being decoded fails at once (the web server's stop waits for its
+    handlers), so does a new one; the stream is untouched until close."""
+    classifier = SlowDecodeClassifier(opennsfw, 2.0)
+    processor, _, _ = make_processor(classifier, image_root)
+    request = asyncio.create_task(processor.classify(data=sample_photos[0].read_bytes()))
+    await asyncio.to_thread(classifier.decoding.wait, 10)
+    started = time.monotonic()
+    processor.refuse_requests()
+    with pytest.raises(ServiceUnavailableError, match="stopping"):
+        await request
+    assert time.monotonic() - started < 1.0 and processor.closed
+    with pytest.raises(ServiceUnavailableError, match="stopping"):
+        await processor.classify(data=sample_photos[1].read_bytes())
+    classifier.delay_s = 0.0
+    outcome = await processor.process(messages([file_ref(image_root, sample_photos[1].name)]))
+    await processor.close()
+    assert [v.content_id for v in outcome.verdicts] == ["c0"]

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from vitguard.logging import logging_config
@@ -36,11 +37,16 @@ def _worker_class() -> type:
             self.shutdown_timeout_s = shutdown_timeout_s
             self.exit_code = 0
             self._watchdog: threading.Timer | None = None
+            self.on_stopping: Callable[[], None] | None = None
+            """Called once when the stop begins, before Faust stops its services (the runner refuses
+            ``POST /classify`` from then on: the web server's stop waits for its handlers)."""
 
         def arm_watchdog(self, why: str) -> None:
             """From now on the process ends within the shutdown timeout, whatever is stuck."""
             if self._watchdog is not None:
                 return
+            if self.on_stopping is not None:  # on the loop, ahead of the shutdown it schedules
+                self.loop.call_soon_threadsafe(self.on_stopping)
             deadline = self.shutdown_timeout_s
 
             def expire() -> None:
@@ -111,4 +117,5 @@ def run_worker(settings: Settings, *, create_topics: bool = True) -> None:
         shutdown_timeout_s=settings.worker.shutdown_timeout_s,
     )
     app.vitguard.on_fatal = worker.fatal
+    worker.on_stopping = app.vitguard.runner.refuse_requests
     worker.execute_from_commandline()

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vitguard import metrics
-from vitguard.errors import FatalError, InputError
+from vitguard.errors import FatalError, InputError, ServiceUnavailableError
 from vitguard.health import HealthState
 from vitguard.media import FrameLimits
 from vitguard.model.types import Classifier
@@ -195,6 +195,9 @@ class Runner:
         self._loops: list[asyncio.Task[None]] = []
         self._fatal: BaseException | None = None
         self._closed = False
+        self._refusing_requests = False
+        self._classifying: set[asyncio.Task[Verdict]] = set()
+        """The /classify requests being prepared or answered (what :meth:`refuse_requests` cancels)."""
         self.batches = 0
         """Groups fully processed (outputs acknowledged) since start."""
         metrics.MODEL_INFO.labels(
@@ -214,8 +217,17 @@ class Runner:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` was called (the worker is stopping)."""
-        return self._closed
+        """True once the worker began stopping (:meth:`refuse_requests` or :meth:`close`)."""
+        return self._closed or self._refusing_requests
+
+    def refuse_requests(self) -> None:
+        """The worker is stopping: every ``POST /classify`` in flight or still to come fails now with
+        :class:`~vitguard.errors.ServiceUnavailableError` (the web view answers 503 ``shutting_down``), so
+        none holds the web server's stop, which waits for its handlers, past the shutdown deadline. The
+        stream goes on until :meth:`close`."""
+        self._refusing_requests = True
+        for task in list(self._classifying):
+            task.cancel()
 
     async def start(self) -> None:
         """Start the batch and completion loops (idempotent). Does not wait for Milvus."""
@@ -316,7 +328,23 @@ class Runner:
         """
         if self._fatal is not None:
             raise self._fatal
+        if self.closed:
+            raise ServiceUnavailableError("the worker is stopping")
         await self.start()
+        task = asyncio.ensure_future(self._classify(data, image_ref, content_id, tenant))
+        self._classifying.add(task)
+        try:
+            return await task  # a cancel of the request itself (the client went away) cancels it too
+        except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if self.closed and not (caller is not None and caller.cancelling()):
+                raise ServiceUnavailableError("the worker is stopping") from None
+            raise
+        finally:
+            self._classifying.discard(task)
+
+    async def _classify(self, data: bytes | None, image_ref: str | None, content_id: str | None,
+                        tenant: str) -> Verdict:
         decoded = await self.front.prepare_request(data=data, image_ref=image_ref, content_id=content_id,
                                                    tenant=tenant)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
