@@ -125,6 +125,7 @@ def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..
         classified = post(settings, "/classify", samples.other_files[0].read_bytes(), "image/png")
         refused = post(settings, "/classify", b'{"image_ref": "http://10.0.0.1/x.jpg"}', "application/json")
         not_image = post(settings, "/classify", b"plain text, not an image", "application/octet-stream")
+        too_deep = post(settings, "/classify", b'{"image_ref": ' + b"[" * 100_000, "application/json")
         with socket.create_connection(("127.0.0.1", settings.web.port), timeout=10) as trickling:
             # a client that trickles its body holds the one request slot: the next is refused, not buffered
             trickling.sendall(b"POST /classify HTTP/1.1\r\nHost: w\r\nContent-Type: image/png\r\n"
@@ -141,6 +142,7 @@ def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..
         verdict_count = metric(settings, "vitguard_verdicts_total", label="safe")
     assert worker.terminate() == 0  # graceful SIGTERM
     assert overloaded[0] == 429 and overloaded[1]["reason"] == "overloaded" and freed[0] == 200
+    assert too_deep[0] == 400 and too_deep[1]["reason"] == "invalid_json", too_deep  # was a 500
     assert timed_out.startswith(b"HTTP/1.1 408") and b"request_timeout" in timed_out
 
     assert outputs.answered() == len(expected)  # nothing twice, the redelivery included

@@ -563,3 +563,19 @@ async def test_a_stopping_worker_refuses_classify_requests_but_finishes_the_stre
     outcome = await processor.process(messages([file_ref(image_root, sample_photos[1].name)]))
     await processor.close()
     assert [v.content_id for v in outcome.verdicts] == ["c0"]
+
+
+async def test_deeply_nested_json_is_an_invalid_json_dead_letter(opennsfw: Any, image_root: Path,
+                                                                  sample_photos: list[Path]) -> None:
+    """JSON nested deeper than the parser's recursion limit raised RecursionError (not a ValueError): from
+    the parse, and again from the dead letter's id recovery, out of the error path itself."""
+    processor, sink, _ = make_processor(opennsfw, image_root)
+    nested = b"[" * 200_000 + b"]" * 200_000
+    in_object = b'{"event_id": "e9", "content_id": "c9", "image_ref": "x", "metadata": ' + b'{"a":' * 100_000 + b"1" + \
+        b"}" * 100_001
+    good = messages([file_ref(image_root, sample_photos[0].name)], start=2)
+    outcome = await processor.process(messages([nested, in_object]) + good)
+    await processor.close()
+    assert [(d.source_offset, d.reason) for d in outcome.dead_letters] == [(0, "invalid_json"), (1, "invalid_json")]
+    assert "nested too deeply" in outcome.dead_letters[0].message
+    assert [v.content_id for v in outcome.verdicts] == ["c2"] and len(sink.dead_letters) == 2

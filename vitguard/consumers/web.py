@@ -13,7 +13,6 @@ short pass ahead of stream images: :mod:`vitguard.pipeline.batcher`), without si
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -133,18 +132,15 @@ def register_views(app: Any, runtime: Any) -> None:
 
 def _json_request(body: bytes) -> dict[str, Any]:
     """``{"image_ref": ..., "content_id"?: ..., "tenant"?: ...}`` -> keyword arguments of ``classify``."""
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise InputError("invalid_json", f"request body is not JSON: {exc}") from exc
+    from vitguard.schemas.events import ImageEvent, load_json
+
+    data = load_json(body)
     if not isinstance(data, dict) or not isinstance(data.get("image_ref"), str):
         raise InputError("schema_violation", 'expected a JSON object {"image_ref": "<http(s)|file|data URL>"}')
     unknown = set(data) - {"image_ref", "content_id", "tenant"}
     if unknown:
         raise InputError("schema_violation", f"unknown field(s): {sorted(unknown)}")
     from pydantic import ValidationError
-
-    from vitguard.schemas.events import ImageEvent
 
     try:  # the same validation as an input event, so /classify refuses what the stream refuses
         event = ImageEvent.model_validate({"content_id": data.get("content_id") or "classify", **data})

@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 from pydantic import ValidationError
 
 from vitguard.banks.signal import PdqHash
-from vitguard.errors import ReasonCode
+from vitguard.errors import InputError, ReasonCode
 from vitguard.model.types import ModelInfo, Prediction
 from vitguard.pipeline.results import FrameHashes
 from vitguard.pipeline.types import RawMessage
@@ -31,6 +31,7 @@ from vitguard.schemas.events import (
     Timings,
     Verdict,
     decode_key,
+    load_json,
     utc_now,
 )
 from vitguard.settings import PolicySettings
@@ -66,8 +67,8 @@ def dead_letter(
         event_id, content_id = event.event_id, event.content_id
     elif raw.value:
         try:
-            data = json.loads(raw.value)
-        except ValueError:
+            data = load_json(raw.value)
+        except InputError:
             data = None
         if isinstance(data, dict):
             event_id, content_id = _id_hint(data.get("event_id")), _id_hint(data.get("content_id"))
@@ -175,7 +176,7 @@ def parse_cached_verdict(cached_json: str) -> tuple[Verdict, FrameHashes] | None
         entry = json.loads(cached_json)
         verdict = Verdict.model_validate(entry["verdict"])
         frames = tuple((int(i), PdqHash(str(h), int(q)) if h is not None else None) for i, h, q in entry["frames"])
-    except (ValueError, TypeError, KeyError, ValidationError):
+    except (ValueError, TypeError, KeyError, ValidationError, RecursionError):
         return None
     return verdict, frames
 

@@ -225,7 +225,7 @@ class ReplayStateStore:
             if not isinstance(data, dict):
                 raise TypeError(f"expected a JSON object, got {type(data).__name__}")
             return ReplayState.from_json(data)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ReplayStateError(f"replay state {path} is corrupt: {exc}") from exc
 
     def save(self, state: ReplayState) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "Timings",
     "Verdict",
     "decode_key",
+    "load_json",
     "parse_image_event",
     "utc_now",
     "validate_image_event",
@@ -455,6 +456,21 @@ def _is_utf8(data: bytes) -> bool:
 
 
 
+def load_json(raw: bytes | str) -> Any:
+    """Decode untrusted JSON (an input event, a ``POST /classify`` body).
+
+    Raises:
+        InputError: ``invalid_json`` when the bytes are not UTF-8 JSON, or nest deeper than the decoder's
+            recursion limit (a RecursionError, not a ValueError: it escaped every handler that expected one).
+    """
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError("invalid_json", f"payload is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InputError("invalid_json", "payload is JSON nested too deeply to decode") from exc
+
+
 def parse_image_event(raw: bytes | str) -> ImageEvent:
     """Parse and validate one input message.
 
@@ -462,10 +478,7 @@ def parse_image_event(raw: bytes | str) -> ImageEvent:
         InputError: ``invalid_json`` when the bytes are not a JSON object, ``schema_violation`` when the
             object breaks the contract (the message names the first offending field).
     """
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InputError("invalid_json", f"payload is not valid UTF-8 JSON: {exc}") from exc
+    data = load_json(raw)
     if not isinstance(data, dict):
         raise InputError("invalid_json", f"payload must be a JSON object, got {type(data).__name__}")
     return validate_image_event(data)
