@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vitguard import metrics
-from vitguard.errors import ServiceUnavailableError
+from vitguard.errors import FatalError, ServiceUnavailableError
 from vitguard.fetch import ImageFetcher
 from vitguard.health import liveness
 from vitguard.pipeline import ListSink, RawMessage, Runner
@@ -453,7 +453,6 @@ async def test_a_decode_past_its_deadline_is_a_dead_letter_and_the_partition_goe
 async def test_more_stuck_decodes_than_decode_threads_stop_the_runner(
     opennsfw: Any, image_root: Path, sample_photos: list[Path]
 ) -> None:
-    from vitguard.errors import FatalError
 
     slow = slow_png(image_root / "slow.png")
     fatal: list[BaseException] = []
@@ -579,3 +578,27 @@ async def test_deeply_nested_json_is_an_invalid_json_dead_letter(opennsfw: Any, 
     assert [(d.source_offset, d.reason) for d in outcome.dead_letters] == [(0, "invalid_json"), (1, "invalid_json")]
     assert "nested too deeply" in outcome.dead_letters[0].message
     assert [v.content_id for v in outcome.verdicts] == ["c2"] and len(sink.dead_letters) == 2
+
+
+async def test_a_front_half_that_dies_stops_the_runner_instead_of_holding_its_event(
+        opennsfw: Any, image_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last guard behind the one above: when even the internal_error dead letter cannot be built (a bug;
+    the recursion-limit payload was one), the event's future fails with a fatal error at once instead of
+    staying unanswered (its offset holding the partition's commits, its slot gone) while the worker goes on."""
+    import vitguard.pipeline.runner as runner_module
+    from vitguard.pipeline.front import FrontHalf
+
+    async def broken_prepare(self: Any, raw: Any, consumed_ms: Any) -> Any:
+        raise RuntimeError("a bug in the front half")
+
+    def broken_dead_letter(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the error path")
+
+    monkeypatch.setattr(FrontHalf, "prepare", broken_prepare)
+    monkeypatch.setattr(runner_module, "dead_letter", broken_dead_letter)
+    processor, _, _ = make_processor(opennsfw, image_root)
+    fut = await processor.submit(messages([b"{}"])[0])
+    with pytest.raises(FatalError, match="front-half task died"):
+        await asyncio.wait_for(fut, 10)
+    assert processor.health.fatal is not None
+    await processor.close()

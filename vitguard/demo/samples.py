@@ -145,6 +145,9 @@ def bad_events(root: Path) -> list[SampleEvent]:
     oversized = base64.b64encode(bytes(range(256)) * (SAMPLE_MAX_INLINE_BYTES // 256 + 64)).decode()
     events = [
         SampleEvent(b"bad-json", b'{"content_id": "bad-json", "image_ref": ', "bad:invalid_json"),
+        # nested past the JSON decoder's recursion limit (a RecursionError, not a ValueError)
+        SampleEvent(b"bad-nested", b'{"content_id": "bad-nested", "image_ref": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+                    "bad:invalid_json"),
         SampleEvent(b"bad-schema", json.dumps({"content_id": "bad schema!", "image_ref": "ftp://x/y.jpg"}).encode(),
                     "bad:schema_violation", content_id="bad schema!"),
     ]

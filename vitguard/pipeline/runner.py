@@ -285,8 +285,15 @@ class Runner:
         ticket = self.ready.expect((raw.topic, raw.partition))
         task = asyncio.create_task(self._front_half(raw, consumed_ms, fut, ticket))
         self._front.add(task)
-        task.add_done_callback(self._front.discard)
+        task.add_done_callback(self._front_done)
         return fut
+
+    def _front_done(self, task: asyncio.Task[Any]) -> None:
+        """A front half that died left its event unanswered: its offset would hold its partition's commits
+        for good and its slot would never come back. That is a bug; stop loudly rather than stall quietly."""
+        self._front.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._fail_all(FatalError(f"a front-half task died, its event unanswered: {type(exc).__name__}: {exc}"))
 
     async def process(self, raws: Sequence[RawMessage]) -> BatchOutcome:
         """Moderate ``raws`` as one batch: their front halves run concurrently, then they join the ready
