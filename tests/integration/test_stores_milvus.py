@@ -118,6 +118,24 @@ def test_existing_collection_with_another_dimension_is_a_config_error(milvus_uri
     second.close()
 
 
+def test_a_collection_dropped_in_use_is_made_again_and_the_retry_succeeds(milvus_uri: str, prefix: str) -> None:
+    """An operator drops the collection under a running worker: the call that finds it gone fails
+    (retryable), and the adapter makes the collection again, so the pipeline's retry writes instead of every
+    retry failing the same way until someone restarts the worker."""
+    writer = MilvusEmbeddingIndex(MilvusSettings(uri=milvus_uri, collection_prefix=prefix))
+    name = writer.ensure_collection(SMALL)
+    writer.upsert(name, [rec("c1", unit_rows(1, 8, 1)[0])])
+    operator = MilvusEmbeddingIndex(MilvusSettings(uri=milvus_uri, collection_prefix=prefix))
+    operator.drop_collection(name)
+    operator.close()
+    with pytest.raises(ServiceUnavailableError):
+        writer.upsert(name, [rec("c2", unit_rows(1, 8, 2)[0])])
+    writer.upsert(name, [rec("c2", unit_rows(1, 8, 2)[0])])  # the pipeline's retry
+    hits = writer.search_unsafe(name, unit_rows(1, 8, 2), 3, 0.99)
+    assert [h.content_id for h in hits[0]] == ["c2"]  # c1 went with the dropped collection
+    writer.close()
+
+
 def test_foreign_collection_is_a_config_error(index: MilvusEmbeddingIndex) -> None:
     name = index.collection_for(SMALL)
     index._connected().create_collection(name, dimension=8)  # pymilvus quick setup: id + vector only

@@ -161,6 +161,16 @@ def _answered_by_server(exc: BaseException) -> bool:
     return any(isinstance(e, MilvusException) and e.code != _CONNECT_FAILED for e in chain)
 
 
+_COLLECTION_NOT_FOUND = 100
+"""Milvus's ``ErrCollectionNotFound`` (``merr``), on Milvus Lite and on a server alike."""
+
+
+def _collection_not_found(exc: BaseException) -> bool:
+    from pymilvus.exceptions import MilvusException
+
+    return any(isinstance(e, MilvusException) and e.code == _COLLECTION_NOT_FOUND for e in _chain(exc))
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and its ``__cause__`` chain: pymilvus wraps gRPC errors and its own retry errors."""
     seen: set[int] = set()
@@ -456,14 +466,30 @@ class MilvusEmbeddingIndex:
         self._dims.pop(collection, None)
         try:
             now = self._described_dim(self._connected(), collection)
-        except ServiceUnavailableError:
-            return  # cannot tell: the caller retries the original failure
+        except ServiceUnavailableError as exc:
+            if _collection_not_found(exc):  # dropped under us: a retry of the call could never succeed
+                self._recreate(collection, dim)
+            return  # the caller retries the original failure
         if now != dim:
             raise ConfigError(
                 f"Milvus collection {collection} now holds {now}-d embeddings, not the {dim}-d ones written here: "
                 "it was recreated by something else; drop it or use another VITGUARD_MILVUS_COLLECTION_PREFIX"
             ) from failure.__cause__
         self._dims[collection] = dim
+
+    def _recreate(self, collection: str, dim: int) -> None:
+        """The collection was dropped while this worker wrote to it (an operator resetting the index): make
+        it again, empty, so the retried call succeeds instead of holding the stream until a restart."""
+        log.warning("Milvus collection %s was dropped while in use; recreating it empty (near-duplicate "
+                    "search starts again from nothing)", collection)
+        client = self._connected()
+        try:
+            self._call(lambda: self._create(client, collection, dim, self._load_rpc))
+        except ServiceUnavailableError:  # another worker may have made it first; the retry finds out
+            return
+        self._call(lambda: client.load_collection(collection, **self._load_rpc))
+        self._dims[collection] = dim
+        self._unflushed.pop(collection, None)
 
     def _dim_of(self, collection: str) -> int:
         dim = self._dims.get(collection)
