@@ -136,6 +136,16 @@ def test_a_collection_dropped_in_use_is_made_again_and_the_retry_succeeds(milvus
     writer.close()
 
 
+def test_a_collection_released_in_use_is_loaded_again_and_the_retry_succeeds(index: MilvusEmbeddingIndex) -> None:
+    name = index.ensure_collection(SMALL)
+    index.upsert(name, [rec("c1", unit_rows(1, 8, 1)[0])])
+    index._connected().release_collection(name)  # an operator freeing memory
+    with pytest.raises(ServiceUnavailableError):
+        index.search_unsafe(name, unit_rows(1, 8, 1), 3, 0.99)
+    hits = index.search_unsafe(name, unit_rows(1, 8, 1), 3, 0.99)  # the pipeline's retry
+    assert [h.content_id for h in hits[0]] == ["c1"]
+
+
 def test_foreign_collection_is_a_config_error(index: MilvusEmbeddingIndex) -> None:
     name = index.collection_for(SMALL)
     index._connected().create_collection(name, dimension=8)  # pymilvus quick setup: id + vector only

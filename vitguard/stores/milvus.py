@@ -31,6 +31,7 @@ Failure behaviour, the contract callers build their retry policy on:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -164,11 +165,14 @@ def _answered_by_server(exc: BaseException) -> bool:
 _COLLECTION_NOT_FOUND = 100
 """Milvus's ``ErrCollectionNotFound`` (``merr``), on Milvus Lite and on a server alike."""
 
+_COLLECTION_NOT_LOADED = 101
+"""Milvus's ``ErrCollectionNotLoaded``: released (``release_collection``), so searches are refused."""
 
-def _collection_not_found(exc: BaseException) -> bool:
+
+def _has_code(exc: BaseException, code: int) -> bool:
     from pymilvus.exceptions import MilvusException
 
-    return any(isinstance(e, MilvusException) and e.code == _COLLECTION_NOT_FOUND for e in _chain(exc))
+    return any(isinstance(e, MilvusException) and e.code == code for e in _chain(exc))
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -287,7 +291,7 @@ class MilvusEmbeddingIndex:
             try:
                 self._call(lambda: client.upsert(collection_name=collection, data=rows, **self._rpc))
             except ServiceUnavailableError as exc:
-                self._refuse_if_schema_changed(collection, dim, exc)
+                self._after_refusal(collection, dim, exc)
                 raise
             pending = self._unflushed.get(collection, 0) + len(rows)
             self._unflushed[collection] = pending
@@ -337,7 +341,7 @@ class MilvusEmbeddingIndex:
                     )
                 )
             except ServiceUnavailableError as exc:
-                self._refuse_if_schema_changed(collection, dim, exc)
+                self._after_refusal(collection, dim, exc)
                 raise
         return [_hits(per_query, min_similarity) for per_query in raw]
 
@@ -453,8 +457,10 @@ class MilvusEmbeddingIndex:
             self._client = self._call(lambda: MilvusClient(**kwargs))
         return self._client
 
-    def _refuse_if_schema_changed(self, collection: str, dim: int, failure: ServiceUnavailableError) -> None:
-        """After Milvus itself refused a call: raise ConfigError if the collection changed under us.
+    def _after_refusal(self, collection: str, dim: int, failure: ServiceUnavailableError) -> None:
+        """After Milvus itself refused a call, mend or name what changed under us, so the caller's retry can
+        succeed or stops: a released collection is loaded again, a dropped one made again (empty), one
+        recreated by something else with another dimension is a ConfigError.
 
         Milvus reports rows of the wrong dimension with no specific error code ("the length(8) of float
         data should divide the dim(12)", code 65535), so the adapter asks for the collection's schema
@@ -463,11 +469,17 @@ class MilvusEmbeddingIndex:
         """
         if failure.__cause__ is None or not _answered_by_server(failure.__cause__):
             return
+        if _has_code(failure, _COLLECTION_NOT_LOADED):  # released under us (search refuses; upsert does not)
+            log.warning("Milvus collection %s was released while in use; loading it again", collection)
+            with contextlib.suppress(ServiceUnavailableError):  # the caller's retry asks again
+                client = self._connected()
+                self._call(lambda: client.load_collection(collection, **self._load_rpc))
+            return
         self._dims.pop(collection, None)
         try:
             now = self._described_dim(self._connected(), collection)
         except ServiceUnavailableError as exc:
-            if _collection_not_found(exc):  # dropped under us: a retry of the call could never succeed
+            if _has_code(exc, _COLLECTION_NOT_FOUND):  # dropped under us: a retry of the call could never succeed
                 self._recreate(collection, dim)
             return  # the caller retries the original failure
         if now != dim:
