@@ -106,11 +106,8 @@ class FrontHalf:
             return
         record = (raw.topic, raw.partition, raw.offset)
         _remember(self._recent_records, record)
-        key = self._active_records.pop(record, None)
-        if key is None:
-            return
-        self._active_keys.discard(key)
-        if answered:
+        key = self._release(record)
+        if key is not None and answered:
             _remember(self._recent_keys, key)
 
     async def prepare(self, raw: RawMessage, consumed_ms: float | None) -> Ready:
@@ -145,10 +142,12 @@ class FrontHalf:
             self._release(record)
             raise
 
-    def _release(self, record: tuple[str, int, int]) -> None:
+    def _release(self, record: tuple[str, int, int]) -> str | None:
+        """The record is out of flight: its event's answer key (None if it had none in flight) is released."""
         key = self._active_records.pop(record, None)
         if key is not None:
             self._active_keys.discard(key)
+        return key
 
     async def prepare_request(
         self, *, data: bytes | None, image_ref: str | None, content_id: str | None, tenant: str

@@ -491,7 +491,7 @@ class Runner:
         metrics.IN_FLIGHT.set(len(self._pending))
 
     def _settle(self, fut: asyncio.Future[Any], outcome: Outcome, *, slot: bool = True) -> None:
-        """Hand an outcome to whoever waits for it; a stream event's id moves from active to answered."""
+        """Hand an outcome to whoever waits for it; a stream event moves from in flight to answered."""
         if slot and isinstance(outcome, Answered | DeadLettered):
             self.front.settled(outcome.raw, answered=isinstance(outcome, Answered))
         if not fut.done():

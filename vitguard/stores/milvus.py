@@ -251,26 +251,29 @@ class MilvusEmbeddingIndex:
         if dim < 1:
             raise ConfigError(f"model {model.name} has embedding_dim {dim}; it must be positive")
         with self._lock:
-            if self._dims.get(name) == dim:
-                return name
-            client = self._connected()
-            if not self._call(lambda: client.has_collection(name, **self._rpc)):
-                try:
-                    self._call(lambda: self._create(client, name, dim, self._load_rpc))
-                except ServiceUnavailableError:
-                    # another worker may have created it at the same moment: that is fine
-                    client = self._connected()
-                    if not self._call(lambda: client.has_collection(name, **self._rpc)):
-                        raise
-            existing = self._described_dim(client, name)
-            if existing != dim:
-                raise ConfigError(
-                    f"Milvus collection {name} holds {existing}-d embeddings but model {model.name} makes "
-                    f"{dim}-d ones: drop the collection or use another VITGUARD_MILVUS_COLLECTION_PREFIX"
-                )
-            self._call(lambda: client.load_collection(name, **self._load_rpc))
-            self._dims[name] = dim
+            if self._dims.get(name) != dim:
+                self._make_ready(name, dim, f"model {model.name}")
             return name
+
+    def _make_ready(self, name: str, dim: int, writer: str) -> None:
+        """Create the collection if missing (another worker creating it at the same moment is fine), check
+        its dimension, load it. ``writer`` names who writes ``dim``-d rows, for the ConfigError."""
+        client = self._connected()
+        if not self._call(lambda: client.has_collection(name, **self._rpc)):
+            try:
+                self._call(lambda: self._create(client, name, dim, self._load_rpc))
+            except ServiceUnavailableError:
+                client = self._connected()
+                if not self._call(lambda: client.has_collection(name, **self._rpc)):
+                    raise
+        existing = self._described_dim(client, name)
+        if existing != dim:
+            raise ConfigError(
+                f"Milvus collection {name} holds {existing}-d embeddings but {writer} makes "
+                f"{dim}-d ones: drop the collection or use another VITGUARD_MILVUS_COLLECTION_PREFIX"
+            )
+        self._call(lambda: client.load_collection(name, **self._load_rpc))
+        self._dims[name] = dim
 
     def upsert(self, collection: str, records: Sequence[EmbeddingRecord]) -> None:
         """Insert or replace rows by content id, in one call; of two records with the same content id (two
@@ -494,14 +497,8 @@ class MilvusEmbeddingIndex:
         it again, empty, so the retried call succeeds instead of holding the stream until a restart."""
         log.warning("Milvus collection %s was dropped while in use; recreating it empty (near-duplicate "
                     "search starts again from nothing)", collection)
-        client = self._connected()
-        try:
-            self._call(lambda: self._create(client, collection, dim, self._load_rpc))
-        except ServiceUnavailableError:  # another worker may have made it first; the retry finds out
-            return
-        self._call(lambda: client.load_collection(collection, **self._load_rpc))
-        self._dims[collection] = dim
         self._unflushed.pop(collection, None)
+        self._make_ready(collection, dim, "this worker")
 
     def _dim_of(self, collection: str) -> int:
         dim = self._dims.get(collection)
