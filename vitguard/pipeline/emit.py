@@ -161,8 +161,9 @@ class Emitter:
             try:
                 async with asyncio.timeout(self.policy.timeout_s):
                     results = await self.sink.send([slots[i].message for i in pending])
-            except TimeoutError as exc:
-                results = [exc] * len(pending)
+            except TimeoutError:
+                unacked = TimeoutError(f"no acknowledgement from the broker within {self.policy.timeout_s:g}s")
+                results = [unacked] * len(pending)
             retry: list[int] = []
             transient: BaseException | None = None
             for i, result in zip(pending, results, strict=True):
