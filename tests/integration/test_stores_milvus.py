@@ -6,8 +6,10 @@ names. Failure behaviour against a frozen or killed server is in ``test_milvus_f
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,3 +222,41 @@ def test_lite_and_server_uris_are_told_apart() -> None:
     assert is_lite_uri("./vitguard_milvus.db") and is_lite_uri("/var/lib/vitguard/m.db")
     assert not is_lite_uri("http://milvus:19530") and not is_lite_uri("https://x.zillizcloud.com")
     assert MilvusEmbeddingIndex(MilvusSettings(uri="http://milvus:19530")).flush_every_rows == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs (root only: skipped where mounting is not allowed); ``remount(mib)`` makes it larger."""
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(where)],  # noqa: S607
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()[:200]}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)  # noqa: S607
+
+
+def test_lite_on_a_full_disk_is_an_outage_not_a_config_error_and_resumes_once_there_is_room(
+    small_disk: Path,
+) -> None:
+    index = MilvusEmbeddingIndex(MilvusSettings(uri=str(small_disk / "m.db")))
+    info = ModelInfo("opennsfw", "r1", ("NSFW", "SFW"), 1024, (3, 224, 224))
+    name = index.ensure_collection(info)
+    written, failure = 0, None
+    for batch in range(200):  # 3 MiB holds a few hundred 1,024-d rows
+        vecs = unit_rows(64, 1024, seed=batch)
+        try:
+            index.upsert(name, [rec(f"d{batch}-{i}", vecs[i]) for i in range(64)])
+        except (ServiceUnavailableError, ConfigError) as exc:
+            failure = exc
+            break
+        written += 64
+    assert isinstance(failure, ServiceUnavailableError), failure  # held and retried, never fatal
+    assert "No space left on device" in str(failure)
+    subprocess.run(["mount", "-o", "remount,size=32M", str(small_disk)], check=True)  # noqa: S607
+    index.upsert(name, [rec(f"d{batch}-{i}", vecs[i]) for i in range(64)])  # the retry, once there is room
+    assert index.count(name) == written + 64
+    index.close()
