@@ -7,6 +7,7 @@ names. Failure behaviour against a frozen or killed server is in ``test_milvus_f
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,4 +260,26 @@ def test_lite_on_a_full_disk_is_an_outage_not_a_config_error_and_resumes_once_th
     subprocess.run(["mount", "-o", "remount,size=32M", str(small_disk)], check=True)  # noqa: S607
     index.upsert(name, [rec(f"d{batch}-{i}", vecs[i]) for i in range(64)])  # the retry, once there is room
     assert index.count(name) == written + 64
+    index.close()
+
+
+def test_a_lite_file_held_by_another_process_is_a_config_error_that_says_so(tmp_path: Path) -> None:
+    """Two workers on one host with the default Milvus Lite file: the second used to be told to check its
+    token and database name ("Open local milvus failed")."""
+    uri = str(tmp_path / "shared.db")
+    holder = subprocess.Popen(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", "import sys, time\nfrom pymilvus import MilvusClient\n"
+         f"MilvusClient(uri={uri!r}).list_collections()\nprint('holding', flush=True)\ntime.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        index = MilvusEmbeddingIndex(MilvusSettings(uri=uri))
+        with pytest.raises(ConfigError, match="in use by another process") as caught:
+            index.ensure_collection(SMALL)
+        assert "VITGUARD_MILVUS_URI" in str(caught.value) and "TOKEN" not in str(caught.value)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    index = MilvusEmbeddingIndex(MilvusSettings(uri=uri))  # free again: the same file opens
+    assert index.ensure_collection(SMALL)
     index.close()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -53,6 +54,7 @@ __all__ = [
     "UNSAFE_FILTER",
     "MilvusEmbeddingIndex",
     "is_lite_uri",
+    "lite_file_in_use",
     "permanent_error",
 ]
 
@@ -457,7 +459,16 @@ class MilvusEmbeddingIndex:
                 kwargs["token"] = s.token.get_secret_value()
             if s.db_name:
                 kwargs["db_name"] = s.db_name
-            self._client = self._call(lambda: MilvusClient(**kwargs))
+            try:
+                self._client = self._call(lambda: MilvusClient(**kwargs))
+            except ConfigError as exc:
+                if is_lite_uri(s.uri) and lite_file_in_use(s.uri):
+                    raise ConfigError(
+                        f"the Milvus Lite file {s.uri} is in use by another process: Milvus Lite serves one "
+                        "process at a time, so give each worker its own VITGUARD_MILVUS_URI file, or point every "
+                        "worker at one Milvus server (VITGUARD_MILVUS_URI=http://HOST:19530)"
+                    ) from exc
+                raise
         return self._client
 
     def _after_refusal(self, collection: str, dim: int, failure: ServiceUnavailableError) -> None:
@@ -541,6 +552,34 @@ class MilvusEmbeddingIndex:
 def is_lite_uri(uri: str) -> bool:
     """True for a Milvus Lite database path, False for a server URI (``http://host:19530`` and the like)."""
     return "://" not in uri and not uri.startswith("unix:")
+
+
+_LITE_LOCK_FILE = "LOCK"
+"""The file in a Milvus Lite database directory that its serving process holds an exclusive ``flock`` on."""
+
+
+def lite_file_in_use(uri: str) -> bool:
+    """Whether another process holds the Milvus Lite database at ``uri`` (its lock is taken). Milvus Lite
+    reports that only as "Open local milvus failed"; this tells it apart, after such a failure."""
+    try:
+        import fcntl
+    except ImportError:  # not on Linux or macOS
+        return False
+    try:
+        fd = os.open(os.path.join(uri, _LITE_LOCK_FILE), os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _row(r: EmbeddingRecord, dim: int) -> dict[str, Any]:
