@@ -216,6 +216,36 @@ def test_hung_milvus_fails_readiness_and_sigterm_still_stops_the_worker_in_time(
     assert_exactly_once(ledger, out)
 
 
+def test_a_worker_whose_milvus_refuses_it_for_good_stops_before_joining_the_group(
+    worker_settings: Callable[..., Any], tmp_path: Path, workers: list[ChaosWorker]
+) -> None:
+    """A second worker on the first one's Milvus Lite file (a permanent refusal, like a wrong token): it used to
+    join the group, take partitions from the healthy worker and die on its first batch, on every restart."""
+    settings = worker_settings()
+    factory = EventFactory(tmp_path / "images")
+    ledger = Ledger(settings.kafka, settings.topics.images)
+    ledger.publish([factory.make("good") for _ in range(3)])
+    with TimedOutputReader.for_settings(settings) as out:
+        healthy = start(workers, settings)
+        wait_all_answered(out, ledger, healthy, settle_s=0)
+
+        second = start(workers, settings.model_copy(update={"web": settings.web.model_copy(
+            update={"port": services.free_port()})}))
+        stopping = time.monotonic()
+        while second.running and time.monotonic() - stopping < 60:
+            time.sleep(0.2)
+        log = second.log_tail(20000)
+        assert not second.running, log
+        assert second.process is not None and second.process.returncode == 1, log
+        assert "in use by another process" in log, log
+        assert "partitions assigned" not in log, log  # stopped before its consumer joined
+
+        ledger.publish([factory.make("good") for _ in range(3)])
+        wait_all_answered(out, ledger, healthy)
+    assert healthy.terminate(timeout_s=SHUTDOWN_TIMEOUT_S + 10) == 0
+    assert_exactly_once(ledger, out)
+
+
 # ------------------------------------------------------------------------------------------- 4. stalled URL
 
 

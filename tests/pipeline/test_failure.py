@@ -103,6 +103,38 @@ async def test_a_permanent_milvus_error_is_fatal() -> None:
             await policy.call("ensure_collection", mismatch)
 
 
+async def test_a_start_up_check_tries_milvus_once_fatal_only_when_permanent() -> None:
+    import threading
+
+    release = threading.Event()
+    calls: list[str] = []
+
+    def down() -> None:
+        calls.append("down")
+        raise ServiceUnavailableError("connection refused")
+
+    def hangs() -> None:
+        calls.append("hangs")
+        release.wait(5)
+
+    def refused() -> None:
+        raise ConfigError("the Milvus Lite file m.db is in use by another process")
+
+    health, holds = HealthState(), []
+    with ThreadPoolExecutor(2) as pool:
+        policy = MilvusPolicy(health, pool, backoff=Backoff(0.001, 0.002), call_timeout_s=5, on_hold=holds.append)
+        assert await policy.once("ensure_collection", lambda: "vitguard_m", timeout_s=1) == "vitguard_m"
+        assert await policy.once("ensure_collection", down, timeout_s=1) is None
+        started = time.monotonic()
+        assert await policy.once("ensure_collection", hangs, timeout_s=0.2) is None
+        assert time.monotonic() - started < 1.0
+        release.set()
+        with pytest.raises(FatalError, match="in use by another process"):
+            await policy.once("ensure_collection", refused, timeout_s=1)
+    assert calls == ["down", "hangs"]  # one attempt each, no retry loop
+    assert holds == [] and health.milvus_failing_since is None  # nothing is held at start-up
+
+
 def test_readiness_says_why_and_redis_never_gates_it() -> None:
     h = HealthState(model_loaded=True, agent_running=True)
     assert readiness(h, 100.0, broker_reachable=True, milvus_reachable=True, publish_stuck_s=30).ok

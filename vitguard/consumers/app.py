@@ -191,6 +191,11 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
                 else:
                     runtime.runner.emitter.limits.update(limits)
             self.banks = await asyncio.to_thread(_start_banks, runtime)
+            try:
+                await runtime.runner.check_milvus()
+            except FatalError as exc:  # stop before the consumer joins the group
+                runtime.fatal(exc)
+                return
             await runtime.runner.start()
             runtime.started.set()
 

@@ -107,6 +107,13 @@ class Completer:
                 "ensure_collection", lambda: self.index.ensure_collection(self.info))
         return self.collection
 
+    async def check_collection(self, timeout_s: float) -> None:
+        """Create or check the model's collection once, without holding (see
+        :meth:`~vitguard.pipeline.failure.MilvusPolicy.once`)."""
+        if self.collection is None:
+            self.collection = await self.milvus.once(
+                "ensure_collection", lambda: self.index.ensure_collection(self.info), timeout_s=timeout_s)
+
     async def complete(self, group: Group) -> list[tuple[Work, Outcome]]:
         """Every entry of ``group`` with what it ended as (acknowledged, for stream events)."""
         now_s = self._clock()

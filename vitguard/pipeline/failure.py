@@ -139,6 +139,25 @@ class MilvusPolicy:
                     self.on_hold(False)
             return result
 
+    async def once(self, op: str, fn: Callable[[], T], *, timeout_s: float) -> T | None:
+        """One attempt and no hold, for a check at start-up: the result; None (logged) when Milvus does not
+        answer within ``timeout_s`` (the batch path holds for it later, as for any outage); a permanent error
+        is :class:`~vitguard.errors.FatalError` at once, before the worker takes any partition."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await loop.run_in_executor(self._pool, fn)
+        except asyncio.CancelledError:
+            raise
+        except (ConfigError, FatalError) as exc:
+            raise FatalError(f"Milvus {op}: {exc}") from exc
+        except (ServiceUnavailableError, TimeoutError, OSError) as exc:
+            metrics.STORE_ERRORS.labels("milvus", op).inc()
+            message = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else f"no answer within {timeout_s:g}s"
+            _log.warning("Milvus %s failed at start-up (%s); starting anyway, the first batch waits for it",
+                         op, message, extra={"store": "milvus", "op": op})
+            return None
+
     def _failed(self, op: str, attempt: int, exc: BaseException) -> None:
         metrics.STORE_ERRORS.labels("milvus", op).inc()
         self._health.retried()

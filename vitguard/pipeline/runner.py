@@ -152,6 +152,7 @@ class Runner:
                 self._jobs_stuck, "decode", "VITGUARD_BATCH_DECODE_TIMEOUT_S", "a decoder that does not return"))
         self._infer_pool = named_pool(1, "vitguard-infer")
         milvus_deadline_s = max(milvus.call_timeout_s, milvus.load_timeout_s) + 5.0
+        self._milvus_check_s = milvus.connect_timeout_s + milvus.call_timeout_s
         # the policy stops waiting for a Milvus call at its deadline; a thread still in the call at twice that
         # is in a client that ignores its own timeout: replaced, and a restart once more are stuck than run
         self._store_pool = PriorityPool(
@@ -242,6 +243,14 @@ class Runner:
 
     async def ensure_collection(self) -> str:
         return await self.completer.ensure_collection()
+
+    async def check_milvus(self) -> None:
+        """Before the worker consumes: create or check the model's collection once. A permanent Milvus error
+        (a wrong token, a collection of another dimension, a Lite file another worker holds) raises
+        :class:`~vitguard.errors.FatalError` here, before the group join, instead of on the first batch after
+        it (a worker that joins and dies on every restart moves the group's partitions each time); a Milvus
+        that does not answer is left to the batch path's hold."""
+        await self.completer.check_collection(self._milvus_check_s)
 
     async def close(self) -> None:
         """Stop the loops, cancel what is in flight (never answered, so never committed), release resources."""
