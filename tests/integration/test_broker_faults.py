@@ -23,6 +23,7 @@ from vitguard.testing.chaos import ChaosWorker, EventFactory, Ledger, TimedOutpu
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 SHUTDOWN_TIMEOUT_S = 8.0
+"""The workers' shutdown timeout (the ``worker_settings`` fixture reads it)."""
 
 
 @pytest.fixture
@@ -39,28 +40,6 @@ def private_broker() -> Iterator[services.LocalService]:
 def kafka_bootstrap(private_broker: services.LocalService) -> str:
     """This module's tests talk to their own broker (the fixtures built on it follow)."""
     return private_broker.address
-
-
-@pytest.fixture
-def worker_settings(service_settings: Callable[..., Any], new_topic: Callable[..., str],
-                    tmp_path: Path) -> Callable[..., Any]:
-    def make(**overrides: dict[str, Any]) -> Any:
-        sections: dict[str, dict[str, Any]] = {
-            "topics": {"images": new_topic(1, "img"), "verdicts": new_topic(1, "verdicts"),
-                       "alerts": new_topic(1, "alerts"), "dead_letters": new_topic(1, "dlq")},
-            "milvus": {"uri": str(tmp_path / "milvus.db")},
-            "model": {"spec": "opennsfw"},
-            "fetch": {"file_root": str(tmp_path / "images")},
-            "batch": {"max_size": 8},
-            "kafka": {"session_timeout_s": 6.0},
-            "web": {"host": "127.0.0.1", "port": services.free_port()},
-            "worker": {"shutdown_timeout_s": SHUTDOWN_TIMEOUT_S},
-        }
-        for section, values in overrides.items():
-            sections[section] = {**sections.get(section, {}), **values}
-        return service_settings(**sections)
-
-    return make
 
 
 def wait_answered(out: TimedOutputReader, ledger: Ledger, worker: ChaosWorker, timeout_s: float) -> None:

@@ -32,33 +32,10 @@ from vitguard.testing.chaos import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-FAULT_WORKER = Path(__file__).parents[1] / "faults" / "fault_worker.py"
 SHUTDOWN_TIMEOUT_S = 8.0
+"""The workers' shutdown timeout (the ``worker_settings`` fixture reads it)."""
 
-
-
-@pytest.fixture
-def worker_settings(service_settings: Callable[..., Any], new_topic: Callable[..., str],
-                    tmp_path: Path) -> Callable[..., Any]:
-    """Settings for one worker run: fresh topics and consumer group, a private Milvus Lite file, open_nsfw."""
-
-    def make(**overrides: dict[str, Any]) -> Any:
-        sections: dict[str, dict[str, Any]] = {
-            "topics": {"images": new_topic(1, "img"), "verdicts": new_topic(1, "verdicts"),
-                       "alerts": new_topic(1, "alerts"), "dead_letters": new_topic(1, "dlq")},
-            "milvus": {"uri": str(tmp_path / "milvus.db"), "retry_backoff_s": 0.2, "retry_backoff_max_s": 1.0},
-            "model": {"spec": "opennsfw"},
-            "fetch": {"file_root": str(tmp_path / "images")},
-            "batch": {"max_size": 8},
-            "kafka": {"session_timeout_s": 6.0},
-            "web": {"host": "127.0.0.1", "port": services.free_port()},
-            "worker": {"shutdown_timeout_s": SHUTDOWN_TIMEOUT_S},
-        }
-        for section, values in overrides.items():
-            sections[section] = {**sections.get(section, {}), **values}
-        return service_settings(**sections)
-
-    return make
+FAULT_WORKER = Path(__file__).parents[1] / "faults" / "fault_worker.py"
 
 
 def start(workers: list[ChaosWorker], settings: Any, **kwargs: Any) -> ChaosWorker:
