@@ -223,6 +223,27 @@ def test_a_worker_whose_milvus_refuses_it_for_good_stops_before_joining_the_grou
     assert_exactly_once(ledger, out)
 
 
+def test_a_worker_without_the_redis_password_stops_before_joining_the_group(
+    worker_settings: Callable[..., Any], workers: list[ChaosWorker]
+) -> None:
+    """Redis is optional when it is down, but a Redis that refuses the worker's credentials will refuse them
+    for good: the worker used to run on without its redelivery guard, cache and wave alerts, indefinitely."""
+    server = services.start_redis(password=uuid.uuid4().hex)
+    try:
+        settings = worker_settings(redis={"url": server.address})
+        worker = start(workers, settings)
+        started = time.monotonic()
+        while worker.running and time.monotonic() - started < 60:
+            time.sleep(0.2)
+        log = worker.log_tail(20000)
+        assert not worker.running, log
+        assert worker.process is not None and worker.process.returncode == 1, log
+        assert "refused vitguard" in log and "VITGUARD_REDIS_PASSWORD" in log, log
+        assert "partitions assigned" not in log, log
+    finally:
+        server.stop()
+
+
 # ------------------------------------------------------------------------------------------- 4. stalled URL
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from vitguard.errors import ServiceUnavailableError
+from vitguard.errors import ConfigError, ServiceUnavailableError
 from vitguard.settings import PolicySettings, RedisSettings
 from vitguard.stores import InMemoryWaveCounter, RedisDedupStore, RedisWaveCounter, WaveCounter
 from vitguard.stores.redis_store import CircuitBreaker
@@ -197,3 +198,25 @@ async def test_record_many_equals_records_one_by_one(settings: RedisSettings) ->
     assert await batched.record_many([]) == []
     await batched.close()
     await single.close()
+
+
+async def test_a_start_up_check_tells_refused_credentials_from_redis_down() -> None:
+    secret = uuid.uuid4().hex  # a throwaway server's password
+    server = services.start_redis(password=secret)
+    try:
+        for password in (None, "not-it"):
+            store = RedisDedupStore(RedisSettings(url=server.address, password=password))
+            with pytest.raises(ConfigError, match="VITGUARD_REDIS_PASSWORD") as caught:
+                await store.check()
+            assert "not-it" not in str(caught.value) and secret not in str(caught.value)
+            await store.close()
+        store = RedisDedupStore(RedisSettings(url=server.address, password=secret))
+        await store.check()
+        await store.close()
+    finally:
+        server.stop()
+    down = RedisDedupStore(_down_settings(services.free_port()))
+    with pytest.raises(ServiceUnavailableError) as unavailable:
+        await down.check()
+    assert not isinstance(unavailable.value, ConfigError)
+    await down.close()

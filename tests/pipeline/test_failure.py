@@ -135,6 +135,19 @@ async def test_a_start_up_check_tries_milvus_once_fatal_only_when_permanent() ->
     assert holds == [] and health.milvus_failing_since is None  # nothing is held at start-up
 
 
+async def test_a_start_up_redis_check_is_fatal_only_for_a_refusal() -> None:
+    async def refused() -> None:
+        raise ConfigError("Redis at 127.0.0.1:6379 refused vitguard (invalid username-password pair)")
+
+    async def down() -> None:
+        raise ServiceUnavailableError("Redis ping failed: ConnectionError: connection refused")
+
+    policy = RedisPolicy(HealthState(), timeout_s=1)
+    await policy.once("ping", down)  # Redis down at start-up: the worker starts degraded
+    with pytest.raises(FatalError, match="refused vitguard"):
+        await policy.once("ping", refused)
+
+
 def test_readiness_says_why_and_redis_never_gates_it() -> None:
     h = HealthState(model_loaded=True, agent_running=True)
     assert readiness(h, 100.0, broker_reachable=True, milvus_reachable=True, publish_stuck_s=30).ok

@@ -192,7 +192,7 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
                     runtime.runner.emitter.limits.update(limits)
             self.banks = await asyncio.to_thread(_start_banks, runtime)
             try:
-                await runtime.runner.check_milvus()
+                await runtime.runner.check_dependencies()
             except FatalError as exc:  # stop before the consumer joins the group
                 runtime.fatal(exc)
                 return

@@ -8,6 +8,9 @@
   false with the reason, consumer lag growing.
 * **Milvus permanent error** (dimension or schema mismatch, authentication) -> :class:`~vitguard.errors.FatalError`:
   one critical log line, exit code 1.
+* **At start-up, before the group join**, each is asked once (``once``): a refusal that waiting will not fix
+  (Redis or Milvus credentials, a collection of another dimension, a Lite file another worker holds) is a
+  :class:`~vitguard.errors.FatalError` then; one that does not answer is left to the policies above.
 * **Publish transient** -> :class:`PublishPolicy`: re-send only the messages not yet acknowledged, capped
   jittered backoff. Seen as ``vitguard_publish_retries_total``; ``/readyz`` false after ``publish_stuck_s``.
 * **Publish rejected** (too large, invalid record) -> that message is replaced by a smaller dead letter
@@ -87,6 +90,24 @@ class RedisPolicy:
                 extra={"store": "redis", "op": op},
             )
             return default
+
+
+    async def once(self, op: str, call: Callable[[], Awaitable[None]]) -> None:
+        """One attempt, for a check at start-up: a refusal that waiting will not fix (a
+        :class:`~vitguard.errors.ConfigError`: wrong credentials) is :class:`~vitguard.errors.FatalError`, so
+        a misconfigured worker stops before it takes partitions instead of running for good without its
+        guard, cache and wave counts; Redis down is logged and the worker starts degraded, as ever."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await call()
+        except asyncio.CancelledError:
+            raise
+        except ConfigError as exc:
+            raise FatalError(f"Redis {op}: {exc}") from exc
+        except Exception as exc:
+            metrics.STORE_ERRORS.labels("redis", op).inc()
+            _log.warning("Redis %s failed at start-up (%s); starting without it", op, exc,
+                         extra={"store": "redis", "op": op})
 
 
 class MilvusPolicy:

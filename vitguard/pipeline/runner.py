@@ -244,13 +244,17 @@ class Runner:
     async def ensure_collection(self) -> str:
         return await self.completer.ensure_collection()
 
-    async def check_milvus(self) -> None:
-        """Before the worker consumes: create or check the model's collection once. A permanent Milvus error
-        (a wrong token, a collection of another dimension, a Lite file another worker holds) raises
-        :class:`~vitguard.errors.FatalError` here, before the group join, instead of on the first batch after
-        it (a worker that joins and dies on every restart moves the group's partitions each time); a Milvus
-        that does not answer is left to the batch path's hold."""
+    async def check_dependencies(self) -> None:
+        """Before the worker consumes: create or check the model's Milvus collection once, and ask Redis once.
+        A refusal that waiting will not fix (a wrong Milvus token or Redis password, a collection of another
+        dimension, a Lite file another worker holds) raises :class:`~vitguard.errors.FatalError` here, before
+        the group join, instead of on the first batch after it (a worker that joins and dies on every restart
+        moves the group's partitions each time) or never (Redis degrades); a dependency that does not answer
+        is left to its failure policy: Milvus holds the first batch, Redis degrades."""
         await self.completer.check_collection(self._milvus_check_s)
+        check = getattr(self.dedup, "check", None)
+        if callable(check):
+            await self.redis.once("ping", check)
 
     async def close(self) -> None:
         """Stop the loops, cancel what is in flight (never answered, so never committed), release resources."""

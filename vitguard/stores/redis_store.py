@@ -26,7 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from vitguard.errors import ServiceUnavailableError
+from vitguard.errors import ConfigError, ServiceUnavailableError
 from vitguard.settings import RedisSettings
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "guarded",
     "make_redis_client",
     "redis_errors_mapped",
+    "refused_for_good",
 ]
 
 
@@ -53,6 +54,31 @@ def make_redis_client(settings: RedisSettings) -> aioredis.Redis:
         kwargs["password"] = settings.password.get_secret_value()
     client: aioredis.Redis = aioredis.Redis.from_url(settings.url, **kwargs)
     return client
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """True when Redis answered and refused: wrong or missing credentials (``WRONGPASS``, ``NOAUTH``), or an
+    ACL that denies the command (``NOPERM``). Follows the ``__cause__`` chain of a mapped error."""
+    from redis.exceptions import AuthenticationError, NoPermissionError
+
+    current: BaseException | None = exc
+    for _ in range(8):
+        if current is None:
+            return False
+        if isinstance(current, AuthenticationError | NoPermissionError):
+            return True
+        current = current.__cause__
+    return False
+
+
+def _where(url: str) -> str:
+    """``host:port`` of a Redis URL (never its credentials)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or '?'}:{parts.port or 6379}"
 
 
 DEFAULT_BREAKER_OPEN_S = 5.0
@@ -189,6 +215,25 @@ class RedisDedupStore:
             for h, v in verdicts.items():
                 pipe.set(self.verdict_key(h, model_key), v, ex=self._settings.verdict_cache_ttl_s)
             await pipe.execute()
+
+    async def check(self) -> None:
+        """Ask Redis once (PING), for a check at start-up.
+
+        Raises:
+            ConfigError: Redis answered and refused these credentials or the command (waiting will not fix
+                it: see :func:`refused_for_good`).
+            ServiceUnavailableError: Redis did not answer.
+        """
+        try:
+            async with redis_errors_mapped(self._settings, "ping"):
+                await self._redis.ping()
+        except ServiceUnavailableError as exc:
+            if refused_for_good(exc):
+                raise ConfigError(
+                    f"Redis at {_where(self._settings.url)} refused vitguard ({exc.__cause__}): check "
+                    "VITGUARD_REDIS_PASSWORD and the user in VITGUARD_REDIS_URL"
+                ) from exc
+            raise
 
     async def ping(self) -> bool:
         """True when Redis answers PING (always asks, even with the breaker open); never raises."""

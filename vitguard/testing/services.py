@@ -144,12 +144,13 @@ def kafka_reachable(bootstrap: str, timeout_s: float = 3.0) -> bool:
     return True
 
 
-def redis_reachable(url: str, timeout_s: float = 1.0) -> bool:
+def redis_reachable(url: str, timeout_s: float = 1.0, password: str | None = None) -> bool:
     """True when Redis at ``url`` answers PING."""
     import redis
 
     try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                      password=password)
         try:
             return bool(client.ping())
         finally:
@@ -226,17 +227,21 @@ def start_broker(port: int | None = None, timeout_s: float = 30.0) -> LocalServi
     return _started(service, lambda: kafka_reachable(service.address, 2.0), timeout_s, f"broker on port {port}")
 
 
-def start_redis(port: int | None = None, timeout_s: float = 15.0) -> LocalService:
-    """Start ``redis-server`` (no persistence) on 127.0.0.1 and wait until it answers PING."""
+def start_redis(port: int | None = None, timeout_s: float = 15.0, *, password: str | None = None) -> LocalService:
+    """Start ``redis-server`` (no persistence) on 127.0.0.1 and wait until it answers PING; with ``password``,
+    it requires it (``requirepass``; the service's address carries no credentials)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise VitguardError("redis-server not found: apt-get install redis-server, or set VITGUARD_REDIS_URL")
     port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="vitguard-redis-")
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
+    if password is not None:
+        argv += ["--requirepass", password]
     process, log_path = _spawn(argv, "redis")
     service = LocalService(f"redis://127.0.0.1:{port}/0", process, log_path)
-    return _started(service, lambda: redis_reachable(service.address), timeout_s, f"redis-server on port {port}")
+    return _started(service, lambda: redis_reachable(service.address, password=password), timeout_s,
+                    f"redis-server on port {port}")
 
 
 @contextlib.contextmanager
