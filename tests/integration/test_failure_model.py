@@ -193,6 +193,18 @@ def test_hung_milvus_fails_readiness_and_sigterm_still_stops_the_worker_in_time(
     assert_exactly_once(ledger, out)
 
 
+def assert_stops_before_joining(worker: ChaosWorker, *said: str, timeout_s: float = 60.0) -> None:
+    """``worker`` exits 1 on its own, its log says ``said``, and its consumer never got partitions."""
+    started = time.monotonic()
+    while worker.running and time.monotonic() - started < timeout_s:
+        time.sleep(0.2)
+    log = worker.log_tail(20000)
+    assert not worker.running, log
+    assert worker.process is not None and worker.process.returncode == 1, log
+    assert all(part in log for part in said), log
+    assert "partitions assigned" not in log, log  # stopped before its consumer joined the group
+
+
 def test_a_worker_whose_milvus_refuses_it_for_good_stops_before_joining_the_group(
     worker_settings: Callable[..., Any], tmp_path: Path, workers: list[ChaosWorker]
 ) -> None:
@@ -208,14 +220,7 @@ def test_a_worker_whose_milvus_refuses_it_for_good_stops_before_joining_the_grou
 
         second = start(workers, settings.model_copy(update={"web": settings.web.model_copy(
             update={"port": services.free_port()})}))
-        stopping = time.monotonic()
-        while second.running and time.monotonic() - stopping < 60:
-            time.sleep(0.2)
-        log = second.log_tail(20000)
-        assert not second.running, log
-        assert second.process is not None and second.process.returncode == 1, log
-        assert "in use by another process" in log, log
-        assert "partitions assigned" not in log, log  # stopped before its consumer joined
+        assert_stops_before_joining(second, "in use by another process")
 
         ledger.publish([factory.make("good") for _ in range(3)])
         wait_all_answered(out, ledger, healthy)
@@ -231,15 +236,7 @@ def test_a_worker_without_the_redis_password_stops_before_joining_the_group(
     server = services.start_redis(password=uuid.uuid4().hex)
     try:
         settings = worker_settings(redis={"url": server.address})
-        worker = start(workers, settings)
-        started = time.monotonic()
-        while worker.running and time.monotonic() - started < 60:
-            time.sleep(0.2)
-        log = worker.log_tail(20000)
-        assert not worker.running, log
-        assert worker.process is not None and worker.process.returncode == 1, log
-        assert "refused vitguard" in log and "VITGUARD_REDIS_PASSWORD" in log, log
-        assert "partitions assigned" not in log, log
+        assert_stops_before_joining(start(workers, settings), "refused vitguard", "VITGUARD_REDIS_PASSWORD")
     finally:
         server.stop()
 
