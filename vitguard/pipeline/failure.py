@@ -91,7 +91,6 @@ class RedisPolicy:
             )
             return default
 
-
     async def once(self, op: str, call: Callable[[], Awaitable[None]]) -> None:
         """One attempt, for a check at start-up: a refusal that waiting will not fix (a
         :class:`~vitguard.errors.ConfigError`: wrong credentials) is :class:`~vitguard.errors.FatalError`, so

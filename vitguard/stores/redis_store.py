@@ -7,7 +7,8 @@ verdict cache.
 
 Keys (all under ``RedisSettings.key_prefix``):
 
-* ``<prefix>event:<event_id>`` -> ``"1"``, TTL ``event_ttl_s``: the event's outputs were published.
+* ``<prefix>event:<answer key>`` -> ``"1"``, TTL ``event_ttl_s``: the event's outputs were published (the key
+  is the event id and a digest of its image reference: :func:`~vitguard.pipeline.core.answer_key`).
 * ``<prefix>verdict:<model_key>:<sha256>`` -> verdict JSON, TTL ``verdict_cache_ttl_s``.
 
 Reads and writes of a batch go in one pipelined round trip (no MULTI, so it also works on a cluster).
