@@ -8,6 +8,7 @@ classes at the adapter that calls the third party, with ``raise ... from exc``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal, get_args
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ReasonCode",
     "ServiceUnavailableError",
     "VitguardError",
+    "cause_chain",
 ]
 
 ReasonCode = Literal[
@@ -64,6 +66,17 @@ REASON_CODES: tuple[str, ...] = get_args(ReasonCode)
 
 class VitguardError(Exception):
     """Root of every error vitguard raises on purpose."""
+
+
+def cause_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its ``__cause__`` chain, each once: an adapter's error and the third-party errors it was
+    raised from (clients wrap their own too: pymilvus its gRPC and retry errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__
 
 
 class ConfigError(VitguardError):

@@ -109,6 +109,10 @@ class RedisPolicy:
                          extra={"store": "redis", "op": op})
 
 
+_MILVUS_TRANSIENT = (ServiceUnavailableError, TimeoutError, OSError)
+"""What a Milvus call raises when waiting may fix it: down, hung past its deadline, a socket error."""
+
+
 class MilvusPolicy:
     """Milvus holds the batch: transient failures are retried until they succeed, permanent ones are fatal.
 
@@ -136,17 +140,11 @@ class MilvusPolicy:
         self.on_hold = on_hold
 
     async def call(self, op: str, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             try:
-                async with asyncio.timeout(self._call_timeout_s):
-                    result = await loop.run_in_executor(self._pool, fn)
-            except asyncio.CancelledError:
-                raise
-            except (ConfigError, FatalError) as exc:
-                raise FatalError(f"Milvus {op}: {exc}") from exc
-            except (ServiceUnavailableError, TimeoutError, OSError) as exc:
+                result = await self._attempt(op, fn, self._call_timeout_s)
+            except _MILVUS_TRANSIENT as exc:
                 attempt += 1
                 self._failed(op, attempt, exc)
                 await asyncio.sleep(self._backoff.delay(attempt))
@@ -163,20 +161,23 @@ class MilvusPolicy:
         """One attempt and no hold, for a check at start-up: the result; None (logged) when Milvus does not
         answer within ``timeout_s`` (the batch path holds for it later, as for any outage); a permanent error
         is :class:`~vitguard.errors.FatalError` at once, before the worker takes any partition."""
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout_s):
-                return await loop.run_in_executor(self._pool, fn)
-        except asyncio.CancelledError:
-            raise
-        except (ConfigError, FatalError) as exc:
-            raise FatalError(f"Milvus {op}: {exc}") from exc
-        except (ServiceUnavailableError, TimeoutError, OSError) as exc:
+            return await self._attempt(op, fn, timeout_s)
+        except _MILVUS_TRANSIENT as exc:
             metrics.STORE_ERRORS.labels("milvus", op).inc()
             message = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else f"no answer within {timeout_s:g}s"
             _log.warning("Milvus %s failed at start-up (%s); starting anyway, the first batch waits for it",
                          op, message, extra={"store": "milvus", "op": op})
             return None
+
+    async def _attempt(self, op: str, fn: Callable[[], T], timeout_s: float) -> T:
+        """One call in the store pool within ``timeout_s``: a permanent error is :class:`FatalError`, a
+        transient one (:data:`_MILVUS_TRANSIENT`) is raised for the caller to retry or to report."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        except (ConfigError, FatalError) as exc:
+            raise FatalError(f"Milvus {op}: {exc}") from exc
 
     def _failed(self, op: str, attempt: int, exc: BaseException) -> None:
         metrics.STORE_ERRORS.labels("milvus", op).inc()

@@ -35,13 +35,13 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from vitguard.errors import ConfigError, ServiceUnavailableError
+from vitguard.errors import ConfigError, ServiceUnavailableError, cause_chain
 from vitguard.model.types import ModelInfo
 from vitguard.settings import MilvusSettings
 from vitguard.stores.interfaces import EmbeddingRecord, SearchHit
@@ -136,7 +136,7 @@ def permanent_error(exc: BaseException) -> bool:
         mexc.FieldsTypeException,
         mexc.FieldTypeException,
     )
-    for current in _chain(exc):
+    for current in cause_chain(exc):
         if isinstance(current, grpc.RpcError):
             code = getattr(current, "code", None)
             if callable(code) and code() in permanent_grpc:
@@ -158,7 +158,7 @@ def _answered_by_server(exc: BaseException) -> bool:
     import grpc
     from pymilvus.exceptions import MilvusException
 
-    chain = list(_chain(exc))
+    chain = list(cause_chain(exc))
     if any(isinstance(e, grpc.RpcError | OSError | TimeoutError) for e in chain):
         return False
     return any(isinstance(e, MilvusException) and e.code != _CONNECT_FAILED for e in chain)
@@ -174,17 +174,7 @@ _COLLECTION_NOT_LOADED = 101
 def _has_code(exc: BaseException, code: int) -> bool:
     from pymilvus.exceptions import MilvusException
 
-    return any(isinstance(e, MilvusException) and e.code == code for e in _chain(exc))
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and its ``__cause__`` chain: pymilvus wraps gRPC errors and its own retry errors."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__
+    return any(isinstance(e, MilvusException) and e.code == code for e in cause_chain(exc))
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:

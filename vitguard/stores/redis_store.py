@@ -27,7 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from vitguard.errors import ConfigError, ServiceUnavailableError
+from vitguard.errors import ConfigError, ServiceUnavailableError, cause_chain
 from vitguard.settings import RedisSettings
 
 __all__ = [
@@ -62,14 +62,7 @@ def refused_for_good(exc: BaseException) -> bool:
     ACL that denies the command (``NOPERM``). Follows the ``__cause__`` chain of a mapped error."""
     from redis.exceptions import AuthenticationError, NoPermissionError
 
-    current: BaseException | None = exc
-    for _ in range(8):
-        if current is None:
-            return False
-        if isinstance(current, AuthenticationError | NoPermissionError):
-            return True
-        current = current.__cause__
-    return False
+    return any(isinstance(e, AuthenticationError | NoPermissionError) for e in cause_chain(exc))
 
 
 def _where(url: str) -> str:
