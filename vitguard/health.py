@@ -10,15 +10,28 @@ load and a rebalance to the outage; it stays live while the policy's attempts go
 they stop for ``stall_timeout_s`` too. Readiness answers "can I do my job right now": the model is loaded, the
 agent runs, the broker and Milvus answer, and outputs are being published. Redis never gates readiness (it
 is an optimisation) but is reported.
+
+A fatal error has one owner, :meth:`HealthState.declare_fatal`: the first one is recorded (the probes read it),
+counted, logged once, and handed to every fatal hook (the worker process's hook asks it to exit with code 1);
+a later one is logged and changes nothing, so a second fatal can never cancel the first one's exit.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HealthState", "Probe", "liveness", "readiness"]
+from vitguard import metrics
+
+__all__ = ["FatalHook", "HealthState", "Probe", "liveness", "readiness"]
+
+_log = logging.getLogger(__name__)
+
+FatalHook = Callable[[BaseException], None]
+"""Called once with the worker's first fatal error."""
 
 
 @dataclass
@@ -44,6 +57,39 @@ class HealthState:
     redis_degraded_until: float = 0.0
     redis_error: str | None = None
     agent_restarts: int = 0
+    fatal_error: BaseException | None = field(default=None, repr=False)
+    """The first fatal error itself (``fatal`` is its text)."""
+    _fatal_hooks: list[FatalHook] = field(default_factory=list, repr=False)
+
+    def declare_fatal(self, exc: BaseException) -> bool:
+        """The worker cannot go on. The first call records ``exc``, logs it and calls every fatal hook once
+        (the worker process exits non-zero); later calls are logged and change nothing. True for the first."""
+        if exc is self.fatal_error:  # the same error coming back (a future failed with it): already declared
+            return False
+        if self.fatal_error is not None:
+            _log.warning("another fatal error while stopping (the first one stands): %s: %s",
+                         type(exc).__name__, exc)
+            return False
+        self.fatal_error = exc
+        self.fatal = f"{type(exc).__name__}: {exc}"[:500]
+        metrics.FATAL_ERRORS.labels(type(exc).__name__).inc()
+        _log.critical("worker stopping after a fatal error: %s", self.fatal)
+        for hook in list(self._fatal_hooks):
+            self._call(hook, exc)
+        return True
+
+    def add_fatal_hook(self, hook: FatalHook) -> None:
+        """Call ``hook`` with the first fatal error: when it happens, or now if it happened already."""
+        self._fatal_hooks.append(hook)
+        if self.fatal_error is not None:
+            self._call(hook, self.fatal_error)
+
+    @staticmethod
+    def _call(hook: FatalHook, exc: BaseException) -> None:
+        try:
+            hook(exc)
+        except Exception:  # one broken hook must not keep the others (the exit) from running
+            _log.exception("a fatal-error hook failed")
 
     def progressed(self, *, request: bool = False) -> None:
         """A stream event (or, with ``request``, a /classify request) was answered."""

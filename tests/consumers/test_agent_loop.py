@@ -88,7 +88,7 @@ class ScriptedRunner:
 def make_runtime(runner: Any) -> tuple[WorkerRuntime, list[BaseException]]:
     fatal: list[BaseException] = []
     rt = WorkerRuntime(load_settings(), runner, HealthState(model_loaded=True))
-    rt.on_fatal = fatal.append
+    rt.health.add_fatal_hook(fatal.append)
     rt.started.set()
     return rt, fatal
 
@@ -457,16 +457,15 @@ async def test_a_seek_refused_after_a_rebalance_neither_stops_the_worker_nor_the
     tails.cancel()
 
 
-async def test_a_hanging_readiness_check_holds_one_thread_not_one_per_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_hanging_readiness_check_holds_one_thread_and_probes_never_wait_on_it() -> None:
     """Threads cannot be cancelled: a probe per refresh against a dependency that hangs used to leave one more
-    thread blocked each time, until the default executor (DNS lookups, file reads) was full."""
+    thread blocked each time, until the default executor (DNS lookups, file reads) was full; and each probe
+    waited on the hung check for seconds (Kubernetes' probe timeout is one second). Now the checks run in the
+    background, one thread per dependency, and a probe reads their last answer."""
     import threading
     import types
 
-    import vitguard.consumers.app as app_module
-
-    monkeypatch.setattr(app_module, "_CHECK_CACHE_S", 0.0)
-    monkeypatch.setattr(app_module, "_PROBE_TIMEOUT_S", -0.9)  # the probe's deadline: 0.1 s
+    from vitguard.consumers.checks import DependencyChecks
 
     class HangingIndex:
         def __init__(self) -> None:
@@ -480,11 +479,25 @@ async def test_a_hanging_readiness_check_holds_one_thread_not_one_per_probe(monk
 
     index = HangingIndex()
     rt = WorkerRuntime(load_settings(), types.SimpleNamespace(index=index), HealthState())  # type: ignore[arg-type]
-    answers = [await rt.milvus_reachable() for _ in range(5)]
-    assert answers == [False] * 5 and index.calls == 1
-    index.free.set()
-    assert await rt.milvus_reachable() and index.calls == 1  # the hung check returned: its answer
-    assert await rt.milvus_reachable() and index.calls == 2  # then a fresh one
+    rt.checks = DependencyChecks({"milvus": lambda: bool(index.ping())}, interval_s=0.01, timeout_s=0.1)
+    rt.checks.start()
+    try:
+        answers = []
+        for _ in range(10):
+            began = time.monotonic()
+            answers.append(rt.milvus_reachable())
+            assert time.monotonic() - began < 0.01  # read, never waited on
+            await asyncio.sleep(0.05)
+        assert answers == [False] * 10 and index.calls == 1  # one hung thread, however many probes
+        index.free.set()
+        for _ in range(200):
+            if rt.milvus_reachable() and index.calls >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert rt.milvus_reachable() and index.calls >= 2  # the hung check returned, and fresh ones followed
+    finally:
+        index.free.set()
+        await rt.checks.stop()
 
 
 async def test_a_seek_the_consumer_thread_does_not_carry_out_still_stops_the_worker() -> None:

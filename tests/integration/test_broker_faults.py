@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 
 from vitguard.testing import services
-from vitguard.testing.chaos import ChaosWorker, EventFactory, Ledger, TimedOutputReader, readyz
+from vitguard.testing.chaos import (
+    ChaosWorker,
+    EventFactory,
+    Ledger,
+    TimedOutputReader,
+    assert_probes_fast,
+    readyz,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -77,6 +84,7 @@ def test_a_frozen_broker_fails_readiness_and_the_worker_answers_everything_once_
             time.sleep(0.5)
         print(f"/readyz {status} {time.monotonic() - frozen_at:.1f}s after the freeze: {reasons}")
         assert status == 503 and "broker unreachable" in reasons, (status, reasons)
+        assert_probes_fast(settings.web.port, "the broker hangs")
         time.sleep(max(0.0, 25.0 - (time.monotonic() - frozen_at)))  # well past the 6 s session
         assert worker.running, worker.log_tail(6000)
         os.kill(private_broker.process.pid, signal.SIGCONT)

@@ -457,7 +457,7 @@ async def test_more_stuck_decodes_than_decode_threads_stop_the_runner(
     slow = slow_png(image_root / "slow.png")
     fatal: list[BaseException] = []
     processor, _, _ = make_processor(opennsfw, image_root, batch={"decode_timeout_s": 0.1, "decode_workers": 1})
-    processor.on_fatal = fatal.append
+    processor.health.add_fatal_hook(fatal.append)
     futures = [await processor.submit(m) for m in messages([slow.as_uri()] * 3)]
     results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
     # the first is abandoned (one stuck: as many as decode threads), the second too: two stuck, fatal

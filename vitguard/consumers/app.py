@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitguard import metrics
+from vitguard.consumers.checks import DependencyChecks
 from vitguard.consumers.offsets import OffsetTracker
 from vitguard.errors import FatalError
 from vitguard.health import HealthState
@@ -44,8 +45,7 @@ __all__ = ["WorkerRuntime", "consume", "create_app", "raw_message"]
 
 _log = logging.getLogger(__name__)
 
-_CHECK_CACHE_S = 5.0
-_PROBE_TIMEOUT_S = 3.0
+_METADATA_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -65,32 +65,34 @@ class WorkerRuntime:
     """Returns {partition: fetch position} for the assigned input partitions (the tail check)."""
     idle_since: float | None = None
     """When the agent last started waiting for the next event (None while it handles one)."""
-    on_fatal: Callable[[BaseException], None] | None = None
-    """Set by the worker process: stop with a non-zero exit code. Without one, the error is only logged."""
     agent_runs: int = 0
     _expected_before_start: dict[Any, int] = field(default_factory=dict)
     """Start offsets of partitions assigned before the agent made its tracker (applied when it does)."""
-    _checks: dict[str, tuple[float, bool]] = field(default_factory=dict)
-    _probes: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
-    """The readiness check running now, per dependency (at most one thread each)."""
+    checks: DependencyChecks = field(init=False)
+    """The broker and Milvus, asked in the background; ``/readyz`` reads their last answers."""
 
     @property
     def processor(self) -> Runner:  # the name the web views and tests used before the runner existed
         return self.runner
 
+    def __post_init__(self) -> None:
+        self.health.add_fatal_hook(self._abandon)
+        ping = getattr(getattr(self.runner, "index", None), "ping", None)
+        self.checks = DependencyChecks({
+            "broker": functools.partial(_metadata_ok, self.settings),
+            "milvus": (lambda: bool(ping())) if ping is not None else (lambda: True),
+        })
+
     def fatal(self, exc: BaseException) -> None:
-        """The worker cannot go on: abandon what is unanswered, fail health, exit non-zero."""
-        first = self.health.fatal is None
-        if first:
-            self.health.fatal = f"{type(exc).__name__}: {exc}"[:500]
+        """The worker cannot go on: declared once, in :meth:`HealthState.declare_fatal`, which abandons what is
+        unanswered (uncommitted), fails health, and makes the worker process exit non-zero."""
+        self.health.declare_fatal(exc)
+
+    def _abandon(self, exc: BaseException) -> None:
         if self.tracker is not None:
             abandoned = self.tracker.abandon_all()
             if abandoned:
                 _log.warning("%d unanswered event(s) abandoned uncommitted; they will be redelivered", abandoned)
-        if first:
-            _log.critical("worker stopping after a fatal error: %s", self.health.fatal)
-            if self.on_fatal is not None:
-                self.on_fatal(exc)
 
     def expect(self, tp: Any, offset: int) -> None:
         """A partition was assigned; its delivery starts at ``offset`` (its committed offset), no seek."""
@@ -104,36 +106,13 @@ class WorkerRuntime:
         if self.tracker is not None:
             self.tracker.rewound(tp, offset)
 
-    async def broker_reachable(self) -> bool:
-        """A metadata request to the brokers, cached for a few seconds (readiness probes are frequent)."""
-        return await self._cached("broker", lambda: _metadata_ok(self.settings))
+    def broker_reachable(self) -> bool:
+        """The last answer of the background broker check (a metadata request); never waits."""
+        return self.checks.reachable("broker")
 
-    async def milvus_reachable(self) -> bool:
-        ping = getattr(self.runner.index, "ping", None)
-        if ping is None:
-            return True
-        return await self._cached("milvus", lambda: bool(ping()))
-
-    async def _cached(self, name: str, check: Callable[[], bool]) -> bool:
-        """``check()`` in a thread, its answer kept for a few seconds; at most one thread per check at a time:
-        a check still running past its deadline (a dependency that hangs) answers False, and the next probe
-        waits on that same thread instead of starting another (threads cannot be cancelled; one per probe
-        would pile up and fill the default executor that DNS lookups and file reads share)."""
-        now = time.monotonic()
-        checked_at, ok = self._checks.get(name, (-1e9, False))
-        if now - checked_at > _CHECK_CACHE_S:
-            running = self._probes.get(name)
-            if running is None or running.done():
-                running = asyncio.ensure_future(asyncio.to_thread(check))
-                running.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
-                self._probes[name] = running
-            try:
-                async with asyncio.timeout(_PROBE_TIMEOUT_S + 1):
-                    ok = bool(await asyncio.shield(running))
-            except Exception:
-                ok = False
-            self._checks[name] = (now, ok)
-        return ok
+    def milvus_reachable(self) -> bool:
+        """The last answer of the background Milvus check (a cheap call); never waits."""
+        return self.checks.reachable("milvus")
 
 
 def raw_message(event: Any) -> RawMessage:
@@ -151,7 +130,7 @@ def _metadata_ok(settings: Settings) -> bool:
 
     try:
         AdminClient(librdkafka_config(settings.kafka)).list_topics(
-            timeout=min(_PROBE_TIMEOUT_S, settings.kafka.request_timeout_s))
+            timeout=min(_METADATA_TIMEOUT_S, settings.kafka.request_timeout_s))
     except Exception:
         return False
     return True
@@ -191,6 +170,7 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
                 else:
                     runtime.runner.emitter.limits.update(limits)
             self.banks = await asyncio.to_thread(_start_banks, runtime)
+            runtime.checks.start()
             try:
                 await runtime.runner.check_dependencies()
             except FatalError as exc:  # stop before the consumer joins the group
@@ -201,6 +181,7 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
 
         async def on_stop(self) -> None:
             runtime.started.clear()
+            await runtime.checks.stop()
             if runtime.tracker is not None:
                 runtime.tracker.abandon_all()
             await runtime.runner.close()
@@ -267,23 +248,15 @@ def create_app(
     )
     topics = settings.topics
     health = HealthState()
-    runtime_box: list[WorkerRuntime] = []
 
     def on_hold(holding: bool) -> None:
         _pause(app, holding)
 
-    def on_fatal(exc: BaseException) -> None:
-        if runtime_box:
-            runtime_box[0].fatal(exc)
-
     if runner is None:
-        runner = build_runner(
-            settings, FaustSink(app), health=health, on_hold=on_hold, on_fatal=on_fatal, **runner_overrides)
+        runner = build_runner(settings, FaustSink(app), health=health, on_hold=on_hold, **runner_overrides)
     else:
-        runner.on_fatal = runner.on_fatal or on_fatal
         runner.milvus.on_hold = runner.milvus.on_hold or on_hold
     runtime = WorkerRuntime(settings, runner, runner.health)
-    runtime_box.append(runtime)
     app.vitguard = runtime  # type: ignore[attr-defined]
     runtime.seek = lambda tp, offset: app.consumer.seek(tp, offset)
     runtime.accept_gap = lambda tp, start, end: _accept_gap(app.consumer, tp, start, end)

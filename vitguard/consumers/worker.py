@@ -116,6 +116,6 @@ def run_worker(settings: Settings, *, create_topics: bool = True) -> None:
         quiet=True,
         shutdown_timeout_s=settings.worker.shutdown_timeout_s,
     )
-    app.vitguard.on_fatal = worker.fatal
+    app.vitguard.health.add_fatal_hook(worker.fatal)
     worker.on_stopping = app.vitguard.runner.refuse_requests
     worker.execute_from_commandline()

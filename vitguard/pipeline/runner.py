@@ -24,7 +24,8 @@ unanswered event holds back the commit of later ones on its partition, never the
 Failures: an input problem is that event's dead letter; Redis degrades; Milvus holds (the stream's groups wait,
 and the batch loop runs passes of /classify requests only meanwhile, so requests are still answered); a
 :class:`~vitguard.errors.FatalError` (or a bug in the runner's own loops) fails every pending event's future
-and calls ``on_fatal``: the worker exits non-zero rather than run on in a broken state.
+and declares it fatal (:meth:`~vitguard.health.HealthState.declare_fatal`): the worker exits non-zero rather
+than run on in a broken state.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class Runner:
         publish_timeout_s: longest one round of acknowledgements may take.
         publish_backoff_max_s: longest wait between two publish rounds.
         max_in_flight: events submitted and not yet answered, at most (``submit`` waits past it).
-        on_fatal: called once with the error when the runner cannot go on.
+        on_fatal: called once with the first fatal error (the runner's or anyone's that shares ``health``).
         on_hold: called with True when Milvus starts holding batches and False when it recovers.
         clock: wall clock in seconds (wave windows); tests pass a fake one.
 
@@ -140,7 +141,6 @@ class Runner:
         self.topics = topics or OutputTopics("verdicts", "alerts", "dead-letters")
         self.health = health or HealthState()
         self.health.model_loaded = True
-        self.on_fatal = on_fatal
         self.unsafe_labels = resolve_unsafe_labels(self.info.labels, policy)
         f = self.frames
         self.cache_key = cache_key(self.info, self.unsafe_labels, policy.unsafe_threshold,
@@ -204,6 +204,9 @@ class Runner:
         metrics.MODEL_INFO.labels(
             self.info.name, self.info.version, self.info.backend, str(self.info.embedding_dim)
         ).set(1)
+        self.health.add_fatal_hook(self._stop_for_good)
+        if on_fatal is not None:
+            self.health.add_fatal_hook(on_fatal)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -543,16 +546,16 @@ class Runner:
             loop.call_soon_threadsafe(self._fail_all, exc)
 
     def _fail_all(self, exc: BaseException) -> None:
-        """Stop for good: every pending event's future gets ``exc``; nothing is answered or committed."""
-        if self._fatal is None:
-            self._fatal = exc
-            self.health.fatal = str(exc)[:500]
-            metrics.FATAL_ERRORS.labels(type(exc).__name__).inc()
-            _log.critical("vitguard cannot go on: %s", exc)
-            if self.on_fatal is not None:
-                self.on_fatal(exc)
+        """The runner cannot go on: declared where every fatal error is (:meth:`HealthState.declare_fatal`),
+        which records it, stops the worker and calls :meth:`_stop_for_good`."""
+        self.health.declare_fatal(exc)
+
+    def _stop_for_good(self, exc: BaseException) -> None:
+        """A fatal error (the runner's, the agent's, a start-up check's): every pending event's future gets it,
+        nothing is answered or committed, and submissions fail from now on."""
+        self._fatal = exc
         for fut in list(self._pending):
             if not fut.done():
-                fut.set_exception(self._fatal)
+                fut.set_exception(exc)
         self._pending.clear()
         self._requests.clear()

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FAULT_KINDS",
     "MAX_TEST_MESSAGE_BYTES",
+    "PROBE_BOUND_S",
     "Accounting",
     "ChaosEvent",
     "ChaosRun",
@@ -71,9 +72,11 @@ __all__ = [
     "ReadinessPoller",
     "RedisControl",
     "TimedOutputReader",
+    "assert_probes_fast",
     "longest_stall",
     "make_schedule",
     "probe",
+    "probe_seconds",
     "readyz",
     "rss_kb",
     "stopping",
@@ -83,7 +86,8 @@ __all__ = [
 MAX_TEST_MESSAGE_BYTES = 4 * 1024 * 1024
 """The test producer's ``message.max.bytes``: poison pills are over 1 MiB, and must reach the broker."""
 
-FAULT_KINDS = ("worker_kill", "agent_exception", "redis_kill", "redis_freeze", "milvus_kill", "milvus_freeze")
+FAULT_KINDS = ("worker_kill", "agent_exception", "runner_exception", "redis_kill", "redis_freeze", "milvus_kill",
+               "milvus_freeze")
 """The faults :class:`ChaosRun` knows, in the order of the summary table."""
 
 
@@ -164,6 +168,33 @@ def readyz(port: int, timeout_s: float = 8.0) -> tuple[int, list[str]]:
             return exc.code, []
     except (OSError, ValueError):
         return 0, []
+
+
+PROBE_BOUND_S = 0.2
+"""How fast ``/livez`` and ``/readyz`` must answer, whatever the dependencies do (Kubernetes gives 1 s)."""
+
+
+def probe_seconds(port: int, path: str, times: int = 5) -> list[float]:
+    """Seconds each of ``times`` ``GET path`` calls took (answered with any status)."""
+    took = []
+    for _ in range(times):
+        began = time.monotonic()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:  # noqa: S310
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            exc.read()
+        took.append(time.monotonic() - began)
+    return took
+
+
+def assert_probes_fast(port: int, while_: str) -> None:
+    """``/livez`` and ``/readyz`` answer within :data:`PROBE_BOUND_S` (median of five; none over 1 s)."""
+    for path in ("/livez", "/readyz"):
+        took = sorted(probe_seconds(port, path))
+        print(f"{path} while {while_}: {', '.join(f'{t * 1000:.0f}' for t in took)} ms")
+        if took[len(took) // 2] > PROBE_BOUND_S or took[-1] > 1.0:
+            raise AssertionError(f"{path} while {while_} took {took}")
 
 
 def probe(port: int, timeout_s: float = 5.0) -> dict[str, Any]:
@@ -446,7 +477,7 @@ class EventFactory:
             self._bases.append(image)
         self._count = 0
 
-    def _jpeg(self) -> bytes:
+    def _jpeg(self, comment: str = "") -> bytes:
         import io
 
         base = self._bases[self._count % len(self._bases)]
@@ -455,23 +486,27 @@ class EventFactory:
         dx, dy = self._rng.randrange(1, w // 10), self._rng.randrange(1, h // 10)
         copy = base.crop((dx, dy, w - self._rng.randrange(1, w // 10), h - self._rng.randrange(1, h // 10)))
         out = io.BytesIO()
-        copy.save(out, "JPEG", quality=self._rng.randrange(60, 95))
+        copy.save(out, "JPEG", quality=self._rng.randrange(60, 95), **({"comment": comment} if comment else {}))
         return out.getvalue()
 
     def _event(self, kind: str, ref: str, **metadata: str) -> ChaosEvent:
         n = self._count
-        event = ImageEvent(content_id=f"{kind}-{n}-{self._rng.randrange(10**9)}", image_ref=ref,
+        mark = f"{metadata['fault']}-" if "fault" in metadata else ""  # in the verdict and the Milvus record too
+        event = ImageEvent(content_id=f"{mark}{kind}-{n}-{self._rng.randrange(10**9)}", image_ref=ref,
                            metadata={"kind": kind, **metadata})
         return ChaosEvent(event.content_id.encode(), event.model_dump_json().encode(), kind, _EXPECT[kind],
                           event.event_id)
 
-    def make(self, kind: str) -> ChaosEvent:
-        """One event of ``kind`` (see :attr:`ChaosEvent.kind`)."""
+    def make(self, kind: str, *, seam: str = "agent") -> ChaosEvent:
+        """One event of ``kind`` (see :attr:`ChaosEvent.kind`); a ``crash`` event fires the fault worker's
+        ``seam`` (``tests/faults/fault_worker.py``): its mark ``<crash_marker>/<seam>`` is in the event's
+        metadata and content id, and in the image itself (a JPEG comment) for the decode seam."""
         if kind in ("good", "crash"):
-            data = self._jpeg()
+            mark = f"{self.crash_marker}/{seam}" if kind == "crash" else ""
+            data = self._jpeg(comment=mark)
             path = self.root / f"{self._count}-{self._rng.randrange(10**9)}.jpg"
             path.write_bytes(data)
-            extra = {"fault": self.crash_marker} if kind == "crash" else {}
+            extra = {"fault": mark} if kind == "crash" else {}
             return self._event(kind, path.as_uri(), **extra)
         if kind in ("http", "slow", "stall", "trickle"):
             if self.server is None:
@@ -699,7 +734,8 @@ def make_schedule(seed: int, kinds: Sequence[str] = FAULT_KINDS, *, workers: int
     rng = random.Random(seed)  # noqa: S311 - a test schedule
     order = list(kinds)
     rng.shuffle(order)
-    durations = {"worker_kill": (0.5, 2.0), "agent_exception": (0.0, 0.0), "redis_kill": (3.0, 6.0),
+    durations = {"worker_kill": (0.5, 2.0), "agent_exception": (0.0, 0.0), "runner_exception": (0.0, 0.0),
+                 "redis_kill": (3.0, 6.0),
                  "redis_freeze": (3.0, 6.0), "milvus_kill": (12.0, 14.0), "milvus_freeze": (12.0, 15.0)}
     at = start_s
     out = []
@@ -721,7 +757,8 @@ class ChaosRun:
         workers: how many workers in the group.
         redis: the private Redis the settings point at (needed for the Redis faults).
         milvus: the Milvus server the settings point at (needed for the Milvus faults).
-        fault_script: the fault-injection worker (needed for ``agent_exception``); None runs ``vitguard worker``.
+        fault_script: the fault-injection worker (needed for ``agent_exception`` and ``runner_exception``); None
+            runs ``vitguard worker``.
         crash_marker: what the fault worker looks for in a payload.
         log_dir: workers' logs (and the fault worker's once-only state).
         say: progress lines (``print`` by default).
@@ -842,10 +879,12 @@ class ChaosRun:
                 if pid is not None:
                     os.kill(pid, signal.SIGKILL)
             self._wait_exit(fault.target, rec, expect=-signal.SIGKILL)
-        elif kind == "agent_exception":
+        elif kind in ("agent_exception", "runner_exception"):
             if factory is None:
-                raise ValueError("agent_exception needs the event factory (to publish the marked event)")
-            self.ledger.publish([factory.make("crash")])
+                raise ValueError(f"{kind} needs the event factory (to publish the marked event)")
+            # the fault worker raises in the agent body, or in the runner's completion loop (a runner bug)
+            seam = "agent" if kind == "agent_exception" else "completion_loop"
+            self.ledger.publish([factory.make("crash", seam=seam)])
             self._wait_exit(None, rec, expect=1)
         elif kind in ("redis_kill", "redis_freeze"):
             if self.redis is None:
@@ -970,7 +1009,7 @@ class ChaosRun:
         """Exits no worker fault explains (a kill's or an injected exception's)."""
         out = []
         for at, i, code in self.exits:
-            if not any(r.fault.kind in ("worker_kill", "agent_exception")
+            if not any(r.fault.kind in ("worker_kill", "agent_exception", "runner_exception")
                        and r.started - 1 <= at <= (r.recovered or time.time()) for r in self.records):
                 out.append((at, i, code))
         return out
