@@ -79,6 +79,8 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--pipeline-batch-size", type=int, default=32,
                         help="worker micro-batch size; the ratio always uses model-only at its best batch size")
+    parser.add_argument("--max-in-flight", type=int, help="VITGUARD_WORKER_MAX_IN_FLIGHT (default: the setting's)")
+    parser.add_argument("--milvus-uri", help="a Milvus server (http://host:port) instead of Milvus Lite in the worker")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
 
@@ -118,12 +120,13 @@ def main() -> int:
         topics={"images": f"bench-{run}-images", "verdicts": f"bench-{run}-verdicts",
                 "alerts": f"bench-{run}-alerts", "dead_letters": f"bench-{run}-dlq", "partitions": args.partitions},
         redis={"url": redis_url, "key_prefix": f"bench:{run}:"},
-        milvus={"uri": str(workdir / "milvus.db")},
+        milvus={"uri": args.milvus_uri or str(workdir / "milvus.db"), "collection_prefix": f"bench_{run}_"},
         model={"spec": args.spec},
         fetch={"file_root": str(workdir / "images")},
         batch={"max_size": args.pipeline_batch_size, "max_wait_s": 0.0},
         web={"enabled": False},
         log={"level": "WARNING"},
+        **({"worker": {"max_in_flight": args.max_in_flight}} if args.max_in_flight else {}),
     )
     result: dict[str, Any] = {}
     try:

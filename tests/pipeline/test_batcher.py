@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from vitguard.pipeline.batcher import ReadyQueue, Work
+from vitguard.pipeline.batcher import Group, ReadyQueue, Work
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.results import DeadLettered, Decoded, Parsed, StageTimes
 from vitguard.pipeline.types import RawMessage
@@ -150,3 +150,18 @@ async def test_next_requests_takes_requests_only_and_waits_for_one() -> None:
     assert offsets(await asyncio.wait_for(waiting, 1.0)) == [100, 101, 102, 103]
     assert offsets(await q.next_requests()) == [104, 105]
     assert offsets(await asyncio.wait_for(q.next_group(), 1.0)) == [0, 1, 2]  # the stream is still queued
+
+
+def test_merged_groups_keep_their_order_and_each_entry_its_prediction() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        works = [Work(object(), loop.create_future()) for _ in range(5)]  # type: ignore[arg-type]
+        a = Group(works[:2], {1: "p1"}, {"infer": 2.0})  # type: ignore[dict-item]
+        b = Group(works[2:5], {0: "p2", 2: "p4"}, {"infer": 3.0, "decode": 1.0})  # type: ignore[dict-item]
+        merged = Group.merged([a, b])
+        assert merged.work == works
+        assert merged.predicted == {1: "p1", 2: "p2", 4: "p4"}
+        assert merged.stage_ms == {"infer": 5.0, "decode": 1.0}
+        assert Group.merged([a]) is a
+    finally:
+        loop.close()

@@ -143,3 +143,52 @@ async def test_classify_requests_go_ahead_of_queued_stream_images(opennsfw: Any,
     assert verdict.label in ("safe", "unsafe")
     assert pending_stream >= 4  # answered in the batch right after the one running, ahead of 12 queued images
     assert classifier.passes[:2] == [1, 4]
+
+
+class GatedIndex(InMemoryEmbeddingIndex):
+    """The in-memory index; records each upsert's size; ``gate`` (when set) holds the next upsert."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.upserts: list[list[str]] = []
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def upsert(self, collection: str, records: Any) -> None:
+        self.upserts.append([r.content_id for r in records])
+        self.entered.set()
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.wait(30)
+        super().upsert(collection, records)
+
+
+async def test_passes_queued_behind_a_busy_back_half_are_completed_as_one_group(
+    opennsfw: Any, photo_server: str
+) -> None:
+    """A fast model makes many small passes; each back-half group pays a Milvus search and upsert, a publish
+    round and a Redis round trip. Passes that queued while the back half was busy are taken as one group
+    (Group.merged keeps their order)."""
+    settings = load_settings(
+        fetch={"allowed_networks": ("127.0.0.0/8",), "connect_timeout_s": 1.0, "read_timeout_s": 3.0},
+        batch={"max_size": 2},
+    )
+    index, sink = GatedIndex(), ListSink()
+    runner = Runner(
+        classifier=opennsfw, fetcher=ImageFetcher(settings.fetch), index=index, dedup=InMemoryDedupStore(),
+        waves=InMemoryWaveCounter(settings.policy), sink=sink, policy=settings.policy, batch=settings.batch,
+        milvus=settings.milvus,
+    )
+    gate = index.gate = threading.Event()
+    first = await runner.submit(raw(0, f"{photo_server}/photo/0"))
+    await asyncio.to_thread(index.entered.wait, 30)  # the first group's upsert holds the back half
+    later = [await runner.submit(raw(i, f"{photo_server}/photo/{i}")) for i in range(1, 7)]
+    while sum(len(g.work) for g in runner._to_complete._queue) < 6:  # type: ignore[attr-defined]
+        await asyncio.sleep(0.01)  # every later pass (of at most two) waits for the back half
+    assert runner._to_complete.qsize() >= 3
+    gate.set()
+    results = await asyncio.gather(first, *later)
+    await runner.close()
+    assert all(isinstance(r, Answered) for r in results)
+    assert [sorted(u) for u in index.upserts] == [["c0"], [f"c{i}" for i in range(1, 7)]]  # one for three passes
+    assert sorted(v.content_id for v in sink.verdicts) == [f"c{i}" for i in range(7)]

@@ -33,7 +33,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,21 @@ class Group:
     predicted: dict[int, Predicted | DeadLettered] = field(default_factory=dict)
     """Index in ``work`` -> the forward pass's answer, for the decoded entries."""
     stage_ms: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def merged(cls, groups: Sequence[Group]) -> Group:
+        """One group of ``groups`` in their order (the back half of several passes done as one: one Milvus
+        search and upsert, one publish round, one Redis round trip); stage times add up."""
+        if len(groups) == 1:
+            return groups[0]
+        out = cls([])
+        for g in groups:
+            base = len(out.work)
+            out.work.extend(g.work)
+            out.predicted.update({base + i: p for i, p in g.predicted.items()})
+            for stage, ms in g.stage_ms.items():
+                out.stage_ms[stage] = out.stage_ms.get(stage, 0.0) + ms
+        return out
 
     def split_requests(self) -> tuple[Group, Group]:
         """(the /classify requests, the stream entries), each with its own share of ``predicted``; the stage

@@ -7,7 +7,7 @@ submit(raw) ─▶ front half, one task per event, concurrently:
                ready queue ◀────────────────────────┘
 batch loop:    when the model is idle, take what is ready now (up to max_size images; /classify requests
                first, at most half of a short pass of request_max_size while stream images wait)
-               ─▶ infer: ONE forward pass ─▶ completion queue (depth 1)
+               ─▶ infer: ONE forward pass ─▶ completion queue (up to 8 passes; the back half takes them all)
 requests:      a pass's /classify requests are answered at once, on a task of their own (no side effects)
 completion:    index (near-duplicates, clusters, Milvus upsert) ─▶ alert (waves) ─▶ emit (fitted, acked)
                ─▶ remember (Redis) ─▶ each event's future resolves with its ItemResult
@@ -72,6 +72,12 @@ _log = logging.getLogger(__name__)
 
 _STORE_THREADS = 2
 """Threads for Milvus calls (each call has a deadline: ``VITGUARD_MILVUS_CALL_TIMEOUT_S``)."""
+
+_BACK_HALF_GROUPS = 8
+"""Forward passes that may wait for the back half. The back half takes every one waiting as one group: its
+fixed costs (a Milvus search and upsert, a publish round, a Redis round trip) are paid once per back-half
+group, so under load they amortise over several passes, whatever size the adaptive batcher made them (a fast
+model makes many small passes). While Milvus holds, the queue fills and the batch loop waits: backpressure."""
 
 
 
@@ -188,7 +194,8 @@ class Runner:
         """Tasks answering the /classify requests of a pass."""
         self.ready = ReadyQueue(batch.max_size, batch.max_wait_s, lambda: len(self._front), batch.order_wait_s,
                                 per_item=self.frames.per_batch, request_max_size=batch.request_max_size or None)
-        self._to_complete: asyncio.Queue[Group] = asyncio.Queue(maxsize=1)
+        self._to_complete: asyncio.Queue[Group] = asyncio.Queue(maxsize=_BACK_HALF_GROUPS)
+        self._back_half_max = _BACK_HALF_GROUPS * batch.max_size
         self._pending: set[asyncio.Future[Any]] = set()
         """Futures of the stream events and the /classify requests in flight."""
         self._requests: set[asyncio.Future[Any]] = set()
@@ -475,7 +482,7 @@ class Runner:
     async def _completion_loop(self) -> None:
         """The back half of each group, in order; a bug dead-letters the group, a fatal error stops the runner."""
         while True:
-            group = await self._to_complete.get()
+            group = await self._next_back_half()
             try:
                 outcomes = await self.completer.complete(group)
             except asyncio.CancelledError:
@@ -493,6 +500,15 @@ class Runner:
             for work, outcome in outcomes:
                 self._settle(work.future, outcome, slot=not work.request)
             self.batches += 1
+
+    async def _next_back_half(self) -> Group:
+        """The next pass's group, merged with those queued behind it (in order), up to eight passes' images."""
+        groups = [await self._to_complete.get()]
+        size = len(groups[0].work)
+        while not self._to_complete.empty() and size < self._back_half_max:
+            groups.append(self._to_complete.get_nowait())
+            size += len(groups[-1].work)
+        return Group.merged(groups)
 
     # ------------------------------------------------------------------ futures and failures
 

@@ -46,6 +46,7 @@ from vitguard.model.types import ModelInfo
 from vitguard.settings import MilvusSettings
 from vitguard.stores.interfaces import EmbeddingRecord, SearchHit
 from vitguard.stores.naming import collection_name
+from vitguard.stores.recent import RecentWrites, merge_hits
 
 __all__ = [
     "DEFAULT_LITE_FLUSH_ROWS",
@@ -210,6 +211,8 @@ class MilvusEmbeddingIndex:
         self._client: Any = None
         self._dims: dict[str, int] = {}
         self._unflushed: dict[str, int] = {}
+        self._recent = RecentWrites()
+        """This process's recent unsafe rows: searches run at Bounded consistency (see stores/recent.py)."""
         self._errors = _unavailable_errors()
         # on every MilvusClient method: the deadline, and no sleeping retries on rate limits (module docstring)
         self._rpc: dict[str, Any] = {"timeout": settings.call_timeout_s, "retry_on_rate_limit": False}
@@ -281,13 +284,15 @@ class MilvusEmbeddingIndex:
             return
         with self._lock:
             dim = self._dim_of(collection)
-            rows = [_row(r, dim) for r in {r.content_id: r for r in records}.values()]
+            latest = list({r.content_id: r for r in records}.values())
+            rows = [_row(r, dim) for r in latest]
             client = self._connected()
             try:
                 self._call(lambda: client.upsert(collection_name=collection, data=rows, **self._rpc))
             except ServiceUnavailableError as exc:
                 self._after_refusal(collection, dim, exc)
                 raise
+            self._recent.wrote(collection, latest)
             pending = self._unflushed.get(collection, 0) + len(rows)
             self._unflushed[collection] = pending
             if self.flush_every_rows and pending >= self.flush_every_rows:
@@ -332,13 +337,18 @@ class MilvusEmbeddingIndex:
                         output_fields=["cluster_id"],
                         anns_field="embedding",
                         search_params={"metric_type": "COSINE"},
+                        # no wait for the server's time tick (~200 ms a search with Strong); this process's
+                        # own recent writes are searched in memory instead (read-your-writes)
+                        consistency_level="Bounded",
                         **self._rpc,
                     )
                 )
             except ServiceUnavailableError as exc:
                 self._after_refusal(collection, dim, exc)
                 raise
-        return [_hits(per_query, min_similarity) for per_query in raw]
+            recent = self._recent.search(collection, matrix, limit, min_similarity)
+        return [merge_hits(_hits(per_query, min_similarity), mine, limit=limit)
+                for per_query, mine in zip(raw, recent, strict=True)]
 
     def ping(self) -> bool:
         """True when Milvus answers a cheap call within the deadlines; False otherwise, never hangs.
@@ -409,6 +419,7 @@ class MilvusEmbeddingIndex:
             self._call(lambda: client.drop_collection(collection, **self._rpc))
             self._dims.pop(collection, None)
             self._unflushed.pop(collection, None)
+            self._recent.forget(collection)
 
     def close(self) -> None:
         """Close the client connection; a later call reconnects."""
@@ -499,6 +510,7 @@ class MilvusEmbeddingIndex:
         log.warning("Milvus collection %s was dropped while in use; recreating it empty (near-duplicate "
                     "search starts again from nothing)", collection)
         self._unflushed.pop(collection, None)
+        self._recent.forget(collection)
         self._make_ready(collection, dim, "this worker")
 
     def _dim_of(self, collection: str) -> int:
