@@ -317,7 +317,18 @@ def wait_answered_cpu(
     """:func:`wait_answered`, plus the worker process's CPU ms per answer between the first answer after the
     call and the last (start-up and earlier answers excluded; all its threads, not the services it talks to),
     in all and by kind of thread (:func:`thread_cpu_s`)."""
-    pid = worker.process.pid
+    pids = getattr(worker, "pids", None) or [worker.process.pid]
+
+    def cpu() -> float:
+        return sum(process_cpu_s(pid) for pid in pids)
+
+    def threads() -> dict[str, float]:
+        total: dict[str, float] = {}
+        for pid in pids:
+            for k, v in thread_cpu_s(pid).items():
+                total[k] = total.get(k, 0.0) + v
+        return total
+
     deadline = time.monotonic() + timeout_s
     outputs = reader.outputs
     before = outputs.answered()
@@ -325,12 +336,35 @@ def wait_answered_cpu(
     while outputs.answered() < count and time.monotonic() < deadline and worker.running:
         outputs = reader.poll(0.2)
         if first is None and outputs.answered() > before:
-            first = (outputs.answered(), process_cpu_s(pid), thread_cpu_s(pid))
+            first = (outputs.answered(), cpu(), threads())
     if outputs.answered() < count or first is None:
         raise SystemExit(f"worker answered {outputs.answered()}/{count}:\n{worker.log_tail()}")
     done = max(1, outputs.answered() - first[0])
-    by_thread = {k: 1000 * (v - first[2].get(k, 0.0)) / done for k, v in thread_cpu_s(pid).items()}
-    return outputs, 1000 * (process_cpu_s(pid) - first[1]) / done, _by_kind_rounded(by_thread)
+    by_thread = {k: 1000 * (v - first[2].get(k, 0.0)) / done for k, v in threads().items()}
+    return outputs, 1000 * (cpu() - first[1]) / done, _by_kind_rounded(by_thread)
+
+
+class Workers:
+    """Several worker processes in one consumer group, seen as one (the benchmarks' ``worker``): running while
+    all are, CPU summed over ``pids``."""
+
+    def __init__(self, workers: Sequence[Any]) -> None:
+        self.workers = list(workers)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self.workers]
+
+    @property
+    def running(self) -> bool:
+        return all(w.running for w in self.workers)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return "\n".join(f"--- worker {i}\n{w.log_tail(chars)}" for i, w in enumerate(self.workers))
+
+    def terminate(self) -> None:
+        for w in self.workers:
+            w.terminate()
 
 
 def _by_kind_rounded(ms: dict[str, float]) -> dict[str, float]:

@@ -79,8 +79,11 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--pipeline-batch-size", type=int, default=32,
                         help="worker micro-batch size; the ratio always uses model-only at its best batch size")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes in one consumer group (each its own Milvus Lite file on Lite)")
     parser.add_argument("--max-in-flight", type=int, help="VITGUARD_WORKER_MAX_IN_FLIGHT (default: the setting's)")
     parser.add_argument("--milvus-uri", help="a Milvus server (http://host:port) instead of Milvus Lite in the worker")
+    parser.add_argument("--milvus-pid", type=int, help="the Milvus server's process id: its CPU is counted beside")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
 
@@ -114,6 +117,8 @@ def main() -> int:
         started.append(services.start_redis())
         redis_url = started[-1].address
         co_located["redis"] = functools.partial(harness.process_cpu_s, started[-1].process.pid)
+    if args.milvus_pid:
+        co_located["milvus"] = functools.partial(harness.process_cpu_s, args.milvus_pid)
     run = uuid.uuid4().hex[:6]
     settings = load_settings(
         kafka={"bootstrap_servers": bootstrap, "consumer_group": f"bench-{run}", "rebalance_timeout_s": 3.0},
@@ -133,7 +138,10 @@ def main() -> int:
         ensure_topics(settings.kafka, settings.topics)
         w, n = args.warmup_events, args.events
         warmup, backlog, steady = uploads[:w], uploads[w: w + n], uploads[w + n:]
-        worker = WorkerProcess(settings, log_path=workdir / "worker.log").start()
+        worker = harness.Workers([
+            WorkerProcess(_for_worker(settings, i, args.milvus_uri is None, workdir),
+                          log_path=workdir / f"worker-{i}.log").start()
+            for i in range(args.workers)])
         t = settings.topics
         with OutputReader(settings.kafka, verdicts=t.verdicts, alerts=t.alerts, dead_letters=t.dead_letters) as out:
             publish_raw(settings.kafka, settings.topics.images, harness.events(warmup, "w"))
@@ -197,6 +205,8 @@ def main() -> int:
             "model_only_images_per_s": {str(k): round(v, 2) for k, v in model_ips.items()},
             "best_batch_size": best,
             "pipeline_batch_size": settings.batch.max_size,
+            "workers": args.workers,
+            "milvus": "server" if args.milvus_uri else "lite (in each worker)",
             "model_only_adjacent_images_per_s": {"before": round(adjacent[0][0], 2),
                                                  "after": round(adjacent[1][0], 2)},
             "model_only_reference_images_per_s": round(model_ref, 2),
@@ -231,6 +241,14 @@ def main() -> int:
     if args.out:
         args.out.write_text(text + "\n")
     return 0
+
+
+def _for_worker(settings: Any, i: int, lite: bool, workdir: Path) -> Any:
+    """Worker ``i``'s settings: on Milvus Lite its own file (a Lite file belongs to one process)."""
+    if not lite or i == 0:
+        return settings
+    milvus = settings.milvus.model_copy(update={"uri": str(workdir / f"milvus-{i}.db")})
+    return settings.model_copy(update={"milvus": milvus})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ a bank-match alert is published, negative banks keep items out of clustering, /c
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -199,4 +200,30 @@ async def test_with_the_banks_off_nothing_is_hashed(opennsfw: Any, image_root: P
     (image_root / "photo.jpg").write_bytes(sample_photos[0].read_bytes())
     (verdict,) = (await processor.process(messages([file_ref(image_root, "photo.jpg")]))).verdicts
     assert verdict.pdq_hash is None and verdict.bank_matches == []
+    await processor.close()
+
+
+async def test_classify_requests_report_bank_matches_but_never_feed_the_flood_guard(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    """Issue 28: fifty POST /classify calls with copies of a banked image quarantined its force_unsafe entry,
+    after which a stream upload of the same image got the model's label (alert 'suspended') for an hour:
+    anyone who can call the HTTP API could switch a bank entry off. Requests now read the guard, never count."""
+    from vitguard.banks import FloodRule
+
+    processor, sink, _ = make_processor(opennsfw, image_root)
+    matcher = _matcher(sample_photos)
+    matcher.flood = type(matcher.flood)(FloodRule(min_matches=3))
+    processor.completer.matcher = matcher
+    banked = sample_photos[0].read_bytes()
+    for i in range(10):
+        verdict = await processor.classify(data=banked, content_id=f"req-{i}")
+        assert verdict.label == "unsafe" and [(m.entry_id, m.quarantined) for m in verdict.bank_matches] == [
+            ("kb-1", False)]
+    assert matcher.flood.quarantined_keys(time.time()) == []  # ten requests, nothing counted
+    (image_root / "upload.jpg").write_bytes(banked)
+    outcome = await processor.process(messages([file_ref(image_root, "upload.jpg")]))
+    (verdict,) = outcome.verdicts
+    assert verdict.label == "unsafe" and verdict.label_source == "bank"  # the entry still forces unsafe
+    assert [a.action_taken for a in sink.bank_alerts] == ["force_unsafe"]
     await processor.close()

@@ -17,6 +17,7 @@ from vitguard.testing.media import (
     animated_image,
     negative_time_video,
     photo_frames,
+    restate_duration,
     truncated,
     unknown_codec_video,
     video_bytes,
@@ -107,8 +108,10 @@ def test_video_sampled_at_a_fixed_rate(clip: list[Image.Image], container: str, 
 def test_video_over_budget_spread_and_keyframes(clip: list[Image.Image]) -> None:
     data = video_bytes(clip, fps=10, repeat=5)
     spread = expand_frames(data, FrameLimits(video_fps=10, max_frames=5), prepare)
-    assert spread is not None and len(spread) == 5
-    assert spread.frames[0].time_s == 0.0 and spread.frames[-1].time_s == pytest.approx(4.4)
+    assert spread is not None and 3 <= len(spread) <= 5
+    times = [f.time_s for f in spread.frames]
+    assert times[0] == 0.0 and times[-1] == pytest.approx(4.4)  # the whole decoded stream, its last frame too
+    assert max(b - a for a, b in zip(times, times[1:], strict=False)) <= 2 * 4.4 / 4 + 1e-6  # <= 2x an even spread
     keys = expand_frames(data, FrameLimits(video_sampling="keyframes"), prepare)
     assert keys is not None and keys.sampling == "keyframes" and keys.frames[0].index == 0
 
@@ -155,3 +158,27 @@ def test_video_times_count_from_its_first_frame(clip: list[Image.Image]) -> None
         assert frames is not None and frames.duration_s == pytest.approx(4.5, abs=0.11), container
         times = [f.time_s for f in frames.frames]
         assert times[:9] == pytest.approx([i / 2 for i in range(9)]) and times[-1] == pytest.approx(4.4), container
+
+
+@pytest.mark.parametrize("container", ["matroska", "mp4"])
+@pytest.mark.parametrize("stated_s", [5.0, 1000.0])
+def test_a_container_that_lies_about_its_length_is_sampled_to_its_real_end(
+    clip: list[Image.Image], container: str, stated_s: float
+) -> None:
+    """Issue 28: a 120 s video whose header said 5 s was judged on its first 5 s (6 frames of 600 decoded),
+    and a 6 s Matroska claiming 1,000 s was refused while the same MP4 was judged. Sampling now follows the
+    decoded timestamps to the real end, and the stated length is only a hint, on every container alike."""
+    hidden = Image.new("RGB", clip[0].size, (255, 0, 255))
+    frames = [clip[i % len(clip)] for i in range(12)] + [hidden, hidden] + [clip[i % len(clip)] for i in range(6)]
+    honest = video_bytes(frames, fps=10, container=container, repeat=10)  # 20 s; the insert from 12 to 14 s
+    lying = restate_duration(honest, stated_s)
+    limits = FrameLimits(video_fps=1.0, max_duration_s=300.0)
+    for data in (honest, lying):
+        got = expand_frames(data, limits, prepare)
+        assert got is not None and got.duration_s == pytest.approx(20.0, abs=0.11)
+        times = [f.time_s for f in got.frames]
+        assert times[-1] == pytest.approx(19.9) and any(12.0 <= t < 14.0 for t in times), times
+        assert max(b - a for a, b in zip(times, times[1:], strict=False)) <= 1.0 + 1e-6
+    with pytest.raises(InputError) as exc:  # the limit holds on what is decoded, whatever the header says
+        expand_frames(lying, FrameLimits(video_fps=1.0, max_duration_s=10.0), prepare)
+    assert exc.value.reason == "video_too_long"

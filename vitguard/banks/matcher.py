@@ -114,24 +114,30 @@ class BankMatcher:
         self.snapshot = snapshot
 
     def match_batch(
-        self, hashes: Sequence[str | None], qualities: Sequence[int | None], items: Sequence[int] | None = None
+        self, hashes: Sequence[str | None], qualities: Sequence[int | None], items: Sequence[int] | None = None,
+        *, counts: Sequence[bool] | None = None,
     ) -> list[list[BankMatch]]:
         """The bank matches of each hash, closest first; ``[]`` for None or low-quality hashes.
 
         Every match of a positive bank counts towards the flood guard, once per item: ``items`` gives each
         hash's item (the frames of one video share one), so a video whose frames all match an entry counts
-        once. Without ``items`` every hash is its own item.
+        once. Without ``items`` every hash is its own item. ``counts`` (per hash) says which matches count at
+        all: a read-only caller (``POST /classify``, ``vitguard classify``) sees each entry's quarantine as it
+        is and changes nothing, so calling the HTTP API cannot switch a bank entry off.
         """
         with self._lock:
-            return self._match_batch(hashes, qualities, items)
+            return self._match_batch(hashes, qualities, items, counts)
 
     def _match_batch(
-        self, hashes: Sequence[str | None], qualities: Sequence[int | None], items: Sequence[int] | None
+        self, hashes: Sequence[str | None], qualities: Sequence[int | None], items: Sequence[int] | None,
+        counts: Sequence[bool] | None = None,
     ) -> list[list[BankMatch]]:
         if len(hashes) != len(qualities):
             raise ValueError(f"{len(hashes)} hashes but {len(qualities)} qualities")
         if items is not None and len(items) != len(hashes):
             raise ValueError(f"{len(hashes)} hashes but {len(items)} item ids")
+        if counts is not None and len(counts) != len(hashes):
+            raise ValueError(f"{len(hashes)} hashes but {len(counts)} counting flags")
         counted: dict[tuple[int, str], bool] = {}
         snap = self.snapshot
         out: list[list[BankMatch]] = [[] for _ in hashes]
@@ -151,10 +157,13 @@ class BankMatcher:
                 quarantined = False
                 if not negative:
                     key = f"{bank.name}|{entry_id}"
-                    seen = (items[i] if items is not None else i, key)
-                    if seen not in counted:
-                        counted[seen] = self.flood.observe(key, now)
-                    quarantined = counted[seen]
+                    if counts is not None and not counts[i]:  # read-only: look, never count
+                        quarantined = self.flood.quarantined(key, now)
+                    else:
+                        seen = (items[i] if items is not None else i, key)
+                        if seen not in counted:
+                            counted[seen] = self.flood.observe(key, now)
+                        quarantined = counted[seen]
                 out[i].append(BankMatch(bank=bank.name, entry_id=entry_id, distance=distance, action=bank.action,
                                         negative=negative, quarantined=quarantined))
         return out

@@ -6,12 +6,15 @@ every decoded frame is dropped before the next, so memory never holds more than 
 one decoded frame. The duration and frame count in the container header are checked before any frame is
 decoded; both, and the decoded pixels, are counted again while decoding, since headers can lie.
 
-Sampling: ``rate`` decodes every frame and keeps one every ``1 / video_fps`` s (spread evenly over the whole
-duration when that would exceed ``max_frames``); ``keyframes`` decodes only key frames (much cheaper) and
-keeps the first one at or after each target time. When the duration is unknown, frames are kept at the rate
-and, each time the budget fills, every other one is dropped and the interval doubles, so the sample still
-spans the whole video. A demux or decode error after at least one frame ends the video there
-(``truncated``).
+Sampling follows the decoded stream's own timestamps to its real end; the container's stated duration is
+never trusted for it (a 120 s video whose header says 5 s was judged on its first 5 s). ``rate`` decodes every
+frame and keeps one every ``1 / video_fps`` s; ``keyframes`` decodes only key frames (much cheaper) and keeps
+them at the same rate. Each time the budget (``max_frames``) fills, every other kept frame is dropped and the
+interval doubles, so the sample always spans the whole decoded stream, at most twice as sparse as an even
+spread; the last frame is classified too. The limits are checked on what is decoded: a stream that runs past
+``max_duration_s`` is ``video_too_long`` whatever its header says, on every container alike (a header that
+over-states its length is only a hint, no refusal). A demux or decode error after at least one frame ends the
+video there (``truncated``); so does data that stops well before the stated end.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from numpy.typing import NDArray
 
 from vitguard.errors import InputError
 from vitguard.media.frames import MAX_FRAME_PIXELS, FrameRef, FrameSet, HashImage, PrepareImage
-from vitguard.media.sampling import FrameLimits, sample_times
+from vitguard.media.sampling import FrameLimits
 
 __all__ = ["MAX_FRAME_PIXELS", "read_video"]
 
@@ -61,10 +64,8 @@ def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage,
     codec = getattr(stream.codec_context, "name", None) if _has_decoder(av, stream) else None
     if codec is None:
         raise InputError("unsupported_codec", f"no decoder for the video codec ({_codec_tag(stream)})")
-    duration = _duration_s(container, stream)
+    stated = _duration_s(container, stream)  # a hint only: see the module docstring
     declared = int(stream.frames or 0) or None
-    if duration is not None and duration > limits.max_duration_s:
-        raise InputError("video_too_long", f"video of {duration:.1f} s, limit {limits.max_duration_s:g} s")
     if declared is not None and declared > limits.max_source_frames:
         raise InputError("too_many_frames", f"video of {declared} frames, limit {limits.max_source_frames}")
     width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
@@ -76,7 +77,7 @@ def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage,
     elif declared is not None and width * height * declared > limits.max_decoded_pixels:
         raise InputError("decompression_bomb", f"{declared} frames of {width}x{height} are more than the "
                          f"{limits.max_decoded_pixels} pixels allowed")
-    sampler = _Sampler(limits, duration, prepare, hash_frame)
+    sampler = _Sampler(limits, prepare, hash_frame)
     decoded = pixels = 0
     truncated = False
     start: float | None = None
@@ -102,28 +103,27 @@ def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage,
             raise InputError("no_frames", "no frame of the video decodes (corrupt or truncated data)") from None
         truncated = True
     sampler.finish()
-    if not sampler.refs:
+    if not sampler.refs or sampler.last_time is None:
         raise InputError("no_frames", "the video stream holds no frame")
-    if duration is not None and sampler.last_time is not None and not keyframes:
-        # the data stopped well before the declared end: a cut-off upload
-        frame_s = 1.0 / float(stream.average_rate) if stream.average_rate else 0.1
-        truncated = truncated or sampler.last_time + 2 * frame_s < duration - 0.25
+    frame_s = 1.0 / float(stream.average_rate) if stream.average_rate else 0.1
+    if stated is not None and not keyframes:  # the data stopped well before the stated end: a cut-off upload
+        truncated = truncated or sampler.last_time + 2 * frame_s < stated - 0.25
+    duration = sampler.last_time + frame_s if not keyframes or stated is None else max(stated, sampler.last_time)
     return FrameSet(
         kind="video", tensors=np.stack(sampler.tensors), frames=tuple(sampler.refs),
         sampling="keyframes" if keyframes else "rate",
-        source_frames=declared if keyframes else decoded, duration_s=duration, truncated=truncated,
+        source_frames=declared if keyframes else decoded, duration_s=round(duration, 3), truncated=truncated,
     )
 
 
 class _Sampler:
-    """Keeps the frames to classify as they stream past, at most ``max_frames`` tensors."""
+    """Keeps the frames to classify as they stream past, at most ``max_frames`` tensors, spanning the whole
+    decoded stream: at the rate, then twice as sparse each time the budget fills."""
 
-    def __init__(self, limits: FrameLimits, duration: float | None, prepare: PrepareImage,
-                 hash_frame: HashImage | None = None) -> None:
+    def __init__(self, limits: FrameLimits, prepare: PrepareImage, hash_frame: HashImage | None = None) -> None:
         self.limits = limits
         self.prepare = prepare
         self.hash_frame = hash_frame
-        self.targets = sample_times(duration, limits.video_fps, limits.max_frames) if duration else None
         self.interval = 1.0 / limits.video_fps
         self.next_t = 0.0
         self.tensors: list[NDArray[np.float32]] = []
@@ -134,27 +134,25 @@ class _Sampler:
 
     def offer(self, index: int, time_s: float, frame: Any) -> None:
         self._last = (index, time_s, frame)
-        self.last_time = time_s
+        self.last_time = time_s if self.last_time is None else max(self.last_time, time_s)
         if time_s + 1e-6 < self.next_t:
             return
         self._take(index, time_s, frame)
-        if self.targets is not None:
-            while self.targets and self.targets[0] <= time_s + 1e-6:
-                self.targets.pop(0)
-            self.next_t = self.targets[0] if self.targets else float("inf")
-            return
         self.next_t = time_s + self.interval
-        if len(self.refs) >= self.limits.max_frames:  # unknown duration: thin out, double the interval
+        if len(self.refs) >= self.limits.max_frames:  # thin out, double the interval
             self.tensors, self.refs = self.tensors[::2], self.refs[::2]
             self.interval *= 2
             self.next_t = self.refs[-1].time_s + self.interval
 
     def finish(self) -> None:
-        """Targets left past the last frame (the end of the video): classify the last frame."""
+        """The last frame is classified too (the end of the stream), in place of the last kept one when the
+        budget is full."""
         if self._last is None or self._last[0] == self._last_taken:
             return
-        if (self.targets is not None and self.targets) and len(self.refs) < self.limits.max_frames:
-            self._take(*self._last)
+        if len(self.refs) >= self.limits.max_frames:
+            self.tensors.pop()
+            self.refs.pop()
+        self._take(*self._last)
         self._last = None
 
     def _take(self, index: int, time_s: float, frame: Any) -> None:
@@ -162,7 +160,6 @@ class _Sampler:
         self.tensors.append(self.prepare(image))
         self.refs.append(FrameRef(index, round(time_s, 3), self.hash_frame(image) if self.hash_frame else None))
         self._last_taken = index
-
 
 def _duration_s(container: Any, stream: Any) -> float | None:
     if stream.duration is not None and stream.time_base is not None and stream.duration > 0:

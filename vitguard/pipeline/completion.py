@@ -202,7 +202,8 @@ class Completer:
                     if isinstance(w.value, CacheHit) and (cached := _cached_hashes(w.value))]
         if not entries:
             return {}
-        found = match_items(self.matcher, [h for _, h in entries])
+        found = match_items(self.matcher, [h for _, h in entries],
+                            read_only=[group.work[i].request for i, _ in entries])  # requests change nothing
         return {i: f for (i, _), f in zip(entries, found, strict=True)}
 
     def _answer(

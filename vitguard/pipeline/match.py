@@ -1,7 +1,8 @@
 """The match stage: a group's PDQ hashes against the hash banks, in one call; and what a match changes.
 
 Runs once per group, after inference and before index (:mod:`~vitguard.pipeline.completion`). Pure apart
-from the matcher's flood-guard counters: no Kafka, no Faust.
+from the matcher's flood-guard counters, which only stream events move (a /classify request reads them): no
+Kafka, no Faust.
 
 What a match does (the rules, in one place):
 
@@ -36,18 +37,21 @@ ItemHashes = Sequence[tuple[int | None, PdqHash | None]]
 """One item's hashes: ``(None, hash)`` for a still image, ``(frame index, hash)`` per sampled frame."""
 
 
-def match_items(matcher: BankMatcher | None, items: Sequence[ItemHashes]) -> list[tuple[PdqHash | None,
-                                                                                         list[BankMatch]]]:
+def match_items(matcher: BankMatcher | None, items: Sequence[ItemHashes],
+                read_only: Sequence[bool] | None = None) -> list[tuple[PdqHash | None, list[BankMatch]]]:
     """Each item's PDQ hash and bank matches, every frame of every item in one matcher call.
 
     An animation's or a video's matches are its frames', one per bank entry (the closest frame's, with its
     ``frame``); its hash is the hash of the frame behind its closest match, else of its best-quality frame.
+    ``read_only`` (per item): its matches do not count towards the flood guard (a /classify request).
     """
     flat = [(k, frame, h) for k, hashes in enumerate(items) for frame, h in hashes]
     found: list[list[BankMatch]] = [[] for _ in flat]
     if matcher is not None and flat:
+        counts = None if read_only is None else [not read_only[k] for k, _, _ in flat]
         found = matcher.match_batch([h.hex if h else None for _, _, h in flat],
-                                    [h.quality if h else None for _, _, h in flat], items=[k for k, _, _ in flat])
+                                    [h.quality if h else None for _, _, h in flat], items=[k for k, _, _ in flat],
+                                    counts=counts)
     best: list[dict[tuple[str, str], tuple[BankMatch, PdqHash | None]]] = [{} for _ in items]
     for (k, frame, h), matches in zip(flat, found, strict=True):
         for m in matches:

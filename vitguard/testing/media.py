@@ -145,3 +145,46 @@ HIDDEN_PHOTO = "astronaut.png"
 """The photo cut in as the hidden frame (open_nsfw: ~0.007-0.03 as a 160x120 frame, GIF palette or not)."""
 HIDDEN_THRESHOLD = 0.002
 """A test policy threshold under which, with open_nsfw, the hidden frame and only it counts as unsafe."""
+
+
+def restate_duration(data: bytes, seconds: float) -> bytes:
+    """``data`` (a Matroska/WebM or MP4/MOV file) with its header's stated duration rewritten to ``seconds``,
+    its frames untouched: the container that lies about its length (Matroska's ``Duration`` element; MP4's
+    ``mvhd``, ``mdhd`` and ``tkhd`` durations). Raises ``ValueError`` when no duration field is found."""
+    import struct
+
+    out = bytearray(data)
+    found = 0
+    at = out.find(b"\x44\x89")  # Matroska Duration: a float in TimecodeScale units (1 ms by default)
+    while at != -1:
+        size = out[at + 2]
+        if size in (0x84, 0x88):
+            fmt = ">f" if size == 0x84 else ">d"
+            struct.pack_into(fmt, out, at + 3, seconds * 1000.0)
+            found += 1
+            break
+        at = out.find(b"\x44\x89", at + 1)
+    movie_scale = None
+    for box in (b"mvhd", b"tkhd", b"mdhd"):
+        at = out.find(box)
+        while at != -1:
+            version, body = out[at + 4], at + 8
+            if box == b"tkhd":
+                field = body + (20 if version == 0 else 28)
+                scale = movie_scale
+            else:
+                scale_at = body + (8 if version == 0 else 16)
+                scale = struct.unpack_from(">I", out, scale_at)[0]
+                field = scale_at + 4
+                if box == b"mvhd":
+                    movie_scale = scale
+            if scale:
+                if version == 0:
+                    struct.pack_into(">I", out, field, round(seconds * scale))
+                else:
+                    struct.pack_into(">Q", out, field, round(seconds * scale))
+                found += 1
+            at = out.find(box, at + 4)
+    if not found:
+        raise ValueError("no duration field found")
+    return bytes(out)
