@@ -117,25 +117,31 @@ class QueueFeed:
                 if record is None:
                     continue
                 counted = False
-                if record.topic == t.review_requests:
-                    req = decode(record, ReviewRequest)
-                    if req.value is not None:
-                        with self.lock:
-                            self.queue.add_request(req.value)
-                    else:
-                        _log.warning("invalid review request skipped: %s", req.error)
-                else:
-                    dec = decode(record, ReviewDecision)
-                    if dec.value is not None:
-                        with self.lock:
-                            self.queue.add_decision(dec.value)
-                    else:
-                        _log.warning("invalid review decision skipped: %s", dec.error)
+                self._take(record, record.topic == t.review_requests)
         except BaseException as exc:  # reported on /healthz; the page keeps showing what it has
             self.error = exc
             _log.exception("the review queue feed stopped")
         finally:
             self._reader.close()
+
+    def _take(self, record: Any, is_request: bool) -> None:
+        """One record into the queue. Anything on these topics may be malformed (any producer can write
+        them): an invalid record, or one the queue cannot take, is skipped, counted and logged with its
+        offset, and the feed goes on; it never stops the console."""
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        decoded = decode(record, ReviewRequest if is_request else ReviewDecision)
+        try:
+            if decoded.value is None:
+                raise ValueError(decoded.error)
+            with self.lock:
+                if isinstance(decoded.value, ReviewRequest):
+                    self.queue.add_request(decoded.value)
+                else:
+                    self.queue.add_decision(decoded.value)  # type: ignore[arg-type]
+        except Exception as exc:
+            metrics.RECORDS_SKIPPED.labels(record.topic).inc()
+            _log.warning("review %s at %s skipped: %s", "request" if is_request else "decision", where,
+                         str(exc)[:300])
 
     def stop(self) -> None:
         self._stop.set()

@@ -10,7 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from vitguard.metrics import REGISTRY
 
-__all__ = ["DECISIONS", "DECISIONS_HANDLED", "DECISION_LATENCY", "QUEUE_DEPTH", "REQUESTS"]
+__all__ = ["DECISIONS", "DECISIONS_HANDLED", "DECISION_LATENCY", "QUEUE_DEPTH", "RECORDS_SKIPPED", "REQUESTS"]
 
 REQUESTS = Counter(
     "vitguard_review_requests", "Review requests published, by reason (one request may have several).",
@@ -18,6 +18,11 @@ REQUESTS = Counter(
 )
 QUEUE_DEPTH = Gauge(
     "vitguard_review_queue_depth", "Items waiting for a reviewer, as the review console sees them.", registry=REGISTRY
+)
+RECORDS_SKIPPED = Counter(
+    "vitguard_review_records_skipped",
+    "Records of the review topics the console's queue feed skipped (invalid, or refused by the queue), by topic.",
+    ["topic"], registry=REGISTRY,
 )
 DECISIONS = Counter(
     "vitguard_review_decisions",

@@ -11,16 +11,17 @@ Four events, each on its own topic (names in :class:`~vitguard.settings.TopicSet
 - :class:`ReviewAuditRecord` (``review-audit``, append-only): what the applier did with each decision it
   read, duplicates and superseded ones included; the applier also rebuilds its idempotency ledger from it.
 
-They share the versioning rules of :mod:`vitguard.schemas.events` (``schema_version`` 1.x).
+They share the versioning rules of :mod:`vitguard.schemas.events` (``schema_version`` 1.x). Every time must
+carry its timezone (as ``ImageEvent.created_at``): one naive ``requested_at``, compared with aware ones, made
+the console answer 500 and then killed its queue feed.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from vitguard.schemas.events import (
     MAX_ID_LEN,
@@ -103,8 +104,8 @@ class ReviewRequest(_Event):
     pdq_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="The image's PDQ hash, if hashed.")
     appeal_note: str | None = Field(None, max_length=MAX_NOTE_LEN, description="The tenant's words, for appeals.")
     metadata: dict[str, str] = Field(default_factory=dict, description="The input event's metadata.")
-    created_at: datetime | None = Field(None, description="When the upload happened.")
-    requested_at: datetime = Field(default_factory=utc_now, description="When review was requested.")
+    created_at: AwareDatetime | None = Field(None, description="When the upload happened.")
+    requested_at: AwareDatetime = Field(default_factory=utc_now, description="When review was requested.")
 
     @field_validator("metadata")
     @classmethod
@@ -138,8 +139,8 @@ class ReviewDecision(_Event):
     pdq_hash: str | None = Field(
         None, pattern=r"^[0-9a-f]{64}$", description="The image's PDQ hash (from the request): what a bank stores."
     )
-    requested_at: datetime | None = Field(None, description="When review was requested (decision latency).")
-    decided_at: datetime = Field(default_factory=utc_now, description="When the reviewer decided.")
+    requested_at: AwareDatetime | None = Field(None, description="When review was requested (decision latency).")
+    decided_at: AwareDatetime = Field(default_factory=utc_now, description="When the reviewer decided.")
 
 
 class VerdictCorrection(_Event):
@@ -155,8 +156,8 @@ class VerdictCorrection(_Event):
     reason: str = Field(description="The decision's reason code.")
     model_name: str | None = Field(None, description="The model whose verdict was reviewed.")
     model_version: str | None = Field(None, description="Its version.")
-    decided_at: datetime = Field(description="When the reviewer decided.")
-    corrected_at: datetime = Field(default_factory=utc_now, description="When vitguard applied it.")
+    decided_at: AwareDatetime = Field(description="When the reviewer decided.")
+    corrected_at: AwareDatetime = Field(default_factory=utc_now, description="When vitguard applied it.")
     source: Literal["human_review"] = Field("human_review", description="Where the correction comes from.")
 
 
@@ -174,5 +175,5 @@ class ReviewAuditRecord(_Event):
         ),
     )
     decision: ReviewDecision = Field(description="The decision itself, as read.")
-    applied_at: datetime = Field(default_factory=utc_now, description="When the applier handled it.")
+    applied_at: AwareDatetime = Field(default_factory=utc_now, description="When the applier handled it.")
     applier: str = Field("vitguard", max_length=MAX_ID_LEN, description="The applier's client id.")
