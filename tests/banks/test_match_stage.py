@@ -40,6 +40,11 @@ def test_force_unsafe_flag_only_negative_and_quarantine() -> None:
     assert alert is not None and alert.action_taken == "flag_only"
     v = apply_matches(_verdict(), h["ok"], ok)
     assert v.bank_matches[0].negative and bank_alert(v, h["ok"], ok) is None and skips_clustering(ok)
+    unsafe = _verdict().model_copy(update={"label": "unsafe", "unsafe_score": 0.9})
+    allowed = apply_matches(unsafe, h["ok"], ok)  # issue 28: an allow-listed image was still labelled unsafe
+    assert (allowed.label, allowed.label_source, allowed.unsafe_score) == ("safe", "bank", 0.9)
+    both = apply_matches(unsafe, h["bad"], [*bad, *ok])  # force_unsafe wins over an allow-list: fail closed
+    assert (both.label, both.label_source) == ("unsafe", "bank")
     assert none == [] and weak == [] and not skips_clustering(bad)
     assert apply_matches(_verdict(), low, weak).pdq_quality == 10
 

@@ -10,8 +10,9 @@ What a match does (the rules, in one place):
   ``label_source`` is ``bank``; a critical :class:`~vitguard.schemas.events.BankMatchAlert`.
 - **flag_only** (positive bank), or force_unsafe on a **quarantined** entry (the flood guard): the model's
   label stands; a warning alert says so (``action_taken`` flag_only or suspended).
-- **negative bank**: the item is known safe; it is left out of near-duplicate clustering and waves
-  (:func:`skips_clustering`), no bank alert. A positive match still wins over a negative one.
+- **negative bank**: the item is known safe: its label is ``safe`` (``label_source`` ``bank``), it is left out
+  of near-duplicate clustering and waves (:func:`skips_clustering`), no bank alert. An active force_unsafe
+  match still wins over a negative one (see :func:`apply_matches`).
 
 Every verdict carries its ``bank_matches``, its PDQ hash and quality. An animation or a video is matched frame
 by frame (each sampled frame's PDQ hash, computed in the expand stage); its matches say which frame.
@@ -77,12 +78,19 @@ def skips_clustering(matches: Sequence[BankMatch]) -> bool:
 
 
 def apply_matches(verdict: Verdict, pdq: PdqHash | None, matches: Sequence[BankMatch]) -> Verdict:
-    """``verdict`` with its PDQ hash, bank matches and, for a force_unsafe match, the unsafe label."""
+    """``verdict`` with its PDQ hash, bank matches and the banks' say on its label: an active force_unsafe
+    match makes it unsafe; otherwise a negative-bank match (an allow-list) makes it safe. Both from ``bank``.
+
+    A force_unsafe match wins over a negative one: a known-bad entry is specific evidence of banned content,
+    while allow-lists exist to stop the model's false positives; an image in both is a conflict, and a
+    moderation service fails closed on it (the alert still names both)."""
     update: dict[str, object] = {"bank_matches": list(matches)}
     if pdq is not None:
         update |= {"pdq_hash": pdq.hex, "pdq_quality": pdq.quality}
     if _forcing(matches):
         update |= {"label": "unsafe", "label_source": "bank"}
+    elif any(m.negative for m in matches):
+        update |= {"label": "safe", "label_source": "bank"}
     return verdict.model_copy(update=update)
 
 

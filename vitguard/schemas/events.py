@@ -273,7 +273,10 @@ class Verdict(_Event):
     )
     label_source: Literal["model", "bank"] = Field(
         "model",
-        description="What decided the label: the model's score and policy, or a force_unsafe hash-bank match (1.2).",
+        description=(
+            "What decided the label: the model's score and policy, or a hash-bank match: force_unsafe (unsafe) "
+            "or a negative bank (safe); force_unsafe wins when both match (1.2)."
+        ),
     )
     bank_matches: list[BankMatch] = Field(
         default_factory=list, description="Hash-bank entries the image matched, closest first (1.2)."
