@@ -70,9 +70,14 @@ class OpenNSFWPreprocessor:
         return self.from_decoded(self.decode(data))
 
     def decode(self, data: bytes) -> Image.Image:
-        """The upright RGB image :meth:`from_decoded` takes (a JPEG decoded at a reduced scale, at least 512 px:
-        PDQ's reference hashers downsample to 512 too); the decode stage hashes this same image (PDQ)."""
+        """The upright RGB image :meth:`from_decoded` takes (a JPEG decoded at a reduced scale, at least
+        512 px); the decode stage hashes this same image (PDQ) unless it was reduced (:meth:`decode_full`)."""
         return decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side, draft_size=(512, 512))
+
+    def decode_full(self, data: bytes) -> Image.Image:
+        """The same decode at full resolution: what a reduced image's PDQ hash is computed from (a JPEG's
+        draft-mode decode put its hash up to 14 bits from the reference's)."""
+        return decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side)
 
     def from_decoded(self, image: Image.Image) -> NDArray[np.float32]:
         """The tensor of an image from :meth:`decode`."""

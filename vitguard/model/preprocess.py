@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MIN_SIDE",
     "MAX_RESIZED_AREA",
+    "REDUCED_SCALE",
     "DataConfig",
     "Preprocessor",
     "decode_image",
@@ -43,6 +44,9 @@ __all__ = [
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Same default as ``ModelSettings.max_pixels``."""
+REDUCED_SCALE = "vitguard_reduced_scale"
+"""Key in a decoded image's ``info``: it was decoded at a reduced scale (a JPEG in draft mode)."""
+
 DEFAULT_MIN_SIDE = 8
 """Same default as ``ModelSettings.min_side``: below this an image carries nothing a classifier can judge."""
 
@@ -146,9 +150,11 @@ def decode_image(
     if min(width, height) < min_side:
         raise ImageDecodeError("image_too_small", f"{width}x{height} image is smaller than {min_side} px")
 
+    reduced = False
     if draft_size is not None and image.format == "JPEG":
         if width >= 2 * draft_size[0] and height >= 2 * draft_size[1]:
             image.draft(None, draft_size)
+            reduced = image.size != (width, height)
     try:
         image.seek(0)  # first frame of an animation
         image.load()
@@ -162,7 +168,10 @@ def decode_image(
     except Exception as exc:
         raise ImageDecodeError("not_an_image", f"corrupt {image.format} data: {exc}") from exc
 
-    return to_rgb(upright(image))
+    out = to_rgb(upright(image))
+    if reduced:  # the PDQ hash needs the full-resolution pixels (pipeline/decode.py)
+        out.info[REDUCED_SCALE] = True
+    return out
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -274,6 +283,11 @@ class Preprocessor:
         """The upright RGB image :meth:`from_decoded` takes (a JPEG decoded at a reduced scale when that is
         still at least the model's resize); the decode stage hashes this same image (PDQ)."""
         return decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side, draft_size=self._draft_size)
+
+    def decode_full(self, data: bytes) -> Image.Image:
+        """The same decode at full resolution (never the draft mode): what the PDQ hash of a large JPEG is
+        computed from, bit-exact with the reference hashers that banks come from."""
+        return decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side)
 
     def from_decoded(self, image: Image.Image) -> NDArray[np.float32]:
         """The tensor of an image from :meth:`decode`."""

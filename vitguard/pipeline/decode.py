@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -21,22 +21,35 @@ from numpy.typing import NDArray
 from vitguard import metrics
 from vitguard.banks.signal import PdqHash, PdqSignal
 from vitguard.errors import InputError
+from vitguard.model.preprocess import REDUCED_SCALE
 from vitguard.model.types import Classifier
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.pools import JobTimeout
 from vitguard.pipeline.results import DeadLettered, Decoded, Fetched, StageTimes
 
-__all__ = ["decode_image", "decoded_with_hash", "hash_decoded", "in_decode_pool", "prepare_decoded"]
+__all__ = ["FullResolution", "decode_image", "decoded_with_hash", "hash_decoded", "in_decode_pool", "prepare_decoded"]
 
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class FullResolution:
+    """An image the model saw at a reduced scale (a large JPEG in Pillow's draft mode): its PDQ hash needs the
+    full-resolution pixels, decoded again in the hash job (which overlaps inference)."""
+
+    data: bytes
+    decode: Callable[[bytes], Any]
+    """Decodes ``data`` upright, RGB, at full resolution."""
+
+
 def prepare_decoded(classifier: Classifier, data: bytes) -> tuple[NDArray[np.float32], Any]:
     """The model's input tensor and what to PDQ-hash for the same image: the decoded image when the
     classifier's preprocessor decodes apart from preprocessing (``decode``, ``from_decoded``, as both of
-    vitguard's do), else the bytes (hashed apart)."""
+    vitguard's do) and decoded it at full resolution; a :class:`FullResolution` when it decoded a large JPEG
+    at a reduced scale (banks come from other systems that hash full images: the reduced decode's hash was
+    up to 14 bits from the reference's, of a 31-bit match budget); else the bytes (hashed apart)."""
     from vitguard.model.base import BaseClassifier
 
     pre: Any = getattr(classifier, "preprocessor", None)
@@ -45,6 +58,9 @@ def prepare_decoded(classifier: Classifier, data: bytes) -> tuple[NDArray[np.flo
     if callable(decode) and callable(from_decoded) and not own_prepare:
         image = decode(data)
         tensor: NDArray[np.float32] = from_decoded(image)
+        full = getattr(pre, "decode_full", None)
+        if callable(full) and image.info.get(REDUCED_SCALE):
+            return tensor, FullResolution(data, full)
         return tensor, image
     return classifier.prepare(data), data
 
@@ -54,6 +70,8 @@ def hash_decoded(source: Any) -> PdqHash | None:
     a video (None when hashing fails)."""
     if isinstance(source, bytes):
         return _hash(lambda: PdqSignal.hash_bytes(source))
+    if isinstance(source, FullResolution):
+        return _hash(lambda: PdqSignal.hash_image(source.decode(source.data)))
     return _hash(lambda: PdqSignal.hash_image(source))
 
 
