@@ -39,3 +39,14 @@ def test_console_script_bad_settings_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines == [lines[0]] and "VITGUARD_BATCH_MAX_SIZE" in lines[0]
+
+
+def test_banks_import_of_a_file_that_is_not_utf8_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Issue 28: it printed a traceback (the README promises one line and exit 2)."""
+    bad = tmp_path / "hashes.txt"
+    bad.write_bytes(b"f8f8" * 16 + b" id-1\n\xff\xfe latin-1 \xe9t\xe9\n")
+    proc = subprocess.run([sys.executable, "-m", "vitguard", "banks", "import", "b", str(bad), "--dry-run"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not UTF-8" in lines[0] and "Traceback" not in proc.stderr

@@ -138,6 +138,7 @@ def test_bad_video(clip: list[Image.Image]) -> None:
         with pytest.raises(InputError) as exc:
             expand_frames(data, FrameLimits(), prepare)
         assert exc.value.reason == reason, exc.value
+        assert "Errno" not in exc.value.message and "<none>" not in exc.value.message, exc.value  # issue 28
 
 
 def test_cut_off_webm_keeps_the_frames_before_the_cut(clip: list[Image.Image]) -> None:

@@ -34,6 +34,10 @@ def test_classify_table_and_json(runner: CliRunner, tiny_checkpoint: Path, sampl
         assert record["unsafe_score"] == pytest.approx(prediction.scores["NSFW"], abs=1e-5)  # policy: ["NSFW"]
         assert record["label"] == ("unsafe" if prediction.scores["NSFW"] >= 0.5 else "safe")
         assert record["model"] == "dir:tiny" and record["decode_ms"] >= 0 and record["model_ms"] > 0
+    from vitguard.banks.signal import PdqSignal
+
+    for record, photo in zip(records, sample_photos[:2], strict=True):  # the hash banks hold (issue 28)
+        assert record["pdq_hash"] == PdqSignal.hash_bytes(photo.read_bytes()).hex and record["pdq_quality"] > 0
 
 
 def test_classify_bad_image_is_one_line_and_nonzero_exit(

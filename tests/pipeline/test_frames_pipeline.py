@@ -282,3 +282,18 @@ def test_reduce_takes_the_worst_frame_and_its_embedding() -> None:
 def test_frame_limits_refuse_nonsense() -> None:
     with pytest.raises(ValueError):
         FrameLimits(max_frames=0)
+
+
+async def test_an_inline_video_labelled_as_video_is_judged_like_any_other(opennsfw: Any, media_root: Path) -> None:
+    """Issue 28: ``data:video/mp4;base64,...`` was a schema violation (only ``data:image/...`` passed); the
+    media kind is read from the bytes either way."""
+    import base64
+
+    inline = f"data:video/mp4;base64,{base64.b64encode((media_root / 'clip.mp4').read_bytes()).decode()}"
+    raw = RawMessage(ImageEvent(event_id="e0", content_id="c0", image_ref=inline).model_dump_json().encode(),
+                     b"c0", "in", 0, 0)
+    runner, _, _ = make_runner(opennsfw, media_root)
+    outcome = await runner.process([raw])
+    await runner.close()
+    (verdict,) = outcome.verdicts
+    assert verdict.label == "unsafe" and verdict.media is not None and verdict.media.kind == "video"

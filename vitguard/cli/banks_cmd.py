@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 from vitguard.cli._kafka_common import kafka_options, load_cli_settings
+from vitguard.errors import VitguardError
 
 if TYPE_CHECKING:
     from vitguard.banks.store import KafkaBankStore
@@ -105,7 +106,11 @@ def import_(name: str, source: TextIO, fmt: str, tags: tuple[str, ...], strict: 
 
     from vitguard.banks.formats import parse_hash_list
 
-    report = parse_hash_list(source, fmt=fmt)  # type: ignore[arg-type]
+    try:
+        report = parse_hash_list(source, fmt=fmt)  # type: ignore[arg-type]
+    except UnicodeDecodeError as exc:  # one line and exit 2, as for any bad input (was a traceback)
+        raise VitguardError(f"{source.name} is not UTF-8 text (byte {exc.start}: "
+                            f"{exc.object[exc.start:exc.start + 1]!r}); export the list as UTF-8") from None
     for err in report.errors[:_SHOW_ERRORS]:
         click.echo(f"{source.name}: {err}", err=True)
     if len(report.errors) > _SHOW_ERRORS:

@@ -49,6 +49,18 @@ def _prepare_all(
     return good, bad
 
 
+def _pdq_fields(path: Path) -> dict[str, Any]:
+    """``pdq_hash`` and ``pdq_quality`` of an image file, from its full-resolution pixels (what banks hold and
+    ``vitguard banks hash`` prints), for matching against banks elsewhere; None when it cannot be hashed."""
+    from vitguard.banks.signal import PdqSignal
+
+    try:
+        pdq = PdqSignal.hash_bytes(path.read_bytes())
+    except Exception:  # the model's decode succeeded: the hash is extra
+        return {"pdq_hash": None, "pdq_quality": None}
+    return {"pdq_hash": pdq.hex, "pdq_quality": pdq.quality}
+
+
 def _report_bad(bad: list[tuple[Path, str]]) -> None:
     for path, reason in bad:
         click.echo(f"vitguard: {path}: {reason}", err=True)
@@ -97,6 +109,7 @@ def classify(paths: tuple[Path, ...], spec: str | None, as_json: bool, batch_siz
                     "untrained": info.untrained,
                     "decode_ms": round(decode_ms, 2),
                     "model_ms": round(model_ms, 2),
+                    **_pdq_fields(path),
                 }
                 click.echo(json.dumps(record))
             else:

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from vitguard.errors import FetchError
+from vitguard.schemas.events import INLINE_MEDIA_TYPES
 
 __all__ = ["decode_data_url", "read_file_url", "resolve_file_url"]
 
@@ -82,7 +83,7 @@ def read_file_url(ref: str, root: Path | None, max_bytes: int) -> bytes:
 
 
 def decode_data_url(ref: str, max_bytes: int) -> bytes:
-    """Decode an inline ``data:image/<type>;base64,<payload>`` URL.
+    """Decode an inline ``data:image/<type>;base64,<payload>`` (or ``data:video/...``) URL.
 
     The encoded length is checked before decoding so an oversized payload costs no memory or CPU.
 
@@ -91,8 +92,10 @@ def decode_data_url(ref: str, max_bytes: int) -> bytes:
             ``invalid_base64``.
     """
     header, sep, payload = ref.partition(",")
-    if not sep or not header.startswith("data:image/") or not header.endswith(";base64"):
-        raise FetchError("unsupported_reference", "inline images must be data:image/<type>;base64,<data>")
+    if (not sep or not header.startswith("data:") or not header[5:].startswith(INLINE_MEDIA_TYPES)
+            or not header.endswith(";base64")):
+        raise FetchError("unsupported_reference",
+                         "inline media must be data:image/<type>;base64,<data> or data:video/<type>;base64,<data>")
     max_encoded = 4 * -(-max_bytes // 3)  # base64 length of max_bytes bytes, padding included
     if len(payload) > max_encoded:
         raise FetchError(

@@ -189,5 +189,6 @@ def _codec_tag(stream: Any) -> str:
 
 
 def _brief(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc) or type(exc).__name__
+    """FFmpeg's own words (``strerror``), without PyAV's ``[Errno 1094995529] ...: '<none>'`` wrapping."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from vitguard.errors import InputError, ReasonCode
 
 __all__ = [
+    "INLINE_MEDIA_TYPES",
     "SCHEMA_VERSION",
     "BankMatch",
     "BankMatchAlert",
@@ -79,6 +80,11 @@ class _Event(BaseModel):
     )
 
 
+INLINE_MEDIA_TYPES = ("image/", "video/")
+"""What an inline ``data:`` reference may be labelled; the media kind itself is read from the bytes (an inline
+video labelled ``data:video/mp4`` was a schema violation, ``data:image/mp4`` accepted)."""
+
+
 class ImageEvent(_Event):
     """Input: an image was uploaded somewhere, and this is where to get it."""
 
@@ -120,12 +126,12 @@ class ImageEvent(_Event):
             return v
         if v.startswith("data:"):
             header, sep, payload = v.partition(",")
-            if not sep or not header.endswith(";base64") or not header[5:].startswith("image/"):
-                raise ValueError("inline images must be data:image/<type>;base64,<data>")
+            if not sep or not header.endswith(";base64") or not header[5:].startswith(INLINE_MEDIA_TYPES):
+                raise ValueError("inline media must be data:image/<type>;base64,<data> or data:video/<type>;...")
             if not payload:
                 raise ValueError("inline image is empty")
             return v
-        raise ValueError("image_ref must be an http(s)://, file:// or data:image/...;base64, URL")
+        raise ValueError("image_ref must be an http(s)://, file:// or data:image/...;base64, (or data:video/) URL")
 
     @field_validator("created_at")
     @classmethod
