@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 __all__ = [
     "ALERTS",
     "ALERTS_SUPPRESSED",
+    "BANK_FLOODS",
     "BATCH_DURATION",
     "BATCH_SIZE",
     "BATCH_WAIT",
@@ -76,6 +77,12 @@ VERDICTS = Counter(
 )
 DEAD_LETTERS = Counter(
     "vitguard_dead_letters", "Dead letters published, by reason code.", ["reason"], registry=REGISTRY
+)
+BANK_FLOODS = Counter(
+    "vitguard_bank_floods",
+    "Hash-bank entries that matched far more items than usual, by outcome: quarantined (unrelated images), "
+    "wave_kept (copies of one image: a wave, the entry keeps acting), released (a quarantine ended).",
+    ["outcome"], registry=REGISTRY,
 )
 ALERTS = Counter(
     "vitguard_alerts", "Near-duplicate alerts published, by severity.", ["severity"], registry=REGISTRY

@@ -693,6 +693,17 @@ class BankSettings(BaseSettings):
             "Default 3600."
         ),
     )
+    flood_min_spread_bits: int = Field(
+        32,
+        ge=0,
+        le=256,
+        description=(
+            "A flood is quarantined only when the items it matched are at least this far apart from each other "
+            "(median PDQ distance between pairs): a wrong entry matches unrelated images; a wave of one image's "
+            "copies keeps its force_unsafe. 0: quarantine on counts alone. "
+            "Env: VITGUARD_BANKS_FLOOD_MIN_SPREAD_BITS. Default 32."
+        ),
+    )
 
 
 class ReviewSettings(BaseSettings):

@@ -169,8 +169,32 @@ def test_flood_guard_quarantines_a_sudden_burst_only() -> None:
 def test_matcher_marks_quarantined_entries(rng: random.Random) -> None:
     store, h = _store(rng)
     matcher = BankMatcher(build_snapshot(store.read()), flood=FloodRule(min_matches=3), clock=lambda: 1000.0)
-    got = matcher.match_batch([h["bad"]] * 4 + [h["allow"]] * 4, [100] * 8)
+    unrelated = [flip(h["bad"], 24, rng) for _ in range(4)]  # four different images, each 24 bits from it
+    got = matcher.match_batch(unrelated + [h["allow"]] * 4, [100] * 8)
     assert [ms[0].quarantined for ms in got] == [False, False, True, True] + [False] * 4  # negative: never
+
+
+def test_a_wave_of_copies_is_not_quarantined_beside_a_degenerate_entry_that_is(rng: random.Random) -> None:
+    """Issue 28: 50 genuine re-uploads of banned content within the window quarantined the entry, and the 50th
+    onward got the model's label; a wave is exactly when a force_unsafe entry matters most. Only a flood of
+    unrelated images (a wrong or degenerate entry) is quarantined now, and both are counted."""
+    from vitguard import metrics
+
+    store = MemoryBankStore()
+    store.create_bank(Bank(name="known-bad", action="force_unsafe"))
+    banned, broken = random_pdq(rng), random_pdq(rng)
+    store.add_entries([BankEntry(bank="known-bad", entry_id="banned", signal=banned),
+                       BankEntry(bank="known-bad", entry_id="broken", signal=broken)])
+    matcher = BankMatcher(build_snapshot(store.read()), flood=FloodRule(min_matches=20), clock=lambda: 1000.0)
+    before = {o: metrics.BANK_FLOODS.labels(o)._value.get() for o in ("quarantined", "wave_kept")}
+    copies = [flip(banned, rng.randrange(0, 12), rng) for _ in range(60)]  # re-encodes, resizes, crops
+    wave = matcher.match_batch(copies, [100] * 60)
+    assert all(ms and ms[0].entry_id == "banned" and not ms[0].quarantined for ms in wave)
+    degenerate = [flip(broken, 26, rng) for _ in range(60)]  # unrelated images all near one hash
+    flood = matcher.match_batch(degenerate, [100] * 60)
+    assert [ms[0].quarantined for ms in flood] == [False] * 19 + [True] * 41
+    assert metrics.BANK_FLOODS.labels("wave_kept")._value.get() == before["wave_kept"] + 1  # logged once a window
+    assert metrics.BANK_FLOODS.labels("quarantined")._value.get() == before["quarantined"] + 1
 
 
 class _FakeSource:

@@ -95,10 +95,19 @@ def test_a_video_whose_frames_all_match_counts_once_towards_the_flood_guard() ->
     hash_hex = "f8f8" * 16
     store.add_entries([BankEntry(bank="known-bad", entry_id="kb-1", signal=hash_hex)])
     matcher = BankMatcher(build_snapshot(store.read()), flood=FloodRule(min_matches=3), clock=lambda: 0.0)
-    video = [(k, PdqHash(hash_hex, 100)) for k in range(10)]  # ten frames, all the banked image
-    [(rep, matches)] = match_items(matcher, [video])
+    import random
+
+    from tests.banks.conftest import flip
+
+    rng = random.Random(7)
+
+    def video() -> list[tuple[int, PdqHash]]:  # ten frames, all one image near the entry (a different one each)
+        frame = PdqHash(flip(hash_hex, 24, rng), 100)
+        return [(k, frame) for k in range(10)]
+
+    [(rep, matches)] = match_items(matcher, [video()])
     assert [(m.entry_id, m.frame, m.quarantined) for m in matches] == [("kb-1", 0, False)] and rep is not None
-    [(_, again)], [(_, third)] = match_items(matcher, [video]), match_items(matcher, [video])
+    [(_, again)], [(_, third)] = match_items(matcher, [video()]), match_items(matcher, [video()])
     assert not again[0].quarantined and third[0].quarantined  # the third *item* floods, not the third frame
 
 

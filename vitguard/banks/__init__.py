@@ -74,5 +74,6 @@ def matcher_for(settings: BankSettings) -> BankMatcher:
     return BankMatcher(
         quality_threshold=settings.quality_threshold,
         flood=FloodRule(window_s=settings.flood_window_s, min_matches=settings.flood_min_matches,
-                        factor=settings.flood_factor, quarantine_s=settings.flood_quarantine_s),
+                        factor=settings.flood_factor, quarantine_s=settings.flood_quarantine_s,
+                        min_spread_bits=settings.flood_min_spread_bits),
     )

@@ -162,7 +162,7 @@ class BankMatcher:
                     else:
                         seen = (items[i] if items is not None else i, key)
                         if seen not in counted:
-                            counted[seen] = self.flood.observe(key, now)
+                            counted[seen] = self.flood.observe(key, now, hashes[i])
                         quarantined = counted[seen]
                 out[i].append(BankMatch(bank=bank.name, entry_id=entry_id, distance=distance, action=bank.action,
                                         negative=negative, quarantined=quarantined))
