@@ -183,3 +183,16 @@ def test_a_container_that_lies_about_its_length_is_sampled_to_its_real_end(
     with pytest.raises(InputError) as exc:  # the limit holds on what is decoded, whatever the header says
         expand_frames(lying, FrameLimits(video_fps=1.0, max_duration_s=10.0), prepare)
     assert exc.value.reason == "video_too_long"
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "GIF", "PNG"])
+def test_an_animation_over_the_budget_reports_its_real_times_and_duration(fmt: str) -> None:
+    """Issue 28: an animated WebP over 32 frames took its frame times and duration from the loaded frames only
+    (10,000 frames of 100 ms reported as 0.32 s), so its sampling and segments were wrong."""
+    frames = [Image.new("RGB", (64, 64), (i * 2, 255 - i * 2, 0)) for i in range(100)]
+    data = animated_image(frames, fmt, duration_ms=100)
+    got = expand_frames(data, FrameLimits(), prepare)
+    assert got is not None and got.source_frames == 100 and len(got) == 32
+    assert got.duration_s == pytest.approx(10.0)
+    assert got.frames[-1].index == 99 and got.frames[-1].time_s == pytest.approx(9.9)
+    assert all(f.time_s == pytest.approx(f.index / 10) for f in got.frames)

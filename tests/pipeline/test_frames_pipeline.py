@@ -297,3 +297,55 @@ async def test_an_inline_video_labelled_as_video_is_judged_like_any_other(openns
     await runner.close()
     (verdict,) = outcome.verdicts
     assert verdict.label == "unsafe" and verdict.media is not None and verdict.media.kind == "video"
+
+
+async def test_classify_requests_change_no_shared_state(opennsfw: Any, media_root: Path, image_root: Path) -> None:
+    """Issue 28 / design: POST /classify and vitguard classify read state and never change it: no Milvus row
+    (so no cluster a later upload could join), no verdict cache entry, no redelivery mark, no wave count, no
+    flood count; a stream event then is judged from scratch and founds its own cluster."""
+    from vitguard.banks import Bank, BankEntry, BankMatcher, FloodRule, MemoryBankStore, PdqSignal, build_snapshot
+
+    runner, sink, index = make_runner(opennsfw, media_root)
+    hidden = (media_root / "clip.gif").read_bytes()  # unsafe under the test policy: would cluster and count
+    store = MemoryBankStore()
+    store.create_bank(Bank(name="known-bad", action="force_unsafe"))
+    store.add_entries([BankEntry(bank="known-bad", entry_id="kb", signal=PdqSignal.hash_bytes(hidden).hex)])
+    matcher = BankMatcher(build_snapshot(store.read()), flood=FloodRule(min_matches=2, min_spread_bits=0))
+    runner.completer.matcher = matcher
+    for i in range(5):
+        verdict = await runner.classify(data=hidden, content_id=f"req-{i}")
+        assert verdict.label == "unsafe"
+    dedup, waves = runner.dedup, runner.completer.waves
+    assert all(not rows for rows in index._rows.values())  # no embedding stored, no cluster to join
+    assert not dedup._verdicts and not dedup._events  # type: ignore[attr-defined]  # no cache, no guard
+    assert not waves._members and not waves._cooldown_until  # type: ignore[attr-defined]  # no wave counts
+    assert matcher.flood._tracks == {}  # no flood counts
+    assert sink.verdicts == [] and sink.alerts == []  # nothing published
+    await runner.close()
+
+
+async def test_a_short_insert_between_two_samples_is_caught_at_the_defaults(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    """Issue 28: a 6 s clip with the unsafe picture only from 3.2 to 3.5 s was safe at the default 1 frame/s
+    (samples at 3 and 4 s). Every scene cut is classified now, and the verdict states how it sampled."""
+    by_name = {p.name: p for p in sample_photos}
+    base = Image.open(by_name[HIDDEN_BASE]).convert("RGB").resize((160, 120))
+    hidden = Image.open(by_name[HIDDEN_PHOTO]).convert("RGB").resize((160, 120))
+    frames = [base] * 32 + [hidden] * 3 + [base] * 25  # 10 fps: the insert from 3.2 to 3.5 s of 6 s
+    (image_root / "insert.mp4").write_bytes(video_bytes(frames, fps=10))
+    settings = load_settings(fetch={"file_root": str(image_root)}, policy=TEST_POLICY)  # default frame settings
+    sink = ListSink()
+    runner = Runner(
+        classifier=opennsfw, fetcher=ImageFetcher(settings.fetch), index=InMemoryEmbeddingIndex(),
+        dedup=InMemoryDedupStore(), waves=InMemoryWaveCounter(settings.policy), sink=sink, policy=settings.policy,
+        batch=settings.batch, milvus=settings.milvus, frames=settings.frames,
+    )
+    outcome = await runner.process(messages(image_root, ["insert.mp4"]))
+    await runner.close()
+    (verdict,) = outcome.verdicts
+    media = verdict.media
+    assert verdict.label == "unsafe" and media is not None, verdict
+    assert 3.2 <= media.worst_frame.time_s < 3.5
+    assert media.sample_rate_fps == 1.0 and media.scene_cuts is not None and media.scene_cuts >= 1
+    assert media.largest_gap_s is not None and media.largest_gap_s <= 1.0 + 1e-6

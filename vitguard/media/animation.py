@@ -56,8 +56,8 @@ def read_animation(data: bytes, limits: FrameLimits, prepare: PrepareImage,
     for index in range(wanted[-1] + 1):
         try:
             image.seek(index)
-            if index in wanted_set:
-                image.load()
+            if index in wanted_set or image.format == "WEBP":  # Pillow's WebP has a frame's duration only
+                image.load()  # once it is loaded (a 10,000-frame animation read as 0.32 s); it decodes them anyway
         except ImageDecodeError:
             raise
         except Exception as exc:

@@ -55,6 +55,12 @@ class FrameSet:
     duration_s: float | None
     truncated: bool = False
     """Decoding stopped early at corrupt or missing data; the frames before it were classified."""
+    sample_rate_fps: float | None = None
+    """Video: the rate frames were kept at in the end (scene cuts aside)."""
+    scene_cuts: int | None = None
+    """Video: frames kept because the picture changed."""
+    largest_gap_s: float | None = None
+    """Video: the longest stretch of the decoded stream with no kept frame (the end included)."""
 
     def __post_init__(self) -> None:
         if len(self.frames) == 0 or len(self.frames) != len(self.tensors):

@@ -58,6 +58,7 @@ def reduce_frames(frames: FrameSet, predictions: Sequence[Prediction], unsafe_la
     summary = MediaSummary(
         kind=frames.kind, sampling=frames.sampling, frames_total=frames.source_frames,
         frames_classified=len(frames), duration_s=frames.duration_s, truncated=frames.truncated,
+        sample_rate_fps=frames.sample_rate_fps, scene_cuts=frames.scene_cuts, largest_gap_s=frames.largest_gap_s,
         worst_frame=scored[top][0], worst_frames=[scored[i][0] for i in order[:worst]],
         unsafe_segments=unsafe_segments(scored, frames.duration_s)[:worst],
     )

@@ -39,7 +39,7 @@ __all__ = [
     "validate_image_event",
 ]
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 """1.1: dead letters carry ``payload_size``, ``payload_sha256`` and ``payload_truncated``; timings carry
 ``queue_ms`` and ``wait_ms``. Readers of 1.0 that ignore unknown fields keep working.
 1.2: hash banks: verdicts carry ``bank_matches``, ``pdq_hash``, ``pdq_quality`` and ``label_source``; the alerts
@@ -48,6 +48,7 @@ topic also carries :class:`BankMatchAlert`; every alert has ``alert_type`` to te
 frames, unsafe segments, frame counts); the key is left out of still-image verdicts, which keep their 1.1 shape.
 New reason codes: too_many_frames, video_too_long, unsupported_codec, corrupt_video, no_frames.
 1.3: new reason code decode_timeout (a decode abandoned past ``VITGUARD_BATCH_DECODE_TIMEOUT_S``).
+1.4: a video's ``media`` states its sampling: ``sample_rate_fps``, ``scene_cuts`` and ``largest_gap_s``.
 
 Compatibility rule: within 1.x a new field is optional and a new reason code or enumeration value is only
 added. Readers of an older 1.x must ignore fields they do not know (a reader that forbids unknown fields reads
@@ -233,6 +234,16 @@ class MediaSummary(BaseModel):
     duration_s: float | None = Field(None, ge=0, description="Duration of the item in seconds, when known.")
     truncated: bool = Field(
         False, description="Decoding stopped early at corrupt or missing data; frames before it were classified."
+    )
+    sample_rate_fps: float | None = Field(
+        None, ge=0, description="Video: the rate frames were sampled at in the end (halved each time the budget "
+                                "filled), scene cuts aside (1.4)."
+    )
+    scene_cuts: int | None = Field(
+        None, ge=0, description="Video: frames classified because the picture changed (a scene cut) (1.4)."
+    )
+    largest_gap_s: float | None = Field(
+        None, ge=0, description="Video: the longest stretch of decoded stream with no classified frame (1.4)."
     )
     worst_frame: FrameScore = Field(description="The frame the verdict's label, scores and embedding come from.")
     worst_frames: list[FrameScore] = Field(description="The highest-scoring frames, worst first.")
