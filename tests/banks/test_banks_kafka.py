@@ -126,3 +126,39 @@ def test_a_record_whose_key_and_value_disagree_is_ignored(kafka_bootstrap: str, 
     from vitguard.banks import BankMatcher, build_snapshot
 
     assert BankMatcher(build_snapshot(state)).match_batch([signal], [100]) == [[]]
+
+
+def test_an_operator_releases_a_quarantined_entry_on_every_worker(kafka_bootstrap: str, banks_topic: str) -> None:
+    """Issue 28: quarantines left no way out but waiting an hour. `vitguard banks release` writes a record on
+    the banks topic; each worker's follower ends the entry's quarantine within seconds."""
+    from vitguard.banks import FloodRule
+
+    rng = random.Random(12)
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    settings = BankSettings(topic=banks_topic, rebuild_interval_s=0.2)
+    store = KafkaBankStore(kafka, settings)
+    entry = random_pdq(rng)
+    store.create_bank(Bank(name="b", action="force_unsafe"))
+    store.add_entries([BankEntry(bank="b", entry_id="e1", signal=entry)])
+    matchers = [matcher_for(settings) for _ in range(2)]  # two workers
+    followers = [BankFollower(kafka, settings, m) for m in matchers]
+    for matcher, follower in zip(matchers, followers, strict=True):
+        matcher.flood = type(matcher.flood)(FloodRule(min_matches=3))
+        follower.start()
+    try:
+        for matcher in matchers:  # unrelated images flood the entry on both: quarantined
+            got = matcher.match_batch([flip(entry, 24, rng) for _ in range(4)], [100] * 4)
+            assert got[-1][0].quarantined
+        code, out, err = _cli(kafka_bootstrap, banks_topic, "release", "b", "e1")
+        assert code == 0 and "released b/e1" in out, err
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(m.flood.quarantined("b|e1", time.time()) for m in matchers):
+            time.sleep(0.05)
+        assert not any(m.flood.quarantined("b|e1", time.time()) for m in matchers)
+        assert not matchers[0].match_batch([flip(entry, 24, rng)], [100])[0][0].quarantined  # force_unsafe again
+        code, _, err = _cli(kafka_bootstrap, banks_topic, "release", "b", "nope")
+        assert code == 2 and "no entry 'nope'" in err
+        assert all(f.running and f.last_error is None for f in followers)
+    finally:
+        for follower in followers:
+            follower.stop()

@@ -12,12 +12,13 @@ per entry, over tumbling windows of ``window_s``:
   from each other; a wave of banned content is copies of one image, close together, and that is exactly when
   a force_unsafe entry matters most: it is never quarantined for it (it used to be, at the 50th re-upload).
 
-A quarantined entry keeps matching: the match says ``quarantined``, alerts say so, and a force_unsafe action
-is suspended (the verdict keeps the model's label). Every quarantine, kept wave and release is logged and
-counted (``vitguard_bank_floods_total{outcome}``). The state is per worker and in memory: each worker sees
-its share of the traffic, so ``min_matches`` is per worker; a restart forgets the history (an entry then
-needs a fresh flood to be quarantined again, which is also how an operator releases one now: restart the
-workers). Pure apart from its log lines and counters, and clocked by the caller, so tests drive it directly.
+A quarantined entry keeps matching: the match says ``quarantined``, alerts say so, and a force_unsafe action is
+suspended (the verdict keeps the model's label). Every quarantine, kept wave and release is logged and counted
+(``vitguard_bank_floods_total{outcome}``). The state is per worker and in memory: each worker sees its share of the
+traffic, so ``min_matches`` is per worker; a restart forgets the history (an entry then needs a fresh flood to be
+quarantined again). An operator releases one on every worker with ``vitguard banks release BANK ENTRY_ID`` (a
+record on the banks topic, which each worker's follower reads). Pure apart from its log lines and counters, and
+clocked by the caller, so tests drive it directly.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class _Track:
     count: int = 0
     usual: float = 0.0
     quarantined_until: float = 0.0
+    quarantined_at: float = 0.0
+    """When the current quarantine began (an operator's release applies to quarantines that began before it)."""
     sample: list[int] = field(default_factory=list)
     """Hashes (as integers) of the first items matched in this window."""
     judged: bool = False
@@ -99,6 +102,7 @@ class FloodGuard:
                              spread)
             return
         if now_s >= track.quarantined_until:
+            track.quarantined_at = now_s
             metrics.BANK_FLOODS.labels("quarantined").inc()
             _log.warning("bank entry %s quarantined for %.0fs: matched %d items in this window (usual %.1f), %s",
                          key, self.rule.quarantine_s, track.count, track.usual,
@@ -111,6 +115,20 @@ class FloodGuard:
         if track is not None:
             self._expire(key, track, now_s)
         return track is not None and now_s < track.quarantined_until
+
+    def release(self, key: str, released_at: float) -> bool:
+        """An operator's release: a quarantine of ``key`` that began before ``released_at`` ends now, and the
+        window's count starts again (an entry that goes on matching unrelated images is quarantined again).
+        Whether one ended."""
+        track = self._tracks.get(key)
+        if track is None or not track.quarantined_until or track.quarantined_at > released_at:
+            return False
+        track.quarantined_until = 0.0
+        track.count = 0
+        track.sample.clear()
+        metrics.BANK_FLOODS.labels("released").inc()
+        _log.warning("bank entry %s released from quarantine by an operator", key)
+        return True
 
     def _expire(self, key: str, track: _Track, now_s: float) -> None:
         if track.quarantined_until and now_s >= track.quarantined_until:

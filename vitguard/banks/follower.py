@@ -112,6 +112,8 @@ class BankFollower:
                 now = time.monotonic()
                 if record is not None and self.state.apply(record.key, record.value):
                     pending_since = pending_since or now
+                for key, released_at in self.state.take_releases():  # an operator's release from quarantine
+                    self.matcher.release(key, released_at)
                 if pending_since is not None and (
                     record is None or now - pending_since >= self._max_pending_s()
                 ):

@@ -109,6 +109,12 @@ class BankMatcher:
         """One match at a time: the stream's and /classify's completions match from worker threads, and the
         flood guard's counts are shared."""
 
+    def release(self, key: str, released_at: float) -> bool:
+        """An operator's release of ``bank|entry_id`` from the flood guard's quarantine (see
+        :meth:`~vitguard.banks.flood.FloodGuard.release`); from the bank follower's thread."""
+        with self._lock:
+            return self.flood.release(key, released_at)
+
     def update(self, snapshot: BankSnapshot) -> None:
         """Use ``snapshot`` from the next batch on."""
         self.snapshot = snapshot

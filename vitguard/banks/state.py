@@ -13,6 +13,7 @@ exist (yet, or any more) is kept but matches nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ def entry_key(bank: str, entry_id: str) -> bytes:
     return f"e|{bank}|{entry_id}".encode()
 
 
+def release_key(bank: str, entry_id: str) -> bytes:
+    return f"r|{bank}|{entry_id}".encode()
+
+
 @dataclass(frozen=True)
 class BankRecord:
     """One record for the banks topic: a key and a value, None for a tombstone."""
@@ -48,6 +53,12 @@ class BankRecord:
     @classmethod
     def for_entry(cls, entry: BankEntry) -> BankRecord:
         return cls(entry_key(entry.bank, entry.entry_id), entry.model_dump_json().encode())
+
+    @classmethod
+    def for_release(cls, bank: str, entry_id: str, released_at: float) -> BankRecord:
+        """An operator's release of an entry from the flood guard's quarantine (every worker applies it)."""
+        value = json.dumps({"bank": bank, "entry_id": entry_id, "released_at": released_at}).encode()
+        return cls(release_key(bank, entry_id), value)
 
     @classmethod
     def bank_tombstone(cls, name: str) -> BankRecord:
@@ -67,6 +78,8 @@ class BankState:
         self.version = 0
         self.invalid = 0
         """Records that were not a valid bank or entry (logged and ignored; a newer record fixes the key)."""
+        self.releases: list[tuple[str, float]] = []
+        """Operator releases read and not yet taken (:meth:`take_releases`): (``bank|entry_id``, when)."""
 
     def apply(self, key: bytes | None, value: bytes | None) -> bool:
         """Apply one record; whether it changed anything."""
@@ -84,6 +97,8 @@ class BankState:
                 if entry is not None and (entry.bank, entry.entry_id) != (bank, entry_id):
                     return self._mismatch(text, f"entry {entry.bank!r}/{entry.entry_id!r}")
                 return self._set_entry((bank, entry_id), entry)
+            if kind == "r" and "|" in rest:
+                return self._release(rest, value)
         except ValidationError as exc:
             self.invalid += 1
             _log.warning("ignoring an invalid banks record %r: %s", text[:200], exc.errors()[0]["msg"])
@@ -91,6 +106,24 @@ class BankState:
         self.invalid += 1
         _log.warning("ignoring a banks record with an unknown key %r", text[:200])
         return False
+
+    def _release(self, key: str, value: bytes | None) -> bool:
+        """An operator released ``bank|entry_id`` from quarantine: queued for the flood guard; the index is
+        unchanged (returns False). A malformed one is counted and ignored like any invalid record."""
+        try:
+            data = json.loads(value) if value is not None else None
+            released_at = float(data["released_at"])  # type: ignore[index]
+        except (ValueError, TypeError, KeyError) as exc:
+            self.invalid += 1
+            _log.warning("ignoring an invalid release record %r: %s", key[:200], exc)
+            return False
+        self.releases.append((key, released_at))
+        return False
+
+    def take_releases(self) -> list[tuple[str, float]]:
+        """The releases read since the last call."""
+        out, self.releases = self.releases, []
+        return out
 
     def _mismatch(self, text: str, held: str) -> bool:
         """A record whose key and value disagree: kept, it would match under one name and be removed (or

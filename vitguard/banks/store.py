@@ -109,6 +109,18 @@ class StateStore:
         self._write([BankRecord.for_entry(e) for e in entries], progress)
         return len(entries)
 
+    def release(self, bank: str, entry_id: str, released_at: float) -> None:
+        """Release an entry from the flood guard's quarantine on every worker (they read it within seconds).
+
+        Raises:
+            BankNotFoundError: no such bank; VitguardError: no such entry in it.
+        """
+        state = self.read()
+        self.require_bank(state, bank)
+        if (bank, entry_id) not in state.entries:
+            raise VitguardError(f"bank {bank!r} has no entry {entry_id!r}")
+        self._write([BankRecord.for_release(bank, entry_id, released_at)])
+
     def remove_entries(self, bank: str, entry_ids: Iterable[str]) -> list[str]:
         """Remove entries by id; returns the ids that were not in the bank."""
         state = self.read()

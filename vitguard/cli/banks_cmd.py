@@ -135,6 +135,19 @@ def import_(name: str, source: TextIO, fmt: str, tags: tuple[str, ...], strict: 
     click.echo(f"{summary}; {written} imported into {name}")
 
 
+@banks.command("release")
+@click.argument("name")
+@click.argument("entry_id")
+@kafka_options
+def release(name: str, entry_id: str, bootstrap_servers: str | None, connect_timeout: float) -> None:
+    """Release entry ENTRY_ID of bank NAME from the flood guard's quarantine, on every worker (each reads the
+    banks topic within seconds). An entry that goes on matching unrelated images is quarantined again."""
+    import time
+
+    _store(bootstrap_servers, connect_timeout).release(name, entry_id, time.time())
+    click.echo(f"released {name}/{entry_id}: every worker ends its quarantine within seconds")
+
+
 @banks.command("export")
 @click.argument("name")
 @click.option("-o", "--output", type=click.File("w"), default="-", help="Where to write (default stdout).")
