@@ -40,12 +40,14 @@ async def alert_batch(
     model_name: str,
     now_s: float,
 ) -> list[tuple[NearDuplicateAlert | None, bool]]:
-    """For each candidate (same order): its alert or None, and whether the wave cooldown suppressed it."""
+    """For each candidate (same order): its alert or None, and whether the wave cooldown suppressed it. Every
+    candidate is counted in one round trip (it was one per candidate)."""
+    if not candidates:
+        return []
+    items = [(c.cluster_id, c.event.content_id, now_s) for c in candidates]
+    states = await redis.call("wave_record", lambda: waves.record_many(items), [NO_WAVE] * len(candidates))
     out: list[tuple[NearDuplicateAlert | None, bool]] = []
-    for c in candidates:
-        state = await redis.call(
-            "wave_record", lambda c=c: waves.record(c.cluster_id, c.event.content_id, now_s), NO_WAVE  # type: ignore[misc]
-        )
+    for c, state in zip(candidates, states, strict=True):
         if c.is_new:
             out.append((None, False))
         elif state.is_wave and not state.alert:

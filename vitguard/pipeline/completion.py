@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vitguard import metrics
@@ -34,6 +36,7 @@ from vitguard.pipeline.results import (
     Decoded,
     DecodedFrames,
     FrameHashes,
+    Indexed,
     ItemResult,
     Predicted,
     Ready,
@@ -41,11 +44,11 @@ from vitguard.pipeline.results import (
     StageTimes,
 )
 from vitguard.pipeline.types import RawMessage
-from vitguard.schemas.events import BankMatch, ImageEvent, Timings, Verdict, utc_now
+from vitguard.schemas.events import BankMatch, ImageEvent, NearDuplicateAlert, Timings, Verdict, utc_now
 from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, SearchHit, WaveCounter
 
-__all__ = ["Completer", "Outcome", "event_of", "raw_of", "timings"]
+__all__ = ["Completer", "Finishing", "Outcome", "event_of", "raw_of", "timings"]
 
 Outcome = ItemResult | Verdict | InputError
 """What a work entry ends as: an event's result, or a /classify request's verdict or error."""
@@ -66,6 +69,42 @@ def event_of(v: Ready) -> ImageEvent | None:
     if isinstance(v, CacheHit | Decoded | DecodedFrames):
         return v.parsed.event
     return None
+
+
+@dataclass(frozen=True)
+class Finishing:
+    """One entry of a group on its way through the back half (match -> index -> alert -> emit -> remember):
+    each step returns a copy with what it found, so no step reads another's index-keyed side tables."""
+
+    work: Work
+    predicted: Predicted | DeadLettered | None
+    """The forward pass's answer (None for what needed no inference: a cache hit, a dead letter)."""
+    pdq: PdqHash | None = None
+    matches: tuple[BankMatch, ...] = ()
+    matched: bool = False
+    """The banks were asked about it (a predicted item or a cache hit with a hash)."""
+    indexed: Indexed | None = None
+    alert: NearDuplicateAlert | None = None
+    alert_suppressed: bool = False
+    answer: Answer | None = None
+    """What the emit stage publishes for it: its verdict (banks applied) or its dead letter."""
+    cached: str | None = None
+    """Its verdict cache entry, written once the verdict is published."""
+
+    @property
+    def raw(self) -> RawMessage:
+        return raw_of(self.work.value)
+
+    @property
+    def event(self) -> ImageEvent | None:
+        return event_of(self.work.value)
+
+    @property
+    def outbound(self) -> tuple[RawMessage, ImageEvent | None, Answer]:
+        """What the emit stage takes for it (after :meth:`Completer._answer` set the answer)."""
+        if self.answer is None:  # a bug in the back half: never publish nothing for an event
+            raise RuntimeError(f"no answer for {self.raw.topic}[{self.raw.partition}]@{self.raw.offset}")
+        return self.raw, self.event, self.answer
 
 
 class Completer:
@@ -115,116 +154,113 @@ class Completer:
                 "ensure_collection", lambda: self.index.ensure_collection(self.info), timeout_s=timeout_s)
 
     async def complete(self, group: Group) -> list[tuple[Work, Outcome]]:
-        """Every entry of ``group`` with what it ended as (acknowledged, for stream events)."""
+        """Every entry of ``group`` with what it ended as (acknowledged, for stream events): the stage list,
+        each step taking and returning one :class:`Finishing` record per entry."""
         now_s = self._clock()
-        hashes = await _resolve_hashes(group)
-        with _timed(group.stage_ms, "bank_match"):  # searching banks in a thread: a big one must not hold the loop
-            searching = self.matcher is not None and len(self.matcher.snapshot) > 0
-            banks = await asyncio.to_thread(self._match, group, hashes) if searching else self._match(group, hashes)
-        out: list[tuple[Work, Outcome]] = [
-            (w, _with_banks(banks, i, self._request_outcome(w, group.predicted.get(i))))
-            for i, w in enumerate(group.work) if w.request
-        ]
-        stream = [(i, w) for i, w in enumerate(group.work) if not w.request]
+        items = await self._match(group, [Finishing(w, group.predicted.get(i)) for i, w in enumerate(group.work)])
+        out = [(i.work, _with_banks(i, self._request_outcome(i.work, i.predicted))) for i in items if i.work.request]
+        stream = [i for i in items if not i.work.request]
         if not stream:
             return out
-        predicted = [(i, p) for i, p in group.predicted.items()  # negative-bank matches are not clustered
-                     if not group.work[i].request and isinstance(p, Predicted)
-                     and not skips_clustering(banks.get(i, (None, []))[1])]
-        indexed: dict[int, tuple[str | None, Sequence[Any], bool]] = {}
-        if predicted:
-            collection = await self.ensure_collection()
-            done = await index_batch(
-                [p for _, p in predicted], index=self.index, collection=collection, milvus=self.milvus,
-                policy=self.policy, model_version=self.info.version, now_ms=int(now_s * 1000),
-                timed=lambda stage: _timed(group.stage_ms, stage),
-            )
-            for (i, _), x in zip(predicted, done, strict=True):
-                indexed[i] = (x.cluster_id, x.matches, x.is_new_cluster)
-
-        candidates: list[tuple[int, Candidate]] = []
-        for i, w in stream:
-            v = w.value
-            if i in indexed and indexed[i][0]:
-                cluster_id, matches, is_new = indexed[i]
-                p = group.predicted[i]
-                if cluster_id is not None and isinstance(p, Predicted):
-                    candidates.append((i, Candidate(p.decoded.parsed.event, cluster_id, list(matches),
-                                                    is_new or not matches)))
-            elif (isinstance(v, CacheHit) and v.verdict.label == "unsafe" and v.verdict.cluster_id
-                  and not skips_clustering(banks.get(i, (None, []))[1])):  # overturned since: not clustered
-                hit = SearchHit(v.cached_from, 1.0, v.verdict.cluster_id)
-                candidates.append((i, Candidate(v.parsed.event, v.verdict.cluster_id, [hit], False)))
-        with _timed(group.stage_ms, "waves"):
-            alert_results = await alert_batch(
-                [c for _, c in candidates], waves=self.waves, redis=self.redis, policy=self.policy,
-                model_name=self.info.name, now_s=now_s,
-            )
-        alert_of = {i: r for (i, _), r in zip(candidates, alert_results, strict=True)}
-        answers = [self._answer(w, group.predicted.get(i), indexed.get(i, (None, (), False))[0]) for i, w in stream]
-        # the verdict cache keeps the model's verdict and the PDQ hash, not the banks' say: a cache hit is
-        # matched against the banks as they are when it comes (an entry added since applies, a removed one not)
-        cacheable = {a.image_sha256: encode_cached_verdict(apply_matches(a, banks[i][0], []), _frame_hashes(w))
-                     for (i, w), (_, _, a) in zip(stream, answers, strict=True)
-                     if isinstance(a, Verdict) and not a.from_cache and a.image_sha256 and i in banks}
-        answers = [(raw, event, _with_banks(banks, i, a))
-                   for (i, _), (raw, event, a) in zip(stream, answers, strict=True)]
-        alerts: list[Any] = [a for a, _ in alert_results if a is not None]
-        alerts += _bank_alerts(banks, stream, answers)
+        stream = await self._index(group, stream, now_s)
+        stream = await self._alert(group, stream, now_s)
+        stream = [self._answer(i) for i in stream]
         with _timed(group.stage_ms, "publish"):
-            final = await self.emitter.emit(answers, alerts)
-        return out + await self._remember(group, stream, final, alert_of, cacheable)
+            final = await self.emitter.emit([i.outbound for i in stream], _alerts_of(stream))
+        return out + await self._remember(group, stream, final)
 
     async def complete_failed(self, group: Group, exc: BaseException) -> list[tuple[Work, Outcome]]:
         """After a bug in :meth:`complete`: every stream event of the group gets an ``internal_error``
         dead letter (invalid messages keep theirs), requests get the error."""
         why = f"batch failed: {type(exc).__name__}: {exc}"
         out: list[tuple[Work, Outcome]] = [(w, InputError("internal_error", why)) for w in group.work if w.request]
-        stream = [(i, w) for i, w in enumerate(group.work) if not w.request]
-        answers: list[tuple[RawMessage, ImageEvent | None, Answer]] = []
-        for _, w in stream:
+        stream = []
+        for w in group.work:
+            if w.request:
+                continue
             raw, event = raw_of(w.value), event_of(w.value)
             letter = w.value.dead_letter if isinstance(w.value, DeadLettered) else dead_letter(
                 raw, "internal_error", why, event)
-            answers.append((raw, event, letter))
+            stream.append(Finishing(w, None, answer=letter))
         if not stream:
             return out
-        final = await self.emitter.emit(answers, [])
-        return out + await self._remember(group, stream, final, {}, {})
+        final = await self.emitter.emit([i.outbound for i in stream], [])
+        return out + await self._remember(group, stream, final)
 
-    def _match(self, group: Group, hashes: Mapping[int, PdqHash | None]) -> dict[int, tuple[PdqHash | None,
-                                                                                        list[BankMatch]]]:
-        """The match stage: every predicted entry's PDQ hashes (one per frame of a multi-frame item) against
-        the banks, in one call. ``hashes``: the still images' hashes (:func:`_resolve_hashes`)."""
-        entries = [(i, _item_hashes(p.decoded, hashes.get(i))) for i, p in group.predicted.items()
-                   if isinstance(p, Predicted)]
-        entries += [(i, cached) for i, w in enumerate(group.work)
-                    if isinstance(w.value, CacheHit) and (cached := _cached_hashes(w.value))]
-        if not entries:
-            return {}
-        found = match_items(self.matcher, [h for _, h in entries],
-                            read_only=[group.work[i].request for i, _ in entries])  # requests change nothing
-        return {i: f for (i, _), f in zip(entries, found, strict=True)}
+    async def _match(self, group: Group, items: list[Finishing]) -> list[Finishing]:
+        """The match stage: every predicted entry's PDQ hashes (one per frame of a multi-frame item) and every
+        cache hit's against the banks, in one call (in a thread: a big bank must not hold the loop).
+        /classify requests read the flood guard and never count towards it."""
+        hashes = await _resolve_hashes(items)
+        wanted = [(k, h) for k, i in enumerate(items) if (h := _hashes_of(i, hashes.get(k))) is not None]
+        if not wanted:
+            return items
+        with _timed(group.stage_ms, "bank_match"):
+            read_only = [items[k].work.request for k, _ in wanted]
+            call = functools.partial(match_items, self.matcher, [h for _, h in wanted], read_only)
+            searching = self.matcher is not None and len(self.matcher.snapshot) > 0
+            found = await asyncio.to_thread(call) if searching else call()
+        out = list(items)
+        for (k, _), (pdq, matches) in zip(wanted, found, strict=True):
+            out[k] = replace(out[k], pdq=pdq, matches=tuple(matches), matched=True)
+        return out
 
-    def _answer(
-        self, w: Work, predicted: Predicted | DeadLettered | None, cluster_id: str | None
-    ) -> tuple[RawMessage, ImageEvent | None, Answer]:
-        v = w.value
-        if isinstance(v, DeadLettered):
-            return v.raw, None, v.dead_letter
-        if isinstance(v, CacheHit):
-            return v.parsed.raw, v.parsed.event, v.verdict
-        if not isinstance(v, Decoded | DecodedFrames) or predicted is None:  # unreachable: never drop an event
-            raw, event = raw_of(v), event_of(v)
-            return raw, event, dead_letter(raw, "internal_error", "event left unanswered", event)
-        if isinstance(predicted, DeadLettered):
-            return predicted.raw, v.parsed.event, predicted.dead_letter
-        verdict = build_verdict(
-            v.parsed.event, info=self.info, prediction=predicted.prediction, decision=predicted.decision,
-            sha256=v.sha256, timings=timings(predicted.times), collection=self.collection, cluster_id=cluster_id,
-            media=predicted.media,
+    async def _index(self, group: Group, items: list[Finishing], now_s: float) -> list[Finishing]:
+        """The index stage for the predicted items (negative-bank matches are not clustered)."""
+        chosen = [k for k, i in enumerate(items)
+                  if isinstance(i.predicted, Predicted) and not skips_clustering(i.matches)]
+        if not chosen:
+            return items
+        collection = await self.ensure_collection()
+        done = await index_batch(
+            [items[k].predicted for k in chosen],  # type: ignore[misc]
+            index=self.index, collection=collection, milvus=self.milvus, policy=self.policy,
+            model_version=self.info.version, now_ms=int(now_s * 1000),
+            timed=lambda stage: _timed(group.stage_ms, stage),
         )
-        return v.parsed.raw, v.parsed.event, verdict
+        out = list(items)
+        for k, indexed in zip(chosen, done, strict=True):
+            out[k] = replace(out[k], indexed=indexed)
+        return out
+
+    async def _alert(self, group: Group, items: list[Finishing], now_s: float) -> list[Finishing]:
+        """The alert stage: wave counts and near-duplicate alerts of the items with a cluster."""
+        candidates = [(k, c) for k, i in enumerate(items) if (c := _candidate(i)) is not None]
+        with _timed(group.stage_ms, "waves"):
+            results = await alert_batch(
+                [c for _, c in candidates], waves=self.waves, redis=self.redis, policy=self.policy,
+                model_name=self.info.name, now_s=now_s,
+            )
+        out = list(items)
+        for (k, _), (alert, suppressed) in zip(candidates, results, strict=True):
+            out[k] = replace(out[k], alert=alert, alert_suppressed=suppressed)
+        return out
+
+    def _answer(self, item: Finishing) -> Finishing:
+        """The emit stage's input for one stream entry: its verdict (banks applied) or dead letter, and the
+        verdict cache entry to write once it is published (the model's verdict and the PDQ hash, not the
+        banks' say: a cache hit is matched against the banks as they are when it comes)."""
+        v, predicted = item.work.value, item.predicted
+        answer: Answer
+        if isinstance(v, DeadLettered):
+            answer = v.dead_letter
+        elif isinstance(v, CacheHit):
+            answer = v.verdict
+        elif not isinstance(v, Decoded | DecodedFrames) or predicted is None:  # unreachable: never drop an event
+            answer = dead_letter(item.raw, "internal_error", "event left unanswered", item.event)
+        elif isinstance(predicted, DeadLettered):
+            answer = predicted.dead_letter
+        else:
+            cluster_id = item.indexed.cluster_id if item.indexed is not None else None
+            answer = build_verdict(
+                v.parsed.event, info=self.info, prediction=predicted.prediction, decision=predicted.decision,
+                sha256=v.sha256, timings=timings(predicted.times), collection=self.collection,
+                cluster_id=cluster_id, media=predicted.media,
+            )
+        cached = None
+        if isinstance(answer, Verdict) and not answer.from_cache and answer.image_sha256 and item.matched:
+            cached = encode_cached_verdict(apply_matches(answer, item.pdq, []), _frame_hashes(item.work))
+        return replace(item, answer=_with_banks(item, answer), cached=cached)
 
     def _request_outcome(self, w: Work, predicted: Predicted | DeadLettered | None) -> Outcome:
         v = w.value
@@ -242,57 +278,37 @@ class Completer:
         )
 
     async def _remember(
-        self,
-        group: Group,
-        stream: list[tuple[int, Work]],
-        final: Sequence[Answer],
-        alert_of: Mapping[int, tuple[Any, bool]],
-        cacheable: Mapping[str, str],
+        self, group: Group, stream: list[Finishing], final: Sequence[Answer]
     ) -> list[tuple[Work, Outcome]]:
-        """After the broker acknowledged everything: Redis learns (``cacheable``: image sha256 -> the model's
-        verdict, for the verdict cache); each event's result; metrics."""
-        verdicts = [a for a in final if isinstance(a, Verdict)]
-        answered = [answer_key(event) for (_, w), a in zip(stream, final, strict=True)
-                    if isinstance(a, Verdict) and (event := event_of(w.value)) is not None]
-        if verdicts:
+        """After the broker acknowledged everything: Redis learns (the redelivery guard, the verdict cache);
+        each event's result; metrics."""
+        if any(isinstance(a, Verdict) for a in final):
             with _timed(group.stage_ms, "redis"):
-                if answered:
-                    await self._redis_call("mark_events", lambda: self.dedup.mark_events(answered))
-                published = {v.image_sha256 for v in verdicts if not v.from_cache and v.image_sha256}
-                fresh = {sha: text for sha, text in cacheable.items() if sha in published}
-                if fresh:
-                    await self._redis_call("cache_verdicts", lambda: self.dedup.cache_verdicts(fresh, self.cache_key))
+                await self._learn(stream, final)
         now = time.time()
-        out: list[tuple[Work, Outcome]] = []
-        for (i, w), answer in zip(stream, final, strict=True):
-            raw = raw_of(w.value)
-            result: ItemResult
-            if isinstance(answer, Verdict):
-                alert, suppressed = alert_of.get(i, (None, False))
-                result = Answered(raw, answer, alert, suppressed)
-                metrics.VERDICTS.labels(answer.label, "cache" if answer.from_cache else "model").inc()
-                if answer.from_cache:
-                    metrics.CACHE_HITS.inc()
-                if answer.created_at is not None:
-                    metrics.EVENT_LATENCY.observe(max(0.0, now - answer.created_at.timestamp()))
-                if alert is not None:
-                    metrics.ALERTS.labels(alert.severity).inc()
-                if suppressed:
-                    metrics.ALERTS_SUPPRESSED.inc()
-            else:
-                result = DeadLettered(raw, answer)
-                metrics.DEAD_LETTERS.labels(answer.reason).inc()
-            out.append((w, result))
+        out: list[tuple[Work, Outcome]] = [(i.work, _result(i, answer, now))
+                                           for i, answer in zip(stream, final, strict=True)]
         metrics.LAST_BATCH_TIMESTAMP.set(now)
         for stage, ms in group.stage_ms.items():
             metrics.STAGE_DURATION.labels(stage).observe(ms / 1000)
         return out
 
+    async def _learn(self, stream: Sequence[Finishing], final: Sequence[Answer]) -> None:
+        """Redis learns what was published: the redelivery guard marks the answered events, the verdict cache
+        takes the fresh verdicts (the model's, with their hashes)."""
+        answered = [answer_key(i.event) for i, a in zip(stream, final, strict=True)
+                    if isinstance(a, Verdict) and i.event is not None]
+        published = {a.image_sha256 for a in final if isinstance(a, Verdict) and not a.from_cache and a.image_sha256}
+        fresh = {sha: i.cached for i in stream
+                 if i.cached is not None and isinstance(i.answer, Verdict)
+                 and (sha := i.answer.image_sha256) is not None and sha in published}
+        if answered:
+            await self._redis_call("mark_events", lambda: self.dedup.mark_events(answered))
+        if fresh:
+            await self._redis_call("cache_verdicts", lambda: self.dedup.cache_verdicts(fresh, self.cache_key))
+
     async def _redis_call(self, op: str, call: Callable[[], Awaitable[None]]) -> None:
         await self.redis.call(op, call, None)
-
-
-_Banks = dict[int, tuple[PdqHash | None, list[BankMatch]]]
 
 
 def _cached_hashes(hit: CacheHit) -> ItemHashes:
@@ -313,39 +329,76 @@ def _hashes_of_frames(item: DecodedFrames) -> FrameHashes:
     return tuple((ref.index, ref.pdq) for ref in item.frames.frames)
 
 
-def _item_hashes(decoded: Decoded | DecodedFrames, still: PdqHash | None) -> ItemHashes:
-    if isinstance(decoded, DecodedFrames):
-        return list(_hashes_of_frames(decoded))
-    return [(None, still)]
+def _hashes_of(item: Finishing, still: PdqHash | None) -> ItemHashes | None:
+    """What ``item`` is matched on (None: not matched at all): a predicted item's hashes, a cache hit's."""
+    p, v = item.predicted, item.work.value
+    if isinstance(p, Predicted):
+        return list(_hashes_of_frames(p.decoded)) if isinstance(p.decoded, DecodedFrames) else [(None, still)]
+    if isinstance(v, CacheHit):
+        return _cached_hashes(v) or None
+    return None
 
 
-async def _resolve_hashes(group: Group) -> dict[int, PdqHash | None]:
-    """The PDQ hash of every predicted still image of ``group``, once its pool job is done (it ran while the
-    batch was in inference, so by now it has usually finished)."""
-    stills = [(i, p.decoded) for i, p in group.predicted.items()
-              if isinstance(p, Predicted) and isinstance(p.decoded, Decoded)]
+async def _resolve_hashes(items: Sequence[Finishing]) -> dict[int, PdqHash | None]:
+    """The PDQ hash of every predicted still image, once its pool job is done (it ran while the batch was in
+    inference, so by now it has usually finished)."""
+    stills = [(k, i.predicted.decoded) for k, i in enumerate(items)
+              if isinstance(i.predicted, Predicted) and isinstance(i.predicted.decoded, Decoded)]
     found = await asyncio.gather(*(d.hash() for _, d in stills))
-    return {i: h for (i, _), h in zip(stills, found, strict=True)}
+    return {k: h for (k, _), h in zip(stills, found, strict=True)}
 
 
-def _with_banks(banks: _Banks, i: int, answer: Any) -> Any:
+def _with_banks(item: Finishing, answer: Any) -> Any:
     """A verdict with its PDQ hash and bank matches applied (anything else unchanged)."""
-    if isinstance(answer, Verdict) and i in banks:
-        pdq, matches = banks[i]
-        return apply_matches(answer, pdq, matches)
+    if isinstance(answer, Verdict) and item.matched:
+        return apply_matches(answer, item.pdq, item.matches)
     return answer
 
 
-def _bank_alerts(banks: _Banks, stream: list[tuple[int, Work]], answers: Sequence[tuple[Any, Any, Any]]) -> list[Any]:
-    """The bank-match alerts of a group's published verdicts (the alerts topic, next to near-duplicates)."""
-    out = []
-    for (i, _), (_, _, answer) in zip(stream, answers, strict=True):
-        if isinstance(answer, Verdict) and i in banks:
-            alert = bank_alert(answer, *banks[i])
+def _candidate(item: Finishing) -> Candidate | None:
+    """What the alert stage counts: an item the index stage put on a cluster, or an unsafe cache hit on one
+    (not when a negative bank cleared it since)."""
+    x, v = item.indexed, item.work.value
+    if x is not None:
+        if not x.cluster_id:
+            return None
+        matches = list(x.matches)
+        return Candidate(x.predicted.decoded.parsed.event, x.cluster_id, matches,  # type: ignore[arg-type]
+                         x.is_new_cluster or not matches)
+    if (isinstance(v, CacheHit) and v.verdict.label == "unsafe" and v.verdict.cluster_id
+            and not skips_clustering(item.matches)):
+        hit = SearchHit(v.cached_from, 1.0, v.verdict.cluster_id)
+        return Candidate(v.parsed.event, v.verdict.cluster_id, [hit], False)
+    return None
+
+
+def _alerts_of(stream: Sequence[Finishing]) -> list[Any]:
+    """The group's alerts: near-duplicate and wave alerts, then the bank-match alerts of its verdicts."""
+    alerts: list[Any] = [i.alert for i in stream if i.alert is not None]
+    for i in stream:
+        if isinstance(i.answer, Verdict) and i.matched:
+            alert = bank_alert(i.answer, i.pdq, list(i.matches))
             if alert is not None:
                 metrics.ALERTS.labels(alert.severity).inc()
-                out.append(alert)
-    return out
+                alerts.append(alert)
+    return alerts
+
+
+def _result(item: Finishing, answer: Answer, now: float) -> ItemResult:
+    """What a published stream entry ends as, counted."""
+    if not isinstance(answer, Verdict):
+        metrics.DEAD_LETTERS.labels(answer.reason).inc()
+        return DeadLettered(item.raw, answer)
+    metrics.VERDICTS.labels(answer.label, "cache" if answer.from_cache else "model").inc()
+    if answer.from_cache:
+        metrics.CACHE_HITS.inc()
+    if answer.created_at is not None:
+        metrics.EVENT_LATENCY.observe(max(0.0, now - answer.created_at.timestamp()))
+    if item.alert is not None:
+        metrics.ALERTS.labels(item.alert.severity).inc()
+    if item.alert_suppressed:
+        metrics.ALERTS_SUPPRESSED.inc()
+    return Answered(item.raw, answer, item.alert, item.alert_suppressed)
 
 
 @contextlib.contextmanager

@@ -105,3 +105,8 @@ class WaveCounter(Protocol):
     """Sliding-window counter per cluster with alert suppression (Redis sorted sets)."""
 
     async def record(self, cluster_id: str, content_id: str, now_s: float) -> WaveState: ...
+
+    async def record_many(self, items: Sequence[tuple[str, str, float]]) -> list[WaveState]:
+        """``(cluster_id, content_id, now_s)`` items recorded in order, as many :meth:`record` calls would be,
+        in one round trip."""
+        ...
