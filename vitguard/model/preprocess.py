@@ -103,7 +103,7 @@ class DataConfig:
         return asdict(self)
 
 
-def decode_image(
+def decode_image(  # noqa: C901 - older than the limit, to be split
     data: bytes,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
