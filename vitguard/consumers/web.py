@@ -28,7 +28,7 @@ _log = logging.getLogger(__name__)
 _JSON_TYPES = ("application/json", "text/json")
 
 
-def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - an older function above the limit, to be split
+def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - older than the limit, to be split
     """Add vitguard's views to a Faust app; ``runtime`` is its :class:`~vitguard.consumers.app.WorkerRuntime`."""
     from aiohttp.web import HTTPRequestEntityTooLarge
     from faust.web import View
