@@ -21,6 +21,7 @@ beginning (no consumer group), so every console replica sees the same queue.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import io
 import logging
@@ -78,6 +79,9 @@ class _State:
     producer: Any
     sessions: dict[str, Session] = field(default_factory=dict)
     thumbs: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    """Thumbnails by the SHA-256 of the image reference they show."""
+    deciding: set[str] = field(default_factory=set)
+    """Review requests a decision is being published for right now (:func:`_claim`)."""
 
 
 STATE: web.AppKey[_State] = web.AppKey("state")
@@ -174,15 +178,36 @@ def _session(request: web.Request) -> Session | None:
     return s
 
 
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
+}
+
+
 @web.middleware
 async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
-    response: web.StreamResponse = await handler(request)
-    response.headers.setdefault("Content-Security-Policy", _CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    response.headers.setdefault("Cache-Control", "no-store")
+    """Every response carries the security headers: pages, errors and redirects alike (an error or a redirect
+    is raised in aiohttp, and went out without them, a 303 with Set-Cookie included)."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        for name, value in _SECURITY_HEADERS.items():
+            exc.headers.setdefault(name, value)
+        raise
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
     return response
+
+
+async def _form(request: web.Request) -> Any:
+    """The posted form; a body that is not one (not UTF-8, an unknown charset, multipart without or with a
+    broken boundary) is a 400 that echoes nothing, never a 500."""
+    try:
+        return await request.post()
+    except web.HTTPException:
+        raise
+    except Exception:
+        raise web.HTTPBadRequest(text="malformed form body") from None
 
 
 def _html(text: str, status: int = 200) -> web.Response:
@@ -212,7 +237,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
     state: _State = request.app[STATE]
     if not _origin_ok(request, state.settings):
         raise web.HTTPForbidden(text="cross-origin request refused")
-    form = await request.post()
+    form = await _form(request)
     reviewer, token = str(form.get("reviewer", "")), str(form.get("token", ""))
     expected = state.settings.review.console_token
     assert expected is not None  # noqa: S101 - build_console_app refuses to start without one
@@ -230,22 +255,23 @@ async def _login(request: web.Request) -> web.StreamResponse:
     raise response
 
 
-def _checked(request: web.Request, form: Any) -> Session:
-    """The session of a POST that passed the origin and CSRF checks."""
+async def _checked(request: web.Request) -> tuple[Session, Any]:
+    """The session and form of a POST that passed the origin, session and CSRF checks: the body is read only
+    once the origin and the session are known good (an unauthenticated body is never parsed)."""
     state: _State = request.app[STATE]
     if not _origin_ok(request, state.settings):
         raise web.HTTPForbidden(text="cross-origin request refused")
     s = _session(request)
     if s is None:
         raise web.HTTPUnauthorized(text="log in first")
+    form = await _form(request)
     if not hmac.compare_digest(str(form.get("csrf", "")).encode(), s.csrf.encode()):
         raise web.HTTPForbidden(text="missing or wrong CSRF token")
-    return s
+    return s, form
 
 
 async def _logout(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
-    _checked(request, form)
+    await _checked(request)
     request.app[STATE].sessions.pop(request.cookies.get(COOKIE, ""), None)
     response = web.HTTPSeeOther("/login")
     response.del_cookie(COOKIE, path="/")
@@ -253,8 +279,7 @@ async def _logout(request: web.Request) -> web.StreamResponse:
 
 
 async def _decide(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
-    s = _checked(request, form)
+    s, form = await _checked(request)
     state: _State = request.app[STATE]
     kind = str(form.get("decision", ""))
     if kind not in REASONS:
@@ -262,29 +287,56 @@ async def _decide(request: web.Request) -> web.StreamResponse:
     decision_kind: DecisionKind = "confirm_unsafe" if kind == "confirm_unsafe" else "overturn_safe"
     allowed = REASONS[decision_kind]
     reason = str(form.get("reason", "")) or next(iter(allowed))
-    if reason not in allowed:
-        raise web.HTTPBadRequest(text=f"reason {reason!r} does not fit {kind}")
-    with state.lock:
-        item = state.queue.get(str(form.get("key", "")))
-    if item is None:
-        raise web.HTTPNotFound(text="no such review item")
-    r = item.request
-    note = str(form.get("note", "")).strip()[:2000] or None
-    decision = ReviewDecision(
-        content_id=r.content_id, decision=decision_kind, reviewer=s.reviewer, reason=reason, note=note,
-        tenant=r.tenant, request_id=r.request_id, collection=r.collection, model_name=r.model_name,
-        model_version=r.model_version, previous_label=r.label, pdq_hash=r.pdq_hash, requested_at=r.requested_at,
-    )
-    message = encode(state.settings.topics.review_decisions, decision.decision_id, decision)
-    results = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: produce_and_wait(state.producer, [message], 15.0))
-    raise_on_failures(results)
-    with state.lock:
-        state.queue.add_decision(decision)
-        metrics.QUEUE_DEPTH.set(state.queue.depth())
+    if reason not in allowed:  # nothing of the request is echoed back
+        raise web.HTTPBadRequest(text="the reason does not fit the decision")
+    r = _claim(state, str(form.get("key", "")), str(form.get("request_id", "")))
+    try:
+        note = str(form.get("note", "")).strip()[:2000] or None
+        decision = ReviewDecision(
+            content_id=r.content_id, decision=decision_kind, reviewer=s.reviewer, reason=reason, note=note,
+            tenant=r.tenant, request_id=r.request_id, collection=r.collection, model_name=r.model_name,
+            model_version=r.model_version, previous_label=r.label, pdq_hash=r.pdq_hash,
+            requested_at=r.requested_at,
+        )
+        message = encode(state.settings.topics.review_decisions, decision.decision_id, decision)
+        results = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: produce_and_wait(state.producer, [message], 15.0))
+        raise_on_failures(results)
+        with state.lock:
+            state.queue.add_decision(decision)
+            metrics.QUEUE_DEPTH.set(state.queue.depth())
+    finally:
+        with state.lock:
+            state.deciding.discard(r.request_id)
     verb = "Confirmed unsafe" if decision_kind == "confirm_unsafe" else "Overturned (safe)"
     s.flash = f"{verb}: {r.content_id}"
     raise web.HTTPSeeOther("/")
+
+
+def _claim(state: _State, key: str, request_id: str) -> ReviewRequest:
+    """The pending request the form was rendered for, claimed for this decision (released by the caller).
+
+    Exactly one decision per review request: a form answers the request it was rendered for, never a newer
+    one for the same item (an appeal that arrived while the page was open), and a request that is already
+    decided, or being decided by another post right now (a double submit, two reviewers), answers 409 with
+    what happened. (Several console replicas do not share this claim: run one, or rely on the applier, which
+    applies the latest decision per item and records the others as superseded.)"""
+    with state.lock:
+        item = state.queue.get(key)
+        if item is None:
+            raise web.HTTPNotFound(text="no such review item")
+        r = item.request
+        if request_id != r.request_id:
+            raise web.HTTPConflict(text="this item has a newer review request since the page was shown "
+                                        "(an appeal?): reload the queue to see it")
+        if not item.pending and item.decision is not None:
+            d = item.decision
+            raise web.HTTPConflict(text=f"already decided: {d.decision} by {d.reviewer} at "
+                                        f"{d.decided_at:%Y-%m-%d %H:%M:%S %Z}; reload the queue")
+        if r.request_id in state.deciding:
+            raise web.HTTPConflict(text="this item is being decided right now (a double submit?); reload the queue")
+        state.deciding.add(r.request_id)
+    return r
 
 
 async def _thumb(request: web.Request) -> web.StreamResponse:
@@ -294,9 +346,12 @@ async def _thumb(request: web.Request) -> web.StreamResponse:
     key = request.match_info["key"]
     with state.lock:
         item = state.queue.get(key)
-        cached = state.thumbs.get(key)
     if item is None or item.request.image_ref is None:
         raise web.HTTPNotFound(text="no image for this item")
+    # cached by what it shows: a newer request for the same content id with another image gets its own
+    shown = hashlib.sha256(item.request.image_ref.encode()).hexdigest()
+    with state.lock:
+        cached = state.thumbs.get(shown)
     if cached is None:
         try:
             data = (await state.fetcher.fetch(item.request.image_ref)).data
@@ -309,11 +364,11 @@ async def _thumb(request: web.Request) -> web.StreamResponse:
         except ValueError as exc:
             raise web.HTTPBadGateway(text=str(exc)) from exc
         with state.lock:
-            state.thumbs[key] = cached
+            state.thumbs[shown] = cached
             while len(state.thumbs) > state.settings.review.thumbnail_cache:
                 state.thumbs.popitem(last=False)
-    return web.Response(body=cached, content_type="image/jpeg",
-                        headers={"Cache-Control": "private, max-age=300"})
+    return web.Response(body=cached, content_type="image/jpeg",  # no browser cache: /thumb/<key> may change
+                        headers={"Cache-Control": "no-store"})
 
 
 def _thumbnail(data: bytes, px: int, max_pixels: int) -> bytes:

@@ -152,6 +152,7 @@ def _item(no: int, item: QueueItem, csrf: str) -> str:
         f'<form class="decide" method="post" action="/decide">'
         f'<input type="hidden" name="csrf" value="{e(csrf)}">'
         f'<input type="hidden" name="key" value="{e(item.key)}">'
+        f'<input type="hidden" name="request_id" value="{e(item.request.request_id)}">'
         f"{_reason_select(no)}"
         f'<label for="note-{no}">Note</label><input id="note-{no}" name="note" maxlength="2000">'
         f'<button type="submit" name="decision" value="confirm_unsafe" class="confirm">'
