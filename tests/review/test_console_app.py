@@ -277,3 +277,13 @@ async def test_thumbnails_are_keyed_by_the_image_they_show(console: Any, image_r
     second = await (await client.get(f"/thumb/{item_key('item-1')}")).read()
     with Image.open(io.BytesIO(first)) as a, Image.open(io.BytesIO(second)) as b:
         assert a.getpixel((10, 10))[0] > 150 and b.getpixel((10, 10))[2] > 150  # red, then blue
+
+
+async def test_bidi_and_zero_width_characters_are_shown_escaped(console: Any) -> None:
+    """Issue 29: ``invoice_<U+202E>gpj.exe`` rendered as ``invoice_exe.jpg``; zero-width characters vanished."""
+    client, queue, _ = console
+    queue.add_request(request("item-bidi", metadata={"file": "invoice_\u202egpj.exe", "note\u200b": "a\u2066b"}))
+    await _login(client)
+    page = await (await client.get("/")).text()
+    assert "invoice_&lt;U+202E&gt;gpj.exe" in page and "note&lt;U+200B&gt;" in page and "a&lt;U+2066&gt;b" in page
+    assert not any(c in page for c in "\u202e\u200b\u2066")

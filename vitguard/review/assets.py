@@ -13,6 +13,7 @@ header h1 { margin: 0.2rem 0; font-size: 1.4rem; }
 .help { color: #444; font-size: 0.9rem; }
 kbd { border: 1px solid #999; border-bottom-width: 2px; border-radius: 3px; padding: 0 0.3em;
       font-size: 0.85em; background: #fff; }
+.item { overflow-wrap: anywhere; min-width: 0; }
 .item { background: #fff; border: 1px solid #d0d4da; border-radius: 8px; padding: 0.8rem 1rem;
         margin: 0.9rem 0; }
 .item:focus, .item:focus-within { border-color: #0b57d0; box-shadow: 0 0 0 3px rgba(11, 87, 208, 0.35); }

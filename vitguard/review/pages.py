@@ -9,6 +9,7 @@ console (``/static/...``), so the Content-Security-Policy can forbid inline scri
 from __future__ import annotations
 
 import html
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -46,8 +47,20 @@ _REASON_TEXT = {
 
 
 def e(value: object) -> str:
-    """Escape for HTML text and attribute values (quotes included)."""
-    return html.escape(str(value), quote=True)
+    """Escape for HTML text and attribute values (quotes included), with invisible characters made visible:
+    bidi controls, zero-width and other format characters show as ``<U+202E>`` (``invoice_<U+202E>gpj.exe``
+    rendered as ``invoice_exe.jpg``)."""
+    return html.escape(_visible(str(value)), quote=True)
+
+
+def _visible(text: str) -> str:
+    if text.isascii():
+        return text
+    return "".join(f"<U+{ord(c):04X}>" if unicodedata.category(c) in _INVISIBLE else c for c in text)
+
+
+_INVISIBLE = frozenset({"Cf", "Cc", "Co", "Cs", "Cn", "Zl", "Zp"})
+"""Unicode categories that render as nothing, or reorder what follows (format, control, private use, ...)."""
 
 
 def _page(title: str, body: str, *, csrf: str | None = None) -> str:
