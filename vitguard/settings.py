@@ -734,8 +734,25 @@ class ReviewSettings(BaseSettings):
     console_token: SecretStr | None = Field(
         None,
         description=(
-            "Reviewers log in to the console with this token (secret); unset, the console refuses to start. "
-            "Env: VITGUARD_REVIEW_CONSOLE_TOKEN."
+            "Signs nothing and is shared: reviewers log in with it and type their name (one operator, "
+            "development); with VITGUARD_REVIEW_REVIEWERS_FILE or VITGUARD_REVIEW_IDENTITY_HEADER it is not used "
+            "for logins. Unset with neither, the console refuses to start. Env: VITGUARD_REVIEW_CONSOLE_TOKEN."
+        ),
+    )
+    reviewers_file: Path | None = Field(
+        None,
+        description=(
+            "Per-reviewer logins: one `name:scrypt-hash[:tenant,...]` a line (hash from `vitguard review "
+            "hash-password`); a reviewer with tenants reviews only theirs. Env: VITGUARD_REVIEW_REVIEWERS_FILE."
+        ),
+    )
+    identity_header: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description=(
+            "Take the reviewer from this request header, set by an authenticating proxy in front of the console "
+            "(oauth2-proxy: X-Auth-Request-User); no login form. Only the proxy may reach the console then. "
+            "Env: VITGUARD_REVIEW_IDENTITY_HEADER."
         ),
     )
     console_host: str = Field("127.0.0.1", description="Console bind address. Env: VITGUARD_REVIEW_CONSOLE_HOST.")

@@ -70,6 +70,24 @@ def apply(once: bool, idle_timeout: float | None, collection: str | None, no_mil
     click.echo(f"{count} decision(s) applied", err=True)
 
 
+@review.command("hash-password")
+def hash_password_cmd() -> None:
+    """Read a reviewer's password from stdin (typed twice on a terminal) and print the line part a reviewers
+    file (VITGUARD_REVIEW_REVIEWERS_FILE) stores for it: `name:<this>[:tenant,...]`."""
+    import sys
+
+    from vitguard.errors import VitguardError
+    from vitguard.review.identity import hash_password
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        raise VitguardError("use a password of 12 characters or more")
+    click.echo(hash_password(password))
+
+
 @review.command("console")
 @click.option("--host", default=None, help="Bind address (default VITGUARD_REVIEW_CONSOLE_HOST).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,

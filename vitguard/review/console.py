@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import io
 import logging
-import re
 import secrets
 import threading
 import time
@@ -46,6 +45,7 @@ from vitguard.kafka.reader import TopicReader, decode
 from vitguard.review import metrics
 from vitguard.review.applier import encode
 from vitguard.review.assets import CONSOLE_CSS, CONSOLE_JS
+from vitguard.review.identity import REVIEWER_RE, LoginLimiter, Reviewer, hash_password, load_reviewers, verify_password
 from vitguard.review.pages import REASONS, login_page, queue_page
 from vitguard.review.queue import ReviewQueue
 from vitguard.schemas.review import DecisionKind, ReviewDecision, ReviewRequest
@@ -56,7 +56,6 @@ __all__ = ["COOKIE", "QueueFeed", "build_console_app", "run_console"]
 _log = logging.getLogger(__name__)
 
 COOKIE = "vitguard_review_session"
-_REVIEWER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/\-]{0,127}$")
 _CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'")
 _SHOWN = 200
@@ -68,6 +67,11 @@ class Session:
     csrf: str
     expires: float
     flash: str | None = None
+    tenants: frozenset[str] | None = None
+    """The tenants this reviewer may review (None: all)."""
+
+    def may_review(self, tenant: str) -> bool:
+        return self.tenants is None or tenant in self.tenants
 
 
 @dataclass
@@ -82,6 +86,9 @@ class _State:
     """Thumbnails by the SHA-256 of the image reference they show."""
     deciding: set[str] = field(default_factory=set)
     """Review requests a decision is being published for right now (:func:`_claim`)."""
+    reviewers: dict[str, Reviewer] | None = None
+    """Per-reviewer logins (VITGUARD_REVIEW_REVIEWERS_FILE); None: the shared token."""
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
 
 
 STATE: web.AppKey[_State] = web.AppKey("state")
@@ -168,6 +175,9 @@ def _origin_ok(request: web.Request, settings: Settings) -> bool:
 
 def _session(request: web.Request) -> Session | None:
     state: _State = request.app[STATE]
+    header = state.settings.review.identity_header
+    if header is not None:  # behind an authenticating proxy: the identity comes with every request
+        return _proxied(state, request.headers.get(header, ""))
     sid = request.cookies.get(COOKIE)
     if not sid:
         return None
@@ -220,9 +230,9 @@ async def _index(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/login")
     state: _State = request.app[STATE]
     with state.lock:
-        items = state.queue.pending(_SHOWN)
-        depth = state.queue.depth()
-        recent = state.queue.decided(10)
+        items = [i for i in state.queue.pending() if s.may_review(i.request.tenant)][:_SHOWN]
+        depth = len(items) if s.tenants is not None else state.queue.depth()
+        recent = [i for i in state.queue.decided(50) if s.may_review(i.request.tenant)][:10]
     flash, s.flash = s.flash, None
     return _html(queue_page(items, reviewer=s.reviewer, csrf=s.csrf, depth=depth, flash=flash, recent=recent))
 
@@ -233,26 +243,65 @@ async def _login_form(request: web.Request) -> web.StreamResponse:
     return _html(login_page())
 
 
+def _proxied(state: _State, name: str) -> Session | None:
+    """The session of the reviewer an authenticating proxy named (one per reviewer, made on first sight)."""
+    if not REVIEWER_RE.match(name):
+        return None
+    s = state.sessions.get(f"proxy:{name}")
+    if s is None:
+        scope = state.reviewers.get(name) if state.reviewers is not None else None
+        s = state.sessions[f"proxy:{name}"] = Session(name, secrets.token_urlsafe(32), float("inf"),
+                                                      tenants=scope.tenants if scope else None)
+    return s
+
+
 async def _login(request: web.Request) -> web.StreamResponse:
     state: _State = request.app[STATE]
+    if state.settings.review.identity_header is not None:
+        raise web.HTTPNotFound(text="log in through the console's authenticating proxy")
     if not _origin_ok(request, state.settings):
         raise web.HTTPForbidden(text="cross-origin request refused")
     form = await _form(request)
-    reviewer, token = str(form.get("reviewer", "")), str(form.get("token", ""))
-    expected = state.settings.review.console_token
-    assert expected is not None  # noqa: S101 - build_console_app refuses to start without one
-    if not _REVIEWER_RE.match(reviewer) or not hmac.compare_digest(
-        token.encode(), expected.get_secret_value().encode()
-    ):
-        await asyncio.sleep(0.5)  # slows guessing
-        return _html(login_page("Wrong reviewer name or token."), status=401)
+    name, secret = str(form.get("reviewer", "")), str(form.get("token", ""))
+    keys = (f"client:{request.remote}", f"name:{name[:128]}")
+    wait_s = state.limiter.retry_after(*keys)
+    if wait_s > 0:  # locked out: not even checked, so a guesser learns nothing while it lasts
+        return _html(login_page(f"Too many failed logins; try again in {wait_s:.0f} s."), status=429)
+    # counted as a failure before it is checked, and cleared if it succeeds: guesses sent in parallel are
+    # all counted before any of them is answered (they were checked at 0.5 s each, 100 in a second)
+    state.limiter.failed(*keys)
+    reviewer = await asyncio.get_running_loop().run_in_executor(None, _authenticate, state, name, secret)
+    if reviewer is None:
+        return _html(login_page("Wrong reviewer name or password."), status=401)
+    state.limiter.succeeded(*keys)
     sid = secrets.token_urlsafe(32)
     ttl = state.settings.review.session_ttl_s
-    state.sessions[sid] = Session(reviewer, secrets.token_urlsafe(32), time.time() + ttl)
+    state.sessions[sid] = Session(reviewer.name, secrets.token_urlsafe(32), time.time() + ttl,
+                                  tenants=reviewer.tenants)
     response = web.HTTPSeeOther("/")
     response.set_cookie(COOKIE, sid, max_age=ttl, path="/", httponly=True, samesite="Strict",
                         secure=state.settings.review.cookie_secure)
     raise response
+
+
+def _authenticate(state: _State, name: str, secret: str) -> Reviewer | None:
+    """The reviewer ``name`` proves to be with ``secret`` (their own password, or the shared token), or None.
+    Runs in a thread (scrypt takes tens of milliseconds)."""
+    if not REVIEWER_RE.match(name):
+        return None
+    if state.reviewers is not None:
+        known = state.reviewers.get(name)
+        if known is None or known.password_hash is None:
+            verify_password(secret, _DUMMY_HASH)  # the same work for an unknown name: no timing oracle
+            return None
+        return known if verify_password(secret, known.password_hash) else None
+    token = state.settings.review.console_token
+    if token is None or not hmac.compare_digest(secret.encode(), token.get_secret_value().encode()):
+        return None
+    return Reviewer(name)
+
+
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
 async def _checked(request: web.Request) -> tuple[Session, Any]:
@@ -289,7 +338,7 @@ async def _decide(request: web.Request) -> web.StreamResponse:
     reason = str(form.get("reason", "")) or next(iter(allowed))
     if reason not in allowed:  # nothing of the request is echoed back
         raise web.HTTPBadRequest(text="the reason does not fit the decision")
-    r = _claim(state, str(form.get("key", "")), str(form.get("request_id", "")))
+    r = _claim(state, s, str(form.get("key", "")), str(form.get("request_id", "")))
     try:
         note = str(form.get("note", "")).strip()[:2000] or None
         decision = ReviewDecision(
@@ -313,7 +362,7 @@ async def _decide(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/")
 
 
-def _claim(state: _State, key: str, request_id: str) -> ReviewRequest:
+def _claim(state: _State, session: Session, key: str, request_id: str) -> ReviewRequest:
     """The pending request the form was rendered for, claimed for this decision (released by the caller).
 
     Exactly one decision per review request: a form answers the request it was rendered for, never a newer
@@ -323,7 +372,7 @@ def _claim(state: _State, key: str, request_id: str) -> ReviewRequest:
     applies the latest decision per item and records the others as superseded.)"""
     with state.lock:
         item = state.queue.get(key)
-        if item is None:
+        if item is None or not session.may_review(item.request.tenant):
             raise web.HTTPNotFound(text="no such review item")
         r = item.request
         if request_id != r.request_id:
@@ -340,13 +389,14 @@ def _claim(state: _State, key: str, request_id: str) -> ReviewRequest:
 
 
 async def _thumb(request: web.Request) -> web.StreamResponse:
-    if _session(request) is None:
+    session = _session(request)
+    if session is None:
         raise web.HTTPUnauthorized(text="log in first")
     state: _State = request.app[STATE]
     key = request.match_info["key"]
     with state.lock:
         item = state.queue.get(key)
-    if item is None or item.request.image_ref is None:
+    if item is None or item.request.image_ref is None or not session.may_review(item.request.tenant):
         raise web.HTTPNotFound(text="no image for this item")
     # cached by what it shows: a newer request for the same content id with another image gets its own
     shown = hashlib.sha256(item.request.image_ref.encode()).hexdigest()
@@ -418,13 +468,19 @@ def build_console_app(
     Raises:
         ConfigError: no console token is configured (the console never allows anonymous writes).
     """
-    token = settings.review.console_token
-    if token is None or len(token.get_secret_value()) < 8:
-        raise ConfigError("the review console needs VITGUARD_REVIEW_CONSOLE_TOKEN (8 characters or more)")
+    review = settings.review
+    token = review.console_token
+    if review.identity_header is None and review.reviewers_file is None and (
+            token is None or len(token.get_secret_value()) < 8):
+        raise ConfigError("the review console needs VITGUARD_REVIEW_IDENTITY_HEADER (behind an authenticating "
+                          "proxy), VITGUARD_REVIEW_REVIEWERS_FILE, or VITGUARD_REVIEW_CONSOLE_TOKEN (8 characters "
+                          "or more)")
+    reviewers = load_reviewers(review.reviewers_file) if review.reviewers_file is not None else None
     state = _State(
         settings=settings, queue=queue or ReviewQueue(), lock=threading.Lock(),
         fetcher=fetcher or ImageFetcher(settings.fetch),
         producer=producer or Producer(librdkafka_config(settings.kafka, **DEFAULT_PRODUCER_CONFIG)),
+        reviewers=reviewers,
     )
     app = web.Application(middlewares=[_headers], client_max_size=64 * 1024)
     app[STATE] = state

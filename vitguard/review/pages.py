@@ -76,7 +76,7 @@ def _page(title: str, body: str, *, csrf: str | None = None) -> str:
 
 
 def login_page(error: str | None = None) -> str:
-    """The login form: a reviewer name and the console token."""
+    """The login form: a reviewer name and their password (or the shared console token)."""
     message = f'<p class="error" role="alert">{e(error)}</p>' if error else ""
     body = (
         '<main class="login"><h1>vitguard review</h1>'
@@ -85,7 +85,7 @@ def login_page(error: str | None = None) -> str:
         '<label for="reviewer">Reviewer name</label>'
         '<input id="reviewer" name="reviewer" autocomplete="username" required autofocus '
         'pattern="[A-Za-z0-9][A-Za-z0-9._:@/\\-]*" maxlength="128">'
-        '<label for="token">Console token</label>'
+        '<label for="token">Password (or the console token)</label>'
         '<input id="token" name="token" type="password" autocomplete="current-password" required>'
         '<button type="submit">Log in</button>'
         "</form></main>"
