@@ -166,19 +166,23 @@ def test_reviewer_overturns_an_item_with_the_keyboard_and_it_stops_alerting(
         assert outline and outline != "none", "the focused item is visibly marked"
         _shot(browser, tmp_path, "review-console.png")
 
-        _keys(browser, "o")  # overturn the focused item (upload-42)
+        _keys(browser, "o")  # arms the overturn of the focused item (upload-42) and says so
+        assert items[1].get_attribute("data-armed") == "overturn_safe"
+        assert "Press o again" in items[1].text and "Overturned" not in browser.page_source
+        _keys(browser, "o", "o")  # confirmed; the second press, a quick double, must not decide the next item
         _wait(browser, lambda: "Overturned (safe): upload-42" in browser.page_source, "the flash")
         # the remaining item by tab order only: item -> reason -> note -> confirm
-        [left] = browser.find_elements(By.CSS_SELECTOR, "article.item")
-        assert _active(browser) == left and "upload-43" in left.text
+        [left] = browser.find_elements(By.CSS_SELECTOR, "article.item")  # issue 29: it used to decide this one
+        assert _active(browser) == left and "upload-43" in left.text and not left.get_attribute("data-armed")
         _keys(browser, Keys.TAB, Keys.TAB, Keys.TAB)
         assert _active(browser).get_attribute("value") == "confirm_unsafe"
         _shot(browser, tmp_path, "review-console-decided.png")
         _keys(browser, Keys.ENTER)
         _wait(browser, lambda: "Nothing waiting for review" in browser.page_source, "an empty queue")
 
-        decisions = {r.value.content_id: r.value for r in read_models(settings.kafka, t.review_decisions,
-                                                                        ReviewDecision) if r.value}
+        read = [r.value for r in read_models(settings.kafka, t.review_decisions, ReviewDecision) if r.value]
+        assert sorted(d.content_id for d in read) == ["upload-42", "upload-43"]  # one decision each
+        decisions = {d.content_id: d for d in read}
         assert decisions["upload-42"].decision == "overturn_safe" and decisions["upload-42"].reviewer == "alice"
         assert decisions["upload-42"].collection == collection
         assert decisions["upload-43"].decision == "confirm_unsafe"

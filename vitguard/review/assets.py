@@ -16,6 +16,8 @@ kbd { border: 1px solid #999; border-bottom-width: 2px; border-radius: 3px; padd
 .item { overflow-wrap: anywhere; min-width: 0; }
 .item { background: #fff; border: 1px solid #d0d4da; border-radius: 8px; padding: 0.8rem 1rem;
         margin: 0.9rem 0; }
+.item[data-armed] { border-color: #b3261e; box-shadow: 0 0 0 3px rgba(179, 38, 30, 0.35); }
+.armed-hint { font-weight: 600; color: #b3261e; min-height: 1.2em; margin: 0.3rem 0; }
 .item:focus, .item:focus-within { border-color: #0b57d0; box-shadow: 0 0 0 3px rgba(11, 87, 208, 0.35); }
 :focus-visible { outline: 3px solid #0b57d0; outline-offset: 2px; }
 .item h2 { font-size: 1.05rem; margin: 0 0 0.3rem; }
@@ -54,7 +56,7 @@ button.overturn { border-color: #137333; color: #137333; }
 """
 
 CONSOLE_JS = """
-// Keyboard review: j/k move between items, c confirms, o overturns the focused item.
+// Keyboard review: j/k move between items; c then c confirms, o then o overturns the focused item.
 (function () {
   "use strict";
   function items() { return Array.prototype.slice.call(document.querySelectorAll("article.item")); }
@@ -77,10 +79,38 @@ CONSOLE_JS = """
       list[next].scrollIntoView({block: "nearest"});
       ev.preventDefault();
     } else if ((ev.key === "c" || ev.key === "o") && item) {
+      // a confirm step: the first press arms the decision on the focused item and says so, the same key again
+      // on the same item decides it; anything else disarms. A double press decides the item once, the one
+      // on screen, never the next one after the page reloads.
+      ev.preventDefault();
       var value = ev.key === "c" ? "confirm_unsafe" : "overturn_safe";
+      if (item.getAttribute("data-armed") !== value) { arm(item, value); return; }
       var button = item.querySelector('button[name="decision"][value="' + value + '"]');
-      if (button) { ev.preventDefault(); button.click(); }
+      if (button && !submitted) { submitted = true; button.click(); }
+      return;
     }
+    disarm();
+  });
+  var submitted = false;
+  function disarm() {
+    items().forEach(function (el) {
+      el.removeAttribute("data-armed");
+      var hint = el.querySelector(".armed-hint");
+      if (hint) { hint.textContent = ""; }
+    });
+  }
+  function arm(item, value) {
+    disarm();
+    item.setAttribute("data-armed", value);
+    var hint = item.querySelector(".armed-hint");
+    if (hint) {
+      hint.textContent = value === "confirm_unsafe" ? "Press c again to confirm unsafe (any other key cancels)."
+                                                    : "Press o again to overturn as safe (any other key cancels).";
+    }
+  }
+  document.addEventListener("focusin", function (ev) {
+    var item = ev.target && ev.target.closest ? ev.target.closest("article.item") : null;
+    if (item && !item.hasAttribute("data-armed")) { disarm(); }
   });
   document.addEventListener("DOMContentLoaded", function () {
     var list = items();

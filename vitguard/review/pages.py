@@ -162,6 +162,7 @@ def _item(no: int, item: QueueItem, csrf: str) -> str:
         f'<p class="meta">tenant <code>{e(r.tenant)}</code> &middot; requested {e(_when(r.requested_at))} '
         f"&middot; {reasons}</p>"
         f'<div class="body">{thumb}<div class="details">{_scores(r)}{_context(r)}</div></div>'
+        '<p class="armed-hint" role="status" aria-live="assertive"></p>'
         f'<form class="decide" method="post" action="/decide">'
         f'<input type="hidden" name="csrf" value="{e(csrf)}">'
         f'<input type="hidden" name="key" value="{e(item.key)}">'
@@ -198,7 +199,8 @@ def queue_page(
         f'<input type="hidden" name="csrf" value="{e(csrf)}"><button type="submit">Log out</button></form>'
         "</header>"
         '<p class="help" id="help">Keys: <kbd>j</kbd>/<kbd>k</kbd> next/previous item, <kbd>c</kbd> confirm '
-        "unsafe, <kbd>o</kbd> overturn (safe); or <kbd>Tab</kbd> through each item's form.</p>"
+        "unsafe, <kbd>o</kbd> overturn (safe), each pressed twice (the first press arms it and says so); or "
+        "<kbd>Tab</kbd> through each item's form.</p>"
         f'{notice}<main id="queue" aria-describedby="help">{listing}</main>{recent_html}'
     )
     return _page(f"vitguard review ({depth})", body, csrf=csrf)
