@@ -204,3 +204,71 @@ def _shot(driver: Any, tmp_path: Path, name: str) -> None:
     if os.environ.get("VITGUARD_SAVE_SCREENSHOTS") == "1":
         DOCS.mkdir(exist_ok=True)
         shutil.copy(path, DOCS / name)
+
+
+def test_against_the_real_console_each_request_gets_one_decision_and_bad_posts_get_4xx(
+    console: tuple[str, Settings, Path],
+) -> None:
+    """Issue 29 against a console process on the broker: concurrent posts and a double submit give one
+    decision on the topic; a second reviewer's stale page and an appeal that arrived while the page was open
+    get 409; malformed bodies get 400, with the security headers, never 500."""
+    import asyncio
+    import re
+    from datetime import timedelta
+
+    import aiohttp
+
+    url, settings, images = console
+    t = settings.topics
+    photo = sorted(images.iterdir())[0].as_uri()
+    first = ReviewRequest(content_id="c-1", reasons=["uncertain"], image_ref=photo, label="unsafe", unsafe_score=0.6)
+    second = ReviewRequest(content_id="c-2", reasons=["uncertain"], image_ref=photo, label="unsafe",
+                           unsafe_score=0.6)
+    raise_on_failures(publish_and_wait(settings.kafka, [encode(t.review_requests, r.content_id, r)
+                                                        for r in (first, second)]))
+    origin = {"Origin": url}
+
+    async def login(session: aiohttp.ClientSession, name: str) -> str:
+        async with session.post(f"{url}/login", data={"reviewer": name, "token": TOKEN}, headers=origin) as r:
+            assert r.status == 200, r.status  # followed the 303 to the queue
+        for _ in range(100):
+            async with session.get(f"{url}/") as r:
+                page = await r.text()
+            if "c-1" in page and "c-2" in page:
+                break
+            await asyncio.sleep(0.1)
+        match = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert match
+        return match.group(1)
+
+    def form(csrf: str, request: ReviewRequest) -> dict[str, str]:
+        from vitguard.review.queue import item_key
+
+        return {"key": item_key(request.content_id), "request_id": request.request_id,
+                "decision": "overturn_safe", "reason": "artistic", "csrf": csrf}
+
+    async def scenario() -> None:
+        jar = aiohttp.CookieJar
+        async with aiohttp.ClientSession(cookie_jar=jar(unsafe=True)) as alice, \
+                aiohttp.ClientSession(cookie_jar=jar(unsafe=True)) as bob:  # unsafe: cookies of an IP host
+            alice_csrf, bob_csrf = await login(alice, "alice"), await login(bob, "bob")
+            posts = [alice.post(f"{url}/decide", data=form(alice_csrf, first), headers=origin,
+                                allow_redirects=False) for _ in range(5)]
+            statuses = sorted([(await p).status for p in asyncio.as_completed(posts)])
+            assert statuses == [303, 409, 409, 409, 409], statuses
+            async with bob.post(f"{url}/decide", data=form(bob_csrf, first), headers=origin) as r:
+                assert r.status == 409 and "by alice" in await r.text()  # bob's page was stale
+            appeal = second.model_copy(update={"request_id": "appeal-1", "reasons": ["appeal"],
+                                               "requested_at": second.requested_at + timedelta(minutes=1)})
+            raise_on_failures(publish_and_wait(settings.kafka, [encode(t.review_requests, "c-2", appeal)]))
+            await asyncio.sleep(2.0)  # the console's feed reads it
+            async with bob.post(f"{url}/decide", data=form(bob_csrf, second), headers=origin) as r:
+                assert r.status == 409 and "newer review request" in await r.text()
+            for body, kind in [(b"csrf=\xff\xfe", "application/x-www-form-urlencoded"),
+                               (b"--x\r\nContent-Disposition: form-data; name=csrf", "multipart/form-data")]:
+                async with bob.post(f"{url}/decide", data=body, headers={**origin, "Content-Type": kind}) as r:
+                    assert r.status == 400 and "Content-Security-Policy" in r.headers, r.status
+
+    asyncio.run(scenario())
+    decided = [r.value for r in read_models(settings.kafka, t.review_decisions, ReviewDecision) if r.value]
+    assert [(d.content_id, d.reviewer) for d in decided] == [("c-1", "alice")]
