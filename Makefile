@@ -6,7 +6,7 @@ PIP := .venv/bin/pip
 
 LOCK_PYTHON := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
 
-.PHONY: demo test lint typecheck bench lock system-deps clean
+.PHONY: demo test test-fast lint typecheck bench lock system-deps clean
 
 # The exact versions from the dev lock, then vitguard itself without resolving anything again.
 .venv/.installed: pyproject.toml requirements/dev.lock
@@ -47,6 +47,11 @@ demo: .venv/.installed
 
 test: .venv/.installed
 	$(PY) -m pytest
+
+# The unit tests alone: no broker, Redis, Milvus or worker process (a test that uses a service fixture is marked
+# integration automatically: tests/conftest.py), no chaos suite.
+test-fast: .venv/.installed
+	$(PY) -m pytest -m "not integration and not chaos" -q
 
 lint: .venv/.installed
 	.venv/bin/ruff check vitguard tests bench

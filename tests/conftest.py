@@ -32,15 +32,28 @@ def _docker() -> bool:
     return _DOCKER
 
 
+SERVICE_FIXTURES = frozenset({
+    "kafka_bootstrap", "redis_url", "milvus_server", "own_milvus_server", "milvus_any_uri", "new_topic",
+    "service_settings", "milvus_binaries_dir", "worker_settings", "private_broker",
+})
+"""Fixtures that start or reach a real service: a test that uses one is an integration test, marked or not
+(so ``make test-fast``, ``-m "not integration"``, never starts a service)."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) and "integration" not in item.keywords:
+            item.add_marker(pytest.mark.integration)
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return  # no torch import just to collect (it takes seconds)
     import torch
 
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="no CUDA device on this machine")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+    for item in gpu:
+        item.add_marker(skip_gpu)
 
 
 @pytest.fixture(scope="session")
