@@ -46,6 +46,14 @@ def start(workers: list[ChaosWorker], settings: Any, **kwargs: Any) -> ChaosWork
     return worker
 
 
+def published_good(settings: Any, tmp_path: Path, count: int) -> tuple[EventFactory, Ledger]:
+    """An event factory and a ledger for ``settings``' input topic, ``count`` good events already published."""
+    factory = EventFactory(tmp_path / "images")
+    ledger = Ledger(settings.kafka, settings.topics.images)
+    ledger.publish([factory.make("good") for _ in range(count)])
+    return factory, ledger
+
+
 def wait_all_answered(out: TimedOutputReader, ledger: Ledger, worker: ChaosWorker, timeout_s: float = 150.0,
                       settle_s: float = 3.0) -> None:
     deadline = time.monotonic() + timeout_s
@@ -209,9 +217,7 @@ def test_hung_milvus_fails_readiness_and_sigterm_still_stops_the_worker_in_time(
     settings = worker_settings(milvus={
         "uri": frozen_milvus.uri, "collection_prefix": f"hang_{uuid.uuid4().hex[:8]}_", "call_timeout_s": 2.0,
         "connect_timeout_s": 2.0, "load_timeout_s": 60.0})
-    factory = EventFactory(tmp_path / "images")
-    ledger = Ledger(settings.kafka, settings.topics.images)
-    ledger.publish([factory.make("good") for _ in range(6)])
+    factory, ledger = published_good(settings, tmp_path, 6)
 
     with TimedOutputReader.for_settings(settings) as out:
         first = start(workers, settings)
@@ -257,9 +263,7 @@ def test_probes_answer_fast_while_redis_hangs_and_the_stream_goes_on(
     redis = RedisControl().start()
     try:
         settings = worker_settings(redis={"url": redis.url, "socket_timeout_s": 0.5})
-        factory = EventFactory(tmp_path / "images")
-        ledger = Ledger(settings.kafka, settings.topics.images)
-        ledger.publish([factory.make("good") for _ in range(3)])
+        factory, ledger = published_good(settings, tmp_path, 3)
         with TimedOutputReader.for_settings(settings) as out:
             worker = start(workers, settings)
             wait_all_answered(out, ledger, worker, settle_s=0)
