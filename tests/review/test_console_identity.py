@@ -142,3 +142,14 @@ async def test_behind_an_authenticating_proxy_the_header_is_the_reviewer() -> No
         forged = await client.post("/decide", data=form, headers={**_origin(client),
                                                                    "X-Auth-Request-User": "dave"})
         assert forged.status == 403  # another identity has another CSRF token
+
+
+async def test_a_scoped_reviewer_sees_the_depth_of_their_whole_queue(scoped: Any) -> None:
+    """The page shows at most 200 items; the depth it states counts every pending item of the reviewer's
+    tenants (it counted the shown ones only)."""
+    client, queue, _ = scoped
+    for i in range(205):
+        queue.add_request(request(f"t1-more-{i}", tenant="t1"))
+    assert (await _login(client, "alice", ALICE_PW)).status == 303
+    page = await (await client.get("/")).text()
+    assert "<title>vitguard review (206)</title>" in page and page.count('<article class="item"') == 200

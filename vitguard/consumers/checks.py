@@ -34,7 +34,6 @@ CHECK_TIMEOUT_S = 4.0
 @dataclass
 class _Check:
     ok: bool = False
-    answered_at: float | None = None
     started_at: float | None = None
     """When the check now running began (None between checks)."""
 
@@ -78,11 +77,6 @@ class DependencyChecks:
             return False
         return state.ok
 
-    async def check_now(self, name: str) -> bool:
-        """Ask once and record the answer (for a test, or a start-up that wants a first answer)."""
-        await self._check(name)
-        return self._state[name].ok
-
     async def _watch(self, name: str) -> None:
         while True:
             try:
@@ -103,4 +97,4 @@ class DependencyChecks:
             ok = False
         finally:
             state.started_at = None
-        state.ok, state.answered_at = ok, self._clock()
+        state.ok = ok

@@ -21,6 +21,7 @@ beginning (no consumer group), so every console replica sees the same queue.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import io
@@ -230,8 +231,8 @@ async def _index(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/login")
     state: _State = request.app[STATE]
     with state.lock:
-        items = [i for i in state.queue.pending() if s.may_review(i.request.tenant)][:_SHOWN]
-        depth = len(items) if s.tenants is not None else state.queue.depth()
+        scoped = [i for i in state.queue.pending() if s.may_review(i.request.tenant)]
+        items, depth = scoped[:_SHOWN], len(scoped)
         recent = [i for i in state.queue.decided(50) if s.may_review(i.request.tenant)][:10]
     flash, s.flash = s.flash, None
     return _html(queue_page(items, reviewer=s.reviewer, csrf=s.csrf, depth=depth, flash=flash, recent=recent))
@@ -292,7 +293,7 @@ def _authenticate(state: _State, name: str, secret: str) -> Reviewer | None:
     if state.reviewers is not None:
         known = state.reviewers.get(name)
         if known is None or known.password_hash is None:
-            verify_password(secret, _DUMMY_HASH)  # the same work for an unknown name: no timing oracle
+            verify_password(secret, _dummy_hash())  # the same work for an unknown name: no timing oracle
             return None
         return known if verify_password(secret, known.password_hash) else None
     token = state.settings.review.console_token
@@ -301,7 +302,10 @@ def _authenticate(state: _State, name: str, secret: str) -> Reviewer | None:
     return Reviewer(name)
 
 
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash no password matches, made on first use (scrypt is not start-up work for a token console)."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 async def _checked(request: web.Request) -> tuple[Session, Any]:

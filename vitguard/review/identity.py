@@ -43,9 +43,6 @@ class Reviewer:
     tenants: frozenset[str] | None = None
     """The tenants this reviewer may review; None: all."""
 
-    def may_review(self, tenant: str) -> bool:
-        return self.tenants is None or tenant in self.tenants
-
 
 def hash_password(password: str) -> str:
     """``scrypt$n$r$p$salt$hash`` (base64) of ``password``: what a reviewers file stores."""
