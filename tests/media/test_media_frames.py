@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from vitguard.errors import InputError
-from vitguard.media import FrameLimits, expand_frames, media_kind, sample_indices, sample_times
+from vitguard.media import FrameLimits, expand_frames, media_kind, sample_indices
 from vitguard.media.sniff import SNIFF_BYTES
 from vitguard.testing.media import (
     animated_image,
@@ -40,12 +40,6 @@ def test_sample_indices_all_then_even_with_first_and_last() -> None:
     picked = sample_indices(1000, 8)
     assert len(picked) == 8 and picked[0] == 0 and picked[-1] == 999
     assert sample_indices(0, 8) == [] and sample_indices(10, 1) == [0]
-
-
-def test_sample_times_rate_then_spread_over_the_whole_video() -> None:
-    assert sample_times(3.0, 1.0, 32) == [0.0, 1.0, 2.0, 3.0]
-    spread = sample_times(600.0, 1.0, 5)
-    assert spread == [0.0, 150.0, 300.0, 450.0, 600.0]
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from vitguard.media.expand import expand_frames
 from vitguard.media.frames import FrameRef, FrameSet, HashImage, PrepareImage
-from vitguard.media.sampling import FrameLimits, sample_indices, sample_times
+from vitguard.media.sampling import FrameLimits, sample_indices
 from vitguard.media.sniff import media_kind
 
 __all__ = [
@@ -21,5 +21,4 @@ __all__ = [
     "expand_frames",
     "media_kind",
     "sample_indices",
-    "sample_times",
 ]

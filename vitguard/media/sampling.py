@@ -1,15 +1,14 @@
 """Which frames of a multi-frame input are classified, and the limits that bound the work: pure values.
 
 Animations: every frame up to ``max_frames``, else ``max_frames`` evenly spaced ones that include the first
-and the last (:func:`sample_indices`). Video: a fixed rate (``video_fps``), spread evenly over the whole
-duration when the rate would exceed the budget (:func:`sample_times`). Limits cover the whole input, not one
-frame: frames in the source (``max_source_frames``), pixels decoded in total (``max_decoded_pixels``) and,
-for video, the duration (``max_duration_s``).
+and the last (:func:`sample_indices`). Video: a fixed rate (``video_fps``) by the decoded timestamps, thinned
+as the budget fills, and scene cuts (:mod:`vitguard.media.video`: a stream's length is known only once
+decoded). Limits cover the whole input, not one frame: frames in the source (``max_source_frames``), pixels
+decoded in total (``max_decoded_pixels``) and, for video, the duration (``max_duration_s``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -25,7 +24,6 @@ __all__ = [
     "FrameLimits",
     "VideoSampling",
     "sample_indices",
-    "sample_times",
 ]
 
 DEFAULT_MAX_FRAMES = 32
@@ -82,16 +80,3 @@ def sample_indices(total: int, budget: int) -> list[int]:
         return [0]
     step = (total - 1) / (budget - 1)
     return sorted({round(k * step) for k in range(budget)})
-
-
-def sample_times(duration_s: float, fps: float, budget: int) -> list[float]:
-    """Target times (seconds) of the video frames to classify: every ``1 / fps`` s from 0, or, when that
-    would exceed ``budget``, ``budget`` times spread evenly from 0 to ``duration_s`` (the end included)."""
-    if duration_s <= 0:
-        return [0.0]
-    at_rate = math.floor(duration_s * fps + 1e-9) + 1
-    if at_rate <= budget:
-        return [k / fps for k in range(at_rate)]
-    if budget == 1:
-        return [0.0]
-    return [k * duration_s / (budget - 1) for k in range(budget)]

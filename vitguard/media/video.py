@@ -3,8 +3,9 @@
 PyAV demuxes from a file-like object over the encoded bytes, which the fetch stage holds in memory up to
 ``VITGUARD_FETCH_MAX_BYTES``; frames are decoded one at a time, a sampled one becomes its tensor at once and
 every decoded frame is dropped before the next, so memory never holds more than ``max_frames`` tensors and
-one decoded frame. The duration and frame count in the container header are checked before any frame is
-decoded; both, and the decoded pixels, are counted again while decoding, since headers can lie.
+one decoded frame. The frame count and pixels the container header declares are checked before any frame is
+decoded (a bomb costs nothing); the frames, pixels and duration are counted again while decoding, since headers
+can lie.
 
 Sampling follows the decoded stream's own timestamps to its real end; the container's stated duration is never
 trusted for it (a 120 s video whose header says 5 s was judged on its first 5 s). ``rate`` decodes every frame and
