@@ -242,3 +242,17 @@ def test_follower_loads_then_applies_updates_off_the_hot_path(rng: random.Random
     finally:
         follower.stop()
     assert source.closed and not follower.running
+
+
+def test_malformed_release_records_on_the_banks_topic_are_counted_and_ignored() -> None:
+    """Anyone who can write the banks topic can write an `r|` key: a malformed release never raises out of the
+    follower's apply, changes nothing and is counted with the other invalid records."""
+    from vitguard.banks.state import BankRecord, BankState
+
+    state = BankState()
+    for value in (None, b"not json", b"[1, 2]", b'{"released_at": "soon"}', b"{}", b"\xff\xfe"):
+        assert state.apply(b"r|bank|entry", value) is False
+    assert state.invalid == 6 and state.take_releases() == []
+    good = BankRecord.for_release("bank", "entry", 123.5)
+    assert state.apply(good.key, good.value) is False  # no index change, but queued for the flood guard
+    assert state.take_releases() == [("bank|entry", 123.5)] and state.take_releases() == []
