@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -387,3 +388,26 @@ def mean_timings(verdicts: Sequence[Any]) -> dict[str, float]:
 
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
+@contextlib.contextmanager
+def profiled(pids: Sequence[int], path: Path | None) -> Iterator[None]:
+    """Record ``pids`` with py-spy (``pip install py-spy``) while the block runs: raw folded stacks per thread,
+    one file per process (``path.<i>``); nothing when ``path`` is None."""
+    import signal
+    import subprocess
+
+    if path is None:
+        yield
+        return
+    spies = [subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--threads", "--format", "raw",
+                               "--rate", "200", "--nonblocking", *os.environ.get("PYSPY_ARGS", "").split(), "-o", f"{path}.{i}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for i, pid in enumerate(pids)]
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(60)

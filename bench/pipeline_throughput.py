@@ -85,6 +85,9 @@ def main() -> int:
     parser.add_argument("--milvus-uri", help="a Milvus server (http://host:port) instead of Milvus Lite in the worker")
     parser.add_argument("--milvus-pid", type=int, help="the Milvus server's process id: its CPU is counted beside")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--profile", type=Path,
+                        help="record the workers with py-spy while they answer the backlog (raw folded stacks, "
+                             "one file per worker: PATH.<i>)")
     args = parser.parse_args()
 
     from vitguard.model import load_classifier
@@ -154,7 +157,9 @@ def main() -> int:
             # beside it and the whole machine over the whole backlog
             others_before = {k: cpu_s() for k, cpu_s in co_located.items()}
             machine_before, backlog_started = harness.machine_cpu_s(), time.perf_counter()
-            outputs, e2e_cpu_ms, by_thread = harness.wait_answered_cpu(out, base_count + len(backlog), 900, worker)
+            with harness.profiled(worker.pids, args.profile):
+                outputs, e2e_cpu_ms, by_thread = harness.wait_answered_cpu(out, base_count + len(backlog), 900,
+                                                                           worker)
             backlog_s = time.perf_counter() - backlog_started
             co_located_ms = {k: round(1000 * (cpu_s() - others_before[k]) / len(backlog), 2)
                              for k, cpu_s in co_located.items()}

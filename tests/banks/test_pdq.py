@@ -58,3 +58,23 @@ def test_signal_uses_it_and_the_reference_below_64_px() -> None:
 def test_grey_arrays_hash_like_their_rgb() -> None:
     _, rgb = PHOTOS[7]  # camera, grey
     assert PdqSignal.hash_pixels(rgb[..., 0]) == PdqSignal.hash_pixels(rgb)
+
+
+def test_a_pattern_whose_coefficients_tie_is_hashed_by_the_reference() -> None:
+    """An upscaled chessboard (a 4032-px JPEG) has DCT coefficients within 1e-18 of the median: the numpy path
+    would be 4 bits from ``pdqhash`` (float rounding, not the algorithm), so it says so and the signal asks
+    the reference; photographs of every size keep the fast path (above)."""
+    import io
+    from pathlib import Path
+
+    import skimage
+
+    board = Image.open(Path(skimage.__file__).parent / "data" / "chessboard_RGB.png").convert("RGB")
+    buf = io.BytesIO()
+    board.resize((4032, 4032), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=92)
+    rgb = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert pdq_hash(rgb) is None
+    got = PdqSignal.hash_pixels(rgb)
+    assert (got.hex, got.quality) == _reference(rgb)
+    _, photo = PHOTOS[0]
+    assert pdq_hash(photo) is not None

@@ -107,14 +107,14 @@ class PdqSignal(SignalType):
 
         :func:`vitguard.banks.pdq.pdq_hash` (the reference algorithm in numpy, several times faster and off
         the GIL) from 64 px a side; below that, where repeated samples make DCT coefficients tie at the
-        median and only the reference's own rounding decides, ``pdqhash`` (the C++ reference itself)."""
+        median and only the reference's own rounding decides, and wherever else a coefficient ties
+        (:data:`vitguard.banks.pdq.TIE_MARGIN`: synthetic patterns), ``pdqhash`` (the C++ reference itself)."""
         from vitguard.banks.pdq import MIN_SIDE, pdq_hash
 
         if rgb.ndim == 2:
             rgb = np.repeat(rgb[..., None], 3, axis=2)
-        if min(rgb.shape[:2]) >= MIN_SIDE:
-            signal, quality = pdq_hash(rgb)
-            return PdqHash(signal, quality)
+        if min(rgb.shape[:2]) >= MIN_SIDE and (decided := pdq_hash(rgb)) is not None:
+            return PdqHash(*decided)
         return cls.hash_pixels_reference(rgb)
 
     @classmethod

@@ -31,6 +31,9 @@ def worker(create_topics: bool) -> None:
     """
     for name, value in SINGLE_THREADED_BLAS.items():
         os.environ.setdefault(name, value)
+    import sys
+    if os.environ.get("XP_SWITCH"):
+        sys.setswitchinterval(float(os.environ["XP_SWITCH"]))
     from vitguard.consumers import run_worker
     from vitguard.settings import load_settings
 
