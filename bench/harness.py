@@ -400,8 +400,10 @@ def profiled(pids: Sequence[int], path: Path | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    spies = [subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--threads", "--format", "raw",
-                               "--rate", "200", "--nonblocking", *os.environ.get("PYSPY_ARGS", "").split(), "-o", f"{path}.{i}"],
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    extra = os.environ.get("PYSPY_ARGS", "").split()  # e.g. --gil: only the thread holding the GIL
+    spies = [subprocess.Popen([spy, "record", "--pid", str(pid), "--threads", "--format", "raw", "--rate", "200",
+                               "--nonblocking", *extra, "-o", f"{path}.{i}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for i, pid in enumerate(pids)]
     try:

@@ -3,7 +3,7 @@
 A ``vitguard worker`` process consumes a steady stream (``--rate`` events/s of distinct JPEG uploads, with
 a few poison pills, malformed events and stalled or trickling loopback URLs mixed in) for ``--minutes``,
 while Redis and the Milvus server are frozen and killed in turn every ``--fault-every`` seconds (the chaos
-harness, :mod:`vitguard.testing.chaos`). The worker itself is never killed, so its memory can be followed:
+harness, :mod:`tests.harness.chaos`). The worker itself is never killed, so its memory can be followed:
 ``VmRSS`` from ``/proc/PID/status`` every few seconds.
 
 Reported: throughput (answers/s over the run), lost events (must be 0), duplicate outputs, wrong answers,
@@ -30,19 +30,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from vitguard.settings import load_settings
-from vitguard.testing import services
-from vitguard.testing.chaos import (
-    ChaosRun,
-    EventFactory,
-    Fault,
-    ImageServer,
-    RedisControl,
-    input_effects,
-    longest_stall,
-    rss_kb,
-    stopping,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the fault harness lives under tests/harness/
+from tests.harness.accounting import longest_stall  # noqa: E402
+from tests.harness.chaos import ChaosRun, Fault, input_effects, stopping  # noqa: E402
+from tests.harness.controls import ImageServer, RedisControl  # noqa: E402
+from tests.harness.events import EventFactory  # noqa: E402
+from tests.harness.processes import rss_kb  # noqa: E402
+from vitguard.settings import load_settings  # noqa: E402
+from vitguard.testing import services  # noqa: E402
 
 WEIGHTS = {"good": 0.9, "http": 0.03, "stall": 0.01, "trickle": 0.01, "malformed": 0.02, "pill_binary": 0.01,
            "pill_corrupt_inline": 0.01, "pill_inline_too_large": 0.01}
@@ -132,7 +127,7 @@ def main() -> int:
     redis = RedisControl().start()
     milvus: Any = None
     try:
-        from vitguard.testing.milvus_server import MilvusServerProcess
+        from tests.harness.milvus_server import MilvusServerProcess
 
         milvus = MilvusServerProcess(tmp / "milvus").start()
         milvus_uri = milvus.uri

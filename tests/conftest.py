@@ -124,9 +124,9 @@ def milvus_server_process(data_dir: Path, binaries_dir: Path, **options: Any) ->
     may have frozen it) and stopped at the end, without waiting out a slow shutdown (its data is disposable).
 
     Skips the test only when the package is not installed; a server that is installed but does not start fails
-    it. ``options`` go to :class:`~vitguard.testing.milvus_server.MilvusServerProcess` (``authorization=True``).
+    it. ``options`` go to :class:`~tests.harness.milvus_server.MilvusServerProcess` (``authorization=True``).
     """
-    from vitguard.testing.milvus_server import MilvusNotInstalledError, MilvusServerProcess
+    from tests.harness.milvus_server import MilvusNotInstalledError, MilvusServerProcess
 
     server = MilvusServerProcess(data_dir, binaries_dir=binaries_dir, **options)
     try:

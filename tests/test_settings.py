@@ -6,6 +6,7 @@ import pytest
 from pydantic import SecretStr
 
 from vitguard.errors import ConfigError
+from vitguard.kafka.config import librdkafka_config
 from vitguard.settings import KafkaSettings, Settings, load_settings
 
 
@@ -48,7 +49,7 @@ def test_secrets_never_print(monkeypatch: pytest.MonkeyPatch) -> None:
     kafka = load_settings().kafka
     assert isinstance(kafka.sasl_password, SecretStr)
     assert "hunter2" not in repr(kafka) and "hunter2" not in str(kafka.model_dump())
-    assert kafka.confluent_config()["sasl.password"] == "hunter2"
+    assert librdkafka_config(kafka)["sasl.password"] == "hunter2"
 
 
 @pytest.mark.parametrize(
@@ -89,6 +90,6 @@ def test_every_field_documents_its_env_var() -> None:
 
 
 def test_kafka_config_without_sasl_has_no_credentials() -> None:
-    conf = KafkaSettings(bootstrap_servers="b:9092").confluent_config()
+    conf = librdkafka_config(KafkaSettings(bootstrap_servers="b:9092"))
     assert conf["bootstrap.servers"] == "b:9092"
     assert "sasl.password" not in conf

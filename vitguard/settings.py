@@ -95,12 +95,6 @@ class KafkaSettings(BaseSettings):
             raise ValueError("SASL protocols need VITGUARD_KAFKA_SASL_MECHANISM and VITGUARD_KAFKA_SASL_USERNAME")
         return self
 
-    def confluent_config(self) -> dict[str, Any]:
-        """The librdkafka connection properties: see :func:`vitguard.kafka.config.librdkafka_config`."""
-        from vitguard.kafka.config import librdkafka_config
-
-        return librdkafka_config(self)
-
 
 class TopicSettings(BaseSettings):
     """Topic names. Every topic vitguard reads or writes is named here and nowhere else."""

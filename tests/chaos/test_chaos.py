@@ -30,19 +30,11 @@ from typing import Any
 
 import pytest
 
+from tests.harness.accounting import TimedOutputReader, longest_stall
+from tests.harness.chaos import ChaosRun, input_effects, make_schedule, stopping, table
+from tests.harness.controls import ImageServer, RedisControl
+from tests.harness.events import EventFactory
 from vitguard.testing import services
-from vitguard.testing.chaos import (
-    ChaosRun,
-    EventFactory,
-    ImageServer,
-    RedisControl,
-    TimedOutputReader,
-    input_effects,
-    longest_stall,
-    make_schedule,
-    stopping,
-    table,
-)
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(600)]
 

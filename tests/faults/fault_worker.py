@@ -20,7 +20,7 @@ seam                      what a payload carrying ``<marker>/<seam>`` does
                           stuck-thread limit)
 ========================  =========================================================================================
 
-The event factory (:class:`vitguard.testing.chaos.EventFactory`) puts the mark in the event's content id, so
+The event factory (:class:`tests.harness.events.EventFactory`) puts the mark in the event's content id, so
 it is in the event's payload, its verdict and its Milvus record alike. A bare ``<marker>`` (no seam) is the
 ``agent`` seam, as before.
 

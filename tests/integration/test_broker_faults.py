@@ -17,15 +17,10 @@ from typing import Any
 
 import pytest
 
+from tests.harness.accounting import Ledger, TimedOutputReader
+from tests.harness.events import EventFactory
+from tests.harness.processes import ChaosWorker, assert_probes_fast, readyz
 from vitguard.testing import services
-from vitguard.testing.chaos import (
-    ChaosWorker,
-    EventFactory,
-    Ledger,
-    TimedOutputReader,
-    assert_probes_fast,
-    readyz,
-)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

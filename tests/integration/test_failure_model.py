@@ -4,7 +4,7 @@ server, a stalled URL.
 Each test is one of the four attacks that broke the pipeline, written so that it fails on the old behaviour
 (a partition stopped by an oversized dead letter, a black hole after an agent restart, a frozen Milvus
 that /readyz and SIGTERM did not notice, a slow URL that held its whole batch). The accounting is the
-chaos harness's (:mod:`vitguard.testing.chaos`): every published message has exactly one verdict or dead
+chaos harness's (:mod:`tests.harness.chaos`): every published message has exactly one verdict or dead
 letter once redeliveries are deduplicated by event id.
 """
 
@@ -19,18 +19,12 @@ from typing import Any
 
 import pytest
 
+from tests.harness.accounting import Ledger, TimedOutputReader
+from tests.harness.controls import ImageServer, RedisControl
+from tests.harness.events import EventFactory
+from tests.harness.processes import ChaosWorker, assert_probes_fast, readyz
 from vitguard.schemas.events import DeadLetter, Verdict
 from vitguard.testing import services
-from vitguard.testing.chaos import (
-    ChaosWorker,
-    EventFactory,
-    ImageServer,
-    Ledger,
-    RedisControl,
-    TimedOutputReader,
-    assert_probes_fast,
-    readyz,
-)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

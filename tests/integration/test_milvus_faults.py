@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from tests.harness.milvus_server import ROOT_TOKEN, MilvusServerProcess
 from vitguard.errors import ConfigError, ServiceUnavailableError
 from vitguard.model.types import ModelInfo
 from vitguard.settings import MilvusSettings
 from vitguard.stores import EmbeddingRecord, MilvusEmbeddingIndex
-from vitguard.testing.milvus_server import ROOT_TOKEN, MilvusServerProcess
 
 pytestmark = pytest.mark.integration
 

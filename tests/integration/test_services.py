@@ -109,7 +109,7 @@ def test_milvus_server_that_cannot_bind_its_port_starts_again_on_fresh_ports(
 
     from pymilvus import MilvusClient
 
-    from vitguard.testing import milvus_server
+    from tests.harness import milvus_server
 
     squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server = milvus_server.MilvusServerProcess(tmp_path_factory.mktemp("milvus-squatted"),

@@ -80,7 +80,7 @@ def test_librdkafka_config_carries_credentials_and_extra() -> None:
     assert conf["bootstrap.servers"] == "b:9093" and conf["client.id"] == "me"
     assert conf["sasl.mechanism"] == "SCRAM-SHA-512" and conf["sasl.password"] == "pw"
     assert conf["acks"] == "all"
-    assert kafka.confluent_config()["sasl.username"] == "svc"
+    assert librdkafka_config(kafka)["sasl.username"] == "svc"
 
 
 @pytest.mark.integration

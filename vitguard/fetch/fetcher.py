@@ -12,8 +12,10 @@ host literal and, through :class:`~vitguard.fetch.resolver.GuardedResolver`, eve
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Literal, get_args
 
@@ -51,6 +53,8 @@ class FetchResult:
     """For http: the URL the bytes finally came from (after redirects); empty otherwise."""
     redirects: int = 0
     """Redirects followed (http only)."""
+    sha256: str | None = None
+    """The bytes' SHA-256 (hex) where the fetch computed it on its own thread (``file``); else None."""
 
 
 class ImageFetcher:
@@ -113,10 +117,11 @@ class ImageFetcher:
         if scheme == "file":
             async with self._slots[lane]:
                 start = time.perf_counter()
-                data = await asyncio.to_thread(
-                    read_file_url, ref, self._settings.file_root, self._settings.max_bytes
+                # read and hash in one thread hop: the event loop never touches the bytes
+                data, sha = await asyncio.to_thread(
+                    _read_and_hash, ref, self._settings.file_root, self._settings.max_bytes
                 )
-                return FetchResult(data, _ms_since(start), "file")
+                return FetchResult(data, _ms_since(start), "file", sha256=sha)
         if scheme in ("http", "https"):
             url = validate_http_url(ref)
             async with self._slots[lane]:
@@ -217,3 +222,8 @@ def _brief(exc: BaseException, limit: int = 200) -> str:
 
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
+
+
+def _read_and_hash(ref: str, root: Path | None, max_bytes: int) -> tuple[bytes, str]:
+    data = read_file_url(ref, root, max_bytes)
+    return data, hashlib.sha256(data).hexdigest()

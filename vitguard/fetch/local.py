@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import stat
 from pathlib import Path
@@ -19,6 +20,13 @@ from vitguard.schemas.events import INLINE_MEDIA_TYPES
 __all__ = ["decode_data_url", "read_file_url", "resolve_file_url"]
 
 _BASE64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+@functools.lru_cache(maxsize=16)
+def _real_root(root: Path) -> Path:
+    """The root's real path, resolved once per process (the root is configuration; what lies under it is
+    resolved on every read)."""
+    return root.resolve()
 
 
 def resolve_file_url(ref: str, root: Path | None) -> Path:
@@ -39,7 +47,7 @@ def resolve_file_url(ref: str, root: Path | None) -> Path:
     if not raw.startswith("/") or "\x00" in raw:
         raise FetchError("unsupported_reference", "file:// URL must carry an absolute path")
     try:
-        real_root = root.resolve()
+        real_root = _real_root(root)
         target = Path(raw).resolve()
     except (OSError, RuntimeError) as exc:  # symlink loops, over-long names
         raise FetchError("fetch_failed", f"cannot resolve {raw}: {exc}") from exc

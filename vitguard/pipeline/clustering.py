@@ -23,21 +23,15 @@ it searches, so the index may already return the batch's own rows (without their
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from vitguard.stores.interfaces import SearchHit
+from vitguard.stores.interfaces import SearchHit, default_cluster_id
 
 __all__ = ["ClusterAssignment", "assign_clusters", "default_cluster_id"]
-
-
-def default_cluster_id(content_id: str) -> str:
-    """``c-`` + the first 16 hex digits of SHA-1(content id): stable across runs and workers."""
-    return "c-" + hashlib.sha1(content_id.encode("utf-8"), usedforsecurity=False).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

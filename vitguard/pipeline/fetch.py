@@ -52,7 +52,9 @@ async def fetch_image(
     data = result.data
     source = str(result.source)
     metrics.IMAGE_STAGE_DURATION.labels("fetch", source).observe(result.elapsed_ms / 1000)
-    if len(data) > HASH_IN_THREAD_BYTES:
+    if result.sha256 is not None:
+        sha = result.sha256
+    elif len(data) > HASH_IN_THREAD_BYTES:
         sha = await asyncio.get_running_loop().run_in_executor(pool, sha256_hex, data)
     else:
         sha = sha256_hex(data)

@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from vitguard.pipeline.clustering import default_cluster_id
 from vitguard.review import metrics
 from vitguard.schemas.review import ReviewAuditRecord, ReviewDecision, ReviewOutcome, VerdictCorrection
-from vitguard.stores.interfaces import EmbeddingRecord
+from vitguard.stores.interfaces import EmbeddingRecord, default_cluster_id
 
 __all__ = [
     "OVERTURNED_LABEL",

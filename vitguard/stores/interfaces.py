@@ -6,6 +6,7 @@ implementations while integration tests use Milvus and Redis.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,6 +23,7 @@ __all__ = [
     "SearchHit",
     "WaveCounter",
     "WaveState",
+    "default_cluster_id",
 ]
 
 
@@ -38,6 +40,12 @@ class EmbeddingRecord:
     model_version: str
     created_at_ms: int
     processed_at_ms: int
+
+
+def default_cluster_id(content_id: str) -> str:
+    """The cluster of an item stored without one (it founded its own): ``c-`` + the first 16 hex digits of
+    SHA-1(content id), stable across runs and workers."""
+    return "c-" + hashlib.sha1(content_id.encode("utf-8"), usedforsecurity=False).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
