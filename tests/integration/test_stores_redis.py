@@ -67,6 +67,21 @@ async def test_verdict_cache_round_trip_per_model(
     assert await dedup.ping() is True
 
 
+async def test_remember_marks_and_caches_in_one_round_trip(
+    dedup: RedisDedupStore, raw: aioredis.Redis, settings: RedisSettings
+) -> None:
+    """What the back half calls once per group: the same keys, values and TTLs as the two calls apart, NX kept."""
+    sha = "c" * 64
+    await raw.set(f"{settings.key_prefix}event:e9", "1", ex=5)  # an earlier mark: NX keeps it and its TTL
+    await dedup.remember(["e8", "e9", "e8"], {sha: '{"label": "safe"}'}, "m@1")
+    assert await dedup.seen_events(["e7", "e8", "e9"]) == {"e8", "e9"}
+    assert 0 < await raw.ttl(f"{settings.key_prefix}event:e8") <= 600
+    assert await raw.ttl(f"{settings.key_prefix}event:e9") <= 5
+    assert await dedup.cached_verdicts([sha], "m@1") == {sha: '{"label": "safe"}'}
+    assert 600 < await raw.ttl(f"{settings.key_prefix}verdict:m@1:{sha}") <= 1200
+    await dedup.remember([], {}, "m@1")  # nothing to send: no round trip, no error
+
+
 @pytest.fixture(params=["redis", "memory"])
 async def counter(request: pytest.FixtureRequest, settings: RedisSettings) -> AsyncIterator[WaveCounter]:
     policy = PolicySettings(wave_window_s=10, wave_threshold=3, wave_alert_cooldown_s=5)
@@ -131,6 +146,7 @@ async def _every_call_unavailable(dedup: RedisDedupStore, waves: RedisWaveCounte
         dedup.mark_events(["e1"]),
         dedup.cached_verdicts(["h"], "m"),
         dedup.cache_verdicts({"h": "{}"}, "m"),
+        dedup.remember(["e1"], {"h": "{}"}, "m"),
         waves.record("c", "x", 1.0),
     ]
     for call in calls:

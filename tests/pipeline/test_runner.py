@@ -82,7 +82,7 @@ class DeadRedis:
         DeadRedis.calls += 1
         raise ServiceUnavailableError("redis down (test)")
 
-    seen_events = mark_events = cached_verdicts = cache_verdicts = record = record_many = _fail
+    seen_events = mark_events = cached_verdicts = cache_verdicts = remember = record = record_many = _fail
 
 
 def make_processor(

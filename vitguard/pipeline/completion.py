@@ -302,10 +302,8 @@ class Completer:
         fresh = {sha: i.cached for i in stream
                  if i.cached is not None and isinstance(i.answer, Verdict)
                  and (sha := i.answer.image_sha256) is not None and sha in published}
-        if answered:
-            await self._redis_call("mark_events", lambda: self.dedup.mark_events(answered))
-        if fresh:
-            await self._redis_call("cache_verdicts", lambda: self.dedup.cache_verdicts(fresh, self.cache_key))
+        if answered or fresh:  # one round trip for both
+            await self._redis_call("remember", lambda: self.dedup.remember(answered, fresh, self.cache_key))
 
     async def _redis_call(self, op: str, call: Callable[[], Awaitable[None]]) -> None:
         await self.redis.call(op, call, None)

@@ -98,6 +98,10 @@ class DedupStore(Protocol):
         """Store verdict JSON by image hash for this model, with TTL."""
         ...
 
+    async def remember(self, event_ids: Sequence[str], verdicts: Mapping[str, str], model_key: str) -> None:
+        """:meth:`mark_events` and :meth:`cache_verdicts` at once (one round trip where the store allows)."""
+        ...
+
 
 @dataclass(frozen=True)
 class WaveState:

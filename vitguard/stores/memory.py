@@ -145,6 +145,10 @@ class InMemoryDedupStore:
         for h, v in verdicts.items():
             self._verdicts[(model_key, h)] = (v, expires)
 
+    async def remember(self, event_ids: Sequence[str], verdicts: Mapping[str, str], model_key: str) -> None:
+        await self.mark_events(event_ids)
+        await self.cache_verdicts(verdicts, model_key)
+
     async def ping(self) -> bool:
         return True
 

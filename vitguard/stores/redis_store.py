@@ -11,7 +11,7 @@ Keys (all under ``RedisSettings.key_prefix``):
   is the event id and a digest of its image reference: :func:`~vitguard.pipeline.core.answer_key`).
 * ``<prefix>verdict:<model_key>:<sha256>`` -> verdict JSON, TTL ``verdict_cache_ttl_s``.
 
-Reads and writes of a batch go in one pipelined round trip (no MULTI, so it also works on a cluster).
+Reads of a batch are one MGET; writes one pipelined round trip (no MULTI).
 """
 
 from __future__ import annotations
@@ -171,11 +171,8 @@ class RedisDedupStore:
         if not ids:
             return set()
         async with guarded(self._settings, self._breaker, "seen_events"):
-            pipe = self._redis.pipeline(transaction=False)
-            for e in ids:
-                pipe.exists(self.event_key(e))
-            found = await pipe.execute()
-        return {e for e, n in zip(ids, found, strict=True) if n}
+            found = await self._redis.mget([self.event_key(e) for e in ids])  # one command for the batch
+        return {e for e, n in zip(ids, found, strict=True) if n is not None}
 
     async def mark_events(self, event_ids: Sequence[str]) -> None:
         """Remember event ids as processed: SET NX with ``event_ttl_s``. Raises ServiceUnavailableError."""
@@ -184,8 +181,7 @@ class RedisDedupStore:
             return
         async with guarded(self._settings, self._breaker, "mark_events"):
             pipe = self._redis.pipeline(transaction=False)
-            for e in ids:
-                pipe.set(self.event_key(e), "1", nx=True, ex=self._settings.event_ttl_s)
+            self._mark(pipe, ids)
             await pipe.execute()
 
     async def cached_verdicts(self, sha256s: Sequence[str], model_key: str) -> Mapping[str, str]:
@@ -194,11 +190,8 @@ class RedisDedupStore:
         if not hashes:
             return {}
         async with guarded(self._settings, self._breaker, "cached_verdicts"):
-            pipe = self._redis.pipeline(transaction=False)
-            for h in hashes:
-                pipe.get(self.verdict_key(h, model_key))
-            values = await pipe.execute()
-        return {h: v for h, v in zip(hashes, values, strict=True) if v is not None}
+            values = await self._redis.mget([self.verdict_key(h, model_key) for h in hashes])
+        return {h: str(v) for h, v in zip(hashes, values, strict=True) if v is not None}  # str: decode_responses
 
     async def cache_verdicts(self, verdicts: Mapping[str, str], model_key: str) -> None:
         """Store verdict JSON by image hash with ``verdict_cache_ttl_s``. Raises ServiceUnavailableError."""
@@ -206,9 +199,29 @@ class RedisDedupStore:
             return
         async with guarded(self._settings, self._breaker, "cache_verdicts"):
             pipe = self._redis.pipeline(transaction=False)
-            for h, v in verdicts.items():
-                pipe.set(self.verdict_key(h, model_key), v, ex=self._settings.verdict_cache_ttl_s)
+            self._cache(pipe, verdicts, model_key)
             await pipe.execute()
+
+    async def remember(self, event_ids: Sequence[str], verdicts: Mapping[str, str], model_key: str) -> None:
+        """:meth:`mark_events` and :meth:`cache_verdicts` in one round trip. Raises ServiceUnavailableError."""
+        ids = list(dict.fromkeys(event_ids))
+        if not ids and not verdicts:
+            return
+        async with guarded(self._settings, self._breaker, "remember"):
+            pipe = self._redis.pipeline(transaction=False)
+            self._mark(pipe, ids)
+            self._cache(pipe, verdicts, model_key)
+            await pipe.execute()
+
+    def _mark(self, pipe: Any, ids: Sequence[str]) -> None:
+        ttl = self._settings.event_ttl_s
+        for e in ids:  # SET ... NX EX, spelled out: redis-py's set() keyword handling costs more than the command
+            pipe.execute_command("SET", self.event_key(e), "1", "NX", "EX", ttl)
+
+    def _cache(self, pipe: Any, verdicts: Mapping[str, str], model_key: str) -> None:
+        ttl = self._settings.verdict_cache_ttl_s
+        for h, v in verdicts.items():
+            pipe.execute_command("SET", self.verdict_key(h, model_key), v, "EX", ttl)
 
     async def check(self) -> None:
         """Ask Redis once (PING), for a check at start-up.
