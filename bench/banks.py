@@ -235,7 +235,7 @@ def worker_hashing() -> dict[str, Any]:
 
     from vitguard.banks.signal import PdqSignal
     from vitguard.model.opennsfw import OpenNSFWPreprocessor
-    from vitguard.pipeline.decode import FullResolution, hash_decoded
+    from vitguard.pipeline.stages.decode import FullResolution, hash_decoded
 
     pre = OpenNSFWPreprocessor()
     photos = _photos()

@@ -1,8 +1,9 @@
 """``POST /classify`` under load, against the real worker on the embedded services, one run, JSON on stdout.
 
 The scheduling rule: /classify requests are decoded ahead of the stream's queued decodes (the decode pool's
-urgent lane, ``vitguard/pipeline/pools.py``); while stream images wait, a pass that carries requests is a short
-one (``VITGUARD_BATCH_REQUEST_MAX_SIZE`` images), requests at most half of it (``vitguard/pipeline/batcher.py``);
+urgent lane, ``vitguard/pipeline/runtime/pools.py``); while stream images wait, a pass that carries requests is a
+short one (``VITGUARD_BATCH_REQUEST_MAX_SIZE`` images), requests at most half of it
+(``vitguard/pipeline/runtime/batcher.py``);
 so neither starves the other.
 
 In this order, in one process tree:
@@ -209,9 +210,9 @@ def main() -> int:
         "model": {"spec": args.spec, "name": classifier.info.name, "backend": classifier.info.backend},
         "machine": {**machine_start, "loadavg_end": harness.machine()["loadavg"]},
         "scheduling": ("/classify requests are decoded ahead of the stream's queued decodes (the decode pool's "
-                       "urgent lane, vitguard/pipeline/pools.py) and, while stream images wait, take at most half "
-                       "of a short pass of request_max_size images (vitguard/pipeline/batcher.py); they are "
-                       "answered when their pass ends"),
+                       "urgent lane, vitguard/pipeline/runtime/pools.py) and, while stream images wait, take at most "
+                       "half of a short pass of request_max_size images (vitguard/pipeline/runtime/batcher.py); they "
+                       "are answered when their pass ends"),
         "request_max_size": settings.batch.request_max_size,
         "batch_size": args.batch_size,
         "upload_width_px": args.side,

@@ -136,7 +136,7 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     """User + system CPU seconds of a process, by kind of thread (from ``/proc/PID/task/*``).
 
     Kinds: the main thread (``event loop``); vitguard's named pools (``vg-decode``, ``vg-infer``,
-    ``vg-milvus``: :mod:`vitguard.pipeline.pools`); ``unnamed``: threads with the process's own name, which in
+    ``vg-milvus``: :mod:`vitguard.pipeline.runtime.pools`); ``unnamed``: threads with the process's own name, which in
     the worker are onnxruntime's intra-op pool (its work is inference) and Python's own threads (Faust's,
     asyncio's executors: a few percent of a core in all); anything else by the name its native library gave it,
     digits dropped.

@@ -18,7 +18,7 @@ RUNTIME = ("vitguard.pipeline", "vitguard.consumers", "vitguard.kafka", "vitguar
 
 
 def _unit(module: str) -> str:
-    """The package a module belongs to (``vitguard.pipeline.runner`` -> ``vitguard.pipeline``); top-level
+    """The package a module belongs to (``vitguard.pipeline.runtime.runner`` -> ``vitguard.pipeline``); top-level
     modules (``vitguard.settings``) are units of their own."""
     return ".".join(module.split(".")[:2])
 

@@ -1,6 +1,6 @@
 """What the worker knows about its own health, and the pure rules that turn it into /livez and /readyz.
 
-The failure policies (:mod:`vitguard.pipeline.failure`) and the runner write into one :class:`HealthState`;
+The failure policies (:mod:`vitguard.pipeline.runtime.failure`) and the runner write into one :class:`HealthState`;
 the web views read it. Liveness answers "should the orchestrator restart me": the agent is dead, the worker
 hit a fatal error, or it is wedged: stream events are waiting and none has been answered for
 ``stall_timeout_s``, or ``POST /classify`` requests are waiting and none has been answered for that long.

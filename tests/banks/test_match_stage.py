@@ -7,7 +7,7 @@ import random
 from tests.banks.conftest import flip, random_pdq
 from vitguard.banks import Bank, BankEntry, BankMatcher, FloodRule, MemoryBankStore, build_snapshot
 from vitguard.banks.signal import PdqHash
-from vitguard.pipeline.match import apply_matches, bank_alert, match_group, skips_clustering
+from vitguard.pipeline.stages.match import apply_matches, bank_alert, match_group, skips_clustering
 from vitguard.schemas.events import Verdict
 
 

@@ -88,7 +88,7 @@ async def test_every_sampled_frame_of_a_video_and_an_animation_is_matched_and_th
 def test_a_video_whose_frames_all_match_counts_once_towards_the_flood_guard() -> None:
     from vitguard.banks import FloodRule
     from vitguard.banks.signal import PdqHash
-    from vitguard.pipeline.match import match_items
+    from vitguard.pipeline.stages.match import match_items
 
     store = MemoryBankStore()
     store.create_bank(Bank(name="known-bad", action="force_unsafe"))
@@ -185,8 +185,8 @@ async def test_one_decode_feeds_the_model_and_the_hash_and_no_banks_means_no_has
 
     import numpy as np
 
-    from vitguard.pipeline.decode import decode_image
     from vitguard.pipeline.results import Decoded, Fetched, Parsed, StageTimes
+    from vitguard.pipeline.stages.decode import decode_image
     from vitguard.pipeline.types import RawMessage
     from vitguard.schemas.events import ImageEvent
 

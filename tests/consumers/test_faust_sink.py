@@ -16,8 +16,8 @@ from vitguard.kafka.errors import classify_publish_error
 from vitguard.kafka.limits import PRODUCER_MAX_REQUEST_BYTES, UNREAD_TOPIC_LIMIT
 from vitguard.kafka.reader import read_to_end
 from vitguard.pipeline.core import dead_letter
-from vitguard.pipeline.emit import Emitter
-from vitguard.pipeline.failure import Backoff, PublishPolicy
+from vitguard.pipeline.runtime.failure import Backoff, PublishPolicy
+from vitguard.pipeline.stages.emit import Emitter
 from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage
 from vitguard.schemas.events import MAX_KEY_BYTES, DeadLetter
 from vitguard.settings import KafkaSettings

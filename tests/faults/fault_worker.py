@@ -86,10 +86,10 @@ def _raw_value(value: Any) -> bytes | None:
 def install() -> None:
     """Wrap every seam (each fires only on its own mark)."""
     import vitguard.consumers.app as app_module
-    import vitguard.pipeline.runner as runner_module
+    import vitguard.pipeline.runtime.runner as runner_module
     from vitguard.consumers.sink import FaustSink
-    from vitguard.pipeline.front import FrontHalf
     from vitguard.pipeline.results import Answered
+    from vitguard.pipeline.runtime.front import FrontHalf
     from vitguard.stores.milvus import MilvusEmbeddingIndex
 
     raw_message = app_module.raw_message
@@ -160,7 +160,7 @@ def install() -> None:
 
     FaustSink.send = faulty_send  # type: ignore[method-assign]
 
-    import vitguard.pipeline.decode as decode_module
+    import vitguard.pipeline.stages.decode as decode_module
 
     prepare_decoded = decode_module.prepare_decoded
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from vitguard.pipeline.batcher import Group, ReadyQueue, Work
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.results import DeadLettered, Decoded, Parsed, StageTimes
+from vitguard.pipeline.runtime.batcher import Group, ReadyQueue, Work
 from vitguard.pipeline.types import RawMessage
 from vitguard.schemas.events import ImageEvent
 

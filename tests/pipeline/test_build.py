@@ -6,7 +6,7 @@ from __future__ import annotations
 def test_batches_follow_the_device_unless_the_operator_sized_them() -> None:
     from types import SimpleNamespace
 
-    from vitguard.pipeline.build import sized_for_device
+    from vitguard.pipeline.runtime.build import sized_for_device
     from vitguard.settings import load_settings
 
     cuda = SimpleNamespace(preferred_batch_size=256)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from vitguard.pipeline.clustering import ClusterAssignment, assign_clusters, default_cluster_id
+from vitguard.pipeline.stages.clustering import ClusterAssignment, assign_clusters, default_cluster_id
 from vitguard.stores.interfaces import SearchHit
 
 T = 0.9

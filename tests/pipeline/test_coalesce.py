@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from vitguard.pipeline.coalesce import Coalescer
+from vitguard.pipeline.runtime.coalesce import Coalescer
 
 
 class Lookup:
@@ -127,7 +127,7 @@ def test_limits_below_one_are_refused() -> None:
 @pytest.mark.integration
 async def test_front_half_style_lookups_against_a_real_redis_and_a_dead_one(redis_url: str, redis_prefix: str) -> None:
     from vitguard.health import HealthState
-    from vitguard.pipeline.failure import RedisPolicy
+    from vitguard.pipeline.runtime.failure import RedisPolicy
     from vitguard.settings import RedisSettings
     from vitguard.stores import RedisDedupStore
     from vitguard.testing import services

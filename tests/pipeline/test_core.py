@@ -21,8 +21,8 @@ from vitguard.pipeline.core import (
     parse_cached_verdict,
     verdict_from_cache,
 )
-from vitguard.pipeline.ingest import parse
 from vitguard.pipeline.results import DeadLettered, Parsed
+from vitguard.pipeline.stages.ingest import parse
 from vitguard.pipeline.types import RawMessage
 from vitguard.policy import Decision
 from vitguard.schemas.events import ImageEvent, Timings

@@ -10,9 +10,9 @@ import pytest
 from vitguard.errors import FatalError
 from vitguard.health import HealthState
 from vitguard.pipeline.core import dead_letter
-from vitguard.pipeline.emit import RECORD_OVERHEAD_BYTES, Emitter, fit_dead_letter
-from vitguard.pipeline.failure import Backoff, PublishPolicy
-from vitguard.pipeline.sinks import ListSink
+from vitguard.pipeline.runtime.failure import Backoff, PublishPolicy
+from vitguard.pipeline.runtime.sinks import ListSink
+from vitguard.pipeline.stages.emit import RECORD_OVERHEAD_BYTES, Emitter, fit_dead_letter
 from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage
 from vitguard.schemas.events import DeadLetter, ImageEvent, Verdict
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from vitguard.media import FrameLimits
-from vitguard.pipeline.decode import hash_decoded, prepare_decoded
-from vitguard.pipeline.expand import expand_item
 from vitguard.pipeline.results import Decoded, Fetched, Parsed, StageTimes
+from vitguard.pipeline.stages.decode import hash_decoded, prepare_decoded
+from vitguard.pipeline.stages.expand import expand_item
 from vitguard.pipeline.types import RawMessage
 from vitguard.schemas.events import ImageEvent
 

@@ -9,7 +9,7 @@ import pytest
 
 from vitguard.errors import ConfigError, FatalError, ServiceUnavailableError
 from vitguard.health import HealthState, liveness, readiness
-from vitguard.pipeline.failure import Backoff, MilvusPolicy, RedisPolicy
+from vitguard.pipeline.runtime.failure import Backoff, MilvusPolicy, RedisPolicy
 
 
 def test_backoff_is_capped_and_jittered_downwards() -> None:
@@ -48,7 +48,7 @@ async def test_calls_in_flight_when_redis_goes_away_log_one_warning(caplog: pyte
 
     calls = [asyncio.ensure_future(policy.call("seen_events", failing, set())) for _ in range(30)]
     await asyncio.sleep(0)
-    with caplog.at_level(logging.WARNING, logger="vitguard.pipeline.failure"):
+    with caplog.at_level(logging.WARNING, logger="vitguard.pipeline.runtime.failure"):
         gate.set()
         assert await asyncio.gather(*calls) == [set()] * 30
     assert len([r for r in caplog.records if "going on without it" in r.getMessage()]) == 1

@@ -18,9 +18,9 @@ from vitguard.fetch import ImageFetcher
 from vitguard.media import FrameLimits, FrameRef, FrameSet
 from vitguard.model.types import Prediction
 from vitguard.pipeline import ListSink, RawMessage, Runner
-from vitguard.pipeline.batcher import ReadyQueue, Work
-from vitguard.pipeline.reduce import reduce_frames
 from vitguard.pipeline.results import Decoded, DecodedFrames, Parsed, StageTimes
+from vitguard.pipeline.runtime.batcher import ReadyQueue, Work
+from vitguard.pipeline.stages.reduce import reduce_frames
 from vitguard.schemas.events import ImageEvent, Verdict
 from vitguard.settings import load_settings
 from vitguard.stores import InMemoryDedupStore, InMemoryEmbeddingIndex, InMemoryWaveCounter
@@ -167,7 +167,7 @@ async def test_a_failing_reduce_dead_letters_only_its_item(opennsfw: Any, media_
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Defence in depth: an item the reduce stage fails on (a bug, an input nobody foresaw) is a dead letter;
     the pass's other items get their verdicts and the runner goes on."""
-    import vitguard.pipeline.infer as infer
+    import vitguard.pipeline.stages.infer as infer
 
     real = infer.reduce_frames
 

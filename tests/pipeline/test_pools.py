@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vitguard.pipeline.pools import JobTimeout, PriorityPool, named_pool, set_native_thread_name
+from vitguard.pipeline.runtime.pools import JobTimeout, PriorityPool, named_pool, set_native_thread_name
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel thread names are read from /proc")
 

@@ -585,8 +585,8 @@ async def test_a_front_half_that_dies_stops_the_runner_instead_of_holding_its_ev
     """The last guard behind the one above: when even the internal_error dead letter cannot be built (a bug;
     the recursion-limit payload was one), the event's future fails with a fatal error at once instead of
     staying unanswered (its offset holding the partition's commits, its slot gone) while the worker goes on."""
-    import vitguard.pipeline.runner as runner_module
-    from vitguard.pipeline.front import FrontHalf
+    import vitguard.pipeline.runtime.runner as runner_module
+    from vitguard.pipeline.runtime.front import FrontHalf
 
     async def broken_prepare(self: Any, raw: Any, consumed_ms: Any) -> Any:
         raise RuntimeError("a bug in the front half")

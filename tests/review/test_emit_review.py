@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from review_values import alert, verdict
 
 from vitguard.health import HealthState
-from vitguard.pipeline.emit import Emitter
-from vitguard.pipeline.failure import Backoff, PublishPolicy
+from vitguard.pipeline.runtime.failure import Backoff, PublishPolicy
+from vitguard.pipeline.stages.emit import Emitter
 from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage
 from vitguard.schemas.events import ImageEvent
 from vitguard.schemas.review import ReviewRequest

@@ -79,7 +79,7 @@ def classify(paths: tuple[Path, ...], spec: str | None, as_json: bool, batch_siz
     """
     import numpy as np
 
-    from vitguard.pipeline.reduce import frame_scores, reduce_frames
+    from vitguard.pipeline.stages.reduce import frame_scores, reduce_frames
     from vitguard.policy import decide, resolve_unsafe_labels
 
     classifier, settings = _load(spec)

@@ -2,7 +2,7 @@
 
 Who owns what:
 
-* The **runner** (:class:`~vitguard.pipeline.runner.Runner`: thread pools, HTTP session, store clients) is
+* The **runner** (:class:`~vitguard.pipeline.runtime.runner.Runner`: thread pools, HTTP session, store clients) is
   owned by a ``mode.Service`` that the app starts and stops (:class:`RunnerService`), not by the agent body:
   the agent can be (re)started at any time and always finds working resources.
 * The **agent** iterates events one by one, ``incref``-s each message (so Faust's automatic ack never
@@ -35,9 +35,9 @@ from vitguard.consumers.offsets import OffsetTracker
 from vitguard.errors import FatalError
 from vitguard.health import HealthState
 from vitguard.kafka.limits import PRODUCER_MAX_REQUEST_BYTES, UNREAD_TOPIC_LIMIT
-from vitguard.pipeline.build import build_runner
 from vitguard.pipeline.results import ItemResult
-from vitguard.pipeline.runner import Runner
+from vitguard.pipeline.runtime.build import build_runner
+from vitguard.pipeline.runtime.runner import Runner
 from vitguard.pipeline.types import RawMessage
 from vitguard.settings import Settings
 
@@ -203,7 +203,7 @@ def create_app(
     Args:
         settings: everything; topics, batching, web server and the consumer group come from here.
         runner: a ready runner whose sink must be this app's; normally None, and one is built with
-            :func:`~vitguard.pipeline.runner.build_runner` publishing through the app's producer.
+            :func:`~vitguard.pipeline.runtime.runner.build_runner` publishing through the app's producer.
         read_limits: read the output topics' ``max.message.bytes`` from the broker when the app starts.
         runner_overrides: passed to ``build_runner`` (``classifier=``, ``index=``, ``dedup=`` ...).
 

@@ -7,7 +7,7 @@ loaded, the agent is not running, the broker or Milvus does not answer, or publi
 ``VITGUARD_WORKER_PUBLISH_STUCK_S``; its JSON says why. Redis is reported but never gates readiness (it is an
 optimisation). The rules are pure functions in :mod:`vitguard.health`. ``POST /classify`` moderates one image
 through the same stages and batches as the stream (decoded ahead of the stream's queued decodes, then in a
-short pass ahead of stream images: :mod:`vitguard.pipeline.batcher`), without side effects.
+short pass ahead of stream images: :mod:`vitguard.pipeline.runtime.batcher`), without side effects.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The pure part of moderation: messages in, verdicts, alerts and dead letters out. No I/O here.
 
-:mod:`~vitguard.pipeline.runner` and its stages do the I/O (fetch, stores, model, publishing) and
+:mod:`~vitguard.pipeline.runtime.runner` and its stages do the I/O (fetch, stores, model, publishing) and
 calls these functions in between, so every decision the pipeline makes can be unit-tested with plain
 values.
 """
@@ -129,7 +129,7 @@ def build_verdict(
     """The verdict for one freshly classified image; its embedding is stored under its content id.
 
     For an animation or a video, ``prediction`` and ``decision`` are its worst frame's and ``media`` lists the
-    frames (see :mod:`~vitguard.pipeline.reduce`).
+    frames (see :mod:`~vitguard.pipeline.stages.reduce`).
     """
     return Verdict(
         event_id=event.event_id,

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from vitguard.banks.signal import PdqHash
 from vitguard.media.frames import FrameSet
 from vitguard.model.types import Prediction
-from vitguard.pipeline.pools import JobTimeout
+from vitguard.pipeline.runtime.pools import JobTimeout
 from vitguard.pipeline.types import RawMessage
 from vitguard.policy import Decision
 from vitguard.schemas.events import DeadLetter, ImageEvent, MediaSummary, NearDuplicateAlert, Verdict

@@ -19,7 +19,7 @@ Failure behaviour, the contract callers build their retry policy on:
   ``DEADLINE_EXCEEDED`` is never retried. So the deadline bounds it; ``retry_on_rate_limit=False`` turns
   off its sleeping on rate limits; an ``UNAVAILABLE`` makes it reconnect once (bounded by the connect
   timeout) and fail when the server is down. What comes out is for the caller's policy
-  (:class:`~vitguard.pipeline.failure.MilvusPolicy`, the pipeline's retry).
+  (:class:`~vitguard.pipeline.runtime.failure.MilvusPolicy`, the pipeline's retry).
 - **Transient errors** (unreachable, hung, overloaded, any gRPC or socket error) become
   :class:`~vitguard.errors.ServiceUnavailableError`; the client is dropped and closed, so the next call
   opens a fresh connection (a broken gRPC channel does not heal by itself).

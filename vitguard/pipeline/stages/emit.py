@@ -25,7 +25,7 @@ from vitguard import metrics
 from vitguard.errors import FatalError, ReasonCode
 from vitguard.kafka.limits import UNREAD_TOPIC_LIMIT
 from vitguard.pipeline.core import dead_letter
-from vitguard.pipeline.failure import PublishPolicy
+from vitguard.pipeline.runtime.failure import PublishPolicy
 from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage, Sink
 from vitguard.review.metrics import REQUESTS as REVIEW_REQUESTS
 from vitguard.review.requests import build_review_requests

@@ -2,7 +2,7 @@
 idempotent Milvus upsert of every new embedding (keyed by content id).
 
 The search runs before the upsert so each stored embedding carries its cluster id. Milvus calls go through
-:class:`~vitguard.pipeline.failure.MilvusPolicy` (hold with backoff; permanent errors are fatal).
+:class:`~vitguard.pipeline.runtime.failure.MilvusPolicy` (hold with backoff; permanent errors are fatal).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from contextlib import AbstractContextManager
 
 import numpy as np
 
-from vitguard.pipeline.clustering import assign_clusters
-from vitguard.pipeline.failure import MilvusPolicy
 from vitguard.pipeline.results import Indexed, Predicted
+from vitguard.pipeline.runtime.failure import MilvusPolicy
+from vitguard.pipeline.stages.clustering import assign_clusters
 from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import EmbeddingIndex, EmbeddingRecord
 

@@ -1,7 +1,7 @@
 """The alert stage: count unsafe items on their clusters (waves) and build the near-duplicate alerts.
 
 Each unsafe item that joined an existing cluster is a near-duplicate; the wave counter (Redis, through
-:class:`~vitguard.pipeline.failure.RedisPolicy`) says whether the cluster is in a wave and whether the
+:class:`~vitguard.pipeline.runtime.failure.RedisPolicy`) says whether the cluster is in a wave and whether the
 cooldown lets this one alert. Without Redis every near-duplicate alerts as a lone one.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vitguard.pipeline.core import build_alert
-from vitguard.pipeline.failure import RedisPolicy
+from vitguard.pipeline.runtime.failure import RedisPolicy
 from vitguard.schemas.events import ImageEvent, NearDuplicateAlert
 from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import SearchHit, WaveCounter, WaveState

@@ -13,7 +13,7 @@ completion:    index (near-duplicates, clusters, Milvus upsert) ─▶ alert (wa
                ─▶ remember (Redis) ─▶ each event's future resolves with its ItemResult
 ```
 
-Batching is adaptive (:mod:`~vitguard.pipeline.batcher`). A slow image holds nobody: it joins a batch when it
+Batching is adaptive (:mod:`~vitguard.pipeline.runtime.batcher`). A slow image holds nobody: it joins a batch when it
 is decoded, or ends as its own ``fetch_timeout`` dead letter; its neighbours are answered without it.
 
 Order of side effects per group: Milvus upsert (idempotent by content id), then publish (every output
@@ -43,20 +43,20 @@ from vitguard.errors import FatalError, InputError, ServiceUnavailableError
 from vitguard.health import HealthState
 from vitguard.media import FrameLimits
 from vitguard.model.types import Classifier
-from vitguard.pipeline.batcher import Group, ReadyQueue, Work
-from vitguard.pipeline.completion import Completer, Outcome
 from vitguard.pipeline.core import cache_key, dead_letter
-from vitguard.pipeline.emit import Emitter
-from vitguard.pipeline.failure import Backoff, MilvusPolicy, PublishPolicy, RedisPolicy
-from vitguard.pipeline.front import FrontHalf
-from vitguard.pipeline.infer import infer_pass
-from vitguard.pipeline.pools import PriorityPool, named_pool
 from vitguard.pipeline.results import (
     Answered,
     DeadLettered,
     ItemResult,
     Skipped,
 )
+from vitguard.pipeline.runtime.batcher import Group, ReadyQueue, Work
+from vitguard.pipeline.runtime.completion import Completer, Outcome
+from vitguard.pipeline.runtime.failure import Backoff, MilvusPolicy, PublishPolicy, RedisPolicy
+from vitguard.pipeline.runtime.front import FrontHalf
+from vitguard.pipeline.runtime.pools import PriorityPool, named_pool
+from vitguard.pipeline.stages.emit import Emitter
+from vitguard.pipeline.stages.infer import infer_pass
 from vitguard.pipeline.types import BatchOutcome, OutputTopics, RawMessage, Sink
 from vitguard.policy import resolve_unsafe_labels
 from vitguard.schemas.events import Verdict
@@ -351,7 +351,7 @@ class Runner:
         tenant: str = "default",
     ) -> Verdict:
         """Moderate one image now (``POST /classify``): the same stages and batches as the stream, no side
-        effects. Requests join the next batch ahead of stream images (see :mod:`~vitguard.pipeline.batcher`).
+        effects. Requests join the next batch ahead of stream images (see :mod:`~vitguard.pipeline.runtime.batcher`).
 
         Raises:
             InputError: the reference or the bytes are unusable; ``reason`` says why.

@@ -1,6 +1,6 @@
 """The match stage: a group's PDQ hashes against the hash banks, in one call; and what a match changes.
 
-Runs once per group, after inference and before index (:mod:`~vitguard.pipeline.completion`). Pure apart
+Runs once per group, after inference and before index (:mod:`~vitguard.pipeline.runtime.completion`). Pure apart
 from the matcher's flood-guard counters, which only stream events move (a /classify request reads them): no
 Kafka, no Faust.
 

@@ -23,8 +23,14 @@ from vitguard.media.animation import read_animation
 from vitguard.media.sniff import SNIFF_BYTES
 from vitguard.media.video import read_video
 from vitguard.model.types import Classifier
-from vitguard.pipeline.decode import decode_image, decoded_with_hash, hash_decoded, in_decode_pool, prepare_decoded
 from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Fetched
+from vitguard.pipeline.stages.decode import (
+    decode_image,
+    decoded_with_hash,
+    hash_decoded,
+    in_decode_pool,
+    prepare_decoded,
+)
 
 __all__ = ["expand_item"]
 
@@ -35,7 +41,7 @@ def _expand(
     data: bytes, classifier: Classifier, limits: FrameLimits, hash_pdq: bool
 ) -> FrameSet | tuple[NDArray[np.float32], Any]:
     """The frames of an animation or a video (each hashed), or for a still GIF/PNG/WebP its tensor and what to
-    hash (hashed after, as for any still image: :func:`~vitguard.pipeline.decode.decoded_with_hash`)."""
+    hash (hashed after, as for any still image: :func:`~vitguard.pipeline.stages.decode.decoded_with_hash`)."""
     def prepare(image: Image.Image) -> NDArray[np.float32]:  # looked up only for a multi-frame input
         return classifier.prepare_image(image)
 

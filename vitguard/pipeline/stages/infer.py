@@ -17,10 +17,10 @@ import numpy as np
 
 from vitguard import metrics
 from vitguard.model.types import Classifier, Prediction
-from vitguard.pipeline.batcher import FrameProgress, Group, Work
 from vitguard.pipeline.core import dead_letter
-from vitguard.pipeline.reduce import reduce_frames
 from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Predicted
+from vitguard.pipeline.runtime.batcher import FrameProgress, Group, Work
+from vitguard.pipeline.stages.reduce import reduce_frames
 from vitguard.policy import decide
 
 __all__ = ["NonFiniteOutput", "forward", "infer_batch", "infer_pass", "predict_stacked"]
@@ -118,7 +118,7 @@ async def infer_pass(
 ) -> Group:
     """The forward pass over what the batcher took. The group holds the entries that are complete after it
     (still images, items whose last frame was in it, and the entries that need no inference); an item with
-    frames left keeps its predictions so far in its :class:`~vitguard.pipeline.batcher.FrameProgress`."""
+    frames left keeps its predictions so far in its :class:`~vitguard.pipeline.runtime.batcher.FrameProgress`."""
     tensors: list[np.ndarray] = []
     for w in taken:
         if isinstance(w.value, Decoded):

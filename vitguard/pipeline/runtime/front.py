@@ -25,14 +25,14 @@ from vitguard.errors import InputError
 from vitguard.fetch import ImageFetcher
 from vitguard.media import FrameLimits
 from vitguard.model.types import Classifier
-from vitguard.pipeline.coalesce import Coalescer
-from vitguard.pipeline.completion import timings
 from vitguard.pipeline.core import answer_key, parse_cached_verdict, verdict_from_cache
-from vitguard.pipeline.expand import expand_item
-from vitguard.pipeline.failure import RedisPolicy
-from vitguard.pipeline.fetch import fetch_image, sha256_hex
-from vitguard.pipeline.ingest import parse
 from vitguard.pipeline.results import CacheHit, DeadLettered, Decoded, DecodedFrames, Fetched, Parsed, Ready, Skipped
+from vitguard.pipeline.runtime.coalesce import Coalescer
+from vitguard.pipeline.runtime.completion import timings
+from vitguard.pipeline.runtime.failure import RedisPolicy
+from vitguard.pipeline.stages.expand import expand_item
+from vitguard.pipeline.stages.fetch import fetch_image, sha256_hex
+from vitguard.pipeline.stages.ingest import parse
 from vitguard.pipeline.types import RawMessage
 from vitguard.schemas.events import ImageEvent
 from vitguard.stores.interfaces import DedupStore

@@ -3,7 +3,7 @@
 The fetcher enforces connect, read and total deadlines per image (:class:`~vitguard.fetch.ImageFetcher`);
 this stage adds one outer deadline as a safety net, so no reference can hold its event longer than
 ``total_timeout_s``. Each image is fetched on its own: a slow one never holds the others (the batcher takes
-whatever is decoded; see :mod:`vitguard.pipeline.runner`).
+whatever is decoded; see :mod:`vitguard.pipeline.runtime.runner`).
 """
 
 from __future__ import annotations

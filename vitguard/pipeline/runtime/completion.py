@@ -22,13 +22,7 @@ from vitguard.banks.matcher import BankMatcher
 from vitguard.banks.signal import PdqHash
 from vitguard.errors import InputError
 from vitguard.model.types import ModelInfo
-from vitguard.pipeline.alert import Candidate, alert_batch
-from vitguard.pipeline.batcher import Group, Work
 from vitguard.pipeline.core import answer_key, build_verdict, dead_letter, encode_cached_verdict
-from vitguard.pipeline.emit import Answer, Emitter
-from vitguard.pipeline.failure import MilvusPolicy, RedisPolicy
-from vitguard.pipeline.index import index_batch
-from vitguard.pipeline.match import ItemHashes, apply_matches, bank_alert, match_items, skips_clustering
 from vitguard.pipeline.results import (
     Answered,
     CacheHit,
@@ -43,6 +37,12 @@ from vitguard.pipeline.results import (
     Skipped,
     StageTimes,
 )
+from vitguard.pipeline.runtime.batcher import Group, Work
+from vitguard.pipeline.runtime.failure import MilvusPolicy, RedisPolicy
+from vitguard.pipeline.stages.alert import Candidate, alert_batch
+from vitguard.pipeline.stages.emit import Answer, Emitter
+from vitguard.pipeline.stages.index import index_batch
+from vitguard.pipeline.stages.match import ItemHashes, apply_matches, bank_alert, match_items, skips_clustering
 from vitguard.pipeline.types import RawMessage
 from vitguard.schemas.events import BankMatch, ImageEvent, NearDuplicateAlert, Timings, Verdict, utc_now
 from vitguard.settings import PolicySettings
@@ -148,7 +148,7 @@ class Completer:
 
     async def check_collection(self, timeout_s: float) -> None:
         """Create or check the model's collection once, without holding (see
-        :meth:`~vitguard.pipeline.failure.MilvusPolicy.once`)."""
+        :meth:`~vitguard.pipeline.runtime.failure.MilvusPolicy.once`)."""
         if self.collection is None:
             self.collection = await self.milvus.once(
                 "ensure_collection", lambda: self.index.ensure_collection(self.info), timeout_s=timeout_s)

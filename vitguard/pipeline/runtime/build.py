@@ -1,4 +1,4 @@
-"""Wiring a :class:`~vitguard.pipeline.runner.Runner` to the real services named in the settings."""
+"""Wiring a :class:`~vitguard.pipeline.runtime.runner.Runner` to the real services named in the settings."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from vitguard.model.types import Classifier
-from vitguard.pipeline.runner import Runner
+from vitguard.pipeline.runtime.runner import Runner
 from vitguard.pipeline.types import OutputTopics, Sink
 from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, WaveCounter
 

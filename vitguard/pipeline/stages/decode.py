@@ -24,8 +24,8 @@ from vitguard.errors import InputError
 from vitguard.model.preprocess import REDUCED_SCALE
 from vitguard.model.types import Classifier
 from vitguard.pipeline.core import dead_letter
-from vitguard.pipeline.pools import JobTimeout
 from vitguard.pipeline.results import DeadLettered, Decoded, Fetched, StageTimes
+from vitguard.pipeline.runtime.pools import JobTimeout
 
 __all__ = ["FullResolution", "decode_image", "decoded_with_hash", "hash_decoded", "in_decode_pool", "prepare_decoded"]
 
@@ -90,7 +90,7 @@ async def in_decode_pool(
 ) -> tuple[T, StageTimes] | DeadLettered:
     """Run one decode job for ``fetched`` in the decode pool, timed; a refusal or a bug becomes its dead letter.
 
-    The one place the decode stages (:func:`decode_image`, :func:`~vitguard.pipeline.expand.expand_item`) map
+    The one place the decode stages (:func:`decode_image`, :func:`~vitguard.pipeline.stages.expand.expand_item`) map
     decode errors to dead letters and record the decode time.
     """
     parsed = fetched.parsed
