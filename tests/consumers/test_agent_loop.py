@@ -18,9 +18,9 @@ import pytest
 from faust.types.tuples import TP, ConsumerMessage
 
 from vitguard.consumers.app import WorkerRuntime, consume
-from vitguard.consumers.offsets import OffsetTracker
 from vitguard.errors import FatalError
 from vitguard.health import HealthState
+from vitguard.kafka.faust.offsets import OffsetTracker
 from vitguard.pipeline.results import Answered
 from vitguard.settings import load_settings
 
@@ -198,7 +198,7 @@ def test_topic_partition_is_the_queue_key() -> None:
 async def test_an_assignment_tells_the_tracker_each_committed_offset_or_beginning_and_seeks_nothing() -> None:
     """An unconditional rewind at the assignment delivered every record twice at start-up; the tracker is
     told where each partition starts and only a delivery that skips past it is re-fetched."""
-    from vitguard.consumers.app import expect_from_committed
+    from vitguard.kafka.faust.positions import expect_from_committed
 
     class Consumer:
         def __init__(self) -> None:
@@ -251,7 +251,7 @@ def test_an_assigned_partition_expects_its_committed_offset_unless_it_was_delive
 
 
 async def test_a_resume_rewinds_every_partition_to_its_committed_offset_or_its_beginning() -> None:
-    from vitguard.consumers.app import rewind_to_committed
+    from vitguard.kafka.faust.positions import rewind_to_committed
 
     class Consumer:
         def __init__(self) -> None:
@@ -343,7 +343,7 @@ def test_an_empty_hole_is_handed_to_the_consumer_and_a_rewind_forgets_holes() ->
 async def test_an_idle_agent_re_fetches_records_dropped_at_the_end_of_a_partition() -> None:
     """Records dropped at a rebalance with nothing published after them reveal no hole: the tail check sees
     the fetch position ahead of what was delivered and seeks back, once."""
-    from vitguard.consumers.app import _check_tails
+    from vitguard.kafka.faust.positions import check_tails
 
     tp = TP("in", 0)
     rt, _ = make_runtime(ScriptedRunner())
@@ -360,7 +360,7 @@ async def test_an_idle_agent_re_fetches_records_dropped_at_the_end_of_a_partitio
 
     rt.positions, rt.seek = positions, seek
     rt.idle_since = None  # busy: nothing is checked
-    task = asyncio.ensure_future(_check_tails(rt, tracker, interval_s=0.02))
+    task = asyncio.ensure_future(check_tails(rt, tracker, interval_s=0.02))
     await asyncio.sleep(0.15)
     assert seeks == []
     rt.idle_since = time.monotonic() - 10  # idle for a while
@@ -416,7 +416,7 @@ async def test_a_seek_refused_after_a_rebalance_neither_stops_the_worker_nor_the
         unassigned_seek: Any) -> None:
     """Once, the agent stopped the worker (the hole's re-fetch raised into the loop), and the tail check's task
     died with the exception, unlogged, never to check again."""
-    from vitguard.consumers.app import _check_tails
+    from vitguard.kafka.faust.positions import check_tails
 
     with pytest.raises(Exception, match="No current assignment"):
         await unassigned_seek(TP("in", 0), 1)
@@ -449,7 +449,7 @@ async def test_a_seek_refused_after_a_rebalance_neither_stops_the_worker_nor_the
 
     rt.positions, rt.seek = positions, seek
     rt.idle_since = time.monotonic() - 10
-    tails = asyncio.ensure_future(_check_tails(rt, tracker, interval_s=0.02))
+    tails = asyncio.ensure_future(check_tails(rt, tracker, interval_s=0.02))
     await asyncio.sleep(0.2)
     position[kept] = 12  # a new tail on the partition still owned: still checked
     await asyncio.sleep(0.2)
@@ -503,7 +503,7 @@ async def test_a_hanging_readiness_check_holds_one_thread_and_probes_never_wait_
 async def test_a_seek_the_consumer_thread_does_not_carry_out_still_stops_the_worker() -> None:
     """Only a revoked partition's refusal is forgiven: a hole that cannot be re-fetched would hold its
     partition's commits for good."""
-    from vitguard.kafka.faust_consumer import SeekTimeoutError
+    from vitguard.kafka.faust.consumer import SeekTimeoutError
 
     consumer, runner = RecordingConsumer(), ScriptedRunner()
     rt, fatal = make_runtime(runner)
@@ -516,7 +516,7 @@ async def test_a_seek_the_consumer_thread_does_not_carry_out_still_stops_the_wor
     await asyncio.wait_for(consume(FakeStream([event(0), event(5)], consumer, hold=asyncio.Event()), rt), 5)
     assert len(fatal) == 1 and isinstance(fatal[0], SeekTimeoutError)
 
-    from vitguard.consumers.app import _check_tails  # the tail check too
+    from vitguard.kafka.faust.positions import check_tails  # the tail check too
 
     rt, fatal = make_runtime(ScriptedRunner())
     tracker = OffsetTracker(lambda e: None)
@@ -526,5 +526,5 @@ async def test_a_seek_the_consumer_thread_does_not_carry_out_still_stops_the_wor
         return {TP("in", 0): 9}
 
     rt.positions, rt.seek, rt.idle_since = positions, stuck, time.monotonic() - 10
-    await asyncio.wait_for(_check_tails(rt, tracker, interval_s=0.02), 5)
+    await asyncio.wait_for(check_tails(rt, tracker, interval_s=0.02), 5)
     assert len(fatal) == 1 and isinstance(fatal[0], SeekTimeoutError)

@@ -413,7 +413,7 @@ def test_pausing_partitions_leaves_a_fetch_in_progress_its_partitions() -> None:
     dropped records the fetcher had passed, and Faust committed past them as a gap."""
     from faust.types import TP
 
-    from vitguard.kafka.faust_consumer import FetchWaitConsumer
+    from vitguard.kafka.faust.consumer import FetchWaitConsumer
 
     consumer = object.__new__(FetchWaitConsumer)  # only the partition bookkeeping is exercised
     tps = {TP("img", 0), TP("img", 1)}
@@ -433,7 +433,7 @@ def _bookkeeping(cls: Any) -> Any:
 
     from intervaltree import IntervalTree
 
-    from vitguard.kafka.faust_consumer import FetchWaitConsumer, UntrackedReadOffsets
+    from vitguard.kafka.faust.consumer import FetchWaitConsumer, UntrackedReadOffsets
 
     consumer = object.__new__(cls)  # only Faust's delivery and commit bookkeeping is exercised
     consumer._gap = defaultdict(IntervalTree)
@@ -458,7 +458,7 @@ async def test_records_re_fetched_after_a_seek_back_are_delivered_and_never_comm
     from faust.transport.drivers import aiokafka as faust_aiokafka
     from faust.types import TP
 
-    from vitguard.kafka.faust_consumer import FetchWaitConsumer
+    from vitguard.kafka.faust.consumer import FetchWaitConsumer
 
     tp = TP("img", 3)
     stock = _bookkeeping(faust_aiokafka.Consumer)

@@ -86,9 +86,9 @@ def faust_broker_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     """The connection part of ``faust.App(...)``'s keyword arguments.
 
     ``broker`` (used by the producer), ``broker_consumer`` (the consumer, through
-    :mod:`vitguard.kafka.faust_consumer` so that ``fetch_max_wait_ms`` is ours), client id and credentials.
+    :mod:`vitguard.kafka.faust.consumer` so that ``fetch_max_wait_ms`` is ours), client id and credentials.
     """
-    from vitguard.kafka.faust_consumer import consumer_broker_url
+    from vitguard.kafka.faust.consumer import consumer_broker_url
 
     return {
         "broker": faust_broker_url(kafka.bootstrap_servers),

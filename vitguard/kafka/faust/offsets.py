@@ -9,7 +9,7 @@ nothing after it is ever acked by this process; the next owner of the partition 
 
 Each message is ``incref``-ed by the agent when it is taken, so Faust's own automatic ack (when the stream
 moves on) never makes it committable; only the ack issued here does. Faust's own gap bookkeeping is off
-(:class:`~vitguard.kafka.faust_consumer.FetchWaitConsumer`): it counted the offsets it had not seen, and the
+(:class:`~vitguard.kafka.faust.consumer.FetchWaitConsumer`): it counted the offsets it had not seen, and the
 offset that revealed them, as acknowledged, so the first ack past them committed events never answered. A hole
 the tracker has checked and found empty is handed to Faust through ``on_gap`` instead.
 """

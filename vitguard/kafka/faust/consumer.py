@@ -10,7 +10,7 @@
   it read, and takes a jump above it for a gap that commits may pass. After a seek back (a re-fetch of records
   dropped at a rebalance) its drain loop wrote the offset it was delivering over the seek's, so the re-fetched
   records were dropped as old and the commit passed them: events lost. Order, duplicates and holes are the
-  agent's offset tracker's (:mod:`vitguard.consumers.offsets`); only a gap it re-fetched and found empty lets
+  agent's offset tracker's (:mod:`vitguard.kafka.faust.offsets`); only a gap it re-fetched and found empty lets
   commits pass (:meth:`FetchWaitConsumer.accept_gap`).
 
 The fetch wait:
@@ -90,7 +90,7 @@ def _fetch_wait_from_urls(urls: Any) -> int:
     if len(values) != 1:
         raise ConfigError(
             f"broker_consumer URLs for {SCHEME}:// need one ?{FETCH_WAIT_QUERY}=<ms>; build them with "
-            "vitguard.kafka.faust_consumer.consumer_broker_url"
+            "vitguard.kafka.faust.consumer.consumer_broker_url"
         )
     (text,) = values
     assert text is not None  # noqa: S101 - None was discarded above
@@ -110,7 +110,7 @@ def live_fetch_max_wait_ms(aiokafka_consumer: Any) -> int:
     value = getattr(fetcher, "_fetch_max_wait_ms", None)
     if not isinstance(value, int):
         raise FetchWaitOverrideError(
-            "aiokafka's consumer has no _fetcher._fetch_max_wait_ms any more: update vitguard.kafka.faust_consumer"
+            "aiokafka's consumer has no _fetcher._fetch_max_wait_ms any more: update vitguard.kafka.faust.consumer"
         )
     return value
 
@@ -130,7 +130,7 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         consumer = super()._create_consumer(loop)
         if not hasattr(consumer, "_fetch_max_wait_ms"):
             raise FetchWaitOverrideError(
-                "aiokafka.AIOKafkaConsumer has no _fetch_max_wait_ms any more: update vitguard.kafka.faust_consumer"
+                "aiokafka.AIOKafkaConsumer has no _fetch_max_wait_ms any more: update vitguard.kafka.faust.consumer"
             )
         consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
@@ -142,7 +142,7 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         if live != wanted:
             raise FetchWaitOverrideError(
                 f"Faust's aiokafka consumer fetches with fetch_max_wait_ms={live}, not the configured {wanted}: "
-                "faust-streaming changed how it creates the consumer; update vitguard.kafka.faust_consumer"
+                "faust-streaming changed how it creates the consumer; update vitguard.kafka.faust.consumer"
             )
 
 
@@ -263,7 +263,7 @@ def _check_driver() -> None:
     if missing:
         raise FetchWaitOverrideError(
             f"faust-streaming's aiokafka driver lacks {missing}: the fetch wait override cannot apply; "
-            "update vitguard.kafka.faust_consumer"
+            "update vitguard.kafka.faust.consumer"
         )
 
 
