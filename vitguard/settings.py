@@ -10,11 +10,21 @@ variable.
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from vitguard.errors import ConfigError
 
@@ -37,6 +47,24 @@ __all__ = [
 ]
 
 
+def _env_list(value: Any) -> Any:
+    """A list variable as an operator writes it: a JSON list (``["a","b"]``) or comma-separated (``a,b``)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON list ({exc.msg}); write a,b or [\"a\",\"b\"]") from None
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+EnvList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_env_list)]
+"""A list of strings read from one variable, JSON or comma-separated (pydantic-settings alone takes JSON only,
+and a plain value failed with a traceback instead of one line)."""
+
+
 def _config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=prefix, frozen=True, extra="ignore", case_sensitive=False)
 
@@ -49,34 +77,34 @@ class KafkaSettings(BaseSettings):
     bootstrap_servers: str = Field(
         "127.0.0.1:9092",
         min_length=1,
-        description="Comma-separated broker list. Env: VITGUARD_KAFKA_BOOTSTRAP_SERVERS. Default 127.0.0.1:9092.",
+        description="Comma-separated broker list.",
     )
     consumer_group: str = Field(
         "vitguard",
         min_length=1,
-        description="Consumer group (and Faust app id) shared by all workers. Env: VITGUARD_KAFKA_CONSUMER_GROUP.",
+        description="Consumer group (and Faust app id) shared by all workers.",
     )
-    client_id: str = Field("vitguard", description="Client id sent to brokers. Env: VITGUARD_KAFKA_CLIENT_ID.")
+    client_id: str = Field("vitguard", description="Client id sent to brokers.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Env: VITGUARD_KAFKA_SECURITY_PROTOCOL. Default PLAINTEXT."
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="SASL mechanism when a SASL protocol is used. Env: VITGUARD_KAFKA_SASL_MECHANISM."
+        None, description="SASL mechanism when a SASL protocol is used."
     )
-    sasl_username: str | None = Field(None, description="Env: VITGUARD_KAFKA_SASL_USERNAME.")
-    sasl_password: SecretStr | None = Field(None, description="Env: VITGUARD_KAFKA_SASL_PASSWORD (secret).")
-    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL. Env: VITGUARD_KAFKA_SSL_CAFILE.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret: never logged).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
     rebalance_timeout_s: float = Field(
         30.0,
         gt=0,
         le=600,
-        description="How long a group join may take. Env: VITGUARD_KAFKA_REBALANCE_TIMEOUT_S. Default 30.",
+        description="How long a group join may take.",
     )
     session_timeout_s: float = Field(
-        30.0, gt=0, le=600, description="Consumer session timeout. Env: VITGUARD_KAFKA_SESSION_TIMEOUT_S."
+        30.0, gt=0, le=600, description="Consumer session timeout."
     )
     request_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="Admin/metadata request timeout. Env: VITGUARD_KAFKA_REQUEST_TIMEOUT_S."
+        10.0, gt=0, le=300, description="Admin/metadata request timeout."
     )
     fetch_max_wait_ms: int = Field(
         100,
@@ -84,8 +112,7 @@ class KafkaSettings(BaseSettings):
         le=60_000,
         description=(
             "Longest time the broker may hold the worker's fetch waiting for data (fetch.wait.max.ms): a bound "
-            "on how late a message arriving on an idle partition is seen. Env: VITGUARD_KAFKA_FETCH_MAX_WAIT_MS. "
-            "Default 100."
+            "on how late a message arriving on an idle partition is seen. "
         ),
     )
 
@@ -101,35 +128,37 @@ class TopicSettings(BaseSettings):
 
     model_config = _config("VITGUARD_TOPIC_")
 
-    images: str = Field("image-events", min_length=1, description="Input. Env: VITGUARD_TOPIC_IMAGES.")
-    verdicts: str = Field("image-verdicts", min_length=1, description="Env: VITGUARD_TOPIC_VERDICTS.")
-    alerts: str = Field("near-duplicate-alerts", min_length=1, description="Env: VITGUARD_TOPIC_ALERTS.")
-    dead_letters: str = Field("image-events-dlq", min_length=1, description="Env: VITGUARD_TOPIC_DEAD_LETTERS.")
+    images: str = Field("image-events", min_length=1, description="Input.")
+    verdicts: str = Field("image-verdicts", min_length=1, description="One verdict per answered event.")
+    alerts: str = Field("near-duplicate-alerts", min_length=1, description="Near-duplicate and wave alerts.")
+    dead_letters: str = Field(
+        "image-events-dlq", min_length=1, description="Events that could not be judged, with a reason code."
+    )
     review_requests: str = Field(
         "review-requests",
         min_length=1,
-        description="Items for human review, compacted by content id. Env: VITGUARD_TOPIC_REVIEW_REQUESTS.",
+        description="Items for human review, compacted by content id.",
     )
     review_decisions: str = Field(
         "review-decisions",
         min_length=1,
-        description="Reviewers' decisions, compacted by decision id. Env: VITGUARD_TOPIC_REVIEW_DECISIONS.",
+        description="Reviewers' decisions, compacted by decision id.",
     )
     review_audit: str = Field(
         "review-audit",
         min_length=1,
-        description="What the applier did with each decision (append-only). Env: VITGUARD_TOPIC_REVIEW_AUDIT.",
+        description="What the applier did with each decision (append-only).",
     )
     verdict_corrections: str = Field(
         "verdict-corrections",
         min_length=1,
-        description="Verdicts corrected by reviewers, by content id. Env: VITGUARD_TOPIC_VERDICT_CORRECTIONS.",
+        description="Verdicts corrected by reviewers, by content id.",
     )
     partitions: int = Field(
-        6, ge=1, le=10_000, description="Partitions when vitguard creates a topic. Env: VITGUARD_TOPIC_PARTITIONS."
+        6, ge=1, le=10_000, description="Partitions when vitguard creates a topic."
     )
     replication_factor: int = Field(
-        1, ge=1, le=10, description="Replication when vitguard creates a topic. Env: VITGUARD_TOPIC_REPLICATION_FACTOR."
+        1, ge=1, le=10, description="Replication when vitguard creates a topic."
     )
 
     def all(self) -> tuple[str, str, str, str]:
@@ -148,25 +177,25 @@ class RedisSettings(BaseSettings):
     model_config = _config("VITGUARD_REDIS_")
 
     url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis URL. Env: VITGUARD_REDIS_URL. Default redis://127.0.0.1:6379/0."
+        "redis://127.0.0.1:6379/0", description="Redis URL."
     )
-    password: SecretStr | None = Field(None, description="Overrides the URL's password. Env: VITGUARD_REDIS_PASSWORD.")
-    key_prefix: str = Field("vitguard:", description="Prefix of every key. Env: VITGUARD_REDIS_KEY_PREFIX.")
+    password: SecretStr | None = Field(None, description="Overrides the URL's password.")
+    key_prefix: str = Field("vitguard:", description="Prefix of every key.")
     event_ttl_s: int = Field(
         7 * 24 * 3600,
         ge=60,
-        description="How long a processed event id is remembered. Env: VITGUARD_REDIS_EVENT_TTL_S.",
+        description="How long a processed event id is remembered.",
     )
     verdict_cache_ttl_s: int = Field(
         30 * 24 * 3600,
         ge=60,
-        description="Verdict cache lifetime by image hash. Env: VITGUARD_REDIS_VERDICT_CACHE_TTL_S.",
+        description="Verdict cache lifetime by image hash.",
     )
     socket_timeout_s: float = Field(
         1.0,
         gt=0,
         le=60,
-        description="Per-command timeout; Redis is optional on the hot path. Env: VITGUARD_REDIS_SOCKET_TIMEOUT_S.",
+        description="Per-command timeout; Redis is optional on the hot path.",
     )
 
     @field_validator("url")
@@ -185,12 +214,13 @@ class MilvusSettings(BaseSettings):
     uri: str = Field(
         "./vitguard_milvus.db",
         min_length=1,
-        description="Milvus Lite file (*.db) or server URI (http://host:19530). Env: VITGUARD_MILVUS_URI.",
+        description="Milvus Lite file (*.db) or server URI (http://host:19530).",
     )
-    token: SecretStr | None = Field(None, description="Server token (user:password). Env: VITGUARD_MILVUS_TOKEN.")
-    db_name: str | None = Field(None, description="Database on a server. Env: VITGUARD_MILVUS_DB_NAME.")
+    token: SecretStr | None = Field(None, description="Server token (user:password).")
+    db_name: str | None = Field(None, description="Database on a server.")
     collection_prefix: str = Field(
-        "vitguard_", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Env: VITGUARD_MILVUS_COLLECTION_PREFIX."
+        "vitguard_", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Prefix of the collection names (one collection per model version).",
     )
     retry_backoff_s: float = Field(
         0.5,
@@ -198,11 +228,10 @@ class MilvusSettings(BaseSettings):
         le=60,
         description=(
             "First delay while Milvus holds a batch, doubled each attempt (with jitter) for as long as it fails. "
-            "Env: VITGUARD_MILVUS_RETRY_BACKOFF_S."
         ),
     )
     retry_backoff_max_s: float = Field(
-        30.0, gt=0, le=600, description="Longest retry delay. Env: VITGUARD_MILVUS_RETRY_BACKOFF_MAX_S."
+        30.0, gt=0, le=600, description="Longest retry delay."
     )
     call_timeout_s: float = Field(
         10.0,
@@ -210,7 +239,7 @@ class MilvusSettings(BaseSettings):
         le=600,
         description=(
             "Deadline of one Milvus call (upsert, search, ping, ...): a hung server fails the call after this "
-            "long instead of blocking the batch forever. Env: VITGUARD_MILVUS_CALL_TIMEOUT_S. Default 10."
+            "long instead of blocking the batch forever."
         ),
     )
     connect_timeout_s: float = Field(
@@ -218,8 +247,7 @@ class MilvusSettings(BaseSettings):
         gt=0,
         le=600,
         description=(
-            "Deadline of opening (or re-opening) the connection to Milvus. Env: VITGUARD_MILVUS_CONNECT_TIMEOUT_S. "
-            "Default 10."
+            "Deadline of opening (or re-opening) the connection to Milvus. "
         ),
     )
     load_timeout_s: float = Field(
@@ -228,7 +256,7 @@ class MilvusSettings(BaseSettings):
         le=3600,
         description=(
             "Deadline of creating and loading a collection at start-up, slower than a call: a large collection "
-            "takes a while to load into memory. Env: VITGUARD_MILVUS_LOAD_TIMEOUT_S. Default 120."
+            "takes a while to load into memory."
         ),
     )
 
@@ -243,22 +271,24 @@ class ModelSettings(BaseSettings):
         min_length=1,
         description=(
             "Model spec: auto | hf-hub:ORG/NAME | DIR | timm:ARCH | onnx:PATH | opennsfw. 'auto' tries the Marqo "
-            "checkpoint and falls back to the bundled open_nsfw model offline. Env: VITGUARD_MODEL_SPEC."
+            "checkpoint and falls back to the bundled open_nsfw model offline."
         ),
     )
     default_hub_id: str = Field(
         "hf-hub:Marqo/nsfw-image-detection-384",
-        description="What 'auto' tries first. Env: VITGUARD_MODEL_DEFAULT_HUB_ID.",
+        description="What 'auto' tries first.",
     )
-    revision: str | None = Field(None, description="Pinned hub revision. Env: VITGUARD_MODEL_REVISION.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Env: VITGUARD_MODEL_DEVICE. Default auto.")
+    revision: str | None = Field(None, description="Pinned hub revision.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model runs (auto: CUDA when present)."
+    )
     threads: int | None = Field(
-        None, ge=1, le=512, description="Intra-op threads (None: library default). Env: VITGUARD_MODEL_THREADS."
+        None, ge=1, le=512, description="Intra-op threads (None: library default)."
     )
     max_pixels: int = Field(
         40_000_000,
         ge=1024,
-        description="Larger images are refused as decompression bombs. Env: VITGUARD_MODEL_MAX_PIXELS.",
+        description="Larger images are refused as decompression bombs.",
     )
     min_side: int = Field(
         8,
@@ -266,7 +296,6 @@ class ModelSettings(BaseSettings):
         le=4096,
         description=(
             "Images whose shorter side is below this many pixels are refused (reason image_too_small). "
-            "Env: VITGUARD_MODEL_MIN_SIDE. Default 8."
         ),
     )
     ort_spinning: bool = Field(
@@ -276,21 +305,20 @@ class ModelSettings(BaseSettings):
             "keep spinning for about 50 ms after every run, a core's worth, which steals CPU from decode "
             "threads and other processes (~1.5x slower batches on a busy 2-core box), and one image at idle "
             "gained nothing measurable from it (bench/ort_spinning.py). "
-            "Env: VITGUARD_MODEL_ORT_SPINNING. Default false."
         ),
     )
     amp: Literal["fp16", "bf16", "off"] = Field(
         "fp16",
         description=(
             "Autocast dtype of the torch backend on CUDA (fp16 or bf16; off: float32 with TF32 matmuls). "
-            "Ignored on CPU, which runs float32. Env: VITGUARD_MODEL_AMP. Default fp16."
+            "Ignored on CPU, which runs float32."
         ),
     )
     torch_compile: bool = Field(
         False,
         description=(
             "Run the torch backend's forward pass through torch.compile (the first batch of each new size "
-            "pays for compilation: seconds to minutes). Env: VITGUARD_MODEL_TORCH_COMPILE. Default false."
+            "pays for compilation: seconds to minutes)."
         ),
     )
     device_decode: bool = Field(
@@ -298,7 +326,6 @@ class ModelSettings(BaseSettings):
         description=(
             "On CUDA, decode JPEGs with nvJPEG and preprocess them on the GPU in the batch path "
             "(predict_encoded); other formats fall back to the CPU decoder. Ignored on CPU. "
-            "Env: VITGUARD_MODEL_DEVICE_DECODE. Default true."
         ),
     )
     cuda_batch_size: int = Field(
@@ -307,7 +334,7 @@ class ModelSettings(BaseSettings):
         le=4096,
         description=(
             "Images per forward pass the torch backend prefers on CUDA (its preferred_batch_size and "
-            "classify()'s default there; on CPU 16). Env: VITGUARD_MODEL_CUDA_BATCH_SIZE. Default 256."
+            "classify()'s default there; on CPU 16)."
         ),
     )
 
@@ -317,38 +344,36 @@ class PolicySettings(BaseSettings):
 
     model_config = _config("VITGUARD_POLICY_")
 
-    unsafe_labels: tuple[str, ...] = Field(
+    unsafe_labels: EnvList = Field(
         ("NSFW",),
         min_length=1,
         description=(
-            "Labels whose probabilities add up to the unsafe score. "
-            'Env: VITGUARD_POLICY_UNSAFE_LABELS (JSON list). Default ["NSFW"].'
+            "Labels whose probabilities add up to the unsafe score."
         ),
     )
     unsafe_threshold: float = Field(
-        0.5, ge=0, le=1, description="unsafe_score >= this gives label 'unsafe'. Env: VITGUARD_POLICY_UNSAFE_THRESHOLD."
+        0.5, ge=0, le=1, description="unsafe_score >= this gives label 'unsafe'."
     )
     near_duplicate_threshold: float = Field(
         0.92,
         gt=0,
         le=1,
-        description="Cosine similarity that makes a near-duplicate. Env: VITGUARD_POLICY_NEAR_DUPLICATE_THRESHOLD.",
+        description="Cosine similarity that makes a near-duplicate.",
     )
-    max_matches: int = Field(5, ge=1, le=100, description="Matches listed per alert. Env: VITGUARD_POLICY_MAX_MATCHES.")
+    max_matches: int = Field(5, ge=1, le=100, description="Matches listed per alert.")
     wave_window_s: int = Field(
-        600, ge=1, description="Sliding window for abuse waves. Env: VITGUARD_POLICY_WAVE_WINDOW_S. Default 600."
+        600, ge=1, description="Sliding window for abuse waves."
     )
     wave_threshold: int = Field(
         5,
         ge=2,
-        description="Items on one cluster within the window that make a wave. Env: VITGUARD_POLICY_WAVE_THRESHOLD.",
+        description="Items on one cluster within the window that make a wave.",
     )
     wave_alert_cooldown_s: int = Field(
         300,
         ge=0,
         description=(
             "After a wave alert, further wave alerts for that cluster are suppressed this long. "
-            "Env: VITGUARD_POLICY_WAVE_ALERT_COOLDOWN_S."
         ),
     )
 
@@ -358,39 +383,39 @@ class FetchSettings(BaseSettings):
 
     model_config = _config("VITGUARD_FETCH_")
 
-    connect_timeout_s: float = Field(3.0, gt=0, le=60, description="Env: VITGUARD_FETCH_CONNECT_TIMEOUT_S.")
+    connect_timeout_s: float = Field(3.0, gt=0, le=60, description="TCP connect deadline per image URL.")
     read_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="Whole-body timeout. Env: VITGUARD_FETCH_READ_TIMEOUT_S."
+        10.0, gt=0, le=300, description="Whole-body timeout."
     )
     max_bytes: int = Field(
         25 * 1024 * 1024,
         ge=1024,
-        description="Largest image body, enforced while streaming. Env: VITGUARD_FETCH_MAX_BYTES.",
+        description="Largest image body, enforced while streaming.",
     )
-    max_redirects: int = Field(3, ge=0, le=20, description="Env: VITGUARD_FETCH_MAX_REDIRECTS.")
+    max_redirects: int = Field(3, ge=0, le=20, description="Redirects followed per image URL (each checked again).")
     max_inline_bytes: int = Field(
-        1024 * 1024, ge=64, description="Largest decoded inline (data:) image. Env: VITGUARD_FETCH_MAX_INLINE_BYTES."
+        1024 * 1024, ge=64, description="Largest decoded inline (data:) image."
     )
     file_root: Path | None = Field(
         None,
         description=(
-            "file:// references are only read under this directory; None refuses them. Env: VITGUARD_FETCH_FILE_ROOT."
+            "file:// references are only read under this directory; None refuses them."
         ),
     )
-    allowed_networks: tuple[str, ...] = Field(
+    allowed_networks: EnvList = Field(
         (),
         description=(
-            "CIDRs exempt from the SSRF guard (e.g. an internal CDN). Env: VITGUARD_FETCH_ALLOWED_NETWORKS (JSON list)."
+            "CIDRs exempt from the SSRF guard (e.g. an internal CDN)."
         ),
     )
     concurrency: int = Field(
         32, ge=1, le=1024,
         description=(
             "Parallel fetches per worker for the stream, and as many again for POST /classify requests (each "
-            "has its own slots: callers of the API cannot take the stream's). Env: VITGUARD_FETCH_CONCURRENCY."
+            "has its own slots: callers of the API cannot take the stream's)."
         ),
     )
-    user_agent: str = Field("vitguard/0.1", description="Env: VITGUARD_FETCH_USER_AGENT.")
+    user_agent: str = Field("vitguard/0.1", description="User-Agent of image fetches.")
 
     @field_validator("allowed_networks")
     @classmethod
@@ -408,7 +433,7 @@ class BatchSettings(BaseSettings):
 
     model_config = _config("VITGUARD_BATCH_")
 
-    max_size: int = Field(16, ge=1, le=4096, description="Events per batch. Env: VITGUARD_BATCH_MAX_SIZE. Default 16.")
+    max_size: int = Field(16, ge=1, le=4096, description="Events per batch.")
     max_wait_s: float = Field(
         0.0,
         ge=0,
@@ -416,7 +441,7 @@ class BatchSettings(BaseSettings):
         description=(
             "Upper bound, never a floor: an idle model starts a batch at once with whatever is decoded; with a "
             "value > 0 it may linger this long at most for images still being fetched or decoded (bigger "
-            "batches, more latency). Env: VITGUARD_BATCH_MAX_WAIT_S. Default 0."
+            "batches, more latency)."
         ),
     )
     order_wait_s: float = Field(
@@ -426,11 +451,11 @@ class BatchSettings(BaseSettings):
         description=(
             "Longest a decoded image waits for earlier events of its partition still being fetched, so a "
             "partition's verdicts keep their order; it bounds what one stalled fetch adds to its neighbours' "
-            "latency. Env: VITGUARD_BATCH_ORDER_WAIT_S. Default 1.0."
+            "latency."
         ),
     )
     decode_workers: int = Field(
-        2, ge=1, le=256, description="Decode thread pool size. Env: VITGUARD_BATCH_DECODE_WORKERS."
+        2, ge=1, le=256, description="Decode thread pool size."
     )
     decode_timeout_s: float = Field(
         60.0,
@@ -440,8 +465,7 @@ class BatchSettings(BaseSettings):
             "Longest one decode, PDQ-hash or SHA-256 job may run in the decode pool (time queued does not count): "
             "past it the event is a decode_timeout dead letter and a new thread takes the stuck one's place. "
             "When more jobs than decode_workers are stuck at once the worker stops (exit code 1) for a restart. "
-            "Far above any decode within the pixel and frame limits. Env: VITGUARD_BATCH_DECODE_TIMEOUT_S. "
-            "Default 60."
+            "Far above any decode within the pixel and frame limits. "
         ),
     )
     request_max_size: int = Field(
@@ -453,7 +477,7 @@ class BatchSettings(BaseSettings):
             "(0, or not below max_size: no short passes); requests take at most half of it, the stream the rest. "
             "On the CPU a pass's time grows with its images and throughput hardly does, so a short pass answers "
             "a request without a full batch's time. On CUDA the worker turns short passes off unless this is set "
-            "(small passes waste a GPU). Env: VITGUARD_BATCH_REQUEST_MAX_SIZE. Default 8."
+            "(small passes waste a GPU)."
         ),
     )
 
@@ -470,7 +494,6 @@ class FrameSettings(BaseSettings):
         description=(
             "Frames classified per animation or video, at most: all frames up to this, else this many evenly "
             "spaced ones (first and last included). Each costs one tensor in memory while the item waits. "
-            "Env: VITGUARD_FRAMES_MAX_FRAMES. Default 32."
         ),
     )
     max_source_frames: int = Field(
@@ -478,7 +501,6 @@ class FrameSettings(BaseSettings):
         ge=1,
         description=(
             "An animation or video with more frames than this is refused (reason too_many_frames). "
-            "Env: VITGUARD_FRAMES_MAX_SOURCE_FRAMES. Default 10000."
         ),
     )
     max_decoded_pixels: int = Field(
@@ -486,25 +508,22 @@ class FrameSettings(BaseSettings):
         ge=1024,
         description=(
             "Pixels decoded for one item in total, every decoded frame counted (reason decompression_bomb). "
-            "Env: VITGUARD_FRAMES_MAX_DECODED_PIXELS. Default 2000000000."
         ),
     )
     max_duration_s: float = Field(
         300.0, gt=0, le=86_400,
-        description="Longest video accepted (reason video_too_long). Env: VITGUARD_FRAMES_MAX_DURATION_S. Default 300.",
+        description="Longest video accepted (reason video_too_long).",
     )
     video_fps: float = Field(
         1.0, gt=0, le=120,
         description=(
             "Video frames sampled per second, spread evenly over the whole video when that exceeds max_frames. "
-            "Env: VITGUARD_FRAMES_VIDEO_FPS. Default 1."
         ),
     )
     video_sampling: Literal["rate", "keyframes"] = Field(
         "rate",
         description=(
             "rate: decode every frame, sample at video_fps; keyframes: decode key frames only (cheaper, coarser). "
-            "Env: VITGUARD_FRAMES_VIDEO_SAMPLING. Default rate."
         ),
     )
     per_batch: int = Field(
@@ -514,14 +533,14 @@ class FrameSettings(BaseSettings):
         description=(
             "Fair batching: frames of one item a forward pass takes per turn; items with frames left take turns "
             "with everything else queued, so a long video never holds the still images behind it for more than "
-            "this many slots. Env: VITGUARD_FRAMES_PER_BATCH. Default 4."
+            "this many slots."
         ),
     )
     worst_frames: int = Field(
         5,
         ge=1,
         le=100,
-        description="Worst frames (and unsafe segments) listed per verdict. Env: VITGUARD_FRAMES_WORST_FRAMES.",
+        description="Worst frames (and unsafe segments) listed per verdict.",
     )
 
 
@@ -536,7 +555,7 @@ class WorkerSettings(BaseSettings):
         le=100_000,
         description=(
             "Events taken from the stream and not yet answered, at most; past it the agent stops taking "
-            "(backpressure). Env: VITGUARD_WORKER_MAX_IN_FLIGHT. Default 64."
+            "(backpressure)."
         ),
     )
     shutdown_timeout_s: float = Field(
@@ -546,7 +565,6 @@ class WorkerSettings(BaseSettings):
         description=(
             "After SIGTERM (or a fatal error) the process exits within this many seconds, even when stuck; "
             "in-flight work stays uncommitted. Keep it under the orchestrator's grace period (Kubernetes: 30 s). "
-            "Env: VITGUARD_WORKER_SHUTDOWN_TIMEOUT_S. Default 25."
         ),
     )
     stall_timeout_s: float = Field(
@@ -556,7 +574,6 @@ class WorkerSettings(BaseSettings):
         description=(
             "/livez fails when stream events have been waiting this long with none answered and no dependency "
             "being retried (a wedged agent), or /classify requests this long with none answered. "
-            "Env: VITGUARD_WORKER_STALL_TIMEOUT_S. Default 120."
         ),
     )
     publish_stuck_s: float = Field(
@@ -565,7 +582,6 @@ class WorkerSettings(BaseSettings):
         le=3600,
         description=(
             "/readyz turns false when outputs have failed to publish for this long. "
-            "Env: VITGUARD_WORKER_PUBLISH_STUCK_S. Default 30."
         ),
     )
 
@@ -575,14 +591,14 @@ class WebSettings(BaseSettings):
 
     model_config = _config("VITGUARD_WEB_")
 
-    host: str = Field("0.0.0.0", description="Env: VITGUARD_WEB_HOST.")  # noqa: S104 - a server's bind address
-    port: int = Field(6066, ge=0, le=65535, description="Env: VITGUARD_WEB_PORT. Default 6066.")
-    enabled: bool = Field(True, description="Env: VITGUARD_WEB_ENABLED.")
+    host: str = Field("0.0.0.0", description="Bind address of the web server.")  # noqa: S104 - a server's bind address
+    port: int = Field(6066, ge=0, le=65535, description="Port of the web server (probes, metrics, /classify).")
+    enabled: bool = Field(True, description="Serve the web endpoints.")
     classify_max_in_flight: int = Field(
         64, ge=1, le=100_000,
         description=(
             "POST /classify requests handled at once; more are answered 429 with Retry-After (each holds its "
-            "body, up to the fetch size limit, and a decode). Env: VITGUARD_WEB_CLASSIFY_MAX_IN_FLIGHT. Default 64."
+            "body, up to the fetch size limit, and a decode)."
         ),
     )
 
@@ -592,8 +608,8 @@ class LogSettings(BaseSettings):
 
     model_config = _config("VITGUARD_LOG_")
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Env: VITGUARD_LOG_LEVEL.")
-    json_format: bool = Field(False, description="One JSON object per line. Env: VITGUARD_LOG_JSON_FORMAT.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    json_format: bool = Field(False, description="One JSON object per line.")
 
 
 class BankSettings(BaseSettings):
@@ -605,7 +621,6 @@ class BankSettings(BaseSettings):
         True,
         description=(
             "Hash every image (PDQ) and match it against the banks; the worker follows the banks topic. "
-            "Env: VITGUARD_BANKS_ENABLED. Default true."
         ),
     )
     topic: str = Field(
@@ -613,7 +628,6 @@ class BankSettings(BaseSettings):
         min_length=1,
         description=(
             "Compacted topic holding banks and their hashes (the source of truth; one partition). "
-            "Env: VITGUARD_BANKS_TOPIC. Default vitguard-banks."
         ),
     )
     quality_threshold: int = Field(
@@ -622,7 +636,6 @@ class BankSettings(BaseSettings):
         le=100,
         description=(
             "PDQ hashes of lower quality are carried in the verdict but never matched (HMA's rule). "
-            "Env: VITGUARD_BANKS_QUALITY_THRESHOLD. Default 50."
         ),
     )
     default_match_distance: int = Field(
@@ -630,8 +643,7 @@ class BankSettings(BaseSettings):
         ge=0,
         le=128,
         description=(
-            "Match distance (bits) of a bank created without one. Env: VITGUARD_BANKS_DEFAULT_MATCH_DISTANCE. "
-            "Default 31 (HMA)."
+            "Match distance (bits) of a bank created without one. "
         ),
     )
     index: Literal["auto", "flat", "multihash", "mih"] = Field(
@@ -639,11 +651,11 @@ class BankSettings(BaseSettings):
         description=(
             "Hash index: mih (multi-index hashing in numpy, exact within the distance, fast for large banks), "
             "flat (FAISS exact scan), multihash (FAISS IndexBinaryMultiHash) or auto (flat below multihash_min "
-            "hashes, mih from there). Env: VITGUARD_BANKS_INDEX. Default auto."
+            "hashes, mih from there)."
         ),
     )
     multihash_min: int = Field(
-        4_096, ge=1, description="Hashes from which auto picks mih. Env: VITGUARD_BANKS_MULTIHASH_MIN."
+        4_096, ge=1, description="Hashes from which auto picks mih."
     )
     rebuild_interval_s: float = Field(
         0.5,
@@ -651,7 +663,6 @@ class BankSettings(BaseSettings):
         le=600,
         description=(
             "Bank changes are gathered this long before the index is rebuilt (off the hot path). "
-            "Env: VITGUARD_BANKS_REBUILD_INTERVAL_S. Default 0.5."
         ),
     )
     load_timeout_s: float = Field(
@@ -660,31 +671,29 @@ class BankSettings(BaseSettings):
         le=3600,
         description=(
             "Start-up waits this long for the banks topic to be read to its end before failing. "
-            "Env: VITGUARD_BANKS_LOAD_TIMEOUT_S. Default 60."
         ),
     )
     flood_window_s: float = Field(
         600.0,
         gt=0,
-        description="Flood guard window. Env: VITGUARD_BANKS_FLOOD_WINDOW_S. Default 600.",
+        description="Flood guard window.",
     )
     flood_min_matches: int = Field(
         50,
         ge=1,
         description=(
             "An entry is quarantined when, within one window, it matches at least this many items and at least "
-            "flood_factor times its usual count per window. Env: VITGUARD_BANKS_FLOOD_MIN_MATCHES. Default 50."
+            "flood_factor times its usual count per window."
         ),
     )
     flood_factor: float = Field(
-        10.0, ge=1, description="See flood_min_matches. Env: VITGUARD_BANKS_FLOOD_FACTOR. Default 10."
+        10.0, ge=1, description="See flood_min_matches."
     )
     flood_quarantine_s: float = Field(
         3600.0,
         gt=0,
         description=(
-            "How long a quarantine lasts after the entry's last flood. Env: VITGUARD_BANKS_FLOOD_QUARANTINE_S. "
-            "Default 3600."
+            "How long a quarantine lasts after the entry's last flood. "
         ),
     )
     flood_min_spread_bits: int = Field(
@@ -695,7 +704,6 @@ class BankSettings(BaseSettings):
             "A flood is quarantined only when the items it matched are at least this far apart from each other "
             "(median PDQ distance between pairs): a wrong entry matches unrelated images; a wave of one image's "
             "copies keeps its force_unsafe. 0: quarantine on counts alone. "
-            "Env: VITGUARD_BANKS_FLOOD_MIN_SPREAD_BITS. Default 32."
         ),
     )
 
@@ -710,7 +718,6 @@ class ReviewSettings(BaseSettings):
         description=(
             "The worker publishes review requests (uncertain verdicts, every near-duplicate, wave and bank-match "
             "alert) to VITGUARD_TOPIC_REVIEW_REQUESTS; create it first with `vitguard review topics`. "
-            "Env: VITGUARD_REVIEW_ENABLED. Default false."
         ),
     )
     uncertain_low: float = Field(
@@ -719,25 +726,24 @@ class ReviewSettings(BaseSettings):
         le=1,
         description=(
             "Verdicts with uncertain_low <= unsafe_score < uncertain_high go to review. "
-            "Env: VITGUARD_REVIEW_UNCERTAIN_LOW. Default 0.35."
         ),
     )
     uncertain_high: float = Field(
-        0.65, ge=0, le=1, description="See uncertain_low. Env: VITGUARD_REVIEW_UNCERTAIN_HIGH. Default 0.65."
+        0.65, ge=0, le=1, description="See uncertain_low."
     )
     console_token: SecretStr | None = Field(
         None,
         description=(
             "Signs nothing and is shared: reviewers log in with it and type their name (one operator, "
             "development); with VITGUARD_REVIEW_REVIEWERS_FILE or VITGUARD_REVIEW_IDENTITY_HEADER it is not used "
-            "for logins. Unset with neither, the console refuses to start. Env: VITGUARD_REVIEW_CONSOLE_TOKEN."
+            "for logins. Unset with neither, the console refuses to start."
         ),
     )
     reviewers_file: Path | None = Field(
         None,
         description=(
             "Per-reviewer logins: one `name:scrypt-hash[:tenant,...]` a line (hash from `vitguard review "
-            "hash-password`); a reviewer with tenants reviews only theirs. Env: VITGUARD_REVIEW_REVIEWERS_FILE."
+            "hash-password`); a reviewer with tenants reviews only theirs."
         ),
     )
     identity_header: str | None = Field(
@@ -746,12 +752,11 @@ class ReviewSettings(BaseSettings):
         description=(
             "Take the reviewer from this request header, set by an authenticating proxy in front of the console "
             "(oauth2-proxy: X-Auth-Request-User); no login form. Only the proxy may reach the console then. "
-            "Env: VITGUARD_REVIEW_IDENTITY_HEADER."
         ),
     )
-    console_host: str = Field("127.0.0.1", description="Console bind address. Env: VITGUARD_REVIEW_CONSOLE_HOST.")
+    console_host: str = Field("127.0.0.1", description="Console bind address.")
     console_port: int = Field(
-        6070, ge=0, le=65535, description="Console port. Env: VITGUARD_REVIEW_CONSOLE_PORT. Default 6070."
+        6070, ge=0, le=65535, description="Console port."
     )
     public_origin: str | None = Field(
         None,
@@ -759,29 +764,27 @@ class ReviewSettings(BaseSettings):
         description=(
             "The console's origin as browsers see it (https://review.example.com) when it sits behind a proxy; "
             "writes from any other Origin are refused. Default: the request's own scheme and Host. "
-            "Env: VITGUARD_REVIEW_PUBLIC_ORIGIN."
         ),
     )
     cookie_secure: bool = Field(
         False,
-        description="Mark the session cookie Secure (serve the console over HTTPS). Env: "
-        "VITGUARD_REVIEW_COOKIE_SECURE.",
+        description="Mark the session cookie Secure (serve the console over HTTPS).",
     )
     session_ttl_s: int = Field(
-        8 * 3600, ge=60, le=7 * 24 * 3600, description="Login lifetime. Env: VITGUARD_REVIEW_SESSION_TTL_S."
+        8 * 3600, ge=60, le=7 * 24 * 3600, description="Login lifetime."
     )
     thumbnail_px: int = Field(
-        256, ge=32, le=1024, description="Longest side of console thumbnails. Env: VITGUARD_REVIEW_THUMBNAIL_PX."
+        256, ge=32, le=1024, description="Longest side of console thumbnails."
     )
     thumbnail_cache: int = Field(
-        256, ge=0, le=100_000, description="Thumbnails kept in memory. Env: VITGUARD_REVIEW_THUMBNAIL_CACHE."
+        256, ge=0, le=100_000, description="Thumbnails kept in memory."
     )
     negative_bank: str = Field(
         "review-overturned",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/\-]*$",
         description=(
             "Hash bank (negative) that `vitguard review apply` adds overturned items to, where hash banks are "
-            "enabled. Env: VITGUARD_REVIEW_NEGATIVE_BANK. Default review-overturned."
+            "enabled."
         ),
     )
     confirmed_bank: str = Field(
@@ -789,7 +792,6 @@ class ReviewSettings(BaseSettings):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/\-]*$",
         description=(
             "Hash bank (positive, flag_only when created) for confirmed items the reviewer chose to bank. "
-            "Env: VITGUARD_REVIEW_CONFIRMED_BANK. Default review-confirmed."
         ),
     )
 
@@ -857,6 +859,9 @@ def load_settings(**overrides: dict[str, Any]) -> Settings:
     for name, cls in _SECTIONS.items():
         try:
             built[name] = cls(**overrides.get(name, {}))
+        except SettingsError as exc:  # a variable the environment source could not decode at all
+            field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else "?"
+            raise ConfigError(f"invalid setting {_env_var(cls, field)}: {exc}") from exc
         except ValidationError as exc:
             err = exc.errors()[0]
             field = str(err["loc"][0]) if err["loc"] else "?"

@@ -23,5 +23,13 @@ def show() -> None:
     click.echo(json.dumps(settings.model_dump(mode="json"), indent=2, default=str))
 
 
+@config.command("reference")
+def reference() -> None:
+    """Print the configuration reference (Markdown) generated from the settings classes."""
+    from vitguard.settings_reference import reference_markdown
+
+    click.echo(reference_markdown(), nl=False)
+
+
 def register(group: click.Group) -> None:
     group.add_command(config)

@@ -169,7 +169,7 @@ def decode_image(  # noqa: C901 - older than the limit, to be split
         raise ImageDecodeError("not_an_image", f"corrupt {image.format} data: {exc}") from exc
 
     out = to_rgb(upright(image))
-    if reduced:  # the PDQ hash needs the full-resolution pixels (pipeline/decode.py)
+    if reduced:  # the PDQ hash needs the full-resolution pixels (pipeline/stages/decode.py)
         out.info[REDUCED_SCALE] = True
     return out
 
