@@ -86,7 +86,8 @@ def reference_markdown() -> str:
     out = [_HEADER]
     for section, cls in _SECTIONS.items():
         summary = _cell((cls.__doc__ or "").strip().split("\n\n")[0])
-        out += [f"## {section}", "", summary, "", "| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
+        out += [f"## {section}", "", summary, "",
+                "| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
         for name, field in cls.model_fields.items():
             out.append(f"| `{_env_var(cls, name)}` | {_type_name(field.annotation)} | {_default(field)} | "
                        f"{_cell(field.description or '')} |")

@@ -1,4 +1,4 @@
-"""The commands that deploy/README.md and deploy/OPERATING.md tell operators to run exist, with the
+"""The commands that the README, docs/commands.md and deploy/*.md tell users to run exist, with the
 options they use: read from the click commands themselves, so the docs cannot drift from the CLI."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from deploy_files import DEPLOY
 
 from vitguard.cli import main
 
-DOCS = [DEPLOY / "README.md", DEPLOY / "OPERATING.md"]
+REPO = DEPLOY.parent
+DOCS = [DEPLOY / "README.md", DEPLOY / "OPERATING.md", REPO / "README.md", REPO / "docs" / "commands.md"]
 # `vitguard <cmd> ...` and `docker compose run --rm cli <cmd> ...` (the cli service's entry point is vitguard)
 _INVOCATION = re.compile(r"(?:\bvitguard|\brun --rm cli)\s+((?:[a-z][a-z-]*)(?:\s+[a-z][a-z-]*)?)((?:[^\n`]|\\\n)*)")
 _OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
@@ -47,7 +48,7 @@ def _options(command: click.Command) -> set[str]:
     return names | {"--help"}
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_documented_commands_and_options_exist(doc: Path) -> None:
     checked = 0
     problems: list[str] = []
@@ -65,3 +66,16 @@ def test_documented_commands_and_options_exist(doc: Path) -> None:
             problems.append(f"`vitguard {' '.join(path)}` has no option(s) {unknown}")
     assert not problems, "\n".join(problems)
     assert checked >= 3, f"{doc.name}: expected several vitguard commands, found {checked}"
+
+
+def test_the_readme_fits_a_few_screens_and_its_links_resolve() -> None:
+    """The README is what a newcomer reads in five minutes; the depth lives in docs/, linked from it."""
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    assert len(text.encode()) <= 12 * 1024
+    quick = text.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    assert [line.split()[:2] for line in quick.strip().splitlines()] == [["make", "demo"], ["make", "test"]]
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert len(links) >= 10
+    missing = [link for link in links if not link.startswith("http") and not (REPO / link).exists()]
+    assert missing == []

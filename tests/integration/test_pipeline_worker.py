@@ -93,10 +93,10 @@ def metric(settings: Any, name: str, **labels: str) -> float:
     )
 
 
-def post(settings: Any, path: str, body: bytes, content_type: str) -> tuple[int, Any]:
-    """POST to the worker's web server: (status, JSON body)."""
+def post(settings: Any, path: str, body: bytes | None, content_type: str, method: str = "POST") -> tuple[int, Any]:
+    """POST (or ``method``) to the worker's web server: (status, JSON body)."""
     request = urllib.request.Request(f"http://127.0.0.1:{settings.web.port}{path}", data=body,
-                                     headers={"Content-Type": content_type}, method="POST")
+                                     headers={"Content-Type": content_type}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own worker
             return response.status, json.loads(response.read())
@@ -126,6 +126,17 @@ def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..
         refused = post(settings, "/classify", b'{"image_ref": "http://10.0.0.1/x.jpg"}', "application/json")
         not_image = post(settings, "/classify", b"plain text, not an image", "application/octet-stream")
         too_deep = post(settings, "/classify", b'{"image_ref": ' + b"[" * 100_000, "application/json")
+        # HTTP conventions: multipart uploads (several files: one answer each), 415 for other bodies, 502 when
+        # the referenced image cannot be fetched, a JSON 405
+        from tests.consumers.test_classify_http import multipart
+
+        form_type, form = multipart(("file", "a.png", samples.other_files[0].read_bytes()),
+                                    ("file", "b.txt", b"not an image"))
+        uploaded = post(settings, "/classify", form, form_type)
+        plain = post(settings, "/classify", b"hello", "text/plain")
+        missing_ref = json.dumps({"image_ref": (tmp_path / "images" / "absent.jpg").as_uri()}).encode()
+        missing = post(settings, "/classify", missing_ref, "application/json")
+        wrong_method = post(settings, "/classify", None, "application/json", method="GET")
         with socket.create_connection(("127.0.0.1", settings.web.port), timeout=10) as trickling:
             # a client that trickles its body holds the one request slot: the next is refused, not buffered
             trickling.sendall(b"POST /classify HTTP/1.1\r\nHost: w\r\nContent-Type: image/png\r\n"
@@ -169,6 +180,12 @@ def test_mixed_events_each_get_exactly_one_output(pipeline_settings: Callable[..
     assert classified[0] == 200 and classified[1]["label"] == "safe" and classified[1]["model_name"] == "opennsfw"
     assert refused == (400, {"reason": "fetch_blocked", "message": refused[1]["message"]})
     assert not_image[0] == 400 and not_image[1]["reason"] == "not_an_image"
+    assert uploaded[0] == 200 and [r["name"] for r in uploaded[1]["results"]] == ["a.png", "b.txt"]
+    assert uploaded[1]["results"][0]["verdict"]["label"] == "safe"
+    assert uploaded[1]["results"][1]["reason"] == "not_an_image"
+    assert plain[0] == 415 and plain[1]["reason"] == "unsupported_media_type"
+    assert missing[0] == 502 and missing[1]["reason"] == "fetch_not_found"
+    assert wrong_method[0] == 405 and wrong_method[1]["reason"] == "method_not_allowed"
 
     from vitguard.stores import MilvusEmbeddingIndex
 

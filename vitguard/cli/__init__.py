@@ -38,6 +38,7 @@ def _register() -> None:
         banks_cmd,
         config_cmd,
         demo_cmd,
+        dev_cmd,
         finetune_cmd,
         model_cmd,
         publish_cmd,
@@ -48,7 +49,7 @@ def _register() -> None:
         worker_cmd,
     )
 
-    modules = (worker_cmd, demo_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, finetune_cmd, schemas_cmd,
+    modules = (worker_cmd, demo_cmd, dev_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, finetune_cmd, schemas_cmd,
                config_cmd, review_cmd, banks_cmd)
     for module in modules:
         module.register(main)

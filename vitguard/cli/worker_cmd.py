@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 
-__all__ = ["GIL_SWITCH_INTERVAL_S", "SINGLE_THREADED_BLAS", "register"]
+__all__ = ["SINGLE_THREADED_BLAS", "register"]
 
 SINGLE_THREADED_BLAS = {"OPENBLAS_NUM_THREADS": "1"}
 """Set (unless the operator set them) before numpy loads in a worker. numpy's OpenBLAS starts a pool of
@@ -16,14 +15,6 @@ clustering, recent-write search) and come from several pipeline threads, so the 
 spinning took ~60% of a core: with the tiny model at line rate, 2.4 CPU-ms an image in unnamed threads,
 0.47 with one BLAS thread (bench/pipeline_throughput.py, same run otherwise). The model's own thread pools
 (torch, onnxruntime) are not OpenBLAS's and are unaffected."""
-
-GIL_SWITCH_INTERVAL_S = 0.001
-"""How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The event loop gives
-the GIL up at every socket write and read (Kafka, Redis, the Milvus client), and then waits for the decode,
-inference and Milvus threads to hand it back: up to the whole interval each time, many times per group. At 1 ms
-the tiny model's latency at 60% of the line rate fell from p50 312 / p99 439 ms to 170 / 318 ms, throughput
-unchanged (``bench/pipeline_throughput.py``, same sitting); the threads that lose the GIL sooner run C code
-(Pillow, torch, numpy) that releases it anyway."""
 
 
 @click.command("worker")
@@ -40,7 +31,6 @@ def worker(create_topics: bool) -> None:
     """
     for name, value in SINGLE_THREADED_BLAS.items():
         os.environ.setdefault(name, value)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     from vitguard.consumers import run_worker
     from vitguard.settings import load_settings
 

@@ -18,15 +18,13 @@ import time
 from typing import Any
 
 from vitguard import metrics
+from vitguard.consumers.classify_http import ClassifyCall, UnsupportedMediaTypeError, parse_request, status_for
 from vitguard.errors import InputError
 from vitguard.health import liveness, readiness
 
 __all__ = ["register_views"]
 
 _log = logging.getLogger(__name__)
-
-_JSON_TYPES = ("application/json", "text/json")
-
 
 def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - older than the limit, to be split
     """Add vitguard's views to a Faust app; ``runtime`` is its :class:`~vitguard.consumers.app.WorkerRuntime`."""
@@ -90,7 +88,6 @@ def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - older than t
                 handling[0] -= 1
 
         async def _classify(self, request: Any, processor: Any) -> Any:
-            content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             try:
                 try:
                     async with asyncio.timeout(body_timeout_s):  # a trickled body must not hold its slot forever
@@ -100,18 +97,20 @@ def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - older than t
                     return self.json({"reason": "request_timeout",
                                       "message": f"the request body did not arrive within {body_timeout_s:g} s"},
                                      status=408)
-                if content_type in _JSON_TYPES:
-                    kwargs = _json_request(body)
-                    verdict = await processor.classify(**kwargs)
-                else:
-                    verdict = await processor.classify(data=body)
+                calls, batch = parse_request(request.headers.get("Content-Type") or "", body)
+                if batch:
+                    return self.json({"results": await _classify_batch(processor, calls)})
+                verdict = await processor.classify(**calls[0].kwargs())
             except asyncio.CancelledError:
                 if not processor.closed:  # the client went away: the handler itself is cancelled
                     raise
                 return self._stopping()
             except InputError as exc:
                 metrics.CLASSIFY_REQUESTS.labels(exc.reason).inc()
-                return self.json({"reason": exc.reason, "message": exc.message}, status=400)
+                return self.json({"reason": exc.reason, "message": exc.message}, status=status_for(exc.reason))
+            except UnsupportedMediaTypeError as exc:
+                metrics.CLASSIFY_REQUESTS.labels(exc.reason).inc()
+                return self.json({"reason": exc.reason, "message": exc.message}, status=415)
             except HTTPRequestEntityTooLarge as exc:
                 metrics.CLASSIFY_REQUESTS.labels("fetch_too_large").inc()
                 return self.json({"reason": "fetch_too_large", "message": exc.text or str(exc)}, status=413)
@@ -124,31 +123,41 @@ def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - older than t
             metrics.CLASSIFY_REQUESTS.labels(verdict.label).inc()
             return self.json(verdict.model_dump(mode="json"))
 
+        async def get(self, request: Any) -> Any:
+            return self._not_allowed(request)
+
+        async def put(self, request: Any) -> Any:
+            return self._not_allowed(request)
+
+        async def delete(self, request: Any) -> Any:
+            return self._not_allowed(request)
+
+        async def patch(self, request: Any) -> Any:
+            return self._not_allowed(request)
+
+        def _not_allowed(self, request: Any) -> Any:
+            return self.json({"reason": "method_not_allowed",
+                              "message": f"{request.method} /classify: send the image with POST"},
+                             status=405, headers={"Allow": "POST"})
+
         def _stopping(self) -> Any:
             metrics.CLASSIFY_REQUESTS.labels("shutting_down").inc()
             return self.json({"reason": "shutting_down", "message": "the worker is stopping; retry on another"},
                              status=503, headers={"Retry-After": "1"})
 
 
-def _json_request(body: bytes) -> dict[str, Any]:
-    """``{"image_ref": ..., "content_id"?: ..., "tenant"?: ...}`` -> keyword arguments of ``classify``."""
-    from vitguard.schemas.events import ImageEvent, load_json
-
-    data = load_json(body)
-    if not isinstance(data, dict) or not isinstance(data.get("image_ref"), str):
-        raise InputError("schema_violation", 'expected a JSON object {"image_ref": "<http(s)|file|data URL>"}')
-    unknown = set(data) - {"image_ref", "content_id", "tenant"}
-    if unknown:
-        raise InputError("schema_violation", f"unknown field(s): {sorted(unknown)}")
-    from pydantic import ValidationError
-
-    try:  # the same validation as an input event, so /classify refuses what the stream refuses
-        event = ImageEvent.model_validate({"content_id": data.get("content_id") or "classify", **data})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InputError("schema_violation", f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
-    return {
-        "image_ref": event.image_ref,
-        "content_id": data.get("content_id"),
-        "tenant": event.tenant,
-    }
+async def _classify_batch(processor: Any, calls: list[ClassifyCall]) -> list[dict[str, Any]]:
+    """The images of a multipart request, classified together (they join the same batches): one answer each,
+    in order, a verdict or ``{"reason", "message"}``."""
+    answers = await asyncio.gather(*(processor.classify(**c.kwargs()) for c in calls), return_exceptions=True)
+    out: list[dict[str, Any]] = []
+    for call, answer in zip(calls, answers, strict=True):
+        if isinstance(answer, InputError):
+            metrics.CLASSIFY_REQUESTS.labels(answer.reason).inc()
+            out.append({"name": call.name, "reason": answer.reason, "message": answer.message})
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            metrics.CLASSIFY_REQUESTS.labels(answer.label).inc()
+            out.append({"name": call.name, "verdict": answer.model_dump(mode="json")})
+    return out
