@@ -30,6 +30,7 @@ __all__ = [
     "DEAD_LETTERS",
     "EVENTS_CONSUMED",
     "EVENTS_REDELIVERED",
+    "INPUT_UNKNOWN_FIELDS",
     "EVENT_LATENCY",
     "FATAL_ERRORS",
     "IMAGE_STAGE_DURATION",
@@ -67,6 +68,12 @@ EVENTS_CONSUMED = Counter(
 EVENTS_REDELIVERED = Counter(
     "vitguard_events_redelivered",
     "Events skipped because their id was already processed (redelivery guard).",
+    registry=REGISTRY,
+)
+INPUT_UNKNOWN_FIELDS = Counter(
+    "vitguard_input_unknown_fields",
+    "Fields of input events that the contract does not define (accepted and ignored): producers ahead of the "
+    "workers, or x_ fields of their own.",
     registry=REGISTRY,
 )
 VERDICTS = Counter(

@@ -394,7 +394,12 @@ class FetchSettings(BaseSettings):
     )
     max_redirects: int = Field(3, ge=0, le=20, description="Redirects followed per image URL (each checked again).")
     max_inline_bytes: int = Field(
-        1024 * 1024, ge=64, description="Largest decoded inline (data:) image."
+        (1_000_000 - 48 * 1024) * 3 // 4, ge=64,
+        description=(
+            "Largest decoded inline (data:) image: by default what fits Kafka's default 1 MB message once "
+            "base64-encoded, with room for the rest of the event (vitguard publish --inline also checks the "
+            "topic's own limit)."
+        ),
     )
     file_root: Path | None = Field(
         None,

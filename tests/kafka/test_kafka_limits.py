@@ -82,3 +82,24 @@ def test_limits_from_the_real_broker(kafka_bootstrap: str) -> None:
 
     capped = read_output_limits(kafka, [big], 1_500_000, 10.0)
     assert capped[big] == 1_500_000  # the producer's request size caps it
+
+
+def test_an_inline_image_at_the_capacity_fits_its_message_with_the_base64_growth_counted() -> None:
+    """Issue 30: a 791 KB PNG became a 1,055,477-byte message that default Kafka refuses."""
+    import base64
+    import json
+
+    from vitguard.kafka.limits import DEFAULT_MAX_MESSAGE_BYTES, INLINE_ENVELOPE_BYTES, inline_capacity
+    from vitguard.schemas.events import MAX_METADATA_KEYS
+    from vitguard.settings import FetchSettings
+
+    for limit in (DEFAULT_MAX_MESSAGE_BYTES, 1_000_000, 5 * 1024 * 1024):
+        image = bytes(inline_capacity(limit))
+        metadata = {f"key-{i:03d}": "v" * 1000 for i in range(MAX_METADATA_KEYS)}  # the fullest envelope
+        event = {"event_id": "e" * 128, "content_id": "c" * 128, "tenant": "t" * 128,
+                 "created_at": "2026-12-07T10:00:00.000000+00:00", "metadata": metadata,
+                 "image_ref": "data:image/png;base64," + base64.b64encode(image).decode()}
+        assert len(json.dumps(event).encode()) <= limit
+        assert len(json.dumps(event).encode()) > limit - INLINE_ENVELOPE_BYTES  # the room is not wasted
+    assert FetchSettings().max_inline_bytes <= inline_capacity(1_000_000)  # the workers' default fits too
+    assert inline_capacity(100) == 0

@@ -91,11 +91,17 @@ def publish(
         _warn_file_root(settings.fetch.file_root, [d for d, _ in dir_files])
 
     topic_partitions(settings.kafka, target, connect_timeout)
+    max_inline = settings.fetch.max_inline_bytes
+    if inline:  # an inline image must also fit the topic's message limit once base64-encoded
+        from vitguard.kafka.limits import PRODUCER_MAX_REQUEST_BYTES, inline_capacity, read_output_limits
+
+        topic_limit = read_output_limits(settings.kafka, [target], PRODUCER_MAX_REQUEST_BYTES, connect_timeout)
+        max_inline = min(max_inline, inline_capacity(topic_limit[target]))
 
     def items() -> Iterator[SourceItem]:
         for directory, files in dir_files:
             yield from items_from_directory(
-                directory, inline=inline, max_inline_bytes=settings.fetch.max_inline_bytes, tenant=tenant,
+                directory, inline=inline, max_inline_bytes=max_inline, tenant=tenant,
                 id_from="name" if id_from == "name" else "sha256", files=files,
             )
         for path in jsonl_files:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -35,6 +36,7 @@ __all__ = [
     "decode_key",
     "load_json",
     "parse_image_event",
+    "derived_event_id",
     "utc_now",
     "validate_image_event",
 ]
@@ -77,7 +79,7 @@ class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
     schema_version: str = Field(
-        SCHEMA_VERSION, pattern=r"^1\.\d+$", description="Contract version (major.minor); this reader accepts 1.x."
+        SCHEMA_VERSION, pattern=r"^1\.[0-9]+$", description="Contract version (major.minor); this reader accepts 1.x."
     )
 
 
@@ -86,12 +88,34 @@ INLINE_MEDIA_TYPES = ("image/", "video/")
 video labelled ``data:video/mp4`` was a schema violation, ``data:image/mp4`` accepted)."""
 
 
+URL_REF_PATTERN = r"^(https?|file)://[^\s]*$"
+"""An http(s):// or file:// reference: no whitespace (and at most :data:`MAX_URL_LEN` characters)."""
+DATA_REF_PATTERN = r"^data:(image|video)/[^,]*;base64,[\s\S]+$"
+"""An inline reference: ``data:image/...`` or ``data:video/...``, base64, not empty."""
+TIMESTAMP_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
+                     r"([Zz]|[+-][0-9]{2}:?[0-9]{2})$")
+"""An ISO 8601 / RFC 3339 date and time with its offset (``2026-01-01T00:00:00Z``)."""
+PRODUCER_FIELD_PREFIX = "x_"
+"""Input fields whose names start with this are the producer's own: vitguard never gives them a meaning."""
+
+
 class ImageEvent(_Event):
-    """Input: an image was uploaded somewhere, and this is where to get it."""
+    """Input: an image was uploaded somewhere, and this is where to get it.
+
+    Unknown fields are accepted and ignored (counted in ``vitguard_input_unknown_fields_total``), so producers
+    can add a field before the workers know it. Names starting with ``x_`` are the producer's own for good;
+    any other name may be given a meaning by a later 1.x contract.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow", str_strip_whitespace=False)
 
     event_id: Identifier = Field(
         default_factory=lambda: uuid.uuid4().hex,
-        description="Unique per event; a redelivered event keeps its id and gets no second verdict.",
+        description=(
+            "Unique per event; a redelivered event keeps its id and gets no second verdict. When a message "
+            "leaves it out, the worker derives it from the message bytes (sha256-<32 hex digits>), so a "
+            "redelivery of the same record is still recognised."
+        ),
     )
     content_id: Identifier = Field(
         description="The platform's id of the image; Kafka key, Milvus primary key, the id downstream joins on."
@@ -103,14 +127,20 @@ class ImageEvent(_Event):
             "Where the image is: an http(s):// URL, a file:// URL under the worker's allowed root, or an inline "
             "data:image/...;base64,... URL for small images."
         ),
+        json_schema_extra={"anyOf": [{"pattern": URL_REF_PATTERN, "maxLength": MAX_URL_LEN},
+                                     {"pattern": DATA_REF_PATTERN}]},
     )
     tenant: Identifier = Field("default", description="Tenant or source platform the upload belongs to.")
     created_at: datetime = Field(
-        default_factory=utc_now, description="When the upload happened (timezone-aware, ISO 8601)."
+        default_factory=utc_now, description="When the upload happened (timezone-aware, ISO 8601).",
+        json_schema_extra={"pattern": TIMESTAMP_PATTERN},
     )
     metadata: dict[str, str] = Field(
         default_factory=dict,
         description=f"Free-form string tags passed through to the verdict (at most {MAX_METADATA_KEYS} keys).",
+        json_schema_extra={"maxProperties": MAX_METADATA_KEYS,
+                           "propertyNames": {"minLength": 1, "maxLength": MAX_ID_LEN},
+                           "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE_LEN}},
     )
     replay_id: str | None = Field(
         None, max_length=MAX_ID_LEN, description="Set by `vitguard replay` on events it re-publishes."
@@ -133,6 +163,16 @@ class ImageEvent(_Event):
                 raise ValueError("inline image is empty")
             return v
         raise ValueError("image_ref must be an http(s)://, file:// or data:image/...;base64, (or data:video/) URL")
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _iso_text(cls, v: Any) -> Any:
+        """An ISO 8601 string with its offset, as the published schema says (no Unix times, no naive times)."""
+        if isinstance(v, datetime):  # built in code, not read from JSON
+            return v
+        if not isinstance(v, str) or not re.fullmatch(TIMESTAMP_PATTERN, v):
+            raise ValueError("created_at must be an ISO 8601 date and time with its offset (2026-01-01T00:00:00Z)")
+        return v
 
     @field_validator("created_at")
     @classmethod
@@ -501,7 +541,15 @@ def parse_image_event(raw: bytes | str) -> ImageEvent:
     data = load_json(raw)
     if not isinstance(data, dict):
         raise InputError("invalid_json", f"payload must be a JSON object, got {type(data).__name__}")
+    if "event_id" not in data:  # derived from the bytes: a redelivery of this record has the same id
+        data["event_id"] = derived_event_id(raw)
     return validate_image_event(data)
+
+
+def derived_event_id(raw: bytes | str) -> str:
+    """The id of an input message that carries none: ``sha256-`` and 32 hex digits of its bytes."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    return "sha256-" + hashlib.sha256(data).hexdigest()[:32]
 
 
 def validate_image_event(data: dict[str, Any]) -> ImageEvent:

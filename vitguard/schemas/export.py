@@ -17,7 +17,7 @@ from vitguard.schemas.events import (
 )
 from vitguard.schemas.review import ReviewAuditRecord, ReviewDecision, ReviewRequest, VerdictCorrection
 
-__all__ = ["EVENT_MODELS", "export_json_schemas"]
+__all__ = ["EVENT_MODELS", "INPUTS", "export_json_schemas", "json_schema"]
 
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     "image-event": ImageEvent,
@@ -32,18 +32,25 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+INPUTS = frozenset({"image-event"})
+"""What producers write and vitguard reads: described as the worker validates them (optional fields optional);
+the rest as vitguard writes them."""
+
+
+def json_schema(name: str) -> dict[str, object]:
+    """The JSON Schema 2020-12 document of one event contract."""
+    model = EVENT_MODELS[name]
+    schema = model.model_json_schema(mode="validation" if name in INPUTS else "serialization")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"urn:vitguard:{name}:{SCHEMA_VERSION}",
+            **schema}
+
+
 def export_json_schemas(out_dir: Path) -> list[Path]:
     """Write one ``<name>.schema.json`` (JSON Schema 2020-12) per event into ``out_dir``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, model in EVENT_MODELS.items():
-        schema = model.model_json_schema(mode="serialization")
-        schema = {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": f"urn:vitguard:{name}:{SCHEMA_VERSION}",
-            **schema,
-        }
+    for name in EVENT_MODELS:
         path = out_dir / f"{name}.schema.json"
-        path.write_text(json.dumps(schema, indent=2, sort_keys=False) + "\n")
+        path.write_text(json.dumps(json_schema(name), indent=2, sort_keys=False) + "\n")
         written.append(path)
     return written
