@@ -14,7 +14,6 @@ from vitguard.errors import InputError
 from vitguard.schemas import (
     SCHEMA_VERSION,
     DeadLetter,
-    ImageEvent,
     NearDuplicateAlert,
     Verdict,
     export_json_schemas,
