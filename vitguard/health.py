@@ -40,6 +40,9 @@ class HealthState:
 
     model_loaded: bool = False
     agent_running: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+    joined_at: float | None = None
+    """When the consumer first got its partitions (an empty assignment counts: the group has settled)."""
     fatal: str | None = None
     in_flight: int = 0
     """Stream events taken and not yet answered."""
@@ -54,7 +57,8 @@ class HealthState:
     milvus_error: str | None = None
     publish_failing_since: float | None = None
     publish_error: str | None = None
-    redis_degraded_until: float = 0.0
+    redis_degraded: bool = False
+    """The last Redis call failed (or Redis did not answer at start-up); cleared only by a call that succeeds."""
     redis_error: str | None = None
     agent_restarts: int = 0
     fatal_error: BaseException | None = field(default=None, repr=False)
@@ -174,6 +178,8 @@ def readiness(
         reasons.append("model not loaded")
     if not state.agent_running:
         reasons.append("agent not running")
+    if state.joined_at is None:
+        reasons.append(f"joining the consumer group for {max(0.0, now - state.started_at):.0f}s")
     if not broker_reachable:
         reasons.append("broker unreachable")
     if state.milvus_failing_since is not None:
@@ -182,13 +188,14 @@ def readiness(
         reasons.append("milvus unreachable")
     if state.publish_failing_since is not None and now - state.publish_failing_since >= publish_stuck_s:
         reasons.append(f"publishing stuck for {now - state.publish_failing_since:.0f}s: {state.publish_error}")
-    redis_degraded = now < state.redis_degraded_until
+    redis_degraded = state.redis_degraded
     return Probe(
         not reasons,
         tuple(reasons),
         {
             "broker_reachable": broker_reachable,
             "milvus_reachable": milvus_reachable and state.milvus_failing_since is None,
+            "joined": state.joined_at is not None,
             "redis": "degraded" if redis_degraded else "ok",
             "redis_error": state.redis_error if redis_degraded else None,
             "in_flight": state.in_flight,

@@ -481,3 +481,25 @@ async def test_records_re_fetched_after_a_seek_back_are_delivered_and_never_comm
     ours._committed_offset[tp] = 37
     await ours.accept_gap(tp, 37, 41)  # the tracker re-fetched 37..40: nothing there
     assert ours._new_offset(tp) == 42
+
+
+def test_sigterm_during_the_group_join_exits_0_at_once_and_readyz_says_joining(
+    worker_settings: Callable[..., Any], workers: list[ChaosWorker]
+) -> None:
+    """Issue 30: /readyz said ready before the consumer had partitions, and a SIGTERM during the join waited for
+    the join (the group's rebalance timeout) and then for the watchdog, exiting 143. A group join that takes the
+    whole rebalance timeout (the embedded broker holds the first join that long) shows both."""
+    from vitguard.consumers.worker import JOINING_STOP_S
+
+    settings = worker_settings(kafka={"rebalance_timeout_s": 60.0, "session_timeout_s": 30.0})
+    worker = start(workers, settings)
+    deadline = time.monotonic() + 60
+    status, reasons = readyz(settings.web.port, timeout_s=2)
+    while status == 0 and time.monotonic() < deadline:  # the web server is up once the model is loaded
+        time.sleep(0.2)
+        status, reasons = readyz(settings.web.port, timeout_s=2)
+    assert status == 503 and any(r.startswith("joining the consumer group for") for r in reasons), (status, reasons)
+    assert "joined the consumer group" not in worker.log_tail(100_000)
+    stopped_at = time.monotonic()
+    assert worker.terminate(timeout_s=30) == 0
+    assert time.monotonic() - stopped_at < JOINING_STOP_S + 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -142,16 +143,52 @@ async def test_a_start_up_redis_check_is_fatal_only_for_a_refusal() -> None:
     async def down() -> None:
         raise ServiceUnavailableError("Redis ping failed: ConnectionError: connection refused")
 
-    policy = RedisPolicy(HealthState(), timeout_s=1)
-    await policy.once("ping", down)  # Redis down at start-up: the worker starts degraded
+    health = HealthState()
+    policy = RedisPolicy(health, timeout_s=1)
+    await policy.once("ping", down)  # Redis down at start-up: the worker starts degraded, and says so
+    assert health.redis_degraded and "connection refused" in (health.redis_error or "")
     with pytest.raises(FatalError, match="refused vitguard"):
         await policy.once("ping", refused)
 
 
+async def test_redis_stays_degraded_until_a_call_succeeds_however_long_it_is_down() -> None:
+    """Issue 30: /readyz said "degraded" for the 5 s after a failed call, then "ok" with Redis still down."""
+    health = HealthState()
+    policy = RedisPolicy(health, skip_s=0.05, timeout_s=1)
+    up = False
+
+    async def call() -> str:
+        if not up:
+            raise ServiceUnavailableError("Redis seen_events failed: ConnectionError: refused")
+        return "answer"
+
+    assert await policy.call("seen_events", call, "default") == "default"
+    for _ in range(3):  # skipped calls and failed retries alike keep it degraded
+        await asyncio.sleep(0.06)
+        assert await policy.call("seen_events", call, "default") == "default"
+        probe = readiness(health, time.monotonic() + 3600, broker_reachable=True, milvus_reachable=True,
+                          publish_stuck_s=30)
+        assert probe.detail["redis"] == "degraded" and "refused" in str(probe.detail["redis_error"])
+    up = True
+    await asyncio.sleep(0.06)
+    assert await policy.call("seen_events", call, "default") == "answer"
+    assert not health.redis_degraded and health.redis_error is None
+
+
+def test_readiness_waits_for_the_group_join_and_says_how_long_it_has_taken() -> None:
+    """Issue 30: /readyz said ready at 5 s; the consumer got its partitions at 22-23 s."""
+    h = HealthState(model_loaded=True, agent_running=True, started_at=10.0)
+    probe = readiness(h, 32.0, broker_reachable=True, milvus_reachable=True, publish_stuck_s=30)
+    assert not probe.ok and probe.reasons == ("joining the consumer group for 22s",) and not probe.detail["joined"]
+    h.joined_at = 33.0
+    probe = readiness(h, 34.0, broker_reachable=True, milvus_reachable=True, publish_stuck_s=30)
+    assert probe.ok and probe.detail["joined"]
+
+
 def test_readiness_says_why_and_redis_never_gates_it() -> None:
-    h = HealthState(model_loaded=True, agent_running=True)
+    h = HealthState(model_loaded=True, agent_running=True, joined_at=1.0)
     assert readiness(h, 100.0, broker_reachable=True, milvus_reachable=True, publish_stuck_s=30).ok
-    h.redis_degraded_until = 1e12
+    h.redis_degraded = True
     probe = readiness(h, 100.0, broker_reachable=True, milvus_reachable=True, publish_stuck_s=30)
     assert probe.ok and probe.detail["redis"] == "degraded"
     h.milvus_failing_since, h.milvus_error = 90.0, "upsert: timeout"

@@ -287,6 +287,10 @@ def create_app(
 
     @app.on_partitions_assigned.connect  # type: ignore[misc,arg-type]
     async def expect_committed(sender: Any, assigned: Any, **_: Any) -> None:
+        if runtime.health.joined_at is None:
+            runtime.health.joined_at = time.monotonic()
+            _log.info("joined the consumer group: %d partition(s) of %s assigned",
+                      sum(1 for tp in assigned if tp.topic == topics.images), topics.images)
         await expect_from_committed(app.consumer, {tp for tp in assigned if tp.topic == topics.images},
                                     on_expect=runtime.expect)
 

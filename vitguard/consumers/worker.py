@@ -1,6 +1,7 @@
 """Running the Faust app as a worker process: model first, topics, then Faust's worker, with a bounded stop.
 
-Exit codes: 0 after a clean stop (SIGTERM/SIGINT); 1 after a fatal error (the reason is the last critical log
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT; within :data:`JOINING_STOP_S` when the stop comes before the
+group join, with nothing taken); 1 after a fatal error (the reason is the last critical log
 line); 143 when a stop did not finish within ``VITGUARD_WORKER_SHUTDOWN_TIMEOUT_S`` and the watchdog ended
 the process. In every case, events that were not answered stay uncommitted and are redelivered.
 """
@@ -24,6 +25,9 @@ _log = logging.getLogger(__name__)
 
 EXIT_FATAL = 1
 EXIT_FORCED = 143
+JOINING_STOP_S = 3.0
+"""How long a stop may take before the worker has joined its group: nothing has been taken, so nothing can be
+lost, and aiokafka's stop would otherwise wait for the join to finish (the group's rebalance timeout)."""
 
 
 def _worker_class() -> type:
@@ -40,6 +44,8 @@ def _worker_class() -> type:
             self.on_stopping: Callable[[], None] | None = None
             """Called once when the stop begins, before Faust stops its services (the runner refuses
             ``POST /classify`` from then on: the web server's stop waits for its handlers)."""
+            self.joined: Callable[[], bool] = lambda: True
+            """Whether the consumer has had its partitions: a stop before that has nothing to finish."""
 
         def arm_watchdog(self, why: str) -> None:
             """From now on the process ends within the shutdown timeout, whatever is stuck."""
@@ -48,8 +54,15 @@ def _worker_class() -> type:
             if self.on_stopping is not None:  # on the loop, ahead of the shutdown it schedules
                 self.loop.call_soon_threadsafe(self.on_stopping)
             deadline = self.shutdown_timeout_s
+            joining = not self.exit_code and not self.joined()
+            if joining:
+                deadline = min(deadline, JOINING_STOP_S)
 
             def expire() -> None:
+                if joining:
+                    _log.warning("stopped (%s) while joining the consumer group; nothing was taken", why)
+                    logging.shutdown()
+                    os._exit(0)
                 _log.critical("shutdown (%s) did not finish within %.0fs; exiting now, in-flight work uncommitted",
                               why, deadline)
                 logging.shutdown()
@@ -118,4 +131,5 @@ def run_worker(settings: Settings, *, create_topics: bool = True) -> None:
     )
     app.vitguard.health.add_fatal_hook(worker.fatal)
     worker.on_stopping = app.vitguard.runner.refuse_requests
+    worker.joined = lambda: app.vitguard.health.joined_at is not None
     worker.execute_from_commandline()

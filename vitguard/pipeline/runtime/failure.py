@@ -75,7 +75,7 @@ class RedisPolicy:
             return default
         try:
             async with asyncio.timeout(self._timeout_s):  # the adapter has its own; this bounds a bug in it
-                return await call()
+                result = await call()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -83,13 +83,20 @@ class RedisPolicy:
             now = time.monotonic()
             first = now >= self._skip_until  # calls in flight when Redis went away fail together: log once
             self._skip_until = now + self._skip_s
-            self._health.redis_degraded_until = self._skip_until
-            self._health.redis_error = f"{op}: {type(exc).__name__}: {exc}"[:300]
+            self._degraded(f"{op}: {type(exc).__name__}: {exc}")
             (_log.warning if first else _log.debug)(
                 "Redis %s failed (%s); going on without it for %.0fs", op, exc, self._skip_s,
                 extra={"store": "redis", "op": op},
             )
             return default
+        if self._health.redis_degraded:  # degraded until a call succeeds, however long that takes
+            self._health.redis_degraded, self._health.redis_error = False, None
+            _log.warning("Redis answers again (%s)", op, extra={"store": "redis", "op": op})
+        return result
+
+    def _degraded(self, error: str) -> None:
+        self._health.redis_degraded = True
+        self._health.redis_error = error[:300]
 
     async def once(self, op: str, call: Callable[[], Awaitable[None]]) -> None:
         """One attempt, for a check at start-up: a refusal that waiting will not fix (a
@@ -105,6 +112,7 @@ class RedisPolicy:
             raise FatalError(f"Redis {op}: {exc}") from exc
         except Exception as exc:
             metrics.STORE_ERRORS.labels("redis", op).inc()
+            self._degraded(f"{op} at start-up: {type(exc).__name__}: {exc}")
             _log.warning("Redis %s failed at start-up (%s); starting without it", op, exc,
                          extra={"store": "redis", "op": op})
 
