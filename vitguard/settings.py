@@ -61,6 +61,7 @@ def _env_list(value: Any) -> Any:
 
 
 EnvList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_env_list)]
+EnvSecrets = Annotated[tuple[SecretStr, ...], NoDecode, BeforeValidator(_env_list)]
 """A list of strings read from one variable, JSON or comma-separated (pydantic-settings alone takes JSON only,
 and a plain value failed with a traceback instead of one line)."""
 
@@ -596,9 +597,26 @@ class WebSettings(BaseSettings):
 
     model_config = _config("VITGUARD_WEB_")
 
-    host: str = Field("0.0.0.0", description="Bind address of the web server.")  # noqa: S104 - a server's bind address
+    host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Bind address of the web server: loopback by default; 0.0.0.0 to serve probes and /classify to the "
+            "network (the container image and the manifests set it), with api_keys for /classify."
+        ),
+    )
     port: int = Field(6066, ge=0, le=65535, description="Port of the web server (probes, metrics, /classify).")
     enabled: bool = Field(True, description="Serve the web endpoints.")
+    api_keys: EnvSecrets = Field(
+        (),
+        description=(
+            "Keys that POST /classify requires (Authorization: Bearer <key>, or X-API-Key), JSON or "
+            "comma-separated, several for rotation; empty: no key asked. Probes and /metrics stay open."
+        ),
+    )
+    api_key_rate: float = Field(
+        50.0, gt=0, le=100_000,
+        description="Requests per second each API key may make (a burst of as many); more are answered 429.",
+    )
     classify_max_in_flight: int = Field(
         64, ge=1, le=100_000,
         description=(

@@ -93,10 +93,11 @@ def metric(settings: Any, name: str, **labels: str) -> float:
     )
 
 
-def post(settings: Any, path: str, body: bytes | None, content_type: str, method: str = "POST") -> tuple[int, Any]:
+def post(settings: Any, path: str, body: bytes | None, content_type: str, method: str = "POST",
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """POST (or ``method``) to the worker's web server: (status, JSON body)."""
     request = urllib.request.Request(f"http://127.0.0.1:{settings.web.port}{path}", data=body,
-                                     headers={"Content-Type": content_type}, method=method)
+                                     headers={"Content-Type": content_type, **(headers or {})}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own worker
             return response.status, json.loads(response.read())
@@ -377,3 +378,33 @@ def test_milvus_down_holds_the_stream_without_committing(pipeline_settings: Call
         outputs = wait_answered(out, len(expected), healthy)
     healthy.terminate()
     assert sorted(v.event_id for v in outputs.verdicts) == sorted(e.event_id for e in expected)
+
+
+def test_classify_asks_for_an_api_key_when_keys_are_set_and_holds_each_key_to_its_rate(
+        pipeline_settings: Callable[..., Any], tmp_path: Path, workers: list[WorkerProcess]) -> None:
+    settings = pipeline_settings(web={"api_keys": ("first-key", "second-key"), "api_key_rate": 0.01})  # 1 / 100 s
+    from vitguard.demo.samples import photo_bytes
+
+    image = photo_bytes(1)[0][1]
+    worker = WorkerProcess(settings).start()
+    workers.append(worker)
+    deadline = time.monotonic() + 90
+    while True:  # the web server is up once the model is in
+        try:
+            if post(settings, "/classify", image, "image/png")[0] == 401:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline and worker.running, worker.log_tail()
+        time.sleep(0.5)
+    anonymous = post(settings, "/classify", image, "image/png")
+    wrong = post(settings, "/classify", image, "image/png", headers={"Authorization": "Bearer nope"})
+    first = [post(settings, "/classify", image, "image/png", headers={"Authorization": "Bearer first-key"})
+             for _ in range(2)]
+    second = post(settings, "/classify", image, "image/png", headers={"X-API-Key": "second-key"})
+    probe = urllib.request.urlopen(f"http://127.0.0.1:{settings.web.port}/livez", timeout=5)  # noqa: S310
+    assert worker.terminate() == 0
+    assert anonymous[0] == wrong[0] == 401 and anonymous[1]["reason"] == "unauthorized"
+    assert [status for status, _ in first] == [200, 429] and first[1][1]["reason"] == "rate_limited"
+    assert first[0][1]["label"] == "safe" and second[0] == 200  # another key has its own bucket
+    assert probe.status == 200  # probes need no key

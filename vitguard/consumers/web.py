@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from vitguard import metrics
+from vitguard.consumers.api_keys import ApiKeys
 from vitguard.consumers.classify_http import ClassifyCall, UnsupportedMediaTypeError, parse_request, status_for
 from vitguard.errors import InputError
 from vitguard.health import liveness, readiness
@@ -69,6 +70,7 @@ def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - older than t
             # aiohttp refuses a charset inside content_type=, so the full header goes in as a header
             return self.bytes(metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
+    keys = ApiKeys([k.get_secret_value() for k in runtime.settings.web.api_keys], runtime.settings.web.api_key_rate)
     limit = runtime.settings.web.classify_max_in_flight
     body_timeout_s = runtime.settings.fetch.connect_timeout_s + runtime.settings.fetch.read_timeout_s
     handling = [0]  # POST /classify requests in this handler now
@@ -77,6 +79,11 @@ def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - older than t
     class Classify(View):  # type: ignore[misc]
         async def post(self, request: Any) -> Any:
             processor = runtime.runner
+            refusal = keys.check(request.headers)
+            if refusal is not None:  # before anything else: an unknown caller costs nothing
+                metrics.CLASSIFY_REQUESTS.labels(refusal.reason).inc()
+                return self.json({"reason": refusal.reason, "message": refusal.message}, status=refusal.status,
+                                 headers=dict(refusal.headers))
             if handling[0] >= limit:  # before the body is read: a flood must not buffer its bodies
                 metrics.CLASSIFY_REQUESTS.labels("overloaded").inc()
                 return self.json({"reason": "overloaded", "message": f"{limit} requests in progress; retry"},

@@ -38,7 +38,7 @@ def _env_value(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple | list):
-        return json.dumps(list(value))
+        return json.dumps([_env_value(v) for v in value])
     return str(value)
 
 

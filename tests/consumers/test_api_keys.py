@@ -1,0 +1,55 @@
+"""API keys for POST /classify: constant-time match over every key, and a token bucket per key (pure)."""
+
+from __future__ import annotations
+
+from vitguard.consumers.api_keys import ApiKeys
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_no_keys_configured_lets_everyone_in() -> None:
+    keys = ApiKeys([], rate=1.0)
+    assert not keys.enabled and keys.check({}) is None
+
+
+def test_a_request_needs_one_of_the_keys_by_bearer_or_header() -> None:
+    keys = ApiKeys(["old-key", "new-key"], rate=100.0)
+    assert keys.check({"Authorization": "Bearer new-key"}) is None
+    assert keys.check({"Authorization": "bearer  old-key "}) is None
+    assert keys.check({"X-API-Key": "old-key"}) is None
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic old-key"},
+                    {"X-API-Key": "old-ke"}, {"X-API-Key": "old-key-and-more"}, {"Authorization": "Bearer "}):
+        refusal = keys.check(headers)
+        assert refusal is not None and refusal.status == 401 and refusal.reason == "unauthorized", headers
+        assert refusal.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_each_key_has_its_own_rate() -> None:
+    clock = Clock()
+    keys = ApiKeys(["a", "b"], rate=2.0, clock=clock)
+    a, b = {"X-API-Key": "a"}, {"X-API-Key": "b"}
+    assert keys.check(a) is None and keys.check(a) is None  # a burst of `rate`
+    refusal = keys.check(a)
+    assert refusal is not None and refusal.status == 429 and refusal.headers["Retry-After"] == "1"
+    assert keys.check(b) is None  # another key is not held by a's
+    clock.now += 0.5  # one token back
+    assert keys.check(a) is None
+    assert keys.check(a) is not None
+    clock.now += 10  # refilled, but never beyond the burst
+    assert [keys.check(a) is None for _ in range(3)] == [True, True, False]
+
+
+def test_a_rate_under_one_a_second_still_lets_one_request_through() -> None:
+    clock = Clock()
+    keys = ApiKeys(["a"], rate=0.1, clock=clock)
+    assert keys.check({"X-API-Key": "a"}) is None
+    refusal = keys.check({"X-API-Key": "a"})
+    assert refusal is not None and refusal.headers["Retry-After"] == "10"
+    clock.now += 10
+    assert keys.check({"X-API-Key": "a"}) is None
