@@ -6,11 +6,11 @@ PIP := .venv/bin/pip
 
 LOCK_PYTHON := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
 
-.PHONY: demo test test-fast lint typecheck bench lock system-deps clean
+.PHONY: demo test test-fast lint typecheck bench lock system-deps browser-deps clean
 
 # The exact versions from the dev lock, then vitguard itself without resolving anything again.
 .venv/.installed: pyproject.toml requirements/dev.lock
-	@command -v redis-server >/dev/null && command -v chromedriver >/dev/null || $(MAKE) system-deps
+	@command -v redis-server >/dev/null && command -v g++ >/dev/null || $(MAKE) system-deps
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements/dev.lock
@@ -36,7 +36,10 @@ system-deps:
 	  echo "installing build-essential (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; \
 	fi
-	@# headless Chromium and its driver for the review console's browser tests (tests/review/)
+
+# Headless Chromium and its driver, for the review console's browser tests (tests/review/) only: `make demo`
+# needs no browser.
+browser-deps:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  echo "installing chromium and chromium-driver (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
@@ -45,7 +48,7 @@ system-deps:
 demo: .venv/.installed
 	.venv/bin/vitguard demo
 
-test: .venv/.installed
+test: .venv/.installed browser-deps
 	$(PY) -m pytest
 
 # The unit tests alone: no broker, Redis, Milvus or worker process (a test that uses a service fixture is marked
