@@ -85,10 +85,11 @@ def _evaluation(name: str, accuracy: float | None, auc: float, recall: float, re
 def test_comparison_names_the_better_model_per_metric() -> None:
     rows = compare_metrics(_evaluation("a", 0.9, 0.80, 0.7, True), _evaluation("b", None, 0.85, 0.9, False))
     better = {row["metric"]: row["better"] for row in rows}
-    assert better["accuracy"] == "a"  # b has no class view
+    assert better["accuracy"] == "n/a"  # b has no class view: not a win for a (issue 30: it was)
     assert better["roc_auc"] == "b"
     assert better["average_precision"] == "tie"
-    assert better["recall_at_precision_0.95"] == "a"  # b never reaches the target precision
+    assert better["recall_at_precision_0.95"] == "a"  # b never reaches the target precision: 0 recall there
+    assert {r["metric"]: r["b"] for r in rows}["recall_at_precision_0.95"] == 0.0
     same = compare_metrics(_evaluation("m", 0.9, 0.8, 0.7, True), _evaluation("m", 0.8, 0.8, 0.7, True))
     assert {row["better"] for row in same} >= {"m (1)", "tie"}
 

@@ -236,14 +236,16 @@ def _target_metric(metrics: Mapping[str, Any]) -> tuple[str, float | None]:
         return "at_target", None
     other = "recall" if choice["target"] == "precision" else "precision"
     name = f"{other}_at_{choice['target']}_{choice['target_value']:g}"
-    return name, (float(choice[other]) if choice["reached"] else None)
+    # a target no threshold reaches is a measured result, not a missing one: nothing is had at that target
+    return name, (float(choice[other]) if choice["reached"] else 0.0)
 
 
 def compare_metrics(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Which of two evaluations (same images) is better on each metric both can be judged on.
+    """Which of two evaluations (same images) is better on each metric both have.
 
-    A metric one model lacks (no class view, target not reached) counts as lost by it; a metric neither
-    has is left out.
+    A metric only one model has (a class view the other's labels do not give) is listed with ``better``
+    ``"n/a"``: it is not a win for either. A target precision (or recall) that a model never reaches scores 0 at
+    that target, a real loss. A metric neither has is left out.
     """
     rows: list[dict[str, Any]] = []
     name_a, name_b = str(a["model"]["name"]), str(b["model"]["name"])
@@ -256,9 +258,11 @@ def compare_metrics(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str
     for metric, va, vb in entries:
         if va is None and vb is None:
             continue
-        if vb is None or (va is not None and va > vb + 1e-12):
+        if va is None or vb is None:
+            better = "n/a"
+        elif va > vb + 1e-12:
             better = name_a
-        elif va is None or vb > va + 1e-12:
+        elif vb > va + 1e-12:
             better = name_b
         else:
             better = "tie"
