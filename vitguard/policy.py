@@ -18,13 +18,19 @@ class Decision:
     unsafe_score: float
 
 
-def resolve_unsafe_labels(model_labels: Sequence[str], policy: PolicySettings) -> tuple[str, ...]:
+def resolve_unsafe_labels(model_labels: Sequence[str], policy: PolicySettings,
+                          checkpoint_unsafe: Sequence[str] = ()) -> tuple[str, ...]:
     """The model's own label names that the policy counts as unsafe (matched case-insensitively).
+
+    A checkpoint that names its unsafe classes (``vitguard finetune`` writes them) is taken at its word unless
+    ``VITGUARD_POLICY_UNSAFE_LABELS`` is set: after fine-tuning, the labels need not be set by hand.
 
     Raises:
         ConfigError: when none of the policy's labels is a class of the model; checked at start-up so a
             policy/model mismatch never silently marks everything safe.
     """
+    if checkpoint_unsafe and "unsafe_labels" not in policy.model_fields_set:
+        return tuple(label for label in model_labels if label in set(checkpoint_unsafe))
     wanted = {label.casefold() for label in policy.unsafe_labels}
     found = tuple(label for label in model_labels if label.casefold() in wanted)
     if not found:

@@ -69,7 +69,7 @@ def test_banks(tmp_path: Path) -> None:
     for size in ("512", "640", "1024"):
         hashing = report["hashing"][f"long_side_{size}px"]
         assert hashing["numpy_ms"] > 0 and hashing["pdqhash_cpp_ms"] > 0
-        assert hashing["max_bits_apart"] <= 2  # only a test pattern whose coefficients tie differs at all
+        assert hashing["max_bits_apart"] <= 2  # 0 here (ties go to the reference); float drift elsewhere
 
 
 @pytest.mark.timeout(120)

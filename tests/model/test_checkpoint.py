@@ -191,3 +191,37 @@ def test_unknown_spec() -> None:
     assert "is not one of" in _error("marqo")
     assert "use hf-hub:ORG/NAME" in _error("Marqo/nsfw-image-detection-384")
     assert "names nothing" in _error("onnx:")
+
+
+def test_a_checkpoint_carries_its_untrained_flag_and_unsafe_classes_to_the_worker_policy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 30: a probe trained on a random backbone was reported ``untrained: false``, and after fine-tuning
+    the unsafe labels had to be set by hand."""
+    from vitguard.policy import resolve_unsafe_labels
+    from vitguard.settings import load_settings
+
+    small = create_timm_model("vit_tiny_patch16_384", num_classes=3, model_args={"depth": 1, "img_size": 32})
+    cfg = {"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
+    out = save_checkpoint(small, tmp_path / "ft", architecture="vit_tiny_patch16_384",
+                          label_names=["nudity", "violence", "fine"], pretrained_cfg=cfg,
+                          model_args={"depth": 1, "img_size": 32}, untrained=True,
+                          unsafe_labels=["nudity", "violence"])
+    _, info, _ = load_torch_model(str(out))
+    assert info.untrained and info.unsafe_labels == ("nudity", "violence")
+    assert resolve_unsafe_labels(info.labels, load_settings().policy, info.unsafe_labels) == ("nudity", "violence")
+    monkeypatch.setenv("VITGUARD_POLICY_UNSAFE_LABELS", "violence")  # the operator's word wins
+    assert resolve_unsafe_labels(info.labels, load_settings().policy, info.unsafe_labels) == ("violence",)
+    with pytest.raises(ValueError, match="not among the label_names"):
+        save_checkpoint(small, tmp_path / "bad", architecture="vit_tiny_patch16_384", label_names=["a", "b", "c"],
+                        pretrained_cfg=cfg, unsafe_labels=["NSFW"])
+
+
+@pytest.mark.parametrize("block", [[1], {"untrained": "yes"}, {"unsafe_labels": ["absent"]}, {"unsafe_labels": "a"}])
+def test_a_bad_vitguard_block_in_config_json_is_refused_with_the_file_named(
+        tmp_path: Path, tiny_checkpoint: Path, block: object) -> None:
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "vitguard": block}))
+    with pytest.raises(ModelLoadError, match="config.json"):
+        read_checkpoint_config(copy)

@@ -156,6 +156,7 @@ def run_finetune(
     from vitguard.model.checkpoint import WEIGHTS_NAME, weights_digest
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    info = base.classifier.info
     save_checkpoint(
         base.classifier.module,
         out_dir,
@@ -163,15 +164,16 @@ def run_finetune(
         label_names=list(labels),
         pretrained_cfg=base.pretrained_cfg,
         model_args=base.model_args or None,
+        untrained=info.untrained,  # a head trained on random features is still plumbing only
+        unsafe_labels=list(unsafe.data),
     )
-    info = base.classifier.info
     identity = {  # what load_classifier(out_dir) will report
         "name": f"dir:{out_dir.resolve().name}",
         "version": weights_digest(out_dir / WEIGHTS_NAME),
         "backend": "torch",
         "labels": list(labels),
         "embedding_dim": info.embedding_dim,
-        "untrained": False,
+        "untrained": info.untrained,
         "base_model": {"spec": model, "name": info.name, "version": info.version, "untrained": info.untrained},
     }
     val_items = [data.val.items[i] for i in trained.val_kept]

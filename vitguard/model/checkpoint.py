@@ -49,6 +49,11 @@ class CheckpointConfig:
     label_names: tuple[str, ...]
     pretrained_cfg: dict[str, Any] = field(default_factory=dict)
     model_args: dict[str, Any] = field(default_factory=dict)
+    untrained: bool = False
+    """Trained on a random-weight backbone (``timm:ARCH``): plumbing only, every verdict says so."""
+    unsafe_labels: tuple[str, ...] = ()
+    """The classes that count as unsafe, as ``vitguard finetune`` resolved them; the worker's policy takes them
+    unless ``VITGUARD_POLICY_UNSAFE_LABELS`` is set."""
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any], *, source: str) -> CheckpointConfig:
@@ -71,7 +76,8 @@ class CheckpointConfig:
         model_args = raw.get("model_args") or {}
         if not isinstance(model_args, Mapping):
             raise ModelLoadError(f"{source}: expected 'model_args' to be an object, got {model_args!r}")
-        return cls(architecture, num_classes, labels, dict(pretrained_cfg), dict(model_args))
+        untrained, unsafe = _vitguard_block(raw.get("vitguard"), labels, source)
+        return cls(architecture, num_classes, labels, dict(pretrained_cfg), dict(model_args), untrained, unsafe)
 
     def input_size(self) -> tuple[int, int, int]:
         """The input size the weights were saved for, ``model_args['img_size']`` taking precedence (as in timm)."""
@@ -80,6 +86,22 @@ class CheckpointConfig:
         if img_size is not None:
             height, width = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
         return (channels, height, width)
+
+
+def _vitguard_block(raw: object, labels: tuple[str, ...], source: str) -> tuple[bool, tuple[str, ...]]:
+    """``config.json``'s ``vitguard`` object: ``untrained`` and ``unsafe_labels`` (both optional)."""
+    if raw is None:
+        return False, ()
+    if not isinstance(raw, Mapping):
+        raise ModelLoadError(f"{source}: expected 'vitguard' to be an object, got {raw!r}")
+    untrained = raw.get("untrained", False)
+    unsafe = raw.get("unsafe_labels", [])
+    if not isinstance(untrained, bool):
+        raise ModelLoadError(f"{source}: expected 'vitguard.untrained' to be true or false, got {untrained!r}")
+    if not isinstance(unsafe, list) or not all(isinstance(u, str) and u in labels for u in unsafe):
+        raise ModelLoadError(f"{source}: 'vitguard.unsafe_labels' must list some of the classes {list(labels)}, "
+                             f"got {unsafe!r}")
+    return untrained, tuple(unsafe)
 
 
 def _label_names(raw: object, num_classes: int, source: str) -> tuple[str, ...]:
@@ -260,6 +282,8 @@ def save_checkpoint(
     label_names: Sequence[str],
     pretrained_cfg: Mapping[str, Any],
     model_args: Mapping[str, Any] | None = None,
+    untrained: bool = False,
+    unsafe_labels: Sequence[str] = (),
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` in the timm hub layout that :func:`load_checkpoint_module` reads.
 
@@ -271,6 +295,8 @@ def save_checkpoint(
         pretrained_cfg: the preprocessing the weights expect (input_size, interpolation, mean, std, crop_pct,
             crop_mode ...), normally the base checkpoint's.
         model_args: the extra constructor arguments the module was built with.
+        untrained: the backbone had random weights (a ``timm:ARCH`` base): loaded models say so.
+        unsafe_labels: the classes that count as unsafe; the worker's policy takes them unless it names its own.
 
     Returns:
         The checkpoint directory.
@@ -286,6 +312,11 @@ def save_checkpoint(
     if "input_size" in cfg:
         cfg["input_size"] = [int(v) for v in cfg["input_size"]]
     model_config: dict[str, Any] = {"label_names": list(label_names), "pretrained_cfg": cfg}
+    unknown = [u for u in unsafe_labels if u not in label_names]
+    if unknown:
+        raise ValueError(f"unsafe_labels {unknown} are not among the label_names {list(label_names)}")
+    if untrained or unsafe_labels:
+        model_config["vitguard"] = {"untrained": untrained, "unsafe_labels": list(unsafe_labels)}
     # timm's own hub export (config.json + model.safetensors, weights never pickled); the loader below keeps
     # vitguard's strict checks (shapes, label count, digest), which timm's loader does not make
     args = {k: v for k, v in dict(model_args or {}).items() if k != "num_classes"}  # the head may be new

@@ -243,6 +243,8 @@ def _info(name: str, version: str, config: CheckpointConfig, module: torch.nn.Mo
         embedding_dim=embedding_dim(module),
         input_size=config.input_size(),
         backend="torch",
+        untrained=config.untrained,
+        unsafe_labels=config.unsafe_labels,
     )
 
 

@@ -36,6 +36,8 @@ class ModelInfo:
     """Runtime: ``torch``, ``torchscript`` or ``onnx``."""
     untrained: bool = False
     """True for random weights (benchmarks and plumbing only); every verdict says so."""
+    unsafe_labels: tuple[str, ...] = ()
+    """The classes its checkpoint says are unsafe (a fine-tuned head); empty when it says nothing."""
 
     @property
     def collection_suffix(self) -> str:

@@ -147,7 +147,7 @@ class Runner:
         self.topics = topics or OutputTopics("verdicts", "alerts", "dead-letters")
         self.health = health or HealthState()
         self.health.model_loaded = True
-        self.unsafe_labels = resolve_unsafe_labels(self.info.labels, policy)
+        self.unsafe_labels = resolve_unsafe_labels(self.info.labels, policy, self.info.unsafe_labels)
         f = self.frames
         self.cache_key = cache_key(self.info, self.unsafe_labels, policy.unsafe_threshold,
                                    (f.max_frames, f.video_fps, f.video_sampling, f.worst_frames))
