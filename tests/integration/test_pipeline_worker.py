@@ -403,7 +403,12 @@ def test_classify_asks_for_an_api_key_when_keys_are_set_and_holds_each_key_to_it
              for _ in range(2)]
     second = post(settings, "/classify", image, "image/png", headers={"X-API-Key": "second-key"})
     probe = urllib.request.urlopen(f"http://127.0.0.1:{settings.web.port}/livez", timeout=5)  # noqa: S310
+    api = json.loads(urllib.request.urlopen(  # noqa: S310 - our own worker
+        f"http://127.0.0.1:{settings.web.port}/openapi.json", timeout=5).read())
     assert worker.terminate() == 0
+    from vitguard.consumers.openapi import openapi_document
+
+    assert api == json.loads(json.dumps(openapi_document()))  # served as exported
     assert anonymous[0] == wrong[0] == 401 and anonymous[1]["reason"] == "unauthorized"
     assert [status for status, _ in first] == [200, 429] and first[1][1]["reason"] == "rate_limited"
     assert first[0][1]["label"] == "safe" and second[0] == 200  # another key has its own bucket

@@ -20,6 +20,7 @@ from typing import Any
 from vitguard import metrics
 from vitguard.consumers.api_keys import ApiKeys
 from vitguard.consumers.classify_http import ClassifyCall, UnsupportedMediaTypeError, parse_request, status_for
+from vitguard.consumers.openapi import openapi_document
 from vitguard.errors import InputError
 from vitguard.health import liveness, readiness
 
@@ -63,6 +64,11 @@ def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - older than t
                 **probe.detail,
             }
             return self.json(body, status=200 if probe.ok else 503)
+
+    @app.page("/openapi.json")
+    class OpenApi(View):  # type: ignore[misc]
+        async def get(self, request: Any) -> Any:
+            return self.json(openapi_document())
 
     @app.page("/metrics")
     class Metrics(View):  # type: ignore[misc]

@@ -1,0 +1,97 @@
+"""The worker's HTTP API as an OpenAPI 3.1 document: served at ``/openapi.json`` and exported with the event
+schemas (``vitguard schemas export``). Built from the same models the views answer with, so it cannot drift
+from them: the verdict schema is the verdict's, the statuses are the views' (tests/consumers/test_openapi.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vitguard.consumers.classify_http import MAX_PARTS
+from vitguard.schemas.events import SCHEMA_VERSION, Verdict
+
+__all__ = ["CLASSIFY_STATUSES", "openapi_document"]
+
+CLASSIFY_STATUSES: dict[int, str] = {
+    200: "The verdict (a multipart request: one answer per file part).",
+    400: "A bad image or reference (reason: not_an_image, schema_violation, fetch_blocked, invalid_json, ...).",
+    401: "An API key is required and none or a wrong one was given (VITGUARD_WEB_API_KEYS).",
+    405: "Another method than POST.",
+    408: "The request body did not arrive in time.",
+    413: "The image (or the body) is larger than the fetch limit.",
+    415: "A body of another kind than an image, multipart/form-data or JSON.",
+    429: "Too many requests in progress, or over the API key's rate; see Retry-After.",
+    500: "A bug; the worker logged it.",
+    502: "The referenced image could not be fetched (its server failed, answered 404, or redirected too often).",
+    503: "The worker is stopping; retry on another (Retry-After).",
+    504: "The referenced image did not arrive within the fetch deadline.",
+}
+"""Every status ``POST /classify`` answers, and why."""
+
+_ERROR = {
+    "type": "object",
+    "required": ["reason", "message"],
+    "properties": {"reason": {"type": "string", "description": "A stable reason code."},
+                   "message": {"type": "string", "description": "What happened, for people."}},
+}
+_REQUEST = {
+    "type": "object",
+    "required": ["image_ref"],
+    "additionalProperties": False,
+    "properties": {
+        "image_ref": {"type": "string", "description": "http(s)://, file:// (under the worker's root) or data: URL."},
+        "content_id": {"type": "string", "description": "Echoed in the verdict."},
+        "tenant": {"type": "string", "description": "Echoed in the verdict."},
+    },
+}
+_PROBE = {"type": "object", "description": "ok / reasons / detail of the probe."}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the worker's web server."""
+    verdict = Verdict.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+    components = {name: schema for name, schema in verdict.pop("$defs", {}).items()}
+    components |= {"Verdict": verdict, "Error": _ERROR, "ClassifyRequest": _REQUEST,
+                   "BatchResults": {"type": "object", "properties": {"results": {"type": "array", "items": {
+                       "type": "object", "properties": {
+                           "name": {"type": "string", "description": "The file part's name."},
+                           "verdict": {"$ref": "#/components/schemas/Verdict"},
+                           "reason": {"type": "string"}, "message": {"type": "string"}}}}}}}
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    responses: dict[str, Any] = {
+        str(code): {"description": why, "content": error} for code, why in CLASSIFY_STATUSES.items() if code != 200
+    }
+    responses["200"] = {"description": CLASSIFY_STATUSES[200], "content": {"application/json": {"schema": {
+        "oneOf": [{"$ref": "#/components/schemas/Verdict"}, {"$ref": "#/components/schemas/BatchResults"}]}}}}
+    probe = {"200": {"description": "Yes.", "content": {"application/json": {"schema": _PROBE}}},
+             "503": {"description": "No; the reasons say why.", "content": {"application/json": {"schema": _PROBE}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "vitguard worker", "version": SCHEMA_VERSION,
+                 "description": "Moderate one image now (POST /classify, no side effects), and the probes."},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
+        "paths": {
+            "/classify": {"post": {
+                "summary": "Moderate images now, through the stream's batches, with no side effects.",
+                "security": [{}, {"bearer": []}, {"apiKey": []}],
+                "requestBody": {"required": True, "content": {
+                    "image/*": binary, "video/*": binary, "application/octet-stream": binary,
+                    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {
+                        "type": "array", "maxItems": MAX_PARTS, "items": {"type": "string", "format": "binary"}}}}},
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ClassifyRequest"}},
+                }},
+                "responses": responses,
+            }},
+            "/livez": {"get": {"summary": "Liveness: false when wedged or fatal.", "responses": probe}},
+            "/readyz": {"get": {"summary": "Readiness: dependencies, the group join, fatal errors.",
+                                "responses": probe}},
+            "/healthz": {"get": {"summary": "The process answers.", "responses": {"200": {"description": "Yes."}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics.", "responses": {"200": {
+                "description": "Text exposition format.", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": {"description": "Yes."}}}},
+        },
+    }
