@@ -101,3 +101,15 @@ def test_the_runtime_never_imports_the_test_scaffolding_or_the_demo(package: str
 
 def test_the_package_never_imports_the_repositorys_tests() -> None:
     assert not any(u.startswith("tests") for targets in _graph().values() for u in targets)
+
+
+def _module_imports() -> dict[str, set[str]]:
+    return {_module_name(p): _imports(p) for p in ROOT.rglob("*.py")}
+
+
+def test_the_stages_know_nothing_of_kafka_or_faust() -> None:
+    """The stages take typed values and a sink; the runtime and the consumers wire Kafka to them."""
+    offending = {module: sorted(n for n in names if n.startswith(("vitguard.kafka", "vitguard.consumers", "faust",
+                                                                 "aiokafka", "confluent_kafka")))
+                 for module, names in _module_imports().items() if module.startswith("vitguard.pipeline.stages")}
+    assert {m: n for m, n in offending.items() if n} == {}

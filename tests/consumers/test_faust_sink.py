@@ -18,7 +18,7 @@ from vitguard.kafka.reader import read_to_end
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.runtime.failure import Backoff, PublishPolicy
 from vitguard.pipeline.stages.emit import Emitter
-from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage
+from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage, TopicLimits
 from vitguard.schemas.events import MAX_KEY_BYTES, DeadLetter
 from vitguard.settings import KafkaSettings
 
@@ -57,7 +57,7 @@ async def test_a_huge_input_key_still_gets_its_dead_letter(
     assert UNREAD_TOPIC_LIMIT <= PRODUCER_MAX_REQUEST_BYTES
     topics = OutputTopics(new_topic(prefix="v"), new_topic(prefix="a"), new_topic(prefix="dl"))
     policy = PublishPolicy(HealthState(), backoff=Backoff(0.01, 0.02), timeout_s=20)
-    emitter = Emitter(FaustSink(producer_app), topics, {}, policy)
+    emitter = Emitter(FaustSink(producer_app), topics, TopicLimits(UNREAD_TOPIC_LIMIT), policy)
     raws = [RawMessage(b"not json", b"\x01" * 170_000, "in", 0, 3),
             RawMessage(b"{" * 999_000, "\u00e9".encode() * 10_000, "in", 0, 4)]  # a payload near the limit too
     final = await emitter.emit([(r, None, dead_letter(r, "invalid_json", "not JSON")) for r in raws], [])

@@ -9,11 +9,12 @@ import pytest
 
 from vitguard.errors import FatalError
 from vitguard.health import HealthState
+from vitguard.kafka.limits import UNREAD_TOPIC_LIMIT
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.runtime.failure import Backoff, PublishPolicy
 from vitguard.pipeline.runtime.sinks import ListSink
 from vitguard.pipeline.stages.emit import RECORD_OVERHEAD_BYTES, Emitter, fit_dead_letter
-from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage
+from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage, TopicLimits
 from vitguard.schemas.events import DeadLetter, ImageEvent, Verdict
 
 TOPICS = OutputTopics("verdicts", "alerts", "dead-letters")
@@ -34,7 +35,8 @@ def verdict(i: int, **extra: object) -> Verdict:
 
 def emitter(sink: ListSink, limit: int = 1_048_576, health: HealthState | None = None) -> Emitter:
     policy = PublishPolicy(health or HealthState(), backoff=Backoff(0.001, 0.002), timeout_s=5)
-    return Emitter(sink, TOPICS, {TOPICS.verdicts: limit, TOPICS.dead_letters: limit, TOPICS.alerts: limit}, policy)
+    return Emitter(sink, TOPICS, TopicLimits(UNREAD_TOPIC_LIMIT, {TOPICS.verdicts: limit, TOPICS.dead_letters: limit,
+                                                                    TOPICS.alerts: limit}), policy)
 
 
 @pytest.mark.parametrize("payload", [b"x" * 3_000_000, os.urandom(2_000_000), ("\u00e9\u0001" * 500_000).encode()])

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from review_values import alert, verdict
 
 from vitguard.health import HealthState
+from vitguard.kafka.limits import UNREAD_TOPIC_LIMIT
 from vitguard.pipeline.runtime.failure import Backoff, PublishPolicy
 from vitguard.pipeline.stages.emit import Emitter
-from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage
+from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage, TopicLimits
 from vitguard.schemas.events import ImageEvent
 from vitguard.schemas.review import ReviewRequest
 from vitguard.settings import ReviewSettings
@@ -32,8 +33,8 @@ def _answer(cid: str, score: float) -> tuple[RawMessage, ImageEvent, object]:
 
 
 def _emitter(sink: Sink, topics: OutputTopics, review: ReviewSettings | None) -> Emitter:
-    return Emitter(sink, topics, {}, PublishPolicy(HealthState(), backoff=Backoff(0.001, 0.002), timeout_s=5),
-                   review=review)
+    policy = PublishPolicy(HealthState(), backoff=Backoff(0.001, 0.002), timeout_s=5)
+    return Emitter(sink, topics, TopicLimits(UNREAD_TOPIC_LIMIT), policy, review=review)
 
 
 async def test_uncertain_verdicts_and_alerts_become_review_requests() -> None:

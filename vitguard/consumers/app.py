@@ -45,7 +45,7 @@ from vitguard.kafka.limits import PRODUCER_MAX_REQUEST_BYTES, UNREAD_TOPIC_LIMIT
 from vitguard.pipeline.results import ItemResult
 from vitguard.pipeline.runtime.build import build_runner
 from vitguard.pipeline.runtime.runner import Runner
-from vitguard.pipeline.types import RawMessage
+from vitguard.pipeline.types import RawMessage, TopicLimits
 from vitguard.settings import Settings
 
 __all__ = ["WorkerRuntime", "consume", "create_app", "raw_message"]
@@ -175,7 +175,8 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
                     _log.warning("could not read the output topics' size limits (%s); assuming %d bytes", exc,
                                  UNREAD_TOPIC_LIMIT)
                 else:
-                    runtime.runner.emitter.limits.update(limits)
+                    emitter = runtime.runner.emitter
+                    emitter.limits = TopicLimits(emitter.limits.default, {**emitter.limits.by_topic, **limits})
             self.banks = await asyncio.to_thread(_start_banks, runtime)
             runtime.checks.start()
             try:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict
 
-__all__ = ["BatchOutcome", "OutMessage", "OutputTopics", "RawMessage", "Sink"]
+__all__ = ["BatchOutcome", "OutMessage", "OutputTopics", "RawMessage", "Sink", "TopicLimits"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,18 @@ class OutputTopics:
     review_requests: str = ""
     """Review requests (the review loop); empty by default: the worker sends them only with
     ``VITGUARD_REVIEW_ENABLED``."""
+
+
+@dataclass(frozen=True)
+class TopicLimits:
+    """The largest message each output topic accepts (bytes), as the runtime read it from the cluster, and what
+    to assume for a topic it did not read (:data:`vitguard.kafka.limits.UNREAD_TOPIC_LIMIT` in the worker)."""
+
+    default: int
+    by_topic: Mapping[str, int] = field(default_factory=dict)
+
+    def of(self, topic: str) -> int:
+        return self.by_topic.get(topic, self.default)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from vitguard import metrics
 from vitguard.errors import FatalError, InputError, ServiceUnavailableError
 from vitguard.health import HealthState
+from vitguard.kafka.limits import UNREAD_TOPIC_LIMIT
 from vitguard.media import FrameLimits
 from vitguard.model.types import Classifier
 from vitguard.pipeline.core import cache_key, dead_letter
@@ -57,7 +58,7 @@ from vitguard.pipeline.runtime.front import FrontHalf
 from vitguard.pipeline.runtime.pools import PriorityPool, named_pool
 from vitguard.pipeline.stages.emit import Emitter
 from vitguard.pipeline.stages.infer import infer_pass
-from vitguard.pipeline.types import BatchOutcome, OutputTopics, RawMessage, Sink
+from vitguard.pipeline.types import BatchOutcome, OutputTopics, RawMessage, Sink, TopicLimits
 from vitguard.policy import resolve_unsafe_labels
 from vitguard.schemas.events import Verdict
 from vitguard.settings import BatchSettings, FrameSettings, MilvusSettings, PolicySettings, ReviewSettings
@@ -173,7 +174,7 @@ class Runner:
             on_hold=on_hold,
         )
         self.emitter = Emitter(
-            sink, self.topics, limits or {},
+            sink, self.topics, TopicLimits(UNREAD_TOPIC_LIMIT, dict(limits or {})),
             PublishPolicy(self.health, backoff=Backoff(0.5, publish_backoff_max_s), timeout_s=publish_timeout_s),
             review=review,
         )

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vitguard import metrics
 from vitguard.errors import FatalError, ReasonCode
-from vitguard.kafka.limits import UNREAD_TOPIC_LIMIT
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.runtime.failure import PublishPolicy
-from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage, Sink
+from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage, Sink, TopicLimits
 from vitguard.review.metrics import REQUESTS as REVIEW_REQUESTS
 from vitguard.review.requests import build_review_requests
 from vitguard.schemas.events import DeadLetter, ImageEvent, NearDuplicateAlert, Verdict
@@ -71,19 +70,19 @@ def fit_dead_letter(letter: DeadLetter, limit: int) -> tuple[DeadLetter, bytes]:
 
 
 def encode_answer(
-    raw: RawMessage, answer: Answer, topics: OutputTopics, limits: Mapping[str, int], event: ImageEvent | None
+    raw: RawMessage, answer: Answer, topics: OutputTopics, limits: TopicLimits, event: ImageEvent | None
 ) -> tuple[Answer, OutMessage]:
     """The message that answers ``raw``, fitted to its topic (a too-large verdict becomes a dead letter)."""
     if isinstance(answer, Verdict):
         key = answer.content_id.encode()
         value = answer.model_dump_json().encode()
-        if len(value) <= _room(limits.get(topics.verdicts, UNREAD_TOPIC_LIMIT), key):
+        if len(value) <= _room(limits.of(topics.verdicts), key):
             return answer, OutMessage(topics.verdicts, key, value)
         answer = dead_letter(
             raw, "output_too_large",
             f"the verdict is {len(value)} bytes, over the verdict topic's limit (event metadata too large)", event,
         )
-    letter, encoded = fit_dead_letter(answer, limits.get(topics.dead_letters, UNREAD_TOPIC_LIMIT))
+    letter, encoded = fit_dead_letter(answer, limits.of(topics.dead_letters))
     letter_key = letter.key.encode() if letter.key is not None else None
     return letter, OutMessage(topics.dead_letters, letter_key, encoded)
 
@@ -111,18 +110,18 @@ class Emitter:
     Args:
         sink: per-message delivery results.
         topics: where each kind of output goes.
-        limits: largest message per topic (bytes); topics not named get :data:`UNREAD_TOPIC_LIMIT`.
+        limits: largest message per topic (bytes).
         policy: classification, backoff and the deadline of one round.
         review: the uncertainty band; with ``topics.review_requests`` set, review requests are published.
     """
 
     def __init__(
-        self, sink: Sink, topics: OutputTopics, limits: Mapping[str, int], policy: PublishPolicy,
+        self, sink: Sink, topics: OutputTopics, limits: TopicLimits, policy: PublishPolicy,
         review: ReviewSettings | None = None,
     ) -> None:
         self.sink = sink
         self.topics = topics
-        self.limits = dict(limits)
+        self.limits = limits
         self.policy = policy
         self.review = review
 
@@ -138,7 +137,7 @@ class Emitter:
             if isinstance(fitted, DeadLetter) and fitted.payload_truncated:
                 metrics.OUTPUTS_TRUNCATED.inc()
             slots.append(_Slot(raw, event, fitted, message))
-        alert_limit = self.limits.get(self.topics.alerts, UNREAD_TOPIC_LIMIT)
+        alert_limit = self.limits.of(self.topics.alerts)
         for alert in alerts:
             key, value = alert.content_id.encode(), alert.model_dump_json().encode()
             if len(value) > _room(alert_limit, key):
@@ -191,7 +190,7 @@ class Emitter:
         if self.review is None or not self.topics.review_requests:
             return []
         verdicts = [(s.event, s.answer) for s in slots if isinstance(s.answer, Verdict)]
-        limit = self.limits.get(self.topics.review_requests, UNREAD_TOPIC_LIMIT)
+        limit = self.limits.of(self.topics.review_requests)
         out = []
         for request in build_review_requests(verdicts, [a for a in alerts if isinstance(a, NearDuplicateAlert)],
                                              self.review):
