@@ -87,11 +87,12 @@ class EventFactory:
         copy.save(out, "JPEG", quality=self._rng.randrange(60, 95), **({"comment": comment} if comment else {}))
         return out.getvalue()
 
-    def _event(self, kind: str, ref: str, **metadata: str) -> ChaosEvent:
+    def _event(self, kind: str, ref: str, x_padding: str = "", **metadata: str) -> ChaosEvent:
         n = self._count
         mark = f"{metadata['fault']}-" if "fault" in metadata else ""  # in the verdict and the Milvus record too
+        extra = {"x_padding": x_padding} if x_padding else {}
         event = ImageEvent(content_id=f"{mark}{kind}-{n}-{self._rng.randrange(10**9)}", image_ref=ref,
-                           metadata={"kind": kind, **metadata})
+                           metadata={"kind": kind, **metadata}, **extra)
         return ChaosEvent(event.content_id.encode(), event.model_dump_json().encode(), kind, _EXPECT[kind],
                           event.event_id)
 
@@ -116,9 +117,11 @@ class EventFactory:
         if kind == "pill_binary":  # ~1 MiB that is not JSON (and not UTF-8: the dead letter base64-encodes it)
             value = bytes([0xFF, 0xFE]) + self._rng.randbytes(1024 * 1024)
             return ChaosEvent(b"pill-binary", value, kind, _EXPECT[kind])
-        if kind == "pill_corrupt_inline":  # a JPEG header and ~800 KB of noise
-            data = b"\xff\xd8\xff\xe0" + self._rng.randbytes(800 * 1024)
-            return self._event(kind, f"data:image/jpeg;base64,{base64.b64encode(data).decode()}")
+        if kind == "pill_corrupt_inline":  # a JPEG header and noise up to the inline limit; a message over 1 MiB
+            data = b"\xff\xd8\xff\xe0" + self._rng.randbytes(min(800 * 1024, self.max_inline_bytes - 1024))
+            ref = f"data:image/jpeg;base64,{base64.b64encode(data).decode()}"
+            # an unknown field (accepted and ignored) takes the message past 1 MiB whatever the inline limit
+            return self._event(kind, ref, x_padding="p" * max(0, 1_100_000 - len(ref)))
         if kind == "pill_inline_too_large":
             data = b"\xff\xd8\xff\xe0" + self._rng.randbytes(self.max_inline_bytes + 64 * 1024)
             return self._event(kind, f"data:image/jpeg;base64,{base64.b64encode(data).decode()}")
