@@ -54,16 +54,17 @@ class EventFactory:
         seed: for the image variations.
     """
 
-    def __init__(self, root: Path, server: ImageServer | None = None, *, max_inline_bytes: int = 1024 * 1024,
+    def __init__(self, root: Path, server: ImageServer | None = None, *, max_inline_bytes: int | None = None,
                  crash_marker: str = "vitguard-fault-crash", seed: int = 0) -> None:
         from PIL import Image
 
         from vitguard.demo.samples import photo_bytes
+        from vitguard.settings import FetchSettings
 
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.server = server
-        self.max_inline_bytes = max_inline_bytes
+        self.max_inline_bytes = max_inline_bytes or FetchSettings().max_inline_bytes  # the workers' default
         self.crash_marker = crash_marker
         self._rng = random.Random(seed)  # noqa: S311 - test data, not security
         self._bases = []
