@@ -413,3 +413,29 @@ def test_classify_asks_for_an_api_key_when_keys_are_set_and_holds_each_key_to_it
     assert [status for status, _ in first] == [200, 429] and first[1][1]["reason"] == "rate_limited"
     assert first[0][1]["label"] == "safe" and second[0] == 200  # another key has its own bucket
     assert probe.status == 200  # probes need no key
+
+
+def test_events_in_compressed_record_batches_are_answered_whatever_the_codec(
+        pipeline_settings: Callable[..., Any], tmp_path: Path, workers: list[WorkerProcess]) -> None:
+    """Producers compress (``vitguard publish`` itself writes lz4): a batch the consumer could not decompress
+    crashed the worker's fetcher (aiokafka's lz4, snappy and zstd need cramjam). Every Kafka codec, one worker."""
+    from confluent_kafka import Producer
+
+    from vitguard.kafka.config import librdkafka_config
+    from vitguard.schemas.events import ImageEvent
+
+    settings = pipeline_settings(partitions=1)
+    samples = make_sample_set(tmp_path / "images", photos=4, copies=0, burst=0, bad=False)
+    codecs = ("gzip", "snappy", "lz4", "zstd")
+    paths = [*samples.flagged_files, *samples.other_files][:len(codecs)]
+    for codec, path in zip(codecs, paths, strict=True):
+        producer = Producer(librdkafka_config(settings.kafka, **{"compression.type": codec}))
+        event = ImageEvent(event_id=f"ev-{codec}", content_id=f"img-{codec}", image_ref=path.as_uri())
+        producer.produce(settings.topics.images, key=event.content_id.encode(), value=event.model_dump_json().encode())
+        assert producer.flush(30) == 0
+    worker = WorkerProcess(settings).start()
+    workers.append(worker)
+    with reader(settings) as out:
+        outputs = wait_answered(out, len(codecs), worker)
+    assert worker.terminate() == 0, worker.log_tail()
+    assert sorted(v.event_id for v in outputs.verdicts) == sorted(f"ev-{c}" for c in codecs), worker.log_tail()
