@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
+from tests.harness.clock import ManualClock
 from vitguard.consumers.api_keys import ApiKeys
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_no_keys_configured_lets_everyone_in() -> None:
@@ -31,7 +24,7 @@ def test_a_request_needs_one_of_the_keys_by_bearer_or_header() -> None:
 
 
 def test_each_key_has_its_own_rate() -> None:
-    clock = Clock()
+    clock = ManualClock()
     keys = ApiKeys(["a", "b"], rate=2.0, clock=clock)
     a, b = {"X-API-Key": "a"}, {"X-API-Key": "b"}
     assert keys.check(a) is None and keys.check(a) is None  # a burst of `rate`
@@ -46,7 +39,7 @@ def test_each_key_has_its_own_rate() -> None:
 
 
 def test_a_rate_under_one_a_second_still_lets_one_request_through() -> None:
-    clock = Clock()
+    clock = ManualClock()
     keys = ApiKeys(["a"], rate=0.1, clock=clock)
     assert keys.check({"X-API-Key": "a"}) is None
     refusal = keys.check({"X-API-Key": "a"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.harness.clock import ManualClock
 from vitguard.stores.interfaces import EmbeddingRecord, SearchHit
 from vitguard.stores.recent import RecentWrites, merge_hits
 
@@ -17,16 +18,8 @@ def unit(seed: int, dim: int = 8) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_recent_unsafe_rows_are_found_until_the_window_passes() -> None:
-    clock = Clock()
+    clock = ManualClock()
     recent = RecentWrites(window_s=10.0, clock=clock)
     a, b = unit(1), unit(2)
     recent.wrote("col", [rec("a", a * 3.0), rec("b", b, label="safe")])  # any norm; safe rows are not kept
