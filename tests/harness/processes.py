@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitguard.settings import Settings
-from vitguard.testing.worker import WorkerProcess, settings_env
+from vitguard.testing.worker import WorkerProcess
 
 if TYPE_CHECKING:
     pass
@@ -69,19 +67,11 @@ class ChaosWorker(WorkerProcess):
         self.script = script
         self.starts = 0
 
+    def argv(self) -> list[str]:
+        return super().argv() if self.script is None else [sys.executable, str(self.script)]
+
     def start(self) -> ChaosWorker:
-        if self.script is None:
-            super().start()
-        else:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("VITGUARD_")}
-            env.update(settings_env(self.settings))
-            env.update(self._extra_env)
-            env.setdefault("PYTHONUNBUFFERED", "1")
-            with self.log_path.open("ab") as log:
-                self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and script
-                    [sys.executable, str(self.script)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+        super().start()
         self.starts += 1
         return self
 

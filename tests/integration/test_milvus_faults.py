@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import pytest
 from pydantic import SecretStr
 
 from tests.harness.milvus_server import ROOT_TOKEN, MilvusServerProcess
+from tests.stores.test_store_milvus import unit_rows
 from vitguard.errors import ConfigError, ServiceUnavailableError
 from vitguard.model.types import ModelInfo
 from vitguard.settings import MilvusSettings
@@ -72,10 +72,6 @@ def index(healthy: MilvusServerProcess) -> Iterator[MilvusEmbeddingIndex]:
     finally:
         idx.close()
 
-
-def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
-    m = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return m / np.linalg.norm(m, axis=1, keepdims=True)
 
 
 def records(ids: list[str], dim: int = 8, seed: int = 0) -> list[EmbeddingRecord]:

@@ -81,13 +81,17 @@ class WorkerProcess:
         env.setdefault("PYTHONUNBUFFERED", "1")
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-c", "from vitguard.cli import main; main()", "worker"],
+                self.argv(),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         return self
+
+    def argv(self) -> list[str]:
+        """What runs: ``vitguard worker`` (a subclass may run another entry point with the same environment)."""
+        return [sys.executable, "-c", "from vitguard.cli import main; main()", "worker"]
 
     @property
     def running(self) -> bool:
