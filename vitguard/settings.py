@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from vitguard.errors import ConfigError
+from vitguard.schemas.events import inline_capacity
 
 __all__ = [
     "BankSettings",
@@ -395,7 +396,7 @@ class FetchSettings(BaseSettings):
     )
     max_redirects: int = Field(3, ge=0, le=20, description="Redirects followed per image URL (each checked again).")
     max_inline_bytes: int = Field(
-        (1_000_000 - 48 * 1024) * 3 // 4, ge=64,
+        inline_capacity(1_000_000), ge=64,
         description=(
             "Largest decoded inline (data:) image: by default what fits Kafka's default 1 MB message once "
             "base64-encoded, with room for the rest of the event (vitguard publish --inline also checks the "

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from vitguard.errors import ServiceUnavailableError
 from vitguard.kafka.admin import TopicAdmin
+from vitguard.schemas.events import INLINE_ENVELOPE_BYTES, inline_capacity
 from vitguard.settings import KafkaSettings
 
 __all__ = [
@@ -57,17 +58,6 @@ def output_limit(topic_max_bytes: int | None, broker_max_bytes: int | None, prod
 UNREAD_TOPIC_LIMIT = output_limit(None, None, PRODUCER_MAX_REQUEST_BYTES)
 """The limit of an output topic whose own was not read from the broker (yet, or at all): Kafka's default,
 capped by the producer's request size (a message over that is refused by the client itself)."""
-
-
-INLINE_ENVELOPE_BYTES = 48 * 1024
-"""Room an inline event keeps for everything but the image: ids, tenant, timestamps and metadata (at most
-32 keys of up to 1 KiB values)."""
-
-
-def inline_capacity(message_limit: int) -> int:
-    """The largest image (decoded bytes) an inline ``data:`` event can carry in a message of ``message_limit``
-    bytes: base64 writes 4 characters for every 3 bytes, and the rest of the event needs its room."""
-    return max(0, (message_limit - INLINE_ENVELOPE_BYTES) * 3 // 4)
 
 
 def _int_config(configs: dict[str, str], name: str) -> int | None:

@@ -37,6 +37,8 @@ __all__ = [
     "load_json",
     "parse_image_event",
     "derived_event_id",
+    "INLINE_ENVELOPE_BYTES",
+    "inline_capacity",
     "utc_now",
     "validate_image_event",
 ]
@@ -83,6 +85,17 @@ class _Event(BaseModel):
     )
 
 
+INLINE_ENVELOPE_BYTES = 48 * 1024
+"""Room an inline event keeps for everything but the image: ids, tenant, timestamps and metadata (at most
+32 keys of up to 1 KiB values)."""
+
+
+def inline_capacity(message_limit: int) -> int:
+    """The largest image (decoded bytes) an inline ``data:`` event can carry in a message of ``message_limit``
+    bytes: base64 writes 4 characters for every 3 bytes, and the rest of the event needs its room."""
+    return max(0, (message_limit - INLINE_ENVELOPE_BYTES) * 3 // 4)
+
+
 INLINE_MEDIA_TYPES = ("image/", "video/")
 """What an inline ``data:`` reference may be labelled; the media kind itself is read from the bytes (an inline
 video labelled ``data:video/mp4`` was a schema violation, ``data:image/mp4`` accepted)."""
@@ -95,8 +108,6 @@ DATA_REF_PATTERN = r"^data:(image|video)/[^,]*;base64,[\s\S]+$"
 TIMESTAMP_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
                      r"([Zz]|[+-][0-9]{2}:?[0-9]{2})$")
 """An ISO 8601 / RFC 3339 date and time with its offset (``2026-01-01T00:00:00Z``)."""
-PRODUCER_FIELD_PREFIX = "x_"
-"""Input fields whose names start with this are the producer's own: vitguard never gives them a meaning."""
 
 
 class ImageEvent(_Event):
