@@ -30,6 +30,7 @@ __all__ = [
     "DEAD_LETTERS",
     "EVENTS_CONSUMED",
     "EVENTS_REDELIVERED",
+    "FRONT_BATCH_RECORDS",
     "INPUT_UNKNOWN_FIELDS",
     "EVENT_LATENCY",
     "FATAL_ERRORS",
@@ -114,6 +115,12 @@ PUBLISH_RETRIES = Counter(
 )
 BATCH_SIZE = Histogram(
     "vitguard_batch_size", "Messages per batch taken from the stream.", buckets=_BATCH_SIZE_BUCKETS, registry=REGISTRY
+)
+FRONT_BATCH_RECORDS = Histogram(
+    "vitguard_front_batch_records",
+    "Records per batch of the front half (parsed, looked up in Redis, read and decoded together); grows with load.",
+    buckets=_BATCH_SIZE_BUCKETS,
+    registry=REGISTRY,
 )
 REDIS_LOOKUP_KEYS = Histogram(
     "vitguard_redis_lookup_keys",

@@ -9,7 +9,7 @@ fails exactly where a bug (or the dependency's refusal) would:
 seam                      what a payload carrying ``<marker>/<seam>`` does
 ========================  =========================================================================================
 ``agent``                 the agent body raises (:func:`vitguard.consumers.app.raw_message`)
-``front_half``            the front-half task dies (``FrontHalf.prepare`` raises, and so does its error path)
+``front_half``            the front-half task dies (``FrontHalf.screen`` raises, and so does its error path)
 ``batch_loop``            the runner's batch loop raises (``infer_pass`` raises on a batch holding the event)
 ``completion_loop``       the runner's completion loop raises outside its own try (``Runner._settle``)
 ``milvus_permanent``      Milvus refuses the upsert for good (a real ``MilvusException``, code 1401, through the
@@ -86,6 +86,7 @@ def _raw_value(value: Any) -> bytes | None:
 def install() -> None:
     """Wrap every seam (each fires only on its own mark)."""
     import vitguard.consumers.app as app_module
+    import vitguard.pipeline.runtime.intake as intake_module
     import vitguard.pipeline.runtime.runner as runner_module
     from vitguard.consumers.sink import FaustSink
     from vitguard.pipeline.results import Answered
@@ -102,20 +103,20 @@ def install() -> None:
 
     app_module.raw_message = faulty_raw_message  # the agent looks the name up in its module at each event
 
-    prepare, dead_letter = FrontHalf.prepare, runner_module.dead_letter
+    screen, dead_letter = FrontHalf.screen, intake_module.dead_letter
 
-    async def faulty_prepare(self: Any, raw: Any, consumed_ms: Any) -> Any:
-        if fires(raw.value, "front_half"):
+    async def faulty_screen(self: Any, items: Any) -> Any:
+        if any(fires(item.raw.value, "front_half") for item in items):
             raise InjectedFault("injected front-half fault")
-        return await prepare(self, raw, consumed_ms)
+        return await screen(self, items)
 
     def faulty_dead_letter(raw: Any, *args: Any, **kwargs: Any) -> Any:
         if marked(getattr(raw, "value", None), "front_half"):
             raise InjectedFault("injected fault in the front half's error path")
         return dead_letter(raw, *args, **kwargs)
 
-    FrontHalf.prepare = faulty_prepare  # type: ignore[method-assign]
-    runner_module.dead_letter = faulty_dead_letter
+    FrontHalf.screen = faulty_screen  # type: ignore[method-assign]
+    intake_module.dead_letter = faulty_dead_letter
 
     infer_pass = runner_module.infer_pass
 

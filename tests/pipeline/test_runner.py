@@ -585,17 +585,17 @@ async def test_a_front_half_that_dies_stops_the_runner_instead_of_holding_its_ev
     """The last guard behind the one above: when even the internal_error dead letter cannot be built (a bug;
     the recursion-limit payload was one), the event's future fails with a fatal error at once instead of
     staying unanswered (its offset holding the partition's commits, its slot gone) while the worker goes on."""
-    import vitguard.pipeline.runtime.runner as runner_module
+    import vitguard.pipeline.runtime.intake as intake_module
     from vitguard.pipeline.runtime.front import FrontHalf
 
-    async def broken_prepare(self: Any, raw: Any, consumed_ms: Any) -> Any:
+    async def broken_screen(self: Any, items: Any) -> Any:
         raise RuntimeError("a bug in the front half")
 
     def broken_dead_letter(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in the error path")
 
-    monkeypatch.setattr(FrontHalf, "prepare", broken_prepare)
-    monkeypatch.setattr(runner_module, "dead_letter", broken_dead_letter)
+    monkeypatch.setattr(FrontHalf, "screen", broken_screen)
+    monkeypatch.setattr(intake_module, "dead_letter", broken_dead_letter)
     processor, _, _ = make_processor(opennsfw, image_root)
     fut = await processor.submit(messages([b"{}"])[0])
     with pytest.raises(FatalError, match="front-half task died"):

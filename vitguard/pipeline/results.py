@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,6 +39,7 @@ __all__ = [
     "Ready",
     "Skipped",
     "StageTimes",
+    "Tagged",
 ]
 
 _log = logging.getLogger(__name__)
@@ -197,5 +198,17 @@ class Skipped:
 
 Ready = Decoded | DecodedFrames | CacheHit | DeadLettered | Skipped
 """What the front half (ingest, fetch, expand, decode) hands to the batcher."""
+
+T = TypeVar("T", covariant=True)
+V = TypeVar("V", covariant=True)
+
+
+@dataclass(frozen=True)
+class Tagged(Generic[T, V]):
+    """A stage's value for one event of a batch, with whoever waits for that event (``tag``: the runner's entry),
+    so the stages that take a batch at once hand each event's value back to its owner, in any order."""
+
+    tag: T
+    value: V
 
 ItemResult = Answered | DeadLettered | Skipped

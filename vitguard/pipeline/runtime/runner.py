@@ -44,17 +44,17 @@ from vitguard.health import HealthState
 from vitguard.kafka.limits import UNREAD_TOPIC_LIMIT
 from vitguard.media import FrameLimits
 from vitguard.model.types import Classifier
-from vitguard.pipeline.core import cache_key, dead_letter
+from vitguard.pipeline.core import cache_key
 from vitguard.pipeline.results import (
     Answered,
     DeadLettered,
     ItemResult,
-    Skipped,
 )
 from vitguard.pipeline.runtime.batcher import Group, ReadyQueue, Work
 from vitguard.pipeline.runtime.completion import Completer, Outcome
 from vitguard.pipeline.runtime.failure import Backoff, MilvusPolicy, PublishPolicy, RedisPolicy
 from vitguard.pipeline.runtime.front import FrontHalf
+from vitguard.pipeline.runtime.intake import Entry, StreamIntake
 from vitguard.pipeline.runtime.pools import PriorityPool, named_pool
 from vitguard.pipeline.stages.emit import Emitter
 from vitguard.pipeline.stages.infer import infer_pass
@@ -185,16 +185,18 @@ class Runner:
         self.front = FrontHalf(
             classifier=classifier, fetcher=fetcher, dedup=dedup, redis=self.redis, cache_key=self.cache_key,
             pool=self._decode_pool, request_pool=self._decode_pool.urgent,
-            frames=FrameLimits.from_settings(self.frames), hash_pdq=hash_pdq,
+            frames=FrameLimits.from_settings(self.frames), hash_pdq=hash_pdq, decode_jobs=batch.decode_workers,
+            decode_budget_s=batch.decode_timeout_s / 4,
             fetch_timeout_s=fetch_total_timeout_s or (fetcher.settings.connect_timeout_s
                                                       + fetcher.settings.read_timeout_s + 2.0),
         )
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._front: set[asyncio.Task[Any]] = set()
         self._answering: set[asyncio.Task[None]] = set()
         """Tasks answering the /classify requests of a pass."""
-        self.ready = ReadyQueue(batch.max_size, batch.max_wait_s, lambda: len(self._front), batch.order_wait_s,
-                                per_item=self.frames.per_batch, request_max_size=batch.request_max_size or None)
+        self.ready = ReadyQueue(batch.max_size, batch.max_wait_s, lambda: self.intake.in_front,
+                                batch.order_wait_s, per_item=self.frames.per_batch,
+                                request_max_size=batch.request_max_size or None)
+        self.intake = StreamIntake(self.front, self.ready, settle=self._settle, fail=self._fail_all)
         self._to_complete: asyncio.Queue[Group] = asyncio.Queue(maxsize=_BACK_HALF_GROUPS)
         self._back_half_max = _BACK_HALF_GROUPS * batch.max_size
         self._pending: set[asyncio.Future[Any]] = set()
@@ -270,7 +272,7 @@ class Runner:
     async def close(self) -> None:
         """Stop the loops, cancel what is in flight (never answered, so never committed), release resources."""
         self._closed = True
-        tasks = [*self._loops, *self._front, *self._answering]
+        tasks = [*self._loops, *self._answering, *self.intake.cancel()]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -306,30 +308,18 @@ class Runner:
             FatalError: the runner has stopped for good (the same error every pending future got).
         """
         fut = await self._admit()
-        ticket = self.ready.expect((raw.topic, raw.partition))
-        task = asyncio.create_task(self._front_half(raw, consumed_ms, fut, ticket))
-        self._front.add(task)
-        task.add_done_callback(self._front_done)
+        self.intake.add(Entry(raw, consumed_ms, fut, self.ready.expect((raw.topic, raw.partition))))
         return fut
 
-    def _front_done(self, task: asyncio.Task[Any]) -> None:
-        """A front half that died left its event unanswered: its offset would hold its partition's commits
-        for good and its slot would never come back. That is a bug; stop loudly rather than stall quietly."""
-        self._front.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            self._fail_all(FatalError(f"a front-half task died, its event unanswered: {type(exc).__name__}: {exc}"))
-
     async def process(self, raws: Sequence[RawMessage]) -> BatchOutcome:
-        """Moderate ``raws`` as one batch: their front halves run concurrently, then they join the ready
-        queue together, so they share forward passes (up to ``max_size`` images each). The outcome answers
-        each message exactly once (or skips it). For replays, tools and tests; the stream uses :meth:`submit`.
+        """Moderate ``raws`` as one batch: the stream's front half, then they join the ready queue together, so
+        they share forward passes (up to ``max_size`` images each). The outcome answers each message exactly
+        once (or skips it). For replays, tools and tests; the stream uses :meth:`submit`.
         """
         now_ms = time.time() * 1000
-        futures = [await self._admit() for _ in raws]
-        tickets = [self.ready.expect((r.topic, r.partition)) for r in raws]
-        works = await asyncio.gather(*(self._front_half(r, now_ms, f, t, enqueue=False)
-                                       for r, f, t in zip(raws, futures, tickets, strict=True)))
-        self.ready.put_many([w for w in works if w is not None])
+        entries = [Entry(r, now_ms, await self._admit(), self.ready.expect((r.topic, r.partition))) for r in raws]
+        futures = [e.future for e in entries]
+        self.intake.enqueue(await self.intake.prepare_all(entries))
         outcome = BatchOutcome()
         for r in await asyncio.gather(*futures):
             if isinstance(r, Answered):
@@ -395,35 +385,6 @@ class Runner:
         self._track(fut)
         metrics.EVENTS_CONSUMED.inc()
         return fut
-
-    async def _front_half(
-        self,
-        raw: RawMessage,
-        consumed_ms: float | None,
-        fut: asyncio.Future[ItemResult],
-        ticket: tuple[Any, int] | None = None,
-        *,
-        enqueue: bool = True,
-    ) -> Work | None:
-        """ingest -> guard -> fetch -> cache -> decode, for one event; the result joins the ready queue
-        (or is returned, with ``enqueue=False``). A skipped event is answered here."""
-        try:
-            value = await self.front.prepare(raw, consumed_ms)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug, not an input problem: answer the event rather than lose it
-            _log.exception("preparing %s[%d]@%d failed unexpectedly", raw.topic, raw.partition, raw.offset)
-            value = DeadLettered(raw, dead_letter(raw, "internal_error",
-                                                  f"preparing the image failed: {type(exc).__name__}: {exc}"))
-        if isinstance(value, Skipped):
-            metrics.EVENTS_REDELIVERED.inc()
-            self.ready.forget(ticket)
-            self._settle(fut, value)
-            return None
-        work = Work(value, fut, ticket=ticket)
-        if enqueue:
-            self.ready.put(work)
-        return work
 
     # ------------------------------------------------------------------ loops
 

@@ -1,11 +1,13 @@
 """The stages, in flow order: what happens to one event or one group, typed in and out, no ordering or threads.
 
-Front half, per event (:mod:`~vitguard.pipeline.runtime.front` runs it):
+Front half, a batch of records at a time (:mod:`~vitguard.pipeline.runtime.front` runs it, and
+:mod:`~vitguard.pipeline.runtime.intake` makes the batches):
 
 1. :mod:`~vitguard.pipeline.stages.ingest`: a raw message -> a valid event, or its dead letter;
 2. :mod:`~vitguard.pipeline.stages.fetch`: the image bytes by reference, hashed;
 3. :mod:`~vitguard.pipeline.stages.expand`: a still is one frame; an animation or a video its sampled frames;
-4. :mod:`~vitguard.pipeline.stages.decode`: bytes -> the model's input tensor and the PDQ hash.
+4. :mod:`~vitguard.pipeline.stages.decode`: bytes -> the model's input tensor and the PDQ hash;
+   :mod:`~vitguard.pipeline.stages.decode_batch`: the same for a batch of images, a few pool jobs at a time.
 
 A forward pass (:mod:`~vitguard.pipeline.runtime.runner`'s batch loop):
 

@@ -24,10 +24,13 @@ from vitguard.errors import InputError
 from vitguard.model.preprocess import REDUCED_SCALE
 from vitguard.model.types import Classifier
 from vitguard.pipeline.core import dead_letter
-from vitguard.pipeline.results import DeadLettered, Decoded, Fetched, StageTimes
+from vitguard.pipeline.results import DeadLettered, Decoded, Fetched, Parsed, StageTimes
 from vitguard.pipeline.runtime.pools import JobTimeout
 
-__all__ = ["FullResolution", "decode_image", "decoded_with_hash", "hash_decoded", "in_decode_pool", "prepare_decoded"]
+__all__ = [
+    "FullResolution", "decode_failed", "decode_image", "decoded_with_hash", "hash_decoded", "in_decode_pool",
+    "prepare_decoded",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -85,28 +88,29 @@ def _hash(compute: Any) -> PdqHash | None:
     return result
 
 
-async def in_decode_pool(
-    fetched: Fetched, pool: Executor, fn: Callable[..., T], *args: Any
-) -> tuple[T, StageTimes] | DeadLettered:
-    """Run one decode job for ``fetched`` in the decode pool, timed; a refusal or a bug becomes its dead letter.
-
-    The one place the decode stages (:func:`decode_image`, :func:`~vitguard.pipeline.stages.expand.expand_item`) map
-    decode errors to dead letters and record the decode time.
-    """
-    parsed = fetched.parsed
-    started = time.perf_counter()
-    try:
-        out = await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-    except InputError as exc:
+def decode_failed(parsed: Parsed, exc: BaseException) -> DeadLettered:
+    """The dead letter of an image whose decode job failed: the one place decode errors map to reasons."""
+    if isinstance(exc, InputError):
         return DeadLettered(parsed.raw, dead_letter(parsed.raw, exc.reason, exc.message, parsed.event))
-    except JobTimeout as exc:
+    if isinstance(exc, JobTimeout):
         _log.error("decoding %s was abandoned: %s (a crafted file or a decoder bug?)", parsed.event.event_id, exc)
         return DeadLettered(parsed.raw, dead_letter(
             parsed.raw, "decode_timeout", f"decoding was abandoned: {exc}", parsed.event))
+    _log.warning("decode of %s raised %r", parsed.event.event_id, exc, exc_info=exc)
+    return DeadLettered(parsed.raw, dead_letter(
+        parsed.raw, "internal_error", f"decode failed: {type(exc).__name__}: {exc}", parsed.event))
+
+
+async def in_decode_pool(
+    fetched: Fetched, pool: Executor, fn: Callable[..., T], *args: Any
+) -> tuple[T, StageTimes] | DeadLettered:
+    """Run one decode job for ``fetched`` in the decode pool, timed; a refusal or a bug becomes its dead letter
+    (:func:`decode_failed`)."""
+    started = time.perf_counter()
+    try:
+        out = await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
     except Exception as exc:
-        _log.warning("decode of %s raised %r", parsed.event.event_id, exc, exc_info=True)
-        return DeadLettered(parsed.raw, dead_letter(
-            parsed.raw, "internal_error", f"decode failed: {type(exc).__name__}: {exc}", parsed.event))
+        return decode_failed(fetched.parsed, exc)
     finally:
         decode_s = time.perf_counter() - started
         metrics.IMAGE_STAGE_DURATION.labels("decode", fetched.source).observe(decode_s)

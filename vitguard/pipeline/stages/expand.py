@@ -32,12 +32,12 @@ from vitguard.pipeline.stages.decode import (
     prepare_decoded,
 )
 
-__all__ = ["expand_item"]
+__all__ = ["expand_bytes", "expand_item"]
 
 _log = logging.getLogger(__name__)
 
 
-def _expand(
+def expand_bytes(
     data: bytes, classifier: Classifier, limits: FrameLimits, hash_pdq: bool
 ) -> FrameSet | tuple[NDArray[np.float32], Any]:
     """The frames of an animation or a video (each hashed), or for a still GIF/PNG/WebP its tensor and what to
@@ -61,7 +61,7 @@ async def expand_item(
     PDQ-hashed unless ``hash_pdq`` is false."""
     if media_kind(fetched.data[:SNIFF_BYTES]) == "still":
         return await decode_image(fetched, classifier, pool, hash_pdq=hash_pdq)
-    done = await in_decode_pool(fetched, pool, _expand, fetched.data, classifier, limits, hash_pdq)
+    done = await in_decode_pool(fetched, pool, expand_bytes, fetched.data, classifier, limits, hash_pdq)
     if isinstance(done, DeadLettered):
         return done
     out, times = done
