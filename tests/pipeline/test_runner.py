@@ -87,13 +87,13 @@ class DeadRedis:
 
 def make_processor(
     classifier: Any, image_root: Path, *, index: Any = None, dedup: Any = None, waves: Any = None,
-    policy: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
+    policy: dict[str, Any] | None = None, batch: dict[str, Any] | None = None, sink: ListSink | None = None,
 ) -> tuple[Runner, ListSink, Any]:
     settings = load_settings(
         fetch={"file_root": str(image_root)}, policy=policy or {}, batch=batch or {},
         milvus={"retry_backoff_s": 0.01, "retry_backoff_max_s": 0.02},
     )
-    sink = ListSink()
+    sink = sink or ListSink()
     index = index or InMemoryEmbeddingIndex()
     processor = Runner(
         classifier=classifier, fetcher=ImageFetcher(settings.fetch), index=index,
@@ -403,15 +403,15 @@ async def test_requests_answered_do_not_hide_a_wedged_stream_from_liveness(
     opennsfw: Any, image_root: Path, sample_photos: list[Path]
 ) -> None:
     processor, _, _ = make_processor(opennsfw, image_root)
-    complete = processor.completer.complete
+    stage = processor.completer.stage
     never = asyncio.Event()
 
     async def hangs_on_stream_groups(group: Any) -> Any:  # a bug with no deadline, in the stream's back half
         if any(not w.request for w in group.work):
             await never.wait()
-        return await complete(group)
+        return await stage(group)
 
-    processor.completer.complete = hangs_on_stream_groups  # type: ignore[method-assign]
+    processor.completer.stage = hangs_on_stream_groups  # type: ignore[method-assign]
     stuck = await processor.submit(messages([file_ref(image_root, sample_photos[0].name)])[0])
     await asyncio.sleep(0.6)
     for photo in sample_photos[:3]:  # /classify keeps answering meanwhile

@@ -48,7 +48,7 @@ from vitguard.schemas.events import BankMatch, ImageEvent, NearDuplicateAlert, T
 from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, SearchHit, WaveCounter
 
-__all__ = ["Completer", "Finishing", "Outcome", "event_of", "raw_of", "timings"]
+__all__ = ["Completer", "Finishing", "Outcome", "Staged", "event_of", "raw_of", "timings"]
 
 Outcome = ItemResult | Verdict | InputError
 """What a work entry ends as: an event's result, or a /classify request's verdict or error."""
@@ -107,8 +107,20 @@ class Finishing:
         return self.raw, self.event, self.answer
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A group between the two halves of the back half: indexed and answered, not yet published."""
+
+    group: Group
+    requests: list[tuple[Work, Outcome]]
+    """The /classify requests' answers (nothing to publish)."""
+    stream: list[Finishing]
+    """The stream's entries, each with its answer."""
+
+
 class Completer:
-    """Runs the back half of groups; holds no state of its own beyond the model's collection name."""
+    """Runs the back half of groups, in two halves: :meth:`stage` (match, index, alert: the Milvus and wave
+    calls) and :meth:`publish` (emit, remember). Holds no state of its own beyond the model's collection name."""
 
     def __init__(
         self,
@@ -154,26 +166,30 @@ class Completer:
                 "ensure_collection", lambda: self.index.ensure_collection(self.info), timeout_s=timeout_s)
 
     async def complete(self, group: Group) -> list[tuple[Work, Outcome]]:
-        """Every entry of ``group`` with what it ended as (acknowledged, for stream events): the stage list,
-        each step taking and returning one :class:`Finishing` record per entry."""
+        """Every entry of ``group`` with what it ended as (acknowledged, for stream events): :meth:`stage`, then
+        :meth:`publish` (the runner runs the two halves of consecutive groups at the same time)."""
+        return await self.publish(await self.stage(group))
+
+    async def stage(self, group: Group) -> Staged:
+        """match -> index -> alert -> answer: each step taking and returning one :class:`Finishing` record per
+        entry. The /classify requests are answered after the match (no side effects)."""
         now_s = self._clock()
         items = await self._match(group, [Finishing(w, group.predicted.get(i)) for i, w in enumerate(group.work)])
-        out = [(i.work, _with_banks(i, self._request_outcome(i.work, i.predicted))) for i in items if i.work.request]
+        requests = [(i.work, _with_banks(i, self._request_outcome(i.work, i.predicted)))
+                    for i in items if i.work.request]
         stream = [i for i in items if not i.work.request]
-        if not stream:
-            return out
-        stream = await self._index(group, stream, now_s)
-        stream = await self._alert(group, stream, now_s)
-        stream = [self._answer(i) for i in stream]
-        with _timed(group.stage_ms, "publish"):
-            final = await self.emitter.emit([i.outbound for i in stream], _alerts_of(stream))
-        return out + await self._remember(group, stream, final)
+        if stream:
+            stream = await self._index(group, stream, now_s)
+            stream = await self._alert(group, stream, now_s)
+            stream = [self._answer(i) for i in stream]
+        return Staged(group, requests, stream)
 
-    async def complete_failed(self, group: Group, exc: BaseException) -> list[tuple[Work, Outcome]]:
-        """After a bug in :meth:`complete`: every stream event of the group gets an ``internal_error``
-        dead letter (invalid messages keep theirs), requests get the error."""
+    def stage_failed(self, group: Group, exc: BaseException) -> Staged:
+        """After a bug in :meth:`stage`: every stream event of the group gets an ``internal_error`` dead letter
+        (invalid messages keep theirs), requests get the error."""
         why = f"batch failed: {type(exc).__name__}: {exc}"
-        out: list[tuple[Work, Outcome]] = [(w, InputError("internal_error", why)) for w in group.work if w.request]
+        requests: list[tuple[Work, Outcome]] = [(w, InputError("internal_error", why)) for w in group.work
+                                                if w.request]
         stream = []
         for w in group.work:
             if w.request:
@@ -182,10 +198,20 @@ class Completer:
             letter = w.value.dead_letter if isinstance(w.value, DeadLettered) else dead_letter(
                 raw, "internal_error", why, event)
             stream.append(Finishing(w, None, answer=letter))
-        if not stream:
-            return out
-        final = await self.emitter.emit([i.outbound for i in stream], [])
-        return out + await self._remember(group, stream, final)
+        return Staged(group, requests, stream)
+
+    async def complete_failed(self, group: Group, exc: BaseException) -> list[tuple[Work, Outcome]]:
+        """:meth:`stage_failed`, published."""
+        return await self.publish(self.stage_failed(group, exc))
+
+    async def publish(self, staged: Staged) -> list[tuple[Work, Outcome]]:
+        """emit (every output acknowledged) -> remember (Redis): each entry with what it ended as."""
+        if not staged.stream:
+            return staged.requests
+        stream = staged.stream
+        with _timed(staged.group.stage_ms, "publish"):
+            final = await self.emitter.emit([i.outbound for i in stream], _alerts_of(stream))
+        return staged.requests + await self._remember(staged.group, stream, final)
 
     async def _match(self, group: Group, items: list[Finishing]) -> list[Finishing]:
         """The match stage: every predicted entry's PDQ hashes (one per frame of a multi-frame item) and every

@@ -1,16 +1,18 @@
 """The runner: composes the stages, and owns ordering, concurrency, batching and the failure policy.
 
 ```
-submit(raw) ─▶ front half, one task per event, concurrently:
-                 ingest (parse, redelivery guard) ─▶ fetch (+hash, verdict cache) ─▶ decode
+submit(raw) ─▶ intake: records taken in batches (group commit), each batch through the front half:
+                 ingest (parse, redelivery guard: one lookup) ─▶ fetch (+hash; local references in one hop)
+                 ─▶ verdict cache (one lookup) ─▶ decode (a few pool jobs)       remote fetches and video: alone
                                                    │ dead letter / cache hit / skipped
                ready queue ◀────────────────────────┘
 batch loop:    when the model is idle, take what is ready now (up to max_size images; /classify requests
                first, at most half of a short pass of request_max_size while stream images wait)
                ─▶ infer: ONE forward pass ─▶ completion queue (up to 8 passes; the back half takes them all)
 requests:      a pass's /classify requests are answered at once, on a task of their own (no side effects)
-completion:    index (near-duplicates, clusters, Milvus upsert) ─▶ alert (waves) ─▶ emit (fitted, acked)
-               ─▶ remember (Redis) ─▶ each event's future resolves with its ItemResult
+completion:    match (banks) ─▶ index (near-duplicates, clusters, Milvus upsert) ─▶ alert (waves)
+publish:       emit (fitted, acked) ─▶ remember (Redis) ─▶ each event's future resolves with its ItemResult
+               (the next group's completion runs while this one publishes: Milvus calls overlap publishing)
 ```
 
 Batching is adaptive (:mod:`~vitguard.pipeline.runtime.batcher`). A slow image holds nobody: it joins a batch when it
@@ -51,7 +53,7 @@ from vitguard.pipeline.results import (
     ItemResult,
 )
 from vitguard.pipeline.runtime.batcher import Group, ReadyQueue, Work
-from vitguard.pipeline.runtime.completion import Completer, Outcome
+from vitguard.pipeline.runtime.completion import Completer, Outcome, Staged
 from vitguard.pipeline.runtime.failure import Backoff, MilvusPolicy, PublishPolicy, RedisPolicy
 from vitguard.pipeline.runtime.front import FrontHalf
 from vitguard.pipeline.runtime.intake import Entry, StreamIntake
@@ -80,6 +82,10 @@ fixed costs (a Milvus search and upsert, a publish round, a Redis round trip) ar
 group, so under load they amortise over several passes, whatever size the adaptive batcher made them (a fast
 model makes many small passes). While Milvus holds, the queue fills and the batch loop waits: backpressure."""
 
+
+
+_STAGED_GROUPS = 1
+"""Groups indexed and waiting for the publish loop: one publishing, one waiting, one being indexed."""
 
 
 class Runner:
@@ -198,6 +204,7 @@ class Runner:
                                 request_max_size=batch.request_max_size or None)
         self.intake = StreamIntake(self.front, self.ready, settle=self._settle, fail=self._fail_all)
         self._to_complete: asyncio.Queue[Group] = asyncio.Queue(maxsize=_BACK_HALF_GROUPS)
+        self._to_publish: asyncio.Queue[Staged] = asyncio.Queue(maxsize=_STAGED_GROUPS)
         self._back_half_max = _BACK_HALF_GROUPS * batch.max_size
         self._pending: set[asyncio.Future[Any]] = set()
         """Futures of the stream events and the /classify requests in flight."""
@@ -252,6 +259,7 @@ class Runner:
             self._loops = [
                 asyncio.create_task(self._guarded(self._batch_loop), name="vitguard-batch-loop"),
                 asyncio.create_task(self._guarded(self._completion_loop), name="vitguard-completion-loop"),
+                asyncio.create_task(self._guarded(self._publish_loop), name="vitguard-publish-loop"),
             ]
 
     async def ensure_collection(self) -> str:
@@ -442,11 +450,13 @@ class Runner:
             self._settle(work.future, outcome, slot=False)
 
     async def _completion_loop(self) -> None:
-        """The back half of each group, in order; a bug dead-letters the group, a fatal error stops the runner."""
+        """The first half of the back half (match, index, alert), group after group, in order; each staged group
+        goes on to the publish loop, so the next group's Milvus calls overlap this one's publishing. A bug
+        dead-letters the group; a fatal error stops the runner."""
         while True:
             group = await self._next_back_half()
             try:
-                outcomes = await self.completer.complete(group)
+                staged = await self.completer.stage(group)
             except asyncio.CancelledError:
                 raise
             except FatalError as exc:
@@ -454,8 +464,26 @@ class Runner:
                 return
             except Exception as exc:
                 _log.exception("a group of %d failed unexpectedly; dead-lettering it", len(group.work))
+                staged = self.completer.stage_failed(group, exc)
+            await self._to_publish.put(staged)
+
+    async def _publish_loop(self) -> None:
+        """The second half (emit, remember), group after group in the order they were staged: per event, the
+        Milvus upsert came before, then publish, then Redis, then its future resolves."""
+        while True:
+            staged = await self._to_publish.get()
+            try:
+                outcomes = await self.completer.publish(staged)
+            except asyncio.CancelledError:
+                raise
+            except FatalError as exc:
+                self._fail_all(exc)
+                return
+            except Exception as exc:
+                _log.exception("publishing a group of %d failed unexpectedly; dead-lettering it",
+                               len(staged.group.work))
                 try:
-                    outcomes = await self.completer.complete_failed(group, exc)
+                    outcomes = await self.completer.complete_failed(staged.group, exc)
                 except FatalError as fatal:
                     self._fail_all(fatal)
                     return
