@@ -199,6 +199,7 @@ def main() -> int:
                 for v, ts in zip(outputs.verdicts, outputs.verdict_timestamps_ms, strict=True)
                 if v.content_id.startswith("s-") and v.created_at is not None
             ]
+            steady_timings = harness.mean_timings([v for v in outputs.verdicts if v.content_id.startswith("s-")])
         worker.terminate()
         model_ref = statistics.mean(ips for ips, _ in adjacent)
         model_cpu_ms = statistics.mean(cpu for _, cpu in adjacent)
@@ -235,6 +236,7 @@ def main() -> int:
                 "p95_ms": round(1000 * harness.percentile(latencies, 95), 1),
                 "p99_ms": round(1000 * harness.percentile(latencies, 99), 1),
                 "batch_max_wait_s": settings.batch.max_wait_s,
+                "mean_stage_ms": steady_timings,
             },
             "wall_s": round(time.time() - started_at, 1),
         }

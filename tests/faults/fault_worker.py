@@ -14,8 +14,8 @@ seam                      what a payload carrying ``<marker>/<seam>`` does
 ``completion_loop``       the runner's completion loop raises outside its own try (``Runner._settle``)
 ``milvus_permanent``      Milvus refuses the upsert for good (a real ``MilvusException``, code 1401, through the
                           adapter's own error mapping)
-``publish_permanent``     the broker refuses the event's verdict for good (aiokafka's
-                          ``TopicAuthorizationFailedError``, through the policy's classification)
+``publish_permanent``     the broker refuses the event's verdict for good (librdkafka's
+                          ``TOPIC_AUTHORIZATION_FAILED``, through the policy's classification)
 ``decode_stuck``          the event's decode never returns (past ``VITGUARD_BATCH_DECODE_TIMEOUT_S``: the pool's
                           stuck-thread limit)
 ========================  =========================================================================================
@@ -88,7 +88,7 @@ def install() -> None:
     import vitguard.consumers.app as app_module
     import vitguard.pipeline.runtime.intake as intake_module
     import vitguard.pipeline.runtime.runner as runner_module
-    from vitguard.consumers.sink import FaustSink
+    from vitguard.consumers.sink import KafkaSink
     from vitguard.pipeline.results import Answered
     from vitguard.pipeline.runtime.front import FrontHalf
     from vitguard.stores.milvus import MilvusEmbeddingIndex
@@ -150,18 +150,21 @@ def install() -> None:
 
     MilvusEmbeddingIndex.upsert = faulty_upsert  # type: ignore[method-assign]
 
-    send = FaustSink.send
+    send = KafkaSink.send
 
     async def faulty_send(self: Any, messages: Any) -> list[BaseException | None]:
-        from aiokafka.errors import TopicAuthorizationFailedError
+        from confluent_kafka import KafkaError, KafkaException
 
         refused = [fires(m.value, "publish_permanent") for m in messages]
         sent = iter(await send(self, [m for m, r in zip(messages, refused, strict=True) if not r]))
-        return [TopicAuthorizationFailedError("injected permanent refusal") if r else next(sent) for r in refused]
+        refusal = KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "injected permanent refusal"))
+        return [refusal if r else next(sent) for r in refused]
 
-    FaustSink.send = faulty_send  # type: ignore[method-assign]
+    KafkaSink.send = faulty_send  # type: ignore[method-assign]
 
     import vitguard.pipeline.stages.decode as decode_module
+    import vitguard.pipeline.stages.decode_batch as decode_batch_module
+    import vitguard.pipeline.stages.expand as expand_module
 
     prepare_decoded = decode_module.prepare_decoded
 
@@ -170,7 +173,8 @@ def install() -> None:
             time.sleep(3600)  # a decoder that never returns: its thread is lost
         return prepare_decoded(classifier, data)
 
-    decode_module.prepare_decoded = faulty_prepare_decoded
+    for module in (decode_module, decode_batch_module, expand_module):  # each looks the name up in its module
+        module.prepare_decoded = faulty_prepare_decoded  # type: ignore[attr-defined]
 
 
 def main() -> None:

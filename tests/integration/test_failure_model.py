@@ -122,7 +122,7 @@ FATAL_SOURCES: dict[str, tuple[dict[str, Any], int, str]] = {
     "batch_loop": ({}, 1, "runner loop crashed"),
     "completion_loop": ({}, 1, "runner loop crashed"),
     "milvus_permanent": ({}, 1, "retrying will not help"),
-    "publish_permanent": ({}, 1, "TopicAuthorizationFailedError"),
+    "publish_permanent": ({}, 1, "TOPIC_AUTHORIZATION_FAILED"),
     # one decode thread; the second decode stuck past its deadline is one more than threads: a restart
     "decode_stuck": ({"batch": {"decode_workers": 1, "decode_timeout_s": 1.0}}, 2, "still running past"),
 }

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from vitguard.cli import main
-from vitguard.pipeline import KafkaSink, OutputTopics, RawMessage, build_runner
+from vitguard.consumers.sink import KafkaSink
+from vitguard.pipeline import OutputTopics, RawMessage, build_runner
 from vitguard.producers import UploadEventPublisher
 from vitguard.schemas.events import DeadLetter, ImageEvent, Verdict
 
@@ -90,8 +91,7 @@ async def test_redriven_dead_letters_get_verdicts_after_the_cause_is_fixed(
         assert [r.value for r in redriven] == [events["late"].model_dump_json().encode()]  # original bytes
         second = await processor.process(redriven)
     finally:
-        await processor.close()
-        sink.close()
+        await processor.close()  # and its sink
     letters = [DeadLetter.model_validate_json(r.value) for r in read_raw(kafka_bootstrap, topics["dlq"])]
     assert sorted(d.content_id or "" for d in letters) == ["rd-b64", "rd-late"]
     assert [(v.content_id, v.event_id) for v in second.verdicts] == [("rd-late", events["late"].event_id)]

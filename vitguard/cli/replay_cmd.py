@@ -145,7 +145,7 @@ def replay(
             try:
                 process_handler.close()
             finally:
-                sink.inner.close()  # the processor leaves its sink to the caller
+                sink.inner.shutdown()  # the processor leaves its sink to the caller
 
         handler, closer = process_handler, close_backtest
         extra["counts"], extra["dropped"] = process_handler.counts, sink.dropped

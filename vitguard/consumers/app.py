@@ -43,7 +43,7 @@ from vitguard.kafka.faust.positions import (
 )
 from vitguard.kafka.limits import PRODUCER_MAX_REQUEST_BYTES, UNREAD_TOPIC_LIMIT
 from vitguard.pipeline.results import ItemResult
-from vitguard.pipeline.runtime.build import build_runner
+from vitguard.pipeline.runtime.build import build_runner, output_topics, publish_timeout_s
 from vitguard.pipeline.runtime.runner import Runner
 from vitguard.pipeline.types import RawMessage, TopicLimits
 from vitguard.settings import Settings
@@ -211,7 +211,8 @@ def create_app(
     Args:
         settings: everything; topics, batching, web server and the consumer group come from here.
         runner: a ready runner whose sink must be this app's; normally None, and one is built with
-            :func:`~vitguard.pipeline.runtime.runner.build_runner` publishing through the app's producer.
+            :func:`~vitguard.pipeline.runtime.build.build_runner` publishing with
+            :class:`~vitguard.consumers.sink.KafkaSink`.
         read_limits: read the output topics' ``max.message.bytes`` from the broker when the app starts.
         runner_overrides: passed to ``build_runner`` (``classifier=``, ``index=``, ``dedup=`` ...).
 
@@ -223,7 +224,7 @@ def create_app(
 
     import faust
 
-    from vitguard.consumers.sink import FaustSink
+    from vitguard.consumers.sink import KafkaSink
     from vitguard.consumers.web import register_views
     from vitguard.kafka.config import faust_broker_kwargs
 
@@ -261,7 +262,8 @@ def create_app(
         pause(app, holding)
 
     if runner is None:
-        runner = build_runner(settings, FaustSink(app), health=health, on_hold=on_hold, **runner_overrides)
+        sink = KafkaSink(kafka, output_topics(settings), timeout_s=publish_timeout_s(settings))
+        runner = build_runner(settings, sink, health=health, on_hold=on_hold, **runner_overrides)
     else:
         runner.milvus.on_hold = runner.milvus.on_hold or on_hold
     runtime = WorkerRuntime(settings, runner, runner.health)

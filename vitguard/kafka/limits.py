@@ -35,8 +35,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 """Assumed when the broker describes neither the topic nor itself (Kafka's default ``message.max.bytes``)."""
 
 PRODUCER_MAX_REQUEST_BYTES = 1_000_000
-"""The most bytes the worker's producer sends in one request (aiokafka's ``max_request_size``, set from this
-in :mod:`vitguard.consumers.app`): no topic's limit can raise an output past it."""
+"""The largest message the worker's producer sends (librdkafka's ``message.max.bytes`` in
+:class:`vitguard.consumers.sink.KafkaSink`; Faust's own producer, unused for outputs, gets the same): no topic's
+limit can raise an output past it."""
 
 _log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from vitguard.pipeline.results import Answered, DeadLettered, ItemResult, Skipped
 from vitguard.pipeline.runtime.build import build_runner
 from vitguard.pipeline.runtime.runner import Runner
-from vitguard.pipeline.runtime.sinks import KafkaSink, ListSink
+from vitguard.pipeline.runtime.sinks import ListSink
 from vitguard.pipeline.types import BatchOutcome, OutMessage, OutputTopics, RawMessage, Sink
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "BatchOutcome",
     "DeadLettered",
     "ItemResult",
-    "KafkaSink",
     "ListSink",
     "OutMessage",
     "OutputTopics",

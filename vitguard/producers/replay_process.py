@@ -27,7 +27,8 @@ from vitguard.schemas.events import parse_image_event
 from vitguard.settings import Settings
 
 if TYPE_CHECKING:
-    from vitguard.pipeline import KafkaSink, OutMessage, Runner
+    from vitguard.consumers.sink import KafkaSink
+    from vitguard.pipeline import OutMessage, Runner
 
 __all__ = [
     "BacktestSink",
@@ -92,7 +93,8 @@ def build_backtest_processor(
         ConfigError: an output topic is a production topic.
         ModelLoadError: the model spec cannot be loaded.
     """
-    from vitguard.pipeline import KafkaSink, OutputTopics, build_runner
+    from vitguard.consumers.sink import KafkaSink
+    from vitguard.pipeline import OutputTopics, build_runner
 
     check_backtest_topics(settings, verdict_topic, alert_topic, dead_letter_topic)
     scoped = backtest_settings(settings, replay_id=replay_id, model_spec=model_spec)

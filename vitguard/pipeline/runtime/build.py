@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from vitguard.fetch import ImageFetcher
     from vitguard.settings import BatchSettings, Settings
 
-__all__ = ["build_runner", "sized_for_device"]
+__all__ = ["build_runner", "output_topics", "publish_timeout_s", "sized_for_device"]
 
 _log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ def build_runner(
     from vitguard.model import load_classifier
     from vitguard.stores import MilvusEmbeddingIndex, RedisDedupStore, RedisWaveCounter
 
-    t = settings.topics
     if settings.review.enabled:  # review requests: needs `vitguard review topics` first
         kwargs.setdefault("review", settings.review)
     classifier = classifier or load_classifier(settings.model)
@@ -52,17 +51,27 @@ def build_runner(
         dedup=dedup or RedisDedupStore(settings.redis),
         waves=waves or RedisWaveCounter(settings.redis, settings.policy),
         sink=sink,
-        topics=topics or OutputTopics(t.verdicts, t.alerts, t.dead_letters,
-                                      t.review_requests if settings.review.enabled else ""),
+        topics=topics or output_topics(settings),
         policy=settings.policy,
         batch=batch,
         milvus=settings.milvus,
         frames=settings.frames,
         hash_pdq=settings.banks.enabled,
-        publish_timeout_s=max(settings.kafka.request_timeout_s, 5.0),
+        publish_timeout_s=publish_timeout_s(settings),
         max_in_flight=max_in_flight,
         **kwargs,
     )
+
+
+def output_topics(settings: Settings) -> OutputTopics:
+    """The worker's output topics (review requests only when review is on)."""
+    t = settings.topics
+    return OutputTopics(t.verdicts, t.alerts, t.dead_letters, t.review_requests if settings.review.enabled else "")
+
+
+def publish_timeout_s(settings: Settings) -> float:
+    """Longest one round of acknowledgements may take (the runner's, and the producer's delivery timeout)."""
+    return max(settings.kafka.request_timeout_s, 5.0)
 
 
 def sized_for_device(settings: Settings, classifier: Any) -> tuple[BatchSettings, int]:

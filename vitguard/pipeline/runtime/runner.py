@@ -87,6 +87,9 @@ model makes many small passes). While Milvus holds, the queue fills and the batc
 _STAGED_GROUPS = 1
 """Groups indexed and waiting for the publish loop: one publishing, one waiting, one being indexed."""
 
+_PUBLISHING_GRACE_S = 3.0
+"""How long closing waits for the group being published (acknowledgements and Redis writes) to finish."""
+
 
 class Runner:
     """Moderates events submitted one by one, in adaptive micro-batches, and publishes through a sink.
@@ -205,6 +208,8 @@ class Runner:
         self.intake = StreamIntake(self.front, self.ready, settle=self._settle, fail=self._fail_all)
         self._to_complete: asyncio.Queue[Group] = asyncio.Queue(maxsize=_BACK_HALF_GROUPS)
         self._to_publish: asyncio.Queue[Staged] = asyncio.Queue(maxsize=_STAGED_GROUPS)
+        self._publishing: asyncio.Future[None] | None = None
+        """The group being published (what :meth:`close` lets finish)."""
         self._back_half_max = _BACK_HALF_GROUPS * batch.max_size
         self._pending: set[asyncio.Future[Any]] = set()
         """Futures of the stream events and the /classify requests in flight."""
@@ -278,8 +283,16 @@ class Runner:
             await self.redis.once("ping", check)
 
     async def close(self) -> None:
-        """Stop the loops, cancel what is in flight (never answered, so never committed), release resources."""
+        """Stop the loops, cancel what is in flight (never answered, so never committed), release resources.
+
+        A group being published is let finish first (its Redis writes included, at most
+        :data:`_PUBLISHING_GRACE_S`): outputs that reach the broker while their events stay unremembered would
+        be answered a second time by the worker that takes the partition over."""
         self._closed = True
+        if self._publishing is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_PUBLISHING_GRACE_S):
+                    await asyncio.shield(self._publishing)
         tasks = [*self._loops, *self._answering, *self.intake.cancel()]
         for task in tasks:
             task.cancel()
@@ -289,7 +302,7 @@ class Runner:
         for fut in list(self._pending):
             fut.cancel()
         for closer in (getattr(self.fetcher, "close", None), getattr(self.dedup, "close", None),
-                       getattr(self.completer.waves, "close", None)):
+                       getattr(self.completer.waves, "close", None), getattr(self.emitter.sink, "close", None)):
             if closer is not None:
                 try:
                     await closer()
@@ -469,27 +482,36 @@ class Runner:
 
     async def _publish_loop(self) -> None:
         """The second half (emit, remember), group after group in the order they were staged: per event, the
-        Milvus upsert came before, then publish, then Redis, then its future resolves."""
+        Milvus upsert came before, then publish, then Redis, then its future resolves. After a fatal error
+        nothing more is published (those events stay unanswered and uncommitted, for the next worker)."""
         while True:
             staged = await self._to_publish.get()
-            try:
-                outcomes = await self.completer.publish(staged)
-            except asyncio.CancelledError:
-                raise
-            except FatalError as exc:
-                self._fail_all(exc)
+            if self._fatal is not None or self._closed:
                 return
-            except Exception as exc:
-                _log.exception("publishing a group of %d failed unexpectedly; dead-lettering it",
-                               len(staged.group.work))
-                try:
-                    outcomes = await self.completer.complete_failed(staged.group, exc)
-                except FatalError as fatal:
-                    self._fail_all(fatal)
-                    return
-            for work, outcome in outcomes:
-                self._settle(work.future, outcome, slot=not work.request)
-            self.batches += 1
+            self._publishing = asyncio.ensure_future(self._publish(staged))
+            try:
+                await asyncio.shield(self._publishing)
+            finally:
+                self._publishing = None
+
+    async def _publish(self, staged: Staged) -> None:
+        try:
+            outcomes = await self.completer.publish(staged)
+        except asyncio.CancelledError:
+            raise
+        except FatalError as exc:
+            self._fail_all(exc)
+            return
+        except Exception as exc:
+            _log.exception("publishing a group of %d failed unexpectedly; dead-lettering it", len(staged.group.work))
+            try:
+                outcomes = await self.completer.complete_failed(staged.group, exc)
+            except FatalError as fatal:
+                self._fail_all(fatal)
+                return
+        for work, outcome in outcomes:
+            self._settle(work.future, outcome, slot=not work.request)
+        self.batches += 1
 
     async def _next_back_half(self) -> Group:
         """The next pass's group, merged with those queued behind it (in order), up to eight passes' images."""

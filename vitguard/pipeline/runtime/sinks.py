@@ -1,22 +1,18 @@
-"""Sinks outside Faust: a confluent-kafka producer sink (replay, tools) and an in-memory one (tests).
-
-The Faust worker uses :class:`vitguard.consumers.sink.FaustSink`, which sends through the app's own
-producer. Every sink answers each message with its own delivery result (see :class:`~vitguard.pipeline.types.Sink`).
+"""An in-memory sink (tests, tools). The worker and the replay tools publish with
+:class:`vitguard.consumers.sink.KafkaSink` (librdkafka). Every sink answers each message with its own delivery
+result (see :class:`~vitguard.pipeline.types.Sink`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from vitguard.errors import ServiceUnavailableError
 from vitguard.pipeline.types import OutMessage, OutputTopics
 from vitguard.schemas.events import BankMatchAlert, DeadLetter, NearDuplicateAlert, Verdict
-from vitguard.settings import KafkaSettings
 
-__all__ = ["KafkaSink", "ListSink"]
+__all__ = ["ListSink"]
 
 
 class ListSink:
@@ -63,64 +59,3 @@ class ListSink:
             self.alerts.append(NearDuplicateAlert.model_validate(data))
         else:
             self.verdicts.append(Verdict.model_validate(data))
-
-
-class KafkaSink:
-    """Publishes with a confluent-kafka producer (idempotent, acks=all) and waits for each delivery report.
-
-    Args:
-        kafka: brokers and security settings.
-        topics: output topics (an empty name: that kind is dropped, e.g. a back-test without an alert topic).
-        timeout_s: longest wait for one call's delivery reports; undelivered messages then report a timeout.
-    """
-
-    def __init__(self, kafka: KafkaSettings, topics: OutputTopics, timeout_s: float = 60.0) -> None:
-        from confluent_kafka import Producer
-
-        from vitguard.kafka.config import librdkafka_config
-
-        self.topics = topics
-        self._timeout_s = timeout_s
-        conf: dict[str, Any] = {
-            **librdkafka_config(kafka),
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "lz4",
-        }
-        self._producer = Producer(conf)
-
-    async def send(self, messages: Sequence[OutMessage]) -> list[BaseException | None]:
-        if not messages:
-            return []
-        return await asyncio.to_thread(self._send_and_wait, list(messages))
-
-    def _send_and_wait(self, messages: list[OutMessage]) -> list[BaseException | None]:
-        from confluent_kafka import KafkaException
-
-        results: list[BaseException | None] = [TimeoutError("not acknowledged in time")] * len(messages)
-
-        def report_for(i: int) -> Callable[[Any, Any], None]:
-            def report(err: Any, msg: Any) -> None:
-                results[i] = KafkaException(err) if err is not None else None
-            return report
-
-        for i, m in enumerate(messages):
-            if not m.topic:
-                results[i] = None
-                continue
-            while True:
-                try:
-                    self._producer.produce(m.topic, value=m.value, key=m.key, on_delivery=report_for(i))
-                    break
-                except BufferError:  # local queue full: let deliveries drain
-                    self._producer.poll(0.1)
-                except KafkaException as exc:  # refused locally (e.g. larger than message.max.bytes)
-                    results[i] = exc
-                    break
-        self._producer.flush(self._timeout_s)
-        return results
-
-    def close(self) -> None:
-        """Deliver what is queued (bounded by the timeout)."""
-        self._producer.flush(self._timeout_s)
