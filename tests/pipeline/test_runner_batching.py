@@ -183,9 +183,9 @@ async def test_passes_queued_behind_a_busy_back_half_are_completed_as_one_group(
     first = await runner.submit(raw(0, f"{photo_server}/photo/0"))
     await asyncio.to_thread(index.entered.wait, 30)  # the first group's upsert holds the back half
     later = [await runner.submit(raw(i, f"{photo_server}/photo/{i}")) for i in range(1, 7)]
-    while sum(len(g.work) for g in runner._to_complete._queue) < 6:  # type: ignore[attr-defined]
+    while sum(len(g.work) for g in runner.back_half.queue._queue) < 6:  # type: ignore[attr-defined]
         await asyncio.sleep(0.01)  # every later pass (of at most two) waits for the back half
-    assert runner._to_complete.qsize() >= 3
+    assert runner.back_half.queue.qsize() >= 3
     gate.set()
     results = await asyncio.gather(first, *later)
     await runner.close()

@@ -10,9 +10,9 @@ batch loop:    when the model is idle, take what is ready now (up to max_size im
                first, at most half of a short pass of request_max_size while stream images wait)
                ─▶ infer: ONE forward pass ─▶ completion queue (up to 8 passes; the back half takes them all)
 requests:      a pass's /classify requests are answered at once, on a task of their own (no side effects)
-completion:    match (banks) ─▶ index (near-duplicates, clusters, Milvus upsert) ─▶ alert (waves)
-publish:       emit (fitted, acked) ─▶ remember (Redis) ─▶ each event's future resolves with its ItemResult
-               (the next group's completion runs while this one publishes: Milvus calls overlap publishing)
+back half:     completion loop: match (banks) ─▶ index (near-duplicates, clusters, Milvus upsert) ─▶ alert
+               publish loop: emit (fitted, acked) ─▶ remember (Redis) ─▶ each event's future resolves
+               (:mod:`~vitguard.pipeline.runtime.back_half`: the next group's Milvus calls overlap publishing)
 ```
 
 Batching is adaptive (:mod:`~vitguard.pipeline.runtime.batcher`). A slow image holds nobody: it joins a batch when it
@@ -52,8 +52,9 @@ from vitguard.pipeline.results import (
     DeadLettered,
     ItemResult,
 )
+from vitguard.pipeline.runtime.back_half import BackHalf
 from vitguard.pipeline.runtime.batcher import Group, ReadyQueue, Work
-from vitguard.pipeline.runtime.completion import Completer, Outcome, Staged
+from vitguard.pipeline.runtime.completion import Completer, Outcome
 from vitguard.pipeline.runtime.failure import Backoff, MilvusPolicy, PublishPolicy, RedisPolicy
 from vitguard.pipeline.runtime.front import FrontHalf
 from vitguard.pipeline.runtime.intake import Entry, StreamIntake
@@ -75,17 +76,6 @@ _log = logging.getLogger(__name__)
 
 _STORE_THREADS = 2
 """Threads for Milvus calls (each call has a deadline: ``VITGUARD_MILVUS_CALL_TIMEOUT_S``)."""
-
-_BACK_HALF_GROUPS = 8
-"""Forward passes that may wait for the back half. The back half takes every one waiting as one group: its
-fixed costs (a Milvus search and upsert, a publish round, a Redis round trip) are paid once per back-half
-group, so under load they amortise over several passes, whatever size the adaptive batcher made them (a fast
-model makes many small passes). While Milvus holds, the queue fills and the batch loop waits: backpressure."""
-
-
-
-_STAGED_GROUPS = 1
-"""Groups indexed and waiting for the publish loop: one publishing, one waiting, one being indexed."""
 
 _PUBLISHING_GRACE_S = 3.0
 """How long closing waits for the group being published (acknowledgements and Redis writes) to finish."""
@@ -206,11 +196,8 @@ class Runner:
                                 batch.order_wait_s, per_item=self.frames.per_batch,
                                 request_max_size=batch.request_max_size or None)
         self.intake = StreamIntake(self.front, self.ready, settle=self._settle, fail=self._fail_all)
-        self._to_complete: asyncio.Queue[Group] = asyncio.Queue(maxsize=_BACK_HALF_GROUPS)
-        self._to_publish: asyncio.Queue[Staged] = asyncio.Queue(maxsize=_STAGED_GROUPS)
-        self._publishing: asyncio.Future[None] | None = None
-        """The group being published (what :meth:`close` lets finish)."""
-        self._back_half_max = _BACK_HALF_GROUPS * batch.max_size
+        self.back_half = BackHalf(self.completer, max_images=batch.max_size, settle=self._settle,
+                                  fail=self._fail_all, stopped=lambda: self._fatal is not None or self._closed)
         self._pending: set[asyncio.Future[Any]] = set()
         """Futures of the stream events and the /classify requests in flight."""
         self._requests: set[asyncio.Future[Any]] = set()
@@ -221,8 +208,6 @@ class Runner:
         self._refusing_requests = False
         self._classifying: set[asyncio.Task[Verdict]] = set()
         """The /classify requests being prepared or answered (what :meth:`refuse_requests` cancels)."""
-        self.batches = 0
-        """Groups fully processed (outputs acknowledged) since start."""
         metrics.MODEL_INFO.labels(
             self.info.name, self.info.version, self.info.backend, str(self.info.embedding_dim)
         ).set(1)
@@ -236,6 +221,11 @@ class Runner:
     def collection(self) -> str | None:
         """The model's Milvus collection, once the first batch (or :meth:`ensure_collection`) created it."""
         return self.completer.collection
+
+    @property
+    def batches(self) -> int:
+        """Groups fully processed (outputs acknowledged) since start."""
+        return self.back_half.groups
 
     @property
     def in_flight(self) -> int:
@@ -256,15 +246,15 @@ class Runner:
             task.cancel()
 
     async def start(self) -> None:
-        """Start the batch and completion loops (idempotent). Does not wait for Milvus."""
+        """Start the batch loop and the back half's loops (idempotent). Does not wait for Milvus."""
         if self._closed:
             raise RuntimeError("the runner is closed")
         if not self._loops:
             self._loop = asyncio.get_running_loop()
             self._loops = [
                 asyncio.create_task(self._guarded(self._batch_loop), name="vitguard-batch-loop"),
-                asyncio.create_task(self._guarded(self._completion_loop), name="vitguard-completion-loop"),
-                asyncio.create_task(self._guarded(self._publish_loop), name="vitguard-publish-loop"),
+                asyncio.create_task(self._guarded(self.back_half.completion_loop), name="vitguard-completion-loop"),
+                asyncio.create_task(self._guarded(self.back_half.publish_loop), name="vitguard-publish-loop"),
             ]
 
     async def ensure_collection(self) -> str:
@@ -289,10 +279,7 @@ class Runner:
         :data:`_PUBLISHING_GRACE_S`): outputs that reach the broker while their events stay unremembered would
         be answered a second time by the worker that takes the partition over."""
         self._closed = True
-        if self._publishing is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_PUBLISHING_GRACE_S):
-                    await asyncio.shield(self._publishing)
+        await self.back_half.finish_publishing(_PUBLISHING_GRACE_S)
         tasks = [*self._loops, *self._answering, *self.intake.cancel()]
         for task in tasks:
             task.cancel()
@@ -432,10 +419,11 @@ class Runner:
         """Queue ``stream`` for the completion loop. While that queue is full (the completion stage holds:
         Milvus down, publishing failing), keep running passes of /classify requests only, so requests are
         answered and the stream is held back, as the failure policy wants."""
-        if not self._to_complete.full():
-            self._to_complete.put_nowait(stream)
+        queue = self.back_half.queue
+        if not queue.full():
+            queue.put_nowait(stream)
             return
-        put = asyncio.ensure_future(self._to_complete.put(stream))
+        put = asyncio.ensure_future(queue.put(stream))
         want: asyncio.Future[list[Work]] | None = None
         try:
             while not put.done():
@@ -461,66 +449,6 @@ class Runner:
             outcomes = await self.completer.complete_failed(group, exc)
         for work, outcome in outcomes:
             self._settle(work.future, outcome, slot=False)
-
-    async def _completion_loop(self) -> None:
-        """The first half of the back half (match, index, alert), group after group, in order; each staged group
-        goes on to the publish loop, so the next group's Milvus calls overlap this one's publishing. A bug
-        dead-letters the group; a fatal error stops the runner."""
-        while True:
-            group = await self._next_back_half()
-            try:
-                staged = await self.completer.stage(group)
-            except asyncio.CancelledError:
-                raise
-            except FatalError as exc:
-                self._fail_all(exc)
-                return
-            except Exception as exc:
-                _log.exception("a group of %d failed unexpectedly; dead-lettering it", len(group.work))
-                staged = self.completer.stage_failed(group, exc)
-            await self._to_publish.put(staged)
-
-    async def _publish_loop(self) -> None:
-        """The second half (emit, remember), group after group in the order they were staged: per event, the
-        Milvus upsert came before, then publish, then Redis, then its future resolves. After a fatal error
-        nothing more is published (those events stay unanswered and uncommitted, for the next worker)."""
-        while True:
-            staged = await self._to_publish.get()
-            if self._fatal is not None or self._closed:
-                return
-            self._publishing = asyncio.ensure_future(self._publish(staged))
-            try:
-                await asyncio.shield(self._publishing)
-            finally:
-                self._publishing = None
-
-    async def _publish(self, staged: Staged) -> None:
-        try:
-            outcomes = await self.completer.publish(staged)
-        except asyncio.CancelledError:
-            raise
-        except FatalError as exc:
-            self._fail_all(exc)
-            return
-        except Exception as exc:
-            _log.exception("publishing a group of %d failed unexpectedly; dead-lettering it", len(staged.group.work))
-            try:
-                outcomes = await self.completer.complete_failed(staged.group, exc)
-            except FatalError as fatal:
-                self._fail_all(fatal)
-                return
-        for work, outcome in outcomes:
-            self._settle(work.future, outcome, slot=not work.request)
-        self.batches += 1
-
-    async def _next_back_half(self) -> Group:
-        """The next pass's group, merged with those queued behind it (in order), up to eight passes' images."""
-        groups = [await self._to_complete.get()]
-        size = len(groups[0].work)
-        while not self._to_complete.empty() and size < self._back_half_max:
-            groups.append(self._to_complete.get_nowait())
-            size += len(groups[-1].work)
-        return Group.merged(groups)
 
     # ------------------------------------------------------------------ futures and failures
 
