@@ -144,3 +144,20 @@ async def test_unreadable_and_unparsable_records_in_a_batch_are_each_their_dead_
     assert reasons[1] == "invalid_json" and reasons[2] == "fetch_not_found" and reasons[4] == "invalid_base64"
     assert reasons[3] in {"not_an_image", "unsupported_image"} and reasons[5] == "file_outside_root"
     assert [r.verdict.content_id for r in results if isinstance(r, Answered)] == ["c0", "c6"]
+
+
+async def test_closing_starts_no_batch_for_the_records_still_waiting(
+        opennsfw: Any, image_root: Path, sample_photos: list[Path]) -> None:
+    """Records wait while the front half's batches are busy; closing cancels the busy ones, and the records
+    still waiting start no new batch (it would run against closed clients, after the runner is gone)."""
+    from tests.pipeline.test_runner import SlowDecodeClassifier
+
+    processor, _, _ = make_processor(SlowDecodeClassifier(opennsfw, 0.5), image_root)
+    for raw in messages([file_ref(image_root, p.name) for p in sample_photos] * 3):
+        await processor.submit(raw)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)
+    started = processor.intake.batches
+    await processor.close()
+    await asyncio.sleep(0.1)
+    assert processor.intake.batches == started == 2

@@ -74,6 +74,7 @@ class StreamIntake:
         self._fail = fail
         self._waiting: list[Entry] = []
         self._kick_due = False
+        self._closed = False
         self._batches: set[asyncio.Task[None]] = set()
         self._alone: set[asyncio.Task[None]] = set()
         self.in_front = 0
@@ -90,7 +91,9 @@ class StreamIntake:
             asyncio.get_running_loop().call_soon(self._kick)
 
     def cancel(self) -> list[asyncio.Task[Any]]:
-        """Cancel every task of the intake (the runner is closing); returns them, to be awaited."""
+        """Cancel every task of the intake and start no more (the runner is closing); returns them, to be
+        awaited."""
+        self._closed = True
         tasks = [*self._batches, *self._alone]
         for task in tasks:
             task.cancel()
@@ -98,7 +101,7 @@ class StreamIntake:
 
     def _kick(self) -> None:
         self._kick_due = False
-        while self._waiting and len(self._batches) < FRONT_BATCHES:
+        while self._waiting and len(self._batches) < FRONT_BATCHES and not self._closed:
             entries, self._waiting = self._waiting, []
             self._start(self._batches, self._batch(entries))
 
