@@ -24,16 +24,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from vitguard.errors import FatalError
 from vitguard.pipeline.runtime.batcher import Group
-from vitguard.pipeline.runtime.completion import Completer, Outcome, Staged
+from vitguard.pipeline.runtime.completion import Completer, Staged
 
 __all__ = ["QUEUED_PASSES", "BackHalf"]
 
 _log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 QUEUED_PASSES = 8
 """Forward passes that may wait for the back half (the completion loop takes them all as one group). While
@@ -80,16 +82,13 @@ class BackHalf:
         """match, index, alert: group after group, in order; each staged group goes on to the publish loop."""
         while True:
             group = await self._next_group()
-            try:
-                staged = await self.completer.stage(group)
-            except asyncio.CancelledError:
-                raise
-            except FatalError as exc:
-                self._fail(exc)
+
+            async def failed(exc: Exception, group: Group = group) -> Staged:
+                return self.completer.stage_failed(group, exc)
+
+            staged = await self._or_dead_letters("indexing", group, self.completer.stage(group), failed)
+            if staged is None:
                 return
-            except Exception as exc:
-                _log.exception("a group of %d failed unexpectedly; dead-lettering it", len(group.work))
-                staged = self.completer.stage_failed(group, exc)
             await self._staged.put(staged)
 
     async def publish_loop(self) -> None:
@@ -105,24 +104,32 @@ class BackHalf:
                 self._publishing = None
 
     async def _publish(self, staged: Staged) -> None:
-        outcomes: list[tuple[Any, Outcome]]
+        outcomes = await self._or_dead_letters(
+            "publishing", staged.group, self.completer.publish(staged),
+            lambda exc: self.completer.complete_failed(staged.group, exc))
+        if outcomes is None:
+            return
+        for work, outcome in outcomes:
+            self._settle(work.future, outcome, slot=not work.request)
+        self.groups += 1
+
+    async def _or_dead_letters(self, doing: str, group: Group, step: Awaitable[T],
+                               on_bug: Callable[[Exception], Awaitable[T]]) -> T | None:
+        """``step``'s result; after a bug, ``on_bug``'s (the group dead-lettered, ``internal_error``); None after a
+        fatal error, which is declared here."""
         try:
-            outcomes = await self.completer.publish(staged)
+            try:
+                return await step
+            except FatalError:
+                raise
+            except Exception as exc:
+                _log.exception("%s a group of %d failed unexpectedly; dead-lettering it", doing, len(group.work))
+                return await on_bug(exc)
         except asyncio.CancelledError:
             raise
         except FatalError as exc:
             self._fail(exc)
-            return
-        except Exception as exc:
-            _log.exception("publishing a group of %d failed unexpectedly; dead-lettering it", len(staged.group.work))
-            try:
-                outcomes = await self.completer.complete_failed(staged.group, exc)
-            except FatalError as fatal:
-                self._fail(fatal)
-                return
-        for work, outcome in outcomes:
-            self._settle(work.future, outcome, slot=not work.request)
-        self.groups += 1
+            return None
 
     async def _next_group(self) -> Group:
         """The next pass's group, merged with those queued behind it (in order), up to the group's limit."""
