@@ -79,3 +79,21 @@ def test_the_readme_fits_a_few_screens_and_its_links_resolve() -> None:
     assert len(links) >= 10
     missing = [link for link in links if not link.startswith("http") and not (REPO / link).exists()]
     assert missing == []
+
+
+_PINNED = ("torch", "onnxruntime", "timm", "faust-streaming", "pymilvus", "confluent-kafka")
+"""Packages whose versions the docs quote next to figures."""
+
+
+@pytest.mark.parametrize("doc", [*DOCS, *sorted((REPO / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_the_versions_the_docs_quote_are_the_locked_ones(doc: Path) -> None:
+    """A figure is only reproducible with the versions that produced it: a version quoted in the docs (``torch
+    2.14.1``, ``onnxruntime==1.32.0``) must be the one ``requirements/runtime.lock`` installs."""
+    locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "requirements" / "runtime.lock").read_text(),
+                             re.MULTILINE))
+    text = doc.read_text()
+    wrong = [f"{name} {version} (locked: {locked.get(name)})"
+             for name in _PINNED
+             for version in re.findall(rf"(?<![\w-]){re.escape(name)}(?:==|\s)v?(\d+\.\d+(?:\.\d+)?)\b", text)
+             if version != locked.get(name)]
+    assert not wrong, wrong
