@@ -113,3 +113,13 @@ def test_the_stages_know_nothing_of_kafka_or_faust() -> None:
                                                                  "aiokafka", "confluent_kafka")))
                  for module, names in _module_imports().items() if module.startswith("vitguard.pipeline.stages")}
     assert {m: n for m, n in offending.items() if n} == {}
+
+
+PIPELINE_MODULE_LINES = 400
+"""Issue 27: a module of the pipeline a new engineer can read in one sitting."""
+
+
+def test_no_pipeline_module_is_over_the_line_limit() -> None:
+    long = {str(p.relative_to(ROOT.parent)): n for p in (ROOT / "pipeline").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > PIPELINE_MODULE_LINES}
+    assert long == {}, f"split these (over {PIPELINE_MODULE_LINES} lines): {long}"

@@ -118,14 +118,16 @@ def install() -> None:
     FrontHalf.screen = faulty_screen  # type: ignore[method-assign]
     intake_module.dead_letter = faulty_dead_letter
 
-    infer_pass = runner_module.infer_pass
+    import vitguard.pipeline.runtime.batch_loop as batch_loop_module
+
+    infer_pass = batch_loop_module.infer_pass
 
     async def faulty_infer_pass(taken: Any, *args: Any, **kwargs: Any) -> Any:
         if any(fires(_raw_value(w.value), "batch_loop") for w in taken):
             raise InjectedFault("injected batch-loop fault")
         return await infer_pass(taken, *args, **kwargs)
 
-    runner_module.infer_pass = faulty_infer_pass
+    batch_loop_module.infer_pass = faulty_infer_pass  # the batch loop looks the name up in its module
 
     settle = runner_module.Runner._settle
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
@@ -20,7 +21,7 @@ from vitguard.banks.signal import PdqHash
 from vitguard.media.frames import FrameSet
 from vitguard.model.types import Prediction
 from vitguard.pipeline.runtime.pools import JobTimeout
-from vitguard.pipeline.types import RawMessage
+from vitguard.pipeline.types import BatchOutcome, RawMessage
 from vitguard.policy import Decision
 from vitguard.schemas.events import DeadLetter, ImageEvent, MediaSummary, NearDuplicateAlert, Verdict
 
@@ -40,6 +41,7 @@ __all__ = [
     "Skipped",
     "StageTimes",
     "Tagged",
+    "batch_outcome",
 ]
 
 _log = logging.getLogger(__name__)
@@ -211,4 +213,21 @@ class Tagged(Generic[T, V]):
     tag: T
     value: V
 
+
 ItemResult = Answered | DeadLettered | Skipped
+
+
+def batch_outcome(results: Sequence[ItemResult]) -> BatchOutcome:
+    """What a batch of events ended as, gathered (for :meth:`~vitguard.pipeline.runtime.runner.Runner.process`)."""
+    outcome = BatchOutcome()
+    for r in results:
+        if isinstance(r, Answered):
+            outcome.verdicts.append(r.verdict)
+            if r.alert is not None:
+                outcome.alerts.append(r.alert)
+            outcome.suppressed_alerts += int(r.alert_suppressed)
+        elif isinstance(r, DeadLettered):
+            outcome.dead_letters.append(r.dead_letter)
+        else:
+            outcome.skipped.append(r.raw)
+    return outcome

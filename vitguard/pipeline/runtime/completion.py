@@ -15,96 +15,47 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from vitguard import metrics
 from vitguard.banks.matcher import BankMatcher
-from vitguard.banks.signal import PdqHash
 from vitguard.errors import InputError
 from vitguard.model.types import ModelInfo
 from vitguard.pipeline.core import answer_key, build_verdict, dead_letter, encode_cached_verdict
 from vitguard.pipeline.results import (
-    Answered,
     CacheHit,
     DeadLettered,
     Decoded,
     DecodedFrames,
-    FrameHashes,
-    Indexed,
     ItemResult,
     Predicted,
-    Ready,
-    Skipped,
-    StageTimes,
 )
 from vitguard.pipeline.runtime.batcher import Group, Work
 from vitguard.pipeline.runtime.failure import MilvusPolicy, RedisPolicy
-from vitguard.pipeline.stages.alert import Candidate, alert_batch
+from vitguard.pipeline.runtime.finishing import (
+    Finishing,
+    alerts_of,
+    candidate,
+    event_of,
+    frame_hashes,
+    hashes_of,
+    raw_of,
+    resolve_hashes,
+    result,
+    timings,
+    with_banks,
+)
+from vitguard.pipeline.stages.alert import alert_batch
 from vitguard.pipeline.stages.emit import Answer, Emitter
 from vitguard.pipeline.stages.index import index_batch
-from vitguard.pipeline.stages.match import ItemHashes, apply_matches, bank_alert, match_items, skips_clustering
-from vitguard.pipeline.types import RawMessage
-from vitguard.schemas.events import BankMatch, ImageEvent, NearDuplicateAlert, Timings, Verdict, utc_now
+from vitguard.pipeline.stages.match import apply_matches, match_items, skips_clustering
+from vitguard.schemas.events import Verdict, utc_now
 from vitguard.settings import PolicySettings
-from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, SearchHit, WaveCounter
+from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, WaveCounter
 
-__all__ = ["Completer", "Finishing", "Outcome", "Staged", "event_of", "raw_of", "timings"]
+__all__ = ["Completer", "Outcome", "Staged"]
 
 Outcome = ItemResult | Verdict | InputError
 """What a work entry ends as: an event's result, or a /classify request's verdict or error."""
-
-
-def timings(t: StageTimes) -> Timings:
-    return Timings(fetch_ms=t.fetch_ms, decode_ms=t.decode_ms, infer_ms=t.infer_ms, queue_ms=t.queue_ms,
-                   wait_ms=t.wait_ms)
-
-
-def raw_of(v: Ready) -> RawMessage:
-    if isinstance(v, DeadLettered | Skipped):
-        return v.raw
-    return v.parsed.raw
-
-
-def event_of(v: Ready) -> ImageEvent | None:
-    if isinstance(v, CacheHit | Decoded | DecodedFrames):
-        return v.parsed.event
-    return None
-
-
-@dataclass(frozen=True)
-class Finishing:
-    """One entry of a group on its way through the back half (match -> index -> alert -> emit -> remember):
-    each step returns a copy with what it found, so no step reads another's index-keyed side tables."""
-
-    work: Work
-    predicted: Predicted | DeadLettered | None
-    """The forward pass's answer (None for what needed no inference: a cache hit, a dead letter)."""
-    pdq: PdqHash | None = None
-    matches: tuple[BankMatch, ...] = ()
-    matched: bool = False
-    """The banks were asked about it (a predicted item or a cache hit with a hash)."""
-    indexed: Indexed | None = None
-    alert: NearDuplicateAlert | None = None
-    alert_suppressed: bool = False
-    answer: Answer | None = None
-    """What the emit stage publishes for it: its verdict (banks applied) or its dead letter."""
-    cached: str | None = None
-    """Its verdict cache entry, written once the verdict is published."""
-
-    @property
-    def raw(self) -> RawMessage:
-        return raw_of(self.work.value)
-
-    @property
-    def event(self) -> ImageEvent | None:
-        return event_of(self.work.value)
-
-    @property
-    def outbound(self) -> tuple[RawMessage, ImageEvent | None, Answer]:
-        """What the emit stage takes for it (after :meth:`Completer._answer` set the answer)."""
-        if self.answer is None:  # a bug in the back half: never publish nothing for an event
-            raise RuntimeError(f"no answer for {self.raw.topic}[{self.raw.partition}]@{self.raw.offset}")
-        return self.raw, self.event, self.answer
 
 
 @dataclass(frozen=True)
@@ -175,7 +126,7 @@ class Completer:
         entry. The /classify requests are answered after the match (no side effects)."""
         now_s = self._clock()
         items = await self._match(group, [Finishing(w, group.predicted.get(i)) for i, w in enumerate(group.work)])
-        requests = [(i.work, _with_banks(i, self._request_outcome(i.work, i.predicted)))
+        requests = [(i.work, with_banks(i, self._request_outcome(i.work, i.predicted)))
                     for i in items if i.work.request]
         stream = [i for i in items if not i.work.request]
         if stream:
@@ -210,15 +161,15 @@ class Completer:
             return staged.requests
         stream = staged.stream
         with _timed(staged.group.stage_ms, "publish"):
-            final = await self.emitter.emit([i.outbound for i in stream], _alerts_of(stream))
+            final = await self.emitter.emit([i.outbound for i in stream], alerts_of(stream))
         return staged.requests + await self._remember(staged.group, stream, final)
 
     async def _match(self, group: Group, items: list[Finishing]) -> list[Finishing]:
         """The match stage: every predicted entry's PDQ hashes (one per frame of a multi-frame item) and every
         cache hit's against the banks, in one call (in a thread: a big bank must not hold the loop).
         /classify requests read the flood guard and never count towards it."""
-        hashes = await _resolve_hashes(items)
-        wanted = [(k, h) for k, i in enumerate(items) if (h := _hashes_of(i, hashes.get(k))) is not None]
+        hashes = await resolve_hashes(items)
+        wanted = [(k, h) for k, i in enumerate(items) if (h := hashes_of(i, hashes.get(k))) is not None]
         if not wanted:
             return items
         with _timed(group.stage_ms, "bank_match"):
@@ -251,7 +202,7 @@ class Completer:
 
     async def _alert(self, group: Group, items: list[Finishing], now_s: float) -> list[Finishing]:
         """The alert stage: wave counts and near-duplicate alerts of the items with a cluster."""
-        candidates = [(k, c) for k, i in enumerate(items) if (c := _candidate(i)) is not None]
+        candidates = [(k, c) for k, i in enumerate(items) if (c := candidate(i)) is not None]
         with _timed(group.stage_ms, "waves"):
             results = await alert_batch(
                 [c for _, c in candidates], waves=self.waves, redis=self.redis, policy=self.policy,
@@ -285,8 +236,8 @@ class Completer:
             )
         cached = None
         if isinstance(answer, Verdict) and not answer.from_cache and answer.image_sha256 and item.matched:
-            cached = encode_cached_verdict(apply_matches(answer, item.pdq, []), _frame_hashes(item.work))
-        return replace(item, answer=_with_banks(item, answer), cached=cached)
+            cached = encode_cached_verdict(apply_matches(answer, item.pdq, []), frame_hashes(item.work))
+        return replace(item, answer=with_banks(item, answer), cached=cached)
 
     def _request_outcome(self, w: Work, predicted: Predicted | DeadLettered | None) -> Outcome:
         v = w.value
@@ -312,7 +263,7 @@ class Completer:
             with _timed(group.stage_ms, "redis"):
                 await self._learn(stream, final)
         now = time.time()
-        out: list[tuple[Work, Outcome]] = [(i.work, _result(i, answer, now))
+        out: list[tuple[Work, Outcome]] = [(i.work, result(i, answer, now))
                                            for i, answer in zip(stream, final, strict=True)]
         metrics.LAST_BATCH_TIMESTAMP.set(now)
         for stage, ms in group.stage_ms.items():
@@ -333,96 +284,6 @@ class Completer:
 
     async def _redis_call(self, op: str, call: Callable[[], Awaitable[None]]) -> None:
         await self.redis.call(op, call, None)
-
-
-def _cached_hashes(hit: CacheHit) -> ItemHashes:
-    """What a cache hit is matched on: every classified frame's hash for a multi-frame item, else its one."""
-    if hit.frame_hashes:
-        return list(hit.frame_hashes)
-    pdq = hit.verdict.pdq_hash
-    return [(None, PdqHash(pdq, hit.verdict.pdq_quality or 0))] if pdq is not None else []
-
-
-def _frame_hashes(w: Work) -> FrameHashes:
-    """What the verdict cache keeps of a multi-frame item's hashes (every classified frame's)."""
-    v = w.value
-    return _hashes_of_frames(v) if isinstance(v, DecodedFrames) else ()
-
-
-def _hashes_of_frames(item: DecodedFrames) -> FrameHashes:
-    return tuple((ref.index, ref.pdq) for ref in item.frames.frames)
-
-
-def _hashes_of(item: Finishing, still: PdqHash | None) -> ItemHashes | None:
-    """What ``item`` is matched on (None: not matched at all): a predicted item's hashes, a cache hit's."""
-    p, v = item.predicted, item.work.value
-    if isinstance(p, Predicted):
-        return list(_hashes_of_frames(p.decoded)) if isinstance(p.decoded, DecodedFrames) else [(None, still)]
-    if isinstance(v, CacheHit):
-        return _cached_hashes(v) or None
-    return None
-
-
-async def _resolve_hashes(items: Sequence[Finishing]) -> dict[int, PdqHash | None]:
-    """The PDQ hash of every predicted still image, once its pool job is done (it ran while the batch was in
-    inference, so by now it has usually finished)."""
-    stills = [(k, i.predicted.decoded) for k, i in enumerate(items)
-              if isinstance(i.predicted, Predicted) and isinstance(i.predicted.decoded, Decoded)]
-    found = await asyncio.gather(*(d.hash() for _, d in stills))
-    return {k: h for (k, _), h in zip(stills, found, strict=True)}
-
-
-def _with_banks(item: Finishing, answer: Any) -> Any:
-    """A verdict with its PDQ hash and bank matches applied (anything else unchanged)."""
-    if isinstance(answer, Verdict) and item.matched:
-        return apply_matches(answer, item.pdq, item.matches)
-    return answer
-
-
-def _candidate(item: Finishing) -> Candidate | None:
-    """What the alert stage counts: an item the index stage put on a cluster, or an unsafe cache hit on one
-    (not when a negative bank cleared it since)."""
-    x, v = item.indexed, item.work.value
-    if x is not None:
-        if not x.cluster_id:
-            return None
-        matches = list(x.matches)
-        return Candidate(x.predicted.decoded.parsed.event, x.cluster_id, matches,  # type: ignore[arg-type]
-                         x.is_new_cluster or not matches)
-    if (isinstance(v, CacheHit) and v.verdict.label == "unsafe" and v.verdict.cluster_id
-            and not skips_clustering(item.matches)):
-        hit = SearchHit(v.cached_from, 1.0, v.verdict.cluster_id)
-        return Candidate(v.parsed.event, v.verdict.cluster_id, [hit], False)
-    return None
-
-
-def _alerts_of(stream: Sequence[Finishing]) -> list[Any]:
-    """The group's alerts: near-duplicate and wave alerts, then the bank-match alerts of its verdicts."""
-    alerts: list[Any] = [i.alert for i in stream if i.alert is not None]
-    for i in stream:
-        if isinstance(i.answer, Verdict) and i.matched:
-            alert = bank_alert(i.answer, i.pdq, list(i.matches))
-            if alert is not None:
-                metrics.ALERTS.labels(alert.severity).inc()
-                alerts.append(alert)
-    return alerts
-
-
-def _result(item: Finishing, answer: Answer, now: float) -> ItemResult:
-    """What a published stream entry ends as, counted."""
-    if not isinstance(answer, Verdict):
-        metrics.DEAD_LETTERS.labels(answer.reason).inc()
-        return DeadLettered(item.raw, answer)
-    metrics.VERDICTS.labels(answer.label, "cache" if answer.from_cache else "model").inc()
-    if answer.from_cache:
-        metrics.CACHE_HITS.inc()
-    if answer.created_at is not None:
-        metrics.EVENT_LATENCY.observe(max(0.0, now - answer.created_at.timestamp()))
-    if item.alert is not None:
-        metrics.ALERTS.labels(item.alert.severity).inc()
-    if item.alert_suppressed:
-        metrics.ALERTS_SUPPRESSED.inc()
-    return Answered(item.raw, answer, item.alert, item.alert_suppressed)
 
 
 @contextlib.contextmanager

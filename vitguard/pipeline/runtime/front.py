@@ -48,8 +48,8 @@ from vitguard.pipeline.results import (
     Tagged,
 )
 from vitguard.pipeline.runtime.coalesce import Coalescer
-from vitguard.pipeline.runtime.completion import timings
 from vitguard.pipeline.runtime.failure import RedisPolicy
+from vitguard.pipeline.runtime.finishing import timings
 from vitguard.pipeline.stages.decode_batch import decode_batch
 from vitguard.pipeline.stages.expand import expand_item
 from vitguard.pipeline.stages.fetch import fetch_failed, fetch_image, fetch_timed_out, fetched_from, sha256_hex

@@ -8,8 +8,8 @@ submit(raw) ─▶ intake: records taken in batches (group commit), each batch t
                ready queue ◀────────────────────────┘
 batch loop:    when the model is idle, take what is ready now (up to max_size images; /classify requests
                first, at most half of a short pass of request_max_size while stream images wait)
-               ─▶ infer: ONE forward pass ─▶ completion queue (up to 8 passes; the back half takes them all)
-requests:      a pass's /classify requests are answered at once, on a task of their own (no side effects)
+               ─▶ infer: ONE forward pass ─▶ the back half's queue     (:mod:`~vitguard.pipeline.runtime.batch_loop`;
+               a pass's /classify requests are answered at once, on a task of their own: no side effects)
 back half:     completion loop: match (banks) ─▶ index (near-duplicates, clusters, Milvus upsert) ─▶ alert
                publish loop: emit (fitted, acked) ─▶ remember (Redis) ─▶ each event's future resolves
                (:mod:`~vitguard.pipeline.runtime.back_half`: the next group's Milvus calls overlap publishing)
@@ -18,10 +18,9 @@ back half:     completion loop: match (banks) ─▶ index (near-duplicates, clu
 Batching is adaptive (:mod:`~vitguard.pipeline.runtime.batcher`). A slow image holds nobody: it joins a batch when it
 is decoded, or ends as its own ``fetch_timeout`` dead letter; its neighbours are answered without it.
 
-Order of side effects per group: Milvus upsert (idempotent by content id), then publish (every output
-acknowledged), then Redis (guard and cache), then the event's future resolves; only then may the caller
-mark its offset committable. The caller (the Faust agent) commits offsets in order per partition, so an
-unanswered event holds back the commit of later ones on its partition, never their verdicts.
+Per event: Milvus upsert, publish, Redis, then its future resolves (:mod:`~vitguard.pipeline.runtime.back_half`);
+only then may the agent commit its offset, in order per partition (an unanswered event holds back the commit
+of later ones, never their verdicts).
 
 Failures: an input problem is that event's dead letter; Redis degrades; Milvus holds (the stream's groups wait,
 and the batch loop runs passes of /classify requests only meanwhile, so requests are still answered); a
@@ -41,26 +40,23 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vitguard import metrics
-from vitguard.errors import FatalError, InputError, ServiceUnavailableError
+from vitguard.errors import FatalError, ServiceUnavailableError
 from vitguard.health import HealthState
 from vitguard.kafka.limits import UNREAD_TOPIC_LIMIT
 from vitguard.media import FrameLimits
 from vitguard.model.types import Classifier
 from vitguard.pipeline.core import cache_key
-from vitguard.pipeline.results import (
-    Answered,
-    DeadLettered,
-    ItemResult,
-)
+from vitguard.pipeline.results import ItemResult, batch_outcome
 from vitguard.pipeline.runtime.back_half import BackHalf
-from vitguard.pipeline.runtime.batcher import Group, ReadyQueue, Work
+from vitguard.pipeline.runtime.batch_loop import BatchLoop
+from vitguard.pipeline.runtime.batcher import ReadyQueue, Work
 from vitguard.pipeline.runtime.completion import Completer, Outcome
 from vitguard.pipeline.runtime.failure import Backoff, MilvusPolicy, PublishPolicy, RedisPolicy
 from vitguard.pipeline.runtime.front import FrontHalf
+from vitguard.pipeline.runtime.in_flight import InFlight
 from vitguard.pipeline.runtime.intake import Entry, StreamIntake
 from vitguard.pipeline.runtime.pools import PriorityPool, named_pool
 from vitguard.pipeline.stages.emit import Emitter
-from vitguard.pipeline.stages.infer import infer_pass
 from vitguard.pipeline.types import BatchOutcome, OutputTopics, RawMessage, Sink, TopicLimits
 from vitguard.policy import resolve_unsafe_labels
 from vitguard.schemas.events import Verdict
@@ -136,12 +132,10 @@ class Runner:
         review: ReviewSettings | None = None,
         hash_pdq: bool = True,
     ) -> None:
-        self.classifier = classifier
         self.info = classifier.info
         self.fetcher = fetcher
         self.index = index
         self.dedup = dedup
-        self.policy = policy
         self.batch = batch
         self.frames = frames or FrameSettings()
         self.topics = topics or OutputTopics("verdicts", "alerts", "dead-letters")
@@ -166,12 +160,8 @@ class Runner:
             on_stuck=functools.partial(self._jobs_stuck, "Milvus", "VITGUARD_MILVUS_CALL_TIMEOUT_S",
                                        "a client call that ignores its timeout"))
         self.redis = RedisPolicy(self.health)
-        self.milvus = MilvusPolicy(
-            self.health, self._store_pool,
-            backoff=Backoff(milvus.retry_backoff_s, milvus.retry_backoff_max_s),
-            call_timeout_s=milvus_deadline_s,
-            on_hold=on_hold,
-        )
+        self.milvus = MilvusPolicy(self.health, self._store_pool, call_timeout_s=milvus_deadline_s, on_hold=on_hold,
+                                   backoff=Backoff(milvus.retry_backoff_s, milvus.retry_backoff_max_s))
         self.emitter = Emitter(
             sink, self.topics, TopicLimits(UNREAD_TOPIC_LIMIT, dict(limits or {})),
             PublishPolicy(self.health, backoff=Backoff(0.5, publish_backoff_max_s), timeout_s=publish_timeout_s),
@@ -189,19 +179,17 @@ class Runner:
             fetch_timeout_s=fetch_total_timeout_s or (fetcher.settings.connect_timeout_s
                                                       + fetcher.settings.read_timeout_s + 2.0),
         )
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._answering: set[asyncio.Task[None]] = set()
-        """Tasks answering the /classify requests of a pass."""
+        self.in_flight = InFlight(self.health, self.front, max_in_flight)
         self.ready = ReadyQueue(batch.max_size, batch.max_wait_s, lambda: self.intake.in_front,
                                 batch.order_wait_s, per_item=self.frames.per_batch,
                                 request_max_size=batch.request_max_size or None)
         self.intake = StreamIntake(self.front, self.ready, settle=self._settle, fail=self._fail_all)
         self.back_half = BackHalf(self.completer, max_images=batch.max_size, settle=self._settle,
                                   fail=self._fail_all, stopped=lambda: self._fatal is not None or self._closed)
-        self._pending: set[asyncio.Future[Any]] = set()
-        """Futures of the stream events and the /classify requests in flight."""
-        self._requests: set[asyncio.Future[Any]] = set()
-        """The /classify requests among them (``health`` keeps their own progress clock)."""
+        self.batch_loop = BatchLoop(
+            self.ready, classifier, self._infer_pool, unsafe_labels=self.unsafe_labels,
+            threshold=policy.unsafe_threshold, worst_frames=self.frames.worst_frames, back_half=self.back_half.queue,
+            completer=self.completer, settle=self._settle)
         self._loops: list[asyncio.Task[None]] = []
         self._fatal: BaseException | None = None
         self._closed = False
@@ -228,10 +216,6 @@ class Runner:
         return self.back_half.groups
 
     @property
-    def in_flight(self) -> int:
-        return len(self._pending)
-
-    @property
     def closed(self) -> bool:
         """True once the worker began stopping (:meth:`refuse_requests` or :meth:`close`)."""
         return self._closed or self._refusing_requests
@@ -252,7 +236,7 @@ class Runner:
         if not self._loops:
             self._loop = asyncio.get_running_loop()
             self._loops = [
-                asyncio.create_task(self._guarded(self._batch_loop), name="vitguard-batch-loop"),
+                asyncio.create_task(self._guarded(self.batch_loop.run), name="vitguard-batch-loop"),
                 asyncio.create_task(self._guarded(self.back_half.completion_loop), name="vitguard-completion-loop"),
                 asyncio.create_task(self._guarded(self.back_half.publish_loop), name="vitguard-publish-loop"),
             ]
@@ -261,12 +245,11 @@ class Runner:
         return await self.completer.ensure_collection()
 
     async def check_dependencies(self) -> None:
-        """Before the worker consumes: create or check the model's Milvus collection once, and ask Redis once.
-        A refusal that waiting will not fix (a wrong Milvus token or Redis password, a collection of another
-        dimension, a Lite file another worker holds) raises :class:`~vitguard.errors.FatalError` here, before
-        the group join, instead of on the first batch after it (a worker that joins and dies on every restart
-        moves the group's partitions each time) or never (Redis degrades); a dependency that does not answer
-        is left to its failure policy: Milvus holds the first batch, Redis degrades."""
+        """Before the worker consumes: create or check the model's Milvus collection, ask Redis once. A refusal
+        that waiting will not fix (a wrong token or password, a collection of another dimension, a Lite file
+        another worker holds) raises :class:`~vitguard.errors.FatalError` before the group join, not on the
+        first batch after it (each restart would move the group's partitions) nor never (Redis degrades); a
+        dependency that does not answer is left to its failure policy (Milvus holds, Redis degrades)."""
         await self.completer.check_collection(self._milvus_check_s)
         check = getattr(self.dedup, "check", None)
         if callable(check):
@@ -280,14 +263,13 @@ class Runner:
         be answered a second time by the worker that takes the partition over."""
         self._closed = True
         await self.back_half.finish_publishing(_PUBLISHING_GRACE_S)
-        tasks = [*self._loops, *self._answering, *self.intake.cancel()]
+        tasks = [*self._loops, *self.batch_loop.answering, *self.intake.cancel()]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-        for fut in list(self._pending):
-            fut.cancel()
+        self.in_flight.cancel_all()
         for closer in (getattr(self.fetcher, "close", None), getattr(self.dedup, "close", None),
                        getattr(self.completer.waves, "close", None), getattr(self.emitter.sink, "close", None)):
             if closer is not None:
@@ -326,20 +308,8 @@ class Runner:
         """
         now_ms = time.time() * 1000
         entries = [Entry(r, now_ms, await self._admit(), self.ready.expect((r.topic, r.partition))) for r in raws]
-        futures = [e.future for e in entries]
         self.intake.enqueue(await self.intake.prepare_all(entries))
-        outcome = BatchOutcome()
-        for r in await asyncio.gather(*futures):
-            if isinstance(r, Answered):
-                outcome.verdicts.append(r.verdict)
-                if r.alert is not None:
-                    outcome.alerts.append(r.alert)
-                outcome.suppressed_alerts += int(r.alert_suppressed)
-            elif isinstance(r, DeadLettered):
-                outcome.dead_letters.append(r.dead_letter)
-            else:
-                outcome.skipped.append(r.raw)
-        return outcome
+        return batch_outcome(await asyncio.gather(*(e.future for e in entries)))
 
     async def classify(
         self,
@@ -377,7 +347,7 @@ class Runner:
         decoded = await self.front.prepare_request(data=data, image_ref=image_ref, content_id=content_id,
                                                    tenant=tenant)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._track(fut, request=True)
+        self.in_flight.track(fut, request=True)
         self.ready.put(Work(decoded, fut, request=True))
         result: Verdict = await fut
         return result
@@ -388,97 +358,12 @@ class Runner:
         if self._fatal is not None:
             raise self._fatal
         await self.start()
-        await self._slots.acquire()
-        fut: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
-        self._track(fut)
-        metrics.EVENTS_CONSUMED.inc()
-        return fut
-
-    # ------------------------------------------------------------------ loops
-
-    async def _batch_loop(self) -> None:
-        """Forward passes, one after another; the next group fills while one runs."""
-        while True:
-            stream = await self._pass(await self.ready.next_group())
-            if stream.work:  # empty when the pass only held requests, or frames of items not yet complete
-                await self._hand_over(stream)
-
-    async def _pass(self, taken: list[Work]) -> Group:
-        """One forward pass; its /classify requests are answered now (no side effects: they need not wait
-        for the stream's index and publish); returns the stream's part, for the completion loop."""
-        group = await infer_pass(taken, self.classifier, self._infer_pool, self.unsafe_labels,
-                                 self.policy.unsafe_threshold, worst_frames=self.frames.worst_frames)
-        requests, stream = group.split_requests()
-        if requests.work:
-            task = asyncio.create_task(self._answer_requests(requests))
-            self._answering.add(task)
-            task.add_done_callback(self._answering.discard)
-        return stream
-
-    async def _hand_over(self, stream: Group) -> None:
-        """Queue ``stream`` for the completion loop. While that queue is full (the completion stage holds:
-        Milvus down, publishing failing), keep running passes of /classify requests only, so requests are
-        answered and the stream is held back, as the failure policy wants."""
-        queue = self.back_half.queue
-        if not queue.full():
-            queue.put_nowait(stream)
-            return
-        put = asyncio.ensure_future(queue.put(stream))
-        want: asyncio.Future[list[Work]] | None = None
-        try:
-            while not put.done():
-                want = asyncio.ensure_future(self.ready.next_requests())
-                await asyncio.wait({put, want}, return_when=asyncio.FIRST_COMPLETED)
-                if want.done():  # took requests (even if the put went through meanwhile): never drop them
-                    taken, want = want.result(), None
-                    if (await self._pass(taken)).work:  # unreachable: a requests-only pass has no stream part
-                        raise RuntimeError("a requests-only pass produced stream work")
-        finally:
-            put.cancel()
-            if want is not None:
-                want.cancel()
-
-    async def _answer_requests(self, group: Group) -> None:
-        """The /classify requests of a pass: bank matches, then each future gets its verdict or error."""
-        try:
-            outcomes = await self.completer.complete(group)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            _log.exception("answering %d /classify requests failed unexpectedly", len(group.work))
-            outcomes = await self.completer.complete_failed(group, exc)
-        for work, outcome in outcomes:
-            self._settle(work.future, outcome, slot=False)
+        return await self.in_flight.admit()
 
     # ------------------------------------------------------------------ futures and failures
 
-    def _track(self, fut: asyncio.Future[Any], *, request: bool = False) -> None:
-        self._pending.add(fut)
-        if request:
-            self._requests.add(fut)
-        self._count_in_flight()
-
-    def _count_in_flight(self) -> None:
-        self.health.waiting(len(self._pending) - len(self._requests), len(self._requests))
-        metrics.IN_FLIGHT.set(len(self._pending))
-
     def _settle(self, fut: asyncio.Future[Any], outcome: Outcome, *, slot: bool = True) -> None:
-        """Hand an outcome to whoever waits for it; a stream event moves from in flight to answered."""
-        if slot and isinstance(outcome, Answered | DeadLettered):
-            self.front.settled(outcome.raw, answered=isinstance(outcome, Answered))
-        if not fut.done():
-            if isinstance(outcome, InputError):
-                fut.set_exception(outcome)
-            else:
-                fut.set_result(outcome)
-        request = fut in self._requests
-        if fut in self._pending:
-            self._pending.discard(fut)
-            self._requests.discard(fut)
-            if slot:
-                self._slots.release()
-        self._count_in_flight()
-        self.health.progressed(request=request)
+        self.in_flight.settle(fut, outcome, slot=slot)
 
     async def _guarded(self, loop_fn: Callable[[], Any]) -> None:
         """Run one of the runner's loops; if it ever ends by an exception, the runner is broken: go fatal."""
@@ -510,8 +395,4 @@ class Runner:
         """A fatal error (the runner's, the agent's, a start-up check's): every pending event's future gets it,
         nothing is answered or committed, and submissions fail from now on."""
         self._fatal = exc
-        for fut in list(self._pending):
-            if not fut.done():
-                fut.set_exception(exc)
-        self._pending.clear()
-        self._requests.clear()
+        self.in_flight.fail_all(exc)
