@@ -65,9 +65,10 @@ def clip(sample_photos: list[Path]) -> list[Image.Image]:
     return photo_frames(by_name[HIDDEN_BASE], 9, hidden=by_name[HIDDEN_PHOTO])  # the hidden frame is index 4
 
 
-@pytest.fixture
-def media_root(image_root: Path, clip: list[Image.Image]) -> Path:
-    files = {
+@pytest.fixture(scope="module")
+def media_files(clip: list[Image.Image]) -> dict[str, bytes]:
+    """The media, encoded once for the module (encoding the videos took ~2 s a test)."""
+    return {
         "clip.gif": animated_image(clip, "GIF"),
         "clip.webp": animated_image(clip, "WEBP"),
         "clip.png": animated_image(clip, "PNG"),
@@ -79,7 +80,11 @@ def media_root(image_root: Path, clip: list[Image.Image]) -> Path:
         "long.gif": animated_image(clip * 8),  # 72 frames: over the test's max_source_frames
         "early.mkv": negative_time_video(clip, 4.0, fps=10, repeat=4),  # 3.6 s, every frame stamped below zero
     }
-    for name, data in files.items():
+
+
+@pytest.fixture
+def media_root(image_root: Path, media_files: dict[str, bytes]) -> Path:
+    for name, data in media_files.items():
         (image_root / name).write_bytes(data)
     return image_root
 
