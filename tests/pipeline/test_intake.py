@@ -13,6 +13,7 @@ import pytest
 
 from tests.pipeline.test_runner import CountingClassifier, file_ref, make_processor, messages
 from vitguard import metrics
+from vitguard.errors import FatalError
 from vitguard.pipeline import Runner
 from vitguard.pipeline.results import Answered, DeadLettered, ItemResult
 
@@ -161,3 +162,21 @@ async def test_closing_starts_no_batch_for_the_records_still_waiting(
     await processor.close()
     await asyncio.sleep(0.1)
     assert processor.intake.batches == started == 2
+
+
+async def test_a_ready_queue_that_refuses_prepared_events_stops_the_runner(
+        opennsfw: Any, image_root: Path, sample_photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events handed on are out of the front half: if the ready queue refuses them (a bug in the runner), they
+    are in no queue and nobody would ever answer them. That is fatal, not a batch to retry."""
+    from vitguard.pipeline.runtime.batcher import ReadyQueue
+
+    def refuse(self: Any, works: Any) -> None:
+        raise RuntimeError("a bug in the ready queue")
+
+    monkeypatch.setattr(ReadyQueue, "put_many", refuse)
+    processor, _, _ = make_processor(opennsfw, image_root)
+    fut = await processor.submit(messages([file_ref(image_root, sample_photos[0].name)])[0])
+    with pytest.raises(FatalError, match="could not join the ready queue"):
+        await asyncio.wait_for(fut, 10)
+    assert processor.health.fatal is not None
+    await processor.close()

@@ -131,12 +131,17 @@ class StreamIntake:
         self._start(self._alone, run())
 
     def _hand_on(self, values: Sequence[Tagged[Entry, Ready]]) -> None:
-        """Prepared values join the ready queue together."""
+        """Prepared values join the ready queue together. Failing that is a bug in the runner, not in the batch:
+        those events are out of the front half and in no queue, so it is fatal (a stall otherwise)."""
         fresh = [t for t in values if not t.tag.handed_on]
         for tagged in fresh:
             tagged.tag.handed_on = True
         self.in_front -= len(fresh)
-        self.enqueue(fresh)
+        try:
+            self.enqueue(fresh)
+        except Exception as exc:
+            self._fail(FatalError(f"prepared events could not join the ready queue: {type(exc).__name__}: {exc}"))
+            raise
 
     def enqueue(self, values: Sequence[Tagged[Entry, Ready]]) -> None:
         """Values join the ready queue together; a skipped event is answered here."""
