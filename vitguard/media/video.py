@@ -59,15 +59,38 @@ def read_video(data: bytes, limits: FrameLimits, prepare: PrepareImage,
         container.close()
 
 
-def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage,  # noqa: C901 - older than the limit, to be split
+def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage,
           hash_frame: HashImage | None) -> FrameSet:
+    stream, declared, keyframes = _checked_stream(av, container, limits)
+    stated = _duration_s(container, stream)  # a hint only: see the module docstring
+    sampler = _Sampler(limits, prepare, hash_frame)
+    decoded, truncated = _decode_all(av, container, stream, limits, sampler)
+    sampler.finish()
+    if not sampler.refs or sampler.last_time is None:
+        raise InputError("no_frames", "the video stream holds no frame")
+    frame_s = 1.0 / float(stream.average_rate) if stream.average_rate else 0.1
+    if stated is not None and not keyframes:  # the data stopped well before the stated end: a cut-off upload
+        truncated = truncated or sampler.last_time + 2 * frame_s < stated - 0.25
+    duration = sampler.last_time + frame_s if not keyframes or stated is None else max(stated, sampler.last_time)
+    return FrameSet(
+        kind="video", tensors=np.stack(sampler.tensors), frames=tuple(sampler.refs),
+        sampling="keyframes" if keyframes else "rate",
+        source_frames=declared if keyframes else decoded, duration_s=round(duration, 3), truncated=truncated,
+        sample_rate_fps=round(1.0 / sampler.interval, 4), scene_cuts=sum(sampler.cuts),
+        largest_gap_s=round(sampler.largest_gap(sampler.last_time + frame_s), 3),
+    )
+
+
+def _checked_stream(av: Any, container: Any, limits: FrameLimits) -> tuple[Any, int | None, bool]:
+    """The first video stream, refused from its header alone where it can be (no decoder, too many declared
+    frames, frames too large, declared pixels over the budget); returns it, its declared frame count (None:
+    not declared) and whether only keyframes are decoded."""
     if not container.streams.video:
         raise InputError("no_frames", f"{container.format.name} container has no video stream")
     stream = container.streams.video[0]
     codec = getattr(stream.codec_context, "name", None) if _has_decoder(av, stream) else None
     if codec is None:
         raise InputError("unsupported_codec", f"no decoder for the video codec ({_codec_tag(stream)})")
-    stated = _duration_s(container, stream)  # a hint only: see the module docstring
     declared = int(stream.frames or 0) or None
     if declared is not None and declared > limits.max_source_frames:
         raise InputError("too_many_frames", f"video of {declared} frames, limit {limits.max_source_frames}")
@@ -80,9 +103,13 @@ def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage,  
     elif declared is not None and width * height * declared > limits.max_decoded_pixels:
         raise InputError("decompression_bomb", f"{declared} frames of {width}x{height} are more than the "
                          f"{limits.max_decoded_pixels} pixels allowed")
-    sampler = _Sampler(limits, prepare, hash_frame)
+    return stream, declared, keyframes
+
+
+def _decode_all(av: Any, container: Any, stream: Any, limits: FrameLimits, sampler: _Sampler) -> tuple[int, bool]:
+    """Decode the stream, offering every frame to ``sampler``, within the frame, pixel and duration limits
+    counted as the frames come (the header may lie); returns the frames decoded and whether the data broke off."""
     decoded = pixels = 0
-    truncated = False
     start: float | None = None
     try:
         for frame in container.decode(stream):
@@ -104,21 +131,8 @@ def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage,  
     except av.error.FFmpegError:
         if not sampler.refs:
             raise InputError("no_frames", "no frame of the video decodes (corrupt or truncated data)") from None
-        truncated = True
-    sampler.finish()
-    if not sampler.refs or sampler.last_time is None:
-        raise InputError("no_frames", "the video stream holds no frame")
-    frame_s = 1.0 / float(stream.average_rate) if stream.average_rate else 0.1
-    if stated is not None and not keyframes:  # the data stopped well before the stated end: a cut-off upload
-        truncated = truncated or sampler.last_time + 2 * frame_s < stated - 0.25
-    duration = sampler.last_time + frame_s if not keyframes or stated is None else max(stated, sampler.last_time)
-    return FrameSet(
-        kind="video", tensors=np.stack(sampler.tensors), frames=tuple(sampler.refs),
-        sampling="keyframes" if keyframes else "rate",
-        source_frames=declared if keyframes else decoded, duration_s=round(duration, 3), truncated=truncated,
-        sample_rate_fps=round(1.0 / sampler.interval, 4), scene_cuts=sum(sampler.cuts),
-        largest_gap_s=round(sampler.largest_gap(sampler.last_time + frame_s), 3),
-    )
+        return decoded, True
+    return decoded, False
 
 
 SCENE_CUT_DIFF = 24.0

@@ -103,7 +103,7 @@ class DataConfig:
         return asdict(self)
 
 
-def decode_image(  # noqa: C901 - older than the limit, to be split
+def decode_image(
     data: bytes,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -124,10 +124,33 @@ def decode_image(  # noqa: C901 - older than the limit, to be split
             ``unsupported_image`` (an image format, variant or pixel mode Pillow cannot decode, e.g. HEIC),
             ``decompression_bomb`` (too many pixels) or ``image_too_small``.
     """
+    image = _open(data)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            "decompression_bomb", f"{width}x{height} image has more than the {max_pixels} pixels allowed"
+        )
+    if min(width, height) < min_side:
+        raise ImageDecodeError("image_too_small", f"{width}x{height} image is smaller than {min_side} px")
+
+    reduced = False
+    if draft_size is not None and image.format == "JPEG":
+        if width >= 2 * draft_size[0] and height >= 2 * draft_size[1]:
+            image.draft(None, draft_size)
+            reduced = image.size != (width, height)
+    _load_first_frame(image)
+    out = to_rgb(upright(image))
+    if reduced:  # the PDQ hash needs the full-resolution pixels (pipeline/stages/decode.py)
+        out.info[REDUCED_SCALE] = True
+    return out
+
+
+def _open(data: bytes) -> Image.Image:
+    """Pillow's lazy open (the header only), its failures as reason codes."""
     if not data:
         raise ImageDecodeError("not_an_image", "empty image data")
     try:
-        image = Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError("decompression_bomb", f"image refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
@@ -142,21 +165,11 @@ def decode_image(  # noqa: C901 - older than the limit, to be split
     except Exception as exc:  # Pillow raises many types (SyntaxError, struct.error, ...) on garbage headers
         raise ImageDecodeError("not_an_image", f"corrupt image header: {exc}") from exc
 
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageDecodeError(
-            "decompression_bomb", f"{width}x{height} image has more than the {max_pixels} pixels allowed"
-        )
-    if min(width, height) < min_side:
-        raise ImageDecodeError("image_too_small", f"{width}x{height} image is smaller than {min_side} px")
 
-    reduced = False
-    if draft_size is not None and image.format == "JPEG":
-        if width >= 2 * draft_size[0] and height >= 2 * draft_size[1]:
-            image.draft(None, draft_size)
-            reduced = image.size != (width, height)
+def _load_first_frame(image: Image.Image) -> None:
+    """Decode the pixels (the first frame of an animation), its failures as reason codes."""
     try:
-        image.seek(0)  # first frame of an animation
+        image.seek(0)
         image.load()
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError("decompression_bomb", f"image refused as a decompression bomb: {exc}") from exc
@@ -167,11 +180,6 @@ def decode_image(  # noqa: C901 - older than the limit, to be split
         raise ImageDecodeError("not_an_image", f"truncated or corrupt {image.format} data: {message}") from exc
     except Exception as exc:
         raise ImageDecodeError("not_an_image", f"corrupt {image.format} data: {exc}") from exc
-
-    out = to_rgb(upright(image))
-    if reduced:  # the PDQ hash needs the full-resolution pixels (pipeline/stages/decode.py)
-        out.info[REDUCED_SCALE] = True
-    return out
 
 
 def upright(image: Image.Image) -> Image.Image:

@@ -63,7 +63,7 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def assign_clusters(  # noqa: C901 - older than the limit, to be split
+def assign_clusters(
     content_ids: Sequence[str],
     embeddings: NDArray[np.floating],
     hits: Sequence[Sequence[SearchHit]],
@@ -94,63 +94,74 @@ def assign_clusters(  # noqa: C901 - older than the limit, to be split
         raise ValueError(f"{n} content ids, {vectors.shape[0]} embeddings and {len(hits)} hit lists")
     if n == 0:
         return []
-
-    batch_ids = set(content_ids)
-
     sims = vectors @ vectors.T
-    groups = _UnionFind(n)
-    for i in range(n):
-        for j in range(i):
-            if content_ids[i] == content_ids[j] or sims[i, j] >= threshold:
-                groups.union(i, j)
-
-    # known matches per item: index hits outside the batch, deduplicated, at or above the threshold
-    known: list[list[SearchHit]] = []
-    for i in range(n):
-        best: dict[str, SearchHit] = {}
-        for h in hits[i]:
-            if h.content_id in batch_ids or h.similarity < threshold:
-                continue
-            cluster = h.cluster_id or new_cluster_id(h.content_id)
-            if h.content_id not in best or h.similarity > best[h.content_id].similarity:
-                best[h.content_id] = SearchHit(h.content_id, float(h.similarity), cluster)
-        known.append(sorted(best.values(), key=_order))
-
-    # each group's cluster: the strongest known match of any member, else a new one after its founder
-    group_cluster: dict[int, str] = {}
-    group_strength: dict[int, SearchHit] = {}
-    for i in range(n):
-        if known[i]:
-            root = groups.find(i)
-            top = known[i][0]
-            current = group_strength.get(root)
-            if current is None or _order(top) < _order(current):
-                group_strength[root] = top
-                group_cluster[root] = top.cluster_id
-
+    groups = _batch_groups(content_ids, sims, threshold)
+    batch_ids = set(content_ids)
+    known = [_known_matches(h, batch_ids, threshold, new_cluster_id) for h in hits]
+    group_cluster = _group_clusters(groups, known)
     out: list[ClusterAssignment] = []
     for i in range(n):
         root = groups.find(i)
-        is_new = root not in group_cluster
         cluster = group_cluster.get(root) or new_cluster_id(content_ids[root])
-        matches = list(known[i])
-        seen = {content_ids[i]}
-        for j in range(i):
-            cid = content_ids[j]
-            if cid in seen or sims[i, j] < threshold:
-                continue
-            seen.add(cid)
-            matches.append(SearchHit(cid, float(sims[i, j]), cluster))
-        matches.sort(key=_order)
-        out.append(
-            ClusterAssignment(
-                content_id=content_ids[i],
-                cluster_id=cluster,
-                matches=matches,
-                is_new_cluster=is_new and i == root,
-            )
-        )
+        out.append(ClusterAssignment(
+            content_id=content_ids[i],
+            cluster_id=cluster,
+            matches=_matches(i, content_ids, sims, threshold, known[i], cluster),
+            is_new_cluster=root not in group_cluster and i == root,
+        ))
     return out
+
+
+def _batch_groups(content_ids: Sequence[str], sims: NDArray[np.float64], threshold: float) -> _UnionFind:
+    """Items of the batch that are near each other (or the same content id) form one group."""
+    groups = _UnionFind(len(content_ids))
+    for i in range(len(content_ids)):
+        for j in range(i):
+            if content_ids[i] == content_ids[j] or sims[i, j] >= threshold:
+                groups.union(i, j)
+    return groups
+
+
+def _known_matches(hits: Sequence[SearchHit], batch_ids: set[str], threshold: float,
+                   new_cluster_id: Callable[[str], str]) -> list[SearchHit]:
+    """An item's index hits outside the batch, deduplicated, at or above the threshold, strongest first."""
+    best: dict[str, SearchHit] = {}
+    for h in hits:
+        if h.content_id in batch_ids or h.similarity < threshold:
+            continue
+        cluster = h.cluster_id or new_cluster_id(h.content_id)
+        if h.content_id not in best or h.similarity > best[h.content_id].similarity:
+            best[h.content_id] = SearchHit(h.content_id, float(h.similarity), cluster)
+    return sorted(best.values(), key=_order)
+
+
+def _group_clusters(groups: _UnionFind, known: Sequence[Sequence[SearchHit]]) -> dict[int, str]:
+    """Each group's cluster: the strongest known match of any member (a group with none is a new cluster)."""
+    cluster: dict[int, str] = {}
+    strongest: dict[int, SearchHit] = {}
+    for i, matches in enumerate(known):
+        if matches:
+            root = groups.find(i)
+            current = strongest.get(root)
+            if current is None or _order(matches[0]) < _order(current):
+                strongest[root] = matches[0]
+                cluster[root] = matches[0].cluster_id
+    return cluster
+
+
+def _matches(i: int, content_ids: Sequence[str], sims: NDArray[np.float64], threshold: float,
+             known: Sequence[SearchHit], cluster: str) -> list[SearchHit]:
+    """Item ``i``'s matches: its known ones, and the earlier items of the batch near it (on its cluster)."""
+    matches = list(known)
+    seen = {content_ids[i]}
+    for j in range(i):
+        cid = content_ids[j]
+        if cid in seen or sims[i, j] < threshold:
+            continue
+        seen.add(cid)
+        matches.append(SearchHit(cid, float(sims[i, j]), cluster))
+    matches.sort(key=_order)
+    return matches
 
 
 def _order(hit: SearchHit) -> tuple[float, str]:
