@@ -28,9 +28,14 @@ __all__ = ["register_views"]
 
 _log = logging.getLogger(__name__)
 
-def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - older than the limit, to be split
+def register_views(app: Any, runtime: Any) -> None:
     """Add vitguard's views to a Faust app; ``runtime`` is its :class:`~vitguard.consumers.app.WorkerRuntime`."""
-    from aiohttp.web import HTTPRequestEntityTooLarge
+    _register_probes(app, runtime)
+    _register_classify(app, runtime)
+
+
+def _register_probes(app: Any, runtime: Any) -> None:
+    """``/healthz``, ``/livez``, ``/readyz``, ``/openapi.json`` and ``/metrics``."""
     from faust.web import View
 
     @app.page("/healthz")
@@ -76,6 +81,12 @@ def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - older than t
             # aiohttp refuses a charset inside content_type=, so the full header goes in as a header
             return self.bytes(metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
+
+def _register_classify(app: Any, runtime: Any) -> None:
+    """``POST /classify``: API keys, the in-flight bound, the body's deadline, then the runner."""
+    from aiohttp.web import HTTPRequestEntityTooLarge
+    from faust.web import View
+
     keys = ApiKeys([k.get_secret_value() for k in runtime.settings.web.api_keys], runtime.settings.web.api_key_rate)
     limit = runtime.settings.web.classify_max_in_flight
     body_timeout_s = runtime.settings.fetch.connect_timeout_s + runtime.settings.fetch.read_timeout_s
@@ -118,45 +129,39 @@ def register_views(app: Any, runtime: Any) -> None:  # noqa: C901 - older than t
                 if not processor.closed:  # the client went away: the handler itself is cancelled
                     raise
                 return self._stopping()
-            except InputError as exc:
-                metrics.CLASSIFY_REQUESTS.labels(exc.reason).inc()
-                return self.json({"reason": exc.reason, "message": exc.message}, status=status_for(exc.reason))
-            except UnsupportedMediaTypeError as exc:
-                metrics.CLASSIFY_REQUESTS.labels(exc.reason).inc()
-                return self.json({"reason": exc.reason, "message": exc.message}, status=415)
-            except HTTPRequestEntityTooLarge as exc:
-                metrics.CLASSIFY_REQUESTS.labels("fetch_too_large").inc()
-                return self.json({"reason": "fetch_too_large", "message": exc.text or str(exc)}, status=413)
             except Exception as exc:
-                if processor.closed:
-                    return self._stopping()
-                _log.exception("POST /classify failed")
-                metrics.CLASSIFY_REQUESTS.labels("internal_error").inc()
-                return self.json({"reason": "internal_error", "message": type(exc).__name__}, status=500)
+                reason, message, status = _failure(exc, HTTPRequestEntityTooLarge)
+                if status == 500:  # not the caller's fault
+                    if processor.closed:
+                        return self._stopping()
+                    _log.exception("POST /classify failed")
+                metrics.CLASSIFY_REQUESTS.labels(reason).inc()
+                return self.json({"reason": reason, "message": message}, status=status)
             metrics.CLASSIFY_REQUESTS.labels(verdict.label).inc()
             return self.json(verdict.model_dump(mode="json"))
 
-        async def get(self, request: Any) -> Any:
-            return self._not_allowed(request)
-
-        async def put(self, request: Any) -> Any:
-            return self._not_allowed(request)
-
-        async def delete(self, request: Any) -> Any:
-            return self._not_allowed(request)
-
-        async def patch(self, request: Any) -> Any:
-            return self._not_allowed(request)
-
-        def _not_allowed(self, request: Any) -> Any:
+        async def _not_allowed(self, request: Any) -> Any:
             return self.json({"reason": "method_not_allowed",
                               "message": f"{request.method} /classify: send the image with POST"},
                              status=405, headers={"Allow": "POST"})
+
+        get = put = delete = patch = _not_allowed
 
         def _stopping(self) -> Any:
             metrics.CLASSIFY_REQUESTS.labels("shutting_down").inc()
             return self.json({"reason": "shutting_down", "message": "the worker is stopping; retry on another"},
                              status=503, headers={"Retry-After": "1"})
+
+
+def _failure(exc: Exception, too_large: type[Exception]) -> tuple[str, str, int]:
+    """What a failed ``POST /classify`` answers: reason, message and status (500: a bug, not the caller's)."""
+    if isinstance(exc, InputError):
+        return exc.reason, exc.message, status_for(exc.reason)
+    if isinstance(exc, UnsupportedMediaTypeError):
+        return exc.reason, exc.message, 415
+    if isinstance(exc, too_large):
+        return "fetch_too_large", getattr(exc, "text", None) or str(exc), 413
+    return "internal_error", type(exc).__name__, 500
 
 
 async def _classify_batch(processor: Any, calls: list[ClassifyCall]) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from pydantic import ValidationError
@@ -275,7 +275,7 @@ def open_replay(
 # ---------------------------------------------------------------------------------------------- running
 
 
-def run_replay(  # noqa: C901 - older than the limit, to be split
+def run_replay(
     kafka: KafkaSettings,
     state: ReplayState,
     store: ReplayStateStore,
@@ -299,96 +299,125 @@ def run_replay(  # noqa: C901 - older than the limit, to be split
         PublishError, ...: from the handler; the state keeps the last successful checkpoint.
     """
     state.runs += 1
-    pending = {p: prog.next for p, prog in state.partitions.items()}
-    open_parts = {p for p, prog in state.partitions.items() if not prog.done}
-    read_this_run = 0
-    consumer = Consumer(consumer_config(kafka, f"vitguard-replay-{state.replay_id}"))
-    since_checkpoint = 0
-    last_checkpoint = last_record = time.monotonic()
-
-    def checkpoint() -> None:
-        nonlocal since_checkpoint, last_checkpoint
-        handler.flush()
-        for p, offset in pending.items():
-            state.partitions[p].next = offset
-        store.save(state)
-        since_checkpoint = 0
-        last_checkpoint = time.monotonic()
-
-    def close_partition(p: int) -> None:
-        open_parts.discard(p)
-        consumer.pause([TopicPartition(state.topic, p)])
-
+    run = _ReplayRun(state, store, handler, Consumer(consumer_config(kafka, f"vitguard-replay-{state.replay_id}")),
+                     checkpoint_every=checkpoint_every, checkpoint_interval_s=checkpoint_interval_s)
     try:
-        if open_parts:
-            consumer.assign([TopicPartition(state.topic, p, state.partitions[p].next) for p in sorted(open_parts)])
-        while open_parts and (max_messages is None or read_this_run < max_messages):
-            msg = consumer.poll(poll_timeout_s)
+        run.start()
+        while run.open_parts and (max_messages is None or run.read_this_run < max_messages):
+            msg = run.consumer.poll(poll_timeout_s)
             now = time.monotonic()
-            due = since_checkpoint >= checkpoint_every or now - last_checkpoint >= checkpoint_interval_s
-            if since_checkpoint and due:
-                checkpoint()
+            run.checkpoint_if_due(now)
             if msg is None:
-                if now - last_record > stall_timeout_s:
-                    stuck = {p: (pending[p], state.partitions[p].end) for p in sorted(open_parts)}
-                    raise ServiceUnavailableError(
-                        f"replay of {state.topic!r} got nothing for {stall_timeout_s:g}s; (next, end) by partition: "
-                        f"{stuck}"
-                    )
+                run.check_stall(now, stall_timeout_s)
                 continue
-            p = msg.partition()
-            if p is None or p not in open_parts:
-                continue
-            prog = state.partitions[p]
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    # The end snapshot may lie past a gap (transaction markers, compaction): reaching the
-                    # partition's end at or beyond it finishes the partition.
-                    eof_offset = msg.offset() or 0
-                    if eof_offset >= prog.end:
-                        pending[p] = prog.end
-                        since_checkpoint += 1
-                        close_partition(p)
-                    continue
-                if err.fatal() or err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
-                    raise ServiceUnavailableError(f"reading {state.topic!r} failed: {err.str()}")
-                continue
-            last_record = now
-            offset = msg.offset()
-            if offset is None:
-                continue
-            if offset >= prog.end:
-                pending[p] = prog.end
-                since_checkpoint += 1
-                close_partition(p)
-                continue
-            ts_type, ts = msg.timestamp()
-            record = SourceRecord(state.topic, p, offset, msg.key(), msg.value(), ts if ts_type else None)
-            skipped = handler.handle(record)
-            prog.read += 1
-            if skipped is None:
-                prog.sent += 1
-            else:
-                prog.skipped[skipped] += 1
-            pending[p] = offset + 1
-            read_this_run += 1
-            since_checkpoint += 1
-            if pending[p] >= prog.end:
-                close_partition(p)
-            if on_progress is not None:
-                on_progress(p, prog)
-        checkpoint()
+            p = run.take(msg, now)
+            if p is not None and on_progress is not None:
+                on_progress(p, state.partitions[p])
+        run.checkpoint()
     except BaseException:
         # Interrupted (Ctrl-C, SIGTERM as KeyboardInterrupt/SystemExit) or failed: keep what was delivered.
         try:
-            checkpoint()
+            run.checkpoint()
         except Exception:  # noqa: S110 - the original exception matters more; the last checkpoint stands
             pass
         raise
     finally:
-        consumer.close()
-    return ReplayReport(state.replay_id, state.topic, state.partitions, state.done, read_this_run)
+        run.consumer.close()
+    return ReplayReport(state.replay_id, state.topic, state.partitions, state.done, run.read_this_run)
+
+
+class _ReplayRun:
+    """One run of :func:`run_replay`: the positions handed over so far, and when the state was last saved."""
+
+    def __init__(self, state: ReplayState, store: ReplayStateStore, handler: RecordHandler, consumer: Consumer, *,
+                 checkpoint_every: int, checkpoint_interval_s: float) -> None:
+        self.state, self.store, self.handler, self.consumer = state, store, handler, consumer
+        self.checkpoint_every, self.checkpoint_interval_s = checkpoint_every, checkpoint_interval_s
+        self.pending = {p: prog.next for p, prog in state.partitions.items()}
+        """Per partition, the next offset to read (what a checkpoint saves)."""
+        self.open_parts = {p for p, prog in state.partitions.items() if not prog.done}
+        self.read_this_run = 0
+        self.since_checkpoint = 0
+        self.last_checkpoint = self.last_record = time.monotonic()
+
+    def start(self) -> None:
+        if self.open_parts:
+            self.consumer.assign([TopicPartition(self.state.topic, p, self.state.partitions[p].next)
+                                  for p in sorted(self.open_parts)])
+
+    def checkpoint(self) -> None:
+        self.handler.flush()
+        for p, offset in self.pending.items():
+            self.state.partitions[p].next = offset
+        self.store.save(self.state)
+        self.since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
+
+    def checkpoint_if_due(self, now: float) -> None:
+        due = (self.since_checkpoint >= self.checkpoint_every
+               or now - self.last_checkpoint >= self.checkpoint_interval_s)
+        if self.since_checkpoint and due:
+            self.checkpoint()
+
+    def check_stall(self, now: float, stall_timeout_s: float) -> None:
+        if now - self.last_record > stall_timeout_s:
+            stuck = {p: (self.pending[p], self.state.partitions[p].end) for p in sorted(self.open_parts)}
+            raise ServiceUnavailableError(
+                f"replay of {self.state.topic!r} got nothing for {stall_timeout_s:g}s; (next, end) by partition: "
+                f"{stuck}"
+            )
+
+    def take(self, msg: Any, now: float) -> int | None:
+        """One polled message: an error, the end of a partition, or a record for the handler; returns the
+        partition whose progress changed by a record (None otherwise)."""
+        p: int | None = msg.partition()
+        if p is None or p not in self.open_parts:
+            return None
+        err = msg.error()
+        if err is not None:
+            self._on_error(err, msg, p)
+            return None
+        self.last_record = now
+        offset = msg.offset()
+        if offset is None:
+            return None
+        prog = self.state.partitions[p]
+        if offset >= prog.end:
+            self._finished(p)
+            return None
+        ts_type, ts = msg.timestamp()
+        skipped = self.handler.handle(
+            SourceRecord(self.state.topic, p, offset, msg.key(), msg.value(), ts if ts_type else None))
+        prog.read += 1
+        if skipped is None:
+            prog.sent += 1
+        else:
+            prog.skipped[skipped] += 1
+        self.pending[p] = offset + 1
+        self.read_this_run += 1
+        self.since_checkpoint += 1
+        if self.pending[p] >= prog.end:
+            self._close(p)
+        return p
+
+    def _on_error(self, err: Any, msg: Any, p: int) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            # The end snapshot may lie past a gap (transaction markers, compaction): reaching the
+            # partition's end at or beyond it finishes the partition.
+            if (msg.offset() or 0) >= self.state.partitions[p].end:
+                self._finished(p)
+            return
+        if err.fatal() or err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+            raise ServiceUnavailableError(f"reading {self.state.topic!r} failed: {err.str()}")
+
+    def _finished(self, p: int) -> None:
+        self.pending[p] = self.state.partitions[p].end
+        self.since_checkpoint += 1
+        self._close(p)
+
+    def _close(self, p: int) -> None:
+        self.open_parts.discard(p)
+        self.consumer.pause([TopicPartition(self.state.topic, p)])
 
 
 # ---------------------------------------------------------------------------------------------- handlers
