@@ -117,18 +117,12 @@ class ImageFetcher:
         if self._closed:
             raise RuntimeError("ImageFetcher is closed")
         scheme = ref.split(":", 1)[0].lower() if ":" in ref else ""
-        if scheme == "data":
-            start = time.perf_counter()
-            data = decode_data_url(ref, self._settings.max_inline_bytes)
-            return FetchResult(data, _ms_since(start), "data")
+        if scheme == "data":  # decoded (and hashed) on the loop: the payload is already in memory
+            return self._read_local_ref(ref)
         if scheme == "file":
             async with self._slots[lane]:
-                start = time.perf_counter()
                 # read and hash in one thread hop: the event loop never touches the bytes
-                data, sha = await asyncio.to_thread(
-                    _read_and_hash, ref, self._settings.file_root, self._settings.max_bytes
-                )
-                return FetchResult(data, _ms_since(start), "file", sha256=sha)
+                return await asyncio.to_thread(self._read_local_ref, ref)
         if scheme in ("http", "https"):
             url = validate_http_url(ref)
             async with self._slots[lane]:
@@ -152,19 +146,23 @@ class ImageFetcher:
     def _read_local(self, refs: list[str]) -> list[FetchResult | FetchError]:
         out: list[FetchResult | FetchError] = []
         for ref in refs:
-            start = time.perf_counter()
             try:
-                if ref[:5].lower() == "data:":
-                    data = decode_data_url(ref, self._settings.max_inline_bytes)
-                    out.append(FetchResult(data, _ms_since(start), "data", sha256=hashlib.sha256(data).hexdigest()))
-                elif ref[:5].lower() == "file:":
-                    data, sha = _read_and_hash(ref, self._settings.file_root, self._settings.max_bytes)
-                    out.append(FetchResult(data, _ms_since(start), "file", sha256=sha))
-                else:
-                    raise FetchError("unsupported_reference", f"not a local reference: {ref[:16]!r}")
+                out.append(self._read_local_ref(ref))
             except FetchError as exc:
                 out.append(exc)
         return out
+
+    def _read_local_ref(self, ref: str) -> FetchResult:
+        """One ``data:`` or ``file:`` reference, read (blocking for a file) and hashed."""
+        start = time.perf_counter()
+        kind = ref[:5].lower()
+        if kind == "data:":
+            data = decode_data_url(ref, self._settings.max_inline_bytes)
+            return FetchResult(data, _ms_since(start), "data", sha256=hashlib.sha256(data).hexdigest())
+        if kind == "file:":
+            data, sha = _read_and_hash(ref, self._settings.file_root, self._settings.max_bytes)
+            return FetchResult(data, _ms_since(start), "file", sha256=sha)
+        raise FetchError("unsupported_reference", f"not a local reference: {ref[:16]!r}")
 
     # -- http -------------------------------------------------------------------------------------
 

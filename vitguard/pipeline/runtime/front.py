@@ -172,7 +172,7 @@ class FrontHalf:
         ``answered`` when it got a verdict (then its event is remembered and redeliveries are skipped)."""
         if raw is None:
             return
-        record = (raw.topic, raw.partition, raw.offset)
+        record = _record_of(raw)
         _remember(self._recent_records, record)
         key = self._release(record)
         if key is not None and answered:
@@ -181,7 +181,7 @@ class FrontHalf:
     def _admit(self, raw: RawMessage, consumed_ms: float | None) -> Parsed | DeadLettered | Skipped:
         """The checks that need no I/O: a record answered recently, the parse, an event answered recently or in
         flight. A parsed event is in flight from here on (until :meth:`settled`)."""
-        record = (raw.topic, raw.partition, raw.offset)
+        record = _record_of(raw)
         if record in self._recent_records:
             return Skipped(raw, "redelivered")
         parsed = parse(raw, consumed_ms)

@@ -126,16 +126,14 @@ class StreamIntake:
 
     def _alone_with(self, entry: Entry, prepare: Awaitable[Ready]) -> None:
         async def run() -> None:
-            self._hand_on([Tagged(entry, await _or_internal_error(entry, prepare))])
+            self._hand_on([await _prepared(entry, prepare)])
 
         self._start(self._alone, run())
 
     def _hand_on(self, values: Sequence[Tagged[Entry, Ready]]) -> None:
         """Prepared values join the ready queue together. Failing that is a bug in the runner, not in the batch:
         those events are out of the front half and in no queue, so it is fatal (a stall otherwise)."""
-        fresh = [t for t in values if not t.tag.handed_on]
-        for tagged in fresh:
-            tagged.tag.handed_on = True
+        fresh = _first_hand_on(values)
         self.in_front -= len(fresh)
         try:
             self.enqueue(fresh)
@@ -162,18 +160,9 @@ class StreamIntake:
         join the ready queue together, so they share forward passes); nothing joins the queue here."""
         values: list[Tagged[Entry, Ready]] = []
         alone: list[asyncio.Task[Tagged[Entry, Ready]]] = []
-
-        async def run(entry: Entry, prepare: Awaitable[Ready]) -> Tagged[Entry, Ready]:
-            return Tagged(entry, await _or_internal_error(entry, prepare))
-
-        def hand_on(batch: Sequence[Tagged[Entry, Ready]]) -> None:
-            for tagged in batch:
-                if not tagged.tag.handed_on:
-                    tagged.tag.handed_on = True
-                    values.append(tagged)
-
         try:
-            await _prepare(self.front, entries, hand_on, lambda e, p: alone.append(asyncio.ensure_future(run(e, p))))
+            await _prepare(self.front, entries, lambda batch: values.extend(_first_hand_on(batch)),
+                           lambda e, p: alone.append(asyncio.ensure_future(_prepared(e, p))))
             values.extend(await asyncio.gather(*alone))
         finally:
             for task in alone:
@@ -219,22 +208,31 @@ async def _prepare(front: FrontHalf, entries: Sequence[Entry],
 
 
 async def _prepare_one(front: FrontHalf, entry: Entry) -> Ready:
-    """One entry's front half, as a batch of one that raises what goes wrong (for :func:`_or_internal_error`)."""
+    """One entry's front half, as a batch of one that raises what goes wrong (for :func:`_prepared`)."""
     values: list[Tagged[Entry, Ready]] = []
     later: list[Awaitable[Ready]] = []
     await _prepare(front, [entry], values.extend, lambda _, prepare: later.append(prepare), retry_alone=False)
     return await later[0] if later else values[0].value
 
 
-async def _or_internal_error(entry: Entry, prepare: Awaitable[Ready]) -> Ready:
+def _first_hand_on(values: Sequence[Tagged[Entry, Ready]]) -> list[Tagged[Entry, Ready]]:
+    """The values whose entries were not handed on yet, marked handed on now (an entry is handed on once)."""
+    fresh = [t for t in values if not t.tag.handed_on]
+    for tagged in fresh:
+        tagged.tag.handed_on = True
+    return fresh
+
+
+async def _prepared(entry: Entry, prepare: Awaitable[Ready]) -> Tagged[Entry, Ready]:
+    """An entry prepared on its own: its value, or its ``internal_error`` dead letter after a bug."""
     try:
-        return await prepare
+        return Tagged(entry, await prepare)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         _log.exception("preparing %s[%d]@%d failed unexpectedly", entry.raw.topic, entry.raw.partition,
                        entry.raw.offset)
-        return _internal_error(entry.raw, exc)
+        return Tagged(entry, _internal_error(entry.raw, exc))
 
 
 def _internal_error(raw: RawMessage, exc: BaseException) -> DeadLettered:
