@@ -36,12 +36,10 @@ from vitguard.stores.interfaces import SearchHit
 __all__ = [
     "Finishing",
     "alerts_of",
-    "cached_hashes",
     "candidate",
     "event_of",
     "frame_hashes",
     "hashes_of",
-    "hashes_of_frames",
     "raw_of",
     "resolve_hashes",
     "result",
@@ -103,7 +101,7 @@ class Finishing:
         return self.raw, self.event, self.answer
 
 
-def cached_hashes(hit: CacheHit) -> ItemHashes:
+def _cached_hashes(hit: CacheHit) -> ItemHashes:
     """What a cache hit is matched on: every classified frame's hash for a multi-frame item, else its one."""
     if hit.frame_hashes:
         return list(hit.frame_hashes)
@@ -114,10 +112,10 @@ def cached_hashes(hit: CacheHit) -> ItemHashes:
 def frame_hashes(w: Work) -> FrameHashes:
     """What the verdict cache keeps of a multi-frame item's hashes (every classified frame's)."""
     v = w.value
-    return hashes_of_frames(v) if isinstance(v, DecodedFrames) else ()
+    return _hashes_of_frames(v) if isinstance(v, DecodedFrames) else ()
 
 
-def hashes_of_frames(item: DecodedFrames) -> FrameHashes:
+def _hashes_of_frames(item: DecodedFrames) -> FrameHashes:
     return tuple((ref.index, ref.pdq) for ref in item.frames.frames)
 
 
@@ -125,9 +123,9 @@ def hashes_of(item: Finishing, still: PdqHash | None) -> ItemHashes | None:
     """What ``item`` is matched on (None: not matched at all): a predicted item's hashes, a cache hit's."""
     p, v = item.predicted, item.work.value
     if isinstance(p, Predicted):
-        return list(hashes_of_frames(p.decoded)) if isinstance(p.decoded, DecodedFrames) else [(None, still)]
+        return list(_hashes_of_frames(p.decoded)) if isinstance(p.decoded, DecodedFrames) else [(None, still)]
     if isinstance(v, CacheHit):
-        return cached_hashes(v) or None
+        return _cached_hashes(v) or None
     return None
 
 
