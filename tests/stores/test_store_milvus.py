@@ -6,6 +6,7 @@ names. Failure behaviour against a frozen or killed server is in ``test_milvus_f
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import uuid
@@ -260,6 +261,29 @@ def test_lite_on_a_full_disk_is_an_outage_not_a_config_error_and_resumes_once_th
     subprocess.run(["mount", "-o", "remount,size=32M", str(small_disk)], check=True)  # noqa: S607
     index.upsert(name, [rec(f"d{batch}-{i}", vecs[i]) for i in range(64)])  # the retry, once there is room
     assert index.count(name) == written + 64
+    index.close()
+
+
+def test_a_lite_flush_that_fails_on_a_full_disk_loses_no_acknowledged_row(small_disk: Path) -> None:
+    """Milvus Lite swaps in a fresh memtable before it writes the old one: a flush that failed (the disk filled
+    between the upsert's log write and the flush's data file) used to leave every row since the last flush out
+    of the running store, although each upsert had been acknowledged (CI saw 320 rows of 576)."""
+    index = MilvusEmbeddingIndex(MilvusSettings(uri=str(small_disk / "m.db")), flush_every_rows=256)
+    name = index.ensure_collection(ModelInfo("opennsfw", "r1", ("NSFW", "SFW"), 1024, (3, 224, 224)))
+    batches = [[rec(f"b{b}-{i}", v) for i, v in enumerate(unit_rows(64, 1024, seed=b))] for b in range(4)]
+    before = shutil.disk_usage(small_disk).used
+    for batch in batches[:3]:  # 192 rows: under the flush threshold
+        index.upsert(name, batch)
+    per_batch = (shutil.disk_usage(small_disk).used - before) // 3
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - per_batch * 3 // 2))
+    try:
+        index.upsert(name, batches[3])  # its log write fits; the flush of 256 rows does not
+    except ServiceUnavailableError:
+        subprocess.run(["mount", "-o", "remount,size=32M", str(small_disk)], check=True)  # noqa: S607
+        index.upsert(name, batches[3])  # the caller's retry, once there is room
+    assert index.count(name) == 256
+    assert len(index.get(name, [r.content_id for batch in batches for r in batch])) == 256
     index.close()
 
 

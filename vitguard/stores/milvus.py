@@ -213,6 +213,12 @@ class MilvusEmbeddingIndex:
         self._client: Any = None
         self._dims: dict[str, int] = {}
         self._unflushed: dict[str, int] = {}
+        self._since_flush: dict[str, dict[str, dict[str, Any]]] = {}
+        """Rows upserted since the last flush, by content id, kept when flushing (Lite) to resend after a
+        failed flush: Milvus Lite swaps in a fresh memtable before it writes the old one, so a flush that
+        fails (a full disk) drops the rows already acknowledged from the running store (they are back only
+        when the file is reopened and its log replayed)."""
+        self._resend_owed: set[str] = set()
         self._recent = RecentWrites()
         """This process's recent unsafe rows: searches run at Bounded consistency (see stores/recent.py)."""
         self._errors = _unavailable_errors()
@@ -288,20 +294,42 @@ class MilvusEmbeddingIndex:
             dim = self._dim_of(collection)
             latest = list({r.content_id: r for r in records}.values())
             rows = [_row(r, dim) for r in latest]
-            client = self._connected()
-            try:
-                self._call(lambda: client.upsert(collection_name=collection, data=rows, **self._rpc))
-            except ServiceUnavailableError as exc:
-                self._after_refusal(collection, dim, exc)
-                raise
+            if collection in self._resend_owed:  # a failed flush's rows go first, the new ones replace them
+                by_id = {**self._since_flush.get(collection, {}), **{r["content_id"]: r for r in rows}}
+                self._write(collection, dim, list(by_id.values()))
+                self._resend_owed.discard(collection)
+            else:
+                self._write(collection, dim, rows)
             self._recent.wrote(collection, latest)
             pending = self._unflushed.get(collection, 0) + len(rows)
             self._unflushed[collection] = pending
             if self.flush_every_rows and pending >= self.flush_every_rows:
-                try:
-                    self.flush(collection)
-                except ServiceUnavailableError as exc:  # the upsert itself succeeded: do not fail it
-                    log.warning("Milvus flush of %s failed, will retry after more rows: %s", collection, exc)
+                self._flush_or_resend(collection, dim)
+
+    def _write(self, collection: str, dim: int, rows: list[dict[str, Any]]) -> None:
+        """One upsert call; on Lite, the rows are also kept until the next flush (see ``_since_flush``)."""
+        client = self._connected()
+        try:
+            self._call(lambda: client.upsert(collection_name=collection, data=rows, **self._rpc))
+        except ServiceUnavailableError as exc:
+            self._after_refusal(collection, dim, exc)
+            raise
+        if self.flush_every_rows:
+            self._since_flush.setdefault(collection, {}).update((r["content_id"], r) for r in rows)
+
+    def _flush_or_resend(self, collection: str, dim: int) -> None:
+        """Flush; when the flush fails, write the rows since the last flush again, so the running store holds
+        every acknowledged row. The upsert being answered succeeded: only when the resend fails too does it
+        raise :class:`ServiceUnavailableError` (the caller retries the batch, and the kept rows go with it)."""
+        try:
+            self.flush(collection)
+            return
+        except ServiceUnavailableError as exc:
+            log.warning("Milvus flush of %s failed, rows since the last flush are written again: %s",
+                        collection, exc)
+        self._resend_owed.add(collection)  # until written: the next upsert sends them with its own rows
+        self._write(collection, dim, list(self._since_flush.get(collection, {}).values()))
+        self._resend_owed.discard(collection)
 
     def search_unsafe(
         self, collection: str, vectors: NDArray[np.float32], limit: int, min_similarity: float
@@ -413,6 +441,7 @@ class MilvusEmbeddingIndex:
             client = self._connected()
             self._call(lambda: client.flush(collection, **self._rpc))
             self._unflushed[collection] = 0
+            self._since_flush.pop(collection, None)
 
     def drop_collection(self, collection: str) -> None:
         """Drop a collection if it exists (operations and tests)."""
@@ -421,6 +450,8 @@ class MilvusEmbeddingIndex:
             self._call(lambda: client.drop_collection(collection, **self._rpc))
             self._dims.pop(collection, None)
             self._unflushed.pop(collection, None)
+            self._since_flush.pop(collection, None)
+            self._resend_owed.discard(collection)
             self._recent.forget(collection)
 
     def close(self) -> None:
@@ -512,6 +543,8 @@ class MilvusEmbeddingIndex:
         log.warning("Milvus collection %s was dropped while in use; recreating it empty (near-duplicate "
                     "search starts again from nothing)", collection)
         self._unflushed.pop(collection, None)
+        self._since_flush.pop(collection, None)
+        self._resend_owed.discard(collection)
         self._recent.forget(collection)
         self._make_ready(collection, dim, "this worker")
 
