@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from vitguard.media import FrameSet
-    from vitguard.model.types import Classifier
+    from vitguard.model.types import Classifier, ModelInfo
+    from vitguard.policy import Decision
     from vitguard.settings import Settings
 
 __all__ = ["register"]
@@ -77,75 +78,109 @@ def classify(paths: tuple[Path, ...], spec: str | None, as_json: bool, batch_siz
     Animated GIF/WebP/APNG and videos (MP4, MOV, WebM, ...) are judged by their worst sampled frame; with
     --json their record also lists every classified frame (``frames``: index, time_s, unsafe_score).
     """
-    import numpy as np
-
-    from vitguard.pipeline.stages.reduce import frame_scores, reduce_frames
-    from vitguard.policy import decide, resolve_unsafe_labels
+    from vitguard.policy import resolve_unsafe_labels
 
     classifier, settings = _load(spec)
     info = classifier.info
-    unsafe_labels = resolve_unsafe_labels(info.labels, settings.policy)
+    run = _ClassifyRun(classifier, settings, resolve_unsafe_labels(info.labels, settings.policy), batch_size, as_json)
     stills, multi, failed = _split_media(classifier, paths, settings)
     good, bad = _prepare_all(classifier, stills)
     bad = failed + bad
     if not as_json and (good or multi):
         click.echo(f"# model {info.name}@{info.version} ({info.backend}){' UNTRAINED' if info.untrained else ''}")
         click.echo(f"{'label':<7} {'unsafe':>7} {'top class':<14} {'decode ms':>9} {'model ms':>9}  path")
-    for start in range(0, len(good), batch_size):
-        chunk = good[start : start + batch_size]
+    _classify_stills(run, good)
+    _classify_multi_frame(run, multi)
+    _report_bad(bad)
+    if bad:
+        sys.exit(_EXIT_BAD_INPUT)
+
+
+@dataclass(frozen=True)
+class _ClassifyRun:
+    """What every file of one ``vitguard classify`` run is judged by and printed with."""
+
+    classifier: Classifier
+    settings: Settings
+    unsafe_labels: tuple[str, ...]
+    """The model's labels that the policy counts as unsafe."""
+    batch_size: int
+    as_json: bool
+
+    @property
+    def threshold(self) -> float:
+        return self.settings.policy.unsafe_threshold
+
+
+def _classify_stills(run: _ClassifyRun, good: list[tuple[Path, NDArray[np.float32], float]]) -> None:
+    """Classify decoded still images ``batch_size`` at a time and print one line each; its model time is the
+    batch's, shared out evenly."""
+    import numpy as np
+
+    from vitguard.policy import decide
+
+    for start in range(0, len(good), run.batch_size):
+        chunk = good[start : start + run.batch_size]
         started = time.perf_counter()
-        predictions = classifier.predict(np.stack([array for _, array, _ in chunk]))
+        predictions = run.classifier.predict(np.stack([array for _, array, _ in chunk]))
         model_ms = (time.perf_counter() - started) * 1000 / len(chunk)
         for (path, _, decode_ms), prediction in zip(chunk, predictions, strict=True):
-            decision = decide(prediction.scores, unsafe_labels, settings.policy.unsafe_threshold)
-            if as_json:
-                record: dict[str, Any] = {
-                    "path": str(path),
-                    "label": decision.label,
-                    "unsafe_score": round(decision.unsafe_score, 6),
-                    "scores": {k: round(v, 6) for k, v in prediction.scores.items()},
-                    "model": info.name,
-                    "model_version": info.version,
-                    "untrained": info.untrained,
-                    "decode_ms": round(decode_ms, 2),
-                    "model_ms": round(model_ms, 2),
-                    **_pdq_fields(path),
-                }
-                click.echo(json.dumps(record))
+            decision = decide(prediction.scores, run.unsafe_labels, run.threshold)
+            if run.as_json:
+                record = _record(run.classifier.info, path, decision, prediction.scores, decode_ms, model_ms)
+                click.echo(json.dumps({**record, **_pdq_fields(path)}))
             else:
-                click.echo(
-                    f"{decision.label:<7} {decision.unsafe_score:>7.4f} {prediction.top_class:<14} "
-                    f"{decode_ms:>9.1f} {model_ms:>9.1f}  {path}"
-                )
+                click.echo(_row(decision, prediction.top_class, decode_ms, model_ms, path))
+
+
+def _classify_multi_frame(run: _ClassifyRun, multi: list[tuple[Path, FrameSet, float]]) -> None:
+    """Classify each animation or video by its worst sampled frame and print one line each (with --json, one
+    record that also lists every classified frame)."""
+    from vitguard.pipeline.stages.reduce import frame_scores, reduce_frames
+
     for path, frames, decode_ms in multi:
         started = time.perf_counter()
-        predictions = [p for s in range(0, len(frames), batch_size)
-                       for p in classifier.predict(frames.tensors[s : s + batch_size])]
+        predictions = [p for s in range(0, len(frames), run.batch_size)
+                       for p in run.classifier.predict(frames.tensors[s : s + run.batch_size])]
         model_ms = (time.perf_counter() - started) * 1000
-        top, decision, media = reduce_frames(frames, predictions, unsafe_labels, settings.policy.unsafe_threshold,
-                                             worst=settings.frames.worst_frames)
-        if as_json:
+        top, decision, media = reduce_frames(frames, predictions, run.unsafe_labels, run.threshold,
+                                             worst=run.settings.frames.worst_frames)
+        if run.as_json:
             record = {
-                "path": str(path), "label": decision.label, "unsafe_score": round(decision.unsafe_score, 6),
-                "scores": {k: round(v, 6) for k, v in top.scores.items()}, "model": info.name,
-                "model_version": info.version, "untrained": info.untrained, "decode_ms": round(decode_ms, 2),
-                "model_ms": round(model_ms, 2),
+                **_record(run.classifier.info, path, decision, top.scores, decode_ms, model_ms),
                 "frames": [{"index": f.index, "time_s": f.time_s, "unsafe_score": round(d.unsafe_score, 6)}
-                           for f, d in frame_scores(frames, predictions, unsafe_labels,
-                                                    settings.policy.unsafe_threshold)],
+                           for f, d in frame_scores(frames, predictions, run.unsafe_labels, run.threshold)],
                 "media": media.model_dump(mode="json", exclude={"worst_frames"}),
             }
             click.echo(json.dumps(record))
         else:
             worst = media.worst_frame
             click.echo(
-                f"{decision.label:<7} {decision.unsafe_score:>7.4f} {top.top_class:<14} "
-                f"{decode_ms:>9.1f} {model_ms:>9.1f}  {path} ({media.kind}, {len(frames)} frames, worst "
-                f"#{worst.index} at {worst.time_s:g} s)"
+                f"{_row(decision, top.top_class, decode_ms, model_ms, path)} ({media.kind}, {len(frames)} frames, "
+                f"worst #{worst.index} at {worst.time_s:g} s)"
             )
-    _report_bad(bad)
-    if bad:
-        sys.exit(_EXIT_BAD_INPUT)
+
+
+def _record(info: ModelInfo, path: Path, decision: Decision, scores: dict[str, float], decode_ms: float,
+            model_ms: float) -> dict[str, Any]:
+    """The fields every --json record starts with, stills and multi-frame media alike."""
+    return {
+        "path": str(path),
+        "label": decision.label,
+        "unsafe_score": round(decision.unsafe_score, 6),
+        "scores": {k: round(v, 6) for k, v in scores.items()},
+        "model": info.name,
+        "model_version": info.version,
+        "untrained": info.untrained,
+        "decode_ms": round(decode_ms, 2),
+        "model_ms": round(model_ms, 2),
+    }
+
+
+def _row(decision: Decision, top_class: str, decode_ms: float, model_ms: float, path: Path) -> str:
+    """One line of the table (multi-frame media add what their worst frame was)."""
+    return (f"{decision.label:<7} {decision.unsafe_score:>7.4f} {top_class:<14} "
+            f"{decode_ms:>9.1f} {model_ms:>9.1f}  {path}")
 
 
 def _split_media(

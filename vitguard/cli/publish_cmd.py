@@ -5,10 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from vitguard.cli._kafka_common import kafka_options, load_cli_settings
+
+if TYPE_CHECKING:
+    from vitguard.settings import Settings
 
 __all__ = ["register"]
 
@@ -65,7 +69,6 @@ def publish(
     from vitguard.producers.sources import (
         SourceError,
         SourceItem,
-        count_jsonl_lines,
         image_files,
         items_from_directory,
         items_from_jsonl,
@@ -79,24 +82,12 @@ def publish(
 
     # Resolve every source before touching Kafka, so a typo fails fast and sends nothing.
     dir_files = [(d, image_files(d, recursive)) for d in dirs]
-    total: int | None = len(urls) + sum(len(files) for _, files in dir_files)
-    for path in jsonl_files:
-        if str(path) == "-":
-            total = None
-        elif total is not None:
-            total += count_jsonl_lines(path)
-        else:
-            count_jsonl_lines(path)
+    total = _count_events(urls, [files for _, files in dir_files], jsonl_files)
     if dirs and not inline:
         _warn_file_root(settings.fetch.file_root, [d for d, _ in dir_files])
 
     topic_partitions(settings.kafka, target, connect_timeout)
-    max_inline = settings.fetch.max_inline_bytes
-    if inline:  # an inline image must also fit the topic's message limit once base64-encoded
-        from vitguard.kafka.limits import PRODUCER_MAX_REQUEST_BYTES, inline_capacity, read_output_limits
-
-        topic_limit = read_output_limits(settings.kafka, [target], PRODUCER_MAX_REQUEST_BYTES, connect_timeout)
-        max_inline = min(max_inline, inline_capacity(topic_limit[target]))
+    max_inline = _max_inline_bytes(settings, target, connect_timeout) if inline else settings.fetch.max_inline_bytes
 
     def items() -> Iterator[SourceItem]:
         for directory, files in dir_files:
@@ -132,6 +123,31 @@ def publish(
     click.echo(f"{target}: {summary.line()}")
     if summary.failed_total:
         sys.exit(1)
+
+
+def _count_events(urls: tuple[str, ...], dir_files: list[list[Path]], jsonl_files: tuple[Path, ...]) -> int | None:
+    """How many events the sources hold (the progress bar's total); None when one of them is stdin, whose
+    length is unknown until it is read. Every JSONL file is counted even then: a missing one fails here."""
+    from vitguard.producers.sources import count_jsonl_lines
+
+    total: int | None = len(urls) + sum(len(files) for files in dir_files)
+    for path in jsonl_files:
+        if str(path) == "-":
+            total = None
+        elif total is not None:
+            total += count_jsonl_lines(path)
+        else:
+            count_jsonl_lines(path)
+    return total
+
+
+def _max_inline_bytes(settings: Settings, target: str, connect_timeout: float) -> int:
+    """The largest image ``--inline`` embeds: the fetch limit, or less where the topic's message limit
+    could not hold it once base64-encoded."""
+    from vitguard.kafka.limits import PRODUCER_MAX_REQUEST_BYTES, inline_capacity, read_output_limits
+
+    topic_limit = read_output_limits(settings.kafka, [target], PRODUCER_MAX_REQUEST_BYTES, connect_timeout)
+    return min(settings.fetch.max_inline_bytes, inline_capacity(topic_limit[target]))
 
 
 def _warn_file_root(file_root: Path | None, dirs: list[Path]) -> None:

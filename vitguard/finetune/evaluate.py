@@ -112,39 +112,36 @@ def run_evaluate(
         ConfigError: no data class is unsafe by ``unsafe_labels``, or the policy matches no model class.
         ModelLoadError: a spec cannot be loaded.
     """
-    from vitguard.model import load_classifier
-
     policy = policy if policy is not None else PolicySettings.model_construct()
     wanted = tuple(unsafe_labels) if unsafe_labels else tuple(policy.unsafe_labels)
     folder = scan_image_folder(data_dir)
     paths = [item.path for item in folder.items]
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    scored_runs: list[tuple[ModelInfo, list[int], NDArray[np.float32]]] = []
-    skipped: dict[Path, str] = {s.path: s.reason for s in folder.skipped}
-    for spec in specs:
-        classifier = load_classifier(spec, settings=model_settings)
-        resolve_unsafe(folder.labels, classifier.info.labels, wanted, policy)  # fail before the slow part
-        kept, probs, bad = score_folder(
-            classifier, paths, batch_size=batch_size, workers=workers, progress=progress, desc=classifier.info.name
+    model_runs = [
+        _score_spec(
+            spec,
+            folder,
+            paths,
+            wanted,
+            policy,
+            model_settings=model_settings,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
         )
-        skipped.update({s.path: s.reason for s in bad})
-        scored_runs.append((classifier.info, kept, probs))
+        for spec in specs
+    ]
+    skipped: dict[Path, str] = {s.path: s.reason for s in folder.skipped}
+    for model_run in model_runs:
+        skipped.update({s.path: s.reason for s in model_run.skipped})
 
-    common = sorted(set.intersection(*(set(kept) for _, kept, _ in scored_runs)))
+    common = sorted(set.intersection(*(set(model_run.kept) for model_run in model_runs)))
     runs: list[tuple[ScoredImages, dict[str, Any]]] = []
     files: list[Path] = []
-    for index, (info, kept, probs) in enumerate(scored_runs):
-        row_of = {pos: row for row, pos in enumerate(kept)}
-        scored = ScoredImages(
-            model=model_identity(info) | {"spec": specs[index]},
-            data_labels=folder.labels,
-            model_labels=info.labels,
-            paths=tuple(paths[i] for i in common),
-            y_true=np.array([folder.items[i].label for i in common], dtype=np.int64),
-            probs=probs[[row_of[i] for i in common]] if common else probs[:0],
-        )
-        unsafe = resolve_unsafe(folder.labels, info.labels, wanted, policy)
+    for index, model_run in enumerate(model_runs):
+        scored = _on_common_images(model_run, folder, paths, common)
+        unsafe = resolve_unsafe(folder.labels, model_run.info.labels, wanted, policy)
         metrics = evaluate_scores(
             scored,
             unsafe,
@@ -156,16 +153,84 @@ def run_evaluate(
         suffix = f"_{index + 1}" if len(specs) > 1 else ""
         files.append(write_predictions(out_dir / f"predictions{suffix}.jsonl", scored))
     files += write_plots(out_dir, runs, per_model_prefix=len(runs) > 1)
+    data = _data_summary(folder, common, skipped)
+    return _write_summary(out_dir, runs, data, policy.unsafe_threshold, files, title=f"Evaluation on {data_dir}")
 
+
+@dataclass(frozen=True)
+class _ModelRun:
+    """One spec's classifier scored on the folder: what it could decode and what it made of it."""
+
+    spec: str
+    info: ModelInfo
+    kept: list[int]
+    """Positions in the folder's items of the rows of ``probs``."""
+    probs: NDArray[np.float32]
+    skipped: list[SkippedImage]
+
+
+def _score_spec(
+    spec: str,
+    folder: ImageFolder,
+    paths: Sequence[Path],
+    wanted: Sequence[str],
+    policy: PolicySettings,
+    *,
+    model_settings: ModelSettings | None,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> _ModelRun:
+    """Load one spec and score every image of the folder with it.
+
+    Raises:
+        ConfigError: the unsafe classes cannot be resolved for this model; checked before the slow scoring.
+        ModelLoadError: the spec cannot be loaded.
+    """
+    from vitguard.model import load_classifier
+
+    classifier = load_classifier(spec, settings=model_settings)
+    resolve_unsafe(folder.labels, classifier.info.labels, wanted, policy)  # fail before the slow part
+    kept, probs, bad = score_folder(
+        classifier, paths, batch_size=batch_size, workers=workers, progress=progress, desc=classifier.info.name
+    )
+    return _ModelRun(spec, classifier.info, kept, probs, bad)
+
+
+def _on_common_images(
+    model_run: _ModelRun, folder: ImageFolder, paths: Sequence[Path], common: Sequence[int]
+) -> ScoredImages:
+    """The run's probabilities restricted to ``common``, the images every model decoded, so all compare alike."""
+    row_of = {pos: row for row, pos in enumerate(model_run.kept)}
+    return ScoredImages(
+        model=model_identity(model_run.info) | {"spec": model_run.spec},
+        data_labels=folder.labels,
+        model_labels=model_run.info.labels,
+        paths=tuple(paths[i] for i in common),
+        y_true=np.array([folder.items[i].label for i in common], dtype=np.int64),
+        probs=model_run.probs[[row_of[i] for i in common]] if common else model_run.probs[:0],
+    )
+
+
+def _write_summary(
+    out_dir: Path,
+    runs: Sequence[tuple[ScoredImages, dict[str, Any]]],
+    data: dict[str, Any],
+    policy_threshold: float,
+    files: list[Path],
+    *,
+    title: str,
+) -> EvaluationResult:
+    """Write metrics.json and report.md, with a per-metric comparison when there are exactly two models."""
     comparison = compare_metrics(runs[0][1], runs[1][1]) if len(runs) == 2 else []
     payload: dict[str, Any] = {
-        "data": _data_summary(folder, common, skipped),
-        "policy_threshold": policy.unsafe_threshold,
+        "data": data,
+        "policy_threshold": policy_threshold,
         "models": [metrics for _, metrics in runs],
         "comparison": comparison,
     }
     files.append(write_json(out_dir / "metrics.json", payload))
-    report = render_report([m for _, m in runs], comparison, title=f"Evaluation on {data_dir}")
+    report = render_report([m for _, m in runs], comparison, title=title)
     (out_dir / "report.md").write_text(report, encoding="utf-8")
     files.append(out_dir / "report.md")
     return EvaluationResult(payload, report, files)

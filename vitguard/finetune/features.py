@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +84,77 @@ def _read(path: Path) -> tuple[bytes | None, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
+@dataclass
+class _Collected:
+    """What :func:`extract_features` has gathered so far, chunk by chunk."""
+
+    rows: dict[int, NDArray[np.float32]] = field(default_factory=dict)
+    """Features by position in the input paths."""
+    skipped: list[SkippedImage] = field(default_factory=list)
+    hits: int = 0
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A file that was read but whose features are not in the cache: it has to go through the model."""
+
+    index: int
+    digest: str
+    data: bytes
+
+
+def _cached(cache: FeatureCache | None, digest: str, dim: int) -> NDArray[np.float32] | None:
+    """The cached features of a file, unless absent or of another size (then they are recomputed)."""
+    if cache is None:
+        return None
+    vector = cache.get(digest)
+    return vector if vector is not None and vector.shape == (dim,) else None
+
+
+def _read_chunk(
+    paths: Sequence[Path], chunk: range, cache: FeatureCache | None, dim: int, collected: _Collected
+) -> list[_Pending]:
+    """Read the chunk's files: cached features and unreadable files go into ``collected``; the rest is returned."""
+    todo: list[_Pending] = []
+    for i in chunk:
+        data, digest = _read(paths[i])
+        if data is None:
+            collected.skipped.append(SkippedImage(paths[i], "not_an_image"))
+        elif (vector := _cached(cache, digest, dim)) is not None:
+            collected.rows[i] = vector
+            collected.hits += 1
+        else:
+            todo.append(_Pending(i, digest, data))
+    return todo
+
+
+def _compute(
+    classifier: TorchClassifier,
+    paths: Sequence[Path],
+    todo: Sequence[_Pending],
+    pool: ThreadPoolExecutor,
+    cache: FeatureCache | None,
+    collected: _Collected,
+) -> None:
+    """Decode the pending files and run the model on them; their features go into ``collected`` and the cache."""
+    digests = {p.index: p.digest for p in todo}
+    batch = decode_files(
+        classifier.prepare,
+        [paths[p.index] for p in todo],
+        contents=[p.data for p in todo],
+        indices=[p.index for p in todo],
+        pool=pool,
+    )
+    collected.skipped += [SkippedImage(f.path, f.reason) for f in batch.failed]
+    if not batch.decoded:
+        return
+    _, batch_features = forward_batch(classifier, batch.stack())
+    for decoded, vector in zip(batch.decoded, batch_features, strict=True):
+        collected.rows[decoded.index] = vector
+    if cache is not None:
+        cache.put_many((digests[d.index], v) for d, v in zip(batch.decoded, batch_features, strict=True))
+
+
 def extract_features(
     classifier: TorchClassifier,
     paths: Sequence[Path],
@@ -102,46 +173,19 @@ def extract_features(
     """
     cache = FeatureCache(cache_dir, model_cache_key(feature_identity(classifier))) if cache_dir else None
     dim = classifier.info.embedding_dim
-    rows: dict[int, NDArray[np.float32]] = {}
-    skipped: list[SkippedImage] = []
-    hits = 0
+    collected = _Collected()
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for start in range(0, len(paths), batch_size):
-                chunk = list(range(start, min(start + batch_size, len(paths))))
-                todo: list[tuple[int, str, bytes]] = []
-                for i in chunk:
-                    data, digest = _read(paths[i])
-                    if data is None:
-                        skipped.append(SkippedImage(paths[i], "not_an_image"))
-                    elif cache is not None and (vector := cache.get(digest)) is not None and vector.shape == (dim,):
-                        rows[i] = vector
-                        hits += 1
-                    else:
-                        todo.append((i, digest, data))
-                digests = {i: digest for i, digest, _ in todo}
-                batch = decode_files(
-                    classifier.prepare,
-                    [paths[i] for i, _, _ in todo],
-                    contents=[data for _, _, data in todo],
-                    indices=[i for i, _, _ in todo],
-                    pool=pool,
-                )
-                skipped += [SkippedImage(f.path, f.reason) for f in batch.failed]
-                if batch.decoded:
-                    _, batch_features = forward_batch(classifier, batch.stack())
-                    for decoded, vector in zip(batch.decoded, batch_features, strict=True):
-                        rows[decoded.index] = vector
-                    if cache is not None:
-                        cache.put_many(
-                            (digests[d.index], v) for d, v in zip(batch.decoded, batch_features, strict=True)
-                        )
+                chunk = range(start, min(start + batch_size, len(paths)))
+                todo = _read_chunk(paths, chunk, cache, dim, collected)
+                _compute(classifier, paths, todo, pool, cache, collected)
                 bar.update(len(chunk))
     finally:
         bar.close()
         if cache is not None:
             cache.save()
-    kept = sorted(rows)
-    features = np.stack([rows[i] for i in kept]) if kept else np.zeros((0, dim), dtype=np.float32)
-    return ExtractedFeatures(features.astype(np.float32, copy=False), kept, skipped, hits)
+    kept = sorted(collected.rows)
+    features = np.stack([collected.rows[i] for i in kept]) if kept else np.zeros((0, dim), dtype=np.float32)
+    return ExtractedFeatures(features.astype(np.float32, copy=False), kept, collected.skipped, collected.hits)

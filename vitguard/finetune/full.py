@@ -214,31 +214,121 @@ def finetune_network(
         DatasetError: a class has no decodable image left for training or validation.
     """
     import torch
-    from torch.nn import functional as F
 
     config = config or FullConfig()
-    seed_everything(config.seed)
-    device = classifier.device
+    _make_deterministic(config.seed, classifier.device)
+    module = classifier.module
+
+    images = _check_split(classifier, train_paths, train_targets, val_paths, val_targets, progress=progress)
+    _require_every_class(labels, images)
+    weights = torch.from_numpy(class_weights(images.train.targets, len(labels))).to(classifier.device)
+    loaders = _make_loaders(classifier, images, weights, config)
+
+    trainable = select_trainable(module, config.unfreeze)
+    trainer = _make_trainer(module, trainable, len(loaders.train), weights, config, classifier.device, progress)
+    history = _fit(trainer, loaders, weights if config.balance != "none" else None)
+
+    module.eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+    probs = _probabilities(classifier, loaders.val_set, config.batch_size)
+    return FullResult(
+        history=history,
+        val_probs=probs,
+        val_kept=images.val.kept,
+        skipped=images.skipped,
+        trainable_parameters=sum(p.numel() for n, p in module.named_parameters() if n in trainable),
+        total_parameters=sum(p.numel() for p in module.parameters()),
+    )
+
+
+def _make_deterministic(seed: int, device: torch.device) -> None:
+    """Seed every generator and, on CUDA, pin cuDNN to deterministic kernels, so a seed reproduces a run."""
+    import torch
+
+    seed_everything(seed)
     if device.type == "cuda":
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-    module = classifier.module
 
+
+@dataclass(frozen=True)
+class _Side:
+    """The decodable images of one side of the split (training or validation) and their classes."""
+
+    paths: list[Path]
+    targets: NDArray[np.int64]
+    kept: list[int]
+    """Positions of ``paths`` in the side's input paths."""
+
+
+@dataclass(frozen=True)
+class _CheckedImages:
+    """Both sides of the split after every image was decoded once, and the files that could not be."""
+
+    train: _Side
+    val: _Side
+    skipped: list[SkippedImage]
+    """Training images first, then validation images."""
+
+
+def _check_split(
+    classifier: TorchClassifier,
+    train_paths: Sequence[Path],
+    train_targets: Sequence[int],
+    val_paths: Sequence[Path],
+    val_targets: Sequence[int],
+    *,
+    progress: bool,
+) -> _CheckedImages:
+    """Decode every image of both sides once (training first) and keep the readable ones."""
     train_kept, skipped = check_images(classifier, train_paths, progress=progress, desc="checking training images")
     val_kept, val_skipped = check_images(classifier, val_paths, progress=progress, desc="checking validation images")
-    skipped += val_skipped
-    train_y = np.array([train_targets[i] for i in train_kept], dtype=np.int64)
-    val_y = np.array([val_targets[i] for i in val_kept], dtype=np.int64)
-    num_classes = len(labels)
-    for side, targets in (("training", train_y), ("validation", val_y)):
+    return _CheckedImages(
+        train=_side(train_paths, train_targets, train_kept),
+        val=_side(val_paths, val_targets, val_kept),
+        skipped=skipped + val_skipped,
+    )
+
+
+def _side(paths: Sequence[Path], targets: Sequence[int], kept: list[int]) -> _Side:
+    return _Side(
+        paths=[paths[i] for i in kept], targets=np.array([targets[i] for i in kept], dtype=np.int64), kept=kept
+    )
+
+
+def _require_every_class(labels: Sequence[str], images: _CheckedImages) -> None:
+    """Refuse to train when skipping unreadable files left a class with no image on either side.
+
+    Raises:
+        DatasetError: naming the side and the classes without an image.
+    """
+    for side, targets in (("training", images.train.targets), ("validation", images.val.targets)):
         present = set(targets.tolist())
         missing = [label for i, label in enumerate(labels) if i not in present]
         if missing:
             raise DatasetError(f"no decodable {side} image is left for class(es) {missing}; add readable images")
-    weights = torch.from_numpy(class_weights(train_y, num_classes)).to(device)
 
-    train_set = _Images([train_paths[i] for i in train_kept], train_y.tolist(), _train_transform(classifier, config))
-    val_set = _Images([val_paths[i] for i in val_kept], val_y.tolist(), classifier.prepare)
+
+@dataclass(frozen=True)
+class _Loaders:
+    """The data loaders of both sides, and the validation images for the final probabilities."""
+
+    train: Any
+    """Augmented training images, shuffled or class-balanced by a weighted sampler."""
+    val: Any
+    """Validation images through the inference preprocessing, in order."""
+    val_set: _Images
+
+
+def _make_loaders(
+    classifier: TorchClassifier, images: _CheckedImages, weights: torch.Tensor, config: FullConfig
+) -> _Loaders:
+    import torch
+
+    train_y = images.train.targets
+    train_set = _Images(images.train.paths, train_y.tolist(), _train_transform(classifier, config))
+    val_set = _Images(images.val.paths, images.val.targets.tolist(), classifier.prepare)
     generator = torch.Generator().manual_seed(config.seed)
     sampler = None
     if config.balance == "sampler":
@@ -248,7 +338,7 @@ def finetune_network(
             replacement=True,
             generator=generator,
         )
-    loader_args: dict[str, Any] = {"num_workers": config.workers, "pin_memory": device.type == "cuda"}
+    loader_args: dict[str, Any] = {"num_workers": config.workers, "pin_memory": classifier.device.type == "cuda"}
     train_loader: Any = torch.utils.data.DataLoader(
         train_set,  # type: ignore[arg-type]
         batch_size=config.batch_size,
@@ -259,9 +349,80 @@ def finetune_network(
         **loader_args,
     )
     val_loader: Any = torch.utils.data.DataLoader(val_set, batch_size=config.batch_size, **loader_args)  # type: ignore[arg-type]
+    return _Loaders(train=train_loader, val=val_loader, val_set=val_set)
 
-    trainable = select_trainable(module, config.unfreeze)
-    steps_per_epoch = len(train_loader)
+
+@dataclass
+class _Trainer:
+    """Everything one optimiser step needs, and the count of updates so far (the schedule is per update)."""
+
+    module: torch.nn.Module
+    device: torch.device
+    config: FullConfig
+    optimizer: Any
+    schedule: Any
+    steps_per_epoch: int
+    use_amp: bool
+    amp_dtype: torch.dtype
+    scaler: torch.amp.GradScaler
+    loss_weights: torch.Tensor | None
+    progress: bool
+    updates: int = 0
+
+    def train_epoch(self, loader: Any, epoch: int) -> float:
+        """One pass over at most ``steps_per_epoch`` batches in train mode; the mean training loss per image."""
+        self.module.train()
+        _freeze_frozen_norms(self.module)
+        running, seen = 0.0, 0
+        steps = tqdm(
+            loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}", leave=False, disable=not self.progress
+        )
+        for step, (x, y) in enumerate(steps):
+            if step >= self.steps_per_epoch:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            loss = self.step(x, y)
+            running += loss * len(y)
+            seen += len(y)
+            steps.set_postfix(loss=f"{loss:.4f}")
+        return running / max(1, seen)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimiser update on a batch (loss scaling and clipping included); the batch's loss."""
+        import torch
+        from torch.nn import functional as F
+
+        config = self.config
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            loss = F.cross_entropy(self.module(x), y, weight=self.loss_weights, label_smoothing=config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        if config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.updates += 1
+        self.schedule.step_update(self.updates)
+        return float(loss.detach())
+
+
+def _make_trainer(
+    module: torch.nn.Module,
+    trainable: set[str],
+    batches: int,
+    weights: torch.Tensor,
+    config: FullConfig,
+    device: torch.device,
+    progress: bool,
+) -> _Trainer:
+    """The optimiser and its warm-up + cosine schedule over every step of every epoch, and mixed precision.
+
+    Mixed precision is used on CUDA only: bf16 where the GPU supports it, else fp16, which needs loss scaling.
+    """
+    import torch
+
+    steps_per_epoch = batches
     if config.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     total = max(1, steps_per_epoch * config.epochs)
@@ -270,42 +431,40 @@ def finetune_network(
         _param_groups(module, trainable, config), lr=config.lr, weight_decay=config.weight_decay,
         total_steps=total, warmup_steps=warmup,
     )
-    updates = 0
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    loss_weights = weights if config.balance == "loss" else None
-    val_weights = weights if config.balance != "none" else None
+    return _Trainer(
+        module=module,
+        device=device,
+        config=config,
+        optimizer=optimizer,
+        schedule=schedule,
+        steps_per_epoch=steps_per_epoch,
+        use_amp=use_amp,
+        amp_dtype=amp_dtype,
+        scaler=scaler,
+        loss_weights=weights if config.balance == "loss" else None,
+        progress=progress,
+    )
 
+
+def _fit(trainer: _Trainer, loaders: _Loaders, val_weights: torch.Tensor | None) -> TrainingHistory:
+    """Train epoch by epoch, validating after each, until the epochs run out or early stopping says so.
+
+    The module ends holding the weights of the epoch with the lowest validation loss, not the last ones.
+    """
+    module, config = trainer.module, trainer.config
     history = TrainingHistory()
     stopper = EarlyStopping(config.patience)
     best_state = copy.deepcopy(module.state_dict())
-    epochs = tqdm(range(config.epochs), desc="fine-tuning", unit="epoch", disable=not progress)
+    epochs = tqdm(range(config.epochs), desc="fine-tuning", unit="epoch", disable=not trainer.progress)
     for epoch in epochs:
-        module.train()
-        _freeze_frozen_norms(module)
-        running, seen = 0.0, 0
-        steps = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
-        for step, (x, y) in enumerate(steps):
-            if step >= steps_per_epoch:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = F.cross_entropy(module(x), y, weight=loss_weights, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            updates += 1
-            schedule.step_update(updates)
-            running += float(loss.detach()) * len(y)
-            seen += len(y)
-            steps.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        val_loss, val_acc = _validate(module, val_loader, device, val_weights, use_amp, amp_dtype)
-        history.train_loss.append(running / max(1, seen))
+        train_loss = trainer.train_epoch(loaders.train, epoch)
+        val_loss, val_acc = _validate(
+            module, loaders.val, trainer.device, val_weights, trainer.use_amp, trainer.amp_dtype
+        )
+        history.train_loss.append(train_loss)
         history.val_loss.append(val_loss)
         history.val_accuracy.append(val_acc)
         if stopper.update(val_loss):
@@ -316,20 +475,8 @@ def finetune_network(
             history.stopped_early = True
             break
     epochs.close()
-
     module.load_state_dict(best_state)
-    module.eval()
-    for param in module.parameters():
-        param.requires_grad_(False)
-    probs = _probabilities(classifier, val_set, config.batch_size)
-    return FullResult(
-        history=history,
-        val_probs=probs,
-        val_kept=val_kept,
-        skipped=skipped,
-        trainable_parameters=sum(p.numel() for n, p in module.named_parameters() if n in trainable),
-        total_parameters=sum(p.numel() for p in module.parameters()),
-    )
+    return history
 
 
 def _validate(

@@ -280,43 +280,67 @@ def render_report(
     """A short Markdown summary: headline numbers per model, then the winner per metric."""
     lines = [f"# {title}", ""]
     for ev in evaluations:
-        model = ev["model"]
-        lines.append(f"## {model['name']} (version {model.get('version', '?')})")
-        if model.get("untrained"):
-            lines.append("**untrained (random weights)**")
-        classes, moderation = ev.get("classes"), ev["moderation"]
-        if classes:
-            lines.append(
-                f"- accuracy {_fmt(classes['accuracy'])}, balanced accuracy {_fmt(classes['balanced_accuracy'])}, "
-                f"macro F1 {_fmt(classes['macro_f1'])} on {classes['n']} images"
-            )
-            for label, row in classes["per_class"].items():
-                lines.append(
-                    f"  - {label}: precision {_fmt(row['precision'])}, recall {_fmt(row['recall'])}, "
-                    f"F1 {_fmt(row['f1'])}, support {row['support']}"
-                )
-        elif ev.get("classes_note"):
-            lines.append(f"- {ev['classes_note']}")
-        at = moderation["at_policy_threshold"]
-        lines.append(
-            f"- unsafe ({', '.join(moderation['unsafe_data_labels'])}) vs safe: ROC AUC {_fmt(moderation['roc_auc'])}, "
-            f"average precision {_fmt(moderation['average_precision'])}; at threshold {at['threshold']:g}: "
-            f"precision {_fmt(at['precision'])}, recall {_fmt(at['recall'])}"
-        )
-        choice = moderation.get("chosen_threshold")
-        if choice:
-            reached = "" if choice["reached"] else " (target NOT reached; closest shown)"
-            lines.append(
-                f"- threshold for {choice['target']} >= {choice['target_value']:g}: {choice['threshold']:.4f} "
-                f"(precision {_fmt(choice['precision'])}, recall {_fmt(choice['recall'])}){reached}"
-            )
-        lines.append("")
+        lines += _model_section(ev)
     if comparison:
-        names = [k for k in comparison[0] if k not in ("metric", "better")]
-        lines += ["## Comparison", "", f"| metric | {' | '.join(names)} | better |", "|---" * (len(names) + 2) + "|"]
-        for row in comparison:
-            values = " | ".join(_fmt(row[n]) for n in names)
-            lines.append(f"| {row['metric']} | {values} | {row['better']} |")
-        wins = {n: sum(1 for row in comparison if row["better"] == n) for n in names}
-        lines += ["", "Metrics won: " + ", ".join(f"{n} {w}" for n, w in wins.items())]
+        lines += _comparison_section(comparison)
     return "\n".join(lines) + "\n"
+
+
+def _model_section(ev: Mapping[str, Any]) -> list[str]:
+    """One model's heading, class view (or why there is none) and moderation view, then a blank line."""
+    model = ev["model"]
+    lines = [f"## {model['name']} (version {model.get('version', '?')})"]
+    if model.get("untrained"):
+        lines.append("**untrained (random weights)**")
+    classes = ev.get("classes")
+    if classes:
+        lines += _class_lines(classes)
+    elif ev.get("classes_note"):
+        lines.append(f"- {ev['classes_note']}")
+    lines += _moderation_lines(ev["moderation"])
+    lines.append("")
+    return lines
+
+
+def _class_lines(classes: Mapping[str, Any]) -> list[str]:
+    """The class view: overall numbers, then one indented line per class."""
+    lines = [
+        f"- accuracy {_fmt(classes['accuracy'])}, balanced accuracy {_fmt(classes['balanced_accuracy'])}, "
+        f"macro F1 {_fmt(classes['macro_f1'])} on {classes['n']} images"
+    ]
+    for label, row in classes["per_class"].items():
+        lines.append(
+            f"  - {label}: precision {_fmt(row['precision'])}, recall {_fmt(row['recall'])}, "
+            f"F1 {_fmt(row['f1'])}, support {row['support']}"
+        )
+    return lines
+
+
+def _moderation_lines(moderation: Mapping[str, Any]) -> list[str]:
+    """The unsafe-versus-safe view: ranking metrics, the policy threshold, and a chosen threshold if any."""
+    at = moderation["at_policy_threshold"]
+    lines = [
+        f"- unsafe ({', '.join(moderation['unsafe_data_labels'])}) vs safe: ROC AUC {_fmt(moderation['roc_auc'])}, "
+        f"average precision {_fmt(moderation['average_precision'])}; at threshold {at['threshold']:g}: "
+        f"precision {_fmt(at['precision'])}, recall {_fmt(at['recall'])}"
+    ]
+    choice = moderation.get("chosen_threshold")
+    if choice:
+        reached = "" if choice["reached"] else " (target NOT reached; closest shown)"
+        lines.append(
+            f"- threshold for {choice['target']} >= {choice['target_value']:g}: {choice['threshold']:.4f} "
+            f"(precision {_fmt(choice['precision'])}, recall {_fmt(choice['recall'])}){reached}"
+        )
+    return lines
+
+
+def _comparison_section(comparison: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A Markdown table of the metrics side by side, then how many metrics each model won."""
+    names = [k for k in comparison[0] if k not in ("metric", "better")]
+    lines = ["## Comparison", "", f"| metric | {' | '.join(names)} | better |", "|---" * (len(names) + 2) + "|"]
+    for row in comparison:
+        values = " | ".join(_fmt(row[n]) for n in names)
+        lines.append(f"| {row['metric']} | {values} | {row['better']} |")
+    wins = {n: sum(1 for row in comparison if row["better"] == n) for n in names}
+    lines += ["", "Metrics won: " + ", ".join(f"{n} {w}" for n, w in wins.items())]
+    return lines

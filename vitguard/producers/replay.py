@@ -202,41 +202,72 @@ def plan_replay(
             before it starts.
     """
     check_replay_id(replay_id)
+    bounds = _parse_bounds(request, now)
+    partitions = _checked_partitions(request, bounds, topic_partitions(kafka, request.topic, timeout_s))
+    consumer = Consumer(consumer_config(kafka, f"vitguard-replay-plan-{replay_id}"))
+    try:
+        progress = _locate_ranges(consumer, request.topic, partitions, bounds, timeout_s)
+    finally:
+        consumer.close()
+    return ReplayState(replay_id=replay_id, topic=request.topic, request=request.as_json(), partitions=progress)
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """Where a replay starts and stops, parsed: timestamps in epoch ms (relative ones resolved), offsets by
+    partition (key None: every other partition)."""
+
+    from_ts: int | None
+    to_ts: int | None
+    from_offsets: dict[int | None, int]
+    to_offsets: dict[int | None, int]
+
+
+def _parse_bounds(request: ReplayRequest, now: datetime | None) -> _Bounds:
+    """The request's bounds, relative times resolved against ``now`` (default: the clock).
+
+    Raises:
+        ReplaySpecError: a malformed timestamp or offset, or a time range that ends before it starts.
+    """
     from_ts = parse_timestamp(request.from_timestamp, now) if request.from_timestamp else None
     to_ts = parse_timestamp(request.to_timestamp, now) if request.to_timestamp else None
     if from_ts is not None and to_ts is not None and to_ts <= from_ts:
         raise ReplaySpecError("--to-timestamp must be later than --from-timestamp")
-    from_offsets = parse_offsets(request.from_offsets)
-    to_offsets = parse_offsets(request.to_offsets)
+    return _Bounds(from_ts, to_ts, parse_offsets(request.from_offsets), parse_offsets(request.to_offsets))
 
-    existing = topic_partitions(kafka, request.topic, timeout_s)
+
+def _checked_partitions(request: ReplayRequest, bounds: _Bounds, existing: list[int]) -> list[int]:
+    """The partitions to replay (all ``existing`` ones unless the request names some), after checking that
+    every partition the request names, in ``--partition`` or an offset, exists."""
     partitions = list(request.partitions) or existing
     missing = sorted(set(partitions) - set(existing)) + sorted(
-        {p for p in (*from_offsets, *to_offsets) if p is not None} - set(existing)
+        {p for p in (*bounds.from_offsets, *bounds.to_offsets) if p is not None} - set(existing)
     )
     if missing:
         raise ReplaySpecError(f"topic {request.topic!r} has partitions {existing}, not {sorted(set(missing))}")
+    return partitions
 
-    consumer = Consumer(consumer_config(kafka, f"vitguard-replay-plan-{replay_id}"))
-    try:
-        ends = end_offsets(consumer, request.topic, partitions, timeout_s)
-        lows = start_offsets(consumer, request.topic, partitions, timeout_s)
-        if from_ts is not None:
-            starts = offsets_for_timestamp(
-                consumer, request.topic, from_ts, {p: (lows[p], ends[p]) for p in partitions}, timeout_s
-            )
-        else:
-            starts = {p: min(max(_pick(from_offsets, p, lows[p]), lows[p]), ends[p]) for p in partitions}
-        if to_ts is not None:
-            stops = offsets_for_timestamp(
-                consumer, request.topic, to_ts, {p: (starts[p], ends[p]) for p in partitions}, timeout_s
-            )
-        else:
-            stops = {p: min(_pick(to_offsets, p, ends[p]), ends[p]) for p in partitions}
-    finally:
-        consumer.close()
-    progress = {p: PartitionProgress(start=starts[p], end=max(stops[p], starts[p]), next=starts[p]) for p in partitions}
-    return ReplayState(replay_id=replay_id, topic=request.topic, request=request.as_json(), partitions=progress)
+
+def _locate_ranges(
+    consumer: Consumer, topic: str, partitions: list[int], bounds: _Bounds, timeout_s: float
+) -> dict[int, PartitionProgress]:
+    """Each partition's range ``[start, end)`` against the cluster now, kept within the records that exist;
+    a range that would end before its start is empty."""
+    ends = end_offsets(consumer, topic, partitions, timeout_s)
+    lows = start_offsets(consumer, topic, partitions, timeout_s)
+    if bounds.from_ts is not None:
+        starts = offsets_for_timestamp(
+            consumer, topic, bounds.from_ts, {p: (lows[p], ends[p]) for p in partitions}, timeout_s
+        )
+    else:
+        starts = {p: min(max(_pick(bounds.from_offsets, p, lows[p]), lows[p]), ends[p]) for p in partitions}
+    if bounds.to_ts is not None:
+        stops = offsets_for_timestamp(
+            consumer, topic, bounds.to_ts, {p: (starts[p], ends[p]) for p in partitions}, timeout_s
+        )
+    else:
+        stops = {p: min(_pick(bounds.to_offsets, p, ends[p]), ends[p]) for p in partitions}
+    return {p: PartitionProgress(start=starts[p], end=max(stops[p], starts[p]), next=starts[p]) for p in partitions}
 
 
 def _pick(offsets: dict[int | None, int], partition: int, default: int) -> int:

@@ -30,17 +30,34 @@ def matches(event: BaseModel, filters: Filters) -> bool:
     if filters.tenants and tenant not in filters.tenants:
         return False
     if isinstance(event, Verdict):
-        if filters.labels and event.label not in filters.labels:
-            return False
-        if filters.min_score is not None and event.unsafe_score < filters.min_score:
-            return False
+        return _verdict_matches(event, filters)
     if isinstance(event, NearDuplicateAlert):
-        if filters.severities and event.severity not in filters.severities:
-            return False
-        top = max((m.similarity for m in event.matches), default=0.0)
-        if filters.min_score is not None and top < filters.min_score:
-            return False
-    return not (isinstance(event, DeadLetter) and filters.reasons and event.reason not in filters.reasons)
+        return _alert_matches(event, filters)
+    if isinstance(event, DeadLetter):
+        return _dead_letter_matches(event, filters)
+    return True
+
+
+def _verdict_matches(event: Verdict, filters: Filters) -> bool:
+    if filters.labels and event.label not in filters.labels:
+        return False
+    if filters.min_score is not None and event.unsafe_score < filters.min_score:
+        return False
+    return True
+
+
+def _alert_matches(event: NearDuplicateAlert, filters: Filters) -> bool:
+    """``min_score`` applies to the alert's closest match."""
+    if filters.severities and event.severity not in filters.severities:
+        return False
+    top = max((m.similarity for m in event.matches), default=0.0)
+    if filters.min_score is not None and top < filters.min_score:
+        return False
+    return True
+
+
+def _dead_letter_matches(event: DeadLetter, filters: Filters) -> bool:
+    return not filters.reasons or event.reason in filters.reasons
 
 
 _COLUMNS: dict[type[BaseModel], tuple[tuple[str, int], ...]] = {
