@@ -174,18 +174,45 @@ def parse_hash_list(stream: TextIO | Iterable[str], *, fmt: ImportFormat = "auto
 
 
 def _parse_text_line(n: int, text: str) -> ParsedHash:
-    sep = "\t" if "\t" in text else ("," if "," in text else None)
-    fields = [f.strip() for f in (text.split(sep) if sep else text.split())]
-    named = {k.strip().lower(): v for k, _, v in (f.partition("=") for f in fields if "=" in f)}
-    positional = [f for f in fields if "=" not in f]
-    raw_hash = named.get("hash") or named.get("pdq") or (positional[0] if positional else "")
-    if not named.get("hash") and not named.get("pdq"):
-        positional = positional[1:]
-    signal = PdqSignal.validate_signal_str(raw_hash)
-    entry_id = _entry_id(named.get("id") or named.get("entry_id") or (positional[0] if positional else None))
-    tags = _tags(named.get("tags")) + tuple(t for f in positional[1:] for t in _tags(f))
-    return ParsedHash(n, signal, entry_id, tags, _quality(named.get("quality")),
-                      (named.get("filename") or named.get("note") or "")[:1000])
+    """One line of a text list (see the module docstring); ValueError says what is wrong with a bad one."""
+    fields = _TextFields.split(text)
+    signal = PdqSignal.validate_signal_str(fields.raw_hash)
+    entry_id = _entry_id(_first_value(fields.named, "id", "entry_id") or (fields.rest[0] if fields.rest else None))
+    tags = _tags(fields.named.get("tags")) + tuple(t for f in fields.rest[1:] for t in _tags(f))
+    return ParsedHash(n, signal, entry_id, tags, _quality(fields.named.get("quality")),
+                      (_first_value(fields.named, "filename", "note") or "")[:1000])
+
+
+@dataclass(frozen=True)
+class _TextFields:
+    """A text line's fields: ``<hash> [<entry id> [<tags>...]]``, where ``key=value`` fields are read by name
+    (and a named hash leaves every unnamed field to the entry id and tags)."""
+
+    raw_hash: str
+    """The hash as written (not yet validated); empty when the line has none."""
+    named: dict[str, str]
+    """The ``key=value`` fields, keys in lower case."""
+    rest: list[str]
+    """The unnamed fields after the hash."""
+
+    @classmethod
+    def split(cls, text: str) -> _TextFields:
+        sep = "\t" if "\t" in text else ("," if "," in text else None)
+        fields = [f.strip() for f in (text.split(sep) if sep else text.split())]
+        named = {k.strip().lower(): v for k, _, v in (f.partition("=") for f in fields if "=" in f)}
+        positional = [f for f in fields if "=" not in f]
+        named_hash = _first_value(named, "hash", "pdq")
+        if named_hash:
+            return cls(named_hash, named, positional)
+        return cls(positional[0] if positional else "", named, positional[1:])
+
+
+def _first_value(named: dict[str, str], *keys: str) -> str | None:
+    """The first non-empty value of the fields named ``keys`` (an empty ``hash=`` gives way to ``pdq=``)."""
+    for key in keys:
+        if value := named.get(key):
+            return value
+    return None
 
 
 def _parse_csv(

@@ -138,21 +138,14 @@ class BankMatcher:
         self, hashes: Sequence[str | None], qualities: Sequence[int | None], items: Sequence[int] | None,
         counts: Sequence[bool] | None = None,
     ) -> list[list[BankMatch]]:
-        if len(hashes) != len(qualities):
-            raise ValueError(f"{len(hashes)} hashes but {len(qualities)} qualities")
-        if items is not None and len(items) != len(hashes):
-            raise ValueError(f"{len(hashes)} hashes but {len(items)} item ids")
-        if counts is not None and len(counts) != len(hashes):
-            raise ValueError(f"{len(hashes)} hashes but {len(counts)} counting flags")
-        counted: dict[tuple[int, str], bool] = {}
+        _check_lengths(hashes, qualities, items, counts)
         snap = self.snapshot
         out: list[list[BankMatch]] = [[] for _ in hashes]
-        wanted = [i for i, (h, q) in enumerate(zip(hashes, qualities, strict=True))
-                  if h is not None and q is not None and q >= self.quality_threshold]
+        wanted = _matchable(hashes, qualities, self.quality_threshold)
         if not wanted or not len(snap):
             return out
         queries: NDArray[np.uint8] = pack_hashes([hashes[i] or "" for i in wanted])
-        now = self._clock()
+        flood = _BatchFlood(self.flood, self._clock(), hashes, items, counts)
         for i, hits in zip(wanted, snap.index.search(queries), strict=True):
             for pos, distance in hits:
                 bank = snap.banks[snap.entry_banks[pos]]
@@ -160,16 +153,50 @@ class BankMatcher:
                     continue
                 entry_id = snap.entry_ids[pos]
                 negative = bank.kind == "negative"
-                quarantined = False
-                if not negative:
-                    key = f"{bank.name}|{entry_id}"
-                    if counts is not None and not counts[i]:  # read-only: look, never count
-                        quarantined = self.flood.quarantined(key, now)
-                    else:
-                        seen = (items[i] if items is not None else i, key)
-                        if seen not in counted:
-                            counted[seen] = self.flood.observe(key, now, hashes[i])
-                        quarantined = counted[seen]
                 out[i].append(BankMatch(bank=bank.name, entry_id=entry_id, distance=distance, action=bank.action,
-                                        negative=negative, quarantined=quarantined))
+                                        negative=negative,
+                                        quarantined=not negative and flood.quarantined(bank.name, entry_id, i)))
         return out
+
+
+def _check_lengths(hashes: Sequence[str | None], qualities: Sequence[int | None], items: Sequence[int] | None,
+                   counts: Sequence[bool] | None) -> None:
+    """``qualities``, ``items`` and ``counts`` (when given) hold one value per hash."""
+    if len(hashes) != len(qualities):
+        raise ValueError(f"{len(hashes)} hashes but {len(qualities)} qualities")
+    if items is not None and len(items) != len(hashes):
+        raise ValueError(f"{len(hashes)} hashes but {len(items)} item ids")
+    if counts is not None and len(counts) != len(hashes):
+        raise ValueError(f"{len(hashes)} hashes but {len(counts)} counting flags")
+
+
+def _matchable(hashes: Sequence[str | None], qualities: Sequence[int | None], threshold: int) -> list[int]:
+    """The positions of the hashes worth matching: known, and of at least ``threshold`` quality."""
+    return [i for i, (h, q) in enumerate(zip(hashes, qualities, strict=True))
+            if h is not None and q is not None and q >= threshold]
+
+
+@dataclass
+class _BatchFlood:
+    """The flood guard as one batch sees it: a positive match counts once per item and entry (the frames of a
+    video share their item), and a read-only hash only looks at the quarantine."""
+
+    guard: FloodGuard
+    now: float
+    hashes: Sequence[str | None]
+    items: Sequence[int] | None
+    """Each hash's item; None: each hash is its own."""
+    counts: Sequence[bool] | None
+    """Per hash, whether its matches count; None: all do."""
+    counted: dict[tuple[int, str], bool] = field(default_factory=dict)
+    """(item, entry key): whether the entry was quarantined when the item's first match of it was counted."""
+
+    def quarantined(self, bank: str, entry_id: str, i: int) -> bool:
+        """Whether a positive bank's entry matched by hash ``i`` is quarantined; counts the match unless read-only."""
+        key = f"{bank}|{entry_id}"
+        if self.counts is not None and not self.counts[i]:  # read-only: look, never count
+            return self.guard.quarantined(key, self.now)
+        seen = (self.items[i] if self.items is not None else i, key)
+        if seen not in self.counted:
+            self.counted[seen] = self.guard.observe(key, self.now, self.hashes[i])
+        return self.counted[seen]

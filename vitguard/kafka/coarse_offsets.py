@@ -24,9 +24,9 @@ broker's answers become exact.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from vitguard.errors import ServiceUnavailableError
 from vitguard.kafka.config import KAFKA_LOGGER
@@ -83,18 +83,11 @@ def confirm_timestamp_offsets(
     if not open_parts:
         return exact
     assign_resumed(consumer, [TopicPartition(topic, p, o) for p, o in open_parts.items()])
-    deadline = time.monotonic() + timeout_s
+    too_slow = f"reading {topic!r} to find offsets at timestamp {timestamp_ms} took longer than {timeout_s:g}s"
     try:
-        while open_parts:
-            if time.monotonic() > deadline:
-                raise ServiceUnavailableError(
-                    f"reading {topic!r} to find offsets at timestamp {timestamp_ms} took longer than {timeout_s:g}s"
-                )
-            msg = consumer.poll(_POLL_S)
-            if msg is None or msg.partition() not in open_parts:
-                continue
+        for msg in _poll_open(consumer, open_parts, time.monotonic() + timeout_s, too_slow):
             p = msg.partition()
-            assert p is not None  # noqa: S101 - checked by the membership test above
+            assert p is not None  # noqa: S101 - _poll_open yields only messages of open partitions
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -103,22 +96,46 @@ def confirm_timestamp_offsets(
                 else:
                     raise_if_fatal(err, topic)
                 continue
-            offset = msg.offset()
-            if offset is None:
+            found = _timestamp_offset(msg, timestamp_ms, ends[p])
+            if found is None:
                 continue
-            ts_type, ts = msg.timestamp()
-            if offset >= ends[p]:
-                exact[p] = ends[p]
-            elif ts_type == _TIMESTAMP_NOT_AVAILABLE or ts >= timestamp_ms:
-                exact[p] = offset
-            else:
-                continue
-            if exact[p] != candidates[p]:
-                KAFKA_LOGGER.debug("broker time index is coarse: %s[%d] %d -> %d", topic, p, candidates[p], exact[p])
+            exact[p] = found
+            if found != candidates[p]:
+                KAFKA_LOGGER.debug("broker time index is coarse: %s[%d] %d -> %d", topic, p, candidates[p], found)
             _close(consumer, topic, open_parts, p)
     finally:
         consumer.assign([])
     return exact
+
+
+def _poll_open(consumer: Consumer, open_parts: Mapping[int, int], deadline: float, too_slow: str) -> Iterator[Message]:
+    """The messages of the partitions still in ``open_parts``, until none is left (the caller removes each it
+    is done with).
+
+    Raises:
+        ServiceUnavailableError: ``too_slow``, once ``time.monotonic()`` is past ``deadline``.
+    """
+    while open_parts:
+        if time.monotonic() > deadline:
+            raise ServiceUnavailableError(too_slow)
+        msg = consumer.poll(_POLL_S)
+        if msg is not None and msg.partition() in open_parts:
+            yield msg
+
+
+def _timestamp_offset(msg: Message, timestamp_ms: int, end: int) -> int | None:
+    """The answer for ``msg``'s partition, given it is the next record there: its offset when its timestamp is
+    at or after ``timestamp_ms`` (or unknown), the partition's ``end`` when it lies at or past it; None: read on.
+    """
+    offset = msg.offset()
+    if offset is None:
+        return None
+    ts_type, ts = msg.timestamp()
+    if offset >= end:
+        return end
+    if ts_type == _TIMESTAMP_NOT_AVAILABLE or ts >= timestamp_ms:
+        return offset
+    return None
 
 
 def _close(consumer: Consumer, topic: str, open_parts: dict[int, int], partition: int) -> None:

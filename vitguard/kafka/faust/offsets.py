@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["OffsetTracker", "abandon"]
 
@@ -44,6 +44,22 @@ class _Entry:
     state: str = "pending"  # pending | done | failed
 
 
+def _entry_order(entry: _Entry) -> tuple[int, int]:
+    return entry.offset, entry.seq
+
+
+class _Probe(NamedTuple):
+    """A seek back to a hole, outstanding: the re-fetch delivers from ``start`` up to ``revealed`` again."""
+
+    start: int
+    """The hole's start."""
+    revealed: int
+    """The offset whose delivery revealed the hole."""
+
+
+_NO_RANGES: tuple[tuple[int, int], ...] = ()
+
+
 @dataclass
 class _Partition:
     entries: list[_Entry] = field(default_factory=list)
@@ -52,8 +68,46 @@ class _Partition:
     """Offset ranges [start, end) skipped by the delivery and not yet seen: nothing at or past them is acked."""
     expected: int | None = None
     """The offset after the highest one delivered."""
-    probing: tuple[int, int] | None = None
-    """(hole start, offset that revealed it) while a seek back to the hole is outstanding."""
+    probing: _Probe | None = None
+    """While a seek back to a hole is outstanding."""
+
+    def refetched(self, offset: int) -> Sequence[tuple[int, int]]:
+        """Account for ``offset`` if it is a record of the outstanding re-fetch; returns the ranges [start, end)
+        it shows empty: what the delivery skipped before it is not there (compaction, transaction markers)."""
+        probe = self.probing
+        if probe is None or not probe.start <= offset <= probe.revealed:
+            return _NO_RANGES
+        empty = [(s, min(e, offset)) for s, e in self.holes if s < offset]
+        filling = any(s <= offset < e for s, e in self.holes)
+        self.holes = [(max(s, offset), e) for s, e in self.holes if e > offset]
+        # a record that fills a hole: the re-fetch goes on through the rest, no second seek
+        self.probing = _Probe(offset + 1, probe.revealed) if filling else None
+        return empty
+
+    def fill(self, offset: int) -> None:
+        """``offset`` was delivered: it is no longer part of a hole."""
+        holes: list[tuple[int, int]] = []
+        for s, e in self.holes:
+            if s <= offset < e:
+                holes.extend(r for r in ((s, offset), (offset + 1, e)) if r[0] < r[1])
+            else:
+                holes.append((s, e))
+        self.holes = holes
+
+    def settle_probe(self) -> None:
+        """Forget the outstanding re-fetch once it has filled every hole it was for."""
+        if self.probing is not None and not any(s <= self.probing.revealed for s, _ in self.holes):
+            self.probing = None
+
+    def probe(self, revealed: int) -> int | None:
+        """Start a seek back to the first hole, unless one is outstanding; returns the offset to seek to.
+
+        ``revealed``: the highest offset delivered; the re-fetch reads up to it again."""
+        if self.probing is not None or not self.holes:
+            return None
+        start = min(s for s, _ in self.holes)
+        self.probing = _Probe(start, revealed)
+        return start
 
 
 class OffsetTracker:
@@ -86,32 +140,22 @@ class OffsetTracker:
     def add(self, event: Any) -> tuple[_Entry, int | None]:
         """Register a taken event; returns its entry and, when it reveals a hole, the offset to seek back to."""
         offset = int(event.message.offset)
-        part = self._parts.setdefault(event.message.tp, _Partition())
-        seek: int | None = None
-        if part.probing is not None:
-            start, revealed = part.probing
-            if start <= offset <= revealed:  # a record of the re-fetch: what it skipped is not there
-                empty = [(s, min(e, offset)) for s, e in part.holes if s < offset]  # (compaction, markers)
-                filling = any(s <= offset < e for s, e in part.holes)
-                part.holes = [(max(s, offset), e) for s, e in part.holes if e > offset]
-                # a record that fills a hole: the re-fetch goes on through the rest, no second seek
-                part.probing = (offset + 1, revealed) if filling else None
-                if self._on_gap is not None:
-                    for s, e in empty:
-                        self._on_gap(event.message.tp, s, e)
-        self._fill(part, offset)
-        if part.probing is not None and not any(s <= part.probing[1] for s, _ in part.holes):
-            part.probing = None  # the re-fetch filled every hole it was for
-        if part.expected is not None and offset > part.expected:
-            part.holes.append((part.expected, offset))
+        tp = event.message.tp
+        part = self._parts.setdefault(tp, _Partition())
+        empty = part.refetched(offset)
+        if self._on_gap is not None:
+            for start, end in empty:
+                self._on_gap(tp, start, end)
+        part.fill(offset)
+        part.settle_probe()
+        expected = part.expected
+        if expected is not None and offset > expected:
+            part.holes.append((expected, offset))
             self.holes_seen += 1
-        part.expected = offset + 1 if part.expected is None else max(part.expected, offset + 1)
-        if part.probing is None and part.holes:
-            start = min(s for s, _ in part.holes)
-            part.probing = (start, part.expected - 1)
-            seek = start
+        part.expected = offset + 1 if expected is None else max(expected, offset + 1)
+        seek = part.probe(revealed=part.expected - 1)
         entry = _Entry(event, offset, next(self._seq))
-        bisect.insort(part.entries, entry, key=lambda e: (e.offset, e.seq))
+        bisect.insort(part.entries, entry, key=_entry_order)
         return entry, seek
 
     def rewound(self, tp: Any, offset: int) -> None:
@@ -162,16 +206,6 @@ class OffsetTracker:
     @property
     def unanswered(self) -> int:
         return sum(1 for p in self._parts.values() for e in p.entries if e.state == "pending")
-
-    @staticmethod
-    def _fill(part: _Partition, offset: int) -> None:
-        holes: list[tuple[int, int]] = []
-        for s, e in part.holes:
-            if s <= offset < e:
-                holes.extend(r for r in ((s, offset), (offset + 1, e)) if r[0] < r[1])
-            else:
-                holes.append((s, e))
-        part.holes = holes
 
     def _release(self, tp: Any) -> None:
         part = self._parts.get(tp)

@@ -6,12 +6,13 @@ fails, frames are retried one by one so only the bad item fails."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -99,10 +100,9 @@ async def infer_batch(
         if isinstance(prediction, BaseException):
             out.append(_failed(item, prediction))
             continue
-        wait_ms = max(0.0, (started - item.ready_at) * 1000) if item.ready_at else 0.0
         out.append(Predicted(
             item, prediction, decide(prediction.scores, unsafe_labels, threshold),
-            replace(item.times, infer_ms=infer_ms, wait_ms=wait_ms),
+            replace(item.times, infer_ms=infer_ms, wait_ms=_wait_ms(item.ready_at, started)),
         ))
     return out
 
@@ -119,55 +119,94 @@ async def infer_pass(
     """The forward pass over what the batcher took. The group holds the entries that are complete after it
     (still images, items whose last frame was in it, and the entries that need no inference); an item with
     frames left keeps its predictions so far in its :class:`~vitguard.pipeline.runtime.batcher.FrameProgress`."""
-    tensors: list[np.ndarray] = []
-    for w in taken:
-        if isinstance(w.value, Decoded):
-            tensors.append(w.value.tensor)
-        elif isinstance(w.value, DecodedFrames) and w.progress is not None:
-            tensors.extend(w.value.frames.tensors[w.progress.start : w.progress.stop])
+    tensors = _pass_tensors(taken)
     group = Group([])
     if not tensors:
         group.work.extend(taken)
         return group
     metrics.BATCH_SIZE.observe(len(tensors))
     started = time.perf_counter()
-    predictions = await forward(tensors, classifier, pool)
+    predictions = iter(await forward(tensors, classifier, pool))  # one a tensor, in the order of ``taken``
     group.stage_ms["inference"] = (time.perf_counter() - started) * 1000
-    per_frame_ms = group.stage_ms["inference"] / len(tensors)
-    pos = 0
+    timing = _PassTiming(started, group.stage_ms["inference"] / len(tensors))
     for w in taken:
         v = w.value
         answer: Predicted | DeadLettered | None = None
         if isinstance(v, Decoded):
-            p = predictions[pos]
-            pos += 1
-            wait_ms = max(0.0, (started - v.ready_at) * 1000) if v.ready_at else 0.0
-            try:
-                answer = _failed(v, p) if isinstance(p, BaseException) else Predicted(
-                    v, p, decide(p.scores, unsafe_labels, threshold),
-                    replace(v.times, infer_ms=per_frame_ms, wait_ms=wait_ms))
-            except Exception as exc:  # the policy on scores nobody foresaw (NaN from a broken model): this item
-                answer = _unexpected(v, "deciding on its scores", exc)
+            answer = _decide_still(v, next(predictions), timing, unsafe_labels, threshold)
         elif isinstance(v, DecodedFrames) and w.progress is not None:
-            progress = w.progress
-            n = progress.stop - progress.start
-            if not progress.predictions:
-                progress.wait_ms = max(0.0, (started - v.ready_at) * 1000) if v.ready_at else 0.0
-            progress.predictions.extend(predictions[pos : pos + n])
-            progress.infer_ms += per_frame_ms * n
-            pos += n
-            if not progress.complete:
-                continue
-            try:
-                answer = _reduced(v, progress, unsafe_labels, threshold, worst_frames)
-            except Exception as exc:  # a bug or an input the reduce stage did not foresee: this item only
-                answer = _unexpected(v, "reducing its frames", exc)
+            _record_frames(v, w.progress, predictions, timing)
+            if not w.progress.complete:
+                continue  # frames left: the item stays with the batcher
+            answer = _decide_frames(v, w.progress, unsafe_labels, threshold, worst_frames)
         if answer is not None:
-            group.predicted[len(group.work)] = answer
-            if isinstance(answer, Predicted):
-                metrics.BATCH_WAIT.observe(answer.times.wait_ms / 1000)
+            _complete(group, answer)
         group.work.append(w)
     return group
+
+
+def _pass_tensors(taken: Sequence[Work]) -> list[np.ndarray]:
+    """The tensors of one pass: a still image's, and the frames the batcher handed out of a multi-frame item."""
+    tensors: list[np.ndarray] = []
+    for w in taken:
+        if isinstance(w.value, Decoded):
+            tensors.append(w.value.tensor)
+        elif isinstance(w.value, DecodedFrames) and w.progress is not None:
+            tensors.extend(w.value.frames.tensors[w.progress.start : w.progress.stop])
+    return tensors
+
+
+@dataclass(frozen=True, slots=True)
+class _PassTiming:
+    """When a forward pass started, and each frame's share of its time."""
+
+    started: float
+    """``time.perf_counter()`` at the start of the pass."""
+    per_frame_ms: float
+
+
+def _wait_ms(ready_at: float, started: float) -> float:
+    """Milliseconds from ``ready_at`` (ready for inference; 0 when unknown) to the start of the pass."""
+    return max(0.0, (started - ready_at) * 1000) if ready_at else 0.0
+
+
+def _decide_still(item: Decoded, prediction: Prediction | BaseException, timing: _PassTiming,
+                  unsafe_labels: Sequence[str], threshold: float) -> Predicted | DeadLettered:
+    """A still image's answer from its prediction: the policy's decision, or its dead letter."""
+    wait_ms = _wait_ms(item.ready_at, timing.started)
+    try:
+        if isinstance(prediction, BaseException):
+            return _failed(item, prediction)
+        return Predicted(item, prediction, decide(prediction.scores, unsafe_labels, threshold),
+                         replace(item.times, infer_ms=timing.per_frame_ms, wait_ms=wait_ms))
+    except Exception as exc:  # the policy on scores nobody foresaw (NaN from a broken model): this item
+        return _unexpected(item, "deciding on its scores", exc)
+
+
+def _record_frames(item: DecodedFrames, progress: FrameProgress, predictions: Iterator[Prediction | BaseException],
+                   timing: _PassTiming) -> None:
+    """Append this pass's predictions of ``item``'s frames (the next ones of ``predictions``) to its progress."""
+    n = progress.stop - progress.start
+    if not progress.predictions:
+        progress.wait_ms = _wait_ms(item.ready_at, timing.started)
+    progress.predictions.extend(itertools.islice(predictions, n))
+    progress.infer_ms += timing.per_frame_ms * n
+
+
+def _decide_frames(item: DecodedFrames, progress: FrameProgress, unsafe_labels: Sequence[str], threshold: float,
+                   worst: int) -> Predicted | DeadLettered:
+    """A multi-frame item's answer once every frame is predicted: its frames reduced to one decision."""
+    try:
+        return _reduced(item, progress, unsafe_labels, threshold, worst)
+    except Exception as exc:  # a bug or an input the reduce stage did not foresee: this item only
+        return _unexpected(item, "reducing its frames", exc)
+
+
+def _complete(group: Group, answer: Predicted | DeadLettered) -> None:
+    """Record ``answer`` for the entry about to be appended to ``group``."""
+    group.predicted[len(group.work)] = answer
+    if isinstance(answer, Predicted):
+        metrics.BATCH_WAIT.observe(answer.times.wait_ms / 1000)
 
 
 def _reduced(item: DecodedFrames, progress: FrameProgress, unsafe_labels: Sequence[str], threshold: float,

@@ -20,7 +20,8 @@ by frame (each sampled frame's PDQ hash, computed in the expand stage); its matc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 from vitguard.banks.matcher import BankMatcher
 from vitguard.banks.signal import PdqHash
@@ -46,26 +47,57 @@ def match_items(matcher: BankMatcher | None, items: Sequence[ItemHashes],
     ``frame``); its hash is the hash of the frame behind its closest match, else of its best-quality frame.
     ``read_only`` (per item): its matches do not count towards the flood guard (a /classify request).
     """
-    flat = [(k, frame, h) for k, hashes in enumerate(items) for frame, h in hashes]
-    found: list[list[BankMatch]] = [[] for _ in flat]
-    if matcher is not None and flat:
-        counts = None if read_only is None else [not read_only[k] for k, _, _ in flat]
-        found = matcher.match_batch([h.hex if h else None for _, _, h in flat],
-                                    [h.quality if h else None for _, _, h in flat], items=[k for k, _, _ in flat],
-                                    counts=counts)
-    best: list[dict[tuple[str, str], tuple[BankMatch, PdqHash | None]]] = [{} for _ in items]
-    for (k, frame, h), matches in zip(flat, found, strict=True):
+    found = iter(_match_frames(matcher, items, read_only))
+    return [_item_matches(hashes, found) for hashes in items]
+
+
+def _match_frames(matcher: BankMatcher | None, items: Sequence[ItemHashes],
+                  read_only: Sequence[bool] | None) -> list[list[BankMatch]]:
+    """The bank matches of every frame of every item, in order, from one matcher call (``[]`` each without a
+    matcher). The matcher counts an item's frames once towards the flood guard: it gets each frame's item."""
+    pdqs = [h for hashes in items for _, h in hashes]
+    if matcher is None or not pdqs:
+        return [[] for _ in pdqs]
+    owners = [k for k, hashes in enumerate(items) for _ in hashes]
+    counts = None if read_only is None else [not read_only[k] for k in owners]
+    return matcher.match_batch([h.hex if h else None for h in pdqs], [h.quality if h else None for h in pdqs],
+                               items=owners, counts=counts)
+
+
+class _Closest(NamedTuple):
+    """An item's closest match to one bank entry, and the hash of the frame behind it."""
+
+    match: BankMatch
+    pdq: PdqHash | None
+
+
+def _rank(closest: _Closest) -> tuple[int, bool, str, str]:
+    """Closest first; at one distance a positive bank's match before a negative one's, then by bank and entry."""
+    m = closest.match
+    return (m.distance, m.negative, m.bank, m.entry_id)
+
+
+def _quality(pdq: PdqHash) -> int:
+    return pdq.quality
+
+
+def _item_matches(hashes: ItemHashes, found: Iterator[list[BankMatch]]) -> tuple[PdqHash | None, list[BankMatch]]:
+    """One item's hash and matches, closest first, its frames' matches taken from ``found`` (one list a frame).
+
+    Each bank entry is kept once, from the frame closest to it; the hash is that of the frame behind the
+    closest match, else (no match) the best-quality frame's."""
+    closest: dict[tuple[str, str], _Closest] = {}
+    for (frame, pdq), matches in zip(hashes, found, strict=False):  # not strict: ``found`` goes on to the next item
         for m in matches:
             key = (m.bank, m.entry_id)
-            if key not in best[k] or m.distance < best[k][key][0].distance:
-                best[k][key] = (m if frame is None else m.model_copy(update={"frame": frame}), h)
-    out: list[tuple[PdqHash | None, list[BankMatch]]] = []
-    for k, hashes in enumerate(items):
-        ranked = sorted(best[k].values(), key=lambda mh: (mh[0].distance, mh[0].negative, mh[0].bank, mh[0].entry_id))
-        quality = [h for _, h in hashes if h is not None]
-        rep = ranked[0][1] if ranked else max(quality, key=lambda h: h.quality, default=None)
-        out.append((rep, [m for m, _ in ranked]))
-    return out
+            held = closest.get(key)
+            if held is None or m.distance < held.match.distance:
+                closest[key] = _Closest(
+                    m if frame is None else m.model_copy(update={"frame": frame}), pdq)
+    if closest:
+        ranked = sorted(closest.values(), key=_rank)
+        return ranked[0].pdq, [c.match for c in ranked]
+    return max([h for _, h in hashes if h is not None], key=_quality, default=None), []
 
 
 def _forcing(matches: Sequence[BankMatch]) -> bool:
