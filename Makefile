@@ -48,13 +48,25 @@ browser-deps:
 demo: .venv/.installed
 	.venv/bin/vitguard demo
 
+# Test processes (pytest-xdist). Most of the suite waits on brokers, group joins and timeouts, so it runs on more
+# processes than cores; then the tests that run worker processes against deadlines (marked `workers` by
+# tests/conftest.py) run one at a time, alone, as CI always ran them. Both parts run; either failing fails.
+TEST_JOBS ?= 3
+FAST_JOBS ?= 2
+
+# Editable installs compile vitguard/ in every process (workers, CLI runs) unless bytecode may be written.
+test test-fast: export PYTHONDONTWRITEBYTECODE =
+
 test: .venv/.installed browser-deps
-	$(PY) -m pytest
+	status=0; \
+	$(PY) -m pytest -n $(TEST_JOBS) -m "not workers" || status=$$?; \
+	$(PY) -m pytest -m workers || status=$$?; \
+	exit $$status
 
 # The unit tests alone: no broker, Redis, Milvus or worker process (a test that uses a service fixture is marked
-# integration automatically: tests/conftest.py), no chaos suite.
+# integration automatically: tests/conftest.py), no chaos suite, none marked slow (training runs, CLI scripts).
 test-fast: .venv/.installed
-	$(PY) -m pytest -m "not integration and not chaos" -q
+	$(PY) -m pytest -n $(FAST_JOBS) -m "not integration and not chaos and not slow" -q
 
 lint: .venv/.installed
 	.venv/bin/ruff check vitguard tests bench

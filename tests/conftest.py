@@ -43,20 +43,20 @@ SERVICE_FIXTURES = frozenset({
 WORKER_MODULES = frozenset({
     "test_failure_model.py", "test_frames_worker.py", "test_banks_worker.py", "test_broker_faults.py",
     "test_pipeline_worker.py", "test_scale_out.py", "test_deploy_live_worker.py", "test_bench_smoke.py",
+    "test_replay_redrive_pipeline.py", "test_replay_backtest.py", "test_console_browser.py", "test_search_worker.py",
 })
-"""Modules whose tests run real worker processes (or benchmarks) and measure them against deadlines: under
-``pytest -n`` (``make test``) they run one at a time on one test process, as they would alone, while the
-tests that mostly wait on a broker's timeouts fill the others."""
+"""Modules whose tests run real worker processes (or benchmarks) and measure them against deadlines (exit within
+the shutdown timeout, probes within a second): they are marked ``workers``, and ``make test`` runs them one at a
+time after the rest, which runs on several processes (most of it waits on a broker's timeouts)."""
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    one_at_a_time = pytest.mark.xdist_group("workers")
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) and "integration" not in item.keywords:
             item.add_marker(pytest.mark.integration)
-        if item.path.name in WORKER_MODULES or {"chaos", "slow"} & set(item.keywords):
-            item.add_marker(one_at_a_time)
+        if item.path.name in WORKER_MODULES or "chaos" in item.keywords:
+            item.add_marker(pytest.mark.workers)
     gpu = [item for item in items if "gpu" in item.keywords]
     if not gpu:
         return  # no torch import just to collect (it takes seconds)

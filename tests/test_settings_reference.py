@@ -54,6 +54,7 @@ def _refusal(value: str, var: str, monkeypatch: pytest.MonkeyPatch) -> str | Non
     return None
 
 
+@pytest.mark.slow  # loads the settings once for every variable
 def test_the_sweep_reaches_refusals_of_every_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     """The values above are refused by numbers, booleans, choices, lists and patterns alike."""
     refused = set()

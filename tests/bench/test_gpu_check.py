@@ -11,16 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the GPU check's scripts
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def _no_cuda() -> bool:
+@pytest.fixture
+def no_cuda() -> None:
+    """Skips the test on a machine with CUDA (the script measures there instead); torch is imported only here."""
     import torch
 
-    return not torch.cuda.is_available()
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script measures instead")
 
 
-@pytest.mark.skipif(not _no_cuda(), reason="this machine has CUDA: the script measures instead")
+@pytest.mark.usefixtures("no_cuda")
 def test_script_says_there_is_no_gpu_and_exits_0(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITGUARD_GPU_CHECK")}
     env["VITGUARD_GPU_CHECK_TIMEOUT_S"] = "20"
@@ -31,7 +36,7 @@ def test_script_says_there_is_no_gpu_and_exits_0(tmp_path: Path) -> None:
     assert report["gpu"] is False and report["complete"] is True and report["reason"]
 
 
-@pytest.mark.skipif(not _no_cuda(), reason="this machine has CUDA")
+@pytest.mark.usefixtures("no_cuda")
 def test_python_side_says_so_too_when_a_driver_is_there_but_torch_has_no_cuda(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     result = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--out", str(out)], capture_output=True,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from vitguard.demo.samples import make_sample_set
 from vitguard.media import FrameLimits, expand_frames
 from vitguard.model import load_classifier
 
 
+@pytest.mark.slow  # runs the demo's media pass
 def test_demo_media_hide_the_flagged_photo_in_the_middle(tmp_path: Path) -> None:
     samples = make_sample_set(tmp_path, photos=3, copies=1, burst=0, media=True)
     kinds = [e.kind for e in samples.events]

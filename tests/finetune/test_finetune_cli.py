@@ -14,6 +14,8 @@ from vitguard.finetune.errors import NoTrainableHeadError
 from vitguard.finetune.run import load_split, run_finetune
 from vitguard.testing.models import make_tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # trains and evaluates models from the command line
+
 CPU = ["--device", "cpu", "--no-progress"]
 
 

@@ -19,6 +19,8 @@ from vitguard.schemas.events import ImageEvent, Timings
 from vitguard.settings import ModelSettings, PolicySettings
 from vitguard.testing.models import make_tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # trains models end to end
+
 CPU = ModelSettings(device="cpu")
 
 

@@ -68,6 +68,7 @@ def test_still_images_are_not_expanded(sample_photos: list[Path], clip: list[Ima
     assert expand_frames(single, FrameLimits(), prepare) is None  # a one-frame GIF is a still
 
 
+@pytest.mark.slow  # encodes a many-frame animation
 def test_many_frame_bomb_refused_from_the_header(clip: list[Image.Image]) -> None:
     many = animated_image(clip * 7)  # 63 frames
     with pytest.raises(InputError) as exc:
