@@ -483,6 +483,23 @@ async def test_records_re_fetched_after_a_seek_back_are_delivered_and_never_comm
     assert ours._new_offset(tp) == 42
 
 
+def test_sigterm_while_the_model_loads_exits_0_at_once(worker_settings: Callable[..., Any],
+                                                      workers: list[ChaosWorker]) -> None:
+    """A SIGTERM before Faust's worker had installed its handlers (the model loading) killed the process by the
+    signal (-15, 143 in an orchestrator) instead of a clean stop: nothing had been taken."""
+    from vitguard.consumers.worker import JOINING_STOP_S
+
+    worker = start(workers, worker_settings())
+    deadline = time.monotonic() + 60
+    while "model in use" not in worker.log_tail(100_000):  # loaded; the topics and the app come next
+        assert time.monotonic() < deadline and worker.running, worker.log_tail()
+        time.sleep(0.02)
+    stopped_at = time.monotonic()
+    assert worker.terminate(timeout_s=30) == 0, worker.log_tail()
+    assert time.monotonic() - stopped_at < JOINING_STOP_S + 3
+    assert "joined the consumer group" not in worker.log_tail(100_000)
+
+
 def test_sigterm_during_the_group_join_exits_0_at_once_and_readyz_says_joining(
     worker_settings: Callable[..., Any], workers: list[ChaosWorker]
 ) -> None:

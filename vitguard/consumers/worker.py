@@ -1,9 +1,10 @@
 """Running the Faust app as a worker process: model first, topics, then Faust's worker, with a bounded stop.
 
-Exit codes: 0 after a clean stop (SIGTERM/SIGINT; within :data:`JOINING_STOP_S` when the stop comes before the
-group join, with nothing taken); 1 after a fatal error (the reason is the last critical log
-line); 143 when a stop did not finish within ``VITGUARD_WORKER_SHUTDOWN_TIMEOUT_S`` and the watchdog ended
-the process. In every case, events that were not answered stay uncommitted and are redelivered.
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT; at once while the model loads, within
+:data:`JOINING_STOP_S` when the stop comes before the group join, with nothing taken); 1 after a fatal error
+(the reason is the last critical log line); 143 when a stop did not finish within
+``VITGUARD_WORKER_SHUTDOWN_TIMEOUT_S`` and the watchdog ended the process. In every case, events that were not
+answered stay uncommitted and are redelivered.
 """
 
 from __future__ import annotations
@@ -97,6 +98,13 @@ def _worker_class() -> type:
     return VitguardWorker
 
 
+def _stopped_while_starting(signum: int, frame: Any) -> NoReturn:
+    """SIGTERM or SIGINT before Faust's worker has installed its own handlers (loading the model, checking the
+    topics): nothing has been taken, so the stop is clean, not a death by signal (exit code -15 / 143)."""
+    _log.warning("stopped (%s) while starting; nothing was taken", signal.Signals(signum).name)
+    raise SystemExit(0)
+
+
 def run_worker(settings: Settings, *, create_topics: bool = True) -> None:
     """Load the model, make sure the topics exist, and run the worker until a signal or a fatal error.
 
@@ -110,6 +118,8 @@ def run_worker(settings: Settings, *, create_topics: bool = True) -> None:
     from vitguard.logging import configure_logging
     from vitguard.model import load_classifier
 
+    for stop in (signal.SIGTERM, signal.SIGINT):  # until Faust's worker installs its own (it replaces these)
+        signal.signal(stop, _stopped_while_starting)
     configure_logging(settings.log)
     classifier = load_classifier(settings.model)
     if create_topics:
