@@ -44,6 +44,7 @@ __all__ = [
     "OUTPUTS_TRUNCATED",
     "PUBLISH_RETRIES",
     "QUEUE_TIME",
+    "SEARCH_REQUESTS",
     "REDIS_LOOKUP_KEYS",
     "REGISTRY",
     "STAGE_DURATION",
@@ -169,6 +170,12 @@ MODEL_INFO = Gauge(
 CLASSIFY_REQUESTS = Counter(
     "vitguard_classify_requests",
     "POST /classify requests by outcome (safe, unsafe, the reason code of a 400, overloaded, shutting_down).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+SEARCH_REQUESTS = Counter(
+    "vitguard_search_requests",
+    "POST /search requests by outcome (answered, or the reason code of a refusal).",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -174,6 +174,30 @@ async def test_one_forward_pass_per_batch_and_cache_hits_skip_it(opennsfw: Any, 
     assert metrics.REGISTRY.get_sample_value("vitguard_cache_hits_total") == hits_before + 4
 
 
+async def test_a_cache_hit_is_stored_under_its_own_content_id_as_a_copy_of_its_original(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    """Issue 31: every answered item is findable by its content id. A cache hit was answered with
+    ``embedding_id: null`` and nothing stored, so a search by its id found nothing."""
+    processor, sink, index = make_processor(opennsfw, image_root)
+    refs = [file_ref(image_root, p.name) for p in sample_photos[:2]]
+    await processor.process(messages(refs))
+    again = messages(refs, start=10)
+    again[1] = RawMessage(value=ImageEvent(event_id="e11", content_id="c11", image_ref=refs[1], tenant="other")
+                          .model_dump_json().encode(), key=b"c11", topic="in", partition=0, offset=11)
+    second = await processor.process(again)
+    await processor.close()
+    assert all(v.from_cache for v in second.verdicts)
+    assert {(v.content_id, v.embedding_id, v.collection) for v in second.verdicts} == {
+        ("c10", "c10", processor.collection), ("c11", "c11", processor.collection)}
+    stored = index.records(processor.collection)
+    assert set(stored) == {"c0", "c1", "c10", "c11"}
+    for copy, original in (("c10", "c0"), ("c11", "c1")):
+        assert np.array_equal(stored[copy].embedding, stored[original].embedding)
+        assert (stored[copy].label, stored[copy].cluster_id) == (stored[original].label, stored[original].cluster_id)
+    assert stored["c11"].tenant == "other" and stored["c1"].tenant == "default"
+
+
 async def test_redelivered_events_get_no_second_verdict(opennsfw: Any, image_root: Path,
                                                         sample_photos: list[Path]) -> None:
     processor, sink, _ = make_processor(opennsfw, image_root)

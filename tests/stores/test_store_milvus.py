@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,9 @@ import pytest
 from vitguard.errors import ConfigError, ServiceUnavailableError
 from vitguard.model.types import ModelInfo
 from vitguard.settings import MilvusSettings
-from vitguard.stores import EmbeddingRecord, MilvusEmbeddingIndex
+from vitguard.stores import EmbeddingRecord, InMemoryEmbeddingIndex, MilvusEmbeddingIndex
 from vitguard.stores.milvus import DEFAULT_LITE_FLUSH_ROWS, is_lite_uri
+from vitguard.stores.similar import SearchFilters
 from vitguard.testing import services
 
 pytestmark = pytest.mark.integration
@@ -307,3 +309,70 @@ def test_a_lite_file_held_by_another_process_is_a_config_error_that_says_so(tmp_
     index = MilvusEmbeddingIndex(MilvusSettings(uri=uri))  # free again: the same file opens
     assert index.ensure_collection(SMALL)
     index.close()
+
+
+def _stored(n: int, seed: int) -> list[EmbeddingRecord]:
+    """Rows of every kind a search filters on: two labels, three tenants, clusters, upload times an hour apart."""
+    vecs = unit_rows(n, 8, seed=seed)
+    return [EmbeddingRecord(f"item-{i}", vecs[i], "unsafe" if i % 3 else "safe", 0.9 if i % 3 else 0.1,
+                            f"c-{i % 4}" if i % 3 else "", f"tenant-{i % 3}", "r1",
+                            1_700_000_000_000 + i * 3_600_000, 1_700_000_000_000 + i * 3_600_000 + 500)
+            for i in range(n)]
+
+
+SEARCHES = {
+    "any": SearchFilters(),
+    "unsafe": SearchFilters(labels=("unsafe",)),
+    "two tenants": SearchFilters(tenants=("tenant-1", "tenant-2")),
+    "a cluster": SearchFilters(clusters=("c-1",)),
+    "a time range": SearchFilters(since_ms=1_700_000_000_000 + 5 * 3_600_000,
+                                  until_ms=1_700_000_000_000 + 20 * 3_600_000),
+    "all at once": SearchFilters(labels=("unsafe",), tenants=("tenant-1", "tenant-2"),
+                                 since_ms=1_700_000_000_000 + 3 * 3_600_000),
+}
+
+
+@pytest.mark.parametrize("filters", SEARCHES.values(), ids=SEARCHES.keys())
+def test_similar_answers_what_a_brute_force_search_answers(index: MilvusEmbeddingIndex, filters: SearchFilters) -> None:
+    """Milvus (Lite and server) and the in-memory index (numpy, brute force) give the same items in the same order
+    with the same similarities, for every kind of filter, the query item left out."""
+    rows = _stored(30, seed=21)
+    name = index.ensure_collection(SMALL)
+    index.upsert(name, rows)
+    reference = InMemoryEmbeddingIndex("ref_")
+    ref_name = reference.ensure_collection(SMALL)
+    reference.upsert(ref_name, rows)
+    query = rows[4].embedding
+    got = index.similar(name, query, limit=6, min_similarity=-1.0, filters=filters, exclude=["item-4"])
+    want = reference.similar(ref_name, query, limit=6, min_similarity=-1.0, filters=filters, exclude=["item-4"])
+    assert want, "the case must find something"
+    assert [g.content_id for g in got] == [w.content_id for w in want]
+    assert [g.similarity for g in got] == pytest.approx([w.similarity for w in want], abs=1e-4)
+    assert [g.unsafe_score for g in got] == pytest.approx([w.unsafe_score for w in want])  # Milvus keeps float32
+    assert ({replace(g, similarity=0.0, unsafe_score=0.0) for g in got}
+            == {replace(w, similarity=0.0, unsafe_score=0.0) for w in want})
+    assert all(filters.admits(next(r for r in rows if r.content_id == g.content_id)) for g in got)
+
+
+def test_similar_keeps_to_the_floor_and_the_limit(index: MilvusEmbeddingIndex) -> None:
+    rows = _stored(30, seed=22)
+    name = index.ensure_collection(SMALL)
+    index.upsert(name, rows)
+    found = index.similar(name, rows[0].embedding, limit=30, min_similarity=0.3)
+    assert found and found[0].content_id == "item-0" and found[0].similarity == pytest.approx(1.0, abs=1e-4)
+    assert all(f.similarity >= 0.3 for f in found) and len(found) < 30
+    assert [f.similarity for f in found] == sorted((f.similarity for f in found), reverse=True)
+    assert len(index.similar(name, rows[0].embedding, limit=3, min_similarity=-1.0)) == 3
+
+
+def test_a_filter_value_cannot_add_terms_to_the_milvus_expression(index: MilvusEmbeddingIndex) -> None:
+    """A tenant such as ``x" or label != "`` would widen the search to every tenant if it reached Milvus as is:
+    it is refused before any call."""
+    name = index.ensure_collection(SMALL)
+    index.upsert(name, _stored(6, seed=23))
+    for bad in ('x" or label != "', "tenant-1\\", "a b"):
+        with pytest.raises(ValueError):
+            index.similar(name, unit_rows(1, 8, seed=1)[0], limit=3, min_similarity=-1.0,
+                          filters=SearchFilters(tenants=(bad,)))
+    with pytest.raises(ValueError):
+        index.similar(name, unit_rows(1, 8, seed=1)[0], limit=3, min_similarity=-1.0, exclude=['item-1"] or ["'])

@@ -45,12 +45,13 @@ def _register() -> None:
         replay_cmd,
         review_cmd,
         schemas_cmd,
+        search_cmd,
         tail_cmd,
         worker_cmd,
     )
 
-    modules = (worker_cmd, demo_cmd, dev_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, finetune_cmd, schemas_cmd,
-               config_cmd, review_cmd, banks_cmd)
+    modules = (worker_cmd, demo_cmd, dev_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, search_cmd, finetune_cmd,
+               schemas_cmd, config_cmd, review_cmd, banks_cmd)
     for module in modules:
         module.register(main)
 

@@ -53,7 +53,7 @@ class ApiKeys:
             if hmac.compare_digest(presented, key) and matched < 0:
                 matched = i
         if matched < 0:
-            return Refusal(401, "unauthorized", "POST /classify needs an API key: Authorization: Bearer <key>",
+            return Refusal(401, "unauthorized", "this endpoint needs an API key: Authorization: Bearer <key>",
                            {"WWW-Authenticate": 'Bearer realm="vitguard"'})
         now = self._clock()
         tokens = min(self._burst, self._tokens[matched] + (now - self._last[matched]) * self._rate)

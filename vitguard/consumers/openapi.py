@@ -8,8 +8,9 @@ from typing import Any
 
 from vitguard.consumers.classify_http import MAX_PARTS
 from vitguard.schemas.events import SCHEMA_VERSION, Verdict
+from vitguard.search import SearchAnswer, SearchRequest
 
-__all__ = ["CLASSIFY_STATUSES", "openapi_document"]
+__all__ = ["CLASSIFY_STATUSES", "SEARCH_STATUSES", "openapi_document"]
 
 CLASSIFY_STATUSES: dict[int, str] = {
     200: "The verdict (a multipart request: one answer per file part).",
@@ -26,6 +27,15 @@ CLASSIFY_STATUSES: dict[int, str] = {
     504: "The referenced image did not arrive within the fetch deadline.",
 }
 """Every status ``POST /classify`` answers, and why."""
+
+SEARCH_STATUSES: dict[int, str] = {
+    **{code: why for code, why in CLASSIFY_STATUSES.items() if code not in (200, 503)},
+    200: "The items found, most similar first (and the query image's verdict, for a search by image).",
+    400: "A bad request, image or reference (reason: schema_violation, invalid_json, not_an_image, ...).",
+    404: "A search by content id for an item the collection does not hold (reason: not_found).",
+    503: "Milvus did not answer, or the worker is stopping; retry (Retry-After).",
+}
+"""Every status ``POST /search`` answers, and why."""
 
 _ERROR = {
     "type": "object",
@@ -63,12 +73,14 @@ def openapi_document() -> dict[str, Any]:
     }
     responses["200"] = {"description": CLASSIFY_STATUSES[200], "content": {"application/json": {"schema": {
         "oneOf": [{"$ref": "#/components/schemas/Verdict"}, {"$ref": "#/components/schemas/BatchResults"}]}}}}
+    search = _search_path(components, binary, error)
     probe = {"200": {"description": "Yes.", "content": {"application/json": {"schema": _PROBE}}},
              "503": {"description": "No; the reasons say why.", "content": {"application/json": {"schema": _PROBE}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "vitguard worker", "version": SCHEMA_VERSION,
-                 "description": "Moderate one image now (POST /classify, no side effects), and the probes."},
+                 "description": "Moderate images now (POST /classify, no side effects), search the stored "
+                                "embeddings (POST /search), and the probes."},
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
@@ -86,6 +98,7 @@ def openapi_document() -> dict[str, Any]:
                 }},
                 "responses": responses,
             }},
+            "/search": search,
             "/livez": {"get": {"summary": "Liveness: false when wedged or fatal.", "responses": probe}},
             "/readyz": {"get": {"summary": "Readiness: dependencies, the group join, fatal errors.",
                                 "responses": probe}},
@@ -95,3 +108,32 @@ def openapi_document() -> dict[str, Any]:
             "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": {"description": "Yes."}}}},
         },
     }
+
+
+def _search_path(components: dict[str, Any], binary: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
+    """``POST /search``; adds its request and answer schemas to ``components``."""
+    ref = "#/components/schemas/{model}"
+    request = SearchRequest.model_json_schema(ref_template=ref)
+    answer = SearchAnswer.model_json_schema(ref_template=ref, mode="serialization")
+    for schema in (request, answer):
+        components.update(schema.pop("$defs", {}))
+    components |= {"SearchRequest": request, "SearchAnswer": answer}
+    filters = [{"name": name, "in": "query", "required": False, "schema": field,
+                "description": f"{field.get('description', '')} (a search whose body is the image)".strip()}
+               for name, field in request["properties"].items() if name not in ("content_id", "image_ref")]
+    responses: dict[str, Any] = {str(code): {"description": why, "content": error}
+                                 for code, why in SEARCH_STATUSES.items() if code != 200}
+    responses["200"] = {"description": SEARCH_STATUSES[200], "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/SearchAnswer"}}}}
+    return {"post": {
+        "summary": "Stored items similar to a stored item (content_id) or to an image, filtered.",
+        "security": [{}, {"bearer": []}, {"apiKey": []}],
+        "parameters": filters,
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}},
+            "image/*": binary, "video/*": binary, "application/octet-stream": binary,
+            "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {
+                "type": "string", "format": "binary"}}}},
+        }},
+        "responses": responses,
+    }}

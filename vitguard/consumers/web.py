@@ -21,6 +21,7 @@ from vitguard import metrics
 from vitguard.consumers.api_keys import ApiKeys
 from vitguard.consumers.classify_http import ClassifyCall, UnsupportedMediaTypeError, parse_request, status_for
 from vitguard.consumers.openapi import openapi_document
+from vitguard.consumers.search_view import register_search
 from vitguard.errors import InputError
 from vitguard.health import liveness, readiness
 
@@ -30,8 +31,10 @@ _log = logging.getLogger(__name__)
 
 def register_views(app: Any, runtime: Any) -> None:
     """Add vitguard's views to a Faust app; ``runtime`` is its :class:`~vitguard.consumers.app.WorkerRuntime`."""
+    keys = ApiKeys([k.get_secret_value() for k in runtime.settings.web.api_keys], runtime.settings.web.api_key_rate)
     _register_probes(app, runtime)
-    _register_classify(app, runtime)
+    _register_classify(app, runtime, keys)
+    register_search(app, runtime, keys)
 
 
 def _register_probes(app: Any, runtime: Any) -> None:
@@ -82,12 +85,11 @@ def _register_probes(app: Any, runtime: Any) -> None:
             return self.bytes(metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
-def _register_classify(app: Any, runtime: Any) -> None:
+def _register_classify(app: Any, runtime: Any, keys: ApiKeys) -> None:
     """``POST /classify``: API keys, the in-flight bound, the body's deadline, then the runner."""
     from aiohttp.web import HTTPRequestEntityTooLarge
     from faust.web import View
 
-    keys = ApiKeys([k.get_secret_value() for k in runtime.settings.web.api_keys], runtime.settings.web.api_key_rate)
     limit = runtime.settings.web.classify_max_in_flight
     body_timeout_s = runtime.settings.fetch.connect_timeout_s + runtime.settings.fetch.read_timeout_s
     handling = [0]  # POST /classify requests in this handler now

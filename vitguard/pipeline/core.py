@@ -185,7 +185,8 @@ def verdict_from_cache(cached: Verdict, event: ImageEvent, sha256: str, timings:
     """This event's verdict copied from a cached one (same image bytes).
 
     The decision, scores, model and cluster come from the cache; identity, metadata and times from the
-    event. No embedding is stored for this content id: the cached one already represents these bytes.
+    event. ``embedding_id`` and ``collection`` are set once the index stage has stored a copy of the original's
+    row under this content id (:func:`~vitguard.pipeline.stages.index.cache_hit_copies`).
     """
     return cached.model_copy(
         update={

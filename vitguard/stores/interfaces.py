@@ -72,6 +72,10 @@ class EmbeddingIndex(Protocol):
         """One batched search among unsafe rows; per query, hits >= min_similarity, most similar first."""
         ...
 
+    def get(self, collection: str, content_ids: Sequence[str]) -> Mapping[str, EmbeddingRecord]:
+        """The stored rows of these content ids (the ones found), embeddings included."""
+        ...
+
     def ping(self) -> bool:
         """True when the store answers."""
         ...

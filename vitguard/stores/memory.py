@@ -17,6 +17,7 @@ from vitguard.model.types import ModelInfo
 from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import EmbeddingRecord, SearchHit, WaveState
 from vitguard.stores.naming import collection_name
+from vitguard.stores.similar import ANY, SearchFilters, SimilarItem
 from vitguard.stores.wave import wave_decision
 
 __all__ = ["InMemoryDedupStore", "InMemoryEmbeddingIndex", "InMemoryWaveCounter"]
@@ -79,6 +80,21 @@ class InMemoryEmbeddingIndex:
 
     def ping(self) -> bool:
         return True
+
+    def similar(
+        self, collection: str, vector: NDArray[np.float32], *, limit: int, min_similarity: float,
+        filters: SearchFilters = ANY, exclude: Sequence[str] = (),
+    ) -> list[SimilarItem]:
+        """Like the Milvus adapter's ``similar``: the stored items most similar to ``vector`` that pass
+        ``filters``, ``exclude`` left out, most similar first."""
+        rows = [r for r in self._collection(collection).values()
+                if filters.admits(r) and r.content_id not in exclude]
+        if not rows:
+            return []
+        matrix = _normalised(np.stack([np.asarray(r.embedding, dtype=np.float32).reshape(-1) for r in rows]))
+        sims = matrix @ _normalised(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        order = np.argsort(-sims, kind="stable")[:limit]
+        return [SimilarItem.of(rows[i], float(sims[i])) for i in order if sims[i] >= min_similarity]
 
     def get(self, collection: str, content_ids: Sequence[str]) -> dict[str, EmbeddingRecord]:
         """The stored rows of these content ids (the ones found), like the Milvus adapter's ``get``."""

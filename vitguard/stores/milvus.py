@@ -47,6 +47,7 @@ from vitguard.settings import MilvusSettings
 from vitguard.stores.interfaces import EmbeddingRecord, SearchHit
 from vitguard.stores.naming import collection_name
 from vitguard.stores.recent import RecentWrites, merge_hits
+from vitguard.stores.similar import ANY, SearchFilters, SimilarItem, milvus_filter
 
 __all__ = [
     "DEFAULT_LITE_FLUSH_ROWS",
@@ -258,6 +259,22 @@ class MilvusEmbeddingIndex:
                 self._make_ready(name, dim, f"model {model.name}")
             return name
 
+    def open_collection(self, name: str) -> str:
+        """Load an existing collection for reading (``vitguard search``: a Milvus Lite file opened after its
+        worker stopped holds its collections released); return its name.
+
+        Raises:
+            ConfigError: there is no such collection, or it was not made by vitguard.
+            ServiceUnavailableError: Milvus did not answer.
+        """
+        with self._lock:
+            client = self._connected()
+            if not self._call(lambda: client.has_collection(name, **self._rpc)):
+                raise ConfigError(f"Milvus at {self._settings.uri} has no collection {name}")
+            self._dims[name] = self._described_dim(client, name)
+            self._call(lambda: client.load_collection(name, **self._load_rpc))
+        return name
+
     def _make_ready(self, name: str, dim: int, writer: str) -> None:
         """Create the collection if missing (another worker creating it at the same moment is fine), check
         its dimension, load it. ``writer`` names who writes ``dim``-d rows, for the ConfigError."""
@@ -379,6 +396,43 @@ class MilvusEmbeddingIndex:
             recent = self._recent.search(collection, matrix, limit, min_similarity)
         return [merge_hits(_hits(per_query, min_similarity), mine, limit=limit)
                 for per_query, mine in zip(raw, recent, strict=True)]
+
+    def similar(
+        self, collection: str, vector: NDArray[np.float32], *, limit: int, min_similarity: float,
+        filters: SearchFilters = ANY, exclude: Sequence[str] = (),
+    ) -> list[SimilarItem]:
+        """The stored items most similar to ``vector`` that pass ``filters``, ``exclude`` left out: at most
+        ``limit``, similarity >= ``min_similarity``, most similar first (``POST /search``, ``vitguard search``).
+
+        Runs at ``Strong`` consistency (the collection's own level): a user who searches for what was just
+        answered finds it. That waits for the server's next time tick (~200 ms), which a user's search can
+        afford and the stream's near-duplicate search (:meth:`search_unsafe`) cannot.
+
+        Raises:
+            ValueError: ``vector`` does not have the collection's dimension, or ``limit`` is below 1.
+            ConfigError: Milvus refused the search for good.
+            ServiceUnavailableError: Milvus did not answer in time.
+        """
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        expr = milvus_filter(filters, exclude=exclude)
+        with self._lock:
+            dim = self._dim_of(collection)
+            if query.shape[0] != dim:
+                raise ValueError(f"collection {collection} holds {dim}-d vectors, got {query.shape[0]}-d")
+            client = self._connected()
+            try:
+                raw = self._call(lambda: client.search(
+                    collection_name=collection, data=[query.tolist()], filter=expr, limit=limit,
+                    output_fields=[f for f in FIELDS if f != "embedding"], anns_field="embedding",
+                    search_params={"metric_type": "COSINE"}, **self._rpc,
+                ))
+            except ServiceUnavailableError as exc:
+                self._after_refusal(collection, dim, exc)
+                raise
+        found = [_similar_item(h) for h in raw[0]]
+        return sorted((f for f in found if f.similarity >= min_similarity), key=lambda f: -f.similarity)
 
     def ping(self) -> bool:
         """True when Milvus answers a cheap call within the deadlines; False otherwise, never hangs.
@@ -651,6 +705,16 @@ def _record(row: Mapping[str, Any]) -> EmbeddingRecord:
         model_version=str(row["model_version"]),
         created_at_ms=int(row["created_at_ms"]),
         processed_at_ms=int(row["processed_at_ms"]),
+    )
+
+
+def _similar_item(hit: Mapping[str, Any]) -> SimilarItem:
+    entity = {**(hit.get("entity") or {}), "content_id": hit.get("content_id", hit.get("id"))}
+    return SimilarItem(
+        content_id=str(entity["content_id"]), similarity=float(hit["distance"]), label=str(entity["label"]),
+        unsafe_score=float(entity["unsafe_score"]), cluster_id=str(entity["cluster_id"]),
+        tenant=str(entity["tenant"]), model_version=str(entity["model_version"]),
+        created_at_ms=int(entity["created_at_ms"]), processed_at_ms=int(entity["processed_at_ms"]),
     )
 
 

@@ -75,6 +75,9 @@ class Work:
     future: asyncio.Future[Any]
     request: bool = False
     """A synchronous /classify request: no index, no alerts, no publish; the future gets the verdict."""
+    probe: bool = False
+    """A request that wants the image's embedding too (``POST /search``): the future gets a
+    :class:`~vitguard.pipeline.runtime.completion.Probed`."""
     ticket: tuple[Any, int] | None = None
     """(partition key, sequence number) from :meth:`ReadyQueue.expect`, for stream events."""
     ready_at: float = field(default_factory=time.monotonic)

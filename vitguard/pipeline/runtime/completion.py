@@ -16,6 +16,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+from numpy.typing import NDArray
+
 from vitguard import metrics
 from vitguard.banks.matcher import BankMatcher
 from vitguard.errors import InputError
@@ -46,16 +49,26 @@ from vitguard.pipeline.runtime.finishing import (
 )
 from vitguard.pipeline.stages.alert import alert_batch
 from vitguard.pipeline.stages.emit import Answer, Emitter
-from vitguard.pipeline.stages.index import index_batch
+from vitguard.pipeline.stages.index import cache_hit_copies, index_batch
 from vitguard.pipeline.stages.match import apply_matches, match_items, skips_clustering
 from vitguard.schemas.events import Verdict, utc_now
 from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, WaveCounter
 
-__all__ = ["Completer", "Outcome", "Staged"]
+__all__ = ["Completer", "Outcome", "Probed", "Staged"]
 
-Outcome = ItemResult | Verdict | InputError
-"""What a work entry ends as: an event's result, or a /classify request's verdict or error."""
+@dataclass(frozen=True)
+class Probed:
+    """A request's verdict and the embedding it was judged on (``POST /search`` by image); for an animation or a
+    video, the embedding of the frame that decided."""
+
+    verdict: Verdict
+    embedding: NDArray[np.float32]
+
+
+Outcome = ItemResult | Verdict | Probed | InputError
+"""What a work entry ends as: an event's result, or a /classify request's verdict (with its embedding when
+asked) or error."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +139,7 @@ class Completer:
         entry. The /classify requests are answered after the match (no side effects)."""
         now_s = self._clock()
         items = await self._match(group, [Finishing(w, group.predicted.get(i)) for i, w in enumerate(group.work)])
-        requests = [(i.work, with_banks(i, self._request_outcome(i.work, i.predicted)))
-                    for i in items if i.work.request]
+        requests = [(i.work, self._request_answer(i)) for i in items if i.work.request]
         stream = [i for i in items if not i.work.request]
         if stream:
             stream = await self._index(group, stream, now_s)
@@ -183,21 +195,29 @@ class Completer:
         return out
 
     async def _index(self, group: Group, items: list[Finishing], now_s: float) -> list[Finishing]:
-        """The index stage for the predicted items (negative-bank matches are not clustered)."""
+        """The index stage for the predicted items (negative-bank matches are not clustered) and the cache
+        hits (stored as copies of their original's row)."""
         chosen = [k for k, i in enumerate(items)
                   if isinstance(i.predicted, Predicted) and not skips_clustering(i.matches)]
-        if not chosen:
+        hits = [k for k, i in enumerate(items) if isinstance(i.work.value, CacheHit)]
+        if not chosen and not hits:
             return items
         collection = await self.ensure_collection()
+        timed = functools.partial(_timed, group.stage_ms)
+        copies, stored = await cache_hit_copies(
+            [items[k].work.value for k in hits],  # type: ignore[misc]
+            index=self.index, collection=collection, milvus=self.milvus, now_ms=int(now_s * 1000), timed=timed)
         done = await index_batch(
             [items[k].predicted for k in chosen],  # type: ignore[misc]
             index=self.index, collection=collection, milvus=self.milvus, policy=self.policy,
-            model_version=self.info.version, now_ms=int(now_s * 1000),
-            timed=lambda stage: _timed(group.stage_ms, stage),
+            model_version=self.info.version, now_ms=int(now_s * 1000), timed=timed, copies=copies,
         )
         out = list(items)
         for k, indexed in zip(chosen, done, strict=True):
             out[k] = replace(out[k], indexed=indexed)
+        for k in hits:
+            event = out[k].event
+            out[k] = replace(out[k], stored=event is not None and event.content_id in stored)
         return out
 
     async def _alert(self, group: Group, items: list[Finishing], now_s: float) -> list[Finishing]:
@@ -222,7 +242,8 @@ class Completer:
         if isinstance(v, DeadLettered):
             answer = v.dead_letter
         elif isinstance(v, CacheHit):
-            answer = v.verdict
+            answer = v.verdict.model_copy(update={"embedding_id": v.verdict.content_id,
+                                                  "collection": self.collection}) if item.stored else v.verdict
         elif not isinstance(v, Decoded | DecodedFrames) or predicted is None:  # unreachable: never drop an event
             answer = dead_letter(item.raw, "internal_error", "event left unanswered", item.event)
         elif isinstance(predicted, DeadLettered):
@@ -238,6 +259,13 @@ class Completer:
         if isinstance(answer, Verdict) and not answer.from_cache and answer.image_sha256 and item.matched:
             cached = encode_cached_verdict(apply_matches(answer, item.pdq, []), frame_hashes(item.work))
         return replace(item, answer=with_banks(item, answer), cached=cached)
+
+    def _request_answer(self, item: Finishing) -> Outcome:
+        """A request's verdict with its bank matches, and its embedding when the request asked for it."""
+        answer: Outcome = with_banks(item, self._request_outcome(item.work, item.predicted))
+        if item.work.probe and isinstance(answer, Verdict) and isinstance(item.predicted, Predicted):
+            return Probed(answer, item.predicted.prediction.embedding)
+        return answer
 
     def _request_outcome(self, w: Work, predicted: Predicted | DeadLettered | None) -> Outcome:
         v = w.value

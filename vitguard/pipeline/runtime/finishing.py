@@ -78,6 +78,8 @@ class Finishing:
     matched: bool = False
     """The banks were asked about it (a predicted item or a cache hit with a hash)."""
     indexed: Indexed | None = None
+    stored: bool = False
+    """A cache hit that the index stage stored under its own content id (a copy of its original's row)."""
     alert: NearDuplicateAlert | None = None
     alert_suppressed: bool = False
     answer: Answer | None = None

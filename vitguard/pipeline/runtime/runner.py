@@ -37,7 +37,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from vitguard import metrics
 from vitguard.errors import FatalError, ServiceUnavailableError
@@ -50,7 +50,7 @@ from vitguard.pipeline.results import ItemResult, batch_outcome
 from vitguard.pipeline.runtime.back_half import BackHalf
 from vitguard.pipeline.runtime.batch_loop import BatchLoop
 from vitguard.pipeline.runtime.batcher import ReadyQueue, Work
-from vitguard.pipeline.runtime.completion import Completer, Outcome
+from vitguard.pipeline.runtime.completion import Completer, Outcome, Probed
 from vitguard.pipeline.runtime.failure import Backoff, MilvusPolicy, PublishPolicy, RedisPolicy
 from vitguard.pipeline.runtime.front import FrontHalf
 from vitguard.pipeline.runtime.in_flight import InFlight
@@ -194,7 +194,7 @@ class Runner:
         self._fatal: BaseException | None = None
         self._closed = False
         self._refusing_requests = False
-        self._classifying: set[asyncio.Task[Verdict]] = set()
+        self._classifying: set[asyncio.Task[Verdict | Probed]] = set()
         """The /classify requests being prepared or answered (what :meth:`refuse_requests` cancels)."""
         metrics.MODEL_INFO.labels(
             self.info.name, self.info.version, self.info.backend, str(self.info.embedding_dim)
@@ -311,26 +311,29 @@ class Runner:
         self.intake.enqueue(await self.intake.prepare_all(entries))
         return batch_outcome(await asyncio.gather(*(e.future for e in entries)))
 
-    async def classify(
-        self,
-        *,
-        data: bytes | None = None,
-        image_ref: str | None = None,
-        content_id: str | None = None,
-        tenant: str = "default",
-    ) -> Verdict:
+    async def classify(self, *, data: bytes | None = None, image_ref: str | None = None,
+                       content_id: str | None = None, tenant: str = "default") -> Verdict:
         """Moderate one image now (``POST /classify``): the same stages and batches as the stream, no side
         effects. Requests join the next batch ahead of stream images (see :mod:`~vitguard.pipeline.runtime.batcher`).
 
         Raises:
             InputError: the reference or the bytes are unusable; ``reason`` says why.
         """
+        return cast(Verdict, await self._request(data, image_ref, content_id, tenant, probe=False))
+
+    async def probe(self, *, data: bytes | None = None, image_ref: str | None = None,
+                    tenant: str = "default") -> Probed:
+        """:meth:`classify`, answering the embedding the verdict was judged on too (``POST /search`` by image)."""
+        return cast(Probed, await self._request(data, image_ref, None, tenant, probe=True))
+
+    async def _request(self, data: bytes | None, image_ref: str | None, content_id: str | None, tenant: str,
+                       *, probe: bool) -> Verdict | Probed:
         if self._fatal is not None:
             raise self._fatal
         if self.closed:
             raise ServiceUnavailableError("the worker is stopping")
         await self.start()
-        task = asyncio.ensure_future(self._classify(data, image_ref, content_id, tenant))
+        task = asyncio.ensure_future(self._classify(data, image_ref, content_id, tenant, probe))
         self._classifying.add(task)
         try:
             return await task  # a cancel of the request itself (the client went away) cancels it too
@@ -343,14 +346,13 @@ class Runner:
             self._classifying.discard(task)
 
     async def _classify(self, data: bytes | None, image_ref: str | None, content_id: str | None,
-                        tenant: str) -> Verdict:
+                        tenant: str, probe: bool) -> Verdict | Probed:
         decoded = await self.front.prepare_request(data=data, image_ref=image_ref, content_id=content_id,
                                                    tenant=tenant)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.in_flight.track(fut, request=True)
-        self.ready.put(Work(decoded, fut, request=True))
-        result: Verdict = await fut
-        return result
+        self.ready.put(Work(decoded, fut, request=True, probe=probe))
+        return cast("Verdict | Probed", await fut)
 
     # ------------------------------------------------------------------ front half
 

@@ -1,0 +1,61 @@
+"""What a ``POST /search`` request means, by content type, and what each failure answers (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.consumers.test_classify_http import multipart
+from vitguard.consumers.classify_http import UnsupportedMediaTypeError
+from vitguard.consumers.search_http import parse_search
+from vitguard.consumers.search_view import search_failure
+from vitguard.errors import FetchError, InputError, ServiceUnavailableError
+from vitguard.search import NotStoredError, SearchRequest
+
+
+def test_a_json_search_starts_from_a_content_id_or_a_reference() -> None:
+    call = parse_search("application/json", b'{"content_id": "item-1", "k": 3, "label": "unsafe"}', {})
+    assert call.data is None and call.request == SearchRequest(content_id="item-1", k=3, label=["unsafe"])
+    call = parse_search("application/json", b'{"image_ref": "https://example.com/a.jpg"}', {})
+    assert call.request.image_ref == "https://example.com/a.jpg"
+
+
+@pytest.mark.parametrize("body", [
+    b"{}",  # neither start
+    b'{"k": 3}',
+    b'{"image_ref": "ftp://x/y.jpg"}',  # a reference the stream refuses
+    b'{"image_ref": "https://x/y.jpg", "content_id": "a"}',
+    b"[1]",
+    b'{"content_id": "a", "tenant": "x\\" or tenant != \\""}',
+])
+def test_a_bad_json_search_is_a_schema_violation(body: bytes) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_search("application/json", body, {})
+    assert caught.value.reason == "schema_violation"
+
+
+def test_a_json_search_takes_no_url_filters() -> None:
+    with pytest.raises(InputError):
+        parse_search("application/json", b'{"content_id": "a"}', {"k": ["3"]})
+
+
+def test_an_image_body_takes_its_filters_from_the_url() -> None:
+    call = parse_search("image/jpeg", b"\xff\xd8...", {"k": ["2"], "tenant": ["a,b"]})
+    assert call.data == b"\xff\xd8..." and call.request == SearchRequest(k=2, tenant=["a", "b"])
+    content_type, body = multipart(("file", "a.jpg", b"\xff\xd8..."))
+    assert parse_search(content_type, body, {}).data == b"\xff\xd8..."
+    content_type, body = multipart(("file", "a.jpg", b"1"), ("file", "b.jpg", b"2"))
+    with pytest.raises(InputError, match="2 images"):
+        parse_search(content_type, body, {})
+    with pytest.raises(InputError):
+        parse_search("image/png", b"\x89PNG", {"content_id": ["a"]})
+    with pytest.raises(UnsupportedMediaTypeError):
+        parse_search("text/plain", b"hello", {})
+
+
+def test_each_failure_has_its_status() -> None:
+    assert search_failure(NotStoredError("no item"))[::2] == ("not_found", 404)
+    assert search_failure(ServiceUnavailableError("Milvus down"))[::2] == ("unavailable", 503)
+    assert search_failure(InputError("not_an_image", "no"))[::2] == ("not_an_image", 400)
+    assert search_failure(FetchError("fetch_timeout", "slow"))[::2] == ("fetch_timeout", 504)
+    assert search_failure(UnsupportedMediaTypeError("text/plain"))[::2] == ("unsupported_media_type", 415)
+    assert search_failure(RuntimeError("bug"))[::2] == ("internal_error", 500)

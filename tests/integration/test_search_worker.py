@@ -1,0 +1,102 @@
+"""Similarity search on a real worker (Milvus Lite, which only the worker's process may open): ``POST /search``
+from a stored item and from an image, its refusals, ``vitguard search --worker``, and, once the worker has
+stopped, ``vitguard search`` opening the same Lite file itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_pipeline_worker import pipeline_settings, post, publish, reader, wait_answered
+from vitguard.demo.samples import make_sample_set
+from vitguard.testing.worker import WorkerProcess, settings_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+__all__ = ["pipeline_settings"]  # the fixture, shared with the worker tests
+
+
+def cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vitguard", "search", *args], capture_output=True, text=True,
+                          env={**os.environ, **settings_env(settings)}, timeout=120, check=False)
+
+
+def test_search_from_a_stored_item_and_from_an_image_while_the_worker_runs_and_after(
+    pipeline_settings: Callable[..., Any], tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    settings = pipeline_settings()
+    samples = make_sample_set(tmp_path / "images", photos=4, copies=3, burst=0, bad=False)
+    publish(settings, samples.events)
+    by_kind = {kind: [e.content_id for e in samples.events if e.kind == kind]
+               for kind in ("photo", "near-duplicate", "exact-reupload")}
+    family = set(by_kind["near-duplicate"])  # copies of photo-0
+    worker = WorkerProcess(settings).start()
+    workers.append(worker)
+    with reader(settings) as out:
+        wait_answered(out, samples.distinct_events, worker)
+        by_id = post(settings, "/search", json.dumps({"content_id": "photo-0", "k": 3}).encode(), "application/json")
+        by_image = post(settings, "/search?k=3&tenant=demo", samples.flagged_files[-1].read_bytes(), "image/jpeg")
+        other_tenant = post(settings, "/search", b'{"content_id": "photo-0", "tenant": "nobody"}', "application/json")
+        unsafe_only = post(settings, "/search", b'{"content_id": "photo-0", "label": "unsafe"}', "application/json")
+        reupload = post(settings, "/search", json.dumps({"content_id": by_kind["exact-reupload"][0]}).encode(),
+                        "application/json")
+        refusals = {
+            "not stored": post(settings, "/search", b'{"content_id": "never-uploaded"}', "application/json"),
+            "bad filter": post(settings, "/search", b'{"content_id": "photo-0", "k": 0}', "application/json"),
+            "injection": post(settings, "/search", b'{"content_id": "photo-0", "tenant": "a\\" or tenant != \\""}',
+                              "application/json"),
+            "not an image": post(settings, "/search", b"plain text", "application/octet-stream"),
+            "other body": post(settings, "/search", b"hello", "text/plain"),
+            "GET": post(settings, "/search", None, "application/json", method="GET"),
+        }
+        via_cli = cli(settings, "--content-id", "photo-0", "-k", "3", "--json",
+                      "--worker", f"http://127.0.0.1:{settings.web.port}")
+        missing_cli = cli(settings, "--content-id", "never-uploaded",
+                          "--worker", f"http://127.0.0.1:{settings.web.port}")
+    assert worker.terminate() == 0
+
+    status, answer = by_id
+    assert status == 200, answer
+    ids = [r["content_id"] for r in answer["results"]]
+    assert "photo-0" not in ids and set(ids) == family, ids  # its own copies are the nearest, itself left out
+    sims = [r["similarity"] for r in answer["results"]]
+    assert sims == sorted(sims, reverse=True) and sims[-1] > 0.8
+    assert all(r["tenant"] == "demo" and r["label"] == "safe" and r["created_at"] for r in answer["results"]), answer
+
+    status, image_answer = by_image
+    assert status == 200, image_answer
+    assert image_answer["verdict"]["label"] == "safe" and image_answer["content_id"] is None
+    # the query image is itself stored (it was uploaded as a copy): it comes first, its family after
+    assert {r["content_id"] for r in image_answer["results"]} <= family | {"photo-0"}
+    assert image_answer["results"][0]["similarity"] == pytest.approx(1.0, abs=1e-3)
+
+    assert other_tenant[0] == 200 and other_tenant[1]["results"] == []
+    assert unsafe_only[0] == 200 and unsafe_only[1]["results"] == []  # every photo here is safe
+    assert reupload[0] == 200, reupload  # an exact re-upload (a verdict cache hit) is findable by its own id
+    assert {r["content_id"] for r in reupload[1]["results"]} >= {"photo-1"}
+    assert {name: (s, body["reason"]) for name, (s, body) in refusals.items()} == {
+        "not stored": (404, "not_found"), "bad filter": (400, "schema_violation"),
+        "injection": (400, "schema_violation"), "not an image": (400, "not_an_image"),
+        "other body": (415, "unsupported_media_type"), "GET": (405, "method_not_allowed"),
+    }
+
+    assert via_cli.returncode == 0, via_cli.stderr
+    assert json.loads(via_cli.stdout)["results"] == answer["results"]
+    assert missing_cli.returncode == 1 and missing_cli.stderr.count("\n") == 1
+    assert "never-uploaded" in missing_cli.stderr
+
+    # the worker has stopped: the command opens the Lite file itself (the model names the collection)
+    direct = cli(settings, "--content-id", "photo-0", "-k", "3", "--json")
+    assert direct.returncode == 0, direct.stderr
+    assert [r["content_id"] for r in json.loads(direct.stdout)["results"]] == ids
+    table = cli(settings, str(samples.flagged_files[0]), "-k", "2")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("# 2 item(s) in ") and "photo-0" in lines[2]

@@ -1,0 +1,73 @@
+"""``POST /search`` over HTTP: what a request means, and the status of each refusal. Pure: no I/O; the view in
+:mod:`vitguard.consumers.web` runs the search (:mod:`vitguard.search`).
+
+* ``application/json``: a :class:`~vitguard.search.SearchRequest`: ``{"content_id": ...}`` (search from a
+  stored item) or ``{"image_ref": ...}`` (from an image the worker fetches), with the filters;
+* the image itself (``image/*``, ``video/*``, ``application/octet-stream``, no content type) or one file
+  part of ``multipart/form-data``: the filters go in the URL (``/search?k=5&label=unsafe&tenant=a,b``);
+* anything else: 415, as ``POST /classify``.
+
+Statuses: 400 a bad request or image, 404 a content id that is not stored, 413/502/504 as ``/classify`` for
+an image that could not be fetched, 503 while Milvus does not answer (retry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from vitguard.consumers.classify_http import media_type, parse_request
+from vitguard.errors import InputError
+from vitguard.schemas.events import ImageEvent, load_json
+from vitguard.search import SearchRequest, parse_query_string
+
+__all__ = ["SearchCall", "parse_search"]
+
+_JSON_TYPES = frozenset({"application/json", "text/json"})
+
+
+@dataclass(frozen=True)
+class SearchCall:
+    """A search, and the image bytes it starts from when the body was the image."""
+
+    request: SearchRequest
+    data: bytes | None = None
+
+
+def parse_search(content_type: str, body: bytes, query: Mapping[str, Sequence[str]]) -> SearchCall:
+    """The search a request asks for.
+
+    Raises:
+        UnsupportedMediaTypeError: a body of another kind (415).
+        InputError: a request that is not valid (``schema_violation``, ``invalid_json``: 400).
+    """
+    kind = media_type(content_type)
+    if kind in _JSON_TYPES or (kind.startswith("application/") and kind.endswith("+json")):
+        if query:
+            raise InputError("schema_violation", "a JSON search takes its filters in the body, not the URL")
+        data = load_json(body)
+        if not isinstance(data, dict):
+            raise InputError("schema_violation", 'expected a JSON object {"content_id": ...} or {"image_ref": ...}')
+        request = SearchRequest.parse(data)
+        if request.content_id is None and request.image_ref is None:
+            raise InputError("schema_violation", "give content_id or image_ref (or send the image as the body)")
+        if request.image_ref is not None:
+            _check_reference(request.image_ref)
+        return SearchCall(request)
+    calls, _ = parse_request(content_type, body)  # the image: raw bytes or file parts; 415 for anything else
+    if len(calls) != 1:
+        raise InputError("schema_violation", f"{len(calls)} images: a search starts from one")
+    request = parse_query_string(query)
+    if request.content_id is not None or request.image_ref is not None:
+        raise InputError("schema_violation", "the body is the image: content_id and image_ref do not apply")
+    return SearchCall(request, calls[0].data or b"")
+
+
+def _check_reference(image_ref: str) -> None:
+    """An ``image_ref`` is validated as an input event's is, so a search fetches only what the stream would."""
+    from pydantic import ValidationError
+
+    try:
+        ImageEvent.model_validate({"content_id": "search", "image_ref": image_ref})
+    except ValidationError as exc:
+        raise InputError("schema_violation", f"image_ref: {exc.errors()[0]['msg']}") from exc
