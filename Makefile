@@ -50,8 +50,10 @@ demo: .venv/.installed
 
 # Test processes (pytest-xdist). Most of the suite waits on brokers, group joins and timeouts, so it runs on more
 # processes than cores; then the tests that run worker processes against deadlines (marked `workers` by
-# tests/conftest.py) run one at a time, alone, as CI always ran them. Both parts run; either failing fails.
+# tests/conftest.py: exit within the shutdown timeout, probes within a second) run on one process per core, so
+# none waits for a core. Both parts run; either failing fails.
 TEST_JOBS ?= 3
+WORKER_JOBS ?= 2
 FAST_JOBS ?= 2
 
 # Editable installs compile vitguard/ in every process (workers, CLI runs) unless bytecode may be written.
@@ -60,7 +62,7 @@ test test-fast: export PYTHONDONTWRITEBYTECODE =
 test: .venv/.installed browser-deps
 	status=0; \
 	$(PY) -m pytest -n $(TEST_JOBS) -m "not workers" || status=$$?; \
-	$(PY) -m pytest -m workers || status=$$?; \
+	$(PY) -m pytest -n $(WORKER_JOBS) -m workers || status=$$?; \
 	exit $$status
 
 # The unit tests alone: no broker, Redis, Milvus or worker process (a test that uses a service fixture is marked

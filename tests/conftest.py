@@ -46,8 +46,8 @@ WORKER_MODULES = frozenset({
     "test_replay_redrive_pipeline.py", "test_replay_backtest.py", "test_console_browser.py", "test_search_worker.py",
 })
 """Modules whose tests run real worker processes (or benchmarks) and measure them against deadlines (exit within
-the shutdown timeout, probes within a second): they are marked ``workers``, and ``make test`` runs them one at a
-time after the rest, which runs on several processes (most of it waits on a broker's timeouts)."""
+the shutdown timeout, probes within a second): they are marked ``workers``, and ``make test`` runs them after the
+rest, one test process per core (the rest runs on more processes than cores: most of it waits on a broker)."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers added here
