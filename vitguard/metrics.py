@@ -25,6 +25,7 @@ __all__ = [
     "BATCH_SIZE",
     "BATCH_WAIT",
     "CACHE_HITS",
+    "BANK_LOOKUP_REQUESTS",
     "CLASSIFY_REQUESTS",
     "CONTENT_TYPE",
     "DEAD_LETTERS",
@@ -170,6 +171,12 @@ MODEL_INFO = Gauge(
 CLASSIFY_REQUESTS = Counter(
     "vitguard_classify_requests",
     "POST /classify requests by outcome (safe, unsafe, the reason code of a 400, overloaded, shutting_down).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+BANK_LOOKUP_REQUESTS = Counter(
+    "vitguard_bank_lookup_requests",
+    "POST /banks/lookup requests by outcome (answered, or the reason code of a refusal).",
     ["outcome"],
     registry=REGISTRY,
 )

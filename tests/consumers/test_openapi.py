@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 
-from vitguard.consumers import classify_http, search_http, search_view, web
-from vitguard.consumers.openapi import CLASSIFY_STATUSES, SEARCH_STATUSES, openapi_document
+from vitguard.consumers import classify_http, http_gate, search_http, search_view, web
+from vitguard.consumers.openapi import CLASSIFY_STATUSES, LOOKUP_STATUSES, SEARCH_STATUSES, openapi_document
 from vitguard.schemas.events import Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,16 +55,17 @@ def test_every_status_the_view_answers_is_documented() -> None:
     assert answered <= documented == set(CLASSIFY_STATUSES)
 
 
-def test_every_status_the_search_answers_is_documented() -> None:
-    """Every HTTP status written in the search view and its parser (any 4xx/5xx constant), the statuses of the
-    image refusals it shares with /classify, and the API keys' refusals are in the document."""
-    answered: set[int] = {200, 401, 429}
-    for module in (search_view, search_http, classify_http):
+@pytest.mark.parametrize("path, statuses", [("/search", SEARCH_STATUSES), ("/banks/lookup", LOOKUP_STATUSES)])
+def test_every_status_the_store_views_answer_is_documented(path: str, statuses: dict[int, str]) -> None:
+    """Every HTTP status written in the store views, their gate and their parsers (any 4xx/5xx constant), the
+    statuses of the image refusals they share with /classify, and the API keys' refusals are documented."""
+    answered: set[int] = {200, 401, 404, 429}
+    for module in (search_view, http_gate, search_http, classify_http):
         tree = ast.parse(Path(module.__file__ or "").read_text())
         answered |= {int(node.value) for node in ast.walk(tree) if isinstance(node, ast.Constant)
                      and isinstance(node.value, int) and not isinstance(node.value, bool) and 400 <= node.value < 600}
-    documented = {int(code) for code in openapi_document()["paths"]["/search"]["post"]["responses"]}
-    assert answered <= documented == set(SEARCH_STATUSES)
+    documented = {int(code) for code in openapi_document()["paths"][path]["post"]["responses"]}
+    assert answered <= documented == set(statuses)
 
 
 def test_the_committed_document_is_the_generated_one() -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.consumers.test_classify_http import multipart
+from vitguard.banks.lookup import BanksDisabledError, lookup_hash
 from vitguard.consumers.classify_http import UnsupportedMediaTypeError
-from vitguard.consumers.search_http import parse_search
-from vitguard.consumers.search_view import search_failure
+from vitguard.consumers.http_gate import http_failure
+from vitguard.consumers.search_http import LookupCall, parse_lookup, parse_search
 from vitguard.errors import FetchError, InputError, ServiceUnavailableError
 from vitguard.search import NotStoredError, SearchRequest
 
@@ -53,9 +54,35 @@ def test_an_image_body_takes_its_filters_from_the_url() -> None:
 
 
 def test_each_failure_has_its_status() -> None:
-    assert search_failure(NotStoredError("no item"))[::2] == ("not_found", 404)
-    assert search_failure(ServiceUnavailableError("Milvus down"))[::2] == ("unavailable", 503)
-    assert search_failure(InputError("not_an_image", "no"))[::2] == ("not_an_image", 400)
-    assert search_failure(FetchError("fetch_timeout", "slow"))[::2] == ("fetch_timeout", 504)
-    assert search_failure(UnsupportedMediaTypeError("text/plain"))[::2] == ("unsupported_media_type", 415)
-    assert search_failure(RuntimeError("bug"))[::2] == ("internal_error", 500)
+    assert http_failure(NotStoredError("no item"))[::2] == ("not_found", 404)
+    assert http_failure(ServiceUnavailableError("Milvus down"))[::2] == ("unavailable", 503)
+    assert http_failure(InputError("not_an_image", "no"))[::2] == ("not_an_image", 400)
+    assert http_failure(FetchError("fetch_timeout", "slow"))[::2] == ("fetch_timeout", 504)
+    assert http_failure(UnsupportedMediaTypeError("text/plain"))[::2] == ("unsupported_media_type", 415)
+    assert http_failure(RuntimeError("bug"))[::2] == ("internal_error", 500)
+
+
+PDQ = "f" * 32 + "0" * 32
+
+
+def test_a_lookup_takes_a_hash_a_reference_or_the_image() -> None:
+    assert parse_lookup("application/json", f'{{"hash": "0x{PDQ.upper()}"}}'.encode()) == LookupCall(hash=PDQ)
+    assert parse_lookup("application/json", b'{"image_ref": "https://example.com/a.jpg"}') == LookupCall(
+        image_ref="https://example.com/a.jpg")
+    assert parse_lookup("image/png", b"\x89PNG") == LookupCall(data=b"\x89PNG")
+
+
+@pytest.mark.parametrize("body", [
+    b"{}", b'{"hash": "abc"}', b'{"hash": 3}', b'{"hash": "' + PDQ.encode() + b'", "image_ref": "https://x/y"}',
+    b'{"image_ref": "ftp://x/y.jpg"}', b'{"pdq": "' + PDQ.encode() + b'"}', b'["' + PDQ.encode() + b'"]',
+])
+def test_a_bad_lookup_is_a_schema_violation(body: bytes) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_lookup("application/json", body)
+    assert caught.value.reason == "schema_violation"
+
+
+def test_a_worker_without_banks_says_so() -> None:
+    with pytest.raises(BanksDisabledError) as caught:
+        lookup_hash(None, PDQ)
+    assert http_failure(caught.value)[::2] == ("banks_disabled", 404)

@@ -4,6 +4,7 @@ applying; the bank-match alert reaches the alerts topic."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.test_pipeline_worker import post
 from vitguard.banks import Bank, BankEntry, KafkaBankStore, PdqSignal
 from vitguard.demo.samples import photo_bytes
 from vitguard.schemas.events import ImageEvent
@@ -69,6 +71,23 @@ def test_entries_added_and_removed_while_the_worker_runs_apply_to_the_next_uploa
         upload(1, "banked.png")  # the same bytes: a verdict-cache hit, matched against the banks of now
         upload(2, "other.png")
         banked, unrelated = verdict(1), verdict(2)
+        # issue 31: the banks over HTTP, side-effect free: by hash (exact, and 8 bits off), by image, by a
+        # hash that is not one, and by an image matching nothing
+        banked_hash = PdqSignal.hash_bytes(data).hex
+        near = f"{int(banked_hash, 16) ^ 0xFF:064x}"
+        lookups = {
+            "hash": post(settings, "/banks/lookup", json.dumps({"hash": banked_hash}).encode(), "application/json"),
+            "near": post(settings, "/banks/lookup", json.dumps({"hash": near}).encode(), "application/json"),
+            "image": post(settings, "/banks/lookup", data, "image/png"),
+            "other": post(settings, "/banks/lookup", other, "image/png"),
+            "bad": post(settings, "/banks/lookup", b'{"hash": "xyz"}', "application/json"),
+        }
+        assert [(m["entry_id"], m["distance"]) for m in lookups["hash"][1]["matches"]] == [("kb-1", 0)]
+        assert [(m["entry_id"], m["distance"]) for m in lookups["near"][1]["matches"]] == [("kb-1", 8)]
+        assert lookups["image"][1]["hashes"][0]["hash"] == banked_hash and lookups["image"][1]["hashes"][0]["quality"]
+        assert [m["entry_id"] for m in lookups["image"][1]["matches"]] == ["kb-1"]
+        assert lookups["other"][0] == 200 and lookups["other"][1]["matches"] == []
+        assert (lookups["bad"][0], lookups["bad"][1]["reason"]) == (400, "schema_violation")
         assert [(m.bank, m.entry_id) for m in banked.bank_matches] == [("known-bad", "kb-1")]
         assert (banked.label, banked.label_source) == ("unsafe", "bank")
         assert unrelated.bank_matches == []
@@ -80,5 +99,7 @@ def test_entries_added_and_removed_while_the_worker_runs_apply_to_the_next_uploa
         upload(3, "banked.png")
         after = verdict(3)
         assert after.bank_matches == [] and (after.label, after.label_source) == (before.label, "model")
+        gone = post(settings, "/banks/lookup", json.dumps({"hash": banked_hash}).encode(), "application/json")
+        assert gone == (200, {"hashes": [{"hash": banked_hash, "quality": None}], "matches": []})
     assert worker.terminate() == 0, worker.log_tail()
     assert name  # the banked photo is a real one (scikit-image's), not a drawn stand-in

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from vitguard.banks.lookup import BankLookupAnswer
 from vitguard.consumers.classify_http import MAX_PARTS
 from vitguard.schemas.events import SCHEMA_VERSION, Verdict
 from vitguard.search import SearchAnswer, SearchRequest
 
-__all__ = ["CLASSIFY_STATUSES", "SEARCH_STATUSES", "openapi_document"]
+__all__ = ["CLASSIFY_STATUSES", "LOOKUP_STATUSES", "SEARCH_STATUSES", "openapi_document"]
 
 CLASSIFY_STATUSES: dict[int, str] = {
     200: "The verdict (a multipart request: one answer per file part).",
@@ -36,6 +37,26 @@ SEARCH_STATUSES: dict[int, str] = {
     503: "Milvus did not answer, or the worker is stopping; retry (Retry-After).",
 }
 """Every status ``POST /search`` answers, and why."""
+
+LOOKUP_STATUSES: dict[int, str] = {
+    **SEARCH_STATUSES,
+    200: "The hash(es) looked up and the bank entries they match, closest first.",
+    400: "A bad request, hash, image or reference (reason: schema_violation, invalid_json, not_an_image, ...).",
+    404: "The worker runs without hash banks (reason: banks_disabled).",
+    503: "The worker is stopping; retry (Retry-After).",
+}
+"""Every status ``POST /banks/lookup`` answers, and why."""
+
+_LOOKUP_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "maxProperties": 1,
+    "properties": {
+        "hash": {"type": "string", "description": "A PDQ hash (64 hex digits)."},
+        "image_ref": {"type": "string", "description": "An image to hash: http(s)://, file:// or data: URL."},
+    },
+}
 
 _ERROR = {
     "type": "object",
@@ -74,6 +95,7 @@ def openapi_document() -> dict[str, Any]:
     responses["200"] = {"description": CLASSIFY_STATUSES[200], "content": {"application/json": {"schema": {
         "oneOf": [{"$ref": "#/components/schemas/Verdict"}, {"$ref": "#/components/schemas/BatchResults"}]}}}}
     search = _search_path(components, binary, error)
+    lookup = _lookup_path(components, binary, error)
     probe = {"200": {"description": "Yes.", "content": {"application/json": {"schema": _PROBE}}},
              "503": {"description": "No; the reasons say why.", "content": {"application/json": {"schema": _PROBE}}}}
     return {
@@ -99,6 +121,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": responses,
             }},
             "/search": search,
+            "/banks/lookup": lookup,
             "/livez": {"get": {"summary": "Liveness: false when wedged or fatal.", "responses": probe}},
             "/readyz": {"get": {"summary": "Readiness: dependencies, the group join, fatal errors.",
                                 "responses": probe}},
@@ -134,6 +157,26 @@ def _search_path(components: dict[str, Any], binary: dict[str, Any], error: dict
             "image/*": binary, "video/*": binary, "application/octet-stream": binary,
             "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {
                 "type": "string", "format": "binary"}}}},
+        }},
+        "responses": responses,
+    }}
+
+
+def _lookup_path(components: dict[str, Any], binary: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
+    """``POST /banks/lookup``; adds its request and answer schemas to ``components``."""
+    answer = BankLookupAnswer.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+    components.update(answer.pop("$defs", {}))
+    components |= {"BankLookupRequest": _LOOKUP_REQUEST, "BankLookupAnswer": answer}
+    responses: dict[str, Any] = {str(code): {"description": why, "content": error}
+                                 for code, why in LOOKUP_STATUSES.items() if code != 200}
+    responses["200"] = {"description": LOOKUP_STATUSES[200], "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/BankLookupAnswer"}}}}
+    return {"post": {
+        "summary": "The PDQ hash of an image (or a hash given) and the bank entries it matches; no side effects.",
+        "security": [{}, {"bearer": []}, {"apiKey": []}],
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/BankLookupRequest"}},
+            "image/*": binary, "video/*": binary, "application/octet-stream": binary,
         }},
         "responses": responses,
     }}

@@ -1,5 +1,8 @@
-"""``POST /search`` over HTTP: what a request means, and the status of each refusal. Pure: no I/O; the view in
-:mod:`vitguard.consumers.web` runs the search (:mod:`vitguard.search`).
+"""``POST /search`` and ``POST /banks/lookup`` over HTTP: what a request means, and the status of each refusal.
+Pure: no I/O; the views in :mod:`vitguard.consumers.search_view` run them (:mod:`vitguard.search`,
+:mod:`vitguard.banks.lookup`).
+
+``POST /search``:
 
 * ``application/json``: a :class:`~vitguard.search.SearchRequest`: ``{"content_id": ...}`` (search from a
   stored item) or ``{"image_ref": ...}`` (from an image the worker fetches), with the filters;
@@ -9,6 +12,9 @@
 
 Statuses: 400 a bad request or image, 404 a content id that is not stored, 413/502/504 as ``/classify`` for
 an image that could not be fetched, 503 while Milvus does not answer (retry).
+
+``POST /banks/lookup``: ``application/json`` ``{"hash": "<PDQ, 64 hex digits>"}`` or ``{"image_ref": ...}``, or
+the image itself (as above); 404 ``banks_disabled`` on a worker without banks.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from vitguard.banks.lookup import parse_hash
 from vitguard.consumers.classify_http import media_type, parse_request
 from vitguard.errors import InputError
 from vitguard.schemas.events import ImageEvent, load_json
 from vitguard.search import SearchRequest, parse_query_string
 
-__all__ = ["SearchCall", "parse_search"]
+__all__ = ["LookupCall", "SearchCall", "parse_lookup", "parse_search"]
 
 _JSON_TYPES = frozenset({"application/json", "text/json"})
 
@@ -71,3 +78,36 @@ def _check_reference(image_ref: str) -> None:
         ImageEvent.model_validate({"content_id": "search", "image_ref": image_ref})
     except ValidationError as exc:
         raise InputError("schema_violation", f"image_ref: {exc.errors()[0]['msg']}") from exc
+
+
+@dataclass(frozen=True)
+class LookupCall:
+    """A bank lookup: a canonical PDQ hash, a reference, or the image's bytes (one of them)."""
+
+    hash: str | None = None
+    image_ref: str | None = None
+    data: bytes | None = None
+
+
+def parse_lookup(content_type: str, body: bytes) -> LookupCall:
+    """The bank lookup a request asks for.
+
+    Raises:
+        UnsupportedMediaTypeError: a body of another kind (415).
+        InputError: a request that is not valid (400).
+    """
+    kind = media_type(content_type)
+    if kind in _JSON_TYPES or (kind.startswith("application/") and kind.endswith("+json")):
+        data = load_json(body)
+        if not isinstance(data, dict) or len(data) != 1 or not isinstance(next(iter(data.values())), str) \
+                or next(iter(data)) not in ("hash", "image_ref"):
+            raise InputError("schema_violation",
+                             'expected a JSON object {"hash": "<PDQ hash>"} or {"image_ref": "<URL>"}')
+        if "hash" in data:
+            return LookupCall(hash=parse_hash(data["hash"]))
+        _check_reference(data["image_ref"])
+        return LookupCall(image_ref=data["image_ref"])
+    calls, _ = parse_request(content_type, body)
+    if len(calls) != 1:
+        raise InputError("schema_violation", f"{len(calls)} images: a lookup takes one")
+    return LookupCall(data=calls[0].data or b"")

@@ -1,73 +1,64 @@
-"""``POST /search`` on the worker's web server: similar stored items, from a stored item or from an image.
+"""``POST /search`` and ``POST /banks/lookup`` on the worker's web server: the stored embeddings and the hash
+banks, asked about without side effects.
 
-The image goes through the worker's own fetch, decode and forward pass (:meth:`Runner.probe`, the path of
-``POST /classify``); the index is the worker's own, so a worker on Milvus Lite (one process per file) serves
-searches of its store while it runs. API keys and their rate are ``POST /classify``'s (one budget per key);
-searches have their own in-flight bound (``VITGUARD_WEB_CLASSIFY_MAX_IN_FLIGHT``, the same value).
+An image goes through the worker's own fetch, decode and forward pass (:meth:`Runner.probe`, the path of
+``POST /classify``: the same limits, the PDQ hash from the same pixels); the index and the banks are the
+worker's own, so a worker on Milvus Lite (one process per file) serves searches of its store while it runs.
+Both views go through a :class:`~vitguard.consumers.http_gate.RequestGate` each (``POST /classify``'s API keys,
+one budget per key; their own in-flight bound, ``VITGUARD_WEB_CLASSIFY_MAX_IN_FLIGHT``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from vitguard import metrics
+from vitguard.banks.lookup import BankLookupAnswer, BanksDisabledError, lookup_hash
 from vitguard.consumers.api_keys import ApiKeys
-from vitguard.consumers.classify_http import UnsupportedMediaTypeError, status_for
-from vitguard.consumers.search_http import SearchCall, parse_search
-from vitguard.errors import InputError, ServiceUnavailableError
-from vitguard.search import NotStoredError, SearchAnswer, search_by_content_id, search_by_vector
+from vitguard.consumers.http_gate import RequestGate
+from vitguard.consumers.search_http import LookupCall, SearchCall, parse_lookup, parse_search
+from vitguard.search import SearchAnswer, search_by_content_id, search_by_vector
 
-__all__ = ["register_search", "search_failure"]
-
-_log = logging.getLogger(__name__)
+__all__ = ["register_store_views"]
 
 
-def register_search(app: Any, runtime: Any, keys: ApiKeys) -> None:
-    """Add ``POST /search`` to a Faust app (``runtime``: its :class:`~vitguard.consumers.app.WorkerRuntime`)."""
+def register_store_views(app: Any, runtime: Any, keys: ApiKeys) -> None:
+    """Add ``POST /search`` and ``POST /banks/lookup`` to a Faust app (``runtime``: its
+    :class:`~vitguard.consumers.app.WorkerRuntime`)."""
     from faust.web import View
 
-    limit = runtime.settings.web.classify_max_in_flight
-    body_timeout_s = runtime.settings.fetch.connect_timeout_s + runtime.settings.fetch.read_timeout_s
-    handling = [0]
+    web, fetch = runtime.settings.web, runtime.settings.fetch
+    body_timeout_s = fetch.connect_timeout_s + fetch.read_timeout_s
+    searches = RequestGate("/search", keys, web.classify_max_in_flight, body_timeout_s, metrics.SEARCH_REQUESTS)
+    lookups = RequestGate("/banks/lookup", keys, web.classify_max_in_flight, body_timeout_s,
+                          metrics.BANK_LOOKUP_REQUESTS)
 
     @app.page("/search")
     class Search(View):  # type: ignore[misc]
         async def post(self, request: Any) -> Any:
-            refusal = keys.check(request.headers)
-            if refusal is not None:
-                return self._refuse(refusal.reason, refusal.message, refusal.status, dict(refusal.headers))
-            if handling[0] >= limit:
-                return self._refuse("overloaded", f"{limit} searches in progress; retry", 429, {"Retry-After": "1"})
-            handling[0] += 1
-            try:
-                try:
-                    async with asyncio.timeout(body_timeout_s):
-                        body = await request.read()
-                except TimeoutError:
-                    return self._refuse("request_timeout",
-                                        f"the request body did not arrive within {body_timeout_s:g} s", 408)
+            async def handle(body: bytes) -> dict[str, Any]:
                 call = parse_search(request.headers.get("Content-Type") or "", body, _query(request))
-                answer = await _search(runtime.runner, call)
-            except Exception as exc:
-                reason, message, status = search_failure(exc)
-                if status == 500:
-                    _log.exception("POST /search failed")
-                return self._refuse(reason, message, status, {"Retry-After": "1"} if status == 503 else {})
-            finally:
-                handling[0] -= 1
-            metrics.SEARCH_REQUESTS.labels("answered").inc()
-            return self.json(answer.model_dump(mode="json"))
+                return (await _search(runtime.runner, call)).model_dump(mode="json")
 
-        def _refuse(self, reason: str, message: str, status: int, headers: dict[str, str] | None = None) -> Any:
-            metrics.SEARCH_REQUESTS.labels(reason).inc()
-            return self.json({"reason": reason, "message": message}, status=status, headers=headers or {})
+            return await searches.run(self, request, handle)
 
         async def _not_allowed(self, request: Any) -> Any:
-            return self.json({"reason": "method_not_allowed",
-                              "message": f"{request.method} /search: send the search with POST"},
-                             status=405, headers={"Allow": "POST"})
+            return await searches.not_allowed(self, request)
+
+        get = put = delete = patch = _not_allowed
+
+    @app.page("/banks/lookup")
+    class BankLookup(View):  # type: ignore[misc]
+        async def post(self, request: Any) -> Any:
+            async def handle(body: bytes) -> dict[str, Any]:
+                call = parse_lookup(request.headers.get("Content-Type") or "", body)
+                return (await _lookup(runtime.runner, call)).model_dump(mode="json")
+
+            return await lookups.run(self, request, handle)
+
+        async def _not_allowed(self, request: Any) -> Any:
+            return await lookups.not_allowed(self, request)
 
         get = put = delete = patch = _not_allowed
 
@@ -87,14 +78,13 @@ async def _search(runner: Any, call: SearchCall) -> SearchAnswer:
     return SearchAnswer(collection=collection, verdict=probed.verdict, results=results)
 
 
-def search_failure(exc: Exception) -> tuple[str, str, int]:
-    """What a failed search answers: reason, message and status (500: a bug, not the caller's)."""
-    if isinstance(exc, InputError):
-        return exc.reason, exc.message, status_for(exc.reason)
-    if isinstance(exc, UnsupportedMediaTypeError):
-        return exc.reason, exc.message, 415
-    if isinstance(exc, NotStoredError):
-        return exc.reason, str(exc), 404
-    if isinstance(exc, ServiceUnavailableError):
-        return "unavailable", str(exc), 503
-    return "internal_error", type(exc).__name__, 500
+async def _lookup(runner: Any, call: LookupCall) -> BankLookupAnswer:
+    """One bank lookup: a hash against the banks as they are now (on a thread: a big bank must not hold the
+    loop), an image through the runner (its verdict carries its hash and matches, the flood guard only read)."""
+    matcher = runner.completer.matcher
+    if call.hash is not None:
+        return await asyncio.to_thread(lookup_hash, matcher, call.hash)
+    if matcher is None:
+        raise BanksDisabledError("this worker runs without hash banks (VITGUARD_BANKS_ENABLED=false)")
+    verdict = await runner.classify(data=call.data, image_ref=call.image_ref)
+    return BankLookupAnswer.of_verdict(verdict)

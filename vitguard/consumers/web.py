@@ -21,7 +21,7 @@ from vitguard import metrics
 from vitguard.consumers.api_keys import ApiKeys
 from vitguard.consumers.classify_http import ClassifyCall, UnsupportedMediaTypeError, parse_request, status_for
 from vitguard.consumers.openapi import openapi_document
-from vitguard.consumers.search_view import register_search
+from vitguard.consumers.search_view import register_store_views
 from vitguard.errors import InputError
 from vitguard.health import liveness, readiness
 
@@ -34,7 +34,7 @@ def register_views(app: Any, runtime: Any) -> None:
     keys = ApiKeys([k.get_secret_value() for k in runtime.settings.web.api_keys], runtime.settings.web.api_key_rate)
     _register_probes(app, runtime)
     _register_classify(app, runtime, keys)
-    register_search(app, runtime, keys)
+    register_store_views(app, runtime, keys)
 
 
 def _register_probes(app: Any, runtime: Any) -> None:
