@@ -144,10 +144,6 @@ def _search_path(components: dict[str, Any], binary: dict[str, Any], error: dict
     filters = [{"name": name, "in": "query", "required": False, "schema": field,
                 "description": f"{field.get('description', '')} (a search whose body is the image)".strip()}
                for name, field in request["properties"].items() if name not in ("content_id", "image_ref")]
-    responses: dict[str, Any] = {str(code): {"description": why, "content": error}
-                                 for code, why in SEARCH_STATUSES.items() if code != 200}
-    responses["200"] = {"description": SEARCH_STATUSES[200], "content": {"application/json": {"schema": {
-        "$ref": "#/components/schemas/SearchAnswer"}}}}
     return {"post": {
         "summary": "Stored items similar to a stored item (content_id) or to an image, filtered.",
         "security": [{}, {"bearer": []}, {"apiKey": []}],
@@ -158,7 +154,7 @@ def _search_path(components: dict[str, Any], binary: dict[str, Any], error: dict
             "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {
                 "type": "string", "format": "binary"}}}},
         }},
-        "responses": responses,
+        "responses": _responses(SEARCH_STATUSES, "SearchAnswer", error),
     }}
 
 
@@ -167,10 +163,6 @@ def _lookup_path(components: dict[str, Any], binary: dict[str, Any], error: dict
     answer = BankLookupAnswer.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
     components.update(answer.pop("$defs", {}))
     components |= {"BankLookupRequest": _LOOKUP_REQUEST, "BankLookupAnswer": answer}
-    responses: dict[str, Any] = {str(code): {"description": why, "content": error}
-                                 for code, why in LOOKUP_STATUSES.items() if code != 200}
-    responses["200"] = {"description": LOOKUP_STATUSES[200], "content": {"application/json": {"schema": {
-        "$ref": "#/components/schemas/BankLookupAnswer"}}}}
     return {"post": {
         "summary": "The PDQ hash of an image (or a hash given) and the bank entries it matches; no side effects.",
         "security": [{}, {"bearer": []}, {"apiKey": []}],
@@ -178,5 +170,14 @@ def _lookup_path(components: dict[str, Any], binary: dict[str, Any], error: dict
             "application/json": {"schema": {"$ref": "#/components/schemas/BankLookupRequest"}},
             "image/*": binary, "video/*": binary, "application/octet-stream": binary,
         }},
-        "responses": responses,
+        "responses": _responses(LOOKUP_STATUSES, "BankLookupAnswer", error),
     }}
+
+
+def _responses(statuses: dict[int, str], answer: str, error: dict[str, Any]) -> dict[str, Any]:
+    """A view's responses: its answer schema for 200, the error object for every other status it gives."""
+    responses: dict[str, Any] = {str(code): {"description": why, "content": error}
+                                 for code, why in statuses.items() if code != 200}
+    responses["200"] = {"description": statuses[200], "content": {"application/json": {"schema": {
+        "$ref": f"#/components/schemas/{answer}"}}}}
+    return responses
