@@ -27,6 +27,7 @@ __all__ = [
     "CACHE_HITS",
     "BANK_LOOKUP_REQUESTS",
     "CLASSIFY_REQUESTS",
+    "CLUSTER_REQUESTS",
     "CONTENT_TYPE",
     "DEAD_LETTERS",
     "EVENTS_CONSUMED",
@@ -177,6 +178,12 @@ CLASSIFY_REQUESTS = Counter(
 BANK_LOOKUP_REQUESTS = Counter(
     "vitguard_bank_lookup_requests",
     "POST /banks/lookup requests by outcome (answered, or the reason code of a refusal).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+CLUSTER_REQUESTS = Counter(
+    "vitguard_cluster_requests",
+    "GET /clusters and GET /clusters/{id} requests by outcome (answered, or the reason code of a refusal).",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -12,7 +12,13 @@ import jsonschema
 import pytest
 
 from vitguard.consumers import classify_http, http_gate, search_http, search_view, web
-from vitguard.consumers.openapi import CLASSIFY_STATUSES, LOOKUP_STATUSES, SEARCH_STATUSES, openapi_document
+from vitguard.consumers.openapi import (
+    CLASSIFY_STATUSES,
+    CLUSTER_STATUSES,
+    LOOKUP_STATUSES,
+    SEARCH_STATUSES,
+    openapi_document,
+)
 from vitguard.schemas.events import Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +72,18 @@ def test_every_status_the_store_views_answer_is_documented(path: str, statuses: 
                      and isinstance(node.value, int) and not isinstance(node.value, bool) and 400 <= node.value < 600}
     documented = {int(code) for code in openapi_document()["paths"][path]["post"]["responses"]}
     assert answered <= documented == set(statuses)
+
+
+@pytest.mark.parametrize("path", ["/clusters", "/clusters/{cluster_id}"])
+def test_every_status_the_cluster_views_answer_is_documented(path: str) -> None:
+    """The gate's statuses (keys, bound, deadline, failures) and the views' own are documented."""
+    answered: set[int] = {200, 400, 401, 404, 429}
+    tree = ast.parse(Path(http_gate.__file__ or "").read_text())
+    answered |= {int(node.value) for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                 and isinstance(node.value, int) and not isinstance(node.value, bool) and 400 <= node.value < 600}
+    answered.discard(415)  # a body of the wrong kind: a GET has no body
+    documented = {int(code) for code in openapi_document()["paths"][path]["get"]["responses"]}
+    assert answered <= documented == set(CLUSTER_STATUSES)
 
 
 def test_the_committed_document_is_the_generated_one() -> None:

@@ -1,6 +1,7 @@
-"""Similarity search on a real worker (Milvus Lite, which only the worker's process may open): ``POST /search``
-from a stored item and from an image, its refusals, ``vitguard search --worker``, and, once the worker has
-stopped, ``vitguard search`` opening the same Lite file itself."""
+"""Similarity search and clusters on a real worker (Milvus Lite, which only the worker's process may open):
+``POST /search`` from a stored item and from an image, ``GET /clusters``, their refusals, the commands through
+the worker (``--worker``), and, once the worker has stopped, the commands opening the same Lite file
+themselves. The policy calls every image unsafe, so the sample photos and their copies form clusters."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.test_pipeline_worker import pipeline_settings, post, publish, reader, wait_answered
+from tests.integration.test_pipeline_worker import ALL_UNSAFE, pipeline_settings, post, publish, reader, wait_answered
 from vitguard.demo.samples import make_sample_set
 from vitguard.testing.worker import WorkerProcess, settings_env
 
@@ -23,15 +26,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 __all__ = ["pipeline_settings"]  # the fixture, shared with the worker tests
 
 
-def cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vitguard", "search", *args], capture_output=True, text=True,
+def cli(settings: Any, *args: str, command: str = "search", sub: str | None = None) -> subprocess.CompletedProcess[str]:
+    words = [command, *([sub] if sub else [])]
+    return subprocess.run([sys.executable, "-m", "vitguard", *words, *args], capture_output=True, text=True,
                           env={**os.environ, **settings_env(settings)}, timeout=120, check=False)
 
 
-def test_search_from_a_stored_item_and_from_an_image_while_the_worker_runs_and_after(
+def get(web: str, target: str) -> tuple[int, Any]:
+    """GET from the worker's web server: (status, JSON body)."""
+    try:
+        with urllib.request.urlopen(web + target, timeout=30) as reply:  # noqa: S310 - our own worker
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_search_and_clusters_while_the_worker_runs_and_after(
     pipeline_settings: Callable[..., Any], tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
-    settings = pipeline_settings()
+    settings = pipeline_settings(policy=ALL_UNSAFE)
     samples = make_sample_set(tmp_path / "images", photos=4, copies=3, burst=0, bad=False)
     publish(settings, samples.events)
     by_kind = {kind: [e.content_id for e in samples.events if e.kind == kind]
@@ -44,7 +57,7 @@ def test_search_from_a_stored_item_and_from_an_image_while_the_worker_runs_and_a
         by_id = post(settings, "/search", json.dumps({"content_id": "photo-0", "k": 3}).encode(), "application/json")
         by_image = post(settings, "/search?k=3&tenant=demo", samples.flagged_files[-1].read_bytes(), "image/jpeg")
         other_tenant = post(settings, "/search", b'{"content_id": "photo-0", "tenant": "nobody"}', "application/json")
-        unsafe_only = post(settings, "/search", b'{"content_id": "photo-0", "label": "unsafe"}', "application/json")
+        safe_only = post(settings, "/search", b'{"content_id": "photo-0", "label": "safe"}', "application/json")
         reupload = post(settings, "/search", json.dumps({"content_id": by_kind["exact-reupload"][0]}).encode(),
                         "application/json")
         refusals = {
@@ -60,6 +73,14 @@ def test_search_from_a_stored_item_and_from_an_image_while_the_worker_runs_and_a
                       "--worker", f"http://127.0.0.1:{settings.web.port}")
         missing_cli = cli(settings, "--content-id", "never-uploaded",
                           "--worker", f"http://127.0.0.1:{settings.web.port}")
+        web = f"http://127.0.0.1:{settings.web.port}"
+        listing = get(web, "/clusters")
+        family_id = next(c["cluster_id"] for c in listing[1]["clusters"] if c["representatives"][0] == "photo-0")
+        page = get(web, f"/clusters/{family_id}?limit=2")
+        cluster_refusals = {"unknown": get(web, "/clusters/c-0000000000000000"), "bad id": get(web, "/clusters/a%20b"),
+                            "bad limit": get(web, "/clusters?limit=0"),
+                            "POST": post(settings, "/clusters", b"{}", "application/json")}
+        clusters_cli = cli(settings, "--json", "--worker", web, command="clusters", sub="list")
     assert worker.terminate() == 0
 
     status, answer = by_id
@@ -68,17 +89,17 @@ def test_search_from_a_stored_item_and_from_an_image_while_the_worker_runs_and_a
     assert "photo-0" not in ids and set(ids) == family, ids  # its own copies are the nearest, itself left out
     sims = [r["similarity"] for r in answer["results"]]
     assert sims == sorted(sims, reverse=True) and sims[-1] > 0.8
-    assert all(r["tenant"] == "demo" and r["label"] == "safe" and r["created_at"] for r in answer["results"]), answer
+    assert all(r["tenant"] == "demo" and r["label"] == "unsafe" and r["created_at"] for r in answer["results"]), answer
 
     status, image_answer = by_image
     assert status == 200, image_answer
-    assert image_answer["verdict"]["label"] == "safe" and image_answer["content_id"] is None
+    assert image_answer["verdict"]["label"] == "unsafe" and image_answer["content_id"] is None
     # the query image is itself stored (it was uploaded as a copy): it comes first, its family after
     assert {r["content_id"] for r in image_answer["results"]} <= family | {"photo-0"}
     assert image_answer["results"][0]["similarity"] == pytest.approx(1.0, abs=1e-3)
 
     assert other_tenant[0] == 200 and other_tenant[1]["results"] == []
-    assert unsafe_only[0] == 200 and unsafe_only[1]["results"] == []  # every photo here is safe
+    assert safe_only[0] == 200 and safe_only[1]["results"] == []  # every image here is unsafe
     assert reupload[0] == 200, reupload  # an exact re-upload (a verdict cache hit) is findable by its own id
     assert {r["content_id"] for r in reupload[1]["results"]} >= {"photo-1"}
     assert {name: (s, body["reason"]) for name, (s, body) in refusals.items()} == {
@@ -86,6 +107,22 @@ def test_search_from_a_stored_item_and_from_an_image_while_the_worker_runs_and_a
         "injection": (400, "schema_violation"), "not an image": (400, "not_an_image"),
         "other body": (415, "unsupported_media_type"), "GET": (405, "method_not_allowed"),
     }
+
+    # clusters: photo-0 and its three copies on one, photo-1 and its exact re-upload (a cache hit) on another
+    status, clusters = listing
+    assert status == 200 and not clusters["truncated"], clusters
+    sizes = sorted(c["size"] for c in clusters["clusters"])
+    assert sizes == [1, 1, 2, 4], sizes
+    family = next(c for c in clusters["clusters"] if c["cluster_id"] == family_id)
+    assert family["growth"] == 4 and family["tenants"] == ["demo"] and len(family["representatives"]) == 3
+    assert page[0] == 200 and page[1]["cluster"] == family and page[1]["next_offset"] == 2
+    assert [i["content_id"] for i in page[1]["items"]] == ["photo-0", by_kind["near-duplicate"][0]]
+    assert {name: (s, body["reason"]) for name, (s, body) in cluster_refusals.items()} == {
+        "unknown": (404, "not_found"), "bad id": (400, "schema_violation"), "bad limit": (400, "schema_violation"),
+        "POST": (405, "method_not_allowed")}
+    assert clusters_cli.returncode == 0, clusters_cli.stderr
+    assert [(c["cluster_id"], c["size"]) for c in json.loads(clusters_cli.stdout)["clusters"]] == [
+        (c["cluster_id"], c["size"]) for c in clusters["clusters"]]
 
     assert via_cli.returncode == 0, via_cli.stderr
     assert json.loads(via_cli.stdout)["results"] == answer["results"]
@@ -100,3 +137,7 @@ def test_search_from_a_stored_item_and_from_an_image_while_the_worker_runs_and_a
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].startswith("# 2 item(s) in ") and "photo-0" in lines[2]
+
+    shown = cli(settings, family_id, "--limit", "2", command="clusters", sub="show")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["items"] == page[1]["items"]

@@ -22,7 +22,7 @@ from vitguard.model.types import ModelInfo
 from vitguard.settings import MilvusSettings
 from vitguard.stores import EmbeddingRecord, InMemoryEmbeddingIndex, MilvusEmbeddingIndex
 from vitguard.stores.milvus import DEFAULT_LITE_FLUSH_ROWS, is_lite_uri
-from vitguard.stores.similar import SearchFilters
+from vitguard.stores.similar import SearchFilters, StoredItem
 from vitguard.testing import services
 
 pytestmark = pytest.mark.integration
@@ -376,3 +376,17 @@ def test_a_filter_value_cannot_add_terms_to_the_milvus_expression(index: MilvusE
                           filters=SearchFilters(tenants=(bad,)))
     with pytest.raises(ValueError):
         index.similar(name, unit_rows(1, 8, seed=1)[0], limit=3, min_similarity=-1.0, exclude=['item-1"] or ["'])
+
+
+def test_cluster_rows_are_the_unsafe_rows_on_a_cluster_as_stored(index: MilvusEmbeddingIndex) -> None:
+    rows = _stored(30, seed=24)
+    name = index.ensure_collection(SMALL)
+    index.upsert(name, rows)
+    for filters in (SearchFilters(), SearchFilters(tenants=("tenant-1",)), SearchFilters(clusters=("c-2",))):
+        got, cut = index.cluster_rows(name, filters=filters)
+        want = [StoredItem.of(r) for r in rows if r.label == "unsafe" and r.cluster_id and filters.admits(r)]
+        assert not cut and want
+        assert sorted(g.content_id for g in got) == sorted(w.content_id for w in want)
+        assert {replace(g, unsafe_score=0.0) for g in got} == {replace(w, unsafe_score=0.0) for w in want}
+    got, cut = index.cluster_rows(name, limit=3)
+    assert len(got) == 3 and cut

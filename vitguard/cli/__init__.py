@@ -36,6 +36,7 @@ def main() -> None:
 def _register() -> None:
     from vitguard.cli import (
         banks_cmd,
+        clusters_cmd,
         config_cmd,
         demo_cmd,
         dev_cmd,
@@ -50,8 +51,8 @@ def _register() -> None:
         worker_cmd,
     )
 
-    modules = (worker_cmd, demo_cmd, dev_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, search_cmd, finetune_cmd,
-               schemas_cmd, config_cmd, review_cmd, banks_cmd)
+    modules = (worker_cmd, demo_cmd, dev_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, search_cmd, clusters_cmd,
+               finetune_cmd, schemas_cmd, config_cmd, review_cmd, banks_cmd)
     for module in modules:
         module.register(main)
 

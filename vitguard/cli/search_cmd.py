@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from vitguard.errors import InputError
+from vitguard.cli._worker_http import NotFoundOnWorkerError, call_worker
 
 __all__ = ["register"]
 
@@ -53,7 +53,7 @@ def search(image: Path | None, content_id: str | None, k: int, min_similarity: f
             answer = _ask_worker(worker, api_key, image, request)
         else:
             answer = _search_store(image, request, collection)
-    except NotStoredError as exc:
+    except (NotStoredError, NotFoundOnWorkerError) as exc:
         click.echo(f"vitguard: error: {exc}", err=True)
         sys.exit(_EXIT_NOT_FOUND)
     _print(answer, as_json)
@@ -87,44 +87,14 @@ def _search_store(image: Path | None, request: Any, collection: str | None) -> d
 
 
 def _ask_worker(url: str, api_key: str | None, image: Path | None, request: Any) -> dict[str, Any]:
-    """``POST /search`` on a running worker; its refusal becomes one line."""
-    import urllib.error
+    """``POST /search`` on a running worker."""
     import urllib.parse
-    import urllib.request
 
-    from vitguard.errors import ServiceUnavailableError
-    from vitguard.search import NotStoredError
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     fields = request.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     if image is None:
-        body, headers["Content-Type"], target = json.dumps(fields).encode(), "application/json", "/search"
-    else:
-        query = urllib.parse.urlencode(fields, doseq=True)
-        body, headers["Content-Type"], target = image.read_bytes(), "application/octet-stream", f"/search?{query}"
-    call = urllib.request.Request(url.rstrip("/") + target, data=body, headers=headers, method="POST")  # noqa: S310
-    try:
-        with urllib.request.urlopen(call, timeout=60) as reply:  # noqa: S310 - the operator's own worker
-            answer: dict[str, Any] = json.loads(reply.read())
-            return answer
-    except urllib.error.HTTPError as exc:
-        refusal = _refusal(exc.read())
-        if exc.code == 404:
-            raise NotStoredError(refusal) from exc
-        if exc.code >= 500:
-            raise ServiceUnavailableError(f"the worker at {url} answered {exc.code}: {refusal}") from exc
-        raise InputError("schema_violation", f"the worker at {url} refused the search ({exc.code}): {refusal}") \
-            from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise ServiceUnavailableError(f"cannot reach the worker at {url}: {exc}") from exc
-
-
-def _refusal(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-        return f"{data['reason']}: {data['message']}"
-    except (ValueError, KeyError, TypeError):
-        return body[:200].decode("utf-8", "replace")
+        return call_worker(url, "/search", api_key, json.dumps(fields).encode(), "application/json")
+    query = urllib.parse.urlencode(fields, doseq=True)
+    return call_worker(url, f"/search?{query}", api_key, image.read_bytes(), "application/octet-stream")
 
 
 def _print(answer: dict[str, Any], as_json: bool) -> None:

@@ -24,8 +24,10 @@ _log = logging.getLogger(__name__)
 class RequestGate:
     """Runs one view's requests through the keys, the bound and the body deadline; counts each outcome."""
 
-    def __init__(self, name: str, keys: ApiKeys, limit: int, body_timeout_s: float, outcomes: Counter) -> None:
+    def __init__(self, name: str, keys: ApiKeys, limit: int, body_timeout_s: float, outcomes: Counter,
+                 *, method: str = "POST") -> None:
         self.name = name
+        self.method = method
         self.keys = keys
         self.limit = limit
         self.body_timeout_s = body_timeout_s
@@ -64,8 +66,9 @@ class RequestGate:
         return view.json({"reason": reason, "message": message}, status=status, headers=headers or {})
 
     async def not_allowed(self, view: Any, request: Any) -> Any:
-        return view.json({"reason": "method_not_allowed", "message": f"{request.method} {self.name}: use POST"},
-                         status=405, headers={"Allow": "POST"})
+        message = f"{request.method} {self.name}: use {self.method}"
+        return view.json({"reason": "method_not_allowed", "message": message}, status=405,
+                         headers={"Allow": self.method})
 
 
 def http_failure(exc: Exception) -> tuple[str, str, int]:

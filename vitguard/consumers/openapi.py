@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from vitguard.banks.lookup import BankLookupAnswer
+from vitguard.clusters import ClusterItems, ClusterList
 from vitguard.consumers.classify_http import MAX_PARTS
 from vitguard.schemas.events import SCHEMA_VERSION, Verdict
 from vitguard.search import SearchAnswer, SearchRequest
 
-__all__ = ["CLASSIFY_STATUSES", "LOOKUP_STATUSES", "SEARCH_STATUSES", "openapi_document"]
+__all__ = ["CLASSIFY_STATUSES", "CLUSTER_STATUSES", "LOOKUP_STATUSES", "SEARCH_STATUSES", "openapi_document"]
 
 CLASSIFY_STATUSES: dict[int, str] = {
     200: "The verdict (a multipart request: one answer per file part).",
@@ -46,6 +47,19 @@ LOOKUP_STATUSES: dict[int, str] = {
     503: "The worker is stopping; retry (Retry-After).",
 }
 """Every status ``POST /banks/lookup`` answers, and why."""
+
+CLUSTER_STATUSES: dict[int, str] = {
+    200: "The clusters (or one cluster and a page of its items).",
+    400: "A bad parameter or cluster id (reason: schema_violation).",
+    401: CLASSIFY_STATUSES[401],
+    404: "No stored item is on that cluster (reason: not_found).",
+    405: "Another method than GET.",
+    408: CLASSIFY_STATUSES[408],
+    429: CLASSIFY_STATUSES[429],
+    500: CLASSIFY_STATUSES[500],
+    503: "Milvus did not answer, or the worker is stopping; retry (Retry-After).",
+}
+"""Every status ``GET /clusters`` and ``GET /clusters/{id}`` answer, and why."""
 
 _LOOKUP_REQUEST = {
     "type": "object",
@@ -96,6 +110,7 @@ def openapi_document() -> dict[str, Any]:
         "oneOf": [{"$ref": "#/components/schemas/Verdict"}, {"$ref": "#/components/schemas/BatchResults"}]}}}}
     search = _search_path(components, binary, error)
     lookup = _lookup_path(components, binary, error)
+    listing, cluster = _cluster_paths(components, error)
     probe = {"200": {"description": "Yes.", "content": {"application/json": {"schema": _PROBE}}},
              "503": {"description": "No; the reasons say why.", "content": {"application/json": {"schema": _PROBE}}}}
     return {
@@ -122,6 +137,8 @@ def openapi_document() -> dict[str, Any]:
             }},
             "/search": search,
             "/banks/lookup": lookup,
+            "/clusters": listing,
+            "/clusters/{cluster_id}": cluster,
             "/livez": {"get": {"summary": "Liveness: false when wedged or fatal.", "responses": probe}},
             "/readyz": {"get": {"summary": "Readiness: dependencies, the group join, fatal errors.",
                                 "responses": probe}},
@@ -181,3 +198,26 @@ def _responses(statuses: dict[int, str], answer: str, error: dict[str, Any]) -> 
     responses["200"] = {"description": statuses[200], "content": {"application/json": {"schema": {
         "$ref": f"#/components/schemas/{answer}"}}}}
     return responses
+
+
+def _cluster_paths(components: dict[str, Any], error: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``GET /clusters`` and ``GET /clusters/{cluster_id}``; adds their answer schemas to ``components``."""
+    ref = "#/components/schemas/{model}"
+    for model in (ClusterList, ClusterItems):
+        schema = model.model_json_schema(ref_template=ref, mode="serialization")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    tenant = {"name": "tenant", "in": "query", "required": False, "schema": {"type": "string"},
+              "description": "Count only these tenants' items (repeated or comma-separated)."}
+    page = [{"name": name, "in": "query", "required": False, "schema": {"type": "integer", "minimum": low},
+             "description": why} for name, low, why in (("limit", 1, "At most this many (1-500, default 50)."),
+                                                        ("offset", 0, "The first item of the page (default 0)."))]
+    security: list[dict[str, list[str]]] = [{}, {"bearer": []}, {"apiKey": []}]
+    listing = {"get": {"summary": "The unsafe near-duplicate clusters, most recently active first.",
+                       "security": security, "parameters": [tenant, page[0]],
+                       "responses": _responses(CLUSTER_STATUSES, "ClusterList", error)}}
+    one = {"get": {"summary": "One cluster and a page of its items, oldest upload first.", "security": security,
+                   "parameters": [{"name": "cluster_id", "in": "path", "required": True,
+                                   "schema": {"type": "string"}}, tenant, *page],
+                   "responses": _responses(CLUSTER_STATUSES, "ClusterItems", error)}}
+    return listing, one

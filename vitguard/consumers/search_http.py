@@ -21,14 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vitguard.banks.lookup import parse_hash
 from vitguard.consumers.classify_http import media_type, parse_request
 from vitguard.errors import InputError
-from vitguard.schemas.events import ImageEvent, load_json
+from vitguard.schemas.events import Identifier, ImageEvent, load_json
 from vitguard.search import SearchRequest, parse_query_string
 
-__all__ = ["LookupCall", "SearchCall", "parse_lookup", "parse_search"]
+__all__ = ["ClusterQuery", "LookupCall", "SearchCall", "parse_cluster_query", "parse_lookup", "parse_search"]
 
 _JSON_TYPES = frozenset({"application/json", "text/json"})
 
@@ -111,3 +114,34 @@ def parse_lookup(content_type: str, body: bytes) -> LookupCall:
     if len(calls) != 1:
         raise InputError("schema_violation", f"{len(calls)} images: a lookup takes one")
     return LookupCall(data=calls[0].data or b"")
+
+
+class ClusterQuery(BaseModel):
+    """``GET /clusters`` and ``GET /clusters/{id}``: which tenants' items count, and which page."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: list[Identifier] = Field(default_factory=list)
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0)
+
+
+def parse_cluster_query(params: Mapping[str, Sequence[str]]) -> ClusterQuery:
+    """A cluster listing's URL parameters (``tenant`` repeated or comma-separated).
+
+    Raises:
+        InputError: ``schema_violation`` naming the parameter.
+    """
+    data: dict[str, Any] = {}
+    for name, values in params.items():
+        if name == "tenant":
+            data[name] = [v.strip() for value in values for v in value.split(",") if v.strip()]
+        elif len(values) != 1:
+            raise InputError("schema_violation", f"{name}: given {len(values)} times")
+        else:
+            data[name] = values[0]
+    try:
+        return ClusterQuery.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError("schema_violation", f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from exc

@@ -1,5 +1,5 @@
-"""``POST /search`` and ``POST /banks/lookup`` on the worker's web server: the stored embeddings and the hash
-banks, asked about without side effects.
+"""``POST /search``, ``POST /banks/lookup``, ``GET /clusters`` and ``GET /clusters/{id}`` on the worker's web
+server: the stored embeddings, the hash banks and the clusters, asked about without side effects.
 
 An image goes through the worker's own fetch, decode and forward pass (:meth:`Runner.probe`, the path of
 ``POST /classify``: the same limits, the PDQ hash from the same pixels); the index and the banks are the
@@ -11,14 +11,25 @@ one budget per key; their own in-flight bound, ``VITGUARD_WEB_CLASSIFY_MAX_IN_FL
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from vitguard import metrics
 from vitguard.banks.lookup import BankLookupAnswer, BanksDisabledError, lookup_hash
+from vitguard.clusters import ClusterItems, ClusterList, ClusterNotFoundError, cluster_items, summarize
 from vitguard.consumers.api_keys import ApiKeys
 from vitguard.consumers.http_gate import RequestGate
-from vitguard.consumers.search_http import LookupCall, SearchCall, parse_lookup, parse_search
+from vitguard.consumers.search_http import (
+    ClusterQuery,
+    LookupCall,
+    SearchCall,
+    parse_cluster_query,
+    parse_lookup,
+    parse_search,
+)
+from vitguard.errors import InputError
 from vitguard.search import SearchAnswer, search_by_content_id, search_by_vector
+from vitguard.stores.similar import SearchFilters, StoredItem
 
 __all__ = ["register_store_views"]
 
@@ -62,6 +73,36 @@ def register_store_views(app: Any, runtime: Any, keys: ApiKeys) -> None:
 
         get = put = delete = patch = _not_allowed
 
+    listings = RequestGate("/clusters", keys, web.classify_max_in_flight, body_timeout_s, metrics.CLUSTER_REQUESTS,
+                           method="GET")
+
+    @app.page("/clusters")
+    class Clusters(View):  # type: ignore[misc]
+        async def get(self, request: Any) -> Any:
+            async def handle(body: bytes) -> dict[str, Any]:
+                return (await _clusters(runtime, parse_cluster_query(_query(request)))).model_dump(mode="json")
+
+            return await listings.run(self, request, handle)
+
+        async def _not_allowed(self, request: Any) -> Any:
+            return await listings.not_allowed(self, request)
+
+        post = put = delete = patch = _not_allowed
+
+    @app.page("/clusters/{cluster_id}")
+    class Cluster(View):  # type: ignore[misc]
+        async def get(self, request: Any, cluster_id: str) -> Any:
+            async def handle(body: bytes) -> dict[str, Any]:
+                query = parse_cluster_query(_query(request))
+                return (await _cluster(runtime, cluster_id, query)).model_dump(mode="json")
+
+            return await listings.run(self, request, handle)
+
+        async def _not_allowed(self, request: Any, cluster_id: str) -> Any:
+            return await listings.not_allowed(self, request)
+
+        post = put = delete = patch = _not_allowed
+
 
 def _query(request: Any) -> dict[str, list[str]]:
     """The URL's parameters, each with all its values."""
@@ -88,3 +129,38 @@ async def _lookup(runner: Any, call: LookupCall) -> BankLookupAnswer:
         raise BanksDisabledError("this worker runs without hash banks (VITGUARD_BANKS_ENABLED=false)")
     verdict = await runner.classify(data=call.data, image_ref=call.image_ref)
     return BankLookupAnswer.of_verdict(verdict)
+
+
+async def _cluster_rows(runtime: Any, filters: SearchFilters) -> tuple[str, list[StoredItem], bool]:
+    runner = runtime.runner
+    collection = runner.collection or await runner.ensure_collection()
+    rows, truncated = await asyncio.to_thread(runner.index.cluster_rows, collection, filters=filters)
+    return collection, rows, truncated
+
+
+async def _clusters(runtime: Any, query: ClusterQuery) -> ClusterList:
+    """The unsafe clusters of the worker's store (of ``query.tenant``'s items only, when given)."""
+    _, rows, truncated = await _cluster_rows(runtime, SearchFilters(tenants=tuple(query.tenant)))
+    policy = runtime.settings.policy
+    return summarize(rows, now_ms=int(time.time() * 1000), window_s=policy.wave_window_s,
+                     threshold=policy.wave_threshold, limit=query.limit, truncated=truncated)
+
+
+async def _cluster(runtime: Any, cluster_id: str, query: ClusterQuery) -> ClusterItems:
+    """One cluster and a page of its items.
+
+    Raises:
+        InputError: the id is not a cluster id (``schema_violation``).
+        ClusterNotFoundError: no stored item is on it.
+    """
+    try:
+        filters = SearchFilters(tenants=tuple(query.tenant), clusters=(cluster_id,))
+    except ValueError as exc:
+        raise InputError("schema_violation", str(exc)) from exc
+    _, rows, _ = await _cluster_rows(runtime, filters)
+    policy = runtime.settings.policy
+    found = cluster_items(cluster_id, rows, now_ms=int(time.time() * 1000), window_s=policy.wave_window_s,
+                          threshold=policy.wave_threshold, offset=query.offset, limit=query.limit)
+    if found is None:
+        raise ClusterNotFoundError(f"no stored item is on cluster {cluster_id!r}")
+    return found

@@ -17,7 +17,7 @@ from vitguard.model.types import ModelInfo
 from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import EmbeddingRecord, SearchHit, WaveState
 from vitguard.stores.naming import collection_name
-from vitguard.stores.similar import ANY, SearchFilters, SimilarItem
+from vitguard.stores.similar import ANY, SearchFilters, SimilarItem, StoredItem
 from vitguard.stores.wave import wave_decision
 
 __all__ = ["InMemoryDedupStore", "InMemoryEmbeddingIndex", "InMemoryWaveCounter"]
@@ -95,6 +95,13 @@ class InMemoryEmbeddingIndex:
         sims = matrix @ _normalised(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         order = np.argsort(-sims, kind="stable")[:limit]
         return [SimilarItem.of(rows[i], float(sims[i])) for i in order if sims[i] >= min_similarity]
+
+    def cluster_rows(self, collection: str, *, filters: SearchFilters = ANY,
+                     limit: int = 16_383) -> tuple[list[StoredItem], bool]:
+        """Like the Milvus adapter's ``cluster_rows``: unsafe rows on a cluster that pass ``filters``."""
+        rows = [StoredItem.of(r) for r in self._collection(collection).values()
+                if r.label == "unsafe" and r.cluster_id and filters.admits(r)]
+        return rows[:limit], len(rows) > limit
 
     def get(self, collection: str, content_ids: Sequence[str]) -> dict[str, EmbeddingRecord]:
         """The stored rows of these content ids (the ones found), like the Milvus adapter's ``get``."""

@@ -47,7 +47,7 @@ from vitguard.settings import MilvusSettings
 from vitguard.stores.interfaces import EmbeddingRecord, SearchHit
 from vitguard.stores.naming import collection_name
 from vitguard.stores.recent import RecentWrites, merge_hits
-from vitguard.stores.similar import ANY, SearchFilters, SimilarItem, milvus_filter
+from vitguard.stores.similar import ANY, SearchFilters, SimilarItem, StoredItem, milvus_filter
 
 __all__ = [
     "DEFAULT_LITE_FLUSH_ROWS",
@@ -73,6 +73,9 @@ upsert, flushes included, from 0.48 to 0.36 (128: no better). A Milvus server se
 segments itself; there the adapter never flushes unless asked to."""
 
 UNSAFE_FILTER = 'label == "unsafe"'
+MAX_QUERY_ROWS = 16_383
+"""The most rows one query reads (Milvus refuses a query limit over 16,384; one more is asked for, to tell a
+cut answer)."""
 """Only items judged unsafe are candidates for near-duplicate clustering."""
 
 _VARCHAR = {"content_id": 256, "label": 32, "cluster_id": 128, "tenant": 256, "model_version": 256}
@@ -433,6 +436,27 @@ class MilvusEmbeddingIndex:
                 raise
         found = [_similar_item(h) for h in raw[0]]
         return sorted((f for f in found if f.similarity >= min_similarity), key=lambda f: -f.similarity)
+
+    def cluster_rows(self, collection: str, *, filters: SearchFilters = ANY,
+                     limit: int = MAX_QUERY_ROWS) -> tuple[list[StoredItem], bool]:
+        """The unsafe rows on a cluster that pass ``filters`` (embeddings left out), at most ``limit``, and
+        whether there were more (cluster listings read every row they summarise: fine for what one cluster or a
+        tenant holds, not for a whole store of billions; the answer says when it is cut).
+
+        Raises:
+            ConfigError: Milvus refused the query for good.
+            ServiceUnavailableError: Milvus did not answer in time.
+        """
+        limit = min(limit, MAX_QUERY_ROWS)
+        expr = " and ".join(t for t in (UNSAFE_FILTER, 'cluster_id != ""', milvus_filter(filters)) if t)
+        fields = ["content_id", "label", "unsafe_score", "cluster_id", "tenant", "created_at_ms", "processed_at_ms"]
+        with self._lock:
+            client = self._connected()
+            rows = self._call(lambda: client.query(collection, filter=expr, output_fields=fields, limit=limit + 1,
+                                                   **self._rpc))
+        items = [StoredItem(str(r["content_id"]), str(r["label"]), float(r["unsafe_score"]), str(r["cluster_id"]),
+                            str(r["tenant"]), int(r["created_at_ms"]), int(r["processed_at_ms"])) for r in rows]
+        return items[:limit], len(items) > limit
 
     def ping(self) -> bool:
         """True when Milvus answers a cheap call within the deadlines; False otherwise, never hangs.

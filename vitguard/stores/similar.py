@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from vitguard.stores.interfaces import EmbeddingRecord
 
-__all__ = ["ANY", "LABELS", "SearchFilters", "SimilarItem", "milvus_filter"]
+__all__ = ["ANY", "LABELS", "SearchFilters", "SimilarItem", "StoredItem", "milvus_filter"]
 
 LABELS = ("safe", "unsafe")
 """The labels an item is stored with."""
@@ -107,3 +107,21 @@ class SimilarItem:
     def of(cls, record: EmbeddingRecord, similarity: float) -> SimilarItem:
         return cls(record.content_id, similarity, record.label, record.unsafe_score, record.cluster_id,
                    record.tenant, record.model_version, record.created_at_ms, record.processed_at_ms)
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """One stored row without its embedding (cluster listings)."""
+
+    content_id: str
+    label: str
+    unsafe_score: float
+    cluster_id: str
+    tenant: str
+    created_at_ms: int
+    processed_at_ms: int
+
+    @classmethod
+    def of(cls, record: EmbeddingRecord) -> StoredItem:
+        return cls(record.content_id, record.label, record.unsafe_score, record.cluster_id, record.tenant,
+                   record.created_at_ms, record.processed_at_ms)
