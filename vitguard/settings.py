@@ -40,6 +40,7 @@ __all__ = [
     "ModelSettings",
     "PolicySettings",
     "RedisSettings",
+    "RetroSettings",
     "ReviewSettings",
     "Settings",
     "TopicSettings",
@@ -826,6 +827,33 @@ class ReviewSettings(BaseSettings):
         return self
 
 
+class RetroSettings(BaseSettings):
+    """Retro-hunts: re-checking what was judged safe when something close to it becomes known unsafe."""
+
+    model_config = _config("VITGUARD_RETRO_")
+
+    threshold: float | None = Field(
+        None, gt=0, le=1,
+        description="Cosine similarity a retro-hunt matches at (unset: VITGUARD_POLICY_NEAR_DUPLICATE_THRESHOLD).",
+    )
+    max_matches: int = Field(100, ge=1, le=100, description="Most items one hunt reports, most similar first.")
+    hunts_per_s: float = Field(
+        5.0, gt=0, le=1000, description="Most hunts `vitguard retro-hunt --follow` starts a second (the store's load).",
+    )
+    group_id: str = Field(
+        "vitguard-retro-hunt",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/\-]*$",
+        description="Consumer group of `vitguard retro-hunt --follow`: its committed offsets are the hunts' progress.",
+    )
+    max_poll_interval_s: float = Field(
+        300.0, ge=6, le=3600,
+        description=(
+            "Longest a follower may spend between two reads (a hunt waiting for the store included) before the "
+            "group moves its partitions (librdkafka max.poll.interval.ms, also the join's rebalance timeout)."
+        ),
+    )
+
+
 class Settings(BaseModel):
     """Everything, grouped by concern. Build it with :func:`load_settings`."""
 
@@ -845,6 +873,7 @@ class Settings(BaseModel):
     banks: BankSettings = Field(default_factory=BankSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     frames: FrameSettings = Field(default_factory=FrameSettings)
+    retro: RetroSettings = Field(default_factory=RetroSettings)
 
 
 _SECTIONS: dict[str, type[BaseSettings]] = {
@@ -862,6 +891,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "banks": BankSettings,
     "review": ReviewSettings,
     "frames": FrameSettings,
+    "retro": RetroSettings,
 }
 
 

@@ -23,7 +23,7 @@ def test_schemas_export(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     files = sorted((tmp_path / "out").glob("*.schema.json"))
     assert {f.name.removesuffix(".schema.json") for f in files} == {
-        "image-event", "verdict", "near-duplicate-alert", "bank-match-alert", "dead-letter",
+        "image-event", "verdict", "near-duplicate-alert", "bank-match-alert", "retro-match", "dead-letter",
         "review-request", "review-decision", "verdict-correction", "review-audit-record",
     }
     for f in files:

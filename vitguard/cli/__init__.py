@@ -44,6 +44,7 @@ def _register() -> None:
         model_cmd,
         publish_cmd,
         replay_cmd,
+        retro_cmd,
         review_cmd,
         schemas_cmd,
         search_cmd,
@@ -52,7 +53,7 @@ def _register() -> None:
     )
 
     modules = (worker_cmd, demo_cmd, dev_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, search_cmd, clusters_cmd,
-               finetune_cmd, schemas_cmd, config_cmd, review_cmd, banks_cmd)
+               retro_cmd, finetune_cmd, schemas_cmd, config_cmd, review_cmd, banks_cmd)
     for module in modules:
         module.register(main)
 

@@ -4,11 +4,15 @@ line (a :class:`~vitguard.errors.VitguardError`, or a LookupError for a 404 the 
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from vitguard.errors import InputError, ServiceUnavailableError
 
-__all__ = ["NotFoundOnWorkerError", "call_worker"]
+if TYPE_CHECKING:
+    from vitguard.search import SearchAnswer, SearchRequest
+
+__all__ = ["NotFoundOnWorkerError", "WorkerSearcher", "call_worker"]
 
 
 class NotFoundOnWorkerError(LookupError):
@@ -53,3 +57,22 @@ def _refusal(body: bytes) -> str:
         return f"{data['reason']}: {data['message']}"
     except (ValueError, KeyError, TypeError):
         return body[:200].decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class WorkerSearcher:
+    """Searches through a running worker's ``POST /search`` (a :class:`vitguard.retro.hunt.Searcher`)."""
+
+    url: str
+    api_key: str | None = None
+
+    def search(self, request: SearchRequest) -> SearchAnswer:
+        """The worker's answer; a 404 (the item is not stored) is a :class:`~vitguard.search.NotStoredError`."""
+        from vitguard.search import NotStoredError, SearchAnswer
+
+        body = json.dumps(request.model_dump(mode="json", exclude_none=True, exclude_defaults=True)).encode()
+        try:
+            answer = call_worker(self.url, "/search", self.api_key, body, "application/json")
+        except NotFoundOnWorkerError as exc:
+            raise NotStoredError(str(exc)) from exc
+        return SearchAnswer.model_validate(answer)

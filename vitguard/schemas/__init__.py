@@ -18,6 +18,7 @@ from vitguard.schemas.events import (
     validate_image_event,
 )
 from vitguard.schemas.export import EVENT_MODELS, export_json_schemas
+from vitguard.schemas.retro import RetroMatch, RetroTrigger
 
 __all__ = [
     "EVENT_MODELS",
@@ -28,6 +29,8 @@ __all__ = [
     "ImageEvent",
     "Match",
     "NearDuplicateAlert",
+    "RetroMatch",
+    "RetroTrigger",
     "Timings",
     "Verdict",
     "decode_key",

@@ -43,7 +43,7 @@ __all__ = [
     "validate_image_event",
 ]
 
-SCHEMA_VERSION = "1.4"
+SCHEMA_VERSION = "1.5"
 """1.1: dead letters carry ``payload_size``, ``payload_sha256`` and ``payload_truncated``; timings carry
 ``queue_ms`` and ``wait_ms``. Readers of 1.0 that ignore unknown fields keep working.
 1.2: hash banks: verdicts carry ``bank_matches``, ``pdq_hash``, ``pdq_quality`` and ``label_source``; the alerts
@@ -53,6 +53,8 @@ frames, unsafe segments, frame counts); the key is left out of still-image verdi
 New reason codes: too_many_frames, video_too_long, unsupported_codec, corrupt_video, no_frames.
 1.3: new reason code decode_timeout (a decode abandoned past ``VITGUARD_BATCH_DECODE_TIMEOUT_S``).
 1.4: a video's ``media`` states its sampling: ``sample_rate_fps``, ``scene_cuts`` and ``largest_gap_s``.
+1.5: the alerts topic also carries :class:`~vitguard.schemas.retro.RetroMatch` (``alert_type`` ``retro_match``):
+an item judged safe before that a retro-hunt found close to something now known unsafe.
 
 Compatibility rule: within 1.x a new field is optional and a new reason code or enumeration value is only
 added. Readers of an older 1.x must ignore fields they do not know (a reader that forbids unknown fields reads

@@ -15,6 +15,7 @@ from vitguard.schemas.events import (
     NearDuplicateAlert,
     Verdict,
 )
+from vitguard.schemas.retro import RetroMatch
 from vitguard.schemas.review import ReviewAuditRecord, ReviewDecision, ReviewRequest, VerdictCorrection
 
 __all__ = ["EVENT_MODELS", "INPUTS", "export_json_schemas", "json_schema"]
@@ -24,6 +25,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     "verdict": Verdict,
     "near-duplicate-alert": NearDuplicateAlert,
     "bank-match-alert": BankMatchAlert,
+    "retro-match": RetroMatch,
     "dead-letter": DeadLetter,
     "review-request": ReviewRequest,
     "review-decision": ReviewDecision,

@@ -22,6 +22,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings
 
 from vitguard.schemas.events import BankMatchAlert, DeadLetter, NearDuplicateAlert, Verdict
+from vitguard.schemas.retro import RetroMatch
 from vitguard.settings import KafkaSettings, Settings
 
 if TYPE_CHECKING:
@@ -136,6 +137,8 @@ class Outputs:
     alerts: list[NearDuplicateAlert] = field(default_factory=list)
     bank_alerts: list[BankMatchAlert] = field(default_factory=list)
     """Alerts of the alerts topic whose ``alert_type`` is ``bank_match``."""
+    retro_matches: list[RetroMatch] = field(default_factory=list)
+    """Alerts of the alerts topic whose ``alert_type`` is ``retro_match`` (a retro-hunter's)."""
     dead_letters: list[DeadLetter] = field(default_factory=list)
     verdict_timestamps_ms: list[int] = field(default_factory=list)
     keys: dict[str, list[bytes | None]] = field(default_factory=dict)
@@ -150,7 +153,9 @@ class Outputs:
 
 
 _MODELS: dict[str, type[BaseModel]] = {"verdicts": Verdict, "alerts": NearDuplicateAlert,
-                                       "bank_alerts": BankMatchAlert, "dead_letters": DeadLetter}
+                                       "bank_alerts": BankMatchAlert, "retro_matches": RetroMatch,
+                                       "dead_letters": DeadLetter}
+_ALERT_KINDS = {"bank_match": "bank_alerts", "retro_match": "retro_matches"}
 
 
 def _alert_type(value: bytes | None) -> str | None:
@@ -198,8 +203,8 @@ class OutputReader:
         from vitguard.kafka.reader import decode
 
         kind = self._kinds[record.topic]
-        if kind == "alerts" and _alert_type(record.value) == "bank_match":
-            kind = "bank_alerts"
+        if kind == "alerts":
+            kind = _ALERT_KINDS.get(_alert_type(record.value) or "", kind)
         decoded = decode(record, _MODELS[kind])
         if decoded.error is not None:
             raise decoded.error

@@ -1,0 +1,97 @@
+"""One retro-hunt: from a trigger to the :class:`~vitguard.schemas.retro.RetroMatch` es it finds.
+
+A hunt is a similarity search from the trigger's stored item over the items stored as ``safe`` (an item a
+reviewer overturned is stored as ``overturned`` and never matched again), at or above the near-duplicate
+threshold, at most ``limit`` items (:data:`vitguard.search.MAX_K`), optionally only items uploaded since a
+time. It reaches the store through a :class:`Searcher`: the store itself (a Milvus server, or a Lite file no
+worker holds) or a running worker's ``POST /search`` (``vitguard.cli._worker_http.WorkerSearcher``: how a Milvus
+Lite file is searched while its worker runs).
+
+Which records start a hunt (:func:`trigger_of`): an audit record of an *applied* ``confirm_unsafe`` decision,
+and a near-duplicate alert of severity ``critical`` (its cluster is in a wave). Everything else on those topics
+(bank alerts, ordinary near-duplicates, retro matches themselves, duplicate or superseded decisions) starts none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from vitguard.schemas.events import NearDuplicateAlert
+from vitguard.schemas.retro import RetroMatch, RetroTrigger, retro_match_id
+from vitguard.schemas.review import ReviewAuditRecord
+from vitguard.search import MAX_K, SearchAnswer, SearchRequest, SimilarityIndex, SimilarResult
+
+__all__ = ["Hunt", "Searcher", "StoreSearcher", "hunt", "trigger_of"]
+
+
+class Searcher(Protocol):
+    """Answers a search from a stored item (raises :class:`~vitguard.search.NotStoredError` when the store
+    does not hold it)."""
+
+    def search(self, request: SearchRequest) -> SearchAnswer: ...
+
+
+@dataclass(frozen=True)
+class StoreSearcher:
+    """Searches an embedding index directly (the Milvus adapter, or the in-memory index)."""
+
+    index: SimilarityIndex
+    collection: str
+
+    def search(self, request: SearchRequest) -> SearchAnswer:
+        from vitguard.search import search_by_content_id
+
+        return search_by_content_id(self.index, self.collection, request)
+
+
+@dataclass(frozen=True)
+class Hunt:
+    """How far a hunt reaches: the similarity floor, the most items it reports, and the oldest upload."""
+
+    threshold: float
+    limit: int = MAX_K
+    since: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_K:
+            raise ValueError(f"a hunt reports 1 to {MAX_K} items, not {self.limit}")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"a similarity threshold is -1 to 1, not {self.threshold}")
+
+
+def hunt(searcher: Searcher, trigger: RetroTrigger, reach: Hunt) -> list[RetroMatch]:
+    """The safe items within ``reach`` of the trigger's item, as matches (most similar first).
+
+    Raises:
+        NotStoredError: the trigger's item is not stored (nothing to hunt from).
+    """
+    request = SearchRequest(content_id=trigger.content_id, k=reach.limit, min_similarity=reach.threshold,
+                            label=["safe"], since=reach.since)
+    answer = searcher.search(request)
+    return [_match(trigger, answer.collection, found, reach.threshold) for found in answer.results
+            if found.label == "safe"]
+
+
+def _match(trigger: RetroTrigger, collection: str, found: SimilarResult, threshold: float) -> RetroMatch:
+    return RetroMatch(
+        retro_match_id=retro_match_id(trigger, found.content_id), trigger=trigger, content_id=found.content_id,
+        tenant=found.tenant, similarity=min(1.0, max(-1.0, found.similarity)), threshold=threshold,
+        old_label="safe", old_unsafe_score=found.unsafe_score, model_version=found.model_version,
+        collection=collection, uploaded_at=found.created_at, judged_at=found.processed_at,
+    )
+
+
+def trigger_of(record: BaseModel) -> RetroTrigger | None:
+    """The hunt a record of the alerts or review-audit topic starts, or None."""
+    if isinstance(record, ReviewAuditRecord):
+        if record.outcome == "applied" and record.decision.decision == "confirm_unsafe":
+            return RetroTrigger(kind="review_confirmed", trigger_id=record.decision_id, content_id=record.content_id)
+        return None
+    if isinstance(record, NearDuplicateAlert) and record.severity == "critical":
+        return RetroTrigger(kind="wave", trigger_id=record.alert_id, content_id=record.content_id,
+                            cluster_id=record.cluster_id)
+    return None
