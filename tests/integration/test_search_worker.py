@@ -141,3 +141,55 @@ def test_search_and_clusters_while_the_worker_runs_and_after(
     shown = cli(settings, family_id, "--limit", "2", command="clusters", sub="show")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["items"] == page[1]["items"]
+
+
+def test_a_confirmed_review_decision_hunts_the_safe_copies_through_the_worker(
+    pipeline_settings: Callable[..., Any], tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """The retro-hunt loop on a real worker: every photo is judged safe; a reviewer then confirms photo-0
+    unsafe; the applier's audit record starts a hunt (``vitguard retro-hunt --follow --worker``), which finds the
+    copies of photo-0 that were judged safe, through the worker's search (the worker holds the Lite file)."""
+    import uuid
+
+    from tests.review.review_values import decision
+    from vitguard.review.topics import ensure_review_topics
+    from vitguard.testing.worker import publish_raw
+
+    tag = uuid.uuid4().hex[:8]
+    settings = pipeline_settings(
+        topics={"review_requests": f"rr-{tag}", "review_decisions": f"rd-{tag}", "review_audit": f"ra-{tag}",
+                "verdict_corrections": f"vc-{tag}"},
+        retro={"threshold": 0.8, "hunts_per_s": 50, "max_poll_interval_s": 6.0, "group_id": f"retro-{tag}"},
+    )
+    ensure_review_topics(settings.kafka, settings.topics, timeout_s=15)
+    samples = make_sample_set(tmp_path / "images", photos=3, copies=3, burst=0, bad=False)
+    publish(settings, samples.events)
+    copies = {e.content_id for e in samples.events if e.kind == "near-duplicate"}
+    worker = WorkerProcess(settings).start()
+    workers.append(worker)
+    web = f"http://127.0.0.1:{settings.web.port}"
+    with reader(settings) as out:
+        outputs = wait_answered(out, samples.distinct_events, worker)
+        assert {v.label for v in outputs.verdicts} == {"safe"}
+        collection = outputs.verdicts[0].collection
+        status, near = post(settings, "/search", json.dumps({"content_id": "photo-0", "label": "safe",
+                                                            "min_similarity": 0.8}).encode(), "application/json")
+        assert status == 200, near
+        expected = {r["content_id"] for r in near["results"]}
+        assert expected and expected <= copies, expected  # what the hunt must find: photo-0's close copies
+
+        confirm = decision("photo-0", "confirm_unsafe", collection=collection, tenant="demo")
+        publish_raw(settings.kafka, settings.topics.review_decisions,
+                    [(confirm.decision_id.encode(), confirm.model_dump_json().encode())])
+        applied = cli(settings, "apply", "--once", "--no-milvus", command="review")  # Lite: the worker holds it
+        assert applied.returncode == 0, applied.stderr
+        hunted = cli(settings, "--follow", "--worker", web, "--timeout", "15", command="retro-hunt")
+        assert hunted.returncode == 0, hunted.stderr
+        found = out.poll_until(lambda o: len(o.retro_matches) >= len(expected), 30).retro_matches
+    assert worker.terminate() == 0
+
+    assert {m.content_id for m in found} == expected, found
+    assert all(m.trigger.kind == "review_confirmed" and m.trigger.trigger_id == confirm.decision_id
+               and m.trigger.content_id == "photo-0" and m.collection == collection and m.similarity >= 0.8
+               for m in found), found
+    assert f"{len(expected)} retro match(es) published" in hunted.stderr, hunted.stderr

@@ -118,7 +118,8 @@ def test_json_schema_export_is_valid_json_schema(tmp_path: Path) -> None:
     assert sorted(p.name for p in paths) == [
         "bank-match-alert.schema.json", "dead-letter.schema.json", "image-event.schema.json",
         "near-duplicate-alert.schema.json", "retro-match.schema.json", "review-audit-record.schema.json",
-        "review-decision.schema.json", "review-request.schema.json", "verdict-correction.schema.json", "verdict.schema.json",
+        "review-decision.schema.json", "review-request.schema.json", "verdict-correction.schema.json",
+        "verdict.schema.json",
     ]
     for path in paths:
         schema = json.loads(path.read_text())
