@@ -96,7 +96,7 @@ def test_modes_differing_by_class_is_one_line_and_can_be_allowed(make_dataset, b
     assert allowed.exit_code == 0, allowed.output  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("spec", ["opennsfw", "onnx:/models/exported.onnx", "torchscript:/models/m.pt"])
+@pytest.mark.parametrize("spec", ["onnx:/models/exported.onnx", "torchscript:/models/m.pt"])
 def test_model_without_trainable_head_is_one_line(spec: str, binary_data: Path, tmp_path: Path) -> None:
     _one_line_error(
         _invoke("finetune", binary_data, "--out", tmp_path / "o", "--model", spec, *CPU), "has no trainable head"

@@ -82,7 +82,8 @@ def classify(paths: tuple[Path, ...], spec: str | None, as_json: bool, batch_siz
 
     classifier, settings = _load(spec)
     info = classifier.info
-    run = _ClassifyRun(classifier, settings, resolve_unsafe_labels(info.labels, settings.policy), batch_size, as_json)
+    unsafe = resolve_unsafe_labels(info.labels, settings.policy, info.unsafe_labels)  # a checkpoint's own, unless set
+    run = _ClassifyRun(classifier, settings, unsafe, batch_size, as_json)
     stills, multi, failed = _split_media(classifier, paths, settings)
     good, bad = _prepare_all(classifier, stills)
     bad = failed + bad

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,14 +25,22 @@ from vitguard.finetune.data import SkippedImage
 from vitguard.model.folder import decode_files
 
 if TYPE_CHECKING:
+    from vitguard.model.opennsfw import OpenNSFWClassifier
     from vitguard.model.torch_backend import TorchClassifier
 
-__all__ = ["ExtractedFeatures", "extract_features", "feature_identity", "forward_batch"]
+    FeatureModel = TorchClassifier | OpenNSFWClassifier
+    """What features are extracted from: a torch network, or open_nsfw's graph (its pooled features)."""
+
+__all__ = ["ExtractedFeatures", "batch_features", "extract_features", "feature_identity", "forward_batch"]
 
 
-def feature_identity(classifier: TorchClassifier) -> dict[str, Any]:
+def feature_identity(classifier: FeatureModel) -> dict[str, Any]:
     """Everything that changes the features: model name and weights version, preprocessing, precision."""
     info = classifier.info
+    if _is_onnx(classifier):
+        return {"name": info.name, "version": info.version, "input_size": list(info.input_size),
+                "embedding_dim": info.embedding_dim, "features": "pooled", "precision": "fp32"}
+    classifier = cast("TorchClassifier", classifier)
     return {
         "name": info.name,
         "version": info.version,
@@ -42,6 +50,19 @@ def feature_identity(classifier: TorchClassifier) -> dict[str, Any]:
         "features": "pre_logits",
         "precision": "fp16-autocast" if classifier.device.type == "cuda" else "fp32",
     }
+
+
+def _is_onnx(classifier: FeatureModel) -> bool:
+    from vitguard.model.opennsfw import OpenNSFWClassifier
+
+    return isinstance(classifier, OpenNSFWClassifier)
+
+
+def batch_features(classifier: FeatureModel, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    """The un-normalised features a head on ``classifier`` takes, for a prepared batch."""
+    if _is_onnx(classifier):
+        return classifier.raw_features(batch)  # type: ignore[union-attr]
+    return forward_batch(classifier, batch)[1]  # type: ignore[arg-type]
 
 
 def forward_batch(
@@ -129,7 +150,7 @@ def _read_chunk(
 
 
 def _compute(
-    classifier: TorchClassifier,
+    classifier: FeatureModel,
     paths: Sequence[Path],
     todo: Sequence[_Pending],
     pool: ThreadPoolExecutor,
@@ -148,15 +169,15 @@ def _compute(
     collected.skipped += [SkippedImage(f.path, f.reason) for f in batch.failed]
     if not batch.decoded:
         return
-    _, batch_features = forward_batch(classifier, batch.stack())
-    for decoded, vector in zip(batch.decoded, batch_features, strict=True):
+    features = batch_features(classifier, batch.stack())
+    for decoded, vector in zip(batch.decoded, features, strict=True):
         collected.rows[decoded.index] = vector
     if cache is not None:
-        cache.put_many((digests[d.index], v) for d, v in zip(batch.decoded, batch_features, strict=True))
+        cache.put_many((digests[d.index], v) for d, v in zip(batch.decoded, features, strict=True))
 
 
 def extract_features(
-    classifier: TorchClassifier,
+    classifier: FeatureModel,
     paths: Sequence[Path],
     *,
     cache_dir: Path | None = None,

