@@ -81,3 +81,12 @@ def test_ort_spinning(tmp_path: Path) -> None:
     assert all(w["back_to_back_ms"] > 0 and w["batch_ms"] > 0 for w in ways.values())
     # the spinning pool keeps a thread busy through the pause; the others sleep
     assert ways["on"]["after_pause_60ms"]["cpu_ms_in_pause"] > 10 * ways["off"]["after_pause_60ms"]["cpu_ms_in_pause"]
+
+
+@pytest.mark.timeout(240)
+def test_safety_checker(tmp_path: Path) -> None:
+    report = _run(tmp_path, "safety_checker.py", "--size", "64", "--batch", "1", "--rounds", "1")
+    checkers = report["checkers"]
+    assert set(checkers) == {"diffusers_stock_clip_vit_l14", "vitguard_opennsfw", "vitguard_vit_tiny_384"}
+    assert all(c["ms_per_image"] > 0 for c in checkers.values())
+    assert checkers["diffusers_stock_clip_vit_l14"]["vs_stock"] == 1.0
