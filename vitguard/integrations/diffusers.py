@@ -123,11 +123,14 @@ class VitguardSafetyChecker(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self._placement.device
+        return self._anchor().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._placement.dtype
+        return self._anchor().dtype
+
+    def _anchor(self) -> torch.Tensor:
+        return self.get_buffer("_placement")
 
     def forward(self, images: Any, clip_input: Any = None) -> tuple[Any, list[bool]]:  # noqa: ARG002 - the stock signature
         """diffusers' call: ``(images, has_nsfw_concepts)``; the verdicts are in :attr:`last_verdicts`."""

@@ -19,20 +19,23 @@ def tiny_pipeline(safety_checker: Any = None, *, sample_size: int = 32) -> Any:
     from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
+    unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
         block_out_channels=(4, 8), layers_per_block=1, sample_size=sample_size, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=TEXT_DIM, norm_num_groups=2,
     )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    vae = AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        latent_channels=4, norm_num_groups=2)
+    scheduler = DDIMScheduler(  # type: ignore[no-untyped-call]
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    vae = AutoencoderKL(  # type: ignore[no-untyped-call]
+        block_out_channels=[4, 8], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=2,
+    )
     text_encoder = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=TEXT_DIM,
                                                 intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
                                                 pad_token_id=1, vocab_size=1000))
-    return StableDiffusionPipeline(
+    return StableDiffusionPipeline(  # type: ignore[no-untyped-call]
         vae=vae, text_encoder=text_encoder, tokenizer=None, unet=unet, scheduler=scheduler,
         safety_checker=safety_checker, feature_extractor=CLIPImageProcessor(),
         requires_safety_checker=False,
@@ -64,4 +67,4 @@ def stock_safety_checker(*, full_size: bool = False) -> Any:
                                                                "num_hidden_layers": 2, "num_attention_heads": 4},
                             projection_dim=32)
     torch.manual_seed(0)
-    return StableDiffusionSafetyChecker(config).eval()
+    return StableDiffusionSafetyChecker(config).eval()  # type: ignore[no-untyped-call]
