@@ -119,3 +119,11 @@ def test_the_milvus_expression_of_each_filter() -> None:
         'label in ["unsafe"] and tenant in ["a", "b"] and content_id not in ["q"]')
     assert milvus_filter(SearchFilters(clusters=("c-1",), since_ms=5, until_ms=9)) == (
         'cluster_id in ["c-1"] and created_at_ms >= 5 and created_at_ms < 9')
+
+
+def test_a_search_from_another_tenants_item_is_not_told_apart_from_a_missing_one(store: Store) -> None:
+    index, name = store
+    request = SearchRequest(content_id="twin")  # stored under tenant b
+    assert search_by_content_id(index, name, request, owner="b").content_id == "twin"
+    with pytest.raises(NotStoredError):
+        search_by_content_id(index, name, request, owner="a")

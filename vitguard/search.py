@@ -170,17 +170,19 @@ def search_by_vector(index: SimilarityIndex, collection: str, vector: NDArray[np
     return [SimilarResult.of(item) for item in found]
 
 
-def search_by_content_id(index: SimilarityIndex, collection: str, request: SearchRequest) -> SearchAnswer:
-    """A search from the stored item ``request.content_id``.
+def search_by_content_id(index: SimilarityIndex, collection: str, request: SearchRequest,
+                         *, owner: str | None = None) -> SearchAnswer:
+    """A search from the stored item ``request.content_id`` (with ``owner``: only an item of that tenant).
 
     Raises:
-        NotStoredError: no item is stored under that content id in this model's collection.
+        NotStoredError: no item is stored under that content id in this model's collection (or, with
+            ``owner``, none of that tenant: another tenant's item is not told apart from a missing one).
     """
     content_id = request.content_id
     if content_id is None:
         raise ValueError("a search by content id needs request.content_id")
     stored = index.get(collection, [content_id]).get(content_id)
-    if stored is None:
+    if stored is None or (owner is not None and stored.tenant != owner):
         raise NotStoredError(f"no item {content_id!r} is stored in {collection}")
     results = search_by_vector(index, collection, stored.embedding, request, exclude=[content_id])
     return SearchAnswer(collection=collection, content_id=content_id, results=results)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -66,6 +67,10 @@ EnvList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_env_list)]
 EnvSecrets = Annotated[tuple[SecretStr, ...], NoDecode, BeforeValidator(_env_list)]
 """A list of strings read from one variable, JSON or comma-separated (pydantic-settings alone takes JSON only,
 and a plain value failed with a traceback instead of one line)."""
+
+
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/\-]{0,127}$")
+"""A tenant id (the input contract's identifier)."""
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -615,6 +620,14 @@ class WebSettings(BaseSettings):
             "comma-separated, several for rotation; empty: no key asked. Probes and /metrics stay open."
         ),
     )
+    tenant_api_keys: EnvSecrets = Field(
+        (),
+        description=(
+            "Keys bound to one tenant, as TENANT=KEY (JSON or comma-separated): accepted wherever api_keys are; "
+            "with one, /search, /clusters and /clusters/{id} answer only that tenant's items (asking about "
+            "another tenant is 403)."
+        ),
+    )
     api_key_rate: float = Field(
         50.0, gt=0, le=100_000,
         description="Requests per second each API key may make (a burst of as many); more are answered 429.",
@@ -626,6 +639,16 @@ class WebSettings(BaseSettings):
             "body, up to the fetch size limit, and a decode)."
         ),
     )
+
+
+    @field_validator("tenant_api_keys")
+    @classmethod
+    def _tenant_keys(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for entry in value:
+            tenant, sep, key = entry.get_secret_value().partition("=")
+            if not sep or not key or not _TENANT.match(tenant):
+                raise ValueError("expected TENANT=KEY entries (a tenant id: letters, digits and ._:@/-)")
+        return value
 
 
 class LogSettings(BaseSettings):

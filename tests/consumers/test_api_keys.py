@@ -46,3 +46,29 @@ def test_a_rate_under_one_a_second_still_lets_one_request_through() -> None:
     assert refusal is not None and refusal.headers["Retry-After"] == "10"
     clock.now += 10
     assert keys.check({"X-API-Key": "a"}) is None
+
+
+def test_a_tenant_bound_key_is_admitted_with_its_tenant() -> None:
+    from vitguard.consumers.api_keys import Admitted
+
+    keys = ApiKeys(["all-key", "shared"], rate=100.0, tenant_keys=["acme=acme-key", "b2=bee=key", "acme=shared"])
+    assert keys.admit({"X-API-Key": "all-key"}) == Admitted(None)
+    assert keys.admit({"Authorization": "Bearer acme-key"}) == Admitted("acme")
+    assert keys.admit({"X-API-Key": "bee=key"}) == Admitted("b2")  # split at the first "=": keys may hold one
+    assert keys.admit({"X-API-Key": "shared"}) == Admitted("acme")  # listed both ways: the narrower grant
+    refused = keys.admit({"X-API-Key": "acme"})
+    assert not isinstance(refused, Admitted) and refused.status == 401
+    assert ApiKeys([], rate=1.0, tenant_keys=["t=k"]).enabled  # bound keys alone turn keys on
+
+
+def test_a_bound_caller_sees_its_tenant_only() -> None:
+    import pytest
+
+    from vitguard.consumers.api_keys import ForbiddenTenantError, scope_tenants
+    from vitguard.consumers.http_gate import http_failure
+
+    assert scope_tenants([], None) == [] and scope_tenants(["a", "b"], None) == ["a", "b"]
+    assert scope_tenants([], "acme") == ["acme"] and scope_tenants(["acme"], "acme") == ["acme"]
+    with pytest.raises(ForbiddenTenantError, match="bound to tenant 'acme'") as caught:
+        scope_tenants(["acme", "other"], "acme")
+    assert http_failure(caught.value)[::2] == ("forbidden_tenant", 403)

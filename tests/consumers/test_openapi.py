@@ -70,6 +70,8 @@ def test_every_status_the_store_views_answer_is_documented(path: str, statuses: 
         tree = ast.parse(Path(module.__file__ or "").read_text())
         answered |= {int(node.value) for node in ast.walk(tree) if isinstance(node, ast.Constant)
                      and isinstance(node.value, int) and not isinstance(node.value, bool) and 400 <= node.value < 600}
+    if path == "/banks/lookup":
+        answered.discard(403)  # the banks are not per tenant: a lookup never narrows to a key's tenant
     documented = {int(code) for code in openapi_document()["paths"][path]["post"]["responses"]}
     assert answered <= documented == set(statuses)
 

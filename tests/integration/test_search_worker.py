@@ -32,10 +32,11 @@ def cli(settings: Any, *args: str, command: str = "search", sub: str | None = No
                           env={**os.environ, **settings_env(settings)}, timeout=120, check=False)
 
 
-def get(web: str, target: str) -> tuple[int, Any]:
+def get(web: str, target: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """GET from the worker's web server: (status, JSON body)."""
     try:
-        with urllib.request.urlopen(web + target, timeout=30) as reply:  # noqa: S310 - our own worker
+        call = urllib.request.Request(web + target, headers=headers or {})  # noqa: S310 - our own worker
+        with urllib.request.urlopen(call, timeout=30) as reply:  # noqa: S310 - our own worker
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -143,12 +144,16 @@ def test_search_and_clusters_while_the_worker_runs_and_after(
     assert json.loads(shown.stdout)["items"] == page[1]["items"]
 
 
+ALL = {"Authorization": "Bearer k-all"}
+
+
 def test_a_confirmed_review_decision_hunts_the_safe_copies_through_the_worker(
     pipeline_settings: Callable[..., Any], tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
     """The retro-hunt loop on a real worker: every photo is judged safe; a reviewer then confirms photo-0
     unsafe; the applier's audit record starts a hunt (``vitguard retro-hunt --follow --worker``), which finds the
-    copies of photo-0 that were judged safe, through the worker's search (the worker holds the Lite file)."""
+    copies of photo-0 that were judged safe, through the worker's search (the worker holds the Lite file). The
+    worker asks for API keys, some bound to a tenant: a bound key sees its tenant's items only."""
     import uuid
 
     from tests.review.review_values import decision
@@ -160,6 +165,7 @@ def test_a_confirmed_review_decision_hunts_the_safe_copies_through_the_worker(
         topics={"review_requests": f"rr-{tag}", "review_decisions": f"rd-{tag}", "review_audit": f"ra-{tag}",
                 "verdict_corrections": f"vc-{tag}"},
         retro={"threshold": 0.8, "hunts_per_s": 50, "max_poll_interval_s": 6.0, "group_id": f"retro-{tag}"},
+        web={"api_keys": ["k-all"], "tenant_api_keys": ["demo=k-demo", "other=k-other"]},
     )
     ensure_review_topics(settings.kafka, settings.topics, timeout_s=15)
     samples = make_sample_set(tmp_path / "images", photos=3, copies=3, burst=0, bad=False)
@@ -172,9 +178,19 @@ def test_a_confirmed_review_decision_hunts_the_safe_copies_through_the_worker(
         outputs = wait_answered(out, samples.distinct_events, worker)
         assert {v.label for v in outputs.verdicts} == {"safe"}
         collection = outputs.verdicts[0].collection
-        status, near = post(settings, "/search", json.dumps({"content_id": "photo-0", "label": "safe",
-                                                            "min_similarity": 0.8}).encode(), "application/json")
+        near_query = json.dumps({"content_id": "photo-0", "label": "safe", "min_similarity": 0.8}).encode()
+        status, near = post(settings, "/search", near_query, "application/json", headers=ALL)
         assert status == 200, near
+        # keys bound to a tenant: the demo key sees the same; another tenant's key can neither search from a demo
+        # item (not told apart from a missing one) nor name the demo tenant; no key at all is 401
+        bound = {
+            "demo": post(settings, "/search", near_query, "application/json", headers={"X-API-Key": "k-demo"}),
+            "other": post(settings, "/search", near_query, "application/json", headers={"X-API-Key": "k-other"}),
+            "other naming demo": post(settings, "/search", b'{"content_id": "photo-1", "tenant": "demo"}',
+                                      "application/json", headers={"X-API-Key": "k-other"}),
+            "clusters naming demo": get(web, "/clusters?tenant=demo", {"X-API-Key": "k-other"}),
+            "no key": post(settings, "/search", near_query, "application/json"),
+        }
         expected = {r["content_id"] for r in near["results"]}
         assert expected and expected <= copies, expected  # what the hunt must find: photo-0's close copies
 
@@ -183,11 +199,16 @@ def test_a_confirmed_review_decision_hunts_the_safe_copies_through_the_worker(
                     [(confirm.decision_id.encode(), confirm.model_dump_json().encode())])
         applied = cli(settings, "apply", "--once", "--no-milvus", command="review")  # Lite: the worker holds it
         assert applied.returncode == 0, applied.stderr
-        hunted = cli(settings, "--follow", "--worker", web, "--timeout", "15", command="retro-hunt")
+        hunted = cli(settings, "--follow", "--worker", web, "--api-key", "k-all", "--timeout", "15",
+                     command="retro-hunt")
         assert hunted.returncode == 0, hunted.stderr
         found = out.poll_until(lambda o: len(o.retro_matches) >= len(expected), 30).retro_matches
     assert worker.terminate() == 0
 
+    assert bound["demo"] == (200, near)
+    assert {name: (status, body["reason"]) for name, (status, body) in bound.items() if name != "demo"} == {
+        "other": (404, "not_found"), "other naming demo": (403, "forbidden_tenant"),
+        "clusters naming demo": (403, "forbidden_tenant"), "no key": (401, "unauthorized")}
     assert {m.content_id for m in found} == expected, found
     assert all(m.trigger.kind == "review_confirmed" and m.trigger.trigger_id == confirm.decision_id
                and m.trigger.content_id == "photo-0" and m.collection == collection and m.similarity >= 0.8

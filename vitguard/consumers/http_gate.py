@@ -1,6 +1,7 @@
-"""What every store-facing view of the worker (``POST /search``, ``POST /banks/lookup``) does around its own
-work: API keys (``POST /classify``'s, one budget per key), an in-flight bound checked before the body is read,
-the body's deadline, and one JSON answer for every failure.
+"""What every store-facing view of the worker (``POST /search``, ``POST /banks/lookup``, ``GET /clusters``) does
+around its own work: API keys (``POST /classify``'s, one budget per key; a tenant-bound key's tenant handed to the
+view), an in-flight bound checked before the body is read, the body's deadline, and one JSON answer for every
+failure.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from vitguard.consumers.api_keys import ApiKeys
+from vitguard.consumers.api_keys import ApiKeys, ForbiddenTenantError, Refusal
 from vitguard.consumers.classify_http import UnsupportedMediaTypeError, status_for
 from vitguard.errors import InputError, ServiceUnavailableError
 
@@ -34,11 +35,13 @@ class RequestGate:
         self.outcomes = outcomes
         self.handling = 0
 
-    async def run(self, view: Any, request: Any, handle: Callable[[bytes], Awaitable[dict[str, Any]]]) -> Any:
-        """The answer to ``request``: ``handle(body)``'s JSON, or a refusal ``{"reason", "message"}``."""
-        refusal = self.keys.check(request.headers)
-        if refusal is not None:  # before anything else: an unknown caller costs nothing
-            return self._refuse(view, refusal.reason, refusal.message, refusal.status, dict(refusal.headers))
+    async def run(self, view: Any, request: Any,
+                  handle: Callable[[bytes, str | None], Awaitable[dict[str, Any]]]) -> Any:
+        """The answer to ``request``: ``handle(body, tenant)``'s JSON (``tenant``: the one the caller's key is
+        bound to, or None), or a refusal ``{"reason", "message"}``."""
+        admitted = self.keys.admit(request.headers)
+        if isinstance(admitted, Refusal):  # before anything else: an unknown caller costs nothing
+            return self._refuse(view, admitted.reason, admitted.message, admitted.status, dict(admitted.headers))
         if self.handling >= self.limit:  # before the body is read: a flood must not buffer its bodies
             return self._refuse(view, "overloaded", f"{self.limit} requests in progress; retry", 429,
                                 {"Retry-After": "1"})
@@ -50,7 +53,7 @@ class RequestGate:
             except TimeoutError:
                 return self._refuse(view, "request_timeout",
                                     f"the request body did not arrive within {self.body_timeout_s:g} s", 408)
-            answer = await handle(body)
+            answer = await handle(body, admitted.tenant)
         except Exception as exc:
             reason, message, status = http_failure(exc)
             if status == 500:
@@ -77,6 +80,8 @@ def http_failure(exc: Exception) -> tuple[str, str, int]:
         return exc.reason, exc.message, status_for(exc.reason)
     if isinstance(exc, UnsupportedMediaTypeError):
         return exc.reason, exc.message, 415
+    if isinstance(exc, ForbiddenTenantError):
+        return exc.reason, str(exc), 403
     if isinstance(exc, LookupError) and isinstance(getattr(exc, "reason", None), str):
         return exc.reason, str(exc), 404  # type: ignore[attr-defined]
     if isinstance(exc, ServiceUnavailableError):

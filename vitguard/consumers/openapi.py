@@ -17,7 +17,7 @@ __all__ = ["CLASSIFY_STATUSES", "CLUSTER_STATUSES", "LOOKUP_STATUSES", "SEARCH_S
 CLASSIFY_STATUSES: dict[int, str] = {
     200: "The verdict (a multipart request: one answer per file part).",
     400: "A bad image or reference (reason: not_an_image, schema_violation, fetch_blocked, invalid_json, ...).",
-    401: "An API key is required and none or a wrong one was given (VITGUARD_WEB_API_KEYS).",
+    401: "An API key is required and none or a wrong one was given (VITGUARD_WEB_API_KEYS, _TENANT_API_KEYS).",
     405: "Another method than POST.",
     408: "The request body did not arrive in time.",
     413: "The image (or the body) is larger than the fetch limit.",
@@ -30,17 +30,22 @@ CLASSIFY_STATUSES: dict[int, str] = {
 }
 """Every status ``POST /classify`` answers, and why."""
 
+FORBIDDEN_TENANT = ("The API key is bound to a tenant (VITGUARD_WEB_TENANT_API_KEYS) and the request names another "
+                    "(reason: forbidden_tenant).")
+
 SEARCH_STATUSES: dict[int, str] = {
     **{code: why for code, why in CLASSIFY_STATUSES.items() if code not in (200, 503)},
     200: "The items found, most similar first (and the query image's verdict, for a search by image).",
     400: "A bad request, image or reference (reason: schema_violation, invalid_json, not_an_image, ...).",
-    404: "A search by content id for an item the collection does not hold (reason: not_found).",
+    403: FORBIDDEN_TENANT,
+    404: "A search by content id for an item the collection does not hold, or (a tenant-bound key) that another "
+         "tenant's item is (reason: not_found).",
     503: "Milvus did not answer, or the worker is stopping; retry (Retry-After).",
 }
 """Every status ``POST /search`` answers, and why."""
 
 LOOKUP_STATUSES: dict[int, str] = {
-    **SEARCH_STATUSES,
+    **{code: why for code, why in SEARCH_STATUSES.items() if code != 403},
     200: "The hash(es) looked up and the bank entries they match, closest first.",
     400: "A bad request, hash, image or reference (reason: schema_violation, invalid_json, not_an_image, ...).",
     404: "The worker runs without hash banks (reason: banks_disabled).",
@@ -52,6 +57,7 @@ CLUSTER_STATUSES: dict[int, str] = {
     200: "The clusters (or one cluster and a page of its items).",
     400: "A bad parameter or cluster id (reason: schema_violation).",
     401: CLASSIFY_STATUSES[401],
+    403: FORBIDDEN_TENANT,
     404: "No stored item is on that cluster (reason: not_found).",
     405: "Another method than GET.",
     408: CLASSIFY_STATUSES[408],

@@ -17,7 +17,7 @@ from typing import Any
 from vitguard import metrics
 from vitguard.banks.lookup import BankLookupAnswer, BanksDisabledError, lookup_hash
 from vitguard.clusters import ClusterItems, ClusterList, ClusterNotFoundError, cluster_items, summarize
-from vitguard.consumers.api_keys import ApiKeys
+from vitguard.consumers.api_keys import ApiKeys, scope_tenants
 from vitguard.consumers.http_gate import RequestGate
 from vitguard.consumers.search_http import (
     ClusterQuery,
@@ -48,9 +48,9 @@ def register_store_views(app: Any, runtime: Any, keys: ApiKeys) -> None:
     @app.page("/search")
     class Search(View):  # type: ignore[misc]
         async def post(self, request: Any) -> Any:
-            async def handle(body: bytes) -> dict[str, Any]:
+            async def handle(body: bytes, tenant: str | None) -> dict[str, Any]:
                 call = parse_search(request.headers.get("Content-Type") or "", body, _query(request))
-                return (await _search(runtime.runner, call)).model_dump(mode="json")
+                return (await _search(runtime.runner, call, tenant)).model_dump(mode="json")
 
             return await searches.run(self, request, handle)
 
@@ -62,7 +62,7 @@ def register_store_views(app: Any, runtime: Any, keys: ApiKeys) -> None:
     @app.page("/banks/lookup")
     class BankLookup(View):  # type: ignore[misc]
         async def post(self, request: Any) -> Any:
-            async def handle(body: bytes) -> dict[str, Any]:
+            async def handle(body: bytes, tenant: str | None) -> dict[str, Any]:  # noqa: ARG001 - banks are global
                 call = parse_lookup(request.headers.get("Content-Type") or "", body)
                 return (await _lookup(runtime.runner, call)).model_dump(mode="json")
 
@@ -79,8 +79,9 @@ def register_store_views(app: Any, runtime: Any, keys: ApiKeys) -> None:
     @app.page("/clusters")
     class Clusters(View):  # type: ignore[misc]
         async def get(self, request: Any) -> Any:
-            async def handle(body: bytes) -> dict[str, Any]:
-                return (await _clusters(runtime, parse_cluster_query(_query(request)))).model_dump(mode="json")
+            async def handle(body: bytes, tenant: str | None) -> dict[str, Any]:
+                query = parse_cluster_query(_query(request))
+                return (await _clusters(runtime, query, tenant)).model_dump(mode="json")
 
             return await listings.run(self, request, handle)
 
@@ -92,9 +93,9 @@ def register_store_views(app: Any, runtime: Any, keys: ApiKeys) -> None:
     @app.page("/clusters/{cluster_id}")
     class Cluster(View):  # type: ignore[misc]
         async def get(self, request: Any, cluster_id: str) -> Any:
-            async def handle(body: bytes) -> dict[str, Any]:
+            async def handle(body: bytes, tenant: str | None) -> dict[str, Any]:
                 query = parse_cluster_query(_query(request))
-                return (await _cluster(runtime, cluster_id, query)).model_dump(mode="json")
+                return (await _cluster(runtime, cluster_id, query, tenant)).model_dump(mode="json")
 
             return await listings.run(self, request, handle)
 
@@ -109,13 +110,15 @@ def _query(request: Any) -> dict[str, list[str]]:
     return {name: request.query.getall(name) for name in request.query}
 
 
-async def _search(runner: Any, call: SearchCall) -> SearchAnswer:
-    """Run one search: the index calls on a thread (they block), an image through the runner first."""
+async def _search(runner: Any, call: SearchCall, tenant: str | None) -> SearchAnswer:
+    """Run one search: the index calls on a thread (they block), an image through the runner first. A
+    tenant-bound caller searches its tenant's items only, and only from an item of its tenant."""
     collection = runner.collection or await runner.ensure_collection()
-    if call.request.content_id is not None:
-        return await asyncio.to_thread(search_by_content_id, runner.index, collection, call.request)
-    probed = await runner.probe(data=call.data, image_ref=call.request.image_ref)
-    results = await asyncio.to_thread(search_by_vector, runner.index, collection, probed.embedding, call.request)
+    request = call.request.model_copy(update={"tenant": scope_tenants(call.request.tenant, tenant)})
+    if request.content_id is not None:
+        return await asyncio.to_thread(search_by_content_id, runner.index, collection, request, owner=tenant)
+    probed = await runner.probe(data=call.data, image_ref=request.image_ref)
+    results = await asyncio.to_thread(search_by_vector, runner.index, collection, probed.embedding, request)
     return SearchAnswer(collection=collection, verdict=probed.verdict, results=results)
 
 
@@ -138,23 +141,26 @@ async def _cluster_rows(runtime: Any, filters: SearchFilters) -> tuple[str, list
     return collection, rows, truncated
 
 
-async def _clusters(runtime: Any, query: ClusterQuery) -> ClusterList:
-    """The unsafe clusters of the worker's store (of ``query.tenant``'s items only, when given)."""
-    _, rows, truncated = await _cluster_rows(runtime, SearchFilters(tenants=tuple(query.tenant)))
+async def _clusters(runtime: Any, query: ClusterQuery, tenant: str | None) -> ClusterList:
+    """The unsafe clusters of the worker's store (of ``query.tenant``'s items only, when given; of the
+    caller's tenant only, when its key is bound to one)."""
+    tenants = tuple(scope_tenants(query.tenant, tenant))
+    _, rows, truncated = await _cluster_rows(runtime, SearchFilters(tenants=tenants))
     policy = runtime.settings.policy
     return summarize(rows, now_ms=int(time.time() * 1000), window_s=policy.wave_window_s,
                      threshold=policy.wave_threshold, limit=query.limit, truncated=truncated)
 
 
-async def _cluster(runtime: Any, cluster_id: str, query: ClusterQuery) -> ClusterItems:
+async def _cluster(runtime: Any, cluster_id: str, query: ClusterQuery, tenant: str | None) -> ClusterItems:
     """One cluster and a page of its items.
 
     Raises:
         InputError: the id is not a cluster id (``schema_violation``).
         ClusterNotFoundError: no stored item is on it.
     """
+    tenants = tuple(scope_tenants(query.tenant, tenant))
     try:
-        filters = SearchFilters(tenants=tuple(query.tenant), clusters=(cluster_id,))
+        filters = SearchFilters(tenants=tenants, clusters=(cluster_id,))
     except ValueError as exc:
         raise InputError("schema_violation", str(exc)) from exc
     _, rows, _ = await _cluster_rows(runtime, filters)

@@ -31,7 +31,9 @@ _log = logging.getLogger(__name__)
 
 def register_views(app: Any, runtime: Any) -> None:
     """Add vitguard's views to a Faust app; ``runtime`` is its :class:`~vitguard.consumers.app.WorkerRuntime`."""
-    keys = ApiKeys([k.get_secret_value() for k in runtime.settings.web.api_keys], runtime.settings.web.api_key_rate)
+    web = runtime.settings.web
+    keys = ApiKeys([k.get_secret_value() for k in web.api_keys], web.api_key_rate,
+                   tenant_keys=[k.get_secret_value() for k in web.tenant_api_keys])
     _register_probes(app, runtime)
     _register_classify(app, runtime, keys)
     register_store_views(app, runtime, keys)
