@@ -21,6 +21,7 @@ __all__ = [
     "ALERTS",
     "ALERTS_SUPPRESSED",
     "BANK_FLOODS",
+    "BANK_REQUESTS",
     "BATCH_DURATION",
     "BATCH_SIZE",
     "BATCH_WAIT",
@@ -172,6 +173,12 @@ MODEL_INFO = Gauge(
 CLASSIFY_REQUESTS = Counter(
     "vitguard_classify_requests",
     "POST /classify requests by outcome (safe, unsafe, the reason code of a 400, overloaded, shutting_down).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+BANK_REQUESTS = Counter(
+    "vitguard_bank_requests",
+    "GET /banks and the bank entry changes over HTTP, by outcome (answered, or the reason code of a refusal).",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -267,6 +267,15 @@ class MilvusSettings(BaseSettings):
             "takes a while to load into memory."
         ),
     )
+    search_consistency: Literal["Bounded", "Strong"] = Field(
+        "Bounded",
+        description=(
+            "Consistency of the similarity searches users and retro-hunts run (POST /search, vitguard search, "
+            "retro-hunt): Bounded answers in milliseconds and may miss items stored in the last seconds; Strong "
+            "sees everything stored and waits for the server's next time tick (~200 ms a search). Lookups by "
+            "content id are always Strong; Milvus Lite sees everything either way."
+        ),
+    )
 
 
 class ModelSettings(BaseSettings):

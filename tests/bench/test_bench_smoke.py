@@ -90,3 +90,12 @@ def test_safety_checker(tmp_path: Path) -> None:
     assert set(checkers) == {"diffusers_stock_clip_vit_l14", "vitguard_opennsfw", "vitguard_vit_tiny_384"}
     assert all(c["ms_per_image"] > 0 for c in checkers.values())
     assert checkers["diffusers_stock_clip_vit_l14"]["vs_stock"] == 1.0
+
+
+@pytest.mark.timeout(200)
+def test_search(tmp_path: Path) -> None:
+    report = _run(tmp_path, "search.py", "--sizes", "2000", "--dims", "16", "--backends", "lite", "--queries", "10",
+                  "--chunk", "500")
+    (run,) = report["runs"]
+    assert (run["backend"], run["size"], run["dim"], run["queries"]) == ("lite", 2000, 16, 10)
+    assert run["recall_at_10"] >= 0.9 and run["search_p50_ms"] > 0 and run["retro_hunt_p99_ms"] > 0

@@ -1,6 +1,7 @@
 """Hash banks through a real `vitguard worker` (broker, Redis, Milvus Lite): the worker follows the banks
-topic, so an entry added while it runs applies to the next upload, with no restart, and a removed one stops
-applying; the bank-match alert reaches the alerts topic."""
+topic, so an entry added while it runs (here over HTTP, `POST /banks/{name}/entries`) applies to the next upload,
+with no restart, and a removed one (`DELETE /banks/{name}/entries/{id}`) stops applying; the bank-match alert
+reaches the alerts topic; bank changes over HTTP need an unbound API key."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_pipeline_worker import post
-from vitguard.banks import Bank, BankEntry, KafkaBankStore, PdqSignal
+from vitguard.banks import Bank, KafkaBankStore, PdqSignal
 from vitguard.demo.samples import photo_bytes
 from vitguard.schemas.events import ImageEvent
 from vitguard.testing import services
@@ -22,6 +23,12 @@ from vitguard.testing.worker import OutputReader, WorkerProcess, publish_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
+ADMIN = {"Authorization": "Bearer admin-key"}
+ACME = {"X-API-Key": "acme-key"}
+
+
+def get(settings: Any, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+    return post(settings, path, None, "application/json", method="GET", headers=headers)
 
 
 def test_entries_added_and_removed_while_the_worker_runs_apply_to_the_next_uploads(
@@ -41,7 +48,8 @@ def test_entries_added_and_removed_while_the_worker_runs_apply_to_the_next_uploa
         banks={"enabled": True, "topic": f"banks-{uuid.uuid4().hex[:10]}", "rebuild_interval_s": 0.2},
         fetch={"file_root": str(root)},
         batch={"max_size": 4, "max_wait_s": 0.05},
-        web={"host": "127.0.0.1", "port": services.free_port()},
+        web={"host": "127.0.0.1", "port": services.free_port(), "api_keys": ["admin-key"],
+             "tenant_api_keys": ["acme=acme-key"]},
     )
     store = KafkaBankStore(settings.kafka, settings.banks, settings.topics)
     store.create_bank(Bank(name="known-bad", action="force_unsafe"))
@@ -65,22 +73,43 @@ def test_entries_added_and_removed_while_the_worker_runs_apply_to_the_next_uploa
         before = verdict(0)
         assert before.bank_matches == [] and before.label_source == "model" and before.pdq_hash is not None
 
-        store.add_entries([BankEntry(bank="known-bad", entry_id="kb-1",
-                                     signal=PdqSignal.hash_bytes(data).hex)])
+        banked_hash = PdqSignal.hash_bytes(data).hex
+        listed = f"# known bad\n{banked_hash} kb-1 report-7\nnot-a-hash\n".encode()
+        changes = {  # the refusals first: none of them writes anything
+            "no key": post(settings, "/banks/known-bad/entries", listed, "text/plain"),
+            "tenant key": post(settings, "/banks/known-bad/entries", listed, "text/plain", headers=ACME),
+            "strict": post(settings, "/banks/known-bad/entries?strict=true", listed, "text/plain", headers=ADMIN),
+            "no bank": post(settings, "/banks/nobody/entries", listed, "text/plain", headers=ADMIN),
+            "GET": post(settings, "/banks/known-bad/entries", None, "text/plain", method="GET", headers=ADMIN),
+        }
+        added = post(settings, "/banks/known-bad/entries?tag=http", listed, "text/plain", headers=ADMIN)
+        assert {k: (status, body["reason"]) for k, (status, body) in changes.items()} == {
+            "no key": (401, "unauthorized"), "tenant key": (403, "forbidden_tenant"),
+            "strict": (400, "schema_violation"), "no bank": (404, "not_found"), "GET": (405, "method_not_allowed")}
+        assert "line 3" in changes["strict"][1]["message"]
+        assert added[0] == 200, added
+        assert {k: added[1][k] for k in ("added", "read", "bad_lines")} == {"added": 1, "read": 1, "bad_lines": 1}
+        assert added[1]["errors"][0].startswith("line 3: ")
+        entry = store.read().entries[("known-bad", "kb-1")]
+        assert (entry.signal, set(entry.tags)) == (banked_hash, {"report-7", "http"})
         time.sleep(3.0)  # the follower polls the topic and rebuilds within VITGUARD_BANKS_REBUILD_INTERVAL_S
         upload(1, "banked.png")  # the same bytes: a verdict-cache hit, matched against the banks of now
         upload(2, "other.png")
         banked, unrelated = verdict(1), verdict(2)
+        listing = get(settings, "/banks", ADMIN)
+        assert listing[0] == 200 and [(b["name"], b["entries"], b["action"]) for b in listing[1]["banks"]] == [
+            ("known-bad", 1, "force_unsafe")]
         # issue 31: the banks over HTTP, side-effect free: by hash (exact, and 8 bits off), by image, by a
         # hash that is not one, and by an image matching nothing
-        banked_hash = PdqSignal.hash_bytes(data).hex
         near = f"{int(banked_hash, 16) ^ 0xFF:064x}"
         lookups = {
-            "hash": post(settings, "/banks/lookup", json.dumps({"hash": banked_hash}).encode(), "application/json"),
-            "near": post(settings, "/banks/lookup", json.dumps({"hash": near}).encode(), "application/json"),
-            "image": post(settings, "/banks/lookup", data, "image/png"),
-            "other": post(settings, "/banks/lookup", other, "image/png"),
-            "bad": post(settings, "/banks/lookup", b'{"hash": "xyz"}', "application/json"),
+            "hash": post(settings, "/banks/lookup", json.dumps({"hash": banked_hash}).encode(), "application/json",
+                         headers=ADMIN),
+            "near": post(settings, "/banks/lookup", json.dumps({"hash": near}).encode(), "application/json",
+                         headers=ADMIN),
+            "image": post(settings, "/banks/lookup", data, "image/png", headers=ADMIN),
+            "other": post(settings, "/banks/lookup", other, "image/png", headers=ADMIN),
+            "bad": post(settings, "/banks/lookup", b'{"hash": "xyz"}', "application/json", headers=ADMIN),
         }
         assert [(m["entry_id"], m["distance"]) for m in lookups["hash"][1]["matches"]] == [("kb-1", 0)]
         assert [(m["entry_id"], m["distance"]) for m in lookups["near"][1]["matches"]] == [("kb-1", 8)]
@@ -94,12 +123,16 @@ def test_entries_added_and_removed_while_the_worker_runs_apply_to_the_next_uploa
         outputs = out.poll_until(lambda o: any(a.content_id == "c1" for a in o.bank_alerts), 30.0, 0.5)
         assert [a.action_taken for a in outputs.bank_alerts if a.content_id == "c1"] == ["force_unsafe"]
 
-        store.remove_entries("known-bad", ["kb-1"])
+        removed = post(settings, "/banks/known-bad/entries/kb-1", None, "text/plain", method="DELETE", headers=ADMIN)
+        again = post(settings, "/banks/known-bad/entries/kb-1", None, "text/plain", method="DELETE", headers=ADMIN)
+        assert removed == (200, {**removed[1], "bank": "known-bad", "removed": ["kb-1"]})
+        assert (again[0], again[1]["reason"]) == (404, "not_found")
         time.sleep(3.0)
         upload(3, "banked.png")
         after = verdict(3)
         assert after.bank_matches == [] and (after.label, after.label_source) == (before.label, "model")
-        gone = post(settings, "/banks/lookup", json.dumps({"hash": banked_hash}).encode(), "application/json")
+        gone = post(settings, "/banks/lookup", json.dumps({"hash": banked_hash}).encode(), "application/json",
+                    headers=ADMIN)
         assert gone == (200, {"hashes": [{"hash": banked_hash, "quality": None}], "matches": []})
     assert worker.terminate() == 0, worker.log_tail()
     assert name  # the banked photo is a real one (scikit-image's), not a drawn stand-in

@@ -343,7 +343,8 @@ def test_similar_answers_what_a_brute_force_search_answers(index: MilvusEmbeddin
     ref_name = reference.ensure_collection(SMALL)
     reference.upsert(ref_name, rows)
     query = rows[4].embedding
-    got = index.similar(name, query, limit=6, min_similarity=-1.0, filters=filters, exclude=["item-4"])
+    got = index.similar(name, query, limit=6, min_similarity=-1.0, filters=filters, exclude=["item-4"],
+                        consistency="Strong")  # rows upserted just now
     want = reference.similar(ref_name, query, limit=6, min_similarity=-1.0, filters=filters, exclude=["item-4"])
     assert want, "the case must find something"
     assert [g.content_id for g in got] == [w.content_id for w in want]
@@ -358,11 +359,11 @@ def test_similar_keeps_to_the_floor_and_the_limit(index: MilvusEmbeddingIndex) -
     rows = _stored(30, seed=22)
     name = index.ensure_collection(SMALL)
     index.upsert(name, rows)
-    found = index.similar(name, rows[0].embedding, limit=30, min_similarity=0.3)
+    found = index.similar(name, rows[0].embedding, limit=30, min_similarity=0.3, consistency="Strong")
     assert found and found[0].content_id == "item-0" and found[0].similarity == pytest.approx(1.0, abs=1e-4)
     assert all(f.similarity >= 0.3 for f in found) and len(found) < 30
     assert [f.similarity for f in found] == sorted((f.similarity for f in found), reverse=True)
-    assert len(index.similar(name, rows[0].embedding, limit=3, min_similarity=-1.0)) == 3
+    assert len(index.similar(name, rows[0].embedding, limit=3, min_similarity=-1.0, consistency="Strong")) == 3
 
 
 def test_a_filter_value_cannot_add_terms_to_the_milvus_expression(index: MilvusEmbeddingIndex) -> None:

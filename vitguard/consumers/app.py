@@ -73,6 +73,8 @@ class WorkerRuntime:
     idle_since: float | None = None
     """When the agent last started waiting for the next event (None while it handles one)."""
     agent_runs: int = 0
+    banks: Any = None
+    """The bank follower (:class:`~vitguard.banks.BankFollower`) once started; None when banks are off."""
     _expected_before_start: dict[Any, int] = field(default_factory=dict)
     """Start offsets of partitions assigned before the agent made its tracker (applied when it does)."""
     checks: DependencyChecks = field(init=False)
@@ -177,7 +179,7 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
                 else:
                     emitter = runtime.runner.emitter
                     emitter.limits = TopicLimits(emitter.limits.default, {**emitter.limits.by_topic, **limits})
-            self.banks = await asyncio.to_thread(_start_banks, runtime)
+            self.banks = runtime.banks = await asyncio.to_thread(_start_banks, runtime)
             runtime.checks.start()
             try:
                 await runtime.runner.check_dependencies()

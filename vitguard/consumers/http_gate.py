@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from vitguard.consumers.api_keys import ApiKeys, ForbiddenTenantError, Refusal
+from vitguard.consumers.api_keys import ApiKeys, Refusal
 from vitguard.consumers.classify_http import UnsupportedMediaTypeError, status_for
 from vitguard.errors import InputError, ServiceUnavailableError
 
@@ -80,8 +80,8 @@ def http_failure(exc: Exception) -> tuple[str, str, int]:
         return exc.reason, exc.message, status_for(exc.reason)
     if isinstance(exc, UnsupportedMediaTypeError):
         return exc.reason, exc.message, 415
-    if isinstance(exc, ForbiddenTenantError):
-        return exc.reason, str(exc), 403
+    if isinstance(exc, PermissionError) and isinstance(getattr(exc, "reason", None), str):
+        return exc.reason, str(exc), 403  # type: ignore[attr-defined]
     if isinstance(exc, LookupError) and isinstance(getattr(exc, "reason", None), str):
         return exc.reason, str(exc), 404  # type: ignore[attr-defined]
     if isinstance(exc, ServiceUnavailableError):

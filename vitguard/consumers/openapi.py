@@ -8,11 +8,20 @@ from typing import Any
 
 from vitguard.banks.lookup import BankLookupAnswer
 from vitguard.clusters import ClusterItems, ClusterList
+from vitguard.consumers.banks_view import BankChange, BankListing
 from vitguard.consumers.classify_http import MAX_PARTS
 from vitguard.schemas.events import SCHEMA_VERSION, Verdict
 from vitguard.search import SearchAnswer, SearchRequest
 
-__all__ = ["CLASSIFY_STATUSES", "CLUSTER_STATUSES", "LOOKUP_STATUSES", "SEARCH_STATUSES", "openapi_document"]
+__all__ = [
+    "BANK_CHANGE_STATUSES",
+    "BANK_LIST_STATUSES",
+    "CLASSIFY_STATUSES",
+    "CLUSTER_STATUSES",
+    "LOOKUP_STATUSES",
+    "SEARCH_STATUSES",
+    "openapi_document",
+]
 
 CLASSIFY_STATUSES: dict[int, str] = {
     200: "The verdict (a multipart request: one answer per file part).",
@@ -67,6 +76,27 @@ CLUSTER_STATUSES: dict[int, str] = {
 }
 """Every status ``GET /clusters`` and ``GET /clusters/{id}`` answer, and why."""
 
+BANK_LIST_STATUSES: dict[int, str] = {
+    **{code: why for code, why in CLUSTER_STATUSES.items() if code not in (400, 403)},
+    200: "The banks, their settings and how many entries each holds now.",
+    404: "The worker runs without hash banks (reason: banks_disabled).",
+    503: "The worker is stopping; retry (Retry-After).",
+}
+"""Every status ``GET /banks`` answers, and why."""
+
+BANK_CHANGE_STATUSES: dict[int, str] = {
+    **CLUSTER_STATUSES,
+    200: "What was added (with the list's bad lines) or removed.",
+    400: "A hash list with no good hash, a bad line under strict=true, or text that is not UTF-8 "
+         "(reason: schema_violation).",
+    403: "No API keys are configured (reason: keys_required: bank changes over HTTP need them), or the key is bound "
+         "to a tenant (reason: forbidden_tenant).",
+    404: "No such bank or entry, or the worker runs without hash banks (reason: not_found, banks_disabled).",
+    405: "Another method than the one the path takes.",
+    503: "The banks topic did not acknowledge the change in time, or the worker is stopping; retry (Retry-After).",
+}
+"""Every status the bank entry changes answer, and why."""
+
 _LOOKUP_REQUEST = {
     "type": "object",
     "additionalProperties": False,
@@ -117,6 +147,7 @@ def openapi_document() -> dict[str, Any]:
     search = _search_path(components, binary, error)
     lookup = _lookup_path(components, binary, error)
     listing, cluster = _cluster_paths(components, error)
+    bank_list, bank_entries, bank_entry = _bank_paths(components, error)
     probe = {"200": {"description": "Yes.", "content": {"application/json": {"schema": _PROBE}}},
              "503": {"description": "No; the reasons say why.", "content": {"application/json": {"schema": _PROBE}}}}
     return {
@@ -143,6 +174,9 @@ def openapi_document() -> dict[str, Any]:
             }},
             "/search": search,
             "/banks/lookup": lookup,
+            "/banks": bank_list,
+            "/banks/{name}/entries": bank_entries,
+            "/banks/{name}/entries/{entry_id}": bank_entry,
             "/clusters": listing,
             "/clusters/{cluster_id}": cluster,
             "/livez": {"get": {"summary": "Liveness: false when wedged or fatal.", "responses": probe}},
@@ -227,3 +261,31 @@ def _cluster_paths(components: dict[str, Any], error: dict[str, Any]) -> tuple[d
                                    "schema": {"type": "string"}}, tenant, *page],
                    "responses": _responses(CLUSTER_STATUSES, "ClusterItems", error)}}
     return listing, one
+
+
+def _bank_paths(components: dict[str, Any], error: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """``GET /banks``, ``POST /banks/{name}/entries`` and ``DELETE /banks/{name}/entries/{entry_id}``."""
+    ref = "#/components/schemas/{model}"
+    for model in (BankListing, BankChange):
+        schema = model.model_json_schema(ref_template=ref, mode="serialization")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    security: list[dict[str, list[str]]] = [{}, {"bearer": []}, {"apiKey": []}]
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    listing = {"get": {"summary": "The hash banks this worker matches against.", "security": security,
+                       "responses": _responses(BANK_LIST_STATUSES, "BankListing", error)}}
+    add = {"post": {
+        "summary": "Add a hash list to a bank (the command line's formats; bad lines answered with their numbers).",
+        "security": [{"bearer": []}, {"apiKey": []}],
+        "parameters": [name, {"name": "strict", "in": "query", "required": False, "schema": {"type": "boolean"},
+                              "description": "Import nothing when any line is bad."},
+                       {"name": "tag", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "Tag every entry (repeat for several)."}],
+        "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}},
+                                                      "text/csv": {"schema": {"type": "string"}}}},
+        "responses": _responses(BANK_CHANGE_STATUSES, "BankChange", error)}}
+    remove = {"delete": {
+        "summary": "Remove one entry from a bank.", "security": [{"bearer": []}, {"apiKey": []}],
+        "parameters": [name, {"name": "entry_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": _responses(BANK_CHANGE_STATUSES, "BankChange", error)}}
+    return listing, add, remove

@@ -19,6 +19,7 @@ from typing import Any
 
 from vitguard import metrics
 from vitguard.consumers.api_keys import ApiKeys
+from vitguard.consumers.banks_view import register_bank_views
 from vitguard.consumers.classify_http import ClassifyCall, UnsupportedMediaTypeError, parse_request, status_for
 from vitguard.consumers.openapi import openapi_document
 from vitguard.consumers.search_view import register_store_views
@@ -37,6 +38,7 @@ def register_views(app: Any, runtime: Any) -> None:
     _register_probes(app, runtime)
     _register_classify(app, runtime, keys)
     register_store_views(app, runtime, keys)
+    register_bank_views(app, runtime, keys)
 
 
 def _register_probes(app: Any, runtime: Any) -> None:

@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -403,13 +403,16 @@ class MilvusEmbeddingIndex:
     def similar(
         self, collection: str, vector: NDArray[np.float32], *, limit: int, min_similarity: float,
         filters: SearchFilters = ANY, exclude: Sequence[str] = (),
+        consistency: Literal["Strong", "Bounded"] | None = None,
     ) -> list[SimilarItem]:
         """The stored items most similar to ``vector`` that pass ``filters``, ``exclude`` left out: at most
         ``limit``, similarity >= ``min_similarity``, most similar first (``POST /search``, ``vitguard search``).
 
-        Runs at ``Strong`` consistency (the collection's own level): a user who searches for what was just
-        answered finds it. That waits for the server's next time tick (~200 ms), which a user's search can
-        afford and the stream's near-duplicate search (:meth:`search_unsafe`) cannot.
+        Runs at ``consistency``, by default ``VITGUARD_MILVUS_SEARCH_CONSISTENCY`` (``Bounded``): a search
+        answers in milliseconds and may miss rows upserted in the last seconds on a server; ``Strong`` sees
+        them and waits for the server's next time tick (~200 ms a search; ``bench/search.py`` measures both).
+        The stream's near-duplicate search (:meth:`search_unsafe`) is ``Bounded`` with this process's recent
+        rows beside it.
 
         Raises:
             ValueError: ``vector`` does not have the collection's dimension, or ``limit`` is below 1.
@@ -429,7 +432,8 @@ class MilvusEmbeddingIndex:
                 raw = self._call(lambda: client.search(
                     collection_name=collection, data=[query.tolist()], filter=expr, limit=limit,
                     output_fields=[f for f in FIELDS if f != "embedding"], anns_field="embedding",
-                    search_params={"metric_type": "COSINE"}, **self._rpc,
+                    search_params={"metric_type": "COSINE"},
+                    consistency_level=consistency or self._settings.search_consistency, **self._rpc,
                 ))
             except ServiceUnavailableError as exc:
                 self._after_refusal(collection, dim, exc)
