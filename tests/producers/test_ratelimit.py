@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.harness.clock import ManualClock as FakeClock
 from vitguard.producers.ratelimit import RateLimiter
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def test_rate_is_never_exceeded_after_the_burst() -> None:

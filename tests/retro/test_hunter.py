@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.harness.clock import ManualClock
 from tests.review.review_values import alert, decision
 from vitguard.errors import ServiceUnavailableError
 from vitguard.kafka.reader import read_to_end
@@ -124,19 +125,6 @@ class _Flaky:
         return self.inner.search(request)
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 3))
-        self.now += seconds
-
-
 def _offline(**retro: Any) -> Settings:
     return load_settings(retro=retro)
 
@@ -145,20 +133,20 @@ CLEAN = RetroTrigger(kind="on_demand", trigger_id="h", content_id="stranger")  #
 
 
 def test_a_hunt_waits_for_an_unavailable_store_and_is_not_skipped() -> None:
-    clock = _Clock()
+    clock = ManualClock()
     flaky = _Flaky(_searcher(), failures=3)
     hunter = RetroHunter(_offline(), flaky, Hunt(threshold=0.92), clock=clock, sleep=clock.sleep)
     assert hunter.run_hunt(CLEAN) == []
-    assert flaky.calls == 4 and clock.sleeps == [1.0, 2.0, 4.0]  # backing off, then the hunt ran
+    assert flaky.calls == 4 and [round(s, 3) for s in clock.slept] == [1.0, 2.0, 4.0]  # backing off, then the hunt ran
 
 
 def test_hunts_start_at_most_at_the_configured_rate_and_a_wave_is_hunted_once_per_window() -> None:
-    clock = _Clock()
+    clock = ManualClock()
     hunter = RetroHunter(_offline(hunts_per_s=4), _searcher(), Hunt(threshold=0.92), clock=clock,
                          sleep=clock.sleep)
     for _ in range(3):
         hunter.run_hunt(CLEAN)
-    assert clock.sleeps == [0.25, 0.25]
+    assert [round(s, 3) for s in clock.slept] == [0.25, 0.25]
     from vitguard.kafka.reader import RawRecord
 
     wave = alert("wave-item", severity="critical", cluster="c-7").model_dump_json().encode()
