@@ -16,7 +16,6 @@ counted and skipped; one whose item is not stored is counted (``not_stored``) an
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -32,7 +31,7 @@ from vitguard.kafka.produce import DEFAULT_PRODUCER_CONFIG, OutboundMessage, pro
 from vitguard.kafka.reader import RawRecord, TopicReader, decode
 from vitguard.metrics import REGISTRY
 from vitguard.retro.hunt import Hunt, Searcher, hunt, trigger_of
-from vitguard.schemas.events import NearDuplicateAlert
+from vitguard.schemas.events import NearDuplicateAlert, alert_type_of
 from vitguard.schemas.retro import RetroMatch, RetroTrigger
 from vitguard.schemas.review import ReviewAuditRecord
 from vitguard.search import NotStoredError
@@ -93,7 +92,7 @@ class RetroHunter:
         t = self.settings.topics
         if record.topic == t.review_audit:
             decoded = decode(record, ReviewAuditRecord)
-        elif record.topic == t.alerts and _alert_type(record.value) == "near_duplicate":
+        elif record.topic == t.alerts and alert_type_of(record.value) in ("near_duplicate", None):
             decoded = decode(record, NearDuplicateAlert)  # type: ignore[arg-type]
         else:
             return None
@@ -182,15 +181,3 @@ class RetroHunter:
                 reader.store(record)
         self._producer.flush(5)
         return self.published
-
-
-def _alert_type(value: bytes | None) -> str | None:
-    """An alert's kind without validating it: records before 1.2 had no ``alert_type`` (near-duplicates)."""
-    try:
-        data = json.loads(value or b"null")
-    except ValueError:
-        return "near_duplicate"  # not JSON: decoded as a near-duplicate, so it is counted as invalid
-    if not isinstance(data, dict):
-        return "near_duplicate"
-    kind = data.get("alert_type", "near_duplicate")
-    return kind if isinstance(kind, str) else "near_duplicate"

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from vitguard.errors import InputError, ReasonCode
 
 __all__ = [
+    "alert_type_of",
     "INLINE_MEDIA_TYPES",
     "SCHEMA_VERSION",
     "BankMatch",
@@ -414,6 +415,20 @@ class BankMatchAlert(_Event):
     pdq_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="The image's PDQ hash.")
     pdq_quality: int = Field(ge=0, le=100, description="Its PDQ quality.")
     created_at: datetime = Field(default_factory=utc_now, description="When the alert was raised.")
+
+
+def alert_type_of(raw: bytes | str | None) -> str | None:
+    """The ``alert_type`` of an alerts-topic record, read without validating it: ``near_duplicate`` when the
+    field is absent (alerts before 1.2 had none); None when the record is not a JSON object (then no reader's
+    contract can match it, and each reports it as invalid)."""
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("alert_type", "near_duplicate")
+    return kind if isinstance(kind, str) else None
 
 
 class DeadLetter(_Event):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from vitguard.subscribers.subscriber import (
     AlertSubscriber,
+    BankAlertSubscriber,
     DeadLetterSubscriber,
     InvalidMessageError,
     Received,
+    RetroMatchSubscriber,
     TopicSubscriber,
     VerdictSubscriber,
 )
@@ -14,10 +16,12 @@ from vitguard.subscribers.view import Filters, matches
 
 __all__ = [
     "AlertSubscriber",
+    "BankAlertSubscriber",
     "DeadLetterSubscriber",
     "Filters",
     "InvalidMessageError",
     "Received",
+    "RetroMatchSubscriber",
     "TopicSubscriber",
     "VerdictSubscriber",
     "matches",

@@ -25,14 +25,17 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from vitguard.kafka.reader import InvalidMessageError, RawRecord, Record, TopicReader, decode
-from vitguard.schemas.events import DeadLetter, NearDuplicateAlert, Verdict
+from vitguard.schemas.events import BankMatchAlert, DeadLetter, NearDuplicateAlert, Verdict, alert_type_of
+from vitguard.schemas.retro import RetroMatch
 from vitguard.settings import KafkaSettings, Settings
 
 __all__ = [
     "AlertSubscriber",
+    "BankAlertSubscriber",
     "DeadLetterSubscriber",
     "InvalidMessageError",
     "Received",
+    "RetroMatchSubscriber",
     "TopicSubscriber",
     "VerdictSubscriber",
 ]
@@ -114,9 +117,15 @@ class TopicSubscriber(Generic[M]):
                     return
                 continue
             last = time.monotonic()
-            read += 1
             self._pending = record
+            if not self.wants(record):
+                continue  # another kind on a shared topic: read past it (handled, so its offset is stored)
+            read += 1
             yield decode(record, self.model)  # type: ignore[arg-type]  # model is M by construction
+
+    def wants(self, record: RawRecord) -> bool:
+        """Whether ``record`` is this subscriber's kind (a topic may carry several); the rest is read past."""
+        return True
 
     def __iter__(self) -> Iterator[M]:
         for received in self.messages():
@@ -161,14 +170,40 @@ class VerdictSubscriber(TopicSubscriber[Verdict]):
         return cls(settings.kafka, settings.topics.verdicts, **kwargs)
 
 
-class AlertSubscriber(TopicSubscriber[NearDuplicateAlert]):
-    """Yields :class:`~vitguard.schemas.events.NearDuplicateAlert` s."""
+class _AlertsTopic(TopicSubscriber[M]):
+    """One kind of the alerts topic (``alert_type``): the others are read past, not reported as invalid."""
 
-    model = NearDuplicateAlert
+    alert_type: ClassVar[str]
+
+    def wants(self, record: RawRecord) -> bool:
+        found = alert_type_of(record.value)
+        return found is None or found == self.alert_type  # not an alert at all: reported as invalid
 
     @classmethod
-    def for_settings(cls, settings: Settings, **kwargs: Any) -> AlertSubscriber:
+    def for_settings(cls, settings: Settings, **kwargs: Any) -> _AlertsTopic[M]:
         return cls(settings.kafka, settings.topics.alerts, **kwargs)
+
+
+class AlertSubscriber(_AlertsTopic[NearDuplicateAlert]):
+    """Yields :class:`~vitguard.schemas.events.NearDuplicateAlert` s (the alerts topic's other kinds are read
+    past: :class:`BankAlertSubscriber`, :class:`RetroMatchSubscriber`)."""
+
+    model = NearDuplicateAlert
+    alert_type = "near_duplicate"
+
+
+class BankAlertSubscriber(_AlertsTopic[BankMatchAlert]):
+    """Yields :class:`~vitguard.schemas.events.BankMatchAlert` s."""
+
+    model = BankMatchAlert
+    alert_type = "bank_match"
+
+
+class RetroMatchSubscriber(_AlertsTopic[RetroMatch]):
+    """Yields :class:`~vitguard.schemas.retro.RetroMatch` es (a retro-hunter's)."""
+
+    model = RetroMatch
+    alert_type = "retro_match"
 
 
 class DeadLetterSubscriber(TopicSubscriber[DeadLetter]):

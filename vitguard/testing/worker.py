@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings
 
-from vitguard.schemas.events import BankMatchAlert, DeadLetter, NearDuplicateAlert, Verdict
+from vitguard.schemas.events import BankMatchAlert, DeadLetter, NearDuplicateAlert, Verdict, alert_type_of
 from vitguard.schemas.retro import RetroMatch
 from vitguard.settings import KafkaSettings, Settings
 
@@ -158,14 +158,6 @@ _MODELS: dict[str, type[BaseModel]] = {"verdicts": Verdict, "alerts": NearDuplic
 _ALERT_KINDS = {"bank_match": "bank_alerts", "retro_match": "retro_matches"}
 
 
-def _alert_type(value: bytes | None) -> str | None:
-    try:
-        found = json.loads(value or b"null")
-    except ValueError:
-        return None
-    return found.get("alert_type") if isinstance(found, dict) else None
-
-
 class OutputReader:
     """Reads the verdict, alert and dead-letter topics from the beginning (a :class:`TopicReader`: assigned,
     no consumer group), decoding each record into its schema.
@@ -204,7 +196,7 @@ class OutputReader:
 
         kind = self._kinds[record.topic]
         if kind == "alerts":
-            kind = _ALERT_KINDS.get(_alert_type(record.value) or "", kind)
+            kind = _ALERT_KINDS.get(alert_type_of(record.value) or "", kind)
         decoded = decode(record, _MODELS[kind])
         if decoded.error is not None:
             raise decoded.error
