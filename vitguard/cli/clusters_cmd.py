@@ -99,28 +99,19 @@ def _when(iso: str) -> str:
 
 def _from_store(collection: str | None, query: Any, cluster_id: str | None) -> dict[str, Any]:
     """The listing (or one cluster) read from ``VITGUARD_MILVUS_URI`` by this process."""
+    from vitguard.cli._store import opened_store
     from vitguard.clusters import ClusterNotFoundError, cluster_items, summarize
     from vitguard.errors import InputError
     from vitguard.settings import load_settings
-    from vitguard.stores import MilvusEmbeddingIndex
     from vitguard.stores.similar import SearchFilters
 
     settings = load_settings()
-    if collection is None:
-        from vitguard.model import load_classifier
-        from vitguard.stores.naming import collection_name
-
-        collection = collection_name(settings.milvus.collection_prefix, load_classifier(settings.model).info)
     try:
         filters = SearchFilters(tenants=tuple(query.tenant), clusters=(cluster_id,) if cluster_id else ())
     except ValueError as exc:
         raise InputError("schema_violation", str(exc)) from exc
-    index = MilvusEmbeddingIndex(settings.milvus)
-    try:
-        index.open_collection(collection)
-        rows, truncated = index.cluster_rows(collection, filters=filters)
-    finally:
-        index.close()
+    with opened_store(settings, collection) as (index, name):
+        rows, truncated = index.cluster_rows(name, filters=filters)
     policy, now_ms = settings.policy, int(time.time() * 1000)
     if cluster_id is None:
         return summarize(rows, now_ms=now_ms, window_s=policy.wave_window_s, threshold=policy.wave_threshold,

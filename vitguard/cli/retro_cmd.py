@@ -119,20 +119,11 @@ def _searcher(settings: Settings, worker: str | None, api_key: str | None,
 
         yield WorkerSearcher(worker, api_key)
         return
+    from vitguard.cli._store import opened_store
     from vitguard.retro.hunt import StoreSearcher
-    from vitguard.stores import MilvusEmbeddingIndex
 
-    if collection is None:
-        from vitguard.model import load_classifier
-        from vitguard.stores.naming import collection_name
-
-        collection = collection_name(settings.milvus.collection_prefix, load_classifier(settings.model).info)
-    index = MilvusEmbeddingIndex(settings.milvus)
-    try:
-        index.open_collection(collection)
-        yield StoreSearcher(index, collection)
-    finally:
-        index.close()
+    with opened_store(settings, collection) as (index, name):
+        yield StoreSearcher(index, name)
 
 
 def _print(matches: list[RetroMatch], as_json: bool, *, published_to: str | None) -> None:

@@ -61,29 +61,22 @@ def search(image: Path | None, content_id: str | None, k: int, min_similarity: f
 
 def _search_store(image: Path | None, request: Any, collection: str | None) -> dict[str, Any]:
     """Search ``VITGUARD_MILVUS_URI`` from this process."""
+    from vitguard.cli._store import opened_store
     from vitguard.search import SearchAnswer, search_by_content_id, search_by_vector
     from vitguard.settings import load_settings
-    from vitguard.stores import MilvusEmbeddingIndex
 
     settings = load_settings()
     classifier = None
-    if image is not None or collection is None:
+    if image is not None:
         from vitguard.model import load_classifier
-        from vitguard.stores.naming import collection_name
 
         classifier = load_classifier(settings.model)
-        collection = collection or collection_name(settings.milvus.collection_prefix, classifier.info)
-    index = MilvusEmbeddingIndex(settings.milvus)
-    try:
-        index.open_collection(collection)
-        if image is None:
-            return search_by_content_id(index, collection, request).model_dump(mode="json")
-        assert classifier is not None  # noqa: S101 - loaded above for a search by image
+    with opened_store(settings, collection, classifier) as (index, name):
+        if classifier is None or image is None:
+            return search_by_content_id(index, name, request).model_dump(mode="json")
         prediction = classifier.predict(classifier.prepare(image.read_bytes())[None])[0]
-        results = search_by_vector(index, collection, prediction.embedding, request)
-        return SearchAnswer(collection=collection, results=results).model_dump(mode="json")
-    finally:
-        index.close()
+        results = search_by_vector(index, name, prediction.embedding, request)
+        return SearchAnswer(collection=name, results=results).model_dump(mode="json")
 
 
 def _ask_worker(url: str, api_key: str | None, image: Path | None, request: Any) -> dict[str, Any]:
