@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from vitguard import metrics
 from vitguard.consumers.api_keys import ApiKeys, ForbiddenTenantError
-from vitguard.consumers.http_gate import RequestGate
+from vitguard.consumers.http_gate import RequestGate, query_params
 from vitguard.errors import InputError
 
 __all__ = ["BankChange", "BankListing", "register_bank_views"]
@@ -103,7 +103,7 @@ def register_bank_views(app: Any, runtime: Any, keys: ApiKeys) -> None:
         async def post(self, request: Any, name: str) -> Any:
             async def handle(body: bytes, tenant: str | None) -> dict[str, Any]:
                 _may_change(keys, tenant)
-                query = {k: request.query.getall(k) for k in request.query}
+                query = query_params(request)
                 return (await asyncio.to_thread(_add, runtime, name, body, query)).model_dump(mode="json")
 
             return await additions.run(self, request, handle)

@@ -17,7 +17,7 @@ from vitguard.consumers.api_keys import ApiKeys, Refusal
 from vitguard.consumers.classify_http import UnsupportedMediaTypeError, status_for
 from vitguard.errors import InputError, ServiceUnavailableError
 
-__all__ = ["RequestGate", "http_failure"]
+__all__ = ["RequestGate", "http_failure", "query_params"]
 
 _log = logging.getLogger(__name__)
 
@@ -72,6 +72,11 @@ class RequestGate:
         message = f"{request.method} {self.name}: use {self.method}"
         return view.json({"reason": "method_not_allowed", "message": message}, status=405,
                          headers={"Allow": self.method})
+
+
+def query_params(request: Any) -> dict[str, list[str]]:
+    """A request's URL parameters, each with all its values."""
+    return {name: request.query.getall(name) for name in request.query}
 
 
 def http_failure(exc: Exception) -> tuple[str, str, int]:

@@ -18,7 +18,7 @@ from vitguard import metrics
 from vitguard.banks.lookup import BankLookupAnswer, BanksDisabledError, lookup_hash
 from vitguard.clusters import ClusterItems, ClusterList, ClusterNotFoundError, cluster_items, summarize
 from vitguard.consumers.api_keys import ApiKeys, scope_tenants
-from vitguard.consumers.http_gate import RequestGate
+from vitguard.consumers.http_gate import RequestGate, query_params
 from vitguard.consumers.search_http import (
     ClusterQuery,
     LookupCall,
@@ -49,7 +49,7 @@ def register_store_views(app: Any, runtime: Any, keys: ApiKeys) -> None:
     class Search(View):  # type: ignore[misc]
         async def post(self, request: Any) -> Any:
             async def handle(body: bytes, tenant: str | None) -> dict[str, Any]:
-                call = parse_search(request.headers.get("Content-Type") or "", body, _query(request))
+                call = parse_search(request.headers.get("Content-Type") or "", body, query_params(request))
                 return (await _search(runtime.runner, call, tenant)).model_dump(mode="json")
 
             return await searches.run(self, request, handle)
@@ -80,7 +80,7 @@ def register_store_views(app: Any, runtime: Any, keys: ApiKeys) -> None:
     class Clusters(View):  # type: ignore[misc]
         async def get(self, request: Any) -> Any:
             async def handle(body: bytes, tenant: str | None) -> dict[str, Any]:
-                query = parse_cluster_query(_query(request))
+                query = parse_cluster_query(query_params(request))
                 return (await _clusters(runtime, query, tenant)).model_dump(mode="json")
 
             return await listings.run(self, request, handle)
@@ -94,7 +94,7 @@ def register_store_views(app: Any, runtime: Any, keys: ApiKeys) -> None:
     class Cluster(View):  # type: ignore[misc]
         async def get(self, request: Any, cluster_id: str) -> Any:
             async def handle(body: bytes, tenant: str | None) -> dict[str, Any]:
-                query = parse_cluster_query(_query(request))
+                query = parse_cluster_query(query_params(request))
                 return (await _cluster(runtime, cluster_id, query, tenant)).model_dump(mode="json")
 
             return await listings.run(self, request, handle)
@@ -103,11 +103,6 @@ def register_store_views(app: Any, runtime: Any, keys: ApiKeys) -> None:
             return await listings.not_allowed(self, request)
 
         post = put = delete = patch = _not_allowed
-
-
-def _query(request: Any) -> dict[str, list[str]]:
-    """The URL's parameters, each with all its values."""
-    return {name: request.query.getall(name) for name in request.query}
 
 
 async def _search(runner: Any, call: SearchCall, tenant: str | None) -> SearchAnswer:
