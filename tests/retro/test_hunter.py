@@ -155,3 +155,23 @@ def test_hunts_start_at_most_at_the_configured_rate_and_a_wave_is_hunted_once_pe
     assert hunter.trigger(record) is None  # the same wave again within its window
     clock.now += hunter.settings.policy.wave_window_s
     assert hunter.trigger(record) is not None
+
+
+def test_waves_whose_window_is_over_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitguard.kafka.reader import RawRecord
+    from vitguard.retro import hunter as hunter_module
+
+    monkeypatch.setattr(hunter_module, "_WAVES_KEPT", 2)
+    clock = ManualClock()
+    hunter = RetroHunter(_offline(), _searcher(), Hunt(threshold=0.92), clock=clock, sleep=clock.sleep)
+
+    def wave(cluster: str) -> RawRecord:
+        value = alert("wave-item", severity="critical", cluster=cluster).model_dump_json().encode()
+        return RawRecord(hunter.settings.topics.alerts, 0, 0, None, value, None)
+
+    for cluster in ("c-1", "c-2"):
+        assert hunter.trigger(wave(cluster)) is not None
+    clock.now += hunter.settings.policy.wave_window_s
+    assert hunter.trigger(wave("c-3")) is not None  # over the bound: c-1 and c-2's windows are over
+    assert set(hunter._waves) == {"c-3"}
+    assert hunter.trigger(wave("c-3")) is None  # a wave still in its window stays remembered

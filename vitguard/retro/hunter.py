@@ -52,6 +52,8 @@ RECORDS_SKIPPED = Counter(
 )
 
 _MAX_BACKOFF_S = 30.0
+_WAVES_KEPT = 4096
+"""Clusters hunted in the current wave window, remembered before the expired ones are dropped."""
 
 
 def encode_match(topic: str, match: RetroMatch) -> OutboundMessage:
@@ -108,6 +110,9 @@ class RetroHunter:
                 HUNTS.labels("wave", "repeat").inc()
                 return None
             self._waves[found.cluster_id] = now
+            if len(self._waves) > _WAVES_KEPT:  # a follower runs for months: forget waves whose window is over
+                window = self.settings.policy.wave_window_s
+                self._waves = {c: t for c, t in self._waves.items() if now - t < window}
         return found
 
     def run_hunt(self, trigger: RetroTrigger, *, stop: threading.Event | None = None) -> list[RetroMatch]:
