@@ -60,6 +60,10 @@ def test_each_failure_has_its_status() -> None:
     assert http_failure(FetchError("fetch_timeout", "slow"))[::2] == ("fetch_timeout", 504)
     assert http_failure(UnsupportedMediaTypeError("text/plain"))[::2] == ("unsupported_media_type", 415)
     assert http_failure(RuntimeError("bug"))[::2] == ("internal_error", 500)
+    from aiohttp.web import HTTPRequestEntityTooLarge
+
+    too_large = HTTPRequestEntityTooLarge(max_size=10, actual_size=20)  # aiohttp's body limit: was a 500
+    assert http_failure(too_large)[::2] == ("fetch_too_large", 413)
 
 
 PDQ = "f" * 32 + "0" * 32

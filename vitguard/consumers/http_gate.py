@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiohttp.web import HTTPRequestEntityTooLarge
 from prometheus_client import Counter
 
 from vitguard.consumers.api_keys import ApiKeys, Refusal
@@ -85,6 +86,8 @@ def http_failure(exc: Exception) -> tuple[str, str, int]:
         return exc.reason, exc.message, status_for(exc.reason)
     if isinstance(exc, UnsupportedMediaTypeError):
         return exc.reason, exc.message, 415
+    if isinstance(exc, HTTPRequestEntityTooLarge):  # aiohttp's body limit (the fetch limit, see consumers/app.py)
+        return "fetch_too_large", exc.text or str(exc), 413
     if isinstance(exc, PermissionError) and isinstance(getattr(exc, "reason", None), str):
         return exc.reason, str(exc), 403  # type: ignore[attr-defined]
     if isinstance(exc, LookupError) and isinstance(getattr(exc, "reason", None), str):

@@ -70,6 +70,7 @@ CLUSTER_STATUSES: dict[int, str] = {
     404: "No stored item is on that cluster (reason: not_found).",
     405: "Another method than GET.",
     408: CLASSIFY_STATUSES[408],
+    413: "A request body (these views take none) larger than the body limit.",
     429: CLASSIFY_STATUSES[429],
     500: CLASSIFY_STATUSES[500],
     503: "Milvus did not answer, or the worker is stopping; retry (Retry-After).",
@@ -93,6 +94,7 @@ BANK_CHANGE_STATUSES: dict[int, str] = {
          "to a tenant (reason: forbidden_tenant).",
     404: "No such bank or entry, or the worker runs without hash banks (reason: not_found, banks_disabled).",
     405: "Another method than the one the path takes.",
+    413: "The hash list is larger than the body limit (the fetch limit).",
     503: "The banks topic did not acknowledge the change in time, or the worker is stopping; retry (Retry-After).",
 }
 """Every status the bank entry changes answer, and why."""

@@ -20,7 +20,8 @@ from typing import Any
 from vitguard import metrics
 from vitguard.consumers.api_keys import ApiKeys
 from vitguard.consumers.banks_view import register_bank_views
-from vitguard.consumers.classify_http import ClassifyCall, UnsupportedMediaTypeError, parse_request, status_for
+from vitguard.consumers.classify_http import ClassifyCall, UnsupportedMediaTypeError, parse_request
+from vitguard.consumers.http_gate import http_failure
 from vitguard.consumers.openapi import openapi_document
 from vitguard.consumers.search_view import register_store_views
 from vitguard.errors import InputError
@@ -160,13 +161,10 @@ def _register_classify(app: Any, runtime: Any, keys: ApiKeys) -> None:
 
 
 def _failure(exc: Exception, too_large: type[Exception]) -> tuple[str, str, int]:
-    """What a failed ``POST /classify`` answers: reason, message and status (500: a bug, not the caller's)."""
-    if isinstance(exc, InputError):
-        return exc.reason, exc.message, status_for(exc.reason)
-    if isinstance(exc, UnsupportedMediaTypeError):
-        return exc.reason, exc.message, 415
-    if isinstance(exc, too_large):
-        return "fetch_too_large", getattr(exc, "text", None) or str(exc), 413
+    """What a failed ``POST /classify`` answers: reason, message and status (500: a bug, not the caller's; a
+    Milvus or broker outage included, which the store views answer 503)."""
+    if isinstance(exc, InputError | UnsupportedMediaTypeError | too_large):
+        return http_failure(exc)
     return "internal_error", type(exc).__name__, 500
 
 
