@@ -27,6 +27,9 @@ __all__ = [
     "BATCH_WAIT",
     "CACHE_HITS",
     "BANK_LOOKUP_REQUESTS",
+    "POLICY_DOCUMENTS",
+    "POLICY_SHADOW_DECISIONS",
+    "POLICY_VERSION",
     "CLASSIFY_REQUESTS",
     "CLUSTER_REQUESTS",
     "CONTENT_TYPE",
@@ -181,6 +184,22 @@ BANK_REQUESTS = Counter(
     "GET /banks and the bank entry changes over HTTP, by outcome (answered, or the reason code of a refusal).",
     ["outcome"],
     registry=REGISTRY,
+)
+POLICY_DOCUMENTS = Counter(
+    "vitguard_policy_documents",
+    "Policy documents offered to this worker, by outcome: applied, or refused (the last good one stays in force).",
+    ["outcome"], registry=REGISTRY,
+)
+POLICY_VERSION = Gauge(
+    "vitguard_policy_version",
+    "1 for the policy document in force (version 'builtin': the environment settings), by version and fingerprint.",
+    ["version", "fingerprint"], registry=REGISTRY,
+)
+POLICY_SHADOW_DECISIONS = Counter(
+    "vitguard_policy_shadow_decisions",
+    "Verdicts a shadow policy judged beside the active one, with no effect: by active policy, shadow policy, the "
+    "active and the shadow action.",
+    ["policy", "shadow", "action", "shadow_action"], registry=REGISTRY,
 )
 BANK_LOOKUP_REQUESTS = Counter(
     "vitguard_bank_lookup_requests",

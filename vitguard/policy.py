@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from vitguard.errors import ConfigError
@@ -12,10 +12,23 @@ from vitguard.settings import PolicySettings
 __all__ = ["Decision", "decide", "resolve_unsafe_labels"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
+    """What a policy decided for one image (or frame) from the model's scores."""
+
     label: Literal["safe", "unsafe"]
+    """``unsafe`` when the action is anything but ``allow``."""
     unsafe_score: float
+    """The highest score among the categories the policy acts on (the review band applies to it)."""
+    action: str = ""
+    """allow, review, block or a custom action (empty from :func:`decide`, which knows no actions)."""
+    categories: Mapping[str, float] = field(default_factory=dict)
+    """Every category's score."""
+    category: str | None = None
+    """The category whose tier gave the action (None when allowed)."""
+    policy: str | None = None
+    """The policy that decided, and the version of its document."""
+    policy_version: str | None = None
 
 
 def resolve_unsafe_labels(model_labels: Sequence[str], policy: PolicySettings,

@@ -393,6 +393,31 @@ class PolicySettings(BaseSettings):
             "After a wave alert, further wave alerts for that cluster are suppressed this long. "
         ),
     )
+    file: Path | None = Field(
+        None,
+        description=(
+            "A policy document (YAML or JSON: per-tenant policies, categories, actions; docs/policies.md), read "
+            "at start and again whenever it changes. Unset with no VITGUARD_POLICY_TOPIC: the settings above are "
+            "the one policy."
+        ),
+    )
+    topic: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "A compacted topic whose latest record under the key 'document' is the policy document "
+            "(`vitguard policy publish`); every worker follows it. Not with VITGUARD_POLICY_FILE."
+        ),
+    )
+    load_timeout_s: float = Field(
+        20.0, gt=0, description="How long start-up may take to read the policies topic to its end."
+    )
+
+    @model_validator(mode="after")
+    def _one_document_source(self) -> PolicySettings:
+        if self.file is not None and self.topic:
+            raise ValueError("VITGUARD_POLICY_FILE and VITGUARD_POLICY_TOPIC: give one document source, not both")
+        return self
 
 
 class FetchSettings(BaseSettings):

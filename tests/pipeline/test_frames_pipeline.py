@@ -21,6 +21,7 @@ from vitguard.pipeline import ListSink, RawMessage, Runner
 from vitguard.pipeline.results import Decoded, DecodedFrames, Parsed, StageTimes
 from vitguard.pipeline.runtime.batcher import ReadyQueue, Work
 from vitguard.pipeline.stages.reduce import reduce_frames
+from vitguard.policies.compiled import builtin_book
 from vitguard.schemas.events import ImageEvent, Verdict
 from vitguard.settings import load_settings
 from vitguard.stores import InMemoryDedupStore, InMemoryEmbeddingIndex, InMemoryWaveCounter
@@ -275,7 +276,8 @@ def test_reduce_takes_the_worst_frame_and_its_embedding() -> None:
                       tuple(FrameRef(k * 10, k * 1.0) for k in range(4)), "rate", 40, 4.0)
     scores = [0.1, 0.7, 0.9, 0.2]
     predictions = [Prediction({"NSFW": s, "SFW": 1 - s}, np.full(3, k, np.float32)) for k, s in enumerate(scores)]
-    prediction, decision, media = reduce_frames(frames, predictions, ["NSFW"], 0.5, worst=2)
+    policy = builtin_book(["NSFW", "SFW"], ["NSFW"], 0.5).default
+    prediction, decision, media = reduce_frames(frames, predictions, policy, worst=2)
     assert decision.label == "unsafe" and decision.unsafe_score == pytest.approx(0.9)
     assert prediction.embedding[0] == 2  # the worst frame's embedding represents the item
     assert [f.index for f in media.worst_frames] == [20, 10] and media.worst_frame.time_s == 2.0

@@ -6,11 +6,15 @@ import pytest
 from review_values import alert, request, verdict
 
 from vitguard.review.requests import appeal_request, build_review_requests, is_uncertain
-from vitguard.schemas.events import ImageEvent
+from vitguard.schemas.events import ImageEvent, Verdict
 from vitguard.schemas.review import ReviewRequest
 from vitguard.settings import ReviewSettings
 
 BAND = ReviewSettings(uncertain_low=0.4, uncertain_high=0.6)
+
+
+def _uncertain(v: Verdict) -> bool:
+    return is_uncertain(v.unsafe_score, BAND)
 
 
 def _event(cid: str, ref: str = "https://cdn.example/img.jpg") -> ImageEvent:
@@ -26,7 +30,7 @@ def test_uncertain_verdicts_and_every_alert_go_to_review() -> None:
     answered = [(_event(c), verdict(c, s)) for c, s in [("sure-safe", 0.02), ("unsure", 0.5), ("dup", 0.97),
                                                         ("wave", 0.99), ("sure-unsafe", 0.98)]]
     alerts = [alert("dup"), alert("wave", severity="critical")]
-    out = {r.content_id: r for r in build_review_requests(answered, alerts, BAND)}
+    out = {r.content_id: r for r in build_review_requests(answered, alerts, _uncertain)}
     assert set(out) == {"unsure", "dup", "wave"}
     assert out["unsure"].reasons == ["uncertain"]
     assert out["dup"].reasons == ["near_duplicate"] and out["wave"].reasons == ["wave"]
@@ -37,15 +41,15 @@ def test_uncertain_verdicts_and_every_alert_go_to_review() -> None:
 
 
 def test_one_request_per_item_with_every_reason() -> None:
-    [r] = build_review_requests([(_event("x"), verdict("x", 0.55))], [alert("x")], BAND)
+    [r] = build_review_requests([(_event("x"), verdict("x", 0.55))], [alert("x")], _uncertain)
     assert r.reasons == ["uncertain", "near_duplicate"]
 
 
 def test_inline_images_and_replays_are_not_copied() -> None:
     inline = _event("i", "data:image/png;base64,AAAA")
-    [r] = build_review_requests([(inline, verdict("i", 0.5))], [], BAND)
+    [r] = build_review_requests([(inline, verdict("i", 0.5))], [], _uncertain)
     assert r.image_ref is None  # the request carries no image bytes
-    assert build_review_requests([(_event("r"), verdict("r", 0.5, replay_id="rp-1"))], [], BAND) == []
+    assert build_review_requests([(_event("r"), verdict("r", 0.5, replay_id="rp-1"))], [], _uncertain) == []
 
 
 def test_appeal_carries_the_previous_context_forward() -> None:

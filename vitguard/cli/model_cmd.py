@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from vitguard.media import FrameSet
     from vitguard.model.types import Classifier, ModelInfo
+    from vitguard.policies.compiled import CompiledPolicy
     from vitguard.policy import Decision
     from vitguard.settings import Settings
 
@@ -72,18 +73,31 @@ def _report_bad(bad: list[tuple[Path, str]]) -> None:
 @click.option("--model", "spec", default=None, help=f"{_MODEL_HELP} Default: VITGUARD_MODEL_SPEC (auto).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image instead of a table.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 1024), help="Images per pass.")
-def classify(paths: tuple[Path, ...], spec: str | None, as_json: bool, batch_size: int) -> None:
-    """Classify image files: label (by the policy settings), unsafe score and timing per image.
+@click.option("--tenant", default="default", show_default=True, help="Judge under this tenant's policy.")
+@click.option("--surface", default=None, help="... and this surface's (the event field surface).")
+@click.option("--policy", "policy_name", default=None,
+              help="Judge under this policy of the document in force instead of the tenant's.")
+def classify(paths: tuple[Path, ...], spec: str | None, as_json: bool, batch_size: int, tenant: str,
+             surface: str | None, policy_name: str | None) -> None:
+    """Classify image files: label and action (by the policy in force: VITGUARD_POLICY_FILE or _TOPIC, else
+    the policy settings), unsafe score and timing per image.
 
     Animated GIF/WebP/APNG and videos (MP4, MOV, WebM, ...) are judged by their worst sampled frame; with
     --json their record also lists every classified frame (``frames``: index, time_s, unsafe_score).
     """
+    from vitguard.policies.live import read_policies
     from vitguard.policy import resolve_unsafe_labels
 
     classifier, settings = _load(spec)
     info = classifier.info
     unsafe = resolve_unsafe_labels(info.labels, settings.policy, info.unsafe_labels)  # a checkpoint's own, unless set
-    run = _ClassifyRun(classifier, settings, unsafe, batch_size, as_json)
+    review = settings.review
+    book = read_policies(settings.policy, settings.kafka, info.labels, unsafe,
+                         (review.uncertain_low, review.uncertain_high)).book
+    if policy_name is not None and book.named(policy_name) is None:
+        raise click.UsageError(f"--policy {policy_name}: the document in force ({book.version}) has no such policy "
+                               f"(it has: {', '.join(sorted(book.policies))})")
+    run = _ClassifyRun(classifier, settings, book.pick(tenant, surface, policy_name), batch_size, as_json)
     stills, multi, failed = _split_media(classifier, paths, settings)
     good, bad = _prepare_all(classifier, stills)
     bad = failed + bad
@@ -103,14 +117,10 @@ class _ClassifyRun:
 
     classifier: Classifier
     settings: Settings
-    unsafe_labels: tuple[str, ...]
-    """The model's labels that the policy counts as unsafe."""
+    policy: CompiledPolicy
+    """The policy every file is judged under."""
     batch_size: int
     as_json: bool
-
-    @property
-    def threshold(self) -> float:
-        return self.settings.policy.unsafe_threshold
 
 
 def _classify_stills(run: _ClassifyRun, good: list[tuple[Path, NDArray[np.float32], float]]) -> None:
@@ -118,15 +128,13 @@ def _classify_stills(run: _ClassifyRun, good: list[tuple[Path, NDArray[np.float3
     batch's, shared out evenly."""
     import numpy as np
 
-    from vitguard.policy import decide
-
     for start in range(0, len(good), run.batch_size):
         chunk = good[start : start + run.batch_size]
         started = time.perf_counter()
         predictions = run.classifier.predict(np.stack([array for _, array, _ in chunk]))
         model_ms = (time.perf_counter() - started) * 1000 / len(chunk)
         for (path, _, decode_ms), prediction in zip(chunk, predictions, strict=True):
-            decision = decide(prediction.scores, run.unsafe_labels, run.threshold)
+            decision = run.policy.decide(prediction.scores)
             if run.as_json:
                 record = _record(run.classifier.info, path, decision, prediction.scores, decode_ms, model_ms)
                 click.echo(json.dumps({**record, **_pdq_fields(path)}))
@@ -144,13 +152,13 @@ def _classify_multi_frame(run: _ClassifyRun, multi: list[tuple[Path, FrameSet, f
         predictions = [p for s in range(0, len(frames), run.batch_size)
                        for p in run.classifier.predict(frames.tensors[s : s + run.batch_size])]
         model_ms = (time.perf_counter() - started) * 1000
-        top, decision, media = reduce_frames(frames, predictions, run.unsafe_labels, run.threshold,
+        top, decision, media = reduce_frames(frames, predictions, run.policy,
                                              worst=run.settings.frames.worst_frames)
         if run.as_json:
             record = {
                 **_record(run.classifier.info, path, decision, top.scores, decode_ms, model_ms),
                 "frames": [{"index": f.index, "time_s": f.time_s, "unsafe_score": round(d.unsafe_score, 6)}
-                           for f, d in frame_scores(frames, predictions, run.unsafe_labels, run.threshold)],
+                           for f, d in frame_scores(frames, predictions, run.policy)],
                 "media": media.model_dump(mode="json", exclude={"worst_frames"}),
             }
             click.echo(json.dumps(record))
@@ -169,6 +177,10 @@ def _record(info: ModelInfo, path: Path, decision: Decision, scores: dict[str, f
         "path": str(path),
         "label": decision.label,
         "unsafe_score": round(decision.unsafe_score, 6),
+        "action": decision.action,
+        "categories": {k: round(v, 6) for k, v in decision.categories.items()},
+        "policy": decision.policy,
+        "policy_version": decision.policy_version,
         "scores": {k: round(v, 6) for k, v in scores.items()},
         "model": info.name,
         "model_version": info.version,

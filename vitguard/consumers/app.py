@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitguard.consumers.checks import DependencyChecks
-from vitguard.errors import FatalError
+from vitguard.errors import FatalError, VitguardError
 from vitguard.health import HealthState
 from vitguard.kafka.faust.offsets import OffsetTracker
 from vitguard.kafka.faust.positions import (
@@ -163,6 +163,25 @@ def _start_banks(runtime: WorkerRuntime) -> Any:
     return follower
 
 
+def _start_policies(runtime: WorkerRuntime) -> Any:
+    """The policy document (VITGUARD_POLICY_FILE or _TOPIC): read before the runner starts, so no image is judged
+    under the built-in policy by mistake, then followed in a thread (None with neither: the built-in policy).
+
+    Raises:
+        ConfigError: the file cannot be read or its document is refused.
+        ServiceUnavailableError: the topic could not be read to its end within VITGUARD_POLICY_LOAD_TIMEOUT_S.
+    """
+    from vitguard.policies.live import PolicyFollower, open_source
+
+    settings = runtime.settings
+    source = open_source(settings.policy, settings.kafka, settings.topics)
+    if source is None:
+        return None
+    follower = PolicyFollower(runtime.runner.policies, source, load_timeout_s=settings.policy.load_timeout_s)
+    follower.start()
+    return follower
+
+
 def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[str, int]] | None) -> Any:
     from mode import Service
 
@@ -179,6 +198,11 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
                 else:
                     emitter = runtime.runner.emitter
                     emitter.limits = TopicLimits(emitter.limits.default, {**emitter.limits.by_topic, **limits})
+            try:
+                self.policies = await asyncio.to_thread(_start_policies, runtime)
+            except VitguardError as exc:  # a document the worker cannot judge by: stop before the group join
+                runtime.fatal(FatalError(f"policy document: {exc}"))
+                return
             self.banks = runtime.banks = await asyncio.to_thread(_start_banks, runtime)
             runtime.checks.start()
             try:
@@ -197,6 +221,8 @@ def _make_runner_service(runtime: WorkerRuntime, read_limits: Callable[[], dict[
             await runtime.runner.close()
             if getattr(self, "banks", None) is not None:
                 await asyncio.to_thread(self.banks.stop)
+            if getattr(self, "policies", None) is not None:
+                await asyncio.to_thread(self.policies.stop)
 
     return RunnerService()
 

@@ -2,7 +2,8 @@
 each refusal gets. Pure: no I/O; the view in :mod:`vitguard.consumers.web` does the rest.
 
 * ``application/json`` (or ``text/json``, ``application/*+json``): ``{"image_ref": ..., "content_id"?: ...,
-  "tenant"?: ...}``, validated as an input event is;
+  "tenant"?: ..., "surface"?: ..., "policy"?: ...}``, validated as an input event is;
+* any kind: the URL parameters ``tenant``, ``surface`` and ``policy`` say whose policy judges the images;
 * ``multipart/form-data`` (``curl -F file=@x.jpg``): every part with a file name is one image (several make
   a batch, answered together);
 * ``image/*``, ``video/*``, ``application/octet-stream`` or no content type: the body is the image;
@@ -18,10 +19,13 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vitguard.errors import InputError
+from vitguard.schemas.events import MAX_ID_LEN
 
 __all__ = ["MAX_PARTS", "ClassifyCall", "UnsupportedMediaTypeError", "parse_request", "status_for"]
 
@@ -62,12 +66,16 @@ class ClassifyCall:
     tenant: str = "default"
     name: str | None = None
     """The file name of a multipart part (echoed in a batch's answer)."""
+    surface: str | None = None
+    policy: str | None = None
+    """A policy of the document in force to judge under instead of the tenant's."""
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :meth:`~vitguard.pipeline.runtime.runner.Runner.classify`."""
+        judged = {"tenant": self.tenant, "surface": self.surface, "policy": self.policy}
         if self.image_ref is not None:
-            return {"image_ref": self.image_ref, "content_id": self.content_id, "tenant": self.tenant}
-        return {"data": self.data}
+            return {"image_ref": self.image_ref, "content_id": self.content_id, **judged}
+        return {"data": self.data, **judged}
 
 
 def status_for(reason: str) -> int:
@@ -79,24 +87,52 @@ def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-def parse_request(content_type: str, body: bytes) -> tuple[list[ClassifyCall], bool]:
+def parse_request(content_type: str, body: bytes,
+                  query: Mapping[str, Sequence[str]] | None = None) -> tuple[list[ClassifyCall], bool]:
     """The images a request asks about, and whether it is a batch (a multipart request: answered as a list).
+
+    ``query`` (the URL's parameters) may name the ``tenant``, ``surface`` or ``policy`` to judge every image
+    of the request under; a JSON body may name them too (the body wins).
 
     Raises:
         UnsupportedMediaTypeError: a body of another kind.
-        InputError: a JSON body that is not a valid request, or a multipart body without a file part.
+        InputError: a JSON body that is not a valid request, a multipart body without a file part, or an
+            unknown or malformed URL parameter.
     """
+    judged: dict[str, Any] = _judged_as(query or {})
     kind = media_type(content_type)
     if kind in _JSON_TYPES or (kind.startswith("application/") and kind.endswith("+json")):
-        return [_json_call(body)], False
+        return [_json_call(body, judged)], False
     if kind == "multipart/form-data":
-        return _multipart_calls(content_type, body), True
+        return [replace(c, **judged) for c in _multipart_calls(content_type, body)], True
     if kind in _BYTES_TYPES or kind.startswith(("image/", "video/")):
-        return [ClassifyCall(data=body)], False
+        return [ClassifyCall(data=body, **judged)], False
     raise UnsupportedMediaTypeError(kind)
 
 
-def _json_call(body: bytes) -> ClassifyCall:
+_JUDGED_AS = {"tenant": MAX_ID_LEN, "surface": MAX_ID_LEN, "policy": 64}
+"""The URL parameters of /classify, and the longest value of each."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/\-]*")
+
+
+def _judged_as(query: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """The URL's ``tenant``, ``surface`` and ``policy``, each checked as an event's identifiers are."""
+    unknown = sorted(set(query) - set(_JUDGED_AS))
+    if unknown:
+        raise InputError("schema_violation", f"unknown URL parameter(s): {unknown} (known: {list(_JUDGED_AS)})")
+    out: dict[str, str] = {}
+    for name, values in query.items():
+        if len(values) != 1:
+            raise InputError("schema_violation", f"URL parameter {name} given {len(values)} times")
+        value = values[0]
+        if len(value) > _JUDGED_AS[name] or not _NAME.fullmatch(value):
+            raise InputError("schema_violation", f"{name}: not a name (a letter or digit, then letters, digits and "
+                                                 f"._:@/-; at most {_JUDGED_AS[name]} characters)")
+        out[name] = value
+    return out
+
+
+def _json_call(body: bytes, judged: Mapping[str, str]) -> ClassifyCall:
     from pydantic import ValidationError
 
     from vitguard.schemas.events import ImageEvent, load_json
@@ -104,15 +140,20 @@ def _json_call(body: bytes) -> ClassifyCall:
     data = load_json(body)
     if not isinstance(data, dict) or not isinstance(data.get("image_ref"), str):
         raise InputError("schema_violation", 'expected a JSON object {"image_ref": "<http(s)|file|data URL>"}')
-    unknown = set(data) - {"image_ref", "content_id", "tenant"}
+    unknown = set(data) - {"image_ref", "content_id", "tenant", "surface", "policy"}
     if unknown:
         raise InputError("schema_violation", f"unknown field(s): {sorted(unknown)}")
+    policy = data.pop("policy", None)
+    if policy is not None:
+        policy = _judged_as({"policy": [policy if isinstance(policy, str) else ""]})["policy"]
+    from_url = {k: v for k, v in judged.items() if k != "policy"}
     try:  # the same validation as an input event, so /classify refuses what the stream refuses
-        event = ImageEvent.model_validate({"content_id": data.get("content_id") or "classify", **data})
+        event = ImageEvent.model_validate({"content_id": data.get("content_id") or "classify", **from_url, **data})
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InputError("schema_violation", f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
-    return ClassifyCall(image_ref=event.image_ref, content_id=data.get("content_id"), tenant=event.tenant)
+    return ClassifyCall(image_ref=event.image_ref, content_id=data.get("content_id"), tenant=event.tenant,
+                        surface=event.surface, policy=policy or judged.get("policy"))
 
 
 def _multipart_calls(content_type: str, body: bytes) -> list[ClassifyCall]:

@@ -13,15 +13,16 @@ short pass ahead of stream images: :mod:`vitguard.pipeline.runtime.batcher`), wi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
 
 from vitguard import metrics
-from vitguard.consumers.api_keys import ApiKeys
+from vitguard.consumers.api_keys import ApiKeys, ForbiddenTenantError, Refusal, scope_tenants
 from vitguard.consumers.banks_view import register_bank_views
 from vitguard.consumers.classify_http import ClassifyCall, UnsupportedMediaTypeError, parse_request
-from vitguard.consumers.http_gate import http_failure
+from vitguard.consumers.http_gate import http_failure, query_params
 from vitguard.consumers.openapi import openapi_document
 from vitguard.consumers.search_view import register_store_views
 from vitguard.errors import InputError
@@ -103,22 +104,22 @@ def _register_classify(app: Any, runtime: Any, keys: ApiKeys) -> None:
     class Classify(View):  # type: ignore[misc]
         async def post(self, request: Any) -> Any:
             processor = runtime.runner
-            refusal = keys.check(request.headers)
-            if refusal is not None:  # before anything else: an unknown caller costs nothing
-                metrics.CLASSIFY_REQUESTS.labels(refusal.reason).inc()
-                return self.json({"reason": refusal.reason, "message": refusal.message}, status=refusal.status,
-                                 headers=dict(refusal.headers))
+            admitted = keys.admit(request.headers)
+            if isinstance(admitted, Refusal):  # before anything else: an unknown caller costs nothing
+                metrics.CLASSIFY_REQUESTS.labels(admitted.reason).inc()
+                return self.json({"reason": admitted.reason, "message": admitted.message}, status=admitted.status,
+                                 headers=dict(admitted.headers))
             if handling[0] >= limit:  # before the body is read: a flood must not buffer its bodies
                 metrics.CLASSIFY_REQUESTS.labels("overloaded").inc()
                 return self.json({"reason": "overloaded", "message": f"{limit} requests in progress; retry"},
                                  status=429, headers={"Retry-After": "1"})
             handling[0] += 1
             try:
-                return await self._classify(request, processor)
+                return await self._classify(request, processor, admitted.tenant)
             finally:
                 handling[0] -= 1
 
-        async def _classify(self, request: Any, processor: Any) -> Any:
+        async def _classify(self, request: Any, processor: Any, bound: str | None) -> Any:
             try:
                 try:
                     async with asyncio.timeout(body_timeout_s):  # a trickled body must not hold its slot forever
@@ -128,7 +129,9 @@ def _register_classify(app: Any, runtime: Any, keys: ApiKeys) -> None:
                     return self.json({"reason": "request_timeout",
                                       "message": f"the request body did not arrive within {body_timeout_s:g} s"},
                                      status=408)
-                calls, batch = parse_request(request.headers.get("Content-Type") or "", body)
+                calls, batch = parse_request(request.headers.get("Content-Type") or "", body,
+                                             query_params(request))
+                calls = bound_to(calls, bound)
                 if batch:
                     return self.json({"results": await _classify_batch(processor, calls)})
                 verdict = await processor.classify(**calls[0].kwargs())
@@ -160,10 +163,22 @@ def _register_classify(app: Any, runtime: Any, keys: ApiKeys) -> None:
                              status=503, headers={"Retry-After": "1"})
 
 
+def bound_to(calls: list[ClassifyCall], tenant: str | None) -> list[ClassifyCall]:
+    """A tenant-bound key's requests are judged as its tenant (a request that names no tenant included).
+
+    Raises:
+        ForbiddenTenantError: a request named another tenant.
+    """
+    if tenant is None:
+        return calls
+    scope_tenants([c.tenant for c in calls if c.tenant != "default"], tenant)
+    return [dataclasses.replace(c, tenant=tenant) for c in calls]
+
+
 def _failure(exc: Exception, too_large: type[Exception]) -> tuple[str, str, int]:
     """What a failed ``POST /classify`` answers: reason, message and status (500: a bug, not the caller's; a
     Milvus or broker outage included, which the store views answer 503)."""
-    if isinstance(exc, InputError | UnsupportedMediaTypeError | too_large):
+    if isinstance(exc, InputError | UnsupportedMediaTypeError | ForbiddenTenantError | too_large):
         return http_failure(exc)
     return "internal_error", type(exc).__name__, 500
 

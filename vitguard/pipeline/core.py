@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -20,6 +20,7 @@ from vitguard.errors import InputError, ReasonCode
 from vitguard.model.types import ModelInfo, Prediction
 from vitguard.pipeline.results import FrameHashes
 from vitguard.pipeline.types import RawMessage
+from vitguard.policies.compiled import CompiledPolicy
 from vitguard.policy import Decision, decide
 from vitguard.schemas.events import (
     MAX_ID_LEN,
@@ -44,6 +45,7 @@ __all__ = [
     "build_verdict",
     "cache_key",
     "dead_letter",
+    "decided_by",
     "encode_cached_verdict",
     "moderate_batch",
     "parse_cached_verdict",
@@ -153,7 +155,15 @@ def build_verdict(
         replay_id=event.replay_id,
         metadata=dict(event.metadata),
         media=media,
+        surface=event.surface,
+        **decided_by(decision),
     )
+
+
+def decided_by(decision: Decision) -> dict[str, Any]:
+    """The verdict fields that say how the policy decided (categories, action, policy and version)."""
+    return {"categories": dict(decision.categories), "action": decision.action or None,
+            "policy": decision.policy, "policy_version": decision.policy_version}
 
 
 def encode_cached_verdict(verdict: Verdict, frames: FrameHashes = ()) -> str:
@@ -181,15 +191,25 @@ def parse_cached_verdict(cached_json: str) -> tuple[Verdict, FrameHashes] | None
     return verdict, frames
 
 
-def verdict_from_cache(cached: Verdict, event: ImageEvent, sha256: str, timings: Timings) -> Verdict:
+def verdict_from_cache(cached: Verdict, event: ImageEvent, sha256: str, timings: Timings,
+                       policy: CompiledPolicy | None = None) -> Verdict:
     """This event's verdict copied from a cached one (same image bytes).
 
-    The decision, scores, model and cluster come from the cache; identity, metadata and times from the
-    event. ``embedding_id`` and ``collection`` are set once the index stage has stored a copy of the original's
-    row under this content id (:func:`~vitguard.pipeline.stages.index.cache_hit_copies`).
+    The scores, model and cluster come from the cache; identity, metadata and times from the event.
+    ``embedding_id`` and ``collection`` are set once the index stage has stored a copy of the original's row
+    under this content id (:func:`~vitguard.pipeline.stages.index.cache_hit_copies`). The model's scores are
+    judged again under ``policy`` (this event's): the image may have been judged for a tenant with other rules.
+    A label a hash bank decided is kept.
     """
+    decision: dict[str, Any] = {}
+    if policy is not None and cached.label_source == "model":
+        d = policy.decide(cached.scores)
+        decision = {"label": d.label, "unsafe_score": d.unsafe_score, **decided_by(d),
+                    "cluster_id": cached.cluster_id if d.label == "unsafe" else None}
     return cached.model_copy(
         update={
+            **decision,
+            "surface": event.surface,
             "event_id": event.event_id,
             "content_id": event.content_id,
             "tenant": event.tenant,

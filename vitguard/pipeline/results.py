@@ -65,6 +65,8 @@ class Parsed:
     raw: RawMessage
     event: ImageEvent
     times: StageTimes = field(default_factory=StageTimes)
+    policy: str | None = None
+    """The policy a ``/classify`` request asked to be judged under (stream events: their tenant's)."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,20 @@ class RawMessage:
     """The broker's timestamp of the record (queue time = consumed - this), when the consumer knows it."""
 
 
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """A ``POST /classify`` (or search by image) request: the image, and whose rules judge it."""
+
+    data: bytes | None = None
+    """The image bytes, or None with ``image_ref``."""
+    image_ref: str | None = None
+    content_id: str | None = None
+    tenant: str = "default"
+    surface: str | None = None
+    policy: str | None = None
+    """A policy of the document in force to judge under, instead of the tenant's (and surface's)."""
+
+
 @dataclass(frozen=True)
 class OutputTopics:
     """Where outputs go. Replay passes its own ``verdicts`` topic to keep production verdicts clean; an

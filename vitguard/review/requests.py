@@ -1,14 +1,15 @@
 """Which outputs of a batch need a person, as review requests. Pure: no I/O, no clock beyond the schemas'.
 
-An item goes to review when its verdict's unsafe score lies in the uncertainty band
-(``ReviewSettings.uncertain_low <= score < uncertain_high``), when it matched a hash bank, or when it raised
-a near-duplicate or wave alert. One request per item and batch, with every reason it has: a reviewer sees
-the item once, with the whole context.
+An item goes to review when its verdict's unsafe score lies in the uncertainty band of the policy that
+decided it (the built-in policy's: ``ReviewSettings.uncertain_low <= score < uncertain_high``), when that
+policy's action is ``review``, when it matched a hash bank, or when it raised a near-duplicate or wave alert.
+One request per item and batch, with every reason it has: a reviewer sees the item once, with the whole
+context.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from vitguard.schemas.events import ImageEvent, NearDuplicateAlert, Verdict
 from vitguard.schemas.review import ReviewBankMatch, ReviewReason, ReviewRequest
@@ -35,32 +36,40 @@ def _bank_matches(verdict: Verdict) -> list[ReviewBankMatch]:
                             negative=m.negative) for m in verdict.bank_matches if not m.negative]
 
 
+def _reasons(verdict: Verdict, uncertain: bool, banks: Sequence[ReviewBankMatch],
+             alert: NearDuplicateAlert | None) -> list[ReviewReason]:
+    reasons: list[ReviewReason] = []
+    if verdict.action == "review":
+        reasons.append("policy")
+    if uncertain:
+        reasons.append("uncertain")
+    if banks:
+        reasons.append("bank_match")
+    if alert is not None:
+        reasons.append("wave" if alert.severity == "critical" else "near_duplicate")
+    return reasons
+
+
 def build_review_requests(
     answered: Iterable[tuple[ImageEvent | None, Verdict]],
     alerts: Sequence[NearDuplicateAlert],
-    settings: ReviewSettings,
+    uncertain: Callable[[Verdict], bool],
 ) -> list[ReviewRequest]:
     """One review request per item of the batch that needs one, in the order items were answered.
 
     Args:
         answered: each verdict of the batch with the event it answers (for the image reference).
         alerts: the batch's near-duplicate and wave alerts.
-        settings: the uncertainty band.
+        uncertain: whether a verdict's score lies in the uncertainty band of the policy that decided it.
     """
     alert_of = {a.content_id: a for a in alerts}
     out: list[ReviewRequest] = []
     for event, verdict in answered:
         if verdict.replay_id is not None:  # a replay's verdicts are a what-if, not a queue of work
             continue
-        reasons: list[ReviewReason] = []
-        if is_uncertain(verdict.unsafe_score, settings):
-            reasons.append("uncertain")
         banks = _bank_matches(verdict)
-        if banks:
-            reasons.append("bank_match")
         alert = alert_of.get(verdict.content_id)
-        if alert is not None:
-            reasons.append("wave" if alert.severity == "critical" else "near_duplicate")
+        reasons = _reasons(verdict, uncertain(verdict), banks, alert)
         if not reasons:
             continue
         out.append(

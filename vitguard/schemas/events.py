@@ -44,7 +44,7 @@ __all__ = [
     "validate_image_event",
 ]
 
-SCHEMA_VERSION = "1.5"
+SCHEMA_VERSION = "1.6"
 """1.1: dead letters carry ``payload_size``, ``payload_sha256`` and ``payload_truncated``; timings carry
 ``queue_ms`` and ``wait_ms``. Readers of 1.0 that ignore unknown fields keep working.
 1.2: hash banks: verdicts carry ``bank_matches``, ``pdq_hash``, ``pdq_quality`` and ``label_source``; the alerts
@@ -56,6 +56,9 @@ New reason codes: too_many_frames, video_too_long, unsupported_codec, corrupt_vi
 1.4: a video's ``media`` states its sampling: ``sample_rate_fps``, ``scene_cuts`` and ``largest_gap_s``.
 1.5: the alerts topic also carries :class:`~vitguard.schemas.retro.RetroMatch` (``alert_type`` ``retro_match``):
 an item judged safe before that a retro-hunt found close to something now known unsafe.
+1.6: policies as data: events may carry ``surface``; verdicts carry ``surface``, ``categories`` (score per
+moderation category), ``action`` (allow, review, block or a custom action) and the ``policy`` and
+``policy_version`` that decided; review requests may have the reason ``policy``.
 
 Compatibility rule: within 1.x a new field is optional and a new reason code or enumeration value is only
 added. Readers of an older 1.x must ignore fields they do not know (a reader that forbids unknown fields reads
@@ -145,6 +148,10 @@ class ImageEvent(_Event):
                                      {"pattern": DATA_REF_PATTERN}]},
     )
     tenant: Identifier = Field("default", description="Tenant or source platform the upload belongs to.")
+    surface: Identifier | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="Where on the tenant's platform it was uploaded (e.g. profile, chat); policies may differ (1.6).",
+    )
     created_at: datetime = Field(
         default_factory=utc_now, description="When the upload happened (timezone-aware, ISO 8601).",
         json_schema_extra={"pattern": TIMESTAMP_PATTERN},
@@ -315,8 +322,15 @@ class Verdict(_Event):
     event_id: Identifier = Field(description="The input event this answers.")
     content_id: Identifier = Field(description="The image; also the Kafka key of this message.")
     tenant: Identifier = Field("default", description="Copied from the input event.")
-    label: Literal["safe", "unsafe"] = Field(description="The policy's decision: unsafe_score >= threshold.")
-    unsafe_score: float = Field(ge=0, le=1, description="Sum of the probabilities of the policy's unsafe classes.")
+    label: Literal["safe", "unsafe"] = Field(
+        description="The policy's decision: unsafe when its action is anything but allow (see action).")
+    unsafe_score: float = Field(
+        ge=0, le=1,
+        description=(
+            "The highest score among the categories the policy acts on (the built-in policy: the sum of the "
+            "probabilities of the unsafe classes)."
+        ),
+    )
     top_class: str = Field(description="The model class with the highest probability.")
     scores: dict[str, float] = Field(description="Probability per model class; they sum to 1.")
     model_name: str = Field(description="The model that decided, e.g. hf-hub:Marqo/nsfw-image-detection-384.")
@@ -358,6 +372,23 @@ class Verdict(_Event):
     pdq_quality: int | None = Field(
         None, ge=0, le=100,
         description="PDQ's quality score (0-100); hashes below the banks' quality threshold are not matched (1.2).",
+    )
+    surface: Identifier | None = Field(
+        None, exclude_if=lambda v: v is None, description="Copied from the input event (1.6)."
+    )
+    categories: dict[str, float] = Field(
+        default_factory=dict, description="Score per moderation category of the policy document in force (1.6)."
+    )
+    action: str | None = Field(
+        None, max_length=40,
+        description=(
+            "What the policy says to do: allow, review, block, or a custom action of the policy document; "
+            "block for a force_unsafe bank match, allow for a negative bank (1.6)."
+        ),
+    )
+    policy: str | None = Field(None, max_length=64, description="The policy that decided (1.6).")
+    policy_version: str | None = Field(
+        None, max_length=64, description="The version of the policy document it belongs to (1.6)."
     )
 
 

@@ -44,9 +44,9 @@ __all__ = [
     "VerdictCorrection",
 ]
 
-ReviewReason = Literal["uncertain", "near_duplicate", "wave", "bank_match", "appeal"]
+ReviewReason = Literal["uncertain", "near_duplicate", "wave", "bank_match", "appeal", "policy"]
 """Why an item is in the review queue: a score inside the uncertainty band, a near-duplicate alert, a wave
-(critical) alert, a hash-bank match, or a tenant's appeal."""
+(critical) alert, a hash-bank match, a tenant's appeal, or a policy whose action for it is ``review`` (1.6)."""
 
 DecisionKind = Literal["confirm_unsafe", "overturn_safe"]
 """What a reviewer decided: the item is unsafe (the model was right, or should have been), or it is safe."""

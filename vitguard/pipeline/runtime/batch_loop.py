@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -20,6 +20,7 @@ from vitguard.model.types import Classifier
 from vitguard.pipeline.runtime.batcher import Group, ReadyQueue, Work
 from vitguard.pipeline.runtime.completion import Completer
 from vitguard.pipeline.stages.infer import infer_pass
+from vitguard.policies.live import PolicyHolder
 
 __all__ = ["BatchLoop"]
 
@@ -30,20 +31,20 @@ class BatchLoop:
     """Args:
         ready: the ready queue.
         classifier, pool: the model and the thread its forward passes run on.
-        unsafe_labels, threshold, worst_frames: the policy the infer stage applies.
+        policies: the policy document in force (read once per pass: a pass finishes on the one it began with).
+        worst_frames: the worst frames an animation's or a video's verdict lists.
         back_half: the queue the stream's part of each pass goes to.
         completer: answers the requests of a pass (bank matches; no side effects).
         settle: hands a request its verdict or error.
     """
 
-    def __init__(self, ready: ReadyQueue, classifier: Classifier, pool: Executor, *, unsafe_labels: Sequence[str],
-                 threshold: float, worst_frames: int, back_half: asyncio.Queue[Group], completer: Completer,
+    def __init__(self, ready: ReadyQueue, classifier: Classifier, pool: Executor, *, policies: PolicyHolder,
+                 worst_frames: int, back_half: asyncio.Queue[Group], completer: Completer,
                  settle: Callable[..., None]) -> None:
         self.ready = ready
         self.classifier = classifier
         self.pool = pool
-        self.unsafe_labels = unsafe_labels
-        self.threshold = threshold
+        self.policies = policies
         self.worst_frames = worst_frames
         self.back_half = back_half
         self.completer = completer
@@ -60,7 +61,7 @@ class BatchLoop:
 
     async def _pass(self, taken: list[Work]) -> Group:
         """One forward pass; its requests answered now; returns the stream's part, for the back half."""
-        group = await infer_pass(taken, self.classifier, self.pool, self.unsafe_labels, self.threshold,
+        group = await infer_pass(taken, self.classifier, self.pool, self.policies.book,
                                  worst_frames=self.worst_frames)
         requests, stream = group.split_requests()
         if requests.work:

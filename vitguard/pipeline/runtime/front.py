@@ -54,7 +54,8 @@ from vitguard.pipeline.stages.decode_batch import decode_batch
 from vitguard.pipeline.stages.expand import expand_item
 from vitguard.pipeline.stages.fetch import fetch_failed, fetch_image, fetch_timed_out, fetched_from, sha256_hex
 from vitguard.pipeline.stages.ingest import parse
-from vitguard.pipeline.types import RawMessage
+from vitguard.pipeline.types import ImageRequest, RawMessage
+from vitguard.policies.live import PolicyHolder
 from vitguard.schemas.events import ImageEvent
 from vitguard.stores.interfaces import DedupStore
 
@@ -129,8 +130,11 @@ class FrontHalf:
         request_pool: Executor | None = None,
         decode_jobs: int = 1,
         decode_budget_s: float = 1.0,
+        policies: PolicyHolder | None = None,
     ) -> None:
         self.classifier = classifier
+        self.policies = policies
+        """The policy document in force: a cache hit is judged again under its event's policy."""
         self.fetcher = fetcher
         self.dedup = dedup
         self.redis = redis
@@ -226,7 +230,11 @@ class FrontHalf:
             return None
         original, frame_hashes = entry
         parsed = fetched.parsed
-        verdict = verdict_from_cache(original, parsed.event, fetched.sha256, timings(fetched.times))
+        policy = None
+        if self.policies is not None:
+            book = self.policies.book
+            policy = book.pick(parsed.event.tenant, parsed.event.surface, parsed.policy)
+        verdict = verdict_from_cache(original, parsed.event, fetched.sha256, timings(fetched.times), policy)
         return CacheHit(parsed, verdict, original.content_id, frame_hashes)
 
     # ------------------------------------------------------------------ the stream, a batch at a time
@@ -316,23 +324,25 @@ class FrontHalf:
             self._active_keys.discard(key)
         return key
 
-    async def prepare_request(
-        self, *, data: bytes | None, image_ref: str | None, content_id: str | None, tenant: str
-    ) -> Decoded | DecodedFrames:
+    async def prepare_request(self, request: ImageRequest) -> Decoded | DecodedFrames:
         """The same fetch and decode for a ``POST /classify`` request (no guard, no cache), ahead of the
         stream's queued decodes.
 
         Raises:
-            InputError: the reference or the bytes are unusable; ``reason`` says why.
+            InputError: the reference or the bytes are unusable, or no policy has the name asked for.
         """
+        book = self.policies.book if self.policies is not None else None
+        if request.policy is not None and (book is None or book.named(request.policy) is None):
+            raise InputError("schema_violation", f"policy {request.policy!r}: the policy document in force "
+                                                 f"({book.version if book else 'none'}) has no such policy")
         event_id = uuid.uuid4().hex
-        cid = content_id or f"classify-{event_id}"
+        data, image_ref = request.data, request.image_ref
+        who: dict[str, Any] = {"event_id": event_id, "content_id": request.content_id or f"classify-{event_id}",
+               "tenant": request.tenant, "surface": request.surface}
         # bytes sent in the request body have no reference: the event is internal, built without validation
-        event = (ImageEvent(event_id=event_id, content_id=cid, tenant=tenant, image_ref=image_ref)
-                 if image_ref is not None
-                 else ImageEvent.model_construct(event_id=event_id, content_id=cid, tenant=tenant,
-                                                 image_ref="(request body)"))
-        parsed = Parsed(RawMessage(None, None, _CLASSIFY_TOPIC, 0, 0), event)
+        event = (ImageEvent(**who, image_ref=image_ref) if image_ref is not None
+                 else ImageEvent.model_construct(**who, image_ref="(request body)"))
+        parsed = Parsed(RawMessage(None, None, _CLASSIFY_TOPIC, 0, 0), event, policy=request.policy)
         fetched: Fetched | DeadLettered
         max_bytes = self.fetcher.settings.max_bytes
         if image_ref is not None:

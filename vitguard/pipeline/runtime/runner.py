@@ -15,12 +15,9 @@ back half:     completion loop: match (banks) ─▶ index (near-duplicates, clu
                (:mod:`~vitguard.pipeline.runtime.back_half`: the next group's Milvus calls overlap publishing)
 ```
 
-Batching is adaptive (:mod:`~vitguard.pipeline.runtime.batcher`). A slow image holds nobody: it joins a batch when it
-is decoded, or ends as its own ``fetch_timeout`` dead letter; its neighbours are answered without it.
-
-Per event: Milvus upsert, publish, Redis, then its future resolves (:mod:`~vitguard.pipeline.runtime.back_half`);
-only then may the agent commit its offset, in order per partition (an unanswered event holds back the commit
-of later ones, never their verdicts).
+A slow image holds nobody: it joins a batch when it is decoded, or ends as its own ``fetch_timeout`` dead
+letter. An event's future resolves after its Milvus upsert, publish and Redis write; only then may the agent
+commit its offset, in order per partition (an unanswered event holds back the commit of later ones only).
 
 Failures: an input problem is that event's dead letter; Redis degrades; Milvus holds (the stream's groups wait,
 and the batch loop runs passes of /classify requests only meanwhile, so requests are still answered); a
@@ -57,7 +54,8 @@ from vitguard.pipeline.runtime.in_flight import InFlight
 from vitguard.pipeline.runtime.intake import Entry, StreamIntake
 from vitguard.pipeline.runtime.pools import PriorityPool, named_pool
 from vitguard.pipeline.stages.emit import Emitter
-from vitguard.pipeline.types import BatchOutcome, OutputTopics, RawMessage, Sink, TopicLimits
+from vitguard.pipeline.types import BatchOutcome, ImageRequest, OutputTopics, RawMessage, Sink, TopicLimits
+from vitguard.policies.live import PolicyHolder
 from vitguard.policy import resolve_unsafe_labels
 from vitguard.schemas.events import Verdict
 from vitguard.settings import BatchSettings, FrameSettings, MilvusSettings, PolicySettings, ReviewSettings
@@ -87,7 +85,7 @@ class Runner:
         dedup: redelivery guard and verdict cache (Redis in production).
         waves: sliding-window wave counter (Redis in production).
         sink: per-message delivery results.
-        policy: unsafe labels and threshold, near-duplicate threshold, wave rules.
+        policy: unsafe labels and threshold (the built-in policy), near-duplicate threshold, wave rules.
         batch: ``max_size``, ``max_wait_s`` (linger bound) and ``decode_workers``.
         milvus: backoff and call deadline of the store calls.
         frames: sampling and limits of animations and video, frames per item per pass (fair batching).
@@ -101,6 +99,7 @@ class Runner:
         on_fatal: called once with the first fatal error (the runner's or anyone's that shares ``health``).
         on_hold: called with True when Milvus starts holding batches and False when it recovers.
         clock: wall clock in seconds (wave windows); tests pass a fake one.
+        policies: the policy document in force (the worker follows it); default: ``policy`` and ``review``.
 
     Raises:
         ConfigError: the policy's unsafe labels match none of the model's classes.
@@ -131,6 +130,7 @@ class Runner:
         clock: Callable[[], float] = time.time,
         review: ReviewSettings | None = None,
         hash_pdq: bool = True,
+        policies: PolicyHolder | None = None,
     ) -> None:
         self.info = classifier.info
         self.fetcher = fetcher
@@ -142,6 +142,8 @@ class Runner:
         self.health = health or HealthState()
         self.health.model_loaded = True
         self.unsafe_labels = resolve_unsafe_labels(self.info.labels, policy, self.info.unsafe_labels)
+        band = (review.uncertain_low, review.uncertain_high) if review is not None else None
+        self.policies = policies or PolicyHolder.from_settings(policy, self.info.labels, self.unsafe_labels, band)
         f = self.frames
         self.cache_key = cache_key(self.info, self.unsafe_labels, policy.unsafe_threshold,
                                    (f.max_frames, f.video_fps, f.video_sampling, f.worst_frames))
@@ -165,7 +167,7 @@ class Runner:
         self.emitter = Emitter(
             sink, self.topics, TopicLimits(UNREAD_TOPIC_LIMIT, dict(limits or {})),
             PublishPolicy(self.health, backoff=Backoff(0.5, publish_backoff_max_s), timeout_s=publish_timeout_s),
-            review=review,
+            review=review, policies=self.policies,
         )
         self.completer = Completer(
             info=self.info, index=index, dedup=dedup, waves=waves, policy=policy, redis=self.redis,
@@ -175,7 +177,7 @@ class Runner:
             classifier=classifier, fetcher=fetcher, dedup=dedup, redis=self.redis, cache_key=self.cache_key,
             pool=self._decode_pool, request_pool=self._decode_pool.urgent,
             frames=FrameLimits.from_settings(self.frames), hash_pdq=hash_pdq, decode_jobs=batch.decode_workers,
-            decode_budget_s=batch.decode_timeout_s / 4,
+            decode_budget_s=batch.decode_timeout_s / 4, policies=self.policies,
             fetch_timeout_s=fetch_total_timeout_s or (fetcher.settings.connect_timeout_s
                                                       + fetcher.settings.read_timeout_s + 2.0),
         )
@@ -187,15 +189,14 @@ class Runner:
         self.back_half = BackHalf(self.completer, max_images=batch.max_size, settle=self._settle,
                                   fail=self._fail_all, stopped=lambda: self._fatal is not None or self._closed)
         self.batch_loop = BatchLoop(
-            self.ready, classifier, self._infer_pool, unsafe_labels=self.unsafe_labels,
-            threshold=policy.unsafe_threshold, worst_frames=self.frames.worst_frames, back_half=self.back_half.queue,
+            self.ready, classifier, self._infer_pool, policies=self.policies,
+            worst_frames=self.frames.worst_frames, back_half=self.back_half.queue,
             completer=self.completer, settle=self._settle)
         self._loops: list[asyncio.Task[None]] = []
         self._fatal: BaseException | None = None
         self._closed = False
         self._refusing_requests = False
-        self._classifying: set[asyncio.Task[Verdict | Probed]] = set()
-        """The /classify requests being prepared or answered (what :meth:`refuse_requests` cancels)."""
+        self._classifying: set[asyncio.Task[Verdict | Probed]] = set()  # what refuse_requests cancels
         metrics.MODEL_INFO.labels(
             self.info.name, self.info.version, self.info.backend, str(self.info.embedding_dim)
         ).set(1)
@@ -312,28 +313,29 @@ class Runner:
         return batch_outcome(await asyncio.gather(*(e.future for e in entries)))
 
     async def classify(self, *, data: bytes | None = None, image_ref: str | None = None,
-                       content_id: str | None = None, tenant: str = "default") -> Verdict:
-        """Moderate one image now (``POST /classify``): the same stages and batches as the stream, no side
-        effects. Requests join the next batch ahead of stream images (see :mod:`~vitguard.pipeline.runtime.batcher`).
+                       content_id: str | None = None, tenant: str = "default", surface: str | None = None,
+                       policy: str | None = None) -> Verdict:
+        """Moderate one image now (``POST /classify``), under ``policy`` or else ``tenant``'s (and ``surface``'s):
+        the same stages and batches as the stream, no side effects; ahead of stream images in the next batch.
 
         Raises:
-            InputError: the reference or the bytes are unusable; ``reason`` says why.
+            InputError: the reference or the bytes are unusable, or no policy has that name; ``reason`` says why.
         """
-        return cast(Verdict, await self._request(data, image_ref, content_id, tenant, probe=False))
+        return cast(Verdict, await self._request(ImageRequest(data, image_ref, content_id, tenant, surface, policy),
+                                                 probe=False))
 
     async def probe(self, *, data: bytes | None = None, image_ref: str | None = None,
                     tenant: str = "default") -> Probed:
         """:meth:`classify`, answering the embedding the verdict was judged on too (``POST /search`` by image)."""
-        return cast(Probed, await self._request(data, image_ref, None, tenant, probe=True))
+        return cast(Probed, await self._request(ImageRequest(data, image_ref, tenant=tenant), probe=True))
 
-    async def _request(self, data: bytes | None, image_ref: str | None, content_id: str | None, tenant: str,
-                       *, probe: bool) -> Verdict | Probed:
+    async def _request(self, request: ImageRequest, *, probe: bool) -> Verdict | Probed:
         if self._fatal is not None:
             raise self._fatal
         if self.closed:
             raise ServiceUnavailableError("the worker is stopping")
         await self.start()
-        task = asyncio.ensure_future(self._classify(data, image_ref, content_id, tenant, probe))
+        task = asyncio.ensure_future(self._classify(request, probe))
         self._classifying.add(task)
         try:
             return await task  # a cancel of the request itself (the client went away) cancels it too
@@ -345,10 +347,8 @@ class Runner:
         finally:
             self._classifying.discard(task)
 
-    async def _classify(self, data: bytes | None, image_ref: str | None, content_id: str | None,
-                        tenant: str, probe: bool) -> Verdict | Probed:
-        decoded = await self.front.prepare_request(data=data, image_ref=image_ref, content_id=content_id,
-                                                   tenant=tenant)
+    async def _classify(self, request: ImageRequest, probe: bool) -> Verdict | Probed:
+        decoded = await self.front.prepare_request(request)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.in_flight.track(fut, request=True)
         self.ready.put(Work(decoded, fut, request=True, probe=probe))

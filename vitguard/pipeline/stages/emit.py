@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vitguard import metrics
@@ -26,8 +26,10 @@ from vitguard.errors import FatalError, ReasonCode
 from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.runtime.failure import PublishPolicy
 from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage, Sink, TopicLimits
+from vitguard.policies.compiled import PolicyBook
+from vitguard.policies.live import PolicyHolder
 from vitguard.review.metrics import REQUESTS as REVIEW_REQUESTS
-from vitguard.review.requests import build_review_requests
+from vitguard.review.requests import build_review_requests, is_uncertain
 from vitguard.schemas.events import DeadLetter, ImageEvent, NearDuplicateAlert, Verdict
 from vitguard.settings import ReviewSettings
 
@@ -104,6 +106,31 @@ class _Slot:
     """A review request's reasons (metrics)."""
 
 
+def uncertain_in(book: PolicyBook | None, review: ReviewSettings) -> Callable[[Verdict], bool]:
+    """Whether a verdict's score is in the review band of the policy that decided it (a policy the document in
+    force no longer has, or none: the band of the review settings)."""
+    def uncertain(verdict: Verdict) -> bool:
+        policy = book.named(verdict.policy) if book is not None else None
+        if policy is not None:
+            return policy.uncertain(verdict.unsafe_score)
+        return is_uncertain(verdict.unsafe_score, review)
+    return uncertain
+
+
+def count_shadow_decisions(book: PolicyBook, verdicts: Sequence[Verdict]) -> None:
+    """Judge each published verdict the model decided under its policy's shadow, if it has one: counted in
+    ``vitguard_policy_shadow_decisions_total``, with no other effect."""
+    for verdict in verdicts:
+        active = book.named(verdict.policy)
+        if active is None or verdict.label_source != "model" or verdict.replay_id is not None:
+            continue
+        shadow = book.shadow_of(active)
+        if shadow is None:
+            continue
+        decision = shadow.decide(verdict.scores)
+        metrics.POLICY_SHADOW_DECISIONS.labels(active.name, shadow.name, verdict.action or "", decision.action).inc()
+
+
 class Emitter:
     """Publishes one batch's answers and alerts through a :class:`Sink` until every one is acknowledged.
 
@@ -112,18 +139,21 @@ class Emitter:
         topics: where each kind of output goes.
         limits: largest message per topic (bytes).
         policy: classification, backoff and the deadline of one round.
-        review: the uncertainty band; with ``topics.review_requests`` set, review requests are published.
+        review: with ``topics.review_requests`` set, review requests are published.
+        policies: the policy document in force: each verdict's review band is its policy's, and a policy's
+            shadow judges the verdicts beside it (counted only).
     """
 
     def __init__(
         self, sink: Sink, topics: OutputTopics, limits: TopicLimits, policy: PublishPolicy,
-        review: ReviewSettings | None = None,
+        review: ReviewSettings | None = None, policies: PolicyHolder | None = None,
     ) -> None:
         self.sink = sink
         self.topics = topics
         self.limits = limits
         self.policy = policy
         self.review = review
+        self.policies = policies
 
     async def emit(
         self,
@@ -146,12 +176,16 @@ class Emitter:
                            len(value))
                 continue
             slots.append(_Slot(None, None, None, OutMessage(self.topics.alerts, key, value)))
-        reviews = self._review_slots(slots, alerts)
+        book = self.policies.book if self.policies is not None else None
+        reviews = self._review_slots(slots, alerts, book)
         await self._publish(slots + reviews)
         for slot in reviews:
             for reason in slot.reasons:
                 REVIEW_REQUESTS.labels(reason).inc()
-        return [s.answer for s in slots if s.raw is not None]  # type: ignore[misc]
+        published = [s.answer for s in slots if s.raw is not None]
+        if book is not None and book.shadows:
+            count_shadow_decisions(book, [a for a in published if isinstance(a, Verdict)])
+        return published  # type: ignore[return-value]
 
     async def _publish(self, slots: list[_Slot]) -> None:
         pending = list(range(len(slots)))
@@ -185,7 +219,8 @@ class Emitter:
             pending = retry
         self.policy.succeeded()
 
-    def _review_slots(self, slots: Sequence[_Slot], alerts: Sequence[NearDuplicateAlert]) -> list[_Slot]:
+    def _review_slots(self, slots: Sequence[_Slot], alerts: Sequence[NearDuplicateAlert],
+                      book: PolicyBook | None) -> list[_Slot]:
         """Review requests for the verdicts being published (not for ones that became dead letters)."""
         if self.review is None or not self.topics.review_requests:
             return []
@@ -193,7 +228,7 @@ class Emitter:
         limit = self.limits.of(self.topics.review_requests)
         out = []
         for request in build_review_requests(verdicts, [a for a in alerts if isinstance(a, NearDuplicateAlert)],
-                                             self.review):
+                                             uncertain_in(book, self.review)):
             key, value = request.content_id.encode(), request.model_dump_json().encode()
             if len(value) > _room(limit, key):
                 metrics.OUTPUTS_DROPPED.labels("review_request").inc()

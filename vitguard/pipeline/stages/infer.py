@@ -22,9 +22,9 @@ from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Predicted
 from vitguard.pipeline.runtime.batcher import FrameProgress, Group, Work
 from vitguard.pipeline.stages.reduce import reduce_frames
-from vitguard.policy import decide
+from vitguard.policies.compiled import CompiledPolicy, PolicyBook
 
-__all__ = ["NonFiniteOutput", "forward", "infer_batch", "infer_pass", "predict_stacked"]
+__all__ = ["NonFiniteOutput", "forward", "infer_pass", "policy_of", "predict_stacked"]
 
 _log = logging.getLogger(__name__)
 
@@ -82,37 +82,17 @@ def _unexpected(item: Decoded | DecodedFrames, step: str, error: Exception) -> D
         raw, "internal_error", f"{step} failed: {type(error).__name__}: {error}", event))
 
 
-async def infer_batch(
-    items: Sequence[Decoded],
-    classifier: Classifier,
-    pool: Executor,
-    unsafe_labels: Sequence[str],
-    threshold: float,
-) -> list[Predicted | DeadLettered]:
-    """Predictions for still images ``items`` in order (a dead letter for an image the model fails on)."""
-    if not items:
-        return []
-    started = time.perf_counter()
-    predictions = await forward([i.tensor for i in items], classifier, pool)
-    infer_ms = (time.perf_counter() - started) * 1000 / len(items)
-    out: list[Predicted | DeadLettered] = []
-    for item, prediction in zip(items, predictions, strict=True):
-        if isinstance(prediction, BaseException):
-            out.append(_failed(item, prediction))
-            continue
-        out.append(Predicted(
-            item, prediction, decide(prediction.scores, unsafe_labels, threshold),
-            replace(item.times, infer_ms=infer_ms, wait_ms=_wait_ms(item.ready_at, started)),
-        ))
-    return out
+def policy_of(item: Decoded | DecodedFrames, book: PolicyBook) -> CompiledPolicy:
+    """The policy that judges ``item``: the one its request named, else its tenant's (and surface's)."""
+    parsed = item.parsed
+    return book.pick(parsed.event.tenant, parsed.event.surface, parsed.policy)
 
 
 async def infer_pass(
     taken: Sequence[Work],
     classifier: Classifier,
     pool: Executor,
-    unsafe_labels: Sequence[str],
-    threshold: float,
+    book: PolicyBook,
     *,
     worst_frames: int = 5,
 ) -> Group:
@@ -133,12 +113,12 @@ async def infer_pass(
         v = w.value
         answer: Predicted | DeadLettered | None = None
         if isinstance(v, Decoded):
-            answer = _decide_still(v, next(predictions), timing, unsafe_labels, threshold)
+            answer = _decide_still(v, next(predictions), timing, book)
         elif isinstance(v, DecodedFrames) and w.progress is not None:
             _record_frames(v, w.progress, predictions, timing)
             if not w.progress.complete:
                 continue  # frames left: the item stays with the batcher
-            answer = _decide_frames(v, w.progress, unsafe_labels, threshold, worst_frames)
+            answer = _decide_frames(v, w.progress, book, worst_frames)
         if answer is not None:
             _complete(group, answer)
         group.work.append(w)
@@ -171,13 +151,13 @@ def _wait_ms(ready_at: float, started: float) -> float:
 
 
 def _decide_still(item: Decoded, prediction: Prediction | BaseException, timing: _PassTiming,
-                  unsafe_labels: Sequence[str], threshold: float) -> Predicted | DeadLettered:
+                  book: PolicyBook) -> Predicted | DeadLettered:
     """A still image's answer from its prediction: the policy's decision, or its dead letter."""
     wait_ms = _wait_ms(item.ready_at, timing.started)
     try:
         if isinstance(prediction, BaseException):
             return _failed(item, prediction)
-        return Predicted(item, prediction, decide(prediction.scores, unsafe_labels, threshold),
+        return Predicted(item, prediction, policy_of(item, book).decide(prediction.scores),
                          replace(item.times, infer_ms=timing.per_frame_ms, wait_ms=wait_ms))
     except Exception as exc:  # the policy on scores nobody foresaw (NaN from a broken model): this item
         return _unexpected(item, "deciding on its scores", exc)
@@ -193,11 +173,11 @@ def _record_frames(item: DecodedFrames, progress: FrameProgress, predictions: It
     progress.infer_ms += timing.per_frame_ms * n
 
 
-def _decide_frames(item: DecodedFrames, progress: FrameProgress, unsafe_labels: Sequence[str], threshold: float,
+def _decide_frames(item: DecodedFrames, progress: FrameProgress, book: PolicyBook,
                    worst: int) -> Predicted | DeadLettered:
     """A multi-frame item's answer once every frame is predicted: its frames reduced to one decision."""
     try:
-        return _reduced(item, progress, unsafe_labels, threshold, worst)
+        return _reduced(item, progress, book, worst)
     except Exception as exc:  # a bug or an input the reduce stage did not foresee: this item only
         return _unexpected(item, "reducing its frames", exc)
 
@@ -209,13 +189,13 @@ def _complete(group: Group, answer: Predicted | DeadLettered) -> None:
         metrics.BATCH_WAIT.observe(answer.times.wait_ms / 1000)
 
 
-def _reduced(item: DecodedFrames, progress: FrameProgress, unsafe_labels: Sequence[str], threshold: float,
+def _reduced(item: DecodedFrames, progress: FrameProgress, book: PolicyBook,
              worst: int) -> Predicted | DeadLettered:
     good: list[Prediction] = []
     for p in progress.predictions:
         if isinstance(p, BaseException):
             return _failed(item, p)
         good.append(p)
-    prediction, decision, media = reduce_frames(item.frames, good, unsafe_labels, threshold, worst=worst)
+    prediction, decision, media = reduce_frames(item.frames, good, policy_of(item, book), worst=worst)
     times = replace(item.times, infer_ms=progress.infer_ms, wait_ms=progress.wait_ms)
     return Predicted(item, prediction, decision, times, media=media)

@@ -111,7 +111,8 @@ def skips_clustering(matches: Sequence[BankMatch]) -> bool:
 
 def apply_matches(verdict: Verdict, pdq: PdqHash | None, matches: Sequence[BankMatch]) -> Verdict:
     """``verdict`` with its PDQ hash, bank matches and the banks' say on its label: an active force_unsafe
-    match makes it unsafe; otherwise a negative-bank match (an allow-list) makes it safe. Both from ``bank``.
+    match makes it unsafe (action block); otherwise a negative-bank match (an allow-list) makes it safe (action
+    allow). Both from ``bank``.
 
     A force_unsafe match wins over a negative one: a known-bad entry is specific evidence of banned content,
     while allow-lists exist to stop the model's false positives; an image in both is a conflict, and a
@@ -120,9 +121,9 @@ def apply_matches(verdict: Verdict, pdq: PdqHash | None, matches: Sequence[BankM
     if pdq is not None:
         update |= {"pdq_hash": pdq.hex, "pdq_quality": pdq.quality}
     if _forcing(matches):
-        update |= {"label": "unsafe", "label_source": "bank"}
+        update |= {"label": "unsafe", "label_source": "bank", "action": "block"}
     elif any(m.negative for m in matches):
-        update |= {"label": "safe", "label_source": "bank"}
+        update |= {"label": "safe", "label_source": "bank", "action": "allow"}
     return verdict.model_copy(update=update)
 
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from vitguard.media.frames import FrameSet
 from vitguard.model.types import Prediction
-from vitguard.policy import Decision, decide
+from vitguard.policies.compiled import CompiledPolicy
+from vitguard.policy import Decision
 from vitguard.schemas.events import FrameScore, FrameSegment, MediaSummary
 
 __all__ = ["Reduced", "frame_scores", "reduce_frames", "unsafe_segments"]
@@ -20,14 +21,14 @@ __all__ = ["Reduced", "frame_scores", "reduce_frames", "unsafe_segments"]
 Reduced = tuple[Prediction, Decision, MediaSummary]
 
 
-def frame_scores(frames: FrameSet, predictions: Sequence[Prediction], unsafe_labels: Sequence[str],
-                 threshold: float) -> list[tuple[FrameScore, Decision]]:
+def frame_scores(frames: FrameSet, predictions: Sequence[Prediction],
+                 policy: CompiledPolicy) -> list[tuple[FrameScore, Decision]]:
     """Each classified frame's score and decision, in frame order."""
     if len(predictions) != len(frames):
         raise ValueError(f"{len(predictions)} predictions for {len(frames)} frames")
     out = []
     for ref, p in zip(frames.frames, predictions, strict=True):
-        d = decide(p.scores, unsafe_labels, threshold)
+        d = policy.decide(p.scores)
         out.append((FrameScore(index=ref.index, time_s=ref.time_s, unsafe_score=d.unsafe_score), d))
     return out
 
@@ -49,10 +50,10 @@ def unsafe_segments(scored: Sequence[tuple[FrameScore, Decision]], end_s: float 
     return sorted(runs, key=lambda r: (-r.unsafe_score, r.start_s))
 
 
-def reduce_frames(frames: FrameSet, predictions: Sequence[Prediction], unsafe_labels: Sequence[str],
-                  threshold: float, *, worst: int = 5) -> Reduced:
+def reduce_frames(frames: FrameSet, predictions: Sequence[Prediction], policy: CompiledPolicy, *,
+                  worst: int = 5) -> Reduced:
     """The item's prediction and decision (its worst frame's) and the summary that goes into the verdict."""
-    scored = frame_scores(frames, predictions, unsafe_labels, threshold)
+    scored = frame_scores(frames, predictions, policy)
     order = sorted(range(len(scored)), key=lambda i: (-scored[i][0].unsafe_score, i))
     top = order[0]
     summary = MediaSummary(
