@@ -42,6 +42,7 @@ def _register() -> None:
         dev_cmd,
         finetune_cmd,
         model_cmd,
+        policy_cmd,
         publish_cmd,
         replay_cmd,
         retro_cmd,
@@ -53,7 +54,7 @@ def _register() -> None:
     )
 
     modules = (worker_cmd, demo_cmd, dev_cmd, publish_cmd, replay_cmd, tail_cmd, model_cmd, search_cmd, clusters_cmd,
-               retro_cmd, finetune_cmd, schemas_cmd, config_cmd, review_cmd, banks_cmd)
+               retro_cmd, finetune_cmd, schemas_cmd, config_cmd, review_cmd, banks_cmd, policy_cmd)
     for module in modules:
         module.register(main)
 

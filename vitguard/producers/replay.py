@@ -66,7 +66,7 @@ __all__ = [
     "run_replay",
 ]
 
-ReplayMode = Literal["republish", "redrive", "process"]
+ReplayMode = Literal["republish", "redrive", "process", "policy_test"]
 
 REPLAY_HEADER = "vitguard-replay-id"
 """Kafka header on every message a replay or re-drive writes: the replay id."""
