@@ -23,7 +23,7 @@ from vitguard import metrics
 from vitguard.banks.matcher import BankMatcher
 from vitguard.errors import InputError
 from vitguard.model.types import ModelInfo
-from vitguard.pipeline.core import answer_key, build_verdict, dead_letter, encode_cached_verdict
+from vitguard.pipeline.core import answer_key, build_verdict, dead_letter, decided_by, encode_cached_verdict
 from vitguard.pipeline.results import (
     CacheHit,
     DeadLettered,
@@ -279,7 +279,8 @@ class Completer:
             label=predicted.decision.label, unsafe_score=predicted.decision.unsafe_score, top_class=p.top_class,
             scores={k: float(s) for k, s in p.scores.items()}, model_name=self.info.name,
             model_version=self.info.version, model_untrained=self.info.untrained, image_sha256=v.sha256,
-            timings=timings(predicted.times), processed_at=utc_now(), media=predicted.media,
+            timings=timings(predicted.times), processed_at=utc_now(), media=predicted.media, surface=event.surface,
+            **decided_by(predicted.decision),
         )
 
     async def _remember(
