@@ -84,6 +84,8 @@ def main() -> int:
     parser.add_argument("--max-in-flight", type=int, help="VITGUARD_WORKER_MAX_IN_FLIGHT (default: the setting's)")
     parser.add_argument("--milvus-uri", help="a Milvus server (http://host:port) instead of Milvus Lite in the worker")
     parser.add_argument("--milvus-pid", type=int, help="the Milvus server's process id: its CPU is counted beside")
+    parser.add_argument("--policy-file", type=Path,
+                        help="VITGUARD_POLICY_FILE: judge under this policy document (bench/policy.py writes one)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--profile", type=Path,
                         help="record the workers with py-spy while they answer the backlog (raw folded stacks, "
@@ -135,6 +137,7 @@ def main() -> int:
         web={"enabled": False},
         log={"level": "WARNING"},
         **({"worker": {"max_in_flight": args.max_in_flight}} if args.max_in_flight else {}),
+        **({"policy": {"file": args.policy_file.resolve()}} if args.policy_file else {}),
     )
     result: dict[str, Any] = {}
     try:

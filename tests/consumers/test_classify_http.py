@@ -34,7 +34,8 @@ def test_image_bodies_are_the_image(content_type: str) -> None:
 def test_json_bodies_carry_a_reference(content_type: str) -> None:
     calls, batch = parse_request(content_type, b'{"image_ref": "https://example.com/a.jpg", "tenant": "t1"}')
     assert not batch and calls == [ClassifyCall(image_ref="https://example.com/a.jpg", tenant="t1")]
-    assert calls[0].kwargs() == {"image_ref": "https://example.com/a.jpg", "content_id": None, "tenant": "t1"}
+    assert calls[0].kwargs() == {"image_ref": "https://example.com/a.jpg", "content_id": None, "tenant": "t1",
+                                 "surface": None, "policy": None}
 
 
 def test_a_json_body_is_validated_like_an_input_event() -> None:
@@ -54,7 +55,7 @@ def test_multipart_file_parts_are_a_batch_and_plain_fields_are_ignored() -> None
     assert batch
     assert calls == [ClassifyCall(data=b"\xff\xd8AAA\r\n--x", name="a.jpg"),
                      ClassifyCall(data=b"\x89PNG", name="b.png")]
-    assert calls[0].kwargs() == {"data": b"\xff\xd8AAA\r\n--x"}
+    assert calls[0].kwargs() == {"data": b"\xff\xd8AAA\r\n--x", "tenant": "default", "surface": None, "policy": None}
 
 
 def test_multipart_without_a_file_or_with_too_many_is_refused() -> None:
@@ -79,3 +80,29 @@ def test_upstream_failures_are_5xx_and_the_callers_are_4xx() -> None:
     assert status_for("fetch_too_large") == status_for("inline_too_large") == 413
     for reason in ("not_an_image", "schema_violation", "fetch_blocked", "invalid_base64", "decompression_bomb"):
         assert status_for(reason) == 400
+
+
+def test_the_url_names_whose_policy_judges_every_image_and_a_json_body_may_too() -> None:
+    query = {"tenant": ["kids-app"], "surface": ["profile"], "policy": ["strict-v2"]}
+    [call], _ = parse_request("image/png", b"\x89PNG", query)
+    assert (call.tenant, call.surface, call.policy) == ("kids-app", "profile", "strict-v2")
+    content_type, body = multipart(("file", "a.jpg", b"A"), ("file", "b.jpg", b"B"))
+    calls, _ = parse_request(content_type, body, {"tenant": ["t1"]})
+    assert [c.tenant for c in calls] == ["t1", "t1"]
+    [call], _ = parse_request("application/json", b'{"image_ref": "https://example.com/a.jpg", "surface": "chat", '
+                                                  b'"policy": "p2"}', {"tenant": ["t9"], "policy": ["p1"]})
+    assert (call.tenant, call.surface, call.policy) == ("t9", "chat", "p2")  # the body wins
+
+
+@pytest.mark.parametrize("query", [
+    {"tenant": ["a b"]}, {"tenant": ["x", "y"]}, {"surface": ["-lead"]}, {"policy": ["p" * 65]},
+    {"polcy": ["typo"]}, {"tenant": [""]},
+])
+def test_malformed_or_unknown_url_parameters_are_a_schema_violation(query: dict[str, list[str]]) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_request("image/png", b"\x89PNG", query)
+    assert caught.value.reason == "schema_violation"
+    for body in (b'{"image_ref": "https://e.com/a.jpg", "policy": 3}', b'{"image_ref": "https://e.com/a.jpg", '
+                                                                       b'"surface": "a b"}'):
+        with pytest.raises(InputError):
+            parse_request("application/json", body)

@@ -165,3 +165,24 @@ def test_a_thousand_tenants_resolve_by_dictionary_lookup() -> None:
     book = _book(EXAMPLE.read_text().split("tenants:")[0] + "tenants:\n" + tenants + "\n")
     assert len(book.tenants) == 1000
     assert book.resolve("t7").name == "kids" and book.resolve("t8").name == "standard"
+
+
+def test_the_published_schema_is_the_committed_one() -> None:
+    """Regenerate with ``vitguard policy schema > docs/schemas/policy-document.schema.json``."""
+    from click.testing import CliRunner
+
+    from vitguard.cli import main
+
+    result = CliRunner().invoke(main, ["policy", "schema"])
+    committed = json.loads((ROOT / "docs" / "schemas" / "policy-document.schema.json").read_text())
+    assert result.exit_code == 0 and json.loads(result.output) == committed
+
+
+def test_the_example_validates_against_the_published_schema() -> None:
+    import jsonschema
+    import yaml
+
+    schema = json.loads((ROOT / "docs" / "schemas" / "policy-document.schema.json").read_text())
+    jsonschema.validate(yaml.safe_load(EXAMPLE.read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"version": "v", "default_policy": "p", "policies": {"p": {"rulez": {}}}}, schema)
