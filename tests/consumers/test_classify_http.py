@@ -106,3 +106,14 @@ def test_malformed_or_unknown_url_parameters_are_a_schema_violation(query: dict[
                                                                        b'"surface": "a b"}'):
         with pytest.raises(InputError):
             parse_request("application/json", body)
+
+
+def test_a_tenant_bound_key_is_judged_as_its_tenant_and_refused_for_another() -> None:
+    from vitguard.consumers.api_keys import ForbiddenTenantError
+    from vitguard.consumers.web import bound_to
+
+    calls = [ClassifyCall(data=b"a"), ClassifyCall(data=b"b", tenant="acme")]
+    assert bound_to(calls, None) == calls
+    assert [c.tenant for c in bound_to(calls, "acme")] == ["acme", "acme"]
+    with pytest.raises(ForbiddenTenantError):
+        bound_to([ClassifyCall(data=b"a", tenant="other")], "acme")

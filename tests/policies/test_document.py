@@ -186,3 +186,13 @@ def test_the_example_validates_against_the_published_schema() -> None:
     jsonschema.validate(yaml.safe_load(EXAMPLE.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"version": "v", "default_policy": "p", "policies": {"p": {"rulez": {}}}}, schema)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/policies.md"])
+def test_the_examples_in_the_docs_are_documents(doc: str) -> None:
+    text = (ROOT / doc).read_text()
+    blocks = [b.split("```")[0] for b in text.split("```yaml\n")[1:]]
+    assert blocks
+    for block in blocks:
+        book = _book(block)
+        assert book.resolve("kids-app").name == "kids" and book.resolve("dating", "profile").name == "kids"

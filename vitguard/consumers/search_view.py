@@ -112,7 +112,9 @@ async def _search(runner: Any, call: SearchCall, tenant: str | None) -> SearchAn
     request = call.request.model_copy(update={"tenant": scope_tenants(call.request.tenant, tenant)})
     if request.content_id is not None:
         return await asyncio.to_thread(search_by_content_id, runner.index, collection, request, owner=tenant)
-    probed = await runner.probe(data=call.data, image_ref=request.image_ref)
+    # the query image's own verdict, under the policy of the one tenant searched (or the caller's)
+    judged_as = request.tenant[0] if len(request.tenant) == 1 else "default"
+    probed = await runner.probe(data=call.data, image_ref=request.image_ref, tenant=judged_as)
     results = await asyncio.to_thread(search_by_vector, runner.index, collection, probed.embedding, request)
     return SearchAnswer(collection=collection, verdict=probed.verdict, results=results)
 
