@@ -67,3 +67,40 @@ def test_merge_keeps_one_hit_per_item_the_best_and_prefers_the_later_source_on_a
     mine = [SearchHit("a", 0.95, "recent"), SearchHit("d", 0.99, "recent")]
     merged = merge_hits(milvus, mine, limit=3)
     assert [(h.content_id, h.cluster_id) for h in merged] == [("d", "recent"), ("b", "m"), ("a", "recent")]
+
+
+def test_rows_of_many_writes_rewrites_and_expiry_match_an_exact_search() -> None:
+    """The chunked store against a brute-force search of what should be live, over random writes."""
+    clock = ManualClock()
+    recent = RecentWrites(window_s=5.0, max_rows=40, clock=clock)
+    rng = np.random.default_rng(7)
+    live: dict[str, tuple[float, np.ndarray, str]] = {}  # content id -> (written at, unit vector, cluster)
+    order: list[str] = []
+    for step in range(60):
+        clock.now += float(rng.uniform(0, 0.5))
+        batch = []
+        for _ in range(int(rng.integers(0, 6))):
+            cid = f"r{int(rng.integers(0, 80))}"
+            v = unit(int(rng.integers(0, 10**6)))
+            label = "unsafe" if rng.random() < 0.8 else "safe"
+            batch.append(rec(cid, v, label=label, cluster=f"c{step}"))
+        recent.wrote("col", batch)
+        for r in batch:
+            live.pop(r.content_id, None)
+            if r.content_id in order:
+                order.remove(r.content_id)
+            if r.label == "unsafe":
+                live[r.content_id] = (clock.now, r.embedding / np.linalg.norm(r.embedding), r.cluster_id)
+                order.append(r.content_id)
+        for cid in [c for c in order if clock.now - live[c][0] > 5.0]:
+            order.remove(cid)
+            del live[cid]
+        while len(order) > 40:
+            del live[order.pop(0)]
+        queries = np.stack([live[c][1] for c in order[:3]] + [unit(99)]) if order else np.stack([unit(99)])
+        got = recent.search("col", queries, limit=4, min_similarity=0.2)
+        for q, hits in zip(queries, got, strict=True):
+            want = sorted(((float(live[c][1] @ q), c) for c in order if float(live[c][1] @ q) >= 0.2),
+                          reverse=True)[:4]
+            assert [h.content_id for h in hits] == [c for _, c in want]
+            assert all(h.cluster_id == live[h.content_id][2] for h in hits)
