@@ -237,3 +237,41 @@ async def test_classify_requests_report_bank_matches_but_never_feed_the_flood_gu
     assert verdict.label == "unsafe" and verdict.label_source == "bank"  # the entry still forces unsafe
     assert [a.action_taken for a in sink.bank_alerts] == ["force_unsafe"]
     await processor.close()
+
+
+async def test_a_tenants_policy_decides_what_each_bank_does_for_its_items(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    """Issue 32: one fleet, one set of banks; a policy may ignore a bank or turn its force_unsafe into flag_only."""
+    from vitguard.pipeline.types import RawMessage
+    from vitguard.schemas.events import ImageEvent
+
+    processor, sink, _ = make_processor(opennsfw, image_root)
+    processor.completer.matcher = _matcher(sample_photos)
+    assert processor.policies.offer("""
+version: b1
+default_policy: standard
+policies:
+  standard: {rules: {sexual: [{threshold: 0.5, action: block}]}}
+  community:
+    rules: {sexual: [{threshold: 0.5, action: block}]}
+    banks: {known-bad: flag_only, cleared: ignore}
+tenants: {community: community}
+""", source="test")
+    for i in (0, 1):
+        (image_root / f"photo-{i}.jpg").write_bytes(jpeg(Image.open(sample_photos[i]), quality=95))
+    events = [(f"photo-{i}.jpg", tenant) for tenant in ("acme", "community") for i in (0, 1)]
+    raws = [RawMessage(value=ImageEvent(event_id=f"e{n}", content_id=f"c{n}", tenant=tenant,
+                                        image_ref=file_ref(image_root, name)).model_dump_json().encode(),
+                       key=f"c{n}".encode(), topic="in", partition=0, offset=n)
+            for n, (name, tenant) in enumerate(events)]
+    by_id = {v.content_id: v for v in (await processor.process(raws)).verdicts}
+    banked, cleared, flagged, ignored = (by_id[f"c{n}"] for n in range(4))
+    assert (banked.label, banked.label_source, banked.action) == ("unsafe", "bank", "block")
+    assert (cleared.label, cleared.label_source, cleared.action) == ("safe", "bank", "allow")
+    assert [(m.bank, m.action) for m in flagged.bank_matches] == [("known-bad", "flag_only")]
+    assert flagged.label_source == "model" and flagged.policy == "community"
+    assert ignored.bank_matches == [] and ignored.label_source == "model"
+    assert sorted((a.content_id, a.action_taken) for a in sink.bank_alerts) == [
+        ("c0", "force_unsafe"), ("c2", "flag_only")]
+    await processor.close()

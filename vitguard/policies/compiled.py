@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from vitguard.policies.document import Policy, PolicyDocument, PolicyDocumentError, ReviewBand, Tier
+from vitguard.policies.document import BankRule, Policy, PolicyDocument, PolicyDocumentError, ReviewBand, Tier
 from vitguard.policy import Decision
 
 __all__ = [
@@ -60,6 +60,8 @@ class CompiledPolicy:
     """Every category of the document and its labels among the model's classes."""
     rules: tuple[_Rule, ...]
     review: ReviewBand | None
+    banks: Mapping[str, BankRule] = field(default_factory=dict)
+    """Per bank, what its matches do under this policy (a bank not named: its own action)."""
 
     def decide(self, scores: Mapping[str, float]) -> Decision:
         """The policy's decision on one image's (or frame's) model scores."""
@@ -200,7 +202,7 @@ def _compile_policy(name: str, version: str, policy: Policy,
               any(t.action != "allow" for t in tiers))
         for category, tiers in sorted(policy.rules.items())
     )
-    return CompiledPolicy(name, version, tuple(sorted(categories.items())), rules, policy.review)
+    return CompiledPolicy(name, version, tuple(sorted(categories.items())), rules, policy.review, dict(policy.banks))
 
 
 def describe(book: PolicyBook) -> dict[str, object]:

@@ -13,7 +13,7 @@ of a refused document is used.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -22,6 +22,7 @@ from vitguard.errors import ConfigError
 
 __all__ = [
     "ACTIONS",
+    "BankRule",
     "MAX_DOCUMENT_BYTES",
     "Policy",
     "PolicyDocument",
@@ -42,6 +43,9 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^
 """A policy, category, tenant or surface name (the alphabet of the events' identifiers)."""
 
 Action = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")]
+
+BankRule = Literal["force_unsafe", "flag_only", "ignore"]
+"""What a policy makes of a hash bank's matches (a negative bank's: only ``ignore`` changes anything)."""
 
 
 class _Strict(BaseModel):
@@ -83,6 +87,13 @@ class Policy(_Strict):
         description="Per category, its tiers (any order). A category without rules is allowed whatever its score.",
     )
     review: ReviewBand | None = Field(None, description="The uncertainty band; none: no item is uncertain.")
+    banks: dict[Name, BankRule] = Field(
+        default_factory=dict,
+        description=(
+            "Per hash bank, what a match does for this policy: force_unsafe, flag_only (an alert, the model's "
+            "label stands) or ignore (as if the bank did not exist). A bank not named acts as it was created."
+        ),
+    )
 
     @model_validator(mode="after")
     def _tiers(self) -> Policy:

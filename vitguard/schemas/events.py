@@ -235,7 +235,8 @@ class BankMatch(BaseModel):
     bank: str = Field(description="The bank's name.")
     entry_id: str = Field(description="The entry within the bank (the exchange's id when the list had one).")
     distance: int = Field(ge=0, le=256, description="Hamming distance between the two PDQ hashes, in bits.")
-    action: Literal["force_unsafe", "flag_only"] = Field(description="The bank's action on a match.")
+    action: Literal["force_unsafe", "flag_only"] = Field(
+        description="The action on this match: the bank's, or what the item's policy makes of the bank (1.6).")
     negative: bool = Field(
         False, description="True for a negative bank (allow-list): the item is known safe, not known bad."
     )

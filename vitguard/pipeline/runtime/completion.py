@@ -41,6 +41,7 @@ from vitguard.pipeline.runtime.finishing import (
     event_of,
     frame_hashes,
     hashes_of,
+    policy_name_of,
     raw_of,
     resolve_hashes,
     result,
@@ -50,7 +51,8 @@ from vitguard.pipeline.runtime.finishing import (
 from vitguard.pipeline.stages.alert import alert_batch
 from vitguard.pipeline.stages.emit import Answer, Emitter
 from vitguard.pipeline.stages.index import cache_hit_copies, index_batch
-from vitguard.pipeline.stages.match import apply_matches, match_items, skips_clustering
+from vitguard.pipeline.stages.match import apply_matches, match_items, skips_clustering, under_policy
+from vitguard.policies.live import PolicyHolder
 from vitguard.schemas.events import Verdict, utc_now
 from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, WaveCounter
@@ -100,6 +102,7 @@ class Completer:
         cache_key: str,
         clock: Callable[[], float],
         matcher: BankMatcher | None = None,
+        policies: PolicyHolder | None = None,
     ) -> None:
         self.info = info
         self.index = index
@@ -113,6 +116,8 @@ class Completer:
         self._clock = clock
         self.matcher = matcher
         """Hash banks (the match stage); None: no bank matching. The worker's bank follower keeps it current."""
+        self.policies = policies
+        """The policy document in force: what each item's policy makes of the banks it matched."""
         self.collection: str | None = None
 
     async def ensure_collection(self) -> str:
@@ -189,8 +194,12 @@ class Completer:
             call = functools.partial(match_items, self.matcher, [h for _, h in wanted], read_only)
             searching = self.matcher is not None and len(self.matcher.snapshot) > 0
             found = await asyncio.to_thread(call) if searching else call()
+        book = self.policies.book if self.policies is not None else None
         out = list(items)
         for (k, _), (pdq, matches) in zip(wanted, found, strict=True):
+            policy = book.named(policy_name_of(items[k])) if book is not None and matches else None
+            if policy is not None:
+                matches = under_policy(matches, policy.banks)
             out[k] = replace(out[k], pdq=pdq, matches=tuple(matches), matched=True)
         return out
 

@@ -40,6 +40,7 @@ __all__ = [
     "event_of",
     "frame_hashes",
     "hashes_of",
+    "policy_name_of",
     "raw_of",
     "resolve_hashes",
     "result",
@@ -119,6 +120,16 @@ def frame_hashes(w: Work) -> FrameHashes:
 
 def _hashes_of_frames(item: DecodedFrames) -> FrameHashes:
     return tuple((ref.index, ref.pdq) for ref in item.frames.frames)
+
+
+def policy_name_of(item: Finishing) -> str | None:
+    """The policy that judged ``item`` (a predicted item's decision, a cache hit's re-judged verdict)."""
+    p, v = item.predicted, item.work.value
+    if isinstance(p, Predicted):
+        return p.decision.policy
+    if isinstance(v, CacheHit):
+        return v.verdict.policy
+    return None
 
 
 def hashes_of(item: Finishing, still: PdqHash | None) -> ItemHashes | None:

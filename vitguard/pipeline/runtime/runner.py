@@ -171,7 +171,7 @@ class Runner:
         )
         self.completer = Completer(
             info=self.info, index=index, dedup=dedup, waves=waves, policy=policy, redis=self.redis,
-            milvus=self.milvus, emitter=self.emitter, cache_key=self.cache_key, clock=clock,
+            milvus=self.milvus, emitter=self.emitter, cache_key=self.cache_key, clock=clock, policies=self.policies,
         )
         self.front = FrontHalf(
             classifier=classifier, fetcher=fetcher, dedup=dedup, redis=self.redis, cache_key=self.cache_key,

@@ -20,14 +20,22 @@ by frame (each sampled frame's PDQ hash, computed in the expand stage); its matc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 from vitguard.banks.matcher import BankMatcher
 from vitguard.banks.signal import PdqHash
 from vitguard.schemas.events import BankMatch, BankMatchAlert, Verdict
 
-__all__ = ["ItemHashes", "apply_matches", "bank_alert", "match_group", "match_items", "skips_clustering"]
+__all__ = [
+    "ItemHashes",
+    "apply_matches",
+    "bank_alert",
+    "match_group",
+    "match_items",
+    "skips_clustering",
+    "under_policy",
+]
 
 
 def match_group(matcher: BankMatcher | None, hashes: Sequence[PdqHash | None]) -> list[list[BankMatch]]:
@@ -98,6 +106,22 @@ def _item_matches(hashes: ItemHashes, found: Iterator[list[BankMatch]]) -> tuple
         ranked = sorted(closest.values(), key=_rank)
         return ranked[0].pdq, [c.match for c in ranked]
     return max([h for _, h in hashes if h is not None], key=_quality, default=None), []
+
+
+def under_policy(matches: Sequence[BankMatch], banks: Mapping[str, str]) -> list[BankMatch]:
+    """An item's matches as its policy has them (``banks``: per bank, force_unsafe, flag_only or ignore): an
+    ignored bank's matches go; a positive bank's action is the policy's. The flood guard counted them all."""
+    if not banks:
+        return list(matches)
+    out = []
+    for m in matches:
+        rule = banks.get(m.bank)
+        if rule == "ignore":
+            continue
+        if rule is not None and not m.negative and rule != m.action:
+            m = m.model_copy(update={"action": rule})
+        out.append(m)
+    return out
 
 
 def _forcing(matches: Sequence[BankMatch]) -> bool:
