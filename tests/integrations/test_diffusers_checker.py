@@ -132,3 +132,23 @@ def test_with_a_publisher_every_generated_image_is_an_upload_event(
     for event, image in zip(events, out.images, strict=True):  # the pixels the pipeline returned, losslessly
         data = base64.b64decode(event.image_ref.split(",", 1)[1])
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), np.asarray(image))
+
+
+def test_the_policy_document_in_force_judges_by_tenant_or_by_name(classifier, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 32: without an explicit threshold the checker judges under the document of VITGUARD_POLICY_FILE."""
+    doc = tmp_path / "policies.yaml"
+    doc.write_text("version: g1\ndefault_policy: open\npolicies:\n"
+                   "  open: {rules: {sexual: [{threshold: 1.0, action: block}]}}\n"
+                   "  strict: {rules: {sexual: [{threshold: 0.0, action: blur}]}}\n"
+                   "tenants: {kids: strict}\n")
+    images = [Image.new("RGB", (64, 64), (i * 40, 90, 200)) for i in range(2)]
+    settings = PolicySettings(file=doc)
+    by_tenant = VitguardSafetyChecker(classifier, policy=settings, tenant="kids").check(images)
+    assert by_tenant.has_nsfw_concepts == [True, True]
+    assert {(v.policy, v.policy_version, v.action) for v in by_tenant.verdicts} == {("strict", "g1", "blur")}
+    default = VitguardSafetyChecker(classifier, policy=settings).check(images)
+    assert default.has_nsfw_concepts == [False, False] and default.verdicts[0].policy == "open"
+    named = VitguardSafetyChecker(classifier, policy=settings, policy_name="strict").check(images)
+    assert named.has_nsfw_concepts == [True, True]
+    with pytest.raises(ValueError, match="no such policy"):
+        VitguardSafetyChecker(classifier, policy=settings, policy_name="nobody")

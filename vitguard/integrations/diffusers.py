@@ -40,14 +40,16 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image, ImageFilter
 
-from vitguard.policy import decide, resolve_unsafe_labels
+from vitguard.pipeline.stages.match import under_policy
+from vitguard.policy import resolve_unsafe_labels
 from vitguard.schemas.events import BankMatch, ImageEvent
 
 if TYPE_CHECKING:
     from vitguard.banks.matcher import BankMatcher
     from vitguard.model.types import Classifier
+    from vitguard.policies.compiled import CompiledPolicy
     from vitguard.producers.publisher import UploadEventPublisher
-    from vitguard.settings import PolicySettings
+    from vitguard.settings import PolicySettings, Settings
 
 __all__ = ["CheckResult", "GeneratedImageVerdict", "Replacement", "VitguardSafetyChecker"]
 
@@ -69,6 +71,10 @@ class GeneratedImageVerdict:
     pdq_hash: str | None = None
     pdq_quality: int | None = None
     bank_matches: list[BankMatch] = field(default_factory=list)
+    action: str = ""
+    """The policy's action (allow, review, block or a custom one; block for a force_unsafe bank match)."""
+    policy: str | None = None
+    policy_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,38 +86,55 @@ class CheckResult:
     verdicts: list[GeneratedImageVerdict]
 
 
+def _judge(policy: PolicySettings, settings: Settings, labels: Sequence[str], unsafe: Sequence[str],
+           threshold: float | None, tenant: str, name: str | None) -> CompiledPolicy:
+    """The policy that judges the images: ``threshold`` alone, else the document in force (or the settings)."""
+    from vitguard.policies.compiled import threshold_policy
+    from vitguard.policies.live import read_policies
+
+    if threshold is not None:
+        return threshold_policy(labels, unsafe, threshold)
+    book = read_policies(policy, settings.kafka, labels, unsafe, None).book
+    if name is not None and book.named(name) is None:
+        raise ValueError(f"policy {name!r}: the policy document in force ({book.version}) has no such policy")
+    return book.pick(tenant, None, name)
+
+
 class VitguardSafetyChecker(torch.nn.Module):
     """A drop-in ``safety_checker`` for diffusers pipelines (see the module docstring).
 
     Args:
         classifier: a loaded vitguard classifier; default: ``VITGUARD_MODEL_SPEC``'s.
-        policy: unsafe classes and threshold; default: ``VITGUARD_POLICY_*``.
-        threshold: overrides the policy's unsafe threshold.
+        policy: unsafe classes and threshold; default: ``VITGUARD_POLICY_*``, and the policy document of
+            ``VITGUARD_POLICY_FILE`` or ``_TOPIC`` when one is set (read once: docs/policies.md).
+        threshold: judge by this unsafe threshold alone (no policy document).
         replacement: ``black`` (as the stock checker) or ``blur``.
         banks: a bank matcher (hash banks loaded by the caller); None: no hashing, no bank matches.
         publisher: also publish each image as an upload event (the streaming path); None: in-process only.
-        tenant: the events' tenant.
+        tenant: the events' tenant, whose policy of the document judges the images.
+        policy_name: judge under this policy of the document instead of the tenant's.
     """
 
     def __init__(self, classifier: Classifier | None = None, *, policy: PolicySettings | None = None,
                  threshold: float | None = None, replacement: Replacement = "black", banks: BankMatcher | None = None,
-                 publisher: UploadEventPublisher | None = None, tenant: str = "default") -> None:
+                 publisher: UploadEventPublisher | None = None, tenant: str = "default",
+                 policy_name: str | None = None) -> None:
         super().__init__()
         if replacement not in ("black", "blur"):
             raise ValueError(f"replacement is 'black' or 'blur', not {replacement!r}")
-        if classifier is None or policy is None:
-            from vitguard.settings import load_settings
+        from vitguard.settings import load_settings
 
-            settings = load_settings()
-            policy = policy or settings.policy
-            if classifier is None:
-                from vitguard.model import load_classifier
+        settings = load_settings()
+        policy = policy or settings.policy
+        if classifier is None:
+            from vitguard.model import load_classifier
 
-                classifier = load_classifier(settings.model)
+            classifier = load_classifier(settings.model)
         self.classifier = classifier
         info = classifier.info
         self.unsafe_labels = resolve_unsafe_labels(info.labels, policy, info.unsafe_labels)
         self.threshold = policy.unsafe_threshold if threshold is None else threshold
+        self.judge = _judge(policy, settings, info.labels, self.unsafe_labels, threshold, tenant, policy_name)
         self.replacement: Replacement = replacement
         self.banks = banks
         self.publisher = publisher
@@ -177,13 +200,16 @@ class VitguardSafetyChecker(torch.nn.Module):
 
     def _verdict(self, pixels: NDArray[np.uint8], scores: dict[str, float], hashed: tuple[str, int] | None,
                  matches: list[BankMatch]) -> GeneratedImageVerdict:
-        decision = decide(scores, self.unsafe_labels, self.threshold)
+        decision = self.judge.decide(scores)
+        matches = under_policy(matches, self.judge.banks)
         forced = any(m.action == "force_unsafe" and not m.negative and not m.quarantined for m in matches)
         label: Literal["safe", "unsafe"] = "unsafe" if forced else decision.label
         return GeneratedImageVerdict(
             content_id=_content_id(pixels), label=label, unsafe_score=decision.unsafe_score, scores=dict(scores),
             flagged=label == "unsafe", label_source="bank" if forced and decision.label == "safe" else "model",
             pdq_hash=hashed[0] if hashed else None, pdq_quality=hashed[1] if hashed else None, bank_matches=matches,
+            action="block" if forced else decision.action, policy=decision.policy,
+            policy_version=decision.policy_version,
         )
 
     def _replace(self, images: Any, pictures: Sequence[Image.Image], flagged: Sequence[bool]) -> Any:

@@ -24,6 +24,7 @@ __all__ = [
     "compile_document",
     "describe",
     "severity",
+    "threshold_policy",
 ]
 
 DEFAULT_CATEGORY = "sexual"
@@ -141,6 +142,15 @@ def builtin_book(model_labels: Sequence[str], unsafe_labels: Sequence[str], thre
                  review: ReviewBand | None = None) -> PolicyBook:
     """The compiled :func:`builtin_document` for a model with classes ``model_labels``."""
     return compile_document(builtin_document(unsafe_labels, threshold, review), model_labels, unsafe_labels)
+
+
+def threshold_policy(model_labels: Sequence[str], unsafe_labels: Sequence[str], threshold: float) -> CompiledPolicy:
+    """The built-in policy at any ``threshold`` (above 1: nothing is blocked; a caller's explicit line, not a
+    document's, so not held to a document's 0-1 range)."""
+    labels = tuple(label for label in model_labels if label in set(unsafe_labels))
+    tier = Tier.model_construct(threshold=threshold, action="block")
+    return CompiledPolicy("threshold", BUILTIN_VERSION, ((DEFAULT_CATEGORY, labels),),
+                          (_Rule(DEFAULT_CATEGORY, labels, (tier,), True),), None)
 
 
 def compile_document(document: PolicyDocument, model_labels: Sequence[str],
