@@ -175,3 +175,57 @@ def test_waves_whose_window_is_over_are_forgotten(monkeypatch: pytest.MonkeyPatc
     assert hunter.trigger(wave("c-3")) is not None  # over the bound: c-1 and c-2's windows are over
     assert set(hunter._waves) == {"c-3"}
     assert hunter.trigger(wave("c-3")) is None  # a wave still in its window stays remembered
+
+
+def test_a_new_bank_entry_is_hunted_by_hash_over_the_items_judged_safe(
+    service_settings: Callable[..., Settings], new_topic: Callable[..., str],
+) -> None:
+    """Issue 31: the hashes come from the verdicts topic (read from its start); a new entry of a positive bank
+    finds the safe items within the bank's distance; an allow-list's entry, an unsafe item, a replay and a poor
+    hash find nothing; the group's offsets keep a restart from hunting the same entry again."""
+    from vitguard.banks import Bank, BankEntry
+    from vitguard.banks.state import BankRecord
+    from vitguard.retro.hashes import HashCatalog
+    from vitguard.schemas.events import Verdict
+
+    settings = service_settings(
+        topics={"alerts": new_topic(1, "alerts"), "review_audit": new_topic(1, "audit"),
+                "verdicts": new_topic(2, "verdicts")},
+        banks={"topic": new_topic(1, "banks")}, retro={"hunts_per_s": 100, "group_id": new_topic(1, "group")})
+    entry_hash = "f0" * 32  # a real PDQ hash has about half its bits set
+    near = "f0" * 30 + "0f0f"  # 16 bits from the entry
+
+    def verdict(cid: str, pdq: str, label: str = "safe", quality: int = 90, **extra: Any) -> tuple[bytes, bytes]:
+        v = Verdict.model_validate({
+            "event_id": f"e-{cid}", "content_id": cid, "tenant": "t9", "label": label, "unsafe_score": 0.2,
+            "top_class": "SFW", "scores": {"NSFW": 0.2, "SFW": 0.8}, "model_name": "m", "model_version": "v1",
+            "pdq_hash": pdq, "pdq_quality": quality, "collection": "col", **extra})
+        return cid.encode(), v.model_dump_json().encode()
+
+    t = settings.topics
+    publish_raw(settings.kafka, t.verdicts, [
+        verdict("same", entry_hash), verdict("close", near), verdict("far", "0f" * 32),
+        verdict("bad", entry_hash, label="unsafe"), verdict("poor", entry_hash, quality=10),
+        verdict("replayed", entry_hash, replay_id="rp-1"), (b"junk", b"{not a verdict"),
+    ])
+    bad = Bank(name="known-bad", action="force_unsafe", match_distance=20)
+    allow = Bank(name="cleared", kind="negative")
+    records = [BankRecord.for_bank(bad), BankRecord.for_bank(allow),
+               BankRecord.for_entry(BankEntry(bank="known-bad", entry_id="kb-1", signal=entry_hash)),
+               BankRecord.for_entry(BankEntry(bank="cleared", entry_id="ok-1", signal=entry_hash))]
+    publish_raw(settings.kafka, settings.banks.topic, [(r.key, r.value) for r in records if r.value is not None])
+
+    hunter = RetroHunter(settings, _searcher(), Hunt(threshold=0.92), catalog=HashCatalog(50))
+    assert hunter.run(idle_timeout_s=4, consumer_overrides=FAST_GROUP, connect_timeout_s=15) == 2
+    matches = [RetroMatch.model_validate_json(r.value or b"") for r in read_to_end(settings.kafka, t.alerts)]
+    assert sorted((m.content_id, m.hash_distance, m.trigger.kind, m.trigger.bank, m.trigger.entry_id)
+                  for m in matches) == [("close", 16, "bank_entry", "known-bad", "kb-1"),
+                                        ("same", 0, "bank_entry", "known-bad", "kb-1")]
+    close = next(m for m in matches if m.content_id == "close")
+    assert (close.similarity, close.threshold, close.tenant, close.collection) == (1 - 16 / 128, 1 - 20 / 128,
+                                                                                  "t9", "col")
+    assert close.trigger.content_id == "bank:known-bad:kb-1" and close.trigger.pdq_hash == entry_hash
+
+    again = RetroHunter(settings, _searcher(), Hunt(threshold=0.92), catalog=HashCatalog(50))
+    assert again.run(idle_timeout_s=3, consumer_overrides=FAST_GROUP, connect_timeout_s=15) == 0
+    assert again.catalog is not None and len(again.catalog) == 3  # rebuilt from the verdicts: same, close, far

@@ -78,7 +78,7 @@ def _wait(settings: Settings, done: Callable[[list[RetroMatch]], bool], timeout_
 @pytest.fixture
 def settings(service_settings: Callable[..., Settings], new_topic: Callable[..., str]) -> Settings:
     return service_settings(topics={"alerts": new_topic(1, "alerts"), "review_audit": new_topic(2, "audit")},
-                            kafka={"session_timeout_s": 6.0},
+                            kafka={"session_timeout_s": 6.0}, banks={"enabled": False},  # hash hunts: test_hunter
                             retro={"hunts_per_s": 1.0, "max_poll_interval_s": 6.0,
                                    "group_id": new_topic(1, "group")})
 

@@ -6,7 +6,8 @@ Two ways to run it:
   also published to the alerts topic as :class:`~vitguard.schemas.retro.RetroMatch` es (trigger ``on_demand``;
   publishing the same hunt again publishes the same ids).
 * ``--follow``: the retro-hunter (:mod:`vitguard.retro.hunter`): hunts for every confirmed-unsafe review
-  decision and every wave, in a consumer group, until stopped.
+  decision and every wave, and (with the banks on) by PDQ hash for every new entry of a positive bank over the
+  hashes of the items judged safe (read from the verdicts topic at start), in a consumer group, until stopped.
 
 The store is reached as ``vitguard search`` reaches it: ``--worker URL`` through a running worker (a Milvus
 Lite file its worker holds), otherwise ``VITGUARD_MILVUS_URI`` directly (the model names the collection unless
@@ -99,13 +100,16 @@ def _follow(settings: Settings, searcher: Searcher, reach: Any, idle_timeout: fl
     import signal
     import threading
 
+    from vitguard.retro.hashes import HashCatalog
     from vitguard.retro.hunter import RetroHunter
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    hunter = RetroHunter(settings, searcher, reach)
-    click.echo(f"retro-hunt: following {settings.topics.review_audit} and {settings.topics.alerts} in group "
+    catalog = HashCatalog(settings.banks.quality_threshold) if settings.banks.enabled else None
+    hunter = RetroHunter(settings, searcher, reach, catalog=catalog)
+    banks = f", {settings.banks.topic} (new entries, by hash)" if catalog is not None else ""
+    click.echo(f"retro-hunt: following {settings.topics.review_audit}, {settings.topics.alerts}{banks} in group "
                f"{settings.retro.group_id} (threshold {reach.threshold:g})", err=True)
     published = hunter.run(stop=stop, idle_timeout_s=idle_timeout, connect_timeout_s=connect_timeout)
     click.echo(f"{published} retro match(es) published", err=True)

@@ -8,8 +8,11 @@ worker holds) or a running worker's ``POST /search`` (``vitguard.cli._worker_htt
 Lite file is searched while its worker runs).
 
 Which records start a hunt (:func:`trigger_of`): an audit record of an *applied* ``confirm_unsafe`` decision,
-and a near-duplicate alert of severity ``critical`` (its cluster is in a wave). Everything else on those topics
-(bank alerts, ordinary near-duplicates, retro matches themselves, duplicate or superseded decisions) starts none.
+and a near-duplicate alert of severity ``critical`` (its cluster is in a wave). A new entry of an enabled
+positive bank (:func:`entry_trigger`) starts a hash hunt (:func:`hash_hunt`) over the PDQ hashes of the items
+judged safe (:class:`~vitguard.retro.hashes.HashCatalog`), within the bank's match distance. Everything else on
+those topics (bank alerts, ordinary near-duplicates, retro matches themselves, duplicate or superseded
+decisions) starts none.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from vitguard.schemas.events import NearDuplicateAlert
+from vitguard.banks.models import Bank, BankEntry
+from vitguard.retro.hashes import HashCatalog
+from vitguard.schemas.events import MAX_ID_LEN, NearDuplicateAlert
 from vitguard.schemas.retro import RetroMatch, RetroTrigger, retro_match_id
 from vitguard.schemas.review import ReviewAuditRecord
 from vitguard.search import MAX_K, SearchAnswer, SearchRequest, SimilarityIndex, SimilarResult
 
-__all__ = ["Hunt", "Searcher", "StoreSearcher", "hunt", "trigger_of"]
+__all__ = ["Hunt", "Searcher", "StoreSearcher", "entry_trigger", "hash_hunt", "hunt", "trigger_of"]
 
 
 class Searcher(Protocol):
@@ -95,3 +100,33 @@ def trigger_of(record: BaseModel) -> RetroTrigger | None:
         return RetroTrigger(kind="wave", trigger_id=record.alert_id, content_id=record.content_id,
                             cluster_id=record.cluster_id)
     return None
+
+
+def entry_trigger(entry: BankEntry, bank: Bank | None) -> RetroTrigger | None:
+    """The hash hunt a bank entry starts: one of an enabled positive bank (an allow-list's entry finds nothing
+    to take down), else None."""
+    if bank is None or bank.kind != "positive" or not bank.enabled:
+        return None
+    ref = f"bank:{entry.bank}:{entry.entry_id}"
+    if len(ref) > MAX_ID_LEN:
+        ref = f"bank:{entry.bank}:{entry.signal}"[:MAX_ID_LEN]
+    return RetroTrigger(kind="bank_entry", trigger_id=f"{entry.bank}/{entry.entry_id}"[:MAX_ID_LEN], content_id=ref,
+                        bank=entry.bank, entry_id=entry.entry_id, pdq_hash=entry.signal)
+
+
+def hash_hunt(catalog: HashCatalog, trigger: RetroTrigger, max_distance: int, limit: int = MAX_K) -> list[RetroMatch]:
+    """The items judged safe whose PDQ hash is within ``max_distance`` bits of the trigger's, closest first.
+    Similarity is that of the two hashes as +-1 vectors (``1 - distance / 128``), so it reads like a cosine."""
+    if trigger.pdq_hash is None:
+        return []
+    threshold = 1.0 - max_distance / 128
+    return [
+        RetroMatch(
+            retro_match_id=retro_match_id(trigger, item.content_id), trigger=trigger, content_id=item.content_id,
+            tenant=item.tenant, similarity=1.0 - distance / 128, threshold=max(-1.0, threshold),
+            hash_distance=distance, old_label="safe", old_unsafe_score=item.unsafe_score,
+            model_version=item.model_version, collection=item.collection or "pdq", uploaded_at=item.uploaded_at,
+            judged_at=item.judged_at,
+        )
+        for item, distance in catalog.hunt(trigger.pdq_hash, max_distance)[:limit]
+    ]

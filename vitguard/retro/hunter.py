@@ -25,13 +25,15 @@ from typing import Any
 from confluent_kafka import Producer
 from prometheus_client import Counter
 
+from vitguard.banks.state import BankState
 from vitguard.errors import ServiceUnavailableError
 from vitguard.kafka.config import librdkafka_config
 from vitguard.kafka.produce import DEFAULT_PRODUCER_CONFIG, OutboundMessage, produce_and_wait, raise_on_failures
 from vitguard.kafka.reader import RawRecord, TopicReader, decode
 from vitguard.metrics import REGISTRY
-from vitguard.retro.hunt import Hunt, Searcher, hunt, trigger_of
-from vitguard.schemas.events import NearDuplicateAlert, alert_type_of
+from vitguard.retro.hashes import HashCatalog
+from vitguard.retro.hunt import Hunt, Searcher, entry_trigger, hash_hunt, hunt, trigger_of
+from vitguard.schemas.events import NearDuplicateAlert, Verdict, alert_type_of
 from vitguard.schemas.retro import RetroMatch, RetroTrigger
 from vitguard.schemas.review import ReviewAuditRecord
 from vitguard.search import NotStoredError
@@ -74,10 +76,14 @@ class RetroHunter:
 
     def __init__(self, settings: Settings, searcher: Searcher, reach: Hunt, *, producer: Any = None,
                  publish_timeout_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, catalog: HashCatalog | None = None) -> None:
         self.settings = settings
         self.searcher = searcher
         self.reach = reach
+        self.catalog = catalog
+        """The PDQ hashes of the items judged safe (hash hunts for new bank entries); None: no hash hunts."""
+        self.banks = BankState()
+        """The banks as the banks topic says (a new entry is hunted with its bank's match distance)."""
         self.publish_timeout_s = publish_timeout_s
         self._producer = producer or Producer(librdkafka_config(settings.kafka, **DEFAULT_PRODUCER_CONFIG))
         self._clock = clock
@@ -92,6 +98,8 @@ class RetroHunter:
     def trigger(self, record: RawRecord) -> RetroTrigger | None:
         """The hunt ``record`` starts, or None (not a trigger, invalid, or a wave hunted this window)."""
         t = self.settings.topics
+        if self.catalog is not None and record.topic == self.settings.banks.topic:
+            return self._entry_trigger(record)
         if record.topic == t.review_audit:
             decoded = decode(record, ReviewAuditRecord)
         elif record.topic == t.alerts and alert_type_of(record.value) in ("near_duplicate", None):
@@ -103,6 +111,8 @@ class RetroHunter:
             _log.error("retro-hunt: skipping an invalid record: %s", decoded.error)
             return None
         found = trigger_of(decoded.value)
+        if found is not None and found.kind == "review_confirmed" and self.catalog is not None:
+            self.catalog.remove(found.content_id)  # no longer safe: nothing to take down by hash
         if found is not None and found.kind == "wave" and found.cluster_id:
             now = self._clock()
             last = self._waves.get(found.cluster_id)
@@ -115,10 +125,32 @@ class RetroHunter:
                 self._waves = {c: t for c, t in self._waves.items() if now - t < window}
         return found
 
+    def _entry_trigger(self, record: RawRecord) -> RetroTrigger | None:
+        """A banks topic record: applied to the banks; a new entry of a positive bank starts a hash hunt."""
+        self.banks.apply(record.key, record.value)
+        kind, _, rest = (record.key or b"").decode("utf-8", "replace").partition("|")
+        if kind != "e" or record.value is None:
+            return None
+        bank, _, entry_id = rest.partition("|")
+        entry = self.banks.entries.get((bank, entry_id))
+        return entry_trigger(entry, self.banks.banks.get(bank)) if entry is not None else None
+
+    def fold_verdict(self, record: RawRecord) -> None:
+        """A verdicts topic record into the hash catalog (an invalid one is counted and skipped)."""
+        if self.catalog is None:
+            return
+        decoded = decode(record, Verdict)
+        if decoded.value is None:
+            RECORDS_SKIPPED.labels(record.topic).inc()
+            return
+        self.catalog.add(decoded.value)
+
     def run_hunt(self, trigger: RetroTrigger, *, stop: threading.Event | None = None) -> list[RetroMatch]:
         """Hunt once (at the rate bound) and publish what it found, acknowledged; retry while the store or
-        the broker is unavailable. Returns the matches ([] when the item is not stored)."""
-        self._wait_turn()
+        the broker is unavailable. Returns the matches ([] when the item is not stored). A hash hunt is a scan
+        in memory: not held to the rate bound, which spares the store."""
+        if trigger.kind != "bank_entry":
+            self._wait_turn()
         attempt = 0
         while True:
             try:
@@ -134,7 +166,12 @@ class RetroHunter:
 
     def _hunt_and_publish(self, trigger: RetroTrigger) -> list[RetroMatch]:
         try:
-            matches = hunt(self.searcher, trigger, self.reach)
+            if trigger.kind == "bank_entry":
+                bank = self.banks.banks.get(trigger.bank or "")
+                distance = bank.match_distance if bank is not None else self.settings.banks.default_match_distance
+                matches = hash_hunt(self.catalog or HashCatalog(), trigger, distance, self.reach.limit)
+            else:
+                matches = hunt(self.searcher, trigger, self.reach)
         except NotStoredError:
             HUNTS.labels(trigger.kind, "not_stored").inc()
             _log.warning("retro-hunt: %s is not stored; nothing to hunt from (%s)", trigger.content_id, trigger.kind)
@@ -166,11 +203,21 @@ class RetroHunter:
         t = self.settings.topics
         retro = self.settings.retro
         overrides = {"max.poll.interval.ms": int(retro.max_poll_interval_s * 1000), **(consumer_overrides or {})}
-        with TopicReader(self.settings.kafka, [t.review_audit, t.alerts], group_id=retro.group_id,
+        topics = [t.review_audit, t.alerts]
+        verdicts = None
+        if self.catalog is not None:  # hash hunts: the banks in the group; the hashes from the verdicts' start
+            verdicts = self._load_catalog(connect_timeout_s)
+            if verdicts is None:
+                self.catalog = None
+            else:
+                topics.append(self.settings.banks.topic)
+        with TopicReader(self.settings.kafka, topics, group_id=retro.group_id,
                          connect_timeout_s=connect_timeout_s, poll_interval_s=0.2,
                          consumer_overrides=overrides) as reader:
             last = time.monotonic()
             while stop is None or not stop.is_set():
+                if verdicts is not None:
+                    self._follow_verdicts(verdicts)
                 record = reader.next_record(0.2)
                 if record is None:
                     if idle_timeout_s is not None and time.monotonic() - last >= idle_timeout_s:
@@ -184,5 +231,38 @@ class RetroHunter:
                     except ServiceUnavailableError:
                         break  # stopped while waiting to retry: the record stays unstored, so it runs again
                 reader.store(record)
+        if verdicts is not None:
+            verdicts.close()
         self._producer.flush(5)
         return self.published
+
+    def _load_catalog(self, connect_timeout_s: float) -> TopicReader | None:
+        """Read the verdicts topic from its beginning into the hash catalog (and the banks topic, for the
+        banks' settings), before any hunt: returns the verdicts reader, to follow; None when either topic does
+        not exist (no worker has run with banks yet): no hash hunts this run, said once."""
+        from vitguard.kafka.admin import TopicNotFoundError
+        from vitguard.kafka.offsets import topic_partitions
+
+        started = time.perf_counter()
+        for topic in (self.settings.banks.topic, self.settings.topics.verdicts):
+            try:
+                topic_partitions(self.settings.kafka, topic, connect_timeout_s)
+            except TopicNotFoundError:
+                _log.warning("retro-hunt: topic %s does not exist: no hunts by hash for new bank entries", topic)
+                return None
+        with TopicReader(self.settings.kafka, self.settings.banks.topic, connect_timeout_s=connect_timeout_s) as banks:
+            for r in banks.read_to_end(self.settings.banks.load_timeout_s):
+                self.banks.apply(r.key, r.value)
+        verdicts = TopicReader(self.settings.kafka, self.settings.topics.verdicts, connect_timeout_s=connect_timeout_s)
+        for r in verdicts.read_to_end(max(60.0, self.settings.banks.load_timeout_s)):
+            self.fold_verdict(r)
+        _log.info("retro-hunt: %d stored hash(es) of items judged safe, %d bank(s), read in %.1fs",
+                  len(self.catalog or ()), len(self.banks.banks), time.perf_counter() - started)
+        return verdicts
+
+    def _follow_verdicts(self, verdicts: TopicReader, most: int = 2000) -> None:
+        for _ in range(most):
+            record = verdicts.next_record(0)
+            if record is None:
+                return
+            self.fold_verdict(record)

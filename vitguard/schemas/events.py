@@ -58,7 +58,9 @@ New reason codes: too_many_frames, video_too_long, unsupported_codec, corrupt_vi
 an item judged safe before that a retro-hunt found close to something now known unsafe.
 1.6: policies as data: events may carry ``surface``; verdicts carry ``surface``, ``categories`` (score per
 moderation category), ``action`` (allow, review, block or a custom action) and the ``policy`` and
-``policy_version`` that decided; review requests may have the reason ``policy``.
+``policy_version`` that decided; review requests may have the reason ``policy``; a bank match's ``action`` may
+be the item's policy's. Retro-hunts by PDQ hash: a trigger of kind ``bank_entry`` (with ``bank``, ``entry_id``,
+``pdq_hash``) and a match's ``hash_distance``.
 
 Compatibility rule: within 1.x a new field is optional and a new reason code or enumeration value is only
 added. Readers of an older 1.x must ignore fields they do not know (a reader that forbids unknown fields reads

@@ -22,7 +22,7 @@ from vitguard.schemas.events import MAX_ID_LEN, Identifier, _Event, utc_now
 
 __all__ = ["RetroMatch", "RetroTrigger", "TriggerKind", "retro_match_id"]
 
-TriggerKind = Literal["review_confirmed", "wave", "on_demand"]
+TriggerKind = Literal["review_confirmed", "wave", "on_demand", "bank_entry"]
 
 
 class RetroTrigger(BaseModel):
@@ -33,21 +33,35 @@ class RetroTrigger(BaseModel):
     kind: TriggerKind = Field(
         description=(
             "review_confirmed: a reviewer confirmed the item unsafe; wave: an unsafe cluster became a wave; "
-            "on_demand: `vitguard retro-hunt --from-content-id`."
+            "on_demand: `vitguard retro-hunt --from-content-id`; bank_entry: a positive bank gained an entry, "
+            "hunted by PDQ hash over the items' stored hashes (1.6)."
         )
     )
     trigger_id: str = Field(
         max_length=MAX_ID_LEN,
         description="The decision id (review_confirmed), the wave alert's id (wave), or the operator's hunt id.",
     )
-    content_id: Identifier = Field(description="The item hunted from: its stored embedding is the query.")
+    content_id: Identifier = Field(
+        description=(
+            "The item hunted from: its stored embedding is the query (bank_entry: `bank:<bank>:<entry id>`, the "
+            "entry's hash is the query)."
+        )
+    )
     cluster_id: str | None = Field(None, max_length=MAX_ID_LEN, description="The wave's cluster (wave only).")
+    bank: str | None = Field(None, max_length=MAX_ID_LEN, exclude_if=lambda v: v is None,
+                             description="The bank (bank_entry only, 1.6).")
+    entry_id: str | None = Field(None, max_length=MAX_ID_LEN, exclude_if=lambda v: v is None,
+                                 description="The new entry (bank_entry only, 1.6).")
+    pdq_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", exclude_if=lambda v: v is None,
+                                 description="The entry's PDQ hash (bank_entry only, 1.6).")
 
     def dedup_key(self) -> str:
         """What one hunt is, for ``retro_match_id``: a wave is hunted per cluster (every alert of one wave
         finds the same items once), the others per item hunted from."""
         if self.kind == "wave" and self.cluster_id:
             return f"wave:{self.cluster_id}"
+        if self.kind == "bank_entry":
+            return f"bank_entry:{self.bank}|{self.entry_id}|{self.pdq_hash}"
         return f"{self.kind}:{self.content_id}"
 
 
@@ -68,8 +82,18 @@ class RetroMatch(_Event):
     trigger: RetroTrigger = Field(description="What started the hunt.")
     content_id: Identifier = Field(description="The matched item, judged safe earlier.")
     tenant: Identifier = Field(description="Its tenant.")
-    similarity: float = Field(ge=-1, le=1, description="Cosine similarity to the item hunted from.")
+    similarity: float = Field(
+        ge=-1, le=1,
+        description=(
+            "Cosine similarity to the item hunted from (a hash hunt: of the two hashes as +-1 vectors, "
+            "1 - hash_distance / 128)."
+        ),
+    )
     threshold: float = Field(ge=-1, le=1, description="The similarity floor the hunt used.")
+    hash_distance: int | None = Field(
+        None, ge=0, le=256, exclude_if=lambda v: v is None,
+        description="A hash hunt's Hamming distance between the entry's and the item's PDQ hashes (1.6).",
+    )
     old_label: Literal["safe"] = Field(description="The matched item's stored label when it was found.")
     old_unsafe_score: float = Field(ge=0, le=1, description="The unsafe score it was judged with.")
     model_version: str = Field(description="The model that judged it.")
