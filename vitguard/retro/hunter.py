@@ -114,16 +114,21 @@ class RetroHunter:
         if found is not None and found.kind == "review_confirmed" and self.catalog is not None:
             self.catalog.remove(found.content_id)  # no longer safe: nothing to take down by hash
         if found is not None and found.kind == "wave" and found.cluster_id:
-            now = self._clock()
-            last = self._waves.get(found.cluster_id)
-            if last is not None and now - last < self.settings.policy.wave_window_s:
-                HUNTS.labels("wave", "repeat").inc()
-                return None
-            self._waves[found.cluster_id] = now
-            if len(self._waves) > _WAVES_KEPT:  # a follower runs for months: forget waves whose window is over
-                window = self.settings.policy.wave_window_s
-                self._waves = {c: t for c, t in self._waves.items() if now - t < window}
+            return found if self._first_of_wave(found.cluster_id) else None
         return found
+
+    def _first_of_wave(self, cluster_id: str) -> bool:
+        """Whether this wave alert is the first of its cluster in the wave window (a later one is a repeat)."""
+        now = self._clock()
+        last = self._waves.get(cluster_id)
+        if last is not None and now - last < self.settings.policy.wave_window_s:
+            HUNTS.labels("wave", "repeat").inc()
+            return False
+        self._waves[cluster_id] = now
+        if len(self._waves) > _WAVES_KEPT:  # a follower runs for months: forget waves whose window is over
+            window = self.settings.policy.wave_window_s
+            self._waves = {c: t for c, t in self._waves.items() if now - t < window}
+        return True
 
     def _entry_trigger(self, record: RawRecord) -> RetroTrigger | None:
         """A banks topic record: applied to the banks; a new entry of a positive bank starts a hash hunt."""
