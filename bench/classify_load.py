@@ -245,10 +245,7 @@ def main() -> int:
         },
         "wall_s": round(time.time() - started_at, 1),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    harness.report(result, args.out)
     return 0
 
 

@@ -29,6 +29,7 @@ from vitguard.testing import services
 from vitguard.testing.worker import OutputReader, Outputs
 
 __all__ = [
+    "report",
     "Bench",
     "ModelTiming",
     "events",
@@ -384,6 +385,16 @@ def mean_timings(verdicts: Sequence[Any]) -> dict[str, float]:
         if values:
             out[k] = round(statistics.mean(values), 2)
     return out
+
+
+def report(result: dict[str, Any], out: Path | None) -> None:
+    """A benchmark's JSON on stdout, and in ``out`` too when given (``--out``)."""
+    import json
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
 
 
 def machine() -> dict[str, Any]:

@@ -12,12 +12,12 @@ Run: ``.venv/bin/python bench/hash_hunt.py [--items 1000000] [--queries 50] [--o
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
 
 from vitguard.retro.hashes import HashCatalog
@@ -54,10 +54,7 @@ def main() -> int:
     result = {"items": args.items, "build_s": round(build_s, 1), "queries": args.queries,
               "hunt_ms": {"p50": round(statistics.median(times), 1), "max": round(max(times), 1)},
               "matches_per_hunt_mean": round(statistics.mean(found), 1)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    harness.report(result, args.out)
     return 0
 
 

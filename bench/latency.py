@@ -25,7 +25,6 @@ matplotlib for the plot (the ``train`` extra; ``dev`` includes it).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -207,10 +206,7 @@ def main() -> int:
     plot_path = args.plot or RESULTS / f"latency_{_slug(args.spec)}.png"
     plot(result, plot_path)
     result["plot"] = str(plot_path)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    harness.report(result, args.out)
     return 0
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import statistics
 import sys
@@ -246,10 +245,7 @@ def main() -> int:
     finally:
         for service in started:
             service.stop()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    harness.report(result, args.out)
     return 0
 
 

@@ -12,7 +12,6 @@ Run: ``.venv/bin/python bench/policy.py [--tenants 1000 100000] [--events 200000
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -20,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import harness
 
 from vitguard.policies.compiled import builtin_book, compile_document
 from vitguard.policies.document import parse_document
@@ -101,10 +102,7 @@ def main() -> int:
 
         result["documents"].append({"tenants": n, "document_bytes": len(text), "compile_s": round(compile_s, 3),
                                     "resolve_and_decide": summary(timed_ns(per_event, args.events))})
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    harness.report(result, args.out)
     return 0
 
 

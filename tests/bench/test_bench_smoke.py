@@ -99,3 +99,16 @@ def test_search(tmp_path: Path) -> None:
     (run,) = report["runs"]
     assert (run["backend"], run["size"], run["dim"], run["queries"]) == ("lite", 2000, 16, 10)
     assert run["recall_at_10"] >= 0.9 and run["search_p50_ms"] > 0 and run["retro_hunt_p99_ms"] > 0
+
+
+def test_policy(tmp_path: Path) -> None:
+    data = _run(tmp_path, "policy.py", "--tenants", "10", "1000", "--events", "5000")
+    assert [d["tenants"] for d in data["documents"]] == [10, 1000]
+    assert all(d["resolve_and_decide"]["p50_ns"] > 0 and d["compile_s"] >= 0 for d in data["documents"])
+    assert data["decide_before_policies"]["p50_ns"] > 0 and data["builtin_policy"]["p50_ns"] > 0
+
+
+def test_hash_hunt(tmp_path: Path) -> None:
+    data = _run(tmp_path, "hash_hunt.py", "--items", "20000", "--queries", "5")
+    assert data["items"] == 20000 and data["hunt_ms"]["p50"] > 0
+    assert data["matches_per_hunt_mean"] >= 1  # the hunted hashes have near copies stored
