@@ -51,3 +51,11 @@ def test_the_cpu_target_takes_its_virtualenv_from_the_cpu_build_and_cuda_from_th
     assert copies["cuda"] == ["--from=build /opt/venv /opt/venv"]
     runs = " ".join(a for i, a in df.instructions if i == "RUN")
     assert "python deploy/cpu_lock.py requirements/runtime.lock > requirements/cpu.lock" in runs
+
+
+def test_the_model_revision_is_pinned_to_a_commit_and_the_runtime_loads_what_was_baked() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    pinned = re.search(r"^ARG BAKE_MODEL_REVISION=(\S+)$", text, re.M)
+    assert pinned is not None and re.fullmatch(r"[0-9a-f]{40}", pinned.group(1))  # a commit, not a branch
+    assert dockerfile().env()["VITGUARD_MODEL_REVISION"] == "${BAKE_MODEL_REVISION}"
+    assert 'revision=sys.argv[2]' in text and '"${BAKE_MODEL_REVISION}"' in text
