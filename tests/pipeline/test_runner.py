@@ -626,3 +626,33 @@ async def test_a_front_half_that_dies_stops_the_runner_instead_of_holding_its_ev
         await asyncio.wait_for(fut, 10)
     assert processor.health.fatal is not None
     await processor.close()
+
+
+async def test_a_policy_decides_which_near_duplicates_of_its_items_alert(opennsfw: Any, image_root: Path,
+                                                                         sample_photos: list[Path]) -> None:
+    """Issue 32: clusters are the fleet's; whether a near-duplicate alerts is the item's policy's say."""
+    processor, _, _ = make_processor(opennsfw, image_root, policy={"wave_threshold": 50})
+    assert processor.policies.offer("""
+version: n1
+categories: {all: [NSFW, SFW]}
+default_policy: alerting
+policies:
+  alerting: {rules: {all: [{threshold: 0.0, action: block}]}}
+  quiet: {rules: {all: [{threshold: 0.0, action: block}]}, near_duplicates: {alert: false}}
+  strict-match: {rules: {all: [{threshold: 0.0, action: block}]}, near_duplicates: {min_similarity: 0.9999}}
+tenants: {quiet-tenant: quiet, exact-tenant: strict-match}
+""", source="test")
+    seed = await processor.process(messages([file_ref(image_root, sample_photos[0].name)]))
+    assert seed.verdicts[0].label == "unsafe" and not seed.alerts
+
+    copies = ["dup-resized.jpg", "dup-cropped.jpg", "dup-reencoded.jpg"]
+    raws = [RawMessage(value=ImageEvent(event_id=f"e{n}", content_id=f"c{n}", tenant=tenant,
+                                        image_ref=file_ref(image_root, name)).model_dump_json().encode(),
+                       key=f"c{n}".encode(), topic="in", partition=0, offset=n)
+            for n, (name, tenant) in enumerate(zip(copies, ["acme", "quiet-tenant", "exact-tenant"], strict=True),
+                                               start=10)]
+    outcome = await processor.process(raws)
+    await processor.close()
+    by_id = {v.content_id: v for v in outcome.verdicts}
+    assert len({by_id[c].cluster_id for c in ("c10", "c11", "c12")} | {seed.verdicts[0].cluster_id}) == 1
+    assert [a.content_id for a in outcome.alerts] == ["c10"]  # quiet: none; exact: its copy is not that close

@@ -11,7 +11,15 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from vitguard.policies.document import BankRule, Policy, PolicyDocument, PolicyDocumentError, ReviewBand, Tier
+from vitguard.policies.document import (
+    BankRule,
+    NearDuplicateRule,
+    Policy,
+    PolicyDocument,
+    PolicyDocumentError,
+    ReviewBand,
+    Tier,
+)
 from vitguard.policy import Decision
 
 __all__ = [
@@ -63,6 +71,13 @@ class CompiledPolicy:
     review: ReviewBand | None
     banks: Mapping[str, BankRule] = field(default_factory=dict)
     """Per bank, what its matches do under this policy (a bank not named: its own action)."""
+    near_duplicates: NearDuplicateRule = field(default_factory=NearDuplicateRule)
+    """Which near-duplicate and wave alerts its items raise."""
+
+    def alerts_on(self, best_similarity: float) -> bool:
+        """Whether an item of this policy whose closest match is ``best_similarity`` raises its alert."""
+        rule = self.near_duplicates
+        return rule.alert and (rule.min_similarity is None or best_similarity >= rule.min_similarity)
 
     def decide(self, scores: Mapping[str, float]) -> Decision:
         """The policy's decision on one image's (or frame's) model scores."""
@@ -212,7 +227,8 @@ def _compile_policy(name: str, version: str, policy: Policy,
               any(t.action != "allow" for t in tiers))
         for category, tiers in sorted(policy.rules.items())
     )
-    return CompiledPolicy(name, version, tuple(sorted(categories.items())), rules, policy.review, dict(policy.banks))
+    return CompiledPolicy(name, version, tuple(sorted(categories.items())), rules, policy.review, dict(policy.banks),
+                          policy.near_duplicates)
 
 
 def describe(book: PolicyBook) -> dict[str, object]:

@@ -23,6 +23,7 @@ from vitguard.errors import ConfigError
 __all__ = [
     "ACTIONS",
     "BankRule",
+    "NearDuplicateRule",
     "MAX_DOCUMENT_BYTES",
     "Policy",
     "PolicyDocument",
@@ -78,6 +79,20 @@ class ReviewBand(_Strict):
         return self
 
 
+class NearDuplicateRule(_Strict):
+    """Which near-duplicate alerts a policy's items raise. Clusters, wave counts and wave alerts are the fleet's:
+    a wave's (critical) alert goes out whatever the policy of the item that tipped it."""
+
+    alert: bool = Field(True, description="False: this policy's items raise no near-duplicate alert.")
+    min_similarity: float | None = Field(
+        None, ge=0, le=1,
+        description=(
+            "Alert only when the closest match is at least this similar (above the fleet's "
+            "VITGUARD_POLICY_NEAR_DUPLICATE_THRESHOLD, which forms the clusters)."
+        ),
+    )
+
+
 class Policy(_Strict):
     """What one surface's rules are."""
 
@@ -87,6 +102,9 @@ class Policy(_Strict):
         description="Per category, its tiers (any order). A category without rules is allowed whatever its score.",
     )
     review: ReviewBand | None = Field(None, description="The uncertainty band; none: no item is uncertain.")
+    near_duplicates: NearDuplicateRule = Field(
+        default_factory=NearDuplicateRule, description="Which near-duplicate and wave alerts its items raise."
+    )
     banks: dict[Name, BankRule] = Field(
         default_factory=dict,
         description=(

@@ -235,7 +235,7 @@ class Completer:
         with _timed(group.stage_ms, "waves"):
             results = await alert_batch(
                 [c for _, c in candidates], waves=self.waves, redis=self.redis, policy=self.policy,
-                model_name=self.info.name, now_s=now_s,
+                model_name=self.info.name, now_s=now_s, book=self.policies.book if self.policies else None,
             )
         out = list(items)
         for (k, _), (alert, suppressed) in zip(candidates, results, strict=True):

@@ -167,11 +167,11 @@ def candidate(item: Finishing) -> Candidate | None:
             return None
         matches = list(x.matches)
         return Candidate(x.predicted.decoded.parsed.event, x.cluster_id, matches,  # type: ignore[arg-type]
-                         x.is_new_cluster or not matches)
+                         x.is_new_cluster or not matches, policy_name_of(item))
     if (isinstance(v, CacheHit) and v.verdict.label == "unsafe" and v.verdict.cluster_id
             and not skips_clustering(item.matches)):
         hit = SearchHit(v.cached_from, 1.0, v.verdict.cluster_id)
-        return Candidate(v.parsed.event, v.verdict.cluster_id, [hit], False)
+        return Candidate(v.parsed.event, v.verdict.cluster_id, [hit], False, v.verdict.policy)
     return None
 
 
