@@ -656,3 +656,31 @@ tenants: {quiet-tenant: quiet, exact-tenant: strict-match}
     by_id = {v.content_id: v for v in outcome.verdicts}
     assert len({by_id[c].cluster_id for c in ("c10", "c11", "c12")} | {seed.verdicts[0].cluster_id}) == 1
     assert [a.content_id for a in outcome.alerts] == ["c10"]  # quiet: none; exact: its copy is not that close
+
+
+async def test_a_cache_hit_for_a_tenant_with_other_rules_is_judged_and_stored_under_them(
+    opennsfw: Any, image_root: Path, sample_photos: list[Path]
+) -> None:
+    """Issue 32: the verdict cache holds the model's answer; a hit is judged under its own event's policy, and
+    the copy stored for it carries that judgement (a search by label or a retro-hunt sees it as it was judged)."""
+    processor, _, index = make_processor(opennsfw, image_root)
+    assert processor.policies.offer("""
+version: c1
+default_policy: lenient
+policies:
+  lenient: {rules: {sexual: [{threshold: 1.0, action: block}]}}
+  strict: {rules: {sexual: [{threshold: 0.0, action: block}]}}
+tenants: {kids: strict}
+""", source="test")
+    ref = file_ref(image_root, sample_photos[0].name)
+    first = await processor.process(messages([ref]))
+    again = [RawMessage(value=ImageEvent(event_id="e9", content_id="c9", image_ref=ref, tenant="kids")
+                        .model_dump_json().encode(), key=b"c9", topic="in", partition=0, offset=9)]
+    second = await processor.process(again)
+    await processor.close()
+    (lenient,), (strict,) = first.verdicts, second.verdicts
+    assert (lenient.label, lenient.action, lenient.policy) == ("safe", "allow", "lenient")
+    assert strict.from_cache and (strict.label, strict.action, strict.policy) == ("unsafe", "block", "strict")
+    assert strict.unsafe_score == lenient.unsafe_score and strict.scores == lenient.scores
+    stored = index.records(processor.collection)
+    assert (stored["c0"].label, stored["c9"].label) == ("safe", "unsafe")

@@ -78,7 +78,8 @@ async def cache_hit_copies(
     timed: Callable[[str], AbstractContextManager[None]],
 ) -> tuple[list[EmbeddingRecord], set[str]]:
     """The rows to store for verdict cache hits: each a copy of the row its cached verdict was made for (the
-    same embedding, label, score and cluster; its own content id, tenant and times), read in one call.
+    same embedding and cluster; its own content id, tenant and times, and its own verdict's label and score),
+    read in one call.
 
     Returns the copies to upsert and the content ids of the hits that will be stored (a hit of its own
     content id is stored already; one whose original row is gone, a collection dropped since, is not)."""
@@ -95,7 +96,11 @@ async def cache_hit_copies(
             continue
         stored.add(event.content_id)
         if event.content_id != hit.cached_from:
+            # the label and score are this event's: its policy judged the cached scores again (another tenant's
+            # rules may differ); an item judged safe here is in no cluster
+            unsafe = hit.verdict.label == "unsafe"
             copies[event.content_id] = replace(
-                original, content_id=event.content_id, tenant=event.tenant,
+                original, content_id=event.content_id, tenant=event.tenant, label=hit.verdict.label,
+                unsafe_score=hit.verdict.unsafe_score, cluster_id=original.cluster_id if unsafe else "",
                 created_at_ms=int(event.created_at.timestamp() * 1000), processed_at_ms=now_ms)
     return list(copies.values()), stored
