@@ -412,6 +412,14 @@ class PolicySettings(BaseSettings):
     load_timeout_s: float = Field(
         20.0, gt=0, description="How long start-up may take to read the policies topic to its end."
     )
+    shadow_topic: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Where the verdicts of shadow policies go (the verdict as the candidate would have decided it); "
+            "unset: shadow decisions are only counted (vitguard_policy_shadow_decisions_total)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_document_source(self) -> PolicySettings:

@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from tests.integration.test_pipeline_worker import metric, post
 from vitguard.cli import main
 from vitguard.demo.samples import photo_bytes
-from vitguard.schemas.events import ImageEvent
+from vitguard.kafka.reader import read_to_end
+from vitguard.schemas.events import ImageEvent, Verdict
 from vitguard.testing import services
 from vitguard.testing.worker import OutputReader, WorkerProcess, publish_raw
 
@@ -64,7 +65,7 @@ def test_tenants_judged_by_their_policies_changed_live_refused_whole_shadowed_an
                 "alerts": new_topic(1, "alerts"), "dead_letters": new_topic(1, "dlq")},
         milvus={"uri": str(tmp_path / "milvus.db")},
         model={"spec": "opennsfw"},
-        policy={"topic": f"policies-{uuid.uuid4().hex[:10]}"},
+        policy={"topic": f"policies-{uuid.uuid4().hex[:10]}", "shadow_topic": new_topic(1, "shadow")},
         fetch={"file_root": str(root)},
         batch={"max_size": 8, "max_wait_s": 0.3},
         web={"host": "127.0.0.1", "port": services.free_port()},
@@ -101,9 +102,14 @@ def test_tenants_judged_by_their_policies_changed_live_refused_whole_shadowed_an
             ("lenient", "allow", "safe", "v1")]
         assert acme.label == "safe" and set(acme.categories) == {"sexual"}
         assert (profile.surface, chat.surface) == ("profile", "chat")
-        # the shadow judged the lenient verdicts as 'review' and changed nothing
+        # the shadow judged the lenient verdicts as 'review' and changed nothing but its counts and its topic
         assert metric(settings, "vitguard_policy_shadow_decisions_total", policy="lenient", shadow="watch",
                       action="allow", shadow_action="review") >= 2
+        shadows = [Verdict.model_validate_json(r.value or b"")
+                   for r in read_to_end(settings.kafka, settings.policy.shadow_topic)]
+        assert sorted((v.content_id, v.policy, v.action, v.label) for v in shadows) == [
+            ("c0", "watch", "review", "unsafe"), ("c3", "watch", "review", "unsafe")]
+        assert {v.scores == w.scores for v in shadows for w in (acme, chat) if v.content_id == w.content_id} == {True}
         # the same bytes for a strict tenant: a verdict-cache hit, judged again under the tenant's policy
         publish_raw(settings.kafka, t.images, [upload(4, 0, "kids")])
         [again] = verdicts(4)

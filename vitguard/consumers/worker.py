@@ -123,8 +123,8 @@ def run_worker(settings: Settings, *, create_topics: bool = True) -> None:
     configure_logging(settings.log)
     classifier = load_classifier(settings.model)
     if create_topics:
-        ensure_topics(settings.kafka, settings.topics,
-                      extra=[settings.topics.review_requests] if settings.review.enabled else [])
+        extra = [settings.topics.review_requests] if settings.review.enabled else []
+        ensure_topics(settings.kafka, settings.topics, extra=extra + [t for t in [settings.policy.shadow_topic] if t])
     app = create_app(settings, classifier=classifier)
     _log.info(
         "worker starting: group %s, input %s, batches up to %d, %d in flight at most, web %s",

@@ -53,6 +53,8 @@ class OutputTopics:
     review_requests: str = ""
     """Review requests (the review loop); empty by default: the worker sends them only with
     ``VITGUARD_REVIEW_ENABLED``."""
+    shadow_verdicts: str = ""
+    """What shadow policies would have decided (``VITGUARD_POLICY_SHADOW_TOPIC``); empty: counted only."""
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ def build_runner(
 def output_topics(settings: Settings) -> OutputTopics:
     """The worker's output topics (review requests only when review is on)."""
     t = settings.topics
-    return OutputTopics(t.verdicts, t.alerts, t.dead_letters, t.review_requests if settings.review.enabled else "")
+    return OutputTopics(t.verdicts, t.alerts, t.dead_letters, t.review_requests if settings.review.enabled else "",
+                        settings.policy.shadow_topic or "")
 
 
 def publish_timeout_s(settings: Settings) -> float:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from vitguard import metrics
 from vitguard.errors import FatalError, ReasonCode
-from vitguard.pipeline.core import dead_letter
+from vitguard.pipeline.core import dead_letter, decided_by
 from vitguard.pipeline.runtime.failure import PublishPolicy
 from vitguard.pipeline.types import OutMessage, OutputTopics, RawMessage, Sink, TopicLimits
 from vitguard.policies.compiled import PolicyBook
@@ -117,9 +117,10 @@ def uncertain_in(book: PolicyBook | None, review: ReviewSettings) -> Callable[[V
     return uncertain
 
 
-def count_shadow_decisions(book: PolicyBook, verdicts: Sequence[Verdict]) -> None:
-    """Judge each published verdict the model decided under its policy's shadow, if it has one: counted in
-    ``vitguard_policy_shadow_decisions_total``, with no other effect."""
+def shadow_verdicts(book: PolicyBook, verdicts: Sequence[Verdict]) -> list[tuple[Verdict, Verdict]]:
+    """Each live verdict the model decided whose policy has a shadow, with the verdict the shadow would have
+    made of the same scores (label, score, categories, action, policy and version are the shadow's)."""
+    out = []
     for verdict in verdicts:
         active = book.named(verdict.policy)
         if active is None or verdict.label_source != "model" or verdict.replay_id is not None:
@@ -127,8 +128,17 @@ def count_shadow_decisions(book: PolicyBook, verdicts: Sequence[Verdict]) -> Non
         shadow = book.shadow_of(active)
         if shadow is None:
             continue
-        decision = shadow.decide(verdict.scores)
-        metrics.POLICY_SHADOW_DECISIONS.labels(active.name, shadow.name, verdict.action or "", decision.action).inc()
+        d = shadow.decide(verdict.scores)
+        out.append((verdict, verdict.model_copy(update={"label": d.label, "unsafe_score": d.unsafe_score,
+                                                        **decided_by(d)})))
+    return out
+
+
+def count_shadow_decisions(pairs: Sequence[tuple[Verdict, Verdict]]) -> None:
+    """``vitguard_policy_shadow_decisions_total`` for verdicts published with their shadows'."""
+    for active, shadow in pairs:
+        metrics.POLICY_SHADOW_DECISIONS.labels(active.policy or "", shadow.policy or "", active.action or "",
+                                               shadow.action or "").inc()
 
 
 class Emitter:
@@ -178,14 +188,29 @@ class Emitter:
             slots.append(_Slot(None, None, None, OutMessage(self.topics.alerts, key, value)))
         book = self.policies.book if self.policies is not None else None
         reviews = self._review_slots(slots, alerts, book)
-        await self._publish(slots + reviews)
+        shadows = shadow_verdicts(book, [s.answer for s in slots if isinstance(s.answer, Verdict)]) if (
+            book is not None and book.shadows) else []
+        await self._publish(slots + reviews + self._shadow_slots(shadows))
         for slot in reviews:
             for reason in slot.reasons:
                 REVIEW_REQUESTS.labels(reason).inc()
-        published = [s.answer for s in slots if s.raw is not None]
-        if book is not None and book.shadows:
-            count_shadow_decisions(book, [a for a in published if isinstance(a, Verdict)])
-        return published  # type: ignore[return-value]
+        count_shadow_decisions(shadows)
+        return [s.answer for s in slots if s.raw is not None]  # type: ignore[misc]
+
+    def _shadow_slots(self, shadows: Sequence[tuple[Verdict, Verdict]]) -> list[_Slot]:
+        """The shadow verdicts, when they have a topic (one too large for it is dropped and counted)."""
+        topic = self.topics.shadow_verdicts
+        if not topic:
+            return []
+        limit = self.limits.of(topic)
+        out = []
+        for _, shadow in shadows:
+            key, value = shadow.content_id.encode(), shadow.model_dump_json().encode()
+            if len(value) > _room(limit, key):
+                metrics.OUTPUTS_DROPPED.labels("shadow_verdict").inc()
+                continue
+            out.append(_Slot(None, None, None, OutMessage(topic, key, value), kind="shadow_verdict"))
+        return out
 
     async def _publish(self, slots: list[_Slot]) -> None:
         pending = list(range(len(slots)))
