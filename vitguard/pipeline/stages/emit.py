@@ -129,8 +129,9 @@ def shadow_verdicts(book: PolicyBook, verdicts: Sequence[Verdict]) -> list[tuple
         if shadow is None:
             continue
         d = shadow.decide(verdict.scores)
-        out.append((verdict, verdict.model_copy(update={"label": d.label, "unsafe_score": d.unsafe_score,
-                                                        **decided_by(d)})))
+        out.append((verdict, verdict.model_copy(update={
+            "label": d.label, "unsafe_score": d.unsafe_score, **decided_by(d),
+            "cluster_id": verdict.cluster_id if d.label == "unsafe" else None})))
     return out
 
 
@@ -151,7 +152,7 @@ class Emitter:
         policy: classification, backoff and the deadline of one round.
         review: with ``topics.review_requests`` set, review requests are published.
         policies: the policy document in force: each verdict's review band is its policy's, and a policy's
-            shadow judges the verdicts beside it (counted only).
+            shadow judges the verdicts beside it (counted, and published when ``topics.shadow_verdicts`` is set).
     """
 
     def __init__(
