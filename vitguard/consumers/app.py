@@ -318,12 +318,15 @@ def create_app(
 
     @app.on_partitions_assigned.connect  # type: ignore[misc,arg-type]
     async def expect_committed(sender: Any, assigned: Any, **_: Any) -> None:
+        await expect_from_committed(app.consumer, {tp for tp in assigned if tp.topic == topics.images},
+                                    on_expect=runtime.expect)
+        # joined once the first assignment is handled (its start offsets known), not when it begins: until
+        # then nothing can have been taken, /readyz is not ready, and a stop is the short one of a join (the
+        # offsets lookup can hang on a broker that holds it: a stop then waited out the whole deadline)
         if runtime.health.joined_at is None:
             runtime.health.joined_at = time.monotonic()
             _log.info("joined the consumer group: %d partition(s) of %s assigned",
                       sum(1 for tp in assigned if tp.topic == topics.images), topics.images)
-        await expect_from_committed(app.consumer, {tp for tp in assigned if tp.topic == topics.images},
-                                    on_expect=runtime.expect)
 
     register_views(app, runtime)
     return app
