@@ -150,16 +150,11 @@ class MemoryBankStore(StateStore):
 
 
 def ensure_bank_topic(kafka: KafkaSettings, banks: BankSettings, topics: TopicSettings | None = None) -> bool:
-    """Create the compacted banks topic when it is missing; whether this call created it.
+    """Create the compacted banks topic when it is missing (:func:`~vitguard.kafka.admin.ensure_state_topic`);
+    whether this call created it."""
+    from vitguard.kafka.admin import ensure_state_topic
 
-    One partition, so bank and entry records keep their order; ``cleanup.policy=compact`` keeps the latest
-    record per key; tombstones are kept a day so a follower that was briefly away still sees removals.
-    """
-    from vitguard.kafka.admin import TopicAdmin, TopicSpec
-
-    replication = topics.replication_factor if topics is not None else 1
-    spec = TopicSpec(banks.topic, 1, replication, {"cleanup.policy": "compact", "delete.retention.ms": "86400000"})
-    return bool(TopicAdmin(kafka).create([spec]))
+    return ensure_state_topic(kafka, banks.topic, topics.replication_factor if topics is not None else 1)
 
 
 class KafkaBankStore(StateStore):

@@ -111,16 +111,14 @@ def withdraw(topic: str | None, bootstrap_servers: str | None, connect_timeout: 
 
 
 def _write(settings: Settings, topic: str, value: bytes | None, timeout_s: float) -> None:
-    from confluent_kafka import Producer
-
-    from vitguard.kafka.config import librdkafka_config
-    from vitguard.kafka.produce import DEFAULT_PRODUCER_CONFIG, OutboundMessage, produce_and_wait, raise_on_failures
-    from vitguard.policies.live import DOCUMENT_KEY, ensure_policy_topic
+    from vitguard.kafka.admin import ensure_state_topic
+    from vitguard.kafka.produce import OutboundMessage, publish_and_wait, raise_on_failures
+    from vitguard.policies.live import DOCUMENT_KEY
 
     kafka = settings.kafka.model_copy(update={"request_timeout_s": timeout_s})
-    ensure_policy_topic(kafka, topic, settings.topics)
-    producer = Producer(librdkafka_config(kafka, **DEFAULT_PRODUCER_CONFIG))
-    raise_on_failures(produce_and_wait(producer, [OutboundMessage(topic, value, DOCUMENT_KEY)], max(timeout_s, 10.0)))
+    ensure_state_topic(kafka, topic, settings.topics.replication_factor)
+    raise_on_failures(publish_and_wait(kafka, [OutboundMessage(topic, value, DOCUMENT_KEY)],
+                                       timeout_s=max(timeout_s, 10.0)))
 
 
 @policy.command("test")

@@ -26,6 +26,7 @@ __all__ = [
     "TopicAdmin",
     "TopicNotFoundError",
     "TopicSpec",
+    "ensure_state_topic",
 ]
 
 _WAIT_POLL_S = 0.1
@@ -193,3 +194,11 @@ class TopicAdmin:
                     f"topics {sorted(missing)} were created but not listed within {self.timeout_s:g}s"
                 )
             time.sleep(_WAIT_POLL_S)
+
+
+def ensure_state_topic(kafka: KafkaSettings, topic: str, replication_factor: int = 1) -> bool:
+    """Create a compacted one-partition topic of state (the banks, the policy document) when it is missing;
+    whether this call created it. One partition keeps the records in order; compaction keeps the latest per
+    key; tombstones are kept a day, so a follower that was briefly away still sees removals."""
+    spec = TopicSpec(topic, 1, replication_factor, {"cleanup.policy": "compact", "delete.retention.ms": "86400000"})
+    return bool(TopicAdmin(kafka).create([spec]))

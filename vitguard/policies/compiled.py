@@ -184,9 +184,8 @@ def compile_document(document: PolicyDocument, model_labels: Sequence[str],
         if isinstance(route, str):
             tenants[tenant] = compiled[route]
             continue
-        tenant_policy = compiled[route.policy] if route.policy else compiled[document.default_policy]
-        if route.policy:
-            tenants[tenant] = tenant_policy
+        if route.policy:  # else the default, as for a tenant not named
+            tenants[tenant] = compiled[route.policy]
         for surface, name in route.surfaces.items():
             surfaces[(tenant, surface)] = compiled[name]
     return PolicyBook(

@@ -35,7 +35,7 @@ __all__ = [
     "PolicyFollower",
     "PolicyHolder",
     "TopicSource",
-    "ensure_policy_topic",
+    "load_initial",
     "open_source",
     "read_policies",
 ]
@@ -168,15 +168,6 @@ class FileSource:
         return None
 
 
-def ensure_policy_topic(kafka: KafkaSettings, topic: str, topics: TopicSettings | None = None) -> bool:
-    """Create the compacted policies topic when it is missing (one partition); whether this call created it."""
-    from vitguard.kafka.admin import TopicAdmin, TopicSpec
-
-    replication = topics.replication_factor if topics is not None else 1
-    spec = TopicSpec(topic, 1, replication, {"cleanup.policy": "compact", "delete.retention.ms": "86400000"})
-    return bool(TopicAdmin(kafka).create([spec]))
-
-
 class TopicSource:
     """The compacted policies topic: records under :data:`DOCUMENT_KEY` (others are ignored, with a warning)."""
 
@@ -190,9 +181,10 @@ class TopicSource:
         self._reader: object | None = None
 
     def initial(self, timeout_s: float) -> list[bytes | None]:
+        from vitguard.kafka.admin import ensure_state_topic
         from vitguard.kafka.reader import TopicReader
 
-        ensure_policy_topic(self.kafka, self.topic, self.topics)
+        ensure_state_topic(self.kafka, self.topic, self.topics.replication_factor if self.topics else 1)
         reader = TopicReader(self.kafka, self.topic, connect_timeout_s=self._connect_timeout_s)
         self._reader = reader
         return [v for r in reader.read_to_end(timeout_s) if (v := _document_value(r.key, r.value)) is not _SKIP]
@@ -226,6 +218,20 @@ def _document_value(key: bytes | None, value: bytes | None) -> bytes | None:
     return value
 
 
+def load_initial(holder: PolicyHolder, source: DocumentSource, timeout_s: float) -> None:
+    """Offer ``holder`` every document ``source`` holds now, in order.
+
+    Raises:
+        ConfigError: a file source that cannot be read, or whose document is refused: no document was in
+            force before it, and the built-in policy would quietly judge every tenant by the environment's
+            rules (a topic's refused documents are skipped as running workers skip them).
+    """
+    for document in source.initial(timeout_s):
+        holder.offer(document, source=source.name)
+    if isinstance(source, FileSource) and holder.last_error is not None:
+        raise ConfigError(f"VITGUARD_POLICY_FILE={source.path}: {holder.last_error}")
+
+
 class PolicyFollower:
     """Reads a source's documents into a :class:`PolicyHolder`: all of them at start-up (before the worker
     judges anything), then each change as it comes, in a thread."""
@@ -245,12 +251,7 @@ class PolicyFollower:
                 documents are skipped as running workers skip them: the last good one, or the built-in policy).
             ServiceUnavailableError: the topic could not be read to its end in time.
         """
-        for document in self.source.initial(self.load_timeout_s):
-            self.holder.offer(document, source=self.source.name)
-        if isinstance(self.source, FileSource) and self.holder.last_error is not None:
-            # no document was in force before this one: starting on the built-in policy would quietly judge
-            # every tenant by the environment's rules
-            raise ConfigError(f"VITGUARD_POLICY_FILE={self.source.path}: {self.holder.last_error}")
+        load_initial(self.holder, self.source, self.load_timeout_s)
         self._thread = threading.Thread(target=self._run, name="vitguard-policy-follower", daemon=True)
         self._thread.start()
 
@@ -302,10 +303,7 @@ def read_policies(policy: PolicySettings, kafka: KafkaSettings, model_labels: Se
     if source is None:
         return holder
     try:
-        for document in source.initial(policy.load_timeout_s):
-            holder.offer(document, source=source.name)
+        load_initial(holder, source, policy.load_timeout_s)
     finally:
         source.close()
-    if isinstance(source, FileSource) and holder.last_error is not None:
-        raise ConfigError(f"VITGUARD_POLICY_FILE={source.path}: {holder.last_error}")
     return holder
