@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from vitguard.banks.models import Bank, BankEntry
 
-__all__ = ["BankState", "BankRecord", "bank_key", "entry_key"]
+__all__ = ["BankState", "BankRecord", "bank_key", "entry_key", "entry_of_key"]
 
 _log = logging.getLogger(__name__)
 
@@ -33,6 +33,15 @@ def bank_key(name: str) -> bytes:
 
 def entry_key(bank: str, entry_id: str) -> bytes:
     return f"e|{bank}|{entry_id}".encode()
+
+
+def entry_of_key(key: bytes | None) -> tuple[str, str] | None:
+    """``(bank, entry_id)`` of an entry record's key (``e|<bank>|<entry_id>``), None for any other key."""
+    kind, _, rest = (key or b"").decode("utf-8", "replace").partition("|")
+    if kind != "e" or "|" not in rest:
+        return None
+    bank, _, entry_id = rest.partition("|")
+    return bank, entry_id
 
 
 def release_key(bank: str, entry_id: str) -> bytes:
@@ -91,8 +100,8 @@ class BankState:
                 if bank_value is not None and bank_value.name != rest:
                     return self._mismatch(text, f"bank {bank_value.name!r}")
                 return self._set_bank(rest, bank_value)
-            if kind == "e" and "|" in rest:
-                bank, _, entry_id = rest.partition("|")
+            if (found := entry_of_key(key)) is not None:
+                bank, entry_id = found
                 entry = None if value is None else BankEntry.model_validate_json(value)
                 if entry is not None and (entry.bank, entry.entry_id) != (bank, entry_id):
                     return self._mismatch(text, f"entry {entry.bank!r}/{entry.entry_id!r}")

@@ -25,7 +25,7 @@ from typing import Any
 from confluent_kafka import Producer
 from prometheus_client import Counter
 
-from vitguard.banks.state import BankState
+from vitguard.banks.state import BankState, entry_of_key
 from vitguard.errors import ServiceUnavailableError
 from vitguard.kafka.config import librdkafka_config
 from vitguard.kafka.produce import DEFAULT_PRODUCER_CONFIG, OutboundMessage, produce_and_wait, raise_on_failures
@@ -133,12 +133,9 @@ class RetroHunter:
     def _entry_trigger(self, record: RawRecord) -> RetroTrigger | None:
         """A banks topic record: applied to the banks; a new entry of a positive bank starts a hash hunt."""
         self.banks.apply(record.key, record.value)
-        kind, _, rest = (record.key or b"").decode("utf-8", "replace").partition("|")
-        if kind != "e" or record.value is None:
-            return None
-        bank, _, entry_id = rest.partition("|")
-        entry = self.banks.entries.get((bank, entry_id))
-        return entry_trigger(entry, self.banks.banks.get(bank)) if entry is not None else None
+        found = entry_of_key(record.key)
+        entry = self.banks.entries.get(found) if found is not None and record.value is not None else None
+        return entry_trigger(entry, self.banks.banks.get(entry.bank)) if entry is not None else None
 
     def fold_verdict(self, record: RawRecord) -> None:
         """A verdicts topic record into the hash catalog (an invalid one is counted and skipped)."""
