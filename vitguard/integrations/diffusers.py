@@ -132,9 +132,9 @@ class VitguardSafetyChecker(torch.nn.Module):
             classifier = load_classifier(settings.model)
         self.classifier = classifier
         info = classifier.info
-        self.unsafe_labels = resolve_unsafe_labels(info.labels, policy, info.unsafe_labels)
-        self.threshold = policy.unsafe_threshold if threshold is None else threshold
-        self.judge = _judge(policy, settings, info.labels, self.unsafe_labels, threshold, tenant, policy_name)
+        unsafe_labels = resolve_unsafe_labels(info.labels, policy, info.unsafe_labels)
+        self.judge = _judge(policy, settings, info.labels, unsafe_labels, threshold, tenant, policy_name)
+        """The policy every image is judged under."""
         self.replacement: Replacement = replacement
         self.banks = banks
         self.publisher = publisher
