@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +24,9 @@ from vitguard.pipeline.runtime.pools import JobTimeout
 from vitguard.pipeline.types import BatchOutcome, RawMessage
 from vitguard.policy import Decision
 from vitguard.schemas.events import DeadLetter, ImageEvent, MediaSummary, NearDuplicateAlert, Verdict
+
+if TYPE_CHECKING:
+    from vitguard.policies.compiled import CompiledPolicy, PolicyBook
 
 __all__ = [
     "Answered",
@@ -67,6 +70,11 @@ class Parsed:
     times: StageTimes = field(default_factory=StageTimes)
     policy: str | None = None
     """The policy a ``/classify`` request asked to be judged under (stream events: their tenant's)."""
+
+    def policy_in(self, book: PolicyBook) -> CompiledPolicy:
+        """The policy of ``book`` that judges this event: the one its request named, else its tenant's (and
+        surface's)."""
+        return book.pick(self.event.tenant, self.event.surface, self.policy)
 
 
 @dataclass(frozen=True)

@@ -230,10 +230,7 @@ class FrontHalf:
             return None
         original, frame_hashes = entry
         parsed = fetched.parsed
-        policy = None
-        if self.policies is not None:
-            book = self.policies.book
-            policy = book.pick(parsed.event.tenant, parsed.event.surface, parsed.policy)
+        policy = parsed.policy_in(self.policies.book) if self.policies is not None else None
         verdict = verdict_from_cache(original, parsed.event, fetched.sha256, timings(fetched.times), policy)
         return CacheHit(parsed, verdict, original.content_id, frame_hashes)
 

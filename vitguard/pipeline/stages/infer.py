@@ -22,9 +22,9 @@ from vitguard.pipeline.core import dead_letter
 from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Predicted
 from vitguard.pipeline.runtime.batcher import FrameProgress, Group, Work
 from vitguard.pipeline.stages.reduce import reduce_frames
-from vitguard.policies.compiled import CompiledPolicy, PolicyBook
+from vitguard.policies.compiled import PolicyBook
 
-__all__ = ["NonFiniteOutput", "forward", "infer_pass", "policy_of", "predict_stacked"]
+__all__ = ["NonFiniteOutput", "forward", "infer_pass", "predict_stacked"]
 
 _log = logging.getLogger(__name__)
 
@@ -80,12 +80,6 @@ def _unexpected(item: Decoded | DecodedFrames, step: str, error: Exception) -> D
     _log.error("%s of %s failed", step, event.event_id, exc_info=error)
     return DeadLettered(raw, dead_letter(
         raw, "internal_error", f"{step} failed: {type(error).__name__}: {error}", event))
-
-
-def policy_of(item: Decoded | DecodedFrames, book: PolicyBook) -> CompiledPolicy:
-    """The policy that judges ``item``: the one its request named, else its tenant's (and surface's)."""
-    parsed = item.parsed
-    return book.pick(parsed.event.tenant, parsed.event.surface, parsed.policy)
 
 
 async def infer_pass(
@@ -157,7 +151,7 @@ def _decide_still(item: Decoded, prediction: Prediction | BaseException, timing:
     try:
         if isinstance(prediction, BaseException):
             return _failed(item, prediction)
-        return Predicted(item, prediction, policy_of(item, book).decide(prediction.scores),
+        return Predicted(item, prediction, item.parsed.policy_in(book).decide(prediction.scores),
                          replace(item.times, infer_ms=timing.per_frame_ms, wait_ms=wait_ms))
     except Exception as exc:  # the policy on scores nobody foresaw (NaN from a broken model): this item
         return _unexpected(item, "deciding on its scores", exc)
@@ -196,6 +190,6 @@ def _reduced(item: DecodedFrames, progress: FrameProgress, book: PolicyBook,
         if isinstance(p, BaseException):
             return _failed(item, p)
         good.append(p)
-    prediction, decision, media = reduce_frames(item.frames, good, policy_of(item, book), worst=worst)
+    prediction, decision, media = reduce_frames(item.frames, good, item.parsed.policy_in(book), worst=worst)
     times = replace(item.times, infer_ms=progress.infer_ms, wait_ms=progress.wait_ms)
     return Predicted(item, prediction, decision, times, media=media)
