@@ -100,9 +100,16 @@ def _worker_class() -> type:
 
 def _stopped_while_starting(signum: int, frame: Any) -> NoReturn:
     """SIGTERM or SIGINT before Faust's worker has installed its own handlers (loading the model, checking the
-    topics): nothing has been taken, so the stop is clean, not a death by signal (exit code -15 / 143)."""
+    topics): nothing has been taken, so the stop is clean, not a death by signal (exit code -15 / 143).
+
+    Exits at once rather than raising SystemExit: raised from wherever the signal lands, it could be caught and
+    dropped by the code running then (the topics check's client, the app build), and the worker went on starting.
+    """
     _log.warning("stopped (%s) while starting; nothing was taken", signal.Signals(signum).name)
-    raise SystemExit(0)
+    logging.shutdown()  # flush the log handlers: os._exit runs no clean-up
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_worker(settings: Settings, *, create_topics: bool = True) -> None:
