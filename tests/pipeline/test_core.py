@@ -10,6 +10,7 @@ import numpy as np
 from vitguard.banks.signal import PdqHash
 from vitguard.model.types import ModelInfo, Prediction
 from vitguard.pipeline.core import (
+    CachedVerdict,
     alert_severity,
     answer_key,
     build_alert,
@@ -27,7 +28,7 @@ from vitguard.pipeline.types import RawMessage
 from vitguard.policy import Decision
 from vitguard.schemas.events import ImageEvent, Timings
 from vitguard.settings import PolicySettings
-from vitguard.stores.interfaces import SearchHit, WaveState
+from vitguard.stores.interfaces import SearchHit, WaveRule, WaveState
 
 INFO = ModelInfo("opennsfw", "v1", ("SFW", "NSFW"), 4, (3, 8, 8), backend="onnx")
 
@@ -91,28 +92,37 @@ def test_verdict_from_cache_takes_identity_from_the_new_event() -> None:
     )
     assert (verdict.embedding_id, verdict.cluster_id, verdict.top_class) == ("orig", "c-1", "NSFW")
     entry = parse_cached_verdict(verdict.model_dump_json())  # a still image's entry: the verdict alone
-    assert entry is not None and entry[1] == ()
+    assert entry is not None and entry.frames == () and entry.fits("8/1/rate", "32/1/rate")  # any sampling
     again = ImageEvent(content_id="copy", image_ref="https://example.com/b.jpg", tenant="t2")
-    copy = verdict_from_cache(entry[0], again, "a" * 64, Timings(fetch_ms=3.0))
+    copy = verdict_from_cache(entry.verdict, again, "a" * 64, Timings(fetch_ms=3.0))
     assert (copy.content_id, copy.event_id, copy.tenant) == ("copy", again.event_id, "t2")
     assert copy.from_cache and copy.label == "unsafe" and copy.cluster_id == "c-1"
     assert copy.embedding_id is None and copy.metadata == {}
     frames = ((0, PdqHash("ab" * 32, 90)), (6, None))  # a video's entry: every frame's hash too
-    assert parse_cached_verdict(encode_cached_verdict(verdict, frames)) == (verdict, frames)
+    video = parse_cached_verdict(encode_cached_verdict(verdict, frames, "64/2/rate"))
+    assert video == CachedVerdict(verdict, frames, "64/2/rate")
+    # issue 32: a multi-frame verdict answers only an event sampled the same way (its policy's frames)
+    assert video.fits("64/2/rate", "32/1/rate") and not video.fits("32/1/rate", "32/1/rate")
+    older = parse_cached_verdict(json.dumps({"verdict": verdict.model_dump(mode="json"), "frames": [[0, None, None]]}))
+    assert older is not None and older.fits("32/1/rate", "32/1/rate")  # written before: the fleet's sampling
+    assert not older.fits("8/1/rate", "32/1/rate")
     for junk in ("{not a verdict", "[]", '{"verdict": {}, "frames": []}', '{"verdict": 1}', "null"):
         assert parse_cached_verdict(junk) is None, junk
 
 
 def test_alert_severity_and_matches() -> None:
-    policy = PolicySettings(wave_threshold=4, max_matches=2)
-    assert alert_severity(WaveState(1, False, True), policy) == "info"
-    assert alert_severity(WaveState(2, False, True), policy) == "warning"
-    assert alert_severity(WaveState(4, True, True), policy) == "critical"
+    policy = PolicySettings(max_matches=2)
+    wave = WaveRule(threshold=4, window_s=60, cooldown_s=0)
+    assert alert_severity(WaveState(1, False, True), wave) == "info"
+    assert alert_severity(WaveState(2, False, True), wave) == "warning"
+    assert alert_severity(WaveState(4, True, True), wave) == "critical"
     event = ImageEvent(content_id="new", image_ref="https://example.com/a.jpg")
     alert = build_alert(
-        event, cluster_id="c-1", state=WaveState(4, True, True), policy=policy, model_name="opennsfw",
+        event, cluster_id="c-1", state=WaveState(4, True, True), policy=policy, model_name="opennsfw", wave=wave,
         matches=[SearchHit("a", 0.93, "c-1"), SearchHit("b", 0.99, "c-1"), SearchHit("c", 0.95, "")],
+        policy_name="kids",
     )
+    assert (alert.wave_window_s, alert.policy) == (60, "kids")
     assert [m.content_id for m in alert.matches] == ["b", "c"]  # most similar first, at most max_matches
     assert alert.matches[1].cluster_id is None
     assert (alert.severity, alert.wave_count, alert.cluster_id) == ("critical", 4, "c-1")

@@ -220,6 +220,38 @@ async def test_repeated_animation_is_answered_from_the_cache_with_its_frames(ope
     assert again.verdicts[0].from_cache and again.verdicts[0].media == first.verdicts[0].media
 
 
+async def test_each_policy_samples_frames_its_own_way_and_the_cache_keeps_them_apart(opennsfw: Any,
+                                                                                     media_root: Path) -> None:
+    """Issue 32: a policy's frame sampling decides how many frames of its items are classified (animations and
+    video alike); a verdict cached for one sampling is not the answer for an event whose policy samples otherwise."""
+    runner, _, _ = make_runner(opennsfw, media_root)
+    assert runner.policies.offer("""
+version: f1
+default_policy: fleet
+policies:
+  fleet: {rules: {sexual: [{threshold: 0.5, action: block}]}}
+  sparse: {rules: {sexual: [{threshold: 0.5, action: block}]}, frames: {max_frames: 3, video_fps: 0.5}}
+tenants: {cheap: sparse}
+""", source="test")
+
+    def event(n: int, name: str, tenant: str) -> RawMessage:
+        return RawMessage(ImageEvent(event_id=f"e{n}", content_id=f"c{n}", tenant=tenant,
+                                     image_ref=(media_root / name).as_uri()).model_dump_json().encode(),
+                          f"c{n}".encode(), "in", 0, n)
+
+    sparse = (await runner.process([event(0, "clip.gif", "cheap"), event(1, "clip.mp4", "cheap")])).verdicts
+    again = (await runner.process([event(2, "clip.gif", "cheap")])).verdicts
+    fleet = (await runner.process([event(3, "clip.gif", "acme"), event(4, "clip.mp4", "acme")])).verdicts
+    await runner.close()
+    by_id = {v.content_id: v for v in [*sparse, *again, *fleet]}
+    media = {c: v.media for c, v in by_id.items()}
+    assert all(m is not None for m in media.values())
+    assert media["c0"].frames_classified == 3 and media["c3"].frames_classified == 9  # type: ignore[union-attr]
+    assert media["c1"].sample_rate_fps < media["c4"].sample_rate_fps  # type: ignore[union-attr]
+    assert by_id["c2"].from_cache and media["c2"] == media["c0"]  # same policy: answered from the cache
+    assert not by_id["c3"].from_cache and not by_id["c4"].from_cache  # another sampling: decoded again
+
+
 # ---------------------------------------------------------------- fair batching, on its own
 
 

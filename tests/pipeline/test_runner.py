@@ -684,3 +684,36 @@ tenants: {kids: strict}
     assert strict.unsafe_score == lenient.unsafe_score and strict.scores == lenient.scores
     stored = index.records(processor.collection)
     assert (stored["c0"].label, stored["c9"].label) == ("safe", "unsafe")
+
+
+async def test_each_policy_judges_waves_by_its_own_rule_on_the_fleets_cluster(opennsfw: Any, image_root: Path,
+                                                                             sample_photos: list[Path]) -> None:
+    """Issue 32: a policy's wave rule (threshold, window, whether it alerts) decides when the cluster is a wave for
+    its items; the counts are the fleet's, and each policy with a rule has its own cooldown."""
+    processor, _, _ = make_processor(opennsfw, image_root, policy={"wave_threshold": 50})
+    assert processor.policies.offer("""
+version: w1
+categories: {all: [NSFW, SFW]}
+default_policy: calm
+policies:
+  calm: {rules: {all: [{threshold: 0.0, action: block}]}}
+  kids: {rules: {all: [{threshold: 0.0, action: block}]}, waves: {threshold: 3, window_s: 60, cooldown_s: 600}}
+  mute: {rules: {all: [{threshold: 0.0, action: block}]}, waves: {threshold: 3, alert: false}}
+tenants: {kids-app: kids, mute-app: mute}
+""", source="test")
+    uploads = [("dup-original.jpg", "acme"), ("dup-resized.jpg", "kids-app"), ("dup-cropped.jpg", "kids-app"),
+               ("dup-reencoded.jpg", "kids-app"), ("dup-crop-resize.jpg", "mute-app"), ("dup-original.jpg", "acme")]
+    raws = [RawMessage(value=ImageEvent(event_id=f"e{n}", content_id=f"c{n}", tenant=tenant,
+                                        image_ref=file_ref(image_root, name)).model_dump_json().encode(),
+                       key=f"c{n}".encode(), topic="in", partition=0, offset=n)
+            for n, (name, tenant) in enumerate(uploads)]
+    outcome = await processor.process(raws)
+    await processor.close()
+    assert len({v.cluster_id for v in outcome.verdicts}) == 1
+    got = [(a.content_id, a.severity, a.wave_count, a.wave_window_s, a.policy) for a in outcome.alerts]
+    assert got == [
+        ("c1", "warning", 2, 60, "kids"),  # 2 of kids' 3: half-way
+        ("c2", "critical", 3, 60, "kids"),  # a wave for kids (the fleet's threshold is 50)
+        ("c5", "info", 6, 600, "calm"),  # 6 of the fleet's 50: a lone near-duplicate for calm
+    ]
+    assert outcome.suppressed_alerts == 1  # c3: kids' cooldown; c4 (mute) is a wave that raises no alert

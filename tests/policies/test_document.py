@@ -121,6 +121,9 @@ policies: {p: {rules: {sexual: [{threshold: 0.5, action: block}]}}}
     ("- just\n- a list\n", 1, "must be a mapping"),
     ("", None, "empty"),
     ("a: &x [1, 2]\nb: *x\n", 1, "aliases"),  # the line of the anchored node
+    ("version: v1\ndefault_policy: p\npolicies:\n  p:\n    waves: {threshold: 1}\n", 5, "greater than or equal to 2"),
+    ("version: v1\ndefault_policy: p\npolicies:\n  p:\n    frames: {max_frames: 0}\n", 5, "greater than or equal to 1"),
+    ("version: v1\ndefault_policy: p\npolicies:\n  p:\n    frames: {video_sampling: all}\n", 5, "'rate' or"),
 ])
 def test_a_bad_document_is_refused_with_its_line_and_reason(text: str, line: int | None, reason: str) -> None:
     with pytest.raises(PolicyDocumentError) as info:
@@ -128,6 +131,29 @@ def test_a_bad_document_is_refused_with_its_line_and_reason(text: str, line: int
     assert reason in str(info.value)
     if line is not None:
         assert info.value.line == line, str(info.value)
+
+
+def test_wave_rules_and_frame_sampling_take_the_fleets_values_for_what_they_leave_out() -> None:
+    from vitguard.media import FrameLimits
+    from vitguard.stores import WaveRule
+
+    book = _book("""
+version: v1
+default_policy: p
+policies:
+  p: {waves: {threshold: 3}, frames: {max_frames: 4}}
+  q: {waves: {window_s: 3600, cooldown_s: 0, alert: false}, frames: {video_sampling: keyframes, video_fps: 0.5}}
+  fleet: {}
+""")
+    fleet_wave, fleet_frames = WaveRule(5, 600, 300), FrameLimits(max_frames=32, video_fps=1.0)
+    p, q, plain = book.policies["p"], book.policies["q"], book.policies["fleet"]
+    assert p.wave_rule(fleet_wave) == WaveRule(3, 600, 300) and p.wave_alerts
+    assert q.wave_rule(fleet_wave) == WaveRule(5, 3600, 0) and not q.wave_alerts
+    assert plain.wave_rule(fleet_wave) is fleet_wave and plain.frame_limits(fleet_frames) is fleet_frames
+    assert (p.frame_limits(fleet_frames).max_frames, p.frame_limits(fleet_frames).video_fps) == (4, 1.0)
+    q_frames = q.frame_limits(fleet_frames)
+    assert (q_frames.max_frames, q_frames.video_fps, q_frames.video_sampling) == (32, 0.5, "keyframes")
+    assert book.longest_wave_window_s == 3600
 
 
 def test_json_documents_are_read_too() -> None:

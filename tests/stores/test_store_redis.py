@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 
 from vitguard.errors import ConfigError, ServiceUnavailableError
 from vitguard.settings import PolicySettings, RedisSettings
-from vitguard.stores import InMemoryWaveCounter, RedisDedupStore, RedisWaveCounter, WaveCounter
+from vitguard.stores import InMemoryWaveCounter, RedisDedupStore, RedisWaveCounter, WaveCounter, WaveRecord, WaveRule
+from vitguard.stores.interfaces import WaveState
 from vitguard.stores.redis_store import CircuitBreaker
 from vitguard.testing import services
 
@@ -204,12 +205,12 @@ async def test_breaker_fails_fast_then_recovers_when_redis_comes_back() -> None:
 
 async def test_record_many_equals_records_one_by_one(settings: RedisSettings) -> None:
     policy = PolicySettings(wave_window_s=10, wave_threshold=3, wave_alert_cooldown_s=5)
-    items = [("c-a" if i % 3 else "c-b", f"m{i}", 50.0 + i * 0.5) for i in range(12)]
+    items = [WaveRecord("c-a" if i % 3 else "c-b", f"m{i}", 50.0 + i * 0.5) for i in range(12)]
     batched = RedisWaveCounter(settings.model_copy(update={"key_prefix": settings.key_prefix + "b:"}), policy)
     single = RedisWaveCounter(settings.model_copy(update={"key_prefix": settings.key_prefix + "s:"}), policy)
     memory = InMemoryWaveCounter(policy)
     got = await batched.record_many(items)
-    assert got == [await single.record(*item) for item in items]
+    assert got == [await single.record(i.cluster_id, i.content_id, i.now_s) for i in items]
     assert got == await memory.record_many(items)
     assert await batched.record_many([]) == []
     await batched.close()
@@ -236,3 +237,32 @@ async def test_a_start_up_check_tells_refused_credentials_from_redis_down() -> N
         await down.check()
     assert not isinstance(unavailable.value, ConfigError)
     await down.close()
+
+
+async def test_each_record_is_judged_by_its_own_wave_rule_and_cooldown_scope(settings: RedisSettings) -> None:
+    """Issue 32: a policy's wave rule (threshold, window, cooldown) judges its items on the fleet's cluster
+    counts; items are kept for the longest window in use, and one policy's wave alert does not silence another's.
+    The in-memory counter follows the same rules."""
+    fleet = PolicySettings(wave_window_s=10, wave_threshold=5, wave_alert_cooldown_s=100)
+    strict = WaveRule(threshold=2, window_s=10, cooldown_s=100)
+    long_window = WaveRule(threshold=4, window_s=1000, cooldown_s=0)
+    items = [
+        WaveRecord("c", "a", 0.0),  # the fleet's rule: 1 of 5
+        WaveRecord("c", "b", 1.0, strict, "kids"),  # 2 within 10 s: a wave for "kids", which alerts
+        WaveRecord("c", "c", 2.0, strict, "kids"),  # still a wave; its cooldown runs: suppressed
+        WaveRecord("c", "d", 3.0, WaveRule(2, 10, 100), "dating"),  # another scope: its own alert
+        WaveRecord("c", "e", 500.0, long_window, "archive"),  # 5 within 1,000 s (kept that long): a wave
+        WaveRecord("c", "f", 501.0),  # the fleet's 10 s window: 2 items, no wave
+    ]
+    expected = [WaveState(1, False, True), WaveState(2, True, True), WaveState(3, True, False),
+                WaveState(4, True, True), WaveState(5, True, True), WaveState(2, False, True)]
+    redis_counter = RedisWaveCounter(settings.model_copy(update={"key_prefix": settings.key_prefix + "r:"}), fleet)
+    try:
+        assert await redis_counter.record_many(items, keep_s=1000) == expected
+    finally:
+        await redis_counter.close()
+    assert await InMemoryWaveCounter(fleet).record_many(items, keep_s=1000) == expected
+    # without keep_s, the fleet's 10 s window is the longest in use when only fleet records come: old items go
+    trimmed = InMemoryWaveCounter(fleet)
+    await trimmed.record_many(items[:4])
+    assert (await trimmed.record_many([WaveRecord("c", "g", 500.0)]))[0].count == 1

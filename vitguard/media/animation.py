@@ -42,6 +42,7 @@ def read_animation(data: bytes, limits: FrameLimits, prepare: PrepareImage,
         kind="animation", tensors=np.stack(decoded.tensors), frames=tuple(decoded.refs),
         sampling="all" if len(wanted) == total else "even", source_frames=total,
         duration_s=None if decoded.truncated else round(decoded.elapsed_ms / 1000, 3), truncated=decoded.truncated,
+        sampled_with=limits.sampling_key,
     )
 
 

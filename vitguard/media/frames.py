@@ -61,6 +61,8 @@ class FrameSet:
     """Video: frames kept because the picture changed."""
     largest_gap_s: float | None = None
     """Video: the longest stretch of the decoded stream with no kept frame (the end included)."""
+    sampled_with: str = ""
+    """The sampling it was read with (:attr:`~vitguard.media.sampling.FrameLimits.sampling_key`)."""
 
     def __post_init__(self) -> None:
         if len(self.frames) == 0 or len(self.frames) != len(self.tensors):

@@ -57,6 +57,12 @@ class FrameLimits:
         if self.video_fps <= 0 or self.max_duration_s <= 0:
             raise ValueError("video_fps and max_duration_s must be positive")
 
+    @property
+    def sampling_key(self) -> str:
+        """What decides which frames are sampled (``max_frames``, ``video_fps``, ``video_sampling``), as a short
+        string: a verdict cached for a multi-frame item is reused only for an event sampled the same way."""
+        return f"{self.max_frames}/{self.video_fps:g}/{self.video_sampling}"
+
     @classmethod
     def from_settings(cls, settings: FrameSettings) -> FrameLimits:
         return cls(

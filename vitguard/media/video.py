@@ -78,6 +78,7 @@ def _read(av: Any, container: Any, limits: FrameLimits, prepare: PrepareImage,
         source_frames=declared if keyframes else decoded, duration_s=round(duration, 3), truncated=truncated,
         sample_rate_fps=round(1.0 / sampler.interval, 4), scene_cuts=sum(sampler.cuts),
         largest_gap_s=round(sampler.largest_gap(sampler.last_time + frame_s), 3),
+        sampled_with=limits.sampling_key,
     )
 
 

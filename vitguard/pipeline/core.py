@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -36,7 +37,7 @@ from vitguard.schemas.events import (
     utc_now,
 )
 from vitguard.settings import PolicySettings
-from vitguard.stores.interfaces import WaveState
+from vitguard.stores.interfaces import WaveRule, WaveState
 
 __all__ = [
     "alert_severity",
@@ -46,6 +47,7 @@ __all__ = [
     "cache_key",
     "dead_letter",
     "decided_by",
+    "CachedVerdict",
     "encode_cached_verdict",
     "moderate_batch",
     "parse_cached_verdict",
@@ -166,29 +168,46 @@ def decided_by(decision: Decision) -> dict[str, Any]:
             "policy": decision.policy, "policy_version": decision.policy_version}
 
 
-def encode_cached_verdict(verdict: Verdict, frames: FrameHashes = ()) -> str:
-    """A verdict cache entry: the verdict's JSON; for a multi-frame item, with every classified frame's hash
-    too, so that a re-upload is matched against the banks on all its frames, not the verdict's one hash."""
+@dataclass(frozen=True)
+class CachedVerdict:
+    """A verdict cache entry: the verdict; for a multi-frame item, every classified frame's hash and the
+    sampling it was read with (:attr:`~vitguard.media.sampling.FrameLimits.sampling_key`; "" when written
+    before entries said: the fleet's)."""
+
+    verdict: Verdict
+    frames: FrameHashes = ()
+    sampled_with: str = ""
+
+    def fits(self, sampling_key: str, fleet_key: str) -> bool:
+        """Whether it answers an event sampled by ``sampling_key`` (a still image's answers any)."""
+        return not self.frames or (self.sampled_with or fleet_key) == sampling_key
+
+
+def encode_cached_verdict(verdict: Verdict, frames: FrameHashes = (), sampled_with: str = "") -> str:
+    """A verdict cache entry: the verdict's JSON; for a multi-frame item, with every classified frame's hash too
+    (so that a re-upload is matched against the banks on all its frames, not the verdict's one hash) and the
+    sampling its frames were read with (an event whose policy samples otherwise is not answered from it)."""
     if not frames:
         return verdict.model_dump_json()
-    return json.dumps({"verdict": verdict.model_dump(mode="json"),
+    return json.dumps({"verdict": verdict.model_dump(mode="json"), "sampled_with": sampled_with,
                        "frames": [[i, h.hex if h else None, h.quality if h else None] for i, h in frames]})
 
 
-def parse_cached_verdict(cached_json: str) -> tuple[Verdict, FrameHashes] | None:
-    """A verdict from the cache and its frames' hashes (see :func:`encode_cached_verdict`), or None when the
-    entry is unusable (written by an older contract, or not an entry at all)."""
+def parse_cached_verdict(cached_json: str) -> CachedVerdict | None:
+    """A verdict cache entry (see :func:`encode_cached_verdict`), or None when it is unusable (written by an older
+    contract, or not an entry at all)."""
     try:
-        return Verdict.model_validate_json(cached_json), ()
+        return CachedVerdict(Verdict.model_validate_json(cached_json))
     except ValidationError:
         pass
     try:
         entry = json.loads(cached_json)
         verdict = Verdict.model_validate(entry["verdict"])
         frames = tuple((int(i), PdqHash(str(h), int(q)) if h is not None else None) for i, h, q in entry["frames"])
-    except (ValueError, TypeError, KeyError, ValidationError, RecursionError):
+        sampled_with = str(entry.get("sampled_with") or "")
+    except (ValueError, TypeError, KeyError, AttributeError, ValidationError, RecursionError):
         return None
-    return verdict, frames
+    return CachedVerdict(verdict, frames, sampled_with)
 
 
 def verdict_from_cache(cached: Verdict, event: ImageEvent, sha256: str, timings: Timings,
@@ -238,11 +257,11 @@ class _MatchLike(Protocol):
 Severity = Literal["info", "warning", "critical"]
 
 
-def alert_severity(state: WaveState, policy: PolicySettings) -> Severity:
+def alert_severity(state: WaveState, wave: WaveRule) -> Severity:
     """critical in a wave; warning once a cluster is half-way to a wave; info for a lone near-duplicate."""
     if state.is_wave:
         return "critical"
-    if 2 * state.count >= policy.wave_threshold:
+    if 2 * state.count >= wave.threshold:
         return "warning"
     return "info"
 
@@ -255,10 +274,13 @@ def build_alert(
     state: WaveState,
     policy: PolicySettings,
     model_name: str,
+    wave: WaveRule,
+    policy_name: str | None = None,
 ) -> NearDuplicateAlert:
-    """The alert for an unsafe image that landed on a known cluster (most similar matches first)."""
+    """The alert for an unsafe image that landed on a known cluster (most similar matches first), judged by
+    ``wave`` (the wave rule of the item's policy, or the fleet's); ``policy`` gives how many matches to list."""
     ordered = sorted(matches, key=lambda m: -m.similarity)[: policy.max_matches]
-    severity = alert_severity(state, policy)
+    severity = alert_severity(state, wave)
     return NearDuplicateAlert(
         content_id=event.content_id,
         event_id=event.event_id,
@@ -273,7 +295,8 @@ def build_alert(
             for m in ordered
         ],
         wave_count=max(1, state.count),
-        wave_window_s=policy.wave_window_s,
+        wave_window_s=wave.window_s,
         severity=severity,
         model_name=model_name,
+        policy=policy_name,
     )

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from vitguard.media.sampling import FrameLimits
 from vitguard.policies.document import (
     BankRule,
+    FrameSampling,
     NearDuplicateRule,
     Policy,
     PolicyDocument,
     PolicyDocumentError,
     ReviewBand,
     Tier,
+    WaveRules,
 )
 from vitguard.policy import Decision
+from vitguard.stores.interfaces import WaveRule
 
 __all__ = [
     "BUILTIN_VERSION",
@@ -72,7 +76,32 @@ class CompiledPolicy:
     banks: Mapping[str, BankRule] = field(default_factory=dict)
     """Per bank, what its matches do under this policy (a bank not named: its own action)."""
     near_duplicates: NearDuplicateRule = field(default_factory=NearDuplicateRule)
-    """Which near-duplicate and wave alerts its items raise."""
+    """Which near-duplicate alerts its items raise."""
+    waves: WaveRules | None = None
+    """Its wave rule, where it differs from the fleet's."""
+    frames: FrameSampling | None = None
+    """Its frame sampling, where it differs from the fleet's."""
+
+    def wave_rule(self, fleet: WaveRule) -> WaveRule:
+        """When a cluster is a wave for this policy's items: its own fields, the fleet's for the rest."""
+        w = self.waves
+        if w is None:
+            return fleet
+        return WaveRule(threshold=w.threshold or fleet.threshold, window_s=w.window_s or fleet.window_s,
+                        cooldown_s=fleet.cooldown_s if w.cooldown_s is None else w.cooldown_s)
+
+    @property
+    def wave_alerts(self) -> bool:
+        """Whether this policy's items raise wave alerts."""
+        return self.waves is None or self.waves.alert
+
+    def frame_limits(self, fleet: FrameLimits) -> FrameLimits:
+        """The fleet's frame limits with this policy's sampling."""
+        f = self.frames
+        if f is None:
+            return fleet
+        return replace(fleet, max_frames=f.max_frames or fleet.max_frames, video_fps=f.video_fps or fleet.video_fps,
+                       video_sampling=f.video_sampling or fleet.video_sampling)
 
     def alerts_on(self, best_similarity: float) -> bool:
         """Whether an item of this policy whose closest match is ``best_similarity`` raises its alert."""
@@ -116,6 +145,8 @@ class PolicyBook:
     tenants: Mapping[str, CompiledPolicy]
     surfaces: Mapping[tuple[str, str], CompiledPolicy]
     shadows: Mapping[str, CompiledPolicy]
+    longest_wave_window_s: int = 0
+    """The longest wave window of its policies (0: none has its own): how long the counter keeps a cluster's items."""
 
     def resolve(self, tenant: str, surface: str | None = None) -> CompiledPolicy:
         """The policy for an event of ``tenant`` (on ``surface``): surface route, tenant route, or the default."""
@@ -196,6 +227,7 @@ def compile_document(document: PolicyDocument, model_labels: Sequence[str],
         tenants=tenants,
         surfaces=surfaces,
         shadows={active: compiled[candidate] for active, candidate in document.shadow.items()},
+        longest_wave_window_s=max((p.waves.window_s or 0 for p in document.policies.values() if p.waves), default=0),
     )
 
 
@@ -227,7 +259,7 @@ def _compile_policy(name: str, version: str, policy: Policy,
         for category, tiers in sorted(policy.rules.items())
     )
     return CompiledPolicy(name, version, tuple(sorted(categories.items())), rules, policy.review, dict(policy.banks),
-                          policy.near_duplicates)
+                          policy.near_duplicates, policy.waves, policy.frames)
 
 
 def describe(book: PolicyBook) -> dict[str, object]:

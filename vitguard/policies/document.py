@@ -23,6 +23,7 @@ from vitguard.errors import ConfigError
 __all__ = [
     "ACTIONS",
     "BankRule",
+    "FrameSampling",
     "NearDuplicateRule",
     "MAX_DOCUMENT_BYTES",
     "Policy",
@@ -31,6 +32,7 @@ __all__ = [
     "ReviewBand",
     "TenantRoute",
     "Tier",
+    "WaveRules",
     "parse_document",
 ]
 
@@ -80,8 +82,8 @@ class ReviewBand(_Strict):
 
 
 class NearDuplicateRule(_Strict):
-    """Which near-duplicate alerts a policy's items raise. Clusters, wave counts and wave alerts are the fleet's:
-    a wave's (critical) alert goes out whatever the policy of the item that tipped it."""
+    """Which near-duplicate alerts a policy's items raise. Clusters are the fleet's (formed at
+    VITGUARD_POLICY_NEAR_DUPLICATE_THRESHOLD); when a cluster is a wave for an item is its policy's ``waves``."""
 
     alert: bool = Field(True, description="False: this policy's items raise no near-duplicate alert.")
     min_similarity: float | None = Field(
@@ -91,6 +93,29 @@ class NearDuplicateRule(_Strict):
             "VITGUARD_POLICY_NEAR_DUPLICATE_THRESHOLD, which forms the clusters)."
         ),
     )
+
+
+class WaveRules(_Strict):
+    """When a cluster is a wave for this policy's items. Counts are the fleet's: every item on the cluster within
+    the window, whatever its policy. A field left out is the fleet's (``VITGUARD_POLICY_WAVE_*``)."""
+
+    alert: bool = Field(True, description="False: this policy's items raise no wave alert (they are still counted).")
+    threshold: int | None = Field(None, ge=2, le=1_000_000, description="Items on a cluster within the window.")
+    window_s: int | None = Field(None, ge=1, le=7 * 86_400, description="The sliding window, in seconds.")
+    cooldown_s: int | None = Field(
+        None, ge=0, le=7 * 86_400,
+        description="After this policy's wave alert on a cluster, its next ones are suppressed this long (0: never).",
+    )
+
+
+class FrameSampling(_Strict):
+    """Which frames of an animation or a video are classified for this policy's items. A field left out is the
+    fleet's (``VITGUARD_FRAMES_*``); the fleet's limits (source frames, pixels, duration) apply whatever this says."""
+
+    max_frames: int | None = Field(None, ge=1, le=1024, description="Frames classified per item, at most.")
+    video_fps: float | None = Field(None, gt=0, le=120, description="Video frames sampled per second.")
+    video_sampling: Literal["rate", "keyframes"] | None = Field(
+        None, description="rate: every frame decoded, sampled at video_fps; keyframes: key frames only.")
 
 
 class Policy(_Strict):
@@ -103,8 +128,10 @@ class Policy(_Strict):
     )
     review: ReviewBand | None = Field(None, description="The uncertainty band; none: no item is uncertain.")
     near_duplicates: NearDuplicateRule = Field(
-        default_factory=NearDuplicateRule, description="Which near-duplicate and wave alerts its items raise."
+        default_factory=NearDuplicateRule, description="Which near-duplicate alerts its items raise."
     )
+    waves: WaveRules | None = Field(None, description="Its wave rule; none: the fleet's.")
+    frames: FrameSampling | None = Field(None, description="Its frame sampling; none: the fleet's.")
     banks: dict[Name, BankRule] = Field(
         default_factory=dict,
         description=(

@@ -44,7 +44,7 @@ __all__ = [
     "validate_image_event",
 ]
 
-SCHEMA_VERSION = "1.6"
+SCHEMA_VERSION = "1.7"
 """1.1: dead letters carry ``payload_size``, ``payload_sha256`` and ``payload_truncated``; timings carry
 ``queue_ms`` and ``wait_ms``. Readers of 1.0 that ignore unknown fields keep working.
 1.2: hash banks: verdicts carry ``bank_matches``, ``pdq_hash``, ``pdq_quality`` and ``label_source``; the alerts
@@ -61,6 +61,8 @@ moderation category), ``action`` (allow, review, block or a custom action) and t
 ``policy_version`` that decided; review requests may have the reason ``policy``; a bank match's ``action`` may
 be the item's policy's. Retro-hunts by PDQ hash: a trigger of kind ``bank_entry`` (with ``bank``, ``entry_id``,
 ``pdq_hash``) and a match's ``hash_distance``.
+1.7: a near-duplicate alert carries the ``policy`` of the new image, whose wave rule judged the cluster (its
+``wave_window_s`` and ``severity`` are that rule's).
 
 Compatibility rule: within 1.x a new field is optional and a new reason code or enumeration value is only
 added. Readers of an older 1.x must ignore fields they do not know (a reader that forbids unknown fields reads
@@ -424,6 +426,10 @@ class NearDuplicateAlert(_Event):
     )
     model_name: str = Field(description="Embeddings of different models are never compared.")
     created_at: datetime = Field(default_factory=utc_now, description="When the alert was raised.")
+    policy: str | None = Field(
+        None, max_length=64, exclude_if=lambda v: v is None,
+        description="The policy of the new image, whose wave rule judged the cluster (1.7).",
+    )
 
 
 class BankMatchAlert(_Event):

@@ -12,6 +12,8 @@ from vitguard.stores.interfaces import (
     EmbeddingRecord,
     SearchHit,
     WaveCounter,
+    WaveRecord,
+    WaveRule,
     WaveState,
 )
 from vitguard.stores.memory import InMemoryDedupStore, InMemoryEmbeddingIndex, InMemoryWaveCounter
@@ -33,6 +35,8 @@ __all__ = [
     "RedisWaveCounter",
     "SearchHit",
     "WaveCounter",
+    "WaveRecord",
+    "WaveRule",
     "WaveState",
     "collection_name",
     "wave_decision",

@@ -22,6 +22,8 @@ __all__ = [
     "EmbeddingRecord",
     "SearchHit",
     "WaveCounter",
+    "WaveRecord",
+    "WaveRule",
     "WaveState",
     "default_cluster_id",
 ]
@@ -117,12 +119,35 @@ class WaveState:
     """Whether an alert should go out for this item (suppression applied to waves)."""
 
 
+@dataclass(frozen=True, slots=True)
+class WaveRule:
+    """When a cluster is in a wave for an item: ``threshold`` items within ``window_s``; after a wave alert,
+    further ones of the same scope are suppressed for ``cooldown_s`` (0: never)."""
+
+    threshold: int
+    window_s: int
+    cooldown_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaveRecord:
+    """One unsafe item recorded on its cluster at ``now_s``, judged by ``rule`` (None: the counter's own, the
+    fleet's settings). The wave-alert cooldown is kept per ``scope`` (a policy's name; "" for the fleet), so one
+    policy's wave alert does not silence another's."""
+
+    cluster_id: str
+    content_id: str
+    now_s: float
+    rule: WaveRule | None = None
+    scope: str = ""
+
+
 class WaveCounter(Protocol):
     """Sliding-window counter per cluster with alert suppression (Redis sorted sets)."""
 
     async def record(self, cluster_id: str, content_id: str, now_s: float) -> WaveState: ...
 
-    async def record_many(self, items: Sequence[tuple[str, str, float]]) -> list[WaveState]:
-        """``(cluster_id, content_id, now_s)`` items recorded in order, as many :meth:`record` calls would be,
-        in one round trip."""
+    async def record_many(self, items: Sequence[WaveRecord], *, keep_s: int = 0) -> list[WaveState]:
+        """Items recorded in order, as many :meth:`record` calls would be, in one round trip. A cluster's items
+        are kept for the longest window in use: ``keep_s`` (the caller's, e.g. every policy's) or a rule's."""
         ...

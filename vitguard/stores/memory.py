@@ -15,10 +15,10 @@ from numpy.typing import NDArray
 from vitguard.errors import ConfigError
 from vitguard.model.types import ModelInfo
 from vitguard.settings import PolicySettings
-from vitguard.stores.interfaces import EmbeddingRecord, SearchHit, WaveState
+from vitguard.stores.interfaces import EmbeddingRecord, SearchHit, WaveRecord, WaveState
 from vitguard.stores.naming import collection_name
 from vitguard.stores.similar import ANY, SearchFilters, SimilarItem, StoredItem
-from vitguard.stores.wave import wave_decision
+from vitguard.stores.wave import fleet_wave_rule, wave_decision
 
 __all__ = ["InMemoryDedupStore", "InMemoryEmbeddingIndex", "InMemoryWaveCounter"]
 
@@ -180,27 +180,32 @@ class InMemoryDedupStore:
 
 
 class InMemoryWaveCounter:
-    """Sliding windows per cluster and wave-alert cooldowns, driven only by the ``now_s`` passed in."""
+    """Sliding windows per cluster and wave-alert cooldowns (per cluster and scope), driven only by the
+    ``now_s`` passed in; the same rules as :class:`~vitguard.stores.wave.RedisWaveCounter`."""
 
     def __init__(self, policy: PolicySettings) -> None:
-        self._policy = policy
+        self._rule = fleet_wave_rule(policy)
         self._members: dict[str, dict[str, float]] = {}
-        self._cooldown_until: dict[str, float] = {}
+        self._cooldown_until: dict[tuple[str, str], float] = {}
 
     async def record(self, cluster_id: str, content_id: str, now_s: float) -> WaveState:
-        p = self._policy
-        members = self._members.setdefault(cluster_id, {})
-        members[content_id] = now_s
-        cutoff = now_s - p.wave_window_s
-        for cid in [c for c, ts in members.items() if ts < cutoff]:
-            del members[cid]
-        count = len(members)
-        cooldown_free = self._cooldown_until.get(cluster_id, float("-inf")) <= now_s
-        state = wave_decision(count, p.wave_threshold, p.wave_alert_cooldown_s, cooldown_free)
-        if state.is_wave and state.alert and p.wave_alert_cooldown_s > 0:
-            self._cooldown_until[cluster_id] = now_s + p.wave_alert_cooldown_s
+        [state] = await self.record_many([WaveRecord(cluster_id, content_id, now_s)])
         return state
 
-    async def record_many(self, items: Sequence[tuple[str, str, float]]) -> list[WaveState]:
-        """:meth:`record` for each ``(cluster_id, content_id, now_s)``, in order."""
-        return [await self.record(c, m, t) for c, m, t in items]
+    async def record_many(self, items: Sequence[WaveRecord], *, keep_s: int = 0) -> list[WaveState]:
+        keep = max([keep_s, self._rule.window_s, *(i.rule.window_s for i in items if i.rule is not None)])
+        return [self._record(item, keep) for item in items]
+
+    def _record(self, item: WaveRecord, keep_s: int) -> WaveState:
+        rule, now_s = item.rule or self._rule, item.now_s
+        members = self._members.setdefault(item.cluster_id, {})
+        members[item.content_id] = now_s
+        for cid in [c for c, ts in members.items() if ts < now_s - keep_s]:
+            del members[cid]
+        count = sum(1 for ts in members.values() if ts >= now_s - rule.window_s)
+        scope = (item.cluster_id, item.scope)
+        cooldown_free = self._cooldown_until.get(scope, float("-inf")) <= now_s
+        state = wave_decision(count, rule.threshold, rule.cooldown_s, cooldown_free)
+        if state.is_wave and state.alert and rule.cooldown_s > 0:
+            self._cooldown_until[scope] = now_s + rule.cooldown_s
+        return state

@@ -16,10 +16,15 @@ from collections.abc import Sequence
 
 from vitguard.errors import ServiceUnavailableError
 from vitguard.settings import PolicySettings, RedisSettings
-from vitguard.stores.interfaces import WaveState
+from vitguard.stores.interfaces import WaveRecord, WaveRule, WaveState
 from vitguard.stores.redis_store import CircuitBreaker, guarded, make_redis_client, redis_errors_mapped
 
-__all__ = ["WAVE_SCRIPT", "RedisWaveCounter", "wave_decision"]
+__all__ = ["WAVE_SCRIPT", "RedisWaveCounter", "fleet_wave_rule", "wave_decision"]
+
+
+def fleet_wave_rule(policy: PolicySettings) -> WaveRule:
+    """The fleet's wave rule (``VITGUARD_POLICY_WAVE_*``): what a policy without its own ``waves`` uses."""
+    return WaveRule(policy.wave_threshold, policy.wave_window_s, policy.wave_alert_cooldown_s)
 
 
 def wave_decision(count: int, threshold: int, cooldown_s: float, cooldown_free: bool) -> WaveState:
@@ -41,7 +46,7 @@ local cooldown = tonumber(ARGV[5])
 local gc_ttl = tonumber(ARGV[6])
 redis.call('ZADD', zkey, ARGV[1], member)
 redis.call('ZREMRANGEBYSCORE', zkey, '-inf', '(' .. ARGV[7])
-local count = redis.call('ZCARD', zkey)
+local count = redis.call('ZCOUNT', zkey, ARGV[9], '+inf')
 redis.call('EXPIRE', zkey, gc_ttl)
 local is_wave = 0
 local alert = 1
@@ -60,8 +65,9 @@ return {count, is_wave, alert}
 """
 """Atomic record-trim-count-suppress in one round trip.
 
-KEYS: window sorted set, cooldown key. ARGV: now, window (informational), member, threshold, cooldown,
-garbage-collection TTL, cutoff (now - window), cooldown end (now + cooldown).
+KEYS: window sorted set, cooldown key (of the record's scope). ARGV: now, window (informational), member,
+threshold, cooldown, garbage-collection TTL, keep cutoff (now - the longest window in use: older items are
+dropped), cooldown end (now + cooldown), count cutoff (now - this record's window).
 """
 
 
@@ -69,11 +75,12 @@ class RedisWaveCounter:
     """Sliding windows in Redis sorted sets (score = time, member = content id), updated atomically.
 
     A content id recorded twice (a redelivery) counts once. Both keys of a cluster share a hash tag, so the
-    script also runs on Redis Cluster.
+    script also runs on Redis Cluster. A cluster's items are counted by each record's own window (a policy's
+    wave rule) and kept for the longest window in use.
 
     Args:
         settings: Redis connection and key prefix.
-        policy: ``wave_window_s``, ``wave_threshold``, ``wave_alert_cooldown_s``.
+        policy: ``wave_window_s``, ``wave_threshold``, ``wave_alert_cooldown_s``: the fleet's rule.
         breaker: fail-fast policy while Redis is down (default: 5 s open after a failure).
     """
 
@@ -81,27 +88,28 @@ class RedisWaveCounter:
         self, settings: RedisSettings, policy: PolicySettings, *, breaker: CircuitBreaker | None = None
     ) -> None:
         self._settings = settings
-        self._policy = policy
+        self._rule = fleet_wave_rule(policy)
         self._redis = make_redis_client(settings)
         self._script = self._redis.register_script(WAVE_SCRIPT)
         self._breaker = breaker if breaker is not None else CircuitBreaker()
 
-    def keys(self, cluster_id: str) -> tuple[str, str]:
-        """(window sorted set, cooldown key) of a cluster."""
+    def keys(self, cluster_id: str, scope: str = "") -> tuple[str, str]:
+        """(window sorted set, cooldown key of ``scope``) of a cluster."""
         p = self._settings.key_prefix
-        return f"{p}wave:{{{cluster_id}}}", f"{p}wave-cooldown:{{{cluster_id}}}"
+        cooldown = f"{p}wave-cooldown:{{{cluster_id}}}" + (f":{scope}" if scope else "")
+        return f"{p}wave:{{{cluster_id}}}", cooldown
 
     async def record(self, cluster_id: str, content_id: str, now_s: float) -> WaveState:
-        """Record one item on a cluster and say whether it is a wave and whether to alert.
+        """Record one item on a cluster and say whether it is a wave and whether to alert (the fleet's rule).
 
         Raises:
             ServiceUnavailableError: Redis did not answer.
         """
-        [state] = await self.record_many([(cluster_id, content_id, now_s)])
+        [state] = await self.record_many([WaveRecord(cluster_id, content_id, now_s)])
         return state
 
-    async def record_many(self, items: Sequence[tuple[str, str, float]]) -> list[WaveState]:
-        """Record ``(cluster_id, content_id, now_s)`` items in order, in one pipelined round trip.
+    async def record_many(self, items: Sequence[WaveRecord], *, keep_s: int = 0) -> list[WaveState]:
+        """Record items in order, in one pipelined round trip.
 
         Each item is still applied atomically and in order, so the result equals calling :meth:`record`
         for each item; a batch of near-duplicates just costs one round trip instead of one per item.
@@ -111,25 +119,29 @@ class RedisWaveCounter:
         """
         if not items:
             return []
+        keep = max([keep_s, self._rule.window_s, *(i.rule.window_s for i in items if i.rule is not None)])
         async with guarded(self._settings, self._breaker, "wave record"):
             pipe = self._redis.pipeline(transaction=False)
-            for cluster_id, content_id, now_s in items:
-                await self._script(keys=list(self.keys(cluster_id)), args=self._args(content_id, now_s), client=pipe)
+            for item in items:
+                await self._script(keys=list(self.keys(item.cluster_id, item.scope)),
+                                   args=self._args(item, keep), client=pipe)
             replies = await pipe.execute()
         return [WaveState(count=int(c), is_wave=bool(w), alert=bool(a)) for c, w, a in replies]
 
-    def _args(self, content_id: str, now_s: float) -> list[str]:
-        p = self._policy
-        gc_ttl = int(max(p.wave_window_s, p.wave_alert_cooldown_s)) + 60
+    def _args(self, item: WaveRecord, keep_s: int) -> list[str]:
+        rule = item.rule or self._rule
+        now_s = float(item.now_s)
+        gc_ttl = int(max(keep_s, rule.cooldown_s)) + 60
         return [
-            repr(float(now_s)),
-            str(p.wave_window_s),
-            content_id,
-            str(p.wave_threshold),
-            str(p.wave_alert_cooldown_s),
+            repr(now_s),
+            str(rule.window_s),
+            item.content_id,
+            str(rule.threshold),
+            str(rule.cooldown_s),
             str(gc_ttl),
-            repr(float(now_s) - p.wave_window_s),
-            repr(float(now_s) + p.wave_alert_cooldown_s),
+            repr(now_s - keep_s),
+            repr(now_s + rule.cooldown_s),
+            repr(now_s - rule.window_s),
         ]
 
     async def ping(self) -> bool:

@@ -45,6 +45,7 @@ from vitguard.pipeline.runtime.finishing import (
     raw_of,
     resolve_hashes,
     result,
+    sampled_with,
     timings,
     with_banks,
 )
@@ -266,7 +267,8 @@ class Completer:
             )
         cached = None
         if isinstance(answer, Verdict) and not answer.from_cache and answer.image_sha256 and item.matched:
-            cached = encode_cached_verdict(apply_matches(answer, item.pdq, []), frame_hashes(item.work))
+            cached = encode_cached_verdict(apply_matches(answer, item.pdq, []), frame_hashes(item.work),
+                                           sampled_with(item.work))
         return replace(item, answer=with_banks(item, answer), cached=cached)
 
     def _request_answer(self, item: Finishing) -> Outcome:

@@ -39,6 +39,7 @@ __all__ = [
     "candidate",
     "event_of",
     "frame_hashes",
+    "sampled_with",
     "hashes_of",
     "policy_name_of",
     "raw_of",
@@ -116,6 +117,12 @@ def frame_hashes(w: Work) -> FrameHashes:
     """What the verdict cache keeps of a multi-frame item's hashes (every classified frame's)."""
     v = w.value
     return _hashes_of_frames(v) if isinstance(v, DecodedFrames) else ()
+
+
+def sampled_with(w: Work) -> str:
+    """The sampling a multi-frame item was read with ("" for a still image)."""
+    v = w.value
+    return v.frames.sampled_with if isinstance(v, DecodedFrames) else ""
 
 
 def _hashes_of_frames(item: DecodedFrames) -> FrameHashes:

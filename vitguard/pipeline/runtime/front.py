@@ -55,6 +55,7 @@ from vitguard.pipeline.stages.expand import expand_item
 from vitguard.pipeline.stages.fetch import fetch_failed, fetch_image, fetch_timed_out, fetched_from, sha256_hex
 from vitguard.pipeline.stages.ingest import parse
 from vitguard.pipeline.types import ImageRequest, RawMessage
+from vitguard.policies.compiled import CompiledPolicy
 from vitguard.policies.live import PolicyHolder
 from vitguard.schemas.events import ImageEvent
 from vitguard.stores.interfaces import DedupStore
@@ -219,20 +220,32 @@ class FrontHalf:
     async def expand(self, fetched: Fetched) -> Ready:
         """The expand stage for one fetched item (a video, or an image of a remote reference)."""
         try:
-            return await expand_item(fetched, self.classifier, self.pool, self.frames, hash_pdq=self.hash_pdq)
+            return await expand_item(fetched, self.classifier, self.pool, self.limits_for(fetched.parsed),
+                                     hash_pdq=self.hash_pdq)
         except BaseException:
             self._release(_record_of(fetched.parsed.raw))
             raise
 
     def _cache_hit(self, fetched: Fetched, cached: str | None) -> CacheHit | None:
+        """The event answered from the verdict cache, judged under its own policy; None when there is no entry,
+        or when the entry's frames were sampled otherwise than the event's policy samples (decoded again)."""
         entry = parse_cached_verdict(cached) if cached is not None else None
         if entry is None:
             return None
-        original, frame_hashes = entry
         parsed = fetched.parsed
         policy = parsed.policy_in(self.policies.book) if self.policies is not None else None
+        if entry.frames and not entry.fits(self._limits(policy).sampling_key, self.frames.sampling_key):
+            return None
+        original = entry.verdict
         verdict = verdict_from_cache(original, parsed.event, fetched.sha256, timings(fetched.times), policy)
-        return CacheHit(parsed, verdict, original.content_id, frame_hashes)
+        return CacheHit(parsed, verdict, original.content_id, entry.frames)
+
+    def limits_for(self, parsed: Parsed) -> FrameLimits:
+        """The frame limits of the event's policy (its sampling, the fleet's limits)."""
+        return self._limits(parsed.policy_in(self.policies.book) if self.policies is not None else None)
+
+    def _limits(self, policy: CompiledPolicy | None) -> FrameLimits:
+        return self.frames if policy is None else policy.frame_limits(self.frames)
 
     # ------------------------------------------------------------------ the stream, a batch at a time
 
@@ -307,7 +320,7 @@ class FrontHalf:
     ) -> AsyncIterator[list[Tagged[E, Decoded | DecodedFrames | DeadLettered]]]:
         """Decode images a few pool jobs at a time (:func:`~vitguard.pipeline.stages.decode_batch.decode_batch`);
         yields each job's images as it returns."""
-        return decode_batch(items, self.classifier, self.pool, jobs=self.decode_jobs, limits=self.frames,
+        return decode_batch(items, self.classifier, self.pool, jobs=self.decode_jobs, limits=self.limits_for,
                             budget_s=self.decode_budget_s, hash_pdq=self.hash_pdq)
 
     def release(self, raw: RawMessage) -> None:
@@ -351,7 +364,7 @@ class FrontHalf:
         else:
             fetched = Fetched(parsed, data, sha256_hex(data), "body", parsed.times)
         decoded = fetched if isinstance(fetched, DeadLettered) else await expand_item(
-            fetched, self.classifier, self.request_pool, self.frames, hash_pdq=self.hash_pdq)
+            fetched, self.classifier, self.request_pool, self.limits_for(parsed), hash_pdq=self.hash_pdq)
         if isinstance(decoded, DeadLettered):
             raise InputError(decoded.dead_letter.reason, decoded.dead_letter.message)
         return decoded

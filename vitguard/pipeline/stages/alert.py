@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from vitguard.pipeline.core import build_alert
 from vitguard.pipeline.runtime.failure import RedisPolicy
-from vitguard.policies.compiled import PolicyBook
+from vitguard.policies.compiled import CompiledPolicy, PolicyBook
 from vitguard.schemas.events import ImageEvent, NearDuplicateAlert
 from vitguard.settings import PolicySettings
-from vitguard.stores.interfaces import SearchHit, WaveCounter, WaveState
+from vitguard.stores.interfaces import SearchHit, WaveCounter, WaveRecord, WaveRule, WaveState
+from vitguard.stores.wave import fleet_wave_rule
 
 __all__ = ["NO_WAVE", "Candidate", "alert_batch"]
 
@@ -45,25 +46,41 @@ async def alert_batch(
     book: PolicyBook | None = None,
 ) -> list[tuple[NearDuplicateAlert | None, bool]]:
     """For each candidate (same order): its alert or None, and whether the wave cooldown suppressed it. Every
-    candidate is counted in one round trip (it was one per candidate), alerting or not: its policy (``book``)
-    decides whether a near-duplicate raises an alert; a wave's alert goes out whatever the item's policy (the
-    wave counter has given it the cluster's turn, and a wave is the fleet's concern)."""
+    candidate is counted in one round trip (it was one per candidate), alerting or not. Its policy (``book``)
+    decides whether a near-duplicate raises an alert, and when the cluster is a wave for it (its wave rule, on
+    the fleet's counts, with its own cooldown) and whether that alerts; a policy without a wave rule uses the
+    fleet's (``policy``) and shares its cooldown."""
     if not candidates:
         return []
-    items = [(c.cluster_id, c.event.content_id, now_s) for c in candidates]
-    states = await redis.call("wave_record", lambda: waves.record_many(items), [NO_WAVE] * len(candidates))
+    fleet = fleet_wave_rule(policy)
+    policies = [book.named(c.policy) if book is not None else None for c in candidates]
+    records = [_record(c, p, now_s, fleet) for c, p in zip(candidates, policies, strict=True)]
+    keep_s = book.longest_wave_window_s if book is not None else 0
+    states = await redis.call("wave_record", lambda: waves.record_many(records, keep_s=keep_s),
+                              [NO_WAVE] * len(candidates))
     out: list[tuple[NearDuplicateAlert | None, bool]] = []
-    for c, state in zip(candidates, states, strict=True):
-        if c.is_new or (not state.is_wave and not _alerts(book, c)):
-            out.append((None, False))
-        elif state.is_wave and not state.alert:
-            out.append((None, True))
+    for c, p, r, state in zip(candidates, policies, records, states, strict=True):
+        if not _alerts(c, p, state):
+            out.append((None, state.is_wave and not state.alert and not c.is_new))
         else:
             out.append((build_alert(c.event, cluster_id=c.cluster_id, matches=c.matches, state=state, policy=policy,
-                                    model_name=model_name), False))
+                                    model_name=model_name, wave=r.rule or fleet, policy_name=c.policy), False))
     return out
 
 
-def _alerts(book: PolicyBook | None, c: Candidate) -> bool:
-    policy = book.named(c.policy) if book is not None else None
+def _alerts(c: Candidate, policy: CompiledPolicy | None, state: WaveState) -> bool:
+    """Whether a candidate raises its alert: not the cluster's first item; in a wave, when its policy raises
+    wave alerts and the cooldown lets it; else, when its policy raises this near-duplicate's alert."""
+    if c.is_new:
+        return False
+    if state.is_wave:
+        return state.alert and (policy is None or policy.wave_alerts)
     return policy is None or policy.alerts_on(max((m.similarity for m in c.matches), default=0.0))
+
+
+def _record(c: Candidate, policy: CompiledPolicy | None, now_s: float, fleet: WaveRule) -> WaveRecord:
+    """A candidate's wave record: judged by its policy's wave rule, its cooldown that policy's own, where the
+    policy has one; by the fleet's otherwise."""
+    if policy is None or policy.waves is None:
+        return WaveRecord(c.cluster_id, c.event.content_id, now_s)
+    return WaveRecord(c.cluster_id, c.event.content_id, now_s, policy.wave_rule(fleet), policy.name)

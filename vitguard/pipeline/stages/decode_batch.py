@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -36,7 +36,7 @@ from vitguard.banks.signal import PdqHash
 from vitguard.media import FrameLimits, FrameSet, media_kind
 from vitguard.media.sniff import SNIFF_BYTES
 from vitguard.model.types import Classifier
-from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Fetched, Tagged
+from vitguard.pipeline.results import DeadLettered, Decoded, DecodedFrames, Fetched, Parsed, Tagged
 from vitguard.pipeline.stages.decode import decode_failed, hash_decoded, prepare_decoded
 from vitguard.pipeline.stages.expand import expand_bytes
 
@@ -69,18 +69,19 @@ def _decode_one(data: bytes, classifier: Classifier, limits: FrameLimits,
     return expand_bytes(data, classifier, limits, hash_pdq)
 
 
-def _decode_job(datas: Sequence[bytes], classifier: Classifier, limits: FrameLimits, hash_pdq: bool,
+def _decode_job(datas: Sequence[bytes], classifier: Classifier, limits: Sequence[FrameLimits], hash_pdq: bool,
                 budget_s: float, out: list[_Done]) -> None:
     """In the decode pool: each image in turn, appended to ``out`` as soon as it is done (so a job abandoned at
     its deadline still hands over what it finished); stops early, before an image, once ``budget_s`` has
     passed (the caller starts a new job for the rest)."""
     job_started = time.perf_counter()
-    for data in datas:
+    for data, item_limits in zip(datas, limits, strict=True):
         started = time.perf_counter()
         if out and started - job_started > budget_s:
             return
         try:
-            out.append(_Done(_decode_one(data, classifier, limits, hash_pdq), None, time.perf_counter() - started))
+            out.append(_Done(_decode_one(data, classifier, item_limits, hash_pdq), None,
+                             time.perf_counter() - started))
         except Exception as exc:  # that image's dead letter (decode_failed maps it), never the job's
             out.append(_Done(None, exc, time.perf_counter() - started))
 
@@ -104,18 +105,19 @@ def _chunks(items: Sequence[Tagged[T, Fetched]], jobs: int) -> list[list[Tagged[
 
 
 async def decode_batch(
-    items: Sequence[Tagged[T, Fetched]], classifier: Classifier, pool: Executor, *, jobs: int, limits: FrameLimits,
-    budget_s: float, hash_pdq: bool = True,
+    items: Sequence[Tagged[T, Fetched]], classifier: Classifier, pool: Executor, *, jobs: int,
+    limits: Callable[[Parsed], FrameLimits], budget_s: float, hash_pdq: bool = True,
 ) -> AsyncIterator[list[Tagged[T, Decoded | DecodedFrames | DeadLettered]]]:
     """Decode images (not video) in about ``jobs`` concurrent pool jobs; yields each job's images (a tensor, an
-    animation's frames, or a dead letter each) as the job returns, in no particular order across jobs."""
+    animation's frames, or a dead letter each) as the job returns, in no particular order across jobs. An
+    animation is sampled by ``limits`` of its event (its policy's sampling)."""
     loop = asyncio.get_running_loop()
     running: dict[asyncio.Future[None], tuple[list[Tagged[T, Fetched]], list[_Done], float]] = {}
 
     def submit(chunk: list[Tagged[T, Fetched]]) -> None:
         out: list[_Done] = []
-        fut = asyncio.wrap_future(pool.submit(_decode_job, [f.value.data for f in chunk], classifier, limits,
-                                              hash_pdq, budget_s, out))
+        fut = asyncio.wrap_future(pool.submit(_decode_job, [f.value.data for f in chunk], classifier,
+                                              [limits(f.value.parsed) for f in chunk], hash_pdq, budget_s, out))
         running[fut] = (chunk, out, time.perf_counter())
 
     for chunk in _chunks(items, jobs):
