@@ -104,3 +104,17 @@ def test_rows_of_many_writes_rewrites_and_expiry_match_an_exact_search() -> None
                           reverse=True)[:4]
             assert [h.content_id for h in hits] == [c for _, c in want]
             assert all(h.cluster_id == live[h.content_id][2] for h in hits)
+
+
+def test_a_wave_of_identical_copies_answers_the_best_few_in_write_order() -> None:
+    """A wave: every query is as close to every recent row (thousands, over many writes). The answer is the
+    ``limit`` best per query, ties in the order they were written, live rows only."""
+    recent = RecentWrites()
+    v = unit(5)
+    for w in range(40):
+        recent.wrote("col", [rec(f"w{w}-{i}", v, cluster="wave") for i in range(50)])
+    recent.wrote("col", [rec("w0-1", v, label="safe")])  # rewritten as safe: no longer a hit
+    got = recent.search("col", np.stack([v, v, unit(6)]), limit=5, min_similarity=0.99)
+    assert [h.content_id for h in got[0]] == ["w0-0", "w0-2", "w0-3", "w0-4", "w0-5"]
+    assert got[1] == got[0] and got[2] == []
+    assert all(h.cluster_id == "wave" and abs(h.similarity - 1.0) < 1e-5 for h in got[0])

@@ -109,11 +109,17 @@ class RecentWrites:
         raw = np.asarray(vectors, dtype=np.float32)
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         queries = (raw / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-        for chunk in col.chunks:
-            sims = queries @ chunk.units.T
-            for q, j in zip(*np.nonzero((sims >= min_similarity) & chunk.alive), strict=True):
-                out[q].append(SearchHit(chunk.ids[j], float(sims[q, j]), chunk.clusters[j]))
-        return [sorted(hits, key=lambda h: -h.similarity)[:limit] if hits else hits for hits in out]
+        chunks = list(col.chunks)
+        sims, where, position = _top_per_chunk(queries, chunks, limit, min_similarity)
+        best = np.argsort(-sims, axis=1, kind="stable")[:, :limit]  # ties: the earlier write, then its order
+        for q, (row_sims, row_chunks, row_positions) in enumerate(zip(
+                np.take_along_axis(sims, best, axis=1).tolist(), np.take_along_axis(where, best, axis=1).tolist(),
+                np.take_along_axis(position, best, axis=1).tolist(), strict=True)):
+            for s, c, j in zip(row_sims, row_chunks, row_positions, strict=True):
+                if s == -np.inf:
+                    break
+                out[q].append(SearchHit(chunks[c].ids[j], s, chunks[c].clusters[j]))
+        return out
 
     def _expire(self, col: _Collection, now: float) -> None:
         """Drop the chunks older than the window, then the oldest rows past the row limit."""
@@ -130,6 +136,26 @@ class RecentWrites:
     def _drop(col: _Collection, chunk: _Chunk) -> None:
         for i in np.nonzero(chunk.alive)[0]:
             col.where.pop(chunk.ids[i], None)
+
+
+def _top_per_chunk(queries: NDArray[np.float32], chunks: Sequence[_Chunk], limit: int, min_similarity: float
+                   ) -> tuple[NDArray[np.float32], NDArray[np.intp], NDArray[np.intp]]:
+    """Per query, each chunk's best ``limit`` live rows at or above ``min_similarity`` (-inf where fewer), side
+    by side: their similarities, chunk indices and positions in the chunk. In numpy only, so a wave of copies (every
+    query close to every recent row) costs matrix work, not a Python object per pair."""
+    sims_of, chunk_of, position_of = [], [], []
+    for c, chunk in enumerate(chunks):
+        sims = queries @ chunk.units.T
+        sims = np.where((sims >= min_similarity) & chunk.alive, sims, np.float32(-np.inf))
+        if sims.shape[1] > limit:
+            top = np.argsort(-sims, axis=1, kind="stable")[:, :limit]
+            sims = np.take_along_axis(sims, top, axis=1)
+        else:
+            top = np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
+        sims_of.append(sims)
+        position_of.append(top)
+        chunk_of.append(np.full(top.shape, c, dtype=np.intp))
+    return np.concatenate(sims_of, axis=1), np.concatenate(chunk_of, axis=1), np.concatenate(position_of, axis=1)
 
 
 def merge_hits(*found: Sequence[SearchHit], limit: int) -> list[SearchHit]:

@@ -152,10 +152,21 @@ def hashes_of(item: Finishing, still: PdqHash | None) -> ItemHashes | None:
 async def resolve_hashes(items: Sequence[Finishing]) -> dict[int, PdqHash | None]:
     """The PDQ hash of every predicted still image, once its pool job is done (it ran while the batch was in
     inference, so by now it has usually finished)."""
-    stills = [(k, i.predicted.decoded) for k, i in enumerate(items)
-              if isinstance(i.predicted, Predicted) and isinstance(i.predicted.decoded, Decoded)]
-    found = await asyncio.gather(*(d.hash() for _, d in stills))
-    return {k: h for (k, _), h in zip(stills, found, strict=True)}
+    found: dict[int, PdqHash | None] = {}
+    waiting: list[tuple[int, Decoded]] = []
+    for k, i in enumerate(items):
+        if isinstance(i.predicted, Predicted) and isinstance(d := i.predicted.decoded, Decoded):
+            fut = d.pdq_pending
+            if fut is None:
+                found[k] = d.pdq
+            elif fut.done() and not fut.cancelled() and fut.exception() is None:
+                found[k] = fut.result()  # the usual case: read as it is, no task per image
+            else:
+                waiting.append((k, d))
+    if waiting:
+        hashes = await asyncio.gather(*(d.hash() for _, d in waiting))
+        found.update((k, h) for (k, _), h in zip(waiting, hashes, strict=True))
+    return found
 
 
 def with_banks(item: Finishing, answer: Any) -> Any:
