@@ -112,3 +112,10 @@ def test_hash_hunt(tmp_path: Path) -> None:
     data = _run(tmp_path, "hash_hunt.py", "--items", "20000", "--queries", "5")
     assert data["items"] == 20000 and data["hunt_ms"]["p50"] > 0
     assert data["matches_per_hunt_mean"] >= 1  # the hunted hashes have near copies stored
+
+
+def test_recent_writes(tmp_path: Path) -> None:
+    data = _run(tmp_path, "recent_writes.py", "--writes", "20", "--rows", "8", "--repeats", "2")
+    wave, distinct = data["scenarios"]["wave"], data["scenarios"]["distinct"]
+    assert wave["recent_rows"] == 160 and wave["hits_per_query"] == 6 and distinct["hits_per_query"] == 0
+    assert wave["ms_per_search"] > 0 and distinct["ms_per_search"] > 0

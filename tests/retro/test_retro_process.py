@@ -148,3 +148,65 @@ def test_a_hunt_on_demand_prints_and_publishes_and_refuses_in_one_line(settings:
         assert done.returncode != 0 and last.startswith(("Error: ", "vitguard: error: ")), (name, done.stderr)
         assert "Traceback" not in done.stderr, (name, done.stderr)
     assert refusals["not stored"].returncode == 1 and "never-stored" in refusals["not stored"].stderr
+
+
+def test_a_hunt_by_hash_on_demand_reads_the_verdicts_and_prints_and_publishes(
+    service_settings: Callable[..., Settings], new_topic: Callable[..., str],
+) -> None:
+    """Issue 31: ``--hash`` hunts once by a PDQ hash over the hashes of the items judged safe on the verdicts
+    topic (an unsafe item and a replay are not hunted), within ``--distance``, from ``--since``; ``--publish``
+    publishes the matches (trigger on_demand with the hash; the same hunt, the same ids); bad input and a missing
+    topic are refused in one line."""
+    from vitguard.schemas.events import Verdict
+
+    settings = service_settings(topics={"alerts": new_topic(1, "alerts"), "verdicts": new_topic(2, "verdicts")})
+    query = "f0" * 32
+    near = "f0" * 30 + "0f0f"  # 16 bits away
+
+    def verdict(cid: str, pdq: str, label: str = "safe", uploaded: str = "2026-12-01T00:00:00Z",
+                **extra: object) -> tuple[bytes, bytes]:
+        v = Verdict.model_validate({
+            "event_id": f"e-{cid}", "content_id": cid, "tenant": "t9", "label": label, "unsafe_score": 0.2,
+            "top_class": "SFW", "scores": {"NSFW": 0.2, "SFW": 0.8}, "model_name": "m", "model_version": "v1",
+            "pdq_hash": pdq, "pdq_quality": 90, "created_at": uploaded, **extra})
+        return cid.encode(), v.model_dump_json().encode()
+
+    publish_raw(settings.kafka, settings.topics.verdicts, [
+        verdict("same", query), verdict("close", near, uploaded="2026-11-01T00:00:00Z"), verdict("far", "0f" * 32),
+        verdict("bad", query, label="unsafe"), verdict("replayed", query, replay_id="rp-1"),
+        (b"junk", b"{not a verdict"),
+    ])
+    env = _cli(settings)
+
+    def run(*args: str, environ: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "vitguard", "retro-hunt", *args], env=environ,  # noqa: S603
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    printed = run("--hash", query.upper(), "--distance", "20", "--json")
+    assert printed.returncode == 0, printed.stderr
+    found = [RetroMatch.model_validate_json(line) for line in printed.stdout.splitlines()]
+    assert [(m.content_id, m.hash_distance) for m in found] == [("same", 0), ("close", 16)]
+    assert _matches(settings) == []
+    assert run("--hash", query, "--distance", "8", "--json").stdout.count("retro_match_id") == 1  # "same" only
+    recent = run("--hash", query, "--since", "2026-11-15T00:00:00Z", "--json")
+    assert [RetroMatch.model_validate_json(x).content_id for x in recent.stdout.splitlines()] == ["same"]
+
+    published = run("--hash", query, "--distance", "20", "--publish")
+    assert published.returncode == 0, published.stderr
+    on_topic = _matches(settings)
+    assert {m.retro_match_id for m in on_topic} == {m.retro_match_id for m in found}
+    assert all(m.trigger.kind == "on_demand" and m.trigger.pdq_hash == query for m in on_topic)
+
+    missing = {**env, "VITGUARD_TOPIC_VERDICTS": "never-created-verdicts"}
+    refusals = {
+        "bad hash": run("--hash", "xyz"),
+        "degenerate hash": run("--hash", "0" * 64),
+        "distance without hash": run("--from-content-id", "a", "--distance", "3"),
+        "two modes": run("--hash", query, "--follow"),
+        "no topic": run("--hash", query, environ=missing),
+    }
+    for name, done in refusals.items():
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode != 0 and last.startswith(("Error: ", "vitguard: error: ")), (name, done.stderr)
+        assert "Traceback" not in done.stderr, (name, done.stderr)
+    assert refusals["no topic"].returncode == 1 and "never-created-verdicts" in refusals["no topic"].stderr

@@ -30,7 +30,7 @@ from vitguard.schemas.retro import RetroMatch, RetroTrigger, retro_match_id
 from vitguard.schemas.review import ReviewAuditRecord
 from vitguard.search import MAX_K, SearchAnswer, SearchRequest, SimilarityIndex, SimilarResult
 
-__all__ = ["Hunt", "Searcher", "StoreSearcher", "entry_trigger", "hash_hunt", "hunt", "trigger_of"]
+__all__ = ["Hunt", "Searcher", "StoreSearcher", "entry_trigger", "hash_hunt", "hash_trigger", "hunt", "trigger_of"]
 
 
 class Searcher(Protocol):
@@ -114,9 +114,11 @@ def entry_trigger(entry: BankEntry, bank: Bank | None) -> RetroTrigger | None:
                         bank=entry.bank, entry_id=entry.entry_id, pdq_hash=entry.signal)
 
 
-def hash_hunt(catalog: HashCatalog, trigger: RetroTrigger, max_distance: int, limit: int = MAX_K) -> list[RetroMatch]:
-    """The items judged safe whose PDQ hash is within ``max_distance`` bits of the trigger's, closest first.
-    Similarity is that of the two hashes as +-1 vectors (``1 - distance / 128``), so it reads like a cosine."""
+def hash_hunt(catalog: HashCatalog, trigger: RetroTrigger, max_distance: int, limit: int = MAX_K,
+              since: datetime | None = None) -> list[RetroMatch]:
+    """The items judged safe whose PDQ hash is within ``max_distance`` bits of the trigger's, closest first (only
+    those uploaded at or after ``since``, when given). Similarity is that of the two hashes as +-1 vectors
+    (``1 - distance / 128``), so it reads like a cosine."""
     if trigger.pdq_hash is None:
         return []
     threshold = 1.0 - max_distance / 128
@@ -128,5 +130,13 @@ def hash_hunt(catalog: HashCatalog, trigger: RetroTrigger, max_distance: int, li
             model_version=item.model_version, collection=item.collection or "pdq", uploaded_at=item.uploaded_at,
             judged_at=item.judged_at,
         )
-        for item, distance in catalog.hunt(trigger.pdq_hash, max_distance)[:limit]
+        for item, distance in [f for f in catalog.hunt(trigger.pdq_hash, max_distance)
+                               if since is None or f[0].uploaded_at >= since][:limit]
     ]
+
+
+def hash_trigger(pdq_hash: str) -> RetroTrigger:
+    """The trigger of an operator's hunt by one PDQ hash (``vitguard retro-hunt --hash``); the same hash is the
+    same hunt (its matches keep their ids)."""
+    return RetroTrigger(kind="on_demand", trigger_id=f"on-demand:pdq:{pdq_hash}", content_id=f"pdq:{pdq_hash}",
+                        pdq_hash=pdq_hash)

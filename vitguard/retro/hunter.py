@@ -39,7 +39,7 @@ from vitguard.schemas.review import ReviewAuditRecord
 from vitguard.search import NotStoredError
 from vitguard.settings import Settings
 
-__all__ = ["HUNTS", "MATCHES", "RECORDS_SKIPPED", "RetroHunter", "encode_match"]
+__all__ = ["HUNTS", "MATCHES", "RECORDS_SKIPPED", "RetroHunter", "encode_match", "fold_verdict", "read_hashes"]
 
 _log = logging.getLogger(__name__)
 
@@ -139,13 +139,8 @@ class RetroHunter:
 
     def fold_verdict(self, record: RawRecord) -> None:
         """A verdicts topic record into the hash catalog (an invalid one is counted and skipped)."""
-        if self.catalog is None:
-            return
-        decoded = decode(record, Verdict)
-        if decoded.value is None:
-            RECORDS_SKIPPED.labels(record.topic).inc()
-            return
-        self.catalog.add(decoded.value)
+        if self.catalog is not None:
+            fold_verdict(self.catalog, record)
 
     def run_hunt(self, trigger: RetroTrigger, *, stop: threading.Event | None = None) -> list[RetroMatch]:
         """Hunt once (at the rate bound) and publish what it found, acknowledged; retry while the store or
@@ -256,8 +251,8 @@ class RetroHunter:
             for r in banks.read_to_end(self.settings.banks.load_timeout_s):
                 self.banks.apply(r.key, r.value)
         verdicts = TopicReader(self.settings.kafka, self.settings.topics.verdicts, connect_timeout_s=connect_timeout_s)
-        for r in verdicts.read_to_end(max(60.0, self.settings.banks.load_timeout_s)):
-            self.fold_verdict(r)
+        if self.catalog is not None:
+            read_hashes(self.settings, verdicts, self.catalog)
         _log.info("retro-hunt: %d stored hash(es) of items judged safe, %d bank(s), read in %.1fs",
                   len(self.catalog or ()), len(self.banks.banks), time.perf_counter() - started)
         return verdicts
@@ -268,3 +263,18 @@ class RetroHunter:
             if record is None:
                 return
             self.fold_verdict(record)
+
+
+def fold_verdict(catalog: HashCatalog, record: RawRecord) -> None:
+    """A verdicts topic record into ``catalog`` (an invalid one is counted and skipped)."""
+    decoded = decode(record, Verdict)
+    if decoded.value is None:
+        RECORDS_SKIPPED.labels(record.topic).inc()
+        return
+    catalog.add(decoded.value)
+
+
+def read_hashes(settings: Settings, verdicts: TopicReader, catalog: HashCatalog) -> None:
+    """Every verdict on the verdicts topic up to its end, folded into ``catalog``."""
+    for r in verdicts.read_to_end(max(60.0, settings.banks.load_timeout_s)):
+        fold_verdict(catalog, r)

@@ -62,7 +62,8 @@ moderation category), ``action`` (allow, review, block or a custom action) and t
 be the item's policy's. Retro-hunts by PDQ hash: a trigger of kind ``bank_entry`` (with ``bank``, ``entry_id``,
 ``pdq_hash``) and a match's ``hash_distance``.
 1.7: a near-duplicate alert carries the ``policy`` of the new image, whose wave rule judged the cluster (its
-``wave_window_s`` and ``severity`` are that rule's).
+``wave_window_s`` and ``severity`` are that rule's). A retro match's ``on_demand`` trigger may carry ``pdq_hash``
+(``vitguard retro-hunt --hash``).
 
 Compatibility rule: within 1.x a new field is optional and a new reason code or enumeration value is only
 added. Readers of an older 1.x must ignore fields they do not know (a reader that forbids unknown fields reads

@@ -33,8 +33,8 @@ class RetroTrigger(BaseModel):
     kind: TriggerKind = Field(
         description=(
             "review_confirmed: a reviewer confirmed the item unsafe; wave: an unsafe cluster became a wave; "
-            "on_demand: `vitguard retro-hunt --from-content-id`; bank_entry: a positive bank gained an entry, "
-            "hunted by PDQ hash over the items' stored hashes (1.6)."
+            "on_demand: `vitguard retro-hunt --from-content-id` (or `--hash`: `pdq_hash` set, 1.7); bank_entry: a "
+            "positive bank gained an entry, hunted by PDQ hash over the items' stored hashes (1.6)."
         )
     )
     trigger_id: str = Field(
@@ -44,7 +44,7 @@ class RetroTrigger(BaseModel):
     content_id: Identifier = Field(
         description=(
             "The item hunted from: its stored embedding is the query (bank_entry: `bank:<bank>:<entry id>`, the "
-            "entry's hash is the query)."
+            "entry's hash is the query; on_demand by hash: `pdq:<hash>`)."
         )
     )
     cluster_id: str | None = Field(None, max_length=MAX_ID_LEN, description="The wave's cluster (wave only).")
@@ -53,7 +53,8 @@ class RetroTrigger(BaseModel):
     entry_id: str | None = Field(None, max_length=MAX_ID_LEN, exclude_if=lambda v: v is None,
                                  description="The new entry (bank_entry only, 1.6).")
     pdq_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", exclude_if=lambda v: v is None,
-                                 description="The entry's PDQ hash (bank_entry only, 1.6).")
+                                 description="The hash hunted by: the entry's (bank_entry, 1.6) or the operator's "
+                                             "(on_demand by hash, 1.7).")
 
     def dedup_key(self) -> str:
         """What one hunt is, for ``retro_match_id``: a wave is hunted per cluster (every alert of one wave

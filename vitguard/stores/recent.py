@@ -110,7 +110,10 @@ class RecentWrites:
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         queries = (raw / np.where(norms > 0, norms, 1.0)).astype(np.float32)
         chunks = list(col.chunks)
-        sims, where, position = _top_per_chunk(queries, chunks, limit, min_similarity)
+        found = _top_per_chunk(queries, chunks, limit, min_similarity)
+        if found is None:
+            return out
+        sims, where, position = found
         best = np.argsort(-sims, axis=1, kind="stable")[:, :limit]  # ties: the earlier write, then its order
         for q, (row_sims, row_chunks, row_positions) in enumerate(zip(
                 np.take_along_axis(sims, best, axis=1).tolist(), np.take_along_axis(where, best, axis=1).tolist(),
@@ -139,14 +142,18 @@ class RecentWrites:
 
 
 def _top_per_chunk(queries: NDArray[np.float32], chunks: Sequence[_Chunk], limit: int, min_similarity: float
-                   ) -> tuple[NDArray[np.float32], NDArray[np.intp], NDArray[np.intp]]:
+                   ) -> tuple[NDArray[np.float32], NDArray[np.intp], NDArray[np.intp]] | None:
     """Per query, each chunk's best ``limit`` live rows at or above ``min_similarity`` (-inf where fewer), side
-    by side: their similarities, chunk indices and positions in the chunk. In numpy only, so a wave of copies (every
-    query close to every recent row) costs matrix work, not a Python object per pair."""
+    by side: their similarities, chunk indices and positions in the chunk; None when no chunk has any. In numpy
+    only, so a wave of copies (every query close to every recent row) costs matrix work, not a Python object per
+    pair."""
     sims_of, chunk_of, position_of = [], [], []
     for c, chunk in enumerate(chunks):
         sims = queries @ chunk.units.T
-        sims = np.where((sims >= min_similarity) & chunk.alive, sims, np.float32(-np.inf))
+        hit = (sims >= min_similarity) & chunk.alive
+        if not hit.any():
+            continue
+        sims = np.where(hit, sims, np.float32(-np.inf))
         if sims.shape[1] > limit:
             top = np.argsort(-sims, axis=1, kind="stable")[:, :limit]
             sims = np.take_along_axis(sims, top, axis=1)
@@ -155,6 +162,8 @@ def _top_per_chunk(queries: NDArray[np.float32], chunks: Sequence[_Chunk], limit
         sims_of.append(sims)
         position_of.append(top)
         chunk_of.append(np.full(top.shape, c, dtype=np.intp))
+    if not sims_of:
+        return None
     return np.concatenate(sims_of, axis=1), np.concatenate(chunk_of, axis=1), np.concatenate(position_of, axis=1)
 
 
