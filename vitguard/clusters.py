@@ -1,7 +1,9 @@
 """Near-duplicate clusters as moderators see them (``GET /clusters``, ``vitguard clusters``): each unsafe
 cluster's size, first and last upload, growth within the wave window and wave state, and a few representative
-items; one cluster's items, paged. Pure: built from the stored rows (:meth:`MilvusEmbeddingIndex.cluster_rows`),
-so cluster ids are the stored ones (stable across restarts and workers) and nothing is counted twice.
+items; one cluster's items, paged. Pure: built from the clusters' own rows (:mod:`vitguard.stores.cluster_rows`,
+kept in Redis by the alert stage: a listing at any scale), or from the stored items
+(:meth:`MilvusEmbeddingIndex.cluster_rows`: a tenant's listing, one cluster's items). Cluster ids are the stored
+ones (stable across restarts and workers) and nothing is counted twice.
 
 Growth counts the cluster's items answered within the last ``VITGUARD_POLICY_WAVE_WINDOW_S`` (their
 ``processed_at``), and a cluster is a wave at ``VITGUARD_POLICY_WAVE_THRESHOLD`` of them: the stream's own wave
@@ -12,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from vitguard.stores.cluster_rows import TENANTS_SHOWN, ClusterRow
 from vitguard.stores.similar import StoredItem
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "ClusterSummary",
     "cluster_items",
     "summarize",
+    "summarize_rows",
 ]
 
 REPRESENTATIVES = 3
@@ -50,7 +55,8 @@ class ClusterSummary(BaseModel):
     last_seen: datetime = Field(description="The latest upload on it.")
     growth: int = Field(description="Items on it answered within the wave window.")
     wave: bool = Field(description="growth >= the wave threshold.")
-    tenants: list[str]
+    tenants: list[str] = Field(description=f"Its tenants (sorted; from rows, at most {TENANTS_SHOWN}).")
+    tenant_count: int = Field(description="How many tenants it has items of.")
     representatives: list[str] = Field(description="The first upload, then the latest ones (content ids).")
 
 
@@ -58,7 +64,16 @@ class ClusterList(BaseModel):
     """The clusters, most recently active first."""
 
     clusters: list[ClusterSummary]
-    truncated: bool = Field(description="More rows were stored than were read: sizes and the list may be short.")
+    truncated: bool = Field(
+        description="rows: more clusters than listed; store: more rows were stored than read (sizes may be short).")
+    source: Literal["rows", "store"] = Field(
+        "store",
+        description=(
+            "rows: the clusters' own rows (every cluster active within VITGUARD_REDIS_CLUSTER_ROWS_TTL_S, at any "
+            "scale; sizes estimated past a few hundred items); store: a scan of the stored unsafe items (a tenant's "
+            "listing, ?source=store, or no rows)."
+        ),
+    )
 
 
 class ClusterItem(BaseModel):
@@ -75,6 +90,20 @@ class ClusterItems(BaseModel):
     cluster: ClusterSummary
     items: list[ClusterItem]
     next_offset: int | None = Field(description="Where the next page starts; null on the last page.")
+
+
+def summarize_rows(rows: Sequence[ClusterRow], *, threshold: int, limit: int) -> ClusterList:
+    """The clusters of their own rows (:class:`~vitguard.stores.cluster_rows.ClusterRow`, most recently active
+    first, as read), at most ``limit``; ``truncated`` when more were read."""
+    summaries = [
+        ClusterSummary(
+            cluster_id=r.cluster_id, size=max(1, r.size), first_seen=_time(r.first_ms), last_seen=_time(r.last_ms),
+            growth=r.growth, wave=r.growth >= threshold, tenants=list(r.tenants), tenant_count=r.tenant_count,
+            representatives=[r.first_id, *[c for c in r.latest if c != r.first_id]][:REPRESENTATIVES],
+        )
+        for r in rows[:limit]
+    ]
+    return ClusterList(clusters=summaries, truncated=len(rows) > limit, source="rows")
 
 
 def summarize(rows: Sequence[StoredItem], *, now_ms: int, window_s: float, threshold: int,
@@ -114,5 +143,6 @@ def _summary(cluster_id: str, members: Sequence[StoredItem], now_ms: int, window
     return ClusterSummary(
         cluster_id=cluster_id, size=len(members), first_seen=_time(ordered[0].created_at_ms),
         last_seen=_time(ordered[-1].created_at_ms), growth=growth, wave=growth >= threshold,
-        tenants=sorted({r.tenant for r in members}), representatives=[ordered[0].content_id, *latest],
+        tenants=sorted({r.tenant for r in members}), tenant_count=len({r.tenant for r in members}),
+        representatives=[ordered[0].content_id, *latest],
     )

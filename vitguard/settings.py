@@ -199,6 +199,14 @@ class RedisSettings(BaseSettings):
         ge=60,
         description="Verdict cache lifetime by image hash.",
     )
+    cluster_rows_ttl_s: int = Field(
+        30 * 86_400, ge=0, le=400 * 86_400,
+        description=(
+            "How long a near-duplicate cluster's row (size, first and last upload, tenants, latest items: what "
+            "GET /clusters lists at any scale) is kept after its latest item; 0: no rows (GET /clusters scans "
+            "the store instead)."
+        ),
+    )
     socket_timeout_s: float = Field(
         1.0,
         gt=0,

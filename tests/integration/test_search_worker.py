@@ -76,6 +76,8 @@ def test_search_and_clusters_while_the_worker_runs_and_after(
                           "--worker", f"http://127.0.0.1:{settings.web.port}")
         web = f"http://127.0.0.1:{settings.web.port}"
         listing = get(web, "/clusters")
+        scanned = get(web, "/clusters?source=store")
+        of_tenant = get(web, "/clusters?tenant=demo")
         family_id = next(c["cluster_id"] for c in listing[1]["clusters"] if c["representatives"][0] == "photo-0")
         page = get(web, f"/clusters/{family_id}?limit=2")
         cluster_refusals = {"unknown": get(web, "/clusters/c-0000000000000000"), "bad id": get(web, "/clusters/a%20b"),
@@ -111,12 +113,22 @@ def test_search_and_clusters_while_the_worker_runs_and_after(
 
     # clusters: photo-0 and its three copies on one, photo-1 and its exact re-upload (a cache hit) on another
     status, clusters = listing
-    assert status == 200 and not clusters["truncated"], clusters
+    assert status == 200 and not clusters["truncated"] and clusters["source"] == "rows", clusters
     sizes = sorted(c["size"] for c in clusters["clusters"])
     assert sizes == [1, 1, 2, 4], sizes
     family = next(c for c in clusters["clusters"] if c["cluster_id"] == family_id)
     assert family["growth"] == 4 and family["tenants"] == ["demo"] and len(family["representatives"]) == 3
-    assert page[0] == 200 and page[1]["cluster"] == family and page[1]["next_offset"] == 2
+    # issue 31: the clusters' own rows (Redis, kept by the alert stage) say what a scan of the store says
+    assert scanned[0] == 200 and scanned[1]["source"] == "store", scanned
+
+    def facts(listed: dict[str, Any]) -> set[tuple[Any, ...]]:
+        return {(c["cluster_id"], c["size"], c["growth"], tuple(c["tenants"]), c["tenant_count"], c["first_seen"],
+                 c["last_seen"], c["representatives"][0]) for c in listed["clusters"]}
+
+    assert facts(clusters) == facts(scanned[1])
+    assert of_tenant[0] == 200 and of_tenant[1]["source"] == "store"  # a row counts every tenant: never for one
+    stored_family = next(c for c in scanned[1]["clusters"] if c["cluster_id"] == family_id)
+    assert page[0] == 200 and page[1]["cluster"] == stored_family and page[1]["next_offset"] == 2
     assert [i["content_id"] for i in page[1]["items"]] == ["photo-0", by_kind["near-duplicate"][0]]
     assert {name: (s, body["reason"]) for name, (s, body) in cluster_refusals.items()} == {
         "unknown": (404, "not_found"), "bad id": (400, "schema_violation"), "bad limit": (400, "schema_violation"),

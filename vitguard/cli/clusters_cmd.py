@@ -54,7 +54,8 @@ def list_cmd(tenant: tuple[str, ...], limit: int, worker: str | None, api_key: s
         click.echo(f"{c['cluster_id']:<20.20} {c['size']:>6} {c['growth']:>6} {'yes' if c['wave'] else '-':<5} "
                    f"{_when(c['first_seen']):<20} {_when(c['last_seen']):<20} {', '.join(c['representatives'])}")
     if answer["truncated"]:
-        click.echo("# more rows were stored than were read: the list may be short", err=True)
+        click.echo("# more clusters than listed (raise --limit)" if answer.get("source") == "rows" else
+                   "# more rows were stored than were read: the list may be short", err=True)
 
 
 @clusters.command("show")
@@ -88,7 +89,7 @@ def show(cluster_id: str, tenant: tuple[str, ...], offset: int, limit: int, work
 def _params(query: Any) -> str:
     import urllib.parse
 
-    return urllib.parse.urlencode(query.model_dump(), doseq=True)
+    return urllib.parse.urlencode(query.model_dump(exclude_none=True), doseq=True)
 
 
 def _when(iso: str) -> str:

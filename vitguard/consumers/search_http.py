@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -124,6 +124,8 @@ class ClusterQuery(BaseModel):
     tenant: list[Identifier] = Field(default_factory=list)
     limit: int = Field(50, ge=1, le=500)
     offset: int = Field(0, ge=0)
+    source: Literal["rows", "store"] | None = Field(
+        None, description="store: scan the stored items even where the clusters' rows could answer.")
 
 
 def parse_cluster_query(params: Mapping[str, Sequence[str]]) -> ClusterQuery:

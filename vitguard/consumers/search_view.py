@@ -16,7 +16,7 @@ from typing import Any
 
 from vitguard import metrics
 from vitguard.banks.lookup import BankLookupAnswer, BanksDisabledError, lookup_hash
-from vitguard.clusters import ClusterItems, ClusterList, ClusterNotFoundError, cluster_items, summarize
+from vitguard.clusters import ClusterItems, ClusterList, ClusterNotFoundError, cluster_items, summarize, summarize_rows
 from vitguard.consumers.api_keys import ApiKeys, scope_tenants
 from vitguard.consumers.http_gate import RequestGate, query_params
 from vitguard.consumers.search_http import (
@@ -27,7 +27,7 @@ from vitguard.consumers.search_http import (
     parse_lookup,
     parse_search,
 )
-from vitguard.errors import InputError
+from vitguard.errors import InputError, ServiceUnavailableError
 from vitguard.search import SearchAnswer, search_by_content_id, search_by_vector
 from vitguard.stores.similar import SearchFilters, StoredItem
 
@@ -139,11 +139,20 @@ async def _cluster_rows(runtime: Any, filters: SearchFilters) -> tuple[str, list
 
 
 async def _clusters(runtime: Any, query: ClusterQuery, tenant: str | None) -> ClusterList:
-    """The unsafe clusters of the worker's store (of ``query.tenant``'s items only, when given; of the
-    caller's tenant only, when its key is bound to one)."""
+    """The unsafe clusters: from their own rows (fleet-wide, any scale), or of the worker's store (of
+    ``query.tenant``'s items only, when given; of the caller's tenant only, when its key is bound to one: a
+    cluster's row counts every tenant's items, so a tenant's listing never reads one)."""
     tenants = tuple(scope_tenants(query.tenant, tenant))
-    _, rows, truncated = await _cluster_rows(runtime, SearchFilters(tenants=tenants))
     policy = runtime.settings.policy
+    keeper = runtime.runner.completer.cluster_rows
+    if keeper is not None and not tenants and query.source != "store":
+        try:
+            found = await keeper.latest(limit=query.limit + 1, now_s=time.time(), window_s=policy.wave_window_s)
+        except ServiceUnavailableError:
+            found = []  # Redis down: the store still answers
+        if found:
+            return summarize_rows(found, threshold=policy.wave_threshold, limit=query.limit)
+    _, rows, truncated = await _cluster_rows(runtime, SearchFilters(tenants=tenants))
     return summarize(rows, now_ms=int(time.time() * 1000), window_s=policy.wave_window_s,
                      threshold=policy.wave_threshold, limit=query.limit, truncated=truncated)
 

@@ -42,7 +42,8 @@ __all__ = [
 def backtest_settings(settings: Settings, *, replay_id: str, model_spec: str) -> Settings:
     """``settings`` with the replay's model and a Redis key prefix of its own (see the module docstring)."""
     model = settings.model.model_copy(update={"spec": model_spec})
-    redis = settings.redis.model_copy(update={"key_prefix": f"{settings.redis.key_prefix}replay:{replay_id}:"})
+    redis = settings.redis.model_copy(update={"key_prefix": f"{settings.redis.key_prefix}replay:{replay_id}:",
+                                              "cluster_rows_ttl_s": 0})  # a what-if keeps no cluster rows
     return settings.model_copy(update={"model": model, "redis": redis})
 
 

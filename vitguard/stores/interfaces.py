@@ -17,6 +17,8 @@ from numpy.typing import NDArray
 from vitguard.model.types import ModelInfo
 
 __all__ = [
+    "ClusterRows",
+    "ClusterSighting",
     "DedupStore",
     "EmbeddingIndex",
     "EmbeddingRecord",
@@ -140,6 +142,25 @@ class WaveRecord:
     now_s: float
     rule: WaveRule | None = None
     scope: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSighting:
+    """An unsafe item counted on its cluster: uploaded at ``uploaded_ms``, answered at ``seen_ms``."""
+
+    cluster_id: str
+    content_id: str
+    tenant: str
+    uploaded_ms: int
+    seen_ms: int
+
+
+class ClusterRows(Protocol):
+    """Near-duplicate clusters kept as their own rows (:mod:`vitguard.stores.cluster_rows`)."""
+
+    async def record_many(self, sightings: Sequence[ClusterSighting]) -> None:
+        """Count unsafe items on their clusters' rows (idempotent), in one round trip."""
+        ...
 
 
 class WaveCounter(Protocol):

@@ -19,7 +19,12 @@ from vitguard.settings import PolicySettings, RedisSettings
 from vitguard.stores.interfaces import WaveRecord, WaveRule, WaveState
 from vitguard.stores.redis_store import CircuitBreaker, guarded, make_redis_client, redis_errors_mapped
 
-__all__ = ["WAVE_SCRIPT", "RedisWaveCounter", "fleet_wave_rule", "wave_decision"]
+__all__ = ["WAVE_SCRIPT", "RedisWaveCounter", "fleet_wave_rule", "wave_decision", "wave_window_key"]
+
+
+def wave_window_key(prefix: str, cluster_id: str) -> str:
+    """The sorted set of a cluster's items within the wave window (score: seconds)."""
+    return f"{prefix}wave:{{{cluster_id}}}"
 
 
 def fleet_wave_rule(policy: PolicySettings) -> WaveRule:
@@ -97,7 +102,7 @@ class RedisWaveCounter:
         """(window sorted set, cooldown key of ``scope``) of a cluster."""
         p = self._settings.key_prefix
         cooldown = f"{p}wave-cooldown:{{{cluster_id}}}" + (f":{scope}" if scope else "")
-        return f"{p}wave:{{{cluster_id}}}", cooldown
+        return wave_window_key(p, cluster_id), cooldown
 
     async def record(self, cluster_id: str, content_id: str, now_s: float) -> WaveState:
         """Record one item on a cluster and say whether it is a wave and whether to alert (the fleet's rule).

@@ -39,9 +39,12 @@ def build_runner(
     from vitguard.fetch import ImageFetcher
     from vitguard.model import load_classifier
     from vitguard.stores import MilvusEmbeddingIndex, RedisDedupStore, RedisWaveCounter
+    from vitguard.stores.cluster_rows import RedisClusterRows
 
     if settings.review.enabled:  # review requests: needs `vitguard review topics` first
         kwargs.setdefault("review", settings.review)
+    if settings.redis.cluster_rows_ttl_s > 0:
+        kwargs.setdefault("cluster_rows", RedisClusterRows(settings.redis))
     classifier = classifier or load_classifier(settings.model)
     batch, max_in_flight = sized_for_device(settings, classifier)
     return Runner(

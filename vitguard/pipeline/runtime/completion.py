@@ -56,7 +56,7 @@ from vitguard.pipeline.stages.match import apply_matches, match_items, skips_clu
 from vitguard.policies.live import PolicyHolder
 from vitguard.schemas.events import Verdict, utc_now
 from vitguard.settings import PolicySettings
-from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, WaveCounter
+from vitguard.stores.interfaces import ClusterRows, DedupStore, EmbeddingIndex, WaveCounter
 
 __all__ = ["Completer", "Outcome", "Probed", "Staged"]
 
@@ -104,8 +104,11 @@ class Completer:
         clock: Callable[[], float],
         matcher: BankMatcher | None = None,
         policies: PolicyHolder | None = None,
+        cluster_rows: ClusterRows | None = None,
     ) -> None:
         self.info = info
+        self.cluster_rows = cluster_rows
+        """Where the alert stage keeps each cluster's row (``GET /clusters``); None: no rows."""
         self.index = index
         self.dedup = dedup
         self.waves = waves
@@ -237,6 +240,7 @@ class Completer:
             results = await alert_batch(
                 [c for _, c in candidates], waves=self.waves, redis=self.redis, policy=self.policy,
                 model_name=self.info.name, now_s=now_s, book=self.policies.book if self.policies else None,
+                rows=self.cluster_rows,
             )
         out = list(items)
         for (k, _), (alert, suppressed) in zip(candidates, results, strict=True):

@@ -59,7 +59,7 @@ from vitguard.policies.live import PolicyHolder
 from vitguard.policy import resolve_unsafe_labels
 from vitguard.schemas.events import Verdict
 from vitguard.settings import BatchSettings, FrameSettings, MilvusSettings, PolicySettings, ReviewSettings
-from vitguard.stores.interfaces import DedupStore, EmbeddingIndex, WaveCounter
+from vitguard.stores.interfaces import ClusterRows, DedupStore, EmbeddingIndex, WaveCounter
 
 if TYPE_CHECKING:
     from vitguard.fetch import ImageFetcher
@@ -82,8 +82,7 @@ class Runner:
         classifier: the loaded model (its ``info`` names verdicts, the cache and the Milvus collection).
         fetcher: gets image bytes for ``image_ref``.
         index: the embedding store (Milvus in production).
-        dedup: redelivery guard and verdict cache (Redis in production).
-        waves: sliding-window wave counter (Redis in production).
+        dedup, waves, cluster_rows: redelivery guard and verdict cache, wave counter, clusters' rows (Redis).
         sink: per-message delivery results.
         policy: unsafe labels and threshold (the built-in policy), near-duplicate threshold, wave rules.
         batch: ``max_size``, ``max_wait_s`` (linger bound) and ``decode_workers``.
@@ -93,8 +92,7 @@ class Runner:
         limits: largest message per output topic in bytes (read from the broker at start-up).
         health: where the runner and its policies record their condition (shared with the web views).
         fetch_total_timeout_s: longest any one image may take to fetch.
-        publish_timeout_s: longest one round of acknowledgements may take.
-        publish_backoff_max_s: longest wait between two publish rounds.
+        publish_timeout_s, publish_backoff_max_s: longest round of acknowledgements, and wait between rounds.
         max_in_flight: events submitted and not yet answered, at most (``submit`` waits past it).
         on_fatal: called once with the first fatal error (the runner's or anyone's that shares ``health``).
         on_hold: called with True when Milvus starts holding batches and False when it recovers.
@@ -131,6 +129,7 @@ class Runner:
         review: ReviewSettings | None = None,
         hash_pdq: bool = True,
         policies: PolicyHolder | None = None,
+        cluster_rows: ClusterRows | None = None,
     ) -> None:
         self.info = classifier.info
         self.fetcher = fetcher
@@ -172,6 +171,7 @@ class Runner:
         self.completer = Completer(
             info=self.info, index=index, dedup=dedup, waves=waves, policy=policy, redis=self.redis,
             milvus=self.milvus, emitter=self.emitter, cache_key=self.cache_key, clock=clock, policies=self.policies,
+            cluster_rows=cluster_rows,
         )
         self.front = FrontHalf(
             classifier=classifier, fetcher=fetcher, dedup=dedup, redis=self.redis, cache_key=self.cache_key,
@@ -271,8 +271,8 @@ class Runner:
             with contextlib.suppress(BaseException):
                 await task
         self.in_flight.cancel_all()
-        for closer in (getattr(self.fetcher, "close", None), getattr(self.dedup, "close", None),
-                       getattr(self.completer.waves, "close", None), getattr(self.emitter.sink, "close", None)):
+        stores = (self.fetcher, self.dedup, self.completer.waves, self.completer.cluster_rows, self.emitter.sink)
+        for closer in (getattr(store, "close", None) for store in stores):
             if closer is not None:
                 try:
                     await closer()

@@ -7,6 +7,7 @@ cooldown lets this one alert. Without Redis every near-duplicate alerts as a lon
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,15 @@ from vitguard.pipeline.runtime.failure import RedisPolicy
 from vitguard.policies.compiled import CompiledPolicy, PolicyBook
 from vitguard.schemas.events import ImageEvent, NearDuplicateAlert
 from vitguard.settings import PolicySettings
-from vitguard.stores.interfaces import SearchHit, WaveCounter, WaveRecord, WaveRule, WaveState
+from vitguard.stores.interfaces import (
+    ClusterRows,
+    ClusterSighting,
+    SearchHit,
+    WaveCounter,
+    WaveRecord,
+    WaveRule,
+    WaveState,
+)
 from vitguard.stores.wave import fleet_wave_rule
 
 __all__ = ["NO_WAVE", "Candidate", "alert_batch"]
@@ -44,6 +53,7 @@ async def alert_batch(
     model_name: str,
     now_s: float,
     book: PolicyBook | None = None,
+    rows: ClusterRows | None = None,
 ) -> list[tuple[NearDuplicateAlert | None, bool]]:
     """For each candidate (same order): its alert or None, and whether the wave cooldown suppressed it. Every
     candidate is counted in one round trip (it was one per candidate), alerting or not. Its policy (``book``)
@@ -56,8 +66,14 @@ async def alert_batch(
     policies = [book.named(c.policy) if book is not None else None for c in candidates]
     records = [_record(c, p, now_s, fleet) for c, p in zip(candidates, policies, strict=True)]
     keep_s = book.longest_wave_window_s if book is not None else 0
-    states = await redis.call("wave_record", lambda: waves.record_many(records, keep_s=keep_s),
-                              [NO_WAVE] * len(candidates))
+    counting = redis.call("wave_record", lambda: waves.record_many(records, keep_s=keep_s),
+                          [NO_WAVE] * len(candidates))
+    if rows is None:
+        states = await counting
+    else:
+        sightings = [_sighting(c, now_s) for c in candidates]
+        keeping = redis.call("cluster_rows", lambda: rows.record_many(sightings), None)
+        states, _ = await asyncio.gather(counting, keeping)
     out: list[tuple[NearDuplicateAlert | None, bool]] = []
     for c, p, r, state in zip(candidates, policies, records, states, strict=True):
         if not _alerts(c, p, state):
@@ -76,6 +92,13 @@ def _alerts(c: Candidate, policy: CompiledPolicy | None, state: WaveState) -> bo
     if state.is_wave:
         return state.alert and (policy is None or policy.wave_alerts)
     return policy is None or policy.alerts_on(max((m.similarity for m in c.matches), default=0.0))
+
+
+def _sighting(c: Candidate, now_s: float) -> ClusterSighting:
+    seen_ms = int(now_s * 1000)
+    uploaded = c.event.created_at
+    return ClusterSighting(c.cluster_id, c.event.content_id, c.event.tenant,
+                           int(uploaded.timestamp() * 1000) if uploaded is not None else seen_ms, seen_ms)
 
 
 def _record(c: Candidate, policy: CompiledPolicy | None, now_s: float, fleet: WaveRule) -> WaveRecord:
