@@ -51,25 +51,28 @@ class ClusterRow:
 
 ROW_SCRIPT = """
 local row, items, tenants, latest = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local uploaded, member, tenant, ttl, kept = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local first = redis.call('HGET', row, 'first_ms')
-if (not first) or tonumber(uploaded) < tonumber(first) then
-  redis.call('HSET', row, 'first_ms', uploaded, 'first_id', member)
+local ttl, kept = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV, 3 do
+  local uploaded, member, tenant = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local first = redis.call('HGET', row, 'first_ms')
+  if (not first) or tonumber(uploaded) < tonumber(first) then
+    redis.call('HSET', row, 'first_ms', uploaded, 'first_id', member)
+  end
+  local last = redis.call('HGET', row, 'last_ms')
+  if (not last) or tonumber(uploaded) > tonumber(last) then
+    redis.call('HSET', row, 'last_ms', uploaded)
+  end
+  redis.call('PFADD', items, member)
+  redis.call('SADD', tenants, tenant)
+  redis.call('LREM', latest, 0, member)
+  redis.call('LPUSH', latest, member)
 end
-local last = redis.call('HGET', row, 'last_ms')
-if (not last) or tonumber(uploaded) > tonumber(last) then
-  redis.call('HSET', row, 'last_ms', uploaded)
-end
-redis.call('PFADD', items, member)
-redis.call('SADD', tenants, tenant)
-redis.call('LREM', latest, 0, member)
-redis.call('LPUSH', latest, member)
 redis.call('LTRIM', latest, 0, kept - 1)
 for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ttl) end
 return 1
 """
-"""One sighting into its cluster's row, atomically. KEYS: row hash, items HyperLogLog, tenants set, latest list.
-ARGV: uploaded ms, content id, tenant, TTL, latest items kept."""
+"""One cluster's sightings of a group into its row, in order, atomically. KEYS: row hash, items HyperLogLog,
+tenants set, latest list. ARGV: TTL, latest items kept, then (uploaded ms, content id, tenant) per sighting."""
 
 
 class RedisClusterRows:
@@ -107,14 +110,15 @@ class RedisClusterRows:
         ttl = self._settings.cluster_rows_ttl_s
         if not sightings or ttl <= 0:
             return
+        by_cluster: dict[str, list[str | int]] = {}
+        latest: dict[str, int] = {}
+        for s in sightings:  # one script call a cluster: a wave's copies share a few
+            by_cluster.setdefault(s.cluster_id, [ttl, LATEST_KEPT]).extend((s.uploaded_ms, s.content_id, s.tenant))
+            latest[s.cluster_id] = max(s.seen_ms, latest.get(s.cluster_id, 0))
         async with guarded(self._settings, self._breaker, "cluster rows"):
             pipe = self._redis.pipeline(transaction=False)
-            for s in sightings:
-                await self._script(keys=self.keys(s.cluster_id),
-                                   args=[s.uploaded_ms, s.content_id, s.tenant, ttl, LATEST_KEPT], client=pipe)
-            latest: dict[str, int] = {}
-            for s in sightings:
-                latest[s.cluster_id] = max(s.seen_ms, latest.get(s.cluster_id, 0))
+            for cluster_id, args in by_cluster.items():
+                await self._script(keys=self.keys(cluster_id), args=args, client=pipe)
             pipe.zadd(self.index_key, latest, gt=True)
             pipe.zremrangebyscore(self.index_key, "-inf", f"({max(latest.values()) - ttl * 1000}")
             await pipe.execute()
