@@ -95,10 +95,12 @@ def _alerts(c: Candidate, policy: CompiledPolicy | None, state: WaveState) -> bo
 
 
 def _sighting(c: Candidate, now_s: float) -> ClusterSighting:
+    """A candidate for its cluster's row: uploaded at its ``created_at`` (the caller's word: never later than it
+    was answered, so a forged future time cannot hold a cluster's "last upload"), answered now."""
     seen_ms = int(now_s * 1000)
     uploaded = c.event.created_at
-    return ClusterSighting(c.cluster_id, c.event.content_id, c.event.tenant,
-                           int(uploaded.timestamp() * 1000) if uploaded is not None else seen_ms, seen_ms)
+    uploaded_ms = min(seen_ms, int(uploaded.timestamp() * 1000)) if uploaded is not None else seen_ms
+    return ClusterSighting(c.cluster_id, c.event.content_id, c.event.tenant, uploaded_ms, seen_ms)
 
 
 def _record(c: Candidate, policy: CompiledPolicy | None, now_s: float, fleet: WaveRule) -> WaveRecord:
