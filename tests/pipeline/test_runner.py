@@ -112,6 +112,14 @@ def messages(refs: Sequence[str | bytes], start: int = 0) -> list[RawMessage]:
     return out
 
 
+def tenant_messages(root: Path, uploads: Sequence[tuple[str, str]], start: int = 0) -> list[RawMessage]:
+    """One event per (file name, tenant): event ``e{n}``, content ``c{n}``, offset ``n`` from ``start``."""
+    return [RawMessage(value=ImageEvent(event_id=f"e{n}", content_id=f"c{n}", tenant=tenant,
+                                        image_ref=file_ref(root, name)).model_dump_json().encode(),
+                       key=f"c{n}".encode(), topic="in", partition=0, offset=n)
+            for n, (name, tenant) in enumerate(uploads, start=start)]
+
+
 def file_ref(root: Path, name: str) -> str:
     return (root / name).as_uri()
 
@@ -646,12 +654,8 @@ tenants: {quiet-tenant: quiet, exact-tenant: strict-match}
     assert seed.verdicts[0].label == "unsafe" and not seed.alerts
 
     copies = ["dup-resized.jpg", "dup-cropped.jpg", "dup-reencoded.jpg"]
-    raws = [RawMessage(value=ImageEvent(event_id=f"e{n}", content_id=f"c{n}", tenant=tenant,
-                                        image_ref=file_ref(image_root, name)).model_dump_json().encode(),
-                       key=f"c{n}".encode(), topic="in", partition=0, offset=n)
-            for n, (name, tenant) in enumerate(zip(copies, ["acme", "quiet-tenant", "exact-tenant"], strict=True),
-                                               start=10)]
-    outcome = await processor.process(raws)
+    tenants = ["acme", "quiet-tenant", "exact-tenant"]
+    outcome = await processor.process(tenant_messages(image_root, list(zip(copies, tenants, strict=True)), start=10))
     await processor.close()
     by_id = {v.content_id: v for v in outcome.verdicts}
     assert len({by_id[c].cluster_id for c in ("c10", "c11", "c12")} | {seed.verdicts[0].cluster_id}) == 1
@@ -703,11 +707,7 @@ tenants: {kids-app: kids, mute-app: mute}
 """, source="test")
     uploads = [("dup-original.jpg", "acme"), ("dup-resized.jpg", "kids-app"), ("dup-cropped.jpg", "kids-app"),
                ("dup-reencoded.jpg", "kids-app"), ("dup-crop-resize.jpg", "mute-app"), ("dup-original.jpg", "acme")]
-    raws = [RawMessage(value=ImageEvent(event_id=f"e{n}", content_id=f"c{n}", tenant=tenant,
-                                        image_ref=file_ref(image_root, name)).model_dump_json().encode(),
-                       key=f"c{n}".encode(), topic="in", partition=0, offset=n)
-            for n, (name, tenant) in enumerate(uploads)]
-    outcome = await processor.process(raws)
+    outcome = await processor.process(tenant_messages(image_root, uploads))
     await processor.close()
     assert len({v.cluster_id for v in outcome.verdicts}) == 1
     got = [(a.content_id, a.severity, a.wave_count, a.wave_window_s, a.policy) for a in outcome.alerts]
