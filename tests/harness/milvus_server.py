@@ -204,9 +204,17 @@ class MilvusServerProcess:
             self._process.wait()
             self._reap()
 
-    def freeze(self) -> None:
-        """SIGSTOP: the server keeps its sockets open but answers nothing, like a hung machine."""
+    def freeze(self, timeout_s: float = 5.0) -> None:
+        """SIGSTOP: the server keeps its sockets open but answers nothing, like a hung machine. Returns once every
+        thread of it is stopped: the signal is delivered asynchronously, and a thread running on another core
+        answered one more call after ``kill`` had returned (a fault test saw an upsert succeed "while frozen")."""
         self._signal(signal.SIGSTOP)
+        process = self._process
+        if process is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while not _all_threads_stopped(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def thaw(self) -> None:
         """SIGCONT: a frozen server carries on where it stopped."""
@@ -334,3 +342,19 @@ class MilvusServerProcess:
         finally:
             client.close()
         return True
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is in state T (stopped); True when the process is gone."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for task in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        if stat.rpartition(")")[2].split()[0] not in ("T", "t"):
+            return False
+    return True
