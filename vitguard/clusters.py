@@ -18,7 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from vitguard.stores.cluster_rows import TENANTS_SHOWN, ClusterRow
+from vitguard.stores.cluster_rows import TENANTS_SHOWN
+from vitguard.stores.interfaces import ClusterRow
 from vitguard.stores.similar import StoredItem
 
 __all__ = [
@@ -93,7 +94,7 @@ class ClusterItems(BaseModel):
 
 
 def summarize_rows(rows: Sequence[ClusterRow], *, threshold: int, limit: int) -> ClusterList:
-    """The clusters of their own rows (:class:`~vitguard.stores.cluster_rows.ClusterRow`, most recently active
+    """The clusters of their own rows (:class:`~vitguard.stores.interfaces.ClusterRow`, most recently active
     first, as read), at most ``limit``; ``truncated`` when more were read."""
     summaries = [
         ClusterSummary(

@@ -15,10 +15,9 @@ Keys of one cluster share a hash tag, so the row script also runs on Redis Clust
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from vitguard.settings import RedisSettings
-from vitguard.stores.interfaces import ClusterSighting
+from vitguard.stores.interfaces import ClusterRow, ClusterSighting
 from vitguard.stores.redis_store import CircuitBreaker, guarded, make_redis_client
 from vitguard.stores.wave import wave_window_key
 
@@ -29,24 +28,6 @@ LATEST_KEPT = 3
 
 TENANTS_SHOWN = 50
 """At most this many of a cluster's tenants are listed (``tenant_count`` says how many there are)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterRow:
-    """One cluster as its row holds it."""
-
-    cluster_id: str
-    size: int
-    first_ms: int
-    last_ms: int
-    first_id: str
-    latest: tuple[str, ...]
-    """The latest items answered on it, newest first."""
-    tenants: tuple[str, ...]
-    """Sorted, at most :data:`TENANTS_SHOWN`."""
-    tenant_count: int
-    growth: int
-    """Items on it answered within the wave window (0 once the wave counter's window has passed)."""
 
 
 ROW_SCRIPT = """

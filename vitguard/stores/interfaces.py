@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from vitguard.model.types import ModelInfo
 
 __all__ = [
+    "ClusterRow",
     "ClusterRows",
     "ClusterSighting",
     "DedupStore",
@@ -155,11 +156,33 @@ class ClusterSighting:
     seen_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterRow:
+    """One cluster as its row holds it."""
+
+    cluster_id: str
+    size: int
+    first_ms: int
+    last_ms: int
+    first_id: str
+    latest: tuple[str, ...]
+    """The latest items answered on it, newest first."""
+    tenants: tuple[str, ...]
+    """Sorted, at most :data:`~vitguard.stores.cluster_rows.TENANTS_SHOWN`."""
+    tenant_count: int
+    growth: int
+    """Items on it answered within the wave window (0 once the wave counter's window has passed)."""
+
+
 class ClusterRows(Protocol):
     """Near-duplicate clusters kept as their own rows (:mod:`vitguard.stores.cluster_rows`)."""
 
     async def record_many(self, sightings: Sequence[ClusterSighting]) -> None:
         """Count unsafe items on their clusters' rows (idempotent), in one round trip."""
+        ...
+
+    async def latest(self, *, limit: int, now_s: float, window_s: float) -> list[ClusterRow]:
+        """The ``limit`` most recently active clusters, newest first, with their growth within ``window_s``."""
         ...
 
 

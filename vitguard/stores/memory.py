@@ -18,7 +18,7 @@ from vitguard.settings import PolicySettings
 from vitguard.stores.interfaces import EmbeddingRecord, SearchHit, WaveRecord, WaveState
 from vitguard.stores.naming import collection_name
 from vitguard.stores.similar import ANY, SearchFilters, SimilarItem, StoredItem
-from vitguard.stores.wave import fleet_wave_rule, wave_decision
+from vitguard.stores.wave import fleet_wave_rule, kept_for_s, wave_decision
 
 __all__ = ["InMemoryDedupStore", "InMemoryEmbeddingIndex", "InMemoryWaveCounter"]
 
@@ -193,7 +193,7 @@ class InMemoryWaveCounter:
         return state
 
     async def record_many(self, items: Sequence[WaveRecord], *, keep_s: int = 0) -> list[WaveState]:
-        keep = max([keep_s, self._rule.window_s, *(i.rule.window_s for i in items if i.rule is not None)])
+        keep = kept_for_s(items, keep_s, self._rule)
         return [self._record(item, keep) for item in items]
 
     def _record(self, item: WaveRecord, keep_s: int) -> WaveState:

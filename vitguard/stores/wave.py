@@ -19,7 +19,7 @@ from vitguard.settings import PolicySettings, RedisSettings
 from vitguard.stores.interfaces import WaveRecord, WaveRule, WaveState
 from vitguard.stores.redis_store import CircuitBreaker, guarded, make_redis_client, redis_errors_mapped
 
-__all__ = ["WAVE_SCRIPT", "RedisWaveCounter", "fleet_wave_rule", "wave_decision", "wave_window_key"]
+__all__ = ["WAVE_SCRIPT", "RedisWaveCounter", "fleet_wave_rule", "kept_for_s", "wave_decision", "wave_window_key"]
 
 
 def wave_window_key(prefix: str, cluster_id: str) -> str:
@@ -30,6 +30,12 @@ def wave_window_key(prefix: str, cluster_id: str) -> str:
 def fleet_wave_rule(policy: PolicySettings) -> WaveRule:
     """The fleet's wave rule (``VITGUARD_POLICY_WAVE_*``): what a policy without its own ``waves`` uses."""
     return WaveRule(policy.wave_threshold, policy.wave_window_s, policy.wave_alert_cooldown_s)
+
+
+def kept_for_s(items: Sequence[WaveRecord], keep_s: int, fleet: WaveRule) -> int:
+    """How long a cluster's items are kept: the longest window in use (the caller's ``keep_s``, e.g. every policy's
+    of the document in force, the fleet's, or a record's own)."""
+    return max([keep_s, fleet.window_s, *(i.rule.window_s for i in items if i.rule is not None)])
 
 
 def wave_decision(count: int, threshold: int, cooldown_s: float, cooldown_free: bool) -> WaveState:
@@ -124,7 +130,7 @@ class RedisWaveCounter:
         """
         if not items:
             return []
-        keep = max([keep_s, self._rule.window_s, *(i.rule.window_s for i in items if i.rule is not None)])
+        keep = kept_for_s(items, keep_s, self._rule)
         async with guarded(self._settings, self._breaker, "wave record"):
             pipe = self._redis.pipeline(transaction=False)
             for item in items:
