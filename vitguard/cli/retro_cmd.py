@@ -67,7 +67,7 @@ def retro_hunt(content_id: str | None, pdq_hash: str | None, distance: int | Non
     from vitguard.retro.hunt import Hunt
     from vitguard.search import SearchRequest
 
-    if sum(x for x in (content_id is not None, pdq_hash is not None, follow)) != 1:
+    if sum((content_id is not None, pdq_hash is not None, follow)) != 1:
         raise click.UsageError("give --from-content-id ID, --hash HEX or --follow (one of them)")
     if follow and publish:
         raise click.UsageError("--publish is for --from-content-id and --hash (--follow always publishes)")
